@@ -1,0 +1,744 @@
+//! Incremental HTTP/1.x message framing over one direction of a TCP stream.
+//!
+//! Heads are parsed with `httparse`; framing (Content-Length, chunked with
+//! trailers, close-delimited, no body) and recovery after lost bytes are ours:
+//! the parser is fed bytes as TCP delivers them, told about gaps, and
+//! resynchronises at the next start line after a gap or a parse error.
+
+use crate::schema::HeaderList;
+use crate::text::latin1;
+
+/// Which kind of messages a direction carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Request,
+    Response,
+}
+
+/// The start line of a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartLine {
+    Request {
+        method: String,
+        target: String,
+        version: String,
+    },
+    Response {
+        version: String,
+        status: u16,
+        reason: String,
+    },
+}
+
+/// A parsed message head.
+#[derive(Clone, Debug)]
+pub struct Head {
+    pub line: StartLine,
+    pub headers: HeaderList,
+}
+
+/// How the body of a message is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    UntilClose,
+    /// The connection stops carrying HTTP after this message (101, CONNECT).
+    Tunnel,
+}
+
+/// How a message ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    Complete,
+    /// Bytes were lost inside the message.
+    Gap,
+    /// The bytes stopped making sense as HTTP.
+    Malformed,
+    /// The stream ended before the message did.
+    Cut,
+}
+
+/// What the parser reports to the owner of the connection.
+pub trait Sink {
+    /// A head was parsed; the owner decides the framing of its body.
+    fn head(&mut self, role: Role, head: Head, ts: i64) -> Framing;
+    fn body(&mut self, role: Role, data: &[u8]);
+    /// `len` body bytes were lost in a gap (counted, not stored).
+    fn body_gap(&mut self, role: Role, len: u64);
+    fn trailers(&mut self, role: Role, trailers: HeaderList);
+    fn end(&mut self, role: Role, ts: i64, how: End);
+    /// A whole message start was lost (a gap or garbage where a message began).
+    fn lost(&mut self, role: Role);
+}
+
+/// Largest message head we buffer; beyond it the head counts as malformed.
+pub const MAX_HEAD: usize = 256 * 1024;
+/// Longest line we wait for while looking for a start line.
+const MAX_LINE: usize = 16 * 1024;
+const MAX_HEADERS: usize = 256;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Waiting for a start line; `resync` means bytes before it are skipped.
+    Start { resync: bool },
+    Length(u64),
+    Chunked(Chunk),
+    UntilClose,
+    /// No more HTTP on this direction.
+    Dead,
+}
+
+/// Outcome of looking at the bytes where a start line should begin.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Looks {
+    Yes,
+    No,
+    NeedMore,
+}
+
+/// Framer for one direction of one connection.
+pub struct MessageParser {
+    role: Role,
+    state: State,
+    /// Bytes of an incomplete head, chunk-size line or trailer block.
+    buf: Vec<u8>,
+    /// Whether a message is open (head reported, end not yet).
+    open: bool,
+    pub heads: u64,
+    pub malformed: u64,
+    pub skipped_bytes: u64,
+}
+
+impl MessageParser {
+    /// `mid_stream`: the direction was picked up without its start, so skip
+    /// to the first start line.
+    pub fn new(role: Role, mid_stream: bool) -> Self {
+        Self {
+            role,
+            state: State::Start { resync: mid_stream },
+            buf: Vec::new(),
+            open: false,
+            heads: 0,
+            malformed: 0,
+            skipped_bytes: 0,
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn is_dead(&self) -> bool {
+        self.state == State::Dead
+    }
+
+    pub fn kill(&mut self) {
+        self.state = State::Dead;
+        self.buf = Vec::new();
+    }
+
+    /// Bytes held for an incomplete head or line.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Feed bytes that follow the previous ones in the stream.
+    pub fn feed(&mut self, data: &[u8], ts: i64, sink: &mut dyn Sink) {
+        if self.state == State::Dead || data.is_empty() {
+            return;
+        }
+        if self.buf.is_empty() {
+            let used = self.run(data, ts, sink);
+            if used < data.len() && self.state != State::Dead {
+                self.buf.extend_from_slice(&data[used..]);
+            }
+        } else {
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.extend_from_slice(data);
+            let used = self.run(&buf, ts, sink);
+            if self.state != State::Dead {
+                buf.drain(..used);
+                self.buf = buf;
+            }
+        }
+    }
+
+    /// `len` bytes of the stream were never captured.
+    pub fn gap(&mut self, len: u64, ts: i64, sink: &mut dyn Sink) {
+        let pending = std::mem::take(&mut self.buf);
+        match self.state {
+            State::Dead => {}
+            State::Length(rem) if pending.is_empty() && len < rem => {
+                sink.body_gap(self.role, len);
+                self.state = State::Length(rem - len);
+                self.mark_gap_inside(sink);
+            }
+            State::Length(rem) if pending.is_empty() => {
+                // The gap covers the end of this body and maybe the start of
+                // the next message.
+                sink.body_gap(self.role, rem);
+                self.finish_message(ts, End::Gap, sink);
+                if len > rem {
+                    sink.lost(self.role);
+                    self.state = State::Start { resync: true };
+                }
+            }
+            State::UntilClose => {
+                sink.body_gap(self.role, len);
+                self.mark_gap_inside(sink);
+            }
+            State::Start { resync } => {
+                if !self.salvage_head(&pending, ts, End::Gap, sink) && !resync {
+                    sink.lost(self.role);
+                }
+                self.state = State::Start { resync: true };
+            }
+            _ => {
+                self.finish_message(ts, End::Gap, sink);
+                self.state = State::Start { resync: true };
+            }
+        }
+    }
+
+    /// The direction ended (FIN, RST, end of capture or eviction).
+    pub fn finish(&mut self, ts: i64, sink: &mut dyn Sink) {
+        let pending = std::mem::take(&mut self.buf);
+        match self.state {
+            State::Dead => {}
+            State::UntilClose => self.finish_message(ts, End::Complete, sink),
+            State::Start { .. } => {
+                self.salvage_head(&pending, ts, End::Cut, sink);
+            }
+            _ => self.finish_message(ts, End::Cut, sink),
+        }
+        self.state = State::Dead;
+    }
+
+    /// A gap inside a body whose framing survives: flag the message, keep going.
+    fn mark_gap_inside(&mut self, sink: &mut dyn Sink) {
+        // Reported as a zero-length gap so the owner flags the message now;
+        // the message still ends normally when its framing says so.
+        sink.body_gap(self.role, 0);
+    }
+
+    fn finish_message(&mut self, ts: i64, how: End, sink: &mut dyn Sink) {
+        if self.open {
+            self.open = false;
+            sink.end(self.role, ts, how);
+        }
+        self.state = State::Start { resync: false };
+    }
+
+    /// On a gap or end while a head was half received: report what can be
+    /// read of it (the start line and complete header lines), so a request
+    /// whose tail was lost is still listed. Returns whether anything was.
+    fn salvage_head(&mut self, pending: &[u8], ts: i64, how: End, sink: &mut dyn Sink) -> bool {
+        let start = skip_blank_lines(pending);
+        let data = &pending[start..];
+        let Some(line_end) = memchr(b'\n', data) else {
+            return false;
+        };
+        if self.looks_like_start(data) != Looks::Yes {
+            return false;
+        }
+        // Keep only complete lines, then close the head artificially.
+        let last_nl = data.iter().rposition(|&b| b == b'\n').unwrap_or(line_end);
+        let mut head = data[..=last_nl].to_vec();
+        head.extend_from_slice(b"\r\n");
+        let Some(parsed) = parse_head(self.role, &head) else {
+            return false;
+        };
+        self.heads += 1;
+        sink.head(self.role, parsed.0, ts);
+        sink.end(self.role, ts, how);
+        true
+    }
+
+    /// Process `input`; returns how many bytes were consumed.
+    fn run(&mut self, input: &[u8], ts: i64, sink: &mut dyn Sink) -> usize {
+        let mut at = 0;
+        // Each round consumes bytes or returns, so this ends.
+        loop {
+            let rest = &input[at..];
+            let used = match self.state {
+                State::Dead => return input.len(),
+                _ if rest.is_empty() => return at,
+                State::Start { resync: true } => self.resync(rest),
+                State::Start { resync: false } => self.start(rest, ts, sink),
+                State::Length(rem) => {
+                    let n = rem.min(rest.len() as u64) as usize;
+                    sink.body(self.role, &rest[..n]);
+                    if n as u64 == rem {
+                        self.finish_message(ts, End::Complete, sink);
+                    } else {
+                        self.state = State::Length(rem - n as u64);
+                    }
+                    Some(n)
+                }
+                State::UntilClose => {
+                    sink.body(self.role, rest);
+                    Some(rest.len())
+                }
+                State::Chunked(c) => self.chunked(c, rest, ts, sink),
+            };
+            match used {
+                Some(n) => at += n,
+                None => return at,
+            }
+        }
+    }
+
+    /// Skip to the next plausible start line. `None` when more bytes are needed.
+    fn resync(&mut self, rest: &[u8]) -> Option<usize> {
+        let mut pos = 0;
+        loop {
+            match self.looks_like_start(&rest[pos..]) {
+                Looks::Yes => {
+                    self.state = State::Start { resync: false };
+                    self.skipped_bytes += pos as u64;
+                    return Some(pos);
+                }
+                Looks::NeedMore if rest.len() - pos < MAX_LINE => {
+                    self.skipped_bytes += pos as u64;
+                    return if pos == 0 { None } else { Some(pos) };
+                }
+                _ => match memchr(b'\n', &rest[pos..]) {
+                    Some(nl) => pos += nl + 1,
+                    None => {
+                        // No line start left: drop all but a short tail, which
+                        // may hold the beginning of a start line.
+                        let keep = rest.len().min(32);
+                        let drop = rest.len() - keep;
+                        self.skipped_bytes += drop as u64;
+                        return if drop == 0 { None } else { Some(drop) };
+                    }
+                },
+            }
+        }
+    }
+
+    fn start(&mut self, rest: &[u8], ts: i64, sink: &mut dyn Sink) -> Option<usize> {
+        let blank = skip_blank_lines(rest);
+        if blank > 0 {
+            return Some(blank);
+        }
+        if self.looks_like_start(rest) == Looks::No {
+            return Some(self.malformed(sink));
+        }
+        let Some(end) = head_end(rest) else {
+            if rest.len() > MAX_HEAD {
+                return Some(self.malformed(sink));
+            }
+            return None;
+        };
+        let Some((head, _)) = parse_head(self.role, &rest[..end]) else {
+            return Some(self.malformed(sink));
+        };
+        self.heads += 1;
+        self.open = true;
+        let framing = sink.head(self.role, head, ts);
+        self.state = match framing {
+            Framing::None => {
+                self.finish_message(ts, End::Complete, sink);
+                State::Start { resync: false }
+            }
+            Framing::Length(0) => {
+                self.finish_message(ts, End::Complete, sink);
+                State::Start { resync: false }
+            }
+            Framing::Length(n) => State::Length(n),
+            Framing::Chunked => State::Chunked(Chunk::Size),
+            Framing::UntilClose => State::UntilClose,
+            Framing::Tunnel => {
+                self.finish_message(ts, End::Complete, sink);
+                State::Dead
+            }
+        };
+        Some(end)
+    }
+
+    /// Bytes that cannot be a message start: note it and resynchronise.
+    fn malformed(&mut self, sink: &mut dyn Sink) -> usize {
+        self.malformed += 1;
+        sink.lost(self.role);
+        self.state = State::Start { resync: true };
+        // Skip at least one byte so resync cannot match the same place again.
+        1
+    }
+
+    fn chunked(&mut self, c: Chunk, rest: &[u8], ts: i64, sink: &mut dyn Sink) -> Option<usize> {
+        match c {
+            Chunk::Size => {
+                let Some(nl) = memchr(b'\n', rest) else {
+                    if rest.len() > MAX_LINE {
+                        return Some(self.broken(ts, sink));
+                    }
+                    return None;
+                };
+                match parse_chunk_size(&rest[..nl]) {
+                    Some(0) => self.state = State::Chunked(Chunk::Trailers),
+                    Some(n) => self.state = State::Chunked(Chunk::Data(n)),
+                    None => return Some(self.broken(ts, sink)),
+                }
+                Some(nl + 1)
+            }
+            Chunk::Data(rem) => {
+                let n = rem.min(rest.len() as u64) as usize;
+                sink.body(self.role, &rest[..n]);
+                self.state = State::Chunked(if n as u64 == rem {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(rem - n as u64)
+                });
+                Some(n)
+            }
+            Chunk::DataEnd => {
+                if rest.starts_with(b"\r\n") {
+                    self.state = State::Chunked(Chunk::Size);
+                    Some(2)
+                } else if rest.starts_with(b"\n") {
+                    self.state = State::Chunked(Chunk::Size);
+                    Some(1)
+                } else if rest == b"\r" {
+                    None
+                } else {
+                    Some(self.broken(ts, sink))
+                }
+            }
+            Chunk::Trailers => {
+                let blank = if rest.starts_with(b"\r\n") {
+                    2
+                } else if rest.starts_with(b"\n") {
+                    1
+                } else {
+                    0
+                };
+                if blank > 0 {
+                    self.finish_message(ts, End::Complete, sink);
+                    return Some(blank);
+                }
+                if rest == b"\r" {
+                    return None;
+                }
+                let Some(end) = head_end(rest) else {
+                    if rest.len() > MAX_HEAD {
+                        return Some(self.broken(ts, sink));
+                    }
+                    return None;
+                };
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                match httparse::parse_headers(&rest[..end], &mut headers) {
+                    Ok(httparse::Status::Complete((_, parsed))) => {
+                        let mut list = HeaderList::new();
+                        parsed.iter().for_each(|h| list.push(h.name.as_bytes(), h.value));
+                        sink.trailers(self.role, list);
+                    }
+                    _ => self.malformed += 1,
+                }
+                self.finish_message(ts, End::Complete, sink);
+                Some(end)
+            }
+        }
+    }
+
+    /// The body framing broke: end the message as malformed and resync.
+    fn broken(&mut self, ts: i64, sink: &mut dyn Sink) -> usize {
+        self.malformed += 1;
+        self.finish_message(ts, End::Malformed, sink);
+        self.state = State::Start { resync: true };
+        0
+    }
+
+    fn looks_like_start(&self, d: &[u8]) -> Looks {
+        match self.role {
+            Role::Request => looks_like_request_line(d),
+            Role::Response => looks_like_status_line(d),
+        }
+    }
+}
+
+pub(crate) fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
+    hay.iter().position(|&b| b == needle)
+}
+
+fn skip_blank_lines(d: &[u8]) -> usize {
+    let mut i = 0;
+    while i < d.len() && (d[i] == b'\r' || d[i] == b'\n') {
+        i += 1;
+    }
+    i
+}
+
+/// End of the head (index after the blank line), if it is all there.
+fn head_end(d: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(nl) = memchr(b'\n', &d[from..]) {
+        let i = from + nl;
+        let next = &d[i + 1..];
+        if next.starts_with(b"\r\n") {
+            return Some(i + 3);
+        }
+        if next.starts_with(b"\n") {
+            return Some(i + 2);
+        }
+        from = i + 1;
+    }
+    None
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// `METHOD SP target SP HTTP/x.y` (checked as far as the bytes go).
+pub fn looks_like_request_line(d: &[u8]) -> Looks {
+    let method_len = d.iter().take_while(|&&b| is_tchar(b)).count();
+    if method_len == 0 && !d.is_empty() || method_len > 32 {
+        return Looks::No;
+    }
+    match d.get(method_len) {
+        None => return Looks::NeedMore,
+        Some(b' ') => {}
+        Some(_) => return Looks::No,
+    }
+    let line_end = match memchr(b'\n', d) {
+        Some(i) => i,
+        None if d.len() > MAX_LINE => return Looks::No,
+        None => return Looks::NeedMore,
+    };
+    let line = &d[..line_end];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let Some(sp) = line.iter().rposition(|&b| b == b' ') else {
+        return Looks::No;
+    };
+    if sp <= method_len {
+        return Looks::No;
+    }
+    let version = &line[sp + 1..];
+    let target = line[method_len + 1..sp].trim_ascii();
+    if target.is_empty() || !is_version(version) {
+        return Looks::No;
+    }
+    Looks::Yes
+}
+
+fn is_version(v: &[u8]) -> bool {
+    matches!(v, [b'H', b'T', b'T', b'P', b'/', a, b'.', b] if a.is_ascii_digit() && b.is_ascii_digit())
+}
+
+/// `HTTP/x.y SP NNN` (checked as far as the bytes go).
+pub fn looks_like_status_line(d: &[u8]) -> Looks {
+    const P: &[u8] = b"HTTP/";
+    let n = d.len().min(P.len());
+    if d[..n] != P[..n] {
+        return Looks::No;
+    }
+    if d.len() < 12 {
+        return Looks::NeedMore;
+    }
+    if is_version(&d[..8]) && d[8] == b' ' && d[9..12].iter().all(u8::is_ascii_digit) {
+        Looks::Yes
+    } else {
+        Looks::No
+    }
+}
+
+fn parse_chunk_size(line: &[u8]) -> Option<u64> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let digits = line.split(|&b| b == b';').next()?.trim_ascii();
+    if digits.is_empty() || digits.len() > 15 {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+}
+
+fn parser_config() -> httparse::ParserConfig {
+    // Be as lenient as servers in the wild: we observe, we do not enforce.
+    let mut c = httparse::ParserConfig::default();
+    c.allow_multiple_spaces_in_request_line_delimiters(true)
+        .allow_multiple_spaces_in_response_status_delimiters(true)
+        .allow_spaces_after_header_name_in_responses(true)
+        .allow_obsolete_multiline_headers_in_responses(true)
+        .allow_space_before_first_header_name(true)
+        .ignore_invalid_headers_in_requests(true)
+        .ignore_invalid_headers_in_responses(true);
+    c
+}
+
+fn offset_in(outer: &[u8], inner: &[u8]) -> usize {
+    inner.as_ptr() as usize - outer.as_ptr() as usize
+}
+
+/// Parse a complete head. Start-line fields keep their exact wire bytes.
+fn parse_head(role: Role, head: &[u8]) -> Option<(Head, usize)> {
+    parse_head_strict(role, head).or_else(|| parse_head_lenient(role, head))
+}
+
+fn parse_head_strict(role: Role, head: &[u8]) -> Option<(Head, usize)> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let config = parser_config();
+    let (line, used, parsed): (StartLine, usize, &[httparse::Header]) = match role {
+        Role::Request => {
+            let mut req = httparse::Request::new(&mut headers);
+            let used = match config.parse_request(&mut req, head) {
+                Ok(httparse::Status::Complete(n)) => n,
+                _ => return None,
+            };
+            let method = req.method?;
+            let path = req.path?;
+            let version = format!("HTTP/1.{}", req.version?);
+            let m = offset_in(head, method.as_bytes());
+            let p = offset_in(head, path.as_bytes());
+            let line = StartLine::Request {
+                method: latin1(&head[m..m + method.len()]).into_owned(),
+                target: latin1(&head[p..p + path.len()]).into_owned(),
+                version,
+            };
+            (line, used, &*req.headers)
+        }
+        Role::Response => {
+            let mut resp = httparse::Response::new(&mut headers);
+            let used = match config.parse_response(&mut resp, head) {
+                Ok(httparse::Status::Complete(n)) => n,
+                _ => return None,
+            };
+            let line = StartLine::Response {
+                version: format!("HTTP/1.{}", resp.version?),
+                status: resp.code?,
+                reason: latin1(resp.reason.unwrap_or("").as_bytes()).into_owned(),
+            };
+            (line, used, &*resp.headers)
+        }
+    };
+    let mut list = HeaderList::new();
+    for h in parsed {
+        list.push(h.name.as_bytes(), h.value);
+    }
+    Some((
+        Head {
+            line,
+            headers: list,
+        },
+        used,
+    ))
+}
+
+/// Line-by-line parsing for heads httparse rejects (spaces in the target,
+/// bytes it does not allow in names): servers accept these, so we record them.
+fn parse_head_lenient(role: Role, head: &[u8]) -> Option<(Head, usize)> {
+    let mut lines = head.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let first = lines.next()?;
+    let line = match role {
+        Role::Request => {
+            let sp1 = memchr(b' ', first)?;
+            let sp2 = first.iter().rposition(|&b| b == b' ')?;
+            let version = &first[sp2 + 1..];
+            if sp2 <= sp1 || !is_version(version) {
+                return None;
+            }
+            StartLine::Request {
+                method: latin1(&first[..sp1]).into_owned(),
+                target: latin1(first[sp1 + 1..sp2].trim_ascii()).into_owned(),
+                version: latin1(version).into_owned(),
+            }
+        }
+        Role::Response => {
+            if looks_like_status_line(first) != Looks::Yes {
+                return None;
+            }
+            StartLine::Response {
+                version: latin1(&first[..8]).into_owned(),
+                status: std::str::from_utf8(&first[9..12]).ok()?.parse().ok()?,
+                reason: latin1(first.get(13..).unwrap_or(b"")).into_owned(),
+            }
+        }
+    };
+    let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for l in lines.take_while(|l| !l.is_empty()) {
+        if matches!(l.first(), Some(b' ' | b'\t')) {
+            if let Some(last) = fields.last_mut() {
+                last.1.push(b' ');
+                last.1.extend_from_slice(l.trim_ascii());
+            }
+        } else if let Some(colon) = memchr(b':', l) {
+            fields.push((l[..colon].trim_ascii().to_vec(), l[colon + 1..].trim_ascii().to_vec()));
+        }
+    }
+    let mut headers = HeaderList::new();
+    fields.iter().for_each(|(n, v)| headers.push(n, v));
+    Some((Head { line, headers }, head.len()))
+}
+
+fn content_length(h: &HeaderList) -> Result<Option<u64>, ()> {
+    let Some(v) = h.get("content-length") else {
+        return Ok(None);
+    };
+    // "5, 5" (repeated by a proxy) is one length; anything else is broken.
+    let mut value = None;
+    for part in v.split(|&b| b == b',') {
+        let n: u64 = std::str::from_utf8(part.trim_ascii())
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or(())?;
+        if value.is_some_and(|v| v != n) {
+            return Err(());
+        }
+        value = Some(n);
+    }
+    Ok(value)
+}
+
+fn is_chunked(h: &HeaderList) -> Option<bool> {
+    let last = h.get_all("transfer-encoding").last()?;
+    let coding = last.rsplit(|&b| b == b',').next().unwrap_or(b"").trim_ascii();
+    Some(coding.eq_ignore_ascii_case(b"chunked"))
+}
+
+/// Body framing of a request (RFC 9112 section 6.3).
+pub fn request_framing(head: &Head) -> Framing {
+    match is_chunked(&head.headers) {
+        Some(true) => return Framing::Chunked,
+        // A request cannot be close-delimited; a non-chunked coding is broken.
+        Some(false) => return Framing::None,
+        None => {}
+    }
+    match content_length(&head.headers) {
+        Ok(Some(n)) => Framing::Length(n),
+        _ => Framing::None,
+    }
+}
+
+/// Body framing of a response to a request with `method` (None if unknown).
+pub fn response_framing(head: &Head, method: Option<&str>) -> Framing {
+    let StartLine::Response { status, .. } = head.line else {
+        return Framing::None;
+    };
+    if status == 101 || (method == Some("CONNECT") && (200..300).contains(&status)) {
+        return Framing::Tunnel;
+    }
+    if method == Some("HEAD") || (100..200).contains(&status) || status == 204 || status == 304 {
+        return Framing::None;
+    }
+    match is_chunked(&head.headers) {
+        Some(true) => return Framing::Chunked,
+        Some(false) => return Framing::UntilClose,
+        None => {}
+    }
+    match content_length(&head.headers) {
+        Ok(Some(n)) => Framing::Length(n),
+        _ => Framing::UntilClose,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,494 @@
+//! TCP stream reassembly for both directions of every connection.
+//!
+//! Written by hand: the crates that reassemble TCP either group packets by
+//! ACK number (losing data, as GoReplay does) or are unmaintained. Each
+//! direction keeps the next expected sequence number and a bounded map of
+//! out-of-order bytes. A hole becomes a gap (reported to the HTTP parser,
+//! which resynchronises) when the peer acknowledges data past it, when the
+//! buffer limits are reached, or when the connection ends.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use rustc_hash::FxHashMap;
+
+use super::flow::{Budget, FlowLimits, HttpFlow};
+use super::net::Segment;
+use super::stats::CaptureStats;
+use crate::schema::Exchange;
+
+/// Limits of the reassembler.
+#[derive(Clone, Copy, Debug)]
+pub struct ReassemblyConfig {
+    pub max_connections: usize,
+    /// Out-of-order bytes held per direction before a hole is given up.
+    pub max_conn_buffer: usize,
+    /// Bytes held in total (out-of-order data and message bodies).
+    pub max_buffer_bytes: usize,
+    /// A connection idle this long (capture time) is finished.
+    pub idle_timeout_ns: i64,
+    pub flow: FlowLimits,
+}
+
+impl Default for ReassemblyConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 100_000,
+            max_conn_buffer: 4 << 20,
+            max_buffer_bytes: 128 << 20,
+            idle_timeout_ns: 300 * 1_000_000_000,
+            flow: FlowLimits {
+                max_body: 16 << 20,
+                max_pending: 4096,
+            },
+        }
+    }
+}
+
+/// Bytes at a stream offset: data, then possibly bytes that were not captured.
+struct Chunk {
+    data: Vec<u8>,
+    missing: u32,
+    ts: i64,
+}
+
+/// One direction of a connection.
+#[derive(Default)]
+struct HalfStream {
+    /// Next expected sequence number, once known.
+    next_seq: Option<u32>,
+    /// Stream offset of `next_seq`.
+    next_off: u64,
+    isn: Option<u32>,
+    ooo: BTreeMap<u64, Chunk>,
+    ooo_bytes: usize,
+    fin_off: Option<u64>,
+    ended: bool,
+}
+
+impl HalfStream {
+    /// Stream offset of `seq`, relative to what was delivered (may be behind).
+    fn offset_of(&self, seq: u32, next: u32) -> i64 {
+        self.next_off as i64 + i64::from(seq.wrapping_sub(next) as i32)
+    }
+}
+
+struct Connection {
+    endpoints: [SocketAddr; 2],
+    half: [HalfStream; 2],
+    flow: HttpFlow,
+    last_ns: i64,
+    /// Both directions ended or reset; kept briefly to absorb late packets.
+    closed: bool,
+}
+
+type Key = (SocketAddr, SocketAddr);
+
+fn key(a: SocketAddr, b: SocketAddr) -> Key {
+    if a <= b {
+        (a, b)
+    } else {
+        (b, a)
+    }
+}
+
+/// The connection table.
+pub struct Reassembler {
+    conns: FxHashMap<Key, Connection>,
+    config: ReassemblyConfig,
+    budget: Budget,
+    next_flow_id: u64,
+    last_sweep_ns: i64,
+    now_ns: i64,
+    out: Vec<Exchange>,
+}
+
+/// Keep closed connections this long to recognise their late packets.
+const TOMBSTONE_NS: i64 = 30 * 1_000_000_000;
+
+impl Reassembler {
+    pub fn new(config: ReassemblyConfig) -> Self {
+        Self {
+            conns: FxHashMap::default(),
+            budget: Budget {
+                held: 0,
+                max: config.max_buffer_bytes,
+                memory_truncated: 0,
+            },
+            config,
+            next_flow_id: 0,
+            last_sweep_ns: i64::MIN,
+            now_ns: i64::MIN,
+            out: Vec::new(),
+        }
+    }
+
+    /// Exchanges completed so far (the caller takes them).
+    pub fn take_exchanges(&mut self) -> Vec<Exchange> {
+        std::mem::take(&mut self.out)
+    }
+
+    pub fn pending_exchanges(&self) -> usize {
+        self.out.len()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Bytes held for reassembly and unfinished messages.
+    pub fn held_bytes(&self) -> usize {
+        self.budget.held
+    }
+
+    pub fn segment(&mut self, seg: &Segment<'_>, ts: i64, stats: &mut CaptureStats) {
+        stats.tcp_segments += 1;
+        self.now_ns = self.now_ns.max(ts);
+        if self.now_ns.saturating_sub(self.last_sweep_ns) > 1_000_000_000 {
+            self.last_sweep_ns = self.now_ns;
+            self.sweep(stats);
+        }
+        let k = key(seg.src, seg.dst);
+        let has_data = !seg.payload.is_empty() || seg.missing > 0;
+        let starts_new = seg.flags.syn && !seg.flags.ack;
+        if let Some(c) = self.conns.get(&k) {
+            let side = usize::from(c.endpoints[0] != seg.src);
+            let reused = starts_new
+                && (c.closed || c.half[side].isn.is_some_and(|isn| isn != seg.seq));
+            if reused {
+                stats.port_reuse += 1;
+                self.close(k, ts, stats);
+                self.conns.remove(&k);
+            } else if c.closed {
+                stats.late_segments += 1;
+                return;
+            }
+        }
+        if !self.conns.contains_key(&k) {
+            if !(has_data || seg.flags.syn) || seg.flags.rst {
+                stats.segments_without_connection += 1;
+                return;
+            }
+            self.make_room(stats);
+            let endpoints = [seg.src, seg.dst];
+            let flow = HttpFlow::new(self.next_flow_id, endpoints, self.config.flow);
+            self.next_flow_id += 1;
+            stats.connections += 1;
+            self.conns.insert(
+                k,
+                Connection {
+                    endpoints,
+                    half: Default::default(),
+                    flow,
+                    last_ns: ts,
+                    closed: false,
+                },
+            );
+        }
+        self.on_segment(k, seg, ts, stats);
+    }
+
+    fn on_segment(&mut self, k: Key, seg: &Segment<'_>, ts: i64, stats: &mut CaptureStats) {
+        let cfg = self.config;
+        let budget = &mut self.budget;
+        let c = self.conns.get_mut(&k).expect("inserted above");
+        c.last_ns = ts;
+        let side = usize::from(c.endpoints[0] != seg.src);
+        if seg.flags.syn {
+            let client = if seg.flags.ack { 1 - side } else { side };
+            c.flow.set_client(client);
+            c.half[side].isn.get_or_insert(seg.seq);
+        }
+        let data_seq = seg.seq.wrapping_add(u32::from(seg.flags.syn));
+        let h = &mut c.half[side];
+        if h.next_seq.is_none() && (seg.flags.syn || !seg.payload.is_empty() || seg.missing > 0) {
+            h.next_seq = Some(data_seq);
+            c.flow.set_clean_start(side, seg.flags.syn);
+        }
+        if !c.flow.is_finished() {
+            deliver(c, side, data_seq, seg, ts, cfg, budget, stats);
+        }
+        if seg.flags.fin {
+            let h = &mut c.half[side];
+            if let Some(next) = h.next_seq {
+                let len = seg.payload.len() as u32 + seg.missing;
+                let off = h.offset_of(data_seq.wrapping_add(len), next);
+                h.fin_off = Some(off.max(0) as u64);
+            }
+        }
+        if seg.flags.ack {
+            ack_gaps(c, 1 - side, seg.ack, ts, budget, stats);
+        }
+        check_fin(c, side, ts, budget);
+        let rst = seg.flags.rst;
+        c.flow.take_done(&mut self.out);
+        let both_ended = c.half.iter().all(|h| h.ended);
+        if rst || both_ended {
+            self.close(k, ts, stats);
+        }
+    }
+
+    /// Finish a connection: give up its holes, end both directions, emit.
+    fn close(&mut self, k: Key, ts: i64, stats: &mut CaptureStats) {
+        let Some(c) = self.conns.get_mut(&k) else { return };
+        if c.closed {
+            return;
+        }
+        for side in 0..2 {
+            flush_holes(c, side, ts, &mut self.budget, stats);
+        }
+        c.flow.finish(ts, &mut self.budget);
+        c.flow.take_done(&mut self.out);
+        stats.add_flow(&c.flow);
+        c.closed = true;
+        for h in &mut c.half {
+            self.budget.held = self.budget.held.saturating_sub(h.ooo_bytes);
+            h.ooo.clear();
+            h.ooo_bytes = 0;
+        }
+    }
+
+    /// Finish idle connections and forget old closed ones.
+    fn sweep(&mut self, stats: &mut CaptureStats) {
+        let now = self.now_ns;
+        let idle: Vec<Key> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                let age = now.saturating_sub(c.last_ns);
+                (c.closed && age > TOMBSTONE_NS) || (!c.closed && age > self.config.idle_timeout_ns)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for k in idle {
+            if !self.conns[&k].closed {
+                stats.expired_connections += 1;
+            }
+            self.close(k, now, stats);
+            self.conns.remove(&k);
+        }
+    }
+
+    /// Keep the table under its limit: drop closed connections first, then
+    /// finish the least recently active tenth.
+    fn make_room(&mut self, stats: &mut CaptureStats) {
+        if self.conns.len() < self.config.max_connections {
+            return;
+        }
+        self.conns.retain(|_, c| !c.closed);
+        if self.conns.len() < self.config.max_connections {
+            return;
+        }
+        let mut ages: Vec<(i64, Key)> = self.conns.iter().map(|(k, c)| (c.last_ns, *k)).collect();
+        let n = (ages.len() / 10).max(1);
+        ages.select_nth_unstable(n - 1);
+        let now = self.now_ns;
+        for (_, k) in ages.into_iter().take(n) {
+            stats.evicted_connections += 1;
+            self.close(k, now, stats);
+            self.conns.remove(&k);
+        }
+    }
+
+    /// End of input: finish every connection.
+    pub fn finish(&mut self, stats: &mut CaptureStats) {
+        let keys: Vec<Key> = self.conns.keys().copied().collect();
+        let now = self.now_ns;
+        for k in keys {
+            self.close(k, now, stats);
+        }
+        self.conns.clear();
+        stats.memory_truncated_bodies = self.budget.memory_truncated;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn deliver(
+    c: &mut Connection,
+    side: usize,
+    data_seq: u32,
+    seg: &Segment<'_>,
+    ts: i64,
+    cfg: ReassemblyConfig,
+    budget: &mut Budget,
+    stats: &mut CaptureStats,
+) {
+    if seg.payload.is_empty() && seg.missing == 0 {
+        return;
+    }
+    let h = &mut c.half[side];
+    let Some(next) = h.next_seq else { return };
+    let off = h.offset_of(data_seq, next);
+    let len = seg.payload.len() as i64 + i64::from(seg.missing);
+    if off + len <= h.next_off as i64 {
+        stats.retransmitted_segments += 1;
+        return;
+    }
+    if off > h.next_off as i64 {
+        // A hole before this segment: hold it until the hole fills or is given up.
+        stats.out_of_order_segments += 1;
+        let chunk = Chunk {
+            data: seg.payload.to_vec(),
+            missing: seg.missing,
+            ts,
+        };
+        if h.ooo_bytes + chunk.data.len() > cfg.max_conn_buffer
+            || budget.held + chunk.data.len() > budget.max
+        {
+            // Over a limit: give up the first hole (or the one before this
+            // segment) so memory stays bounded, then try again.
+            stats.buffer_overflow_gaps += 1;
+            let until = h
+                .ooo
+                .first_key_value()
+                .map_or(off as u64, |(&k, _)| k.min(off as u64));
+            skip_to(c, side, until, ts, budget, stats);
+            drain_ooo(c, side, budget, stats);
+            return deliver(c, side, data_seq, seg, ts, cfg, budget, stats);
+        }
+        let h = &mut c.half[side];
+        h.ooo_bytes += chunk.data.len();
+        budget.held += chunk.data.len();
+        let prev = h.ooo.insert(off as u64, chunk);
+        if let Some(prev) = prev {
+            h.ooo_bytes -= prev.data.len();
+            budget.held -= prev.data.len();
+        }
+        return;
+    }
+    // In order (possibly overlapping what was delivered): pass on the new part.
+    let skip = (h.next_off as i64 - off) as usize;
+    if skip > 0 {
+        stats.overlapping_segments += 1;
+    }
+    feed_part(c, side, &seg.payload, seg.missing, skip, ts, budget, stats);
+    drain_ooo(c, side, budget, stats);
+}
+
+/// Feed `data` (then `missing` lost bytes) minus its first `skip` bytes.
+#[allow(clippy::too_many_arguments)]
+fn feed_part(
+    c: &mut Connection,
+    side: usize,
+    data: &[u8],
+    missing: u32,
+    skip: usize,
+    ts: i64,
+    budget: &mut Budget,
+    stats: &mut CaptureStats,
+) {
+    let h = &mut c.half[side];
+    let total = data.len() + missing as usize;
+    if skip >= total {
+        return;
+    }
+    let fresh = data.get(skip..).unwrap_or(&[]);
+    let lost = (total - skip - fresh.len()) as u64;
+    h.next_off += (total - skip) as u64;
+    h.next_seq = h.next_seq.map(|s| s.wrapping_add((total - skip) as u32));
+    if !fresh.is_empty() {
+        c.flow.data(side, fresh, ts, budget);
+    }
+    if lost > 0 {
+        stats.gaps += 1;
+        stats.gap_bytes += lost;
+        c.flow.gap(side, lost, ts, budget);
+    }
+}
+
+/// Deliver held segments that are now in order.
+fn drain_ooo(c: &mut Connection, side: usize, budget: &mut Budget, stats: &mut CaptureStats) {
+    loop {
+        let h = &mut c.half[side];
+        let Some(entry) = h.ooo.first_entry() else { return };
+        if *entry.key() > h.next_off {
+            return;
+        }
+        let off = *entry.key();
+        let chunk = entry.remove();
+        h.ooo_bytes -= chunk.data.len();
+        budget.held = budget.held.saturating_sub(chunk.data.len());
+        let skip = (h.next_off - off) as usize;
+        feed_part(c, side, &chunk.data, chunk.missing, skip, chunk.ts, budget, stats);
+    }
+}
+
+/// Declare the first hole of `side` lost and deliver what follows it.
+fn give_up_first_hole(
+    c: &mut Connection,
+    side: usize,
+    ts: i64,
+    budget: &mut Budget,
+    stats: &mut CaptureStats,
+) {
+    let Some((&first, _)) = c.half[side].ooo.first_key_value() else { return };
+    skip_to(c, side, first, ts, budget, stats);
+    drain_ooo(c, side, budget, stats);
+}
+
+/// Declare the bytes from the next expected offset up to `until` lost.
+fn skip_to(
+    c: &mut Connection,
+    side: usize,
+    until: u64,
+    ts: i64,
+    budget: &mut Budget,
+    stats: &mut CaptureStats,
+) {
+    let h = &mut c.half[side];
+    if until <= h.next_off {
+        return;
+    }
+    let len = until - h.next_off;
+    h.next_off = until;
+    h.next_seq = h.next_seq.map(|s| s.wrapping_add(len as u32));
+    stats.gaps += 1;
+    stats.gap_bytes += len;
+    c.flow.gap(side, len, ts, budget);
+}
+
+/// Give up every hole of `side` (the connection is ending).
+fn flush_holes(c: &mut Connection, side: usize, ts: i64, budget: &mut Budget, stats: &mut CaptureStats) {
+    while !c.half[side].ooo.is_empty() {
+        give_up_first_hole(c, side, ts, budget, stats);
+    }
+    // Bytes acknowledged before the FIN but never seen.
+    if let Some(fin) = c.half[side].fin_off.filter(|_| !c.half[side].ended) {
+        skip_to(c, side, fin, ts, budget, stats);
+    }
+    end_side(c, side, ts, budget);
+}
+
+/// The peer acknowledged bytes of `side` up to `ack`: holes before that are lost.
+fn ack_gaps(
+    c: &mut Connection,
+    side: usize,
+    ack: u32,
+    ts: i64,
+    budget: &mut Budget,
+    stats: &mut CaptureStats,
+) {
+    let h = &c.half[side];
+    let Some(next) = h.next_seq else { return };
+    let Some((&first, _)) = h.ooo.first_key_value() else { return };
+    let acked = h.offset_of(ack, next);
+    // Only a hole the receiver has acknowledged past is certainly lost; a
+    // later-arriving reordered segment cannot be confused with it.
+    if acked > first as i64 - 1 && acked > h.next_off as i64 {
+        give_up_first_hole(c, side, ts, budget, stats);
+    }
+}
+
+fn check_fin(c: &mut Connection, side: usize, ts: i64, budget: &mut Budget) {
+    let h = &c.half[side];
+    if h.fin_off.is_some_and(|f| h.next_off >= f) && !h.ended {
+        end_side(c, side, ts, budget);
+    }
+}
+
+fn end_side(c: &mut Connection, side: usize, ts: i64, budget: &mut Budget) {
+    if !c.half[side].ended {
+        c.half[side].ended = true;
+        c.flow.end(side, ts, budget);
+    }
+}

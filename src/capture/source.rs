@@ -1,0 +1,265 @@
+//! Reading packets from pcap and pcapng files.
+//!
+//! Files are memory-mapped and parsed with `pcap-parser` (libpcap refuses
+//! pcapng files whose interfaces have different link types, and gives no
+//! control over truncated files). A file that ends mid-record yields every
+//! record before the cut and reports the cut.
+
+use std::fs::File;
+use std::path::Path;
+
+use pcap_parser::nom;
+use pcap_parser::pcapng::Block;
+use pcap_parser::{
+    parse_block_be, parse_block_le, parse_pcap_frame, parse_pcap_frame_be, parse_pcap_header,
+    parse_sectionheaderblock, PcapError,
+};
+
+use super::CaptureError;
+
+/// One captured frame, borrowed from the mapped file.
+#[derive(Clone, Copy, Debug)]
+pub struct RawPacket<'a> {
+    /// Capture time, nanoseconds since the Unix epoch.
+    pub ts_ns: i64,
+    /// LINKTYPE_* value of the interface the frame came from.
+    pub linktype: i32,
+    /// Interface index within the file (pcapng), 0 for pcap.
+    pub interface: u32,
+    pub data: &'a [u8],
+    /// Length of the frame on the wire (>= data.len() when snaplen cut it).
+    pub orig_len: u32,
+}
+
+/// How reading a file ended.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReadOutcome {
+    pub packets: u64,
+    /// Set when the file ended mid-record or held a damaged record: what was
+    /// read before that point was used.
+    pub damaged: Option<String>,
+}
+
+/// A memory-mapped capture file.
+pub struct CaptureFile {
+    map: memmap2::Mmap,
+    name: String,
+}
+
+const PCAP_MAGICS: [[u8; 4]; 4] = [
+    [0xd4, 0xc3, 0xb2, 0xa1],
+    [0xa1, 0xb2, 0xc3, 0xd4],
+    [0x4d, 0x3c, 0xb2, 0xa1],
+    [0xa1, 0xb2, 0x3c, 0x4d],
+];
+const PCAPNG_MAGIC: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
+
+impl CaptureFile {
+    /// Open and check the magic number, so a non-capture fails before any work.
+    pub fn open(path: &Path) -> Result<Self, CaptureError> {
+        let name = path.display().to_string();
+        let file = File::open(path).map_err(|e| CaptureError::Open(name.clone(), e))?;
+        // SAFETY: the map is read-only; a file truncated by another process
+        // while we read it is the user's documented risk, as with any mmap reader.
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .map_err(|e| CaptureError::Open(name.clone(), e))?;
+        let magic: [u8; 4] = map
+            .get(..4)
+            .and_then(|m| m.try_into().ok())
+            .ok_or_else(|| CaptureError::NotACapture(name.clone(), "shorter than 4 bytes".into()))?;
+        if !PCAP_MAGICS.contains(&magic) && magic != PCAPNG_MAGIC {
+            return Err(CaptureError::NotACapture(
+                name,
+                format!("unknown magic number {:02x?}", magic),
+            ));
+        }
+        Ok(Self { map, name })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn len(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Call `on_packet` for every frame, with the byte offset reached.
+    /// `stop` is polled now and then; when it says so, reading ends early.
+    pub fn for_each_packet(
+        &self,
+        on_packet: impl FnMut(RawPacket<'_>, u64),
+        stop: &dyn Fn() -> bool,
+    ) -> Result<ReadOutcome, CaptureError> {
+        if self.map[..4] == PCAPNG_MAGIC {
+            read_pcapng(&self.map, on_packet, stop)
+        } else {
+            read_pcap(&self.map, &self.name, on_packet, stop)
+        }
+    }
+}
+
+fn describe(err: &nom::Err<PcapError<&[u8]>>) -> String {
+    match err {
+        nom::Err::Incomplete(_) => "file ends in the middle of a record".into(),
+        nom::Err::Error(e) | nom::Err::Failure(e) => format!("damaged record ({e:?})")
+            .chars()
+            .take(120)
+            .collect(),
+    }
+}
+
+fn read_pcap(
+    data: &[u8],
+    name: &str,
+    mut on_packet: impl FnMut(RawPacket<'_>, u64),
+    stop: &dyn Fn() -> bool,
+) -> Result<ReadOutcome, CaptureError> {
+    let (mut rest, header) = parse_pcap_header(data)
+        .map_err(|e| CaptureError::NotACapture(name.to_string(), describe(&e)))?;
+    let nanos = header.is_nanosecond_precision();
+    let big = header.is_bigendian();
+    let linktype = header.network.0;
+    let mut out = ReadOutcome::default();
+    while !rest.is_empty() {
+        if out.packets % 4096 == 0 && stop() {
+            break;
+        }
+        let parsed = if big {
+            parse_pcap_frame_be(rest)
+        } else {
+            parse_pcap_frame(rest)
+        };
+        match parsed {
+            Ok((next, frame)) => {
+                let frac = if nanos {
+                    frame.ts_usec as i64
+                } else {
+                    frame.ts_usec as i64 * 1000
+                };
+                let offset = (data.len() - next.len()) as u64;
+                out.packets += 1;
+                on_packet(
+                    RawPacket {
+                        ts_ns: frame.ts_sec as i64 * 1_000_000_000 + frac,
+                        linktype,
+                        interface: 0,
+                        data: frame.data,
+                        orig_len: frame.origlen,
+                    },
+                    offset,
+                );
+                rest = next;
+            }
+            Err(e) => {
+                out.damaged = Some(format!(
+                    "{} at byte {}",
+                    describe(&e),
+                    data.len() - rest.len()
+                ));
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Per-interface facts from an Interface Description Block.
+#[derive(Clone, Copy)]
+struct Interface {
+    linktype: i32,
+    units_per_sec: u64,
+    offset_secs: i64,
+}
+
+fn read_pcapng(
+    data: &[u8],
+    mut on_packet: impl FnMut(RawPacket<'_>, u64),
+    stop: &dyn Fn() -> bool,
+) -> Result<ReadOutcome, CaptureError> {
+    let mut rest = data;
+    let mut big = false;
+    let mut interfaces: Vec<Interface> = Vec::new();
+    let mut out = ReadOutcome::default();
+    while !rest.is_empty() {
+        if out.packets % 4096 == 0 && stop() {
+            break;
+        }
+        let at = data.len() - rest.len();
+        // A section header block fixes the byte order of what follows it.
+        let parsed = if rest.starts_with(&PCAPNG_MAGIC) {
+            parse_sectionheaderblock(rest).map(|(r, shb)| {
+                big = shb.big_endian();
+                (r, Block::SectionHeader(shb))
+            })
+        } else if big {
+            parse_block_be(rest)
+        } else {
+            parse_block_le(rest)
+        };
+        let (next, block) = match parsed {
+            Ok(ok) => ok,
+            Err(e) => {
+                out.damaged = Some(format!("{} at byte {at}", describe(&e)));
+                break;
+            }
+        };
+        let offset = (data.len() - next.len()) as u64;
+        rest = next;
+        match block {
+            Block::SectionHeader(_) => interfaces.clear(),
+            Block::InterfaceDescription(idb) => interfaces.push(Interface {
+                linktype: idb.linktype.0,
+                units_per_sec: idb.ts_resolution().unwrap_or(1_000_000),
+                offset_secs: idb.ts_offset(),
+            }),
+            Block::EnhancedPacket(epb) => {
+                let Some(iface) = interfaces.get(epb.if_id as usize).copied() else {
+                    out.damaged = Some(format!(
+                        "packet names interface {} which was never described, at byte {at}",
+                        epb.if_id
+                    ));
+                    break;
+                };
+                let raw = (u64::from(epb.ts_high) << 32) | u64::from(epb.ts_low);
+                let ns = (u128::from(raw) * 1_000_000_000 / u128::from(iface.units_per_sec.max(1)))
+                    as i64;
+                out.packets += 1;
+                let caplen = (epb.caplen as usize).min(epb.data.len());
+                on_packet(
+                    RawPacket {
+                        ts_ns: ns.saturating_add(iface.offset_secs.saturating_mul(1_000_000_000)),
+                        linktype: iface.linktype,
+                        interface: epb.if_id,
+                        data: &epb.data[..caplen],
+                        orig_len: epb.origlen,
+                    },
+                    offset,
+                );
+            }
+            Block::SimplePacket(spb) => {
+                let Some(iface) = interfaces.first().copied() else {
+                    continue;
+                };
+                out.packets += 1;
+                let len = (spb.origlen as usize).min(spb.data.len());
+                on_packet(
+                    RawPacket {
+                        ts_ns: 0,
+                        linktype: iface.linktype,
+                        interface: 0,
+                        data: &spb.data[..len],
+                        orig_len: spb.origlen,
+                    },
+                    offset,
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}

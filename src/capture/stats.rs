@@ -1,0 +1,141 @@
+//! What a capture run saw, kept, skipped and lost.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::flow::HttpFlow;
+use super::link::SkipReason;
+use crate::schema::Exchange;
+
+/// Figures of one capture run, printed as the summary and written by `--stats-json`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CaptureStats {
+    pub files: u64,
+    pub input_bytes: u64,
+    pub packets: u64,
+    pub packet_bytes: u64,
+    /// Frames whose capture length was below their wire length (snaplen).
+    pub packets_cut_by_snaplen: u64,
+    /// Packets not used, by reason.
+    pub packets_skipped: BTreeMap<&'static str, u64>,
+    pub tcp_segments: u64,
+    pub connections: u64,
+    pub http_connections: u64,
+    pub non_http_connections: u64,
+    /// Connections that carried neither HTTP nor anything we could classify.
+    pub silent_connections: u64,
+    pub exchanges: u64,
+    pub incomplete_exchanges: u64,
+    pub requests_without_response: u64,
+    /// Responses whose request was not captured (not written).
+    pub responses_without_request: u64,
+    /// Message starts lost in gaps or garbage, by direction.
+    pub requests_lost: u64,
+    pub responses_lost: u64,
+    pub truncated_bodies: u64,
+    pub memory_truncated_bodies: u64,
+    pub retransmitted_segments: u64,
+    pub overlapping_segments: u64,
+    pub out_of_order_segments: u64,
+    pub gaps: u64,
+    pub gap_bytes: u64,
+    pub buffer_overflow_gaps: u64,
+    pub expired_connections: u64,
+    pub evicted_connections: u64,
+    pub port_reuse: u64,
+    pub late_segments: u64,
+    pub segments_without_connection: u64,
+    pub ip_fragments_dropped: u64,
+    pub redacted_values: u64,
+    /// Files that ended mid-record or held a damaged record, with where.
+    pub damaged_files: Vec<String>,
+    pub output_rows: u64,
+}
+
+impl CaptureStats {
+    pub fn skip(&mut self, reason: SkipReason) {
+        *self.packets_skipped.entry(reason.as_str()).or_default() += 1;
+    }
+
+    /// Count a finished connection.
+    pub fn add_flow(&mut self, flow: &HttpFlow) {
+        let c = flow.counters();
+        self.responses_without_request += c.orphan_responses;
+        self.responses_lost += c.lost_responses;
+        self.requests_lost += c.lost_requests;
+        if flow.has_http() {
+            self.http_connections += 1;
+        } else if flow.is_non_http() {
+            self.non_http_connections += 1;
+        } else {
+            self.silent_connections += 1;
+        }
+    }
+
+    /// Count exchanges about to be written.
+    pub fn add_exchanges(&mut self, rows: &[Exchange]) {
+        for ex in rows {
+            self.exchanges += 1;
+            self.incomplete_exchanges += u64::from(ex.incomplete.is_some());
+            self.requests_without_response += u64::from(ex.status.is_none());
+            self.truncated_bodies +=
+                u64::from(ex.request_body_truncated) + u64::from(ex.response_body_truncated);
+        }
+    }
+
+    /// The closing summary for people.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let mb = self.input_bytes as f64 / 1e6;
+        let _ = writeln!(s, "capture summary");
+        let _ = writeln!(s, "  files              {} ({mb:.1} MB)", self.files);
+        let _ = writeln!(
+            s,
+            "  packets            {} ({} bytes, {} cut by snaplen)",
+            self.packets, self.packet_bytes, self.packets_cut_by_snaplen
+        );
+        let _ = writeln!(
+            s,
+            "  connections        {} ({} HTTP, {} non-HTTP, {} without payload)",
+            self.connections, self.http_connections, self.non_http_connections, self.silent_connections
+        );
+        let _ = writeln!(s, "  exchanges          {}", self.exchanges);
+        let _ = writeln!(s, "  incomplete         {}", self.incomplete_exchanges);
+        let _ = writeln!(s, "  without response   {}", self.requests_without_response);
+        let _ = writeln!(s, "  responses without request {}", self.responses_without_request);
+        let _ = writeln!(
+            s,
+            "  tcp                {} segments, {} retransmitted, {} out of order, {} gaps ({} bytes)",
+            self.tcp_segments,
+            self.retransmitted_segments,
+            self.out_of_order_segments,
+            self.gaps,
+            self.gap_bytes
+        );
+        let _ = writeln!(
+            s,
+            "  limits             {} expired, {} evicted connections, {} overflow gaps, {} bodies truncated",
+            self.expired_connections,
+            self.evicted_connections,
+            self.buffer_overflow_gaps,
+            self.truncated_bodies
+        );
+        if !self.packets_skipped.is_empty() {
+            let reasons: Vec<String> = self
+                .packets_skipped
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            let _ = writeln!(s, "  packets skipped    {}", reasons.join(", "));
+        }
+        if self.redacted_values > 0 {
+            let _ = writeln!(s, "  redacted values    {}", self.redacted_values);
+        }
+        for d in &self.damaged_files {
+            let _ = writeln!(s, "  damaged input      {d}");
+        }
+        s
+    }
+}

@@ -1,0 +1,9 @@
+//! shadowctl: capture production HTTP traffic, replay it against a primary and
+//! shadow deployments, and judge whether the shadow may roll out.
+//!
+//! Data flows one way: `capture` -> Parquet -> `replay` -> Parquet -> `diff` -> report.
+//! The Parquet layouts shared by the stages live in [`schema`].
+
+pub mod capture;
+pub mod schema;
+pub mod text;

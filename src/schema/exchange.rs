@@ -1,0 +1,277 @@
+//! The capture schema: one row per HTTP exchange (a request and its response).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BinaryBuilder, BooleanBuilder, ListArray, RecordBatch, StringBuilder,
+    StructArray, TimestampNanosecondBuilder, UInt16Array, UInt16Builder, UInt32Builder,
+    UInt64Builder,
+};
+use arrow::buffer::{NullBuffer, OffsetBuffer};
+use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+
+use super::HeaderList;
+use crate::text::latin1;
+
+/// Why an exchange is flagged incomplete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IncompleteReason {
+    /// Bytes of the request were never captured (a TCP gap).
+    RequestGap,
+    /// Bytes of the response were never captured (a TCP gap).
+    ResponseGap,
+    /// The request could not be parsed past some point.
+    RequestMalformed,
+    /// The response could not be parsed past some point.
+    ResponseMalformed,
+    /// The capture ended (or the connection was evicted) mid-request.
+    RequestCut,
+    /// The capture ended (or the connection was evicted) mid-response.
+    ResponseCut,
+}
+
+impl IncompleteReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RequestGap => "request_gap",
+            Self::ResponseGap => "response_gap",
+            Self::RequestMalformed => "request_malformed",
+            Self::ResponseMalformed => "response_malformed",
+            Self::RequestCut => "request_cut",
+            Self::ResponseCut => "response_cut",
+        }
+    }
+}
+
+/// One request with its response, as captured.
+#[derive(Clone, Debug, Default)]
+pub struct Exchange {
+    pub exchange_id: u64,
+    pub flow_id: u64,
+    /// 0-based position of the request within its TCP connection.
+    pub seq_in_flow: u32,
+    pub client: Option<SocketAddr>,
+    pub server: Option<SocketAddr>,
+    /// Capture time of the first and last byte of the request (ns since epoch).
+    pub request_ts: i64,
+    pub request_end_ts: i64,
+    /// Capture time of the first and last byte of the final response.
+    pub response_ts: Option<i64>,
+    pub response_end_ts: Option<i64>,
+    pub method: String,
+    pub target: String,
+    pub http_version: String,
+    pub host: Option<String>,
+    pub request_headers: HeaderList,
+    pub request_trailers: HeaderList,
+    pub request_body: Vec<u8>,
+    /// De-chunked length of the whole request body, stored or not.
+    pub request_body_len: u64,
+    pub request_body_truncated: bool,
+    /// Final status; `None` when no response was seen.
+    pub status: Option<u16>,
+    pub reason: Option<String>,
+    pub response_version: Option<String>,
+    /// Interim 1xx statuses (other than 101) that came before the final one.
+    pub interim_statuses: Vec<u16>,
+    pub response_headers: HeaderList,
+    pub response_trailers: HeaderList,
+    pub response_body: Vec<u8>,
+    pub response_body_len: u64,
+    pub response_body_truncated: bool,
+    pub incomplete: Option<IncompleteReason>,
+    /// The connection switched protocols (101) or became a CONNECT tunnel.
+    pub upgraded: bool,
+}
+
+fn header_list_type() -> DataType {
+    DataType::List(Arc::new(Field::new(
+        "item",
+        DataType::Struct(header_fields()),
+        false,
+    )))
+}
+
+fn header_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("value", DataType::Utf8, false),
+    ])
+}
+
+fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()))
+}
+
+/// The Arrow schema of a capture file. Order and names are public.
+pub fn exchange_schema() -> SchemaRef {
+    use DataType::*;
+    let f = |name: &str, t: DataType, nullable: bool| Field::new(name, t, nullable);
+    Arc::new(Schema::new(vec![
+        f("exchange_id", UInt64, false),
+        f("flow_id", UInt64, false),
+        f("seq_in_flow", UInt32, false),
+        f("request_ts", ts_type(), false),
+        f("request_end_ts", ts_type(), false),
+        f("response_ts", ts_type(), true),
+        f("response_end_ts", ts_type(), true),
+        f("client", Utf8, true),
+        f("server", Utf8, true),
+        f("method", Utf8, false),
+        f("target", Utf8, false),
+        f("host", Utf8, true),
+        f("http_version", Utf8, false),
+        f("request_headers", header_list_type(), false),
+        f("request_trailers", header_list_type(), false),
+        f("request_body", Binary, false),
+        f("request_body_len", UInt64, false),
+        f("request_body_truncated", Boolean, false),
+        f("status", UInt16, true),
+        f("reason", Utf8, true),
+        f("response_version", Utf8, true),
+        f(
+            "interim_statuses",
+            List(Arc::new(Field::new("item", UInt16, false))),
+            false,
+        ),
+        f("response_headers", header_list_type(), false),
+        f("response_trailers", header_list_type(), false),
+        f("response_body", Binary, true),
+        f("response_body_len", UInt64, true),
+        f("response_body_truncated", Boolean, false),
+        f("incomplete", Boolean, false),
+        f("incomplete_reason", Utf8, true),
+        f("missing_response", Boolean, false),
+        f("upgraded", Boolean, false),
+    ]))
+}
+
+/// Build a list<struct<name, value>> column from one header list per row.
+fn header_column<'a>(lists: impl Iterator<Item = &'a HeaderList>, rows: usize) -> ArrayRef {
+    let mut names = StringBuilder::new();
+    let mut values = StringBuilder::new();
+    let mut offsets = Vec::with_capacity(rows + 1);
+    offsets.push(0i32);
+    let mut n = 0i32;
+    for list in lists {
+        for (name, value) in list.iter() {
+            names.append_value(latin1(name));
+            values.append_value(latin1(value));
+            n += 1;
+        }
+        offsets.push(n);
+    }
+    let entries = StructArray::new(
+        header_fields(),
+        vec![Arc::new(names.finish()), Arc::new(values.finish())],
+        None,
+    );
+    let field = Arc::new(Field::new("item", DataType::Struct(header_fields()), false));
+    Arc::new(ListArray::new(
+        field,
+        OffsetBuffer::new(offsets.into()),
+        Arc::new(entries),
+        None,
+    ))
+}
+
+fn interim_column(rows: &[Exchange]) -> ArrayRef {
+    let mut offsets = Vec::with_capacity(rows.len() + 1);
+    offsets.push(0i32);
+    let mut values = Vec::new();
+    for ex in rows {
+        values.extend_from_slice(&ex.interim_statuses);
+        offsets.push(values.len() as i32);
+    }
+    let field = Arc::new(Field::new("item", DataType::UInt16, false));
+    Arc::new(ListArray::new(
+        field,
+        OffsetBuffer::new(offsets.into()),
+        Arc::new(UInt16Array::from(values)),
+        None::<NullBuffer>,
+    ))
+}
+
+fn addr(a: &Option<SocketAddr>) -> Option<String> {
+    a.map(|a| a.to_string())
+}
+
+/// Convert exchanges into one record batch of [`exchange_schema`].
+pub fn exchanges_to_batch(rows: &[Exchange]) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let n = rows.len();
+    let u64col = |f: &dyn Fn(&Exchange) -> u64| {
+        let mut b = UInt64Builder::with_capacity(n);
+        rows.iter().for_each(|r| b.append_value(f(r)));
+        Arc::new(b.finish()) as ArrayRef
+    };
+    let ts = |f: &dyn Fn(&Exchange) -> Option<i64>| {
+        let mut b = TimestampNanosecondBuilder::with_capacity(n).with_timezone("UTC");
+        rows.iter().for_each(|r| b.append_option(f(r)));
+        Arc::new(b.finish()) as ArrayRef
+    };
+    let text = |f: &dyn Fn(&Exchange) -> Option<String>| {
+        let mut b = StringBuilder::new();
+        rows.iter().for_each(|r| b.append_option(f(r)));
+        Arc::new(b.finish()) as ArrayRef
+    };
+    let text_ref = |f: &dyn Fn(&Exchange) -> &str| {
+        let mut b = StringBuilder::new();
+        rows.iter().for_each(|r| b.append_value(f(r)));
+        Arc::new(b.finish()) as ArrayRef
+    };
+    let flag = |f: &dyn Fn(&Exchange) -> bool| {
+        let mut b = BooleanBuilder::with_capacity(n);
+        rows.iter().for_each(|r| b.append_value(f(r)));
+        Arc::new(b.finish()) as ArrayRef
+    };
+    let body = |f: &dyn Fn(&Exchange) -> Option<&[u8]>| {
+        let bytes: usize = rows.iter().filter_map(|r| f(r)).map(<[u8]>::len).sum();
+        let mut b = BinaryBuilder::with_capacity(n, bytes);
+        rows.iter().for_each(|r| b.append_option(f(r)));
+        Arc::new(b.finish()) as ArrayRef
+    };
+    let mut seq = UInt32Builder::with_capacity(n);
+    rows.iter().for_each(|r| seq.append_value(r.seq_in_flow));
+    let mut status = UInt16Builder::with_capacity(n);
+    rows.iter().for_each(|r| status.append_option(r.status));
+    let answered = |r: &Exchange| r.status.is_some();
+    let mut resp_len = UInt64Builder::with_capacity(n);
+    rows.iter()
+        .for_each(|r| resp_len.append_option(answered(r).then_some(r.response_body_len)));
+
+    let columns: Vec<ArrayRef> = vec![
+        u64col(&|r| r.exchange_id),
+        u64col(&|r| r.flow_id),
+        Arc::new(seq.finish()),
+        ts(&|r| Some(r.request_ts)),
+        ts(&|r| Some(r.request_end_ts)),
+        ts(&|r| r.response_ts),
+        ts(&|r| r.response_end_ts),
+        text(&|r| addr(&r.client)),
+        text(&|r| addr(&r.server)),
+        text_ref(&|r| &r.method),
+        text_ref(&|r| &r.target),
+        text(&|r| r.host.clone()),
+        text_ref(&|r| &r.http_version),
+        header_column(rows.iter().map(|r| &r.request_headers), n),
+        header_column(rows.iter().map(|r| &r.request_trailers), n),
+        body(&|r| Some(&r.request_body)),
+        u64col(&|r| r.request_body_len),
+        flag(&|r| r.request_body_truncated),
+        Arc::new(status.finish()),
+        text(&|r| r.reason.clone()),
+        text(&|r| r.response_version.clone()),
+        interim_column(rows),
+        header_column(rows.iter().map(|r| &r.response_headers), n),
+        header_column(rows.iter().map(|r| &r.response_trailers), n),
+        body(&|r| answered(r).then_some(r.response_body.as_slice())),
+        Arc::new(resp_len.finish()),
+        flag(&|r| r.response_body_truncated),
+        flag(&|r| r.incomplete.is_some()),
+        text(&|r| r.incomplete.map(|i| i.as_str().to_string())),
+        flag(&|r| r.status.is_none()),
+        flag(&|r| r.upgraded),
+    ];
+    RecordBatch::try_new(exchange_schema(), columns)
+}

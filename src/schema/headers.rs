@@ -1,0 +1,118 @@
+//! A compact list of header fields: one byte buffer plus spans, so a message
+//! with twenty headers costs two allocations instead of forty.
+
+/// Header fields in wire order, duplicates kept, bytes exactly as sent.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct HeaderList {
+    bytes: Vec<u8>,
+    /// (name start, name end = value start, value end) into `bytes`.
+    spans: Vec<[u32; 3]>,
+}
+
+impl HeaderList {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push(&mut self, name: &[u8], value: &[u8]) {
+        let a = self.bytes.len() as u32;
+        self.bytes.extend_from_slice(name);
+        let b = self.bytes.len() as u32;
+        self.bytes.extend_from_slice(value);
+        let c = self.bytes.len() as u32;
+        self.spans.push([a, b, c]);
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Name and value of every field, in wire order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.spans.iter().map(move |&[a, b, c]| {
+            (
+                &self.bytes[a as usize..b as usize],
+                &self.bytes[b as usize..c as usize],
+            )
+        })
+    }
+
+    /// First value of the field `name` (ASCII case-insensitive).
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+
+    /// All values of the field `name` (ASCII case-insensitive).
+    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+
+    /// Replace the value of every field whose name is in `names` (lower case).
+    /// Returns how many values were replaced.
+    pub fn redact(&mut self, names: &[String], marker: &str) -> usize {
+        let hit = |n: &[u8]| names.iter().any(|x| n.eq_ignore_ascii_case(x.as_bytes()));
+        if !self.iter().any(|(n, _)| hit(n)) {
+            return 0;
+        }
+        let mut out = HeaderList::new();
+        let mut count = 0;
+        for (n, v) in self.iter() {
+            if hit(n) {
+                out.push(n, marker.as_bytes());
+                count += 1;
+            } else {
+                out.push(n, v);
+            }
+        }
+        *self = out;
+        count
+    }
+
+    /// Bytes held, for memory accounting.
+    pub fn heap_bytes(&self) -> usize {
+        self.bytes.capacity() + self.spans.capacity() * 12
+    }
+}
+
+impl std::fmt::Debug for HeaderList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.iter().map(|(n, v)| {
+                (
+                    String::from_utf8_lossy(n).into_owned(),
+                    String::from_utf8_lossy(v).into_owned(),
+                )
+            }))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_order_and_duplicates() {
+        let mut h = HeaderList::new();
+        h.push(b"Set-Cookie", b"a=1");
+        h.push(b"Host", b"x");
+        h.push(b"set-cookie", b"b=2");
+        assert_eq!(h.len(), 3);
+        assert_eq!(h.get("host"), Some(&b"x"[..]));
+        assert_eq!(h.get_all("SET-COOKIE").count(), 2);
+        let n = h.redact(&["set-cookie".to_string()], "[R]");
+        assert_eq!(n, 2);
+        let pairs: Vec<_> = h.iter().collect();
+        assert_eq!(pairs[0], (&b"Set-Cookie"[..], &b"[R]"[..]));
+        assert_eq!(pairs[1], (&b"Host"[..], &b"x"[..]));
+        assert_eq!(pairs[2], (&b"set-cookie"[..], &b"[R]"[..]));
+    }
+}

@@ -1,0 +1,47 @@
+//! Parquet layouts shared by every stage. Column names are a public interface
+//! (documented in `docs/schema.md`); change them only with a schema version bump.
+
+mod exchange;
+mod headers;
+mod parquet_io;
+
+pub use exchange::{exchange_schema, exchanges_to_batch, Exchange, IncompleteReason};
+pub use headers::HeaderList;
+pub use parquet_io::{read_exchanges, ExchangeFileWriter, WriterConfig};
+
+/// Version of the capture (exchanges) schema, stored under [`META_SCHEMA_VERSION`].
+pub const EXCHANGE_SCHEMA_VERSION: &str = "1";
+/// Key-value metadata key holding the schema version.
+pub const META_SCHEMA_VERSION: &str = "shadowctl.schema_version";
+/// Key-value metadata key naming the kind of file ("exchanges", "results").
+pub const META_KIND: &str = "shadowctl.kind";
+/// Key-value metadata key holding the capture statistics as JSON.
+pub const META_CAPTURE_STATS: &str = "shadowctl.capture_stats";
+/// What a secret header value is replaced with. Replay never sends it as a value.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// Errors of reading or writing the shared Parquet files.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parquet {
+        path: String,
+        source: parquet::errors::ParquetError,
+    },
+    #[error("{path}: {source}")]
+    Arrow {
+        path: String,
+        source: arrow::error::ArrowError,
+    },
+    #[error("{path}: not a shadowctl {expected} file ({detail})")]
+    WrongKind {
+        path: String,
+        expected: &'static str,
+        detail: String,
+    },
+}

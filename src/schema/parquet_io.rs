@@ -1,0 +1,312 @@
+//! Streaming Parquet writing (temporary name, footer always written, renamed
+//! when complete) and reading back of exchange files.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use arrow::array::{
+    Array, AsArray, BinaryArray, BooleanArray, ListArray, RecordBatch, StringArray, StructArray,
+    TimestampNanosecondArray, UInt16Array, UInt32Array, UInt64Array,
+};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+
+use super::{
+    exchange_schema, exchanges_to_batch, Exchange, HeaderList, IncompleteReason, SchemaError,
+    EXCHANGE_SCHEMA_VERSION, META_KIND, META_SCHEMA_VERSION,
+};
+use crate::text::latin1_bytes;
+
+/// How a Parquet file is laid out.
+#[derive(Clone, Debug)]
+pub struct WriterConfig {
+    /// Rows per row group at most.
+    pub row_group_rows: usize,
+    /// Encoded bytes buffered before a row group is flushed early.
+    pub row_group_bytes: usize,
+    pub zstd_level: i32,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self {
+            row_group_rows: 64 * 1024,
+            row_group_bytes: 64 * 1024 * 1024,
+            zstd_level: 1,
+        }
+    }
+}
+
+/// Writes exchanges to `path` through `path.partial`, renamed on [`finish`].
+///
+/// [`finish`]: ExchangeFileWriter::finish
+pub struct ExchangeFileWriter {
+    writer: ArrowWriter<File>,
+    path: PathBuf,
+    tmp: PathBuf,
+    config: WriterConfig,
+    rows: u64,
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> SchemaError {
+    SchemaError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn pq_err(path: &Path, source: parquet::errors::ParquetError) -> SchemaError {
+    SchemaError::Parquet {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+impl ExchangeFileWriter {
+    pub fn create(path: &Path, config: WriterConfig) -> Result<Self, SchemaError> {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".partial");
+        let tmp = PathBuf::from(tmp);
+        let file = File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
+        let level = ZstdLevel::try_new(config.zstd_level).unwrap_or_default();
+        // Bodies are large and unique: statistics and dictionaries cost time and
+        // buy nothing for them.
+        let mut props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(level))
+            .set_max_row_group_row_count(Some(config.row_group_rows))
+            .set_key_value_metadata(Some(vec![
+                KeyValue::new(META_KIND.into(), "exchanges".to_string()),
+                KeyValue::new(
+                    META_SCHEMA_VERSION.into(),
+                    EXCHANGE_SCHEMA_VERSION.to_string(),
+                ),
+            ]));
+        for col in ["request_body", "response_body"] {
+            let c = ColumnPath::from(col);
+            props = props
+                .set_column_statistics_enabled(c.clone(), EnabledStatistics::None)
+                .set_column_dictionary_enabled(c, false);
+        }
+        let writer = ArrowWriter::try_new(file, exchange_schema(), Some(props.build()))
+            .map_err(|e| pq_err(&tmp, e))?;
+        Ok(Self {
+            writer,
+            path: path.to_path_buf(),
+            tmp,
+            config,
+            rows: 0,
+        })
+    }
+
+    pub fn write(&mut self, rows: &[Exchange]) -> Result<(), SchemaError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let batch = exchanges_to_batch(rows).map_err(|source| SchemaError::Arrow {
+            path: self.tmp.display().to_string(),
+            source,
+        })?;
+        self.writer
+            .write(&batch)
+            .map_err(|e| pq_err(&self.tmp, e))?;
+        self.rows += rows.len() as u64;
+        // Bound memory: flush a row group early when large bodies fill it.
+        if self.writer.in_progress_size() >= self.config.row_group_bytes {
+            self.writer.flush().map_err(|e| pq_err(&self.tmp, e))?;
+        }
+        Ok(())
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Bytes written to the file so far plus those buffered for it.
+    pub fn bytes(&self) -> u64 {
+        (self.writer.bytes_written() + self.writer.in_progress_size()) as u64
+    }
+
+    /// Write the footer (with `metadata` added) and give the file its final name.
+    pub fn finish(mut self, metadata: Vec<(String, String)>) -> Result<PathBuf, SchemaError> {
+        for (k, v) in metadata {
+            self.writer.append_key_value_metadata(KeyValue::new(k, v));
+        }
+        self.writer.close().map_err(|e| pq_err(&self.tmp, e))?;
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| io_err(&self.path, e))?;
+        Ok(self.path)
+    }
+}
+
+/// Read every exchange of a capture file (for tests and small files; replay
+/// streams batches instead).
+pub fn read_exchanges(path: &Path) -> Result<(Vec<Exchange>, Vec<(String, String)>), SchemaError> {
+    let file = File::open(path).map_err(|e| io_err(path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| pq_err(path, e))?;
+    let kv: Vec<(String, String)> = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .map(|kv| {
+            kv.iter()
+                .map(|k| (k.key.clone(), k.value.clone().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let kind = kv.iter().find(|(k, _)| k == META_KIND).map(|(_, v)| v.as_str());
+    if kind != Some("exchanges") {
+        return Err(SchemaError::WrongKind {
+            path: path.display().to_string(),
+            expected: "capture (exchanges)",
+            detail: format!("kind is {kind:?}"),
+        });
+    }
+    let reader = builder.build().map_err(|e| pq_err(path, e))?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|source| SchemaError::Arrow {
+            path: path.display().to_string(),
+            source,
+        })?;
+        batch_to_exchanges(&batch, &mut out);
+    }
+    Ok((out, kv))
+}
+
+fn col<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> &'a T {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .unwrap_or_else(|| panic!("column {name} has the schema's type"))
+}
+
+fn headers_at(list: &ListArray, row: usize) -> HeaderList {
+    let mut h = HeaderList::new();
+    let entries = list.value(row);
+    let s: &StructArray = entries.as_struct();
+    let names = s.column(0).as_string::<i32>();
+    let values = s.column(1).as_string::<i32>();
+    for i in 0..s.len() {
+        h.push(&latin1_bytes(names.value(i)), &latin1_bytes(values.value(i)));
+    }
+    h
+}
+
+fn incomplete_from(s: &str) -> Option<IncompleteReason> {
+    use IncompleteReason::*;
+    [
+        RequestGap,
+        ResponseGap,
+        RequestMalformed,
+        ResponseMalformed,
+        RequestCut,
+        ResponseCut,
+    ]
+    .into_iter()
+    .find(|r| r.as_str() == s)
+}
+
+fn batch_to_exchanges(b: &RecordBatch, out: &mut Vec<Exchange>) {
+    let u64c = |n| col::<UInt64Array>(b, n);
+    let ts = |n| col::<TimestampNanosecondArray>(b, n);
+    let s = |n| col::<StringArray>(b, n);
+    let opt_s = |a: &StringArray, i: usize| a.is_valid(i).then(|| a.value(i).to_string());
+    let opt_ts = |a: &TimestampNanosecondArray, i: usize| a.is_valid(i).then(|| a.value(i));
+    let flag = |n, i| col::<BooleanArray>(b, n).value(i);
+    let bin = |n| col::<BinaryArray>(b, n);
+    let lists = |n| col::<ListArray>(b, n);
+    let status = col::<UInt16Array>(b, "status");
+    let seq = col::<UInt32Array>(b, "seq_in_flow");
+    let interim = lists("interim_statuses");
+    for i in 0..b.num_rows() {
+        let answered = status.is_valid(i);
+        out.push(Exchange {
+            exchange_id: u64c("exchange_id").value(i),
+            flow_id: u64c("flow_id").value(i),
+            seq_in_flow: seq.value(i),
+            client: opt_s(s("client"), i).and_then(|a| a.parse().ok()),
+            server: opt_s(s("server"), i).and_then(|a| a.parse().ok()),
+            request_ts: ts("request_ts").value(i),
+            request_end_ts: ts("request_end_ts").value(i),
+            response_ts: opt_ts(ts("response_ts"), i),
+            response_end_ts: opt_ts(ts("response_end_ts"), i),
+            method: s("method").value(i).to_string(),
+            target: s("target").value(i).to_string(),
+            http_version: s("http_version").value(i).to_string(),
+            host: opt_s(s("host"), i),
+            request_headers: headers_at(lists("request_headers"), i),
+            request_trailers: headers_at(lists("request_trailers"), i),
+            request_body: bin("request_body").value(i).to_vec(),
+            request_body_len: u64c("request_body_len").value(i),
+            request_body_truncated: flag("request_body_truncated", i),
+            status: answered.then(|| status.value(i)),
+            reason: opt_s(s("reason"), i),
+            response_version: opt_s(s("response_version"), i),
+            interim_statuses: interim
+                .value(i)
+                .as_primitive::<arrow::datatypes::UInt16Type>()
+                .values()
+                .to_vec(),
+            response_headers: headers_at(lists("response_headers"), i),
+            response_trailers: headers_at(lists("response_trailers"), i),
+            response_body: if answered {
+                bin("response_body").value(i).to_vec()
+            } else {
+                Vec::new()
+            },
+            response_body_len: if answered {
+                u64c("response_body_len").value(i)
+            } else {
+                0
+            },
+            response_body_truncated: flag("response_body_truncated", i),
+            incomplete: opt_s(s("incomplete_reason"), i).and_then(|r| incomplete_from(&r)),
+            upgraded: flag("upgraded", i),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_parquet() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.parquet");
+        let mut ex = Exchange {
+            exchange_id: 7,
+            method: "POST".into(),
+            target: "/a\u{e9}".into(),
+            http_version: "HTTP/1.1".into(),
+            status: Some(201),
+            request_body: b"{\"a\":1}".to_vec(),
+            request_body_len: 7,
+            interim_statuses: vec![100, 102],
+            client: Some("[::1]:5000".parse().unwrap()),
+            incomplete: Some(IncompleteReason::ResponseGap),
+            ..Default::default()
+        };
+        ex.request_headers.push(b"Host", b"h\xe9");
+        let mut w = ExchangeFileWriter::create(&path, WriterConfig::default()).unwrap();
+        w.write(std::slice::from_ref(&ex)).unwrap();
+        w.write(&[Exchange::default()]).unwrap();
+        assert!(!path.exists(), "final name appears only when complete");
+        w.finish(vec![("k".into(), "v".into())]).unwrap();
+        let (rows, kv) = read_exchanges(&path).unwrap();
+        assert_eq!(rows.len(), 2);
+        let r = &rows[0];
+        assert_eq!(r.exchange_id, 7);
+        assert_eq!(r.target, "/a\u{e9}");
+        assert_eq!(r.request_headers, ex.request_headers);
+        assert_eq!(r.interim_statuses, vec![100, 102]);
+        assert_eq!(r.client, ex.client);
+        assert_eq!(r.incomplete, Some(IncompleteReason::ResponseGap));
+        assert_eq!(rows[1].status, None);
+        assert!(kv.iter().any(|(k, v)| k == "k" && v == "v"));
+        assert!(kv.iter().any(|(k, _)| k == META_SCHEMA_VERSION));
+    }
+}
