@@ -52,6 +52,9 @@ struct Pending {
     ex: Exchange,
     req_done: bool,
     resp: Resp,
+    /// Stands for a request lost in a gap, so that its response (if seen,
+    /// or lost too) does not pair with the next request. Never written.
+    phantom: bool,
 }
 
 /// Pairs requests with responses in order.
@@ -67,6 +70,8 @@ struct Pairing {
     /// Whether the newest request is still receiving bytes.
     req_open: bool,
     next_seq: u32,
+    /// Responses lost before any request they could answer was seen.
+    lost_unpaired: u32,
     tunnel: bool,
     done: Vec<Exchange>,
     counters: FlowCounters,
@@ -182,7 +187,23 @@ impl Sink for Ctx<'_> {
 
     fn lost(&mut self, role: Role) {
         match role {
-            Role::Request => self.p.counters.lost_requests += 1,
+            Role::Request => {
+                self.p.counters.lost_requests += 1;
+                if self.p.lost_unpaired > 0 {
+                    // Its response was already lost too: the pair is gone.
+                    self.p.lost_unpaired -= 1;
+                } else if !self.p.req_open {
+                    self.p.queue.push_back(Pending {
+                        ex: Exchange {
+                            request_ts: i64::MIN,
+                            ..Default::default()
+                        },
+                        req_done: true,
+                        resp: Resp::Waiting,
+                        phantom: true,
+                    });
+                }
+            }
             Role::Response => {
                 // The response for the oldest waiting request was never seen
                 // whole: give up on it so later responses pair correctly.
@@ -193,6 +214,10 @@ impl Sink for Ctx<'_> {
                     self.p.awaiting += 1;
                     self.p.counters.lost_responses += 1;
                     self.p.emit_ready(self.budget);
+                } else if self.p.awaiting >= self.p.queue.len() {
+                    // No request seen to answer: it was lost too, and its gap
+                    // has not been noticed yet.
+                    self.p.lost_unpaired += 1;
                 }
             }
         }
@@ -238,6 +263,7 @@ impl Pairing {
             ex,
             req_done: false,
             resp: Resp::Waiting,
+            phantom: false,
         });
         self.req_open = true;
         framing
@@ -304,15 +330,20 @@ impl Pairing {
             let p = self.queue.pop_front().expect("front exists");
             self.awaiting = self.awaiting.saturating_sub(1);
             self.resp_active = self.resp_active.map(|i| i - 1);
-            self.release(p.ex, budget);
+            self.release(p, budget);
         }
     }
 
-    fn release(&mut self, ex: Exchange, budget: &mut Budget) {
+    fn release(&mut self, p: Pending, budget: &mut Budget) {
+        let ex = p.ex;
         budget.held = budget
             .held
             .saturating_sub(ex.request_body.len() + ex.response_body.len());
-        self.done.push(ex);
+        if p.phantom {
+            self.counters.orphan_responses += u64::from(ex.status.is_some());
+        } else {
+            self.done.push(ex);
+        }
     }
 
     /// Emit everything still queued (the connection is over).
@@ -324,7 +355,7 @@ impl Pairing {
             if p.resp == Resp::Receiving {
                 p.ex.incomplete.get_or_insert(IncompleteReason::ResponseCut);
             }
-            self.release(p.ex, budget);
+            self.release(p, budget);
         }
         self.awaiting = 0;
         self.resp_active = None;
@@ -358,6 +389,7 @@ impl HttpFlow {
                 resp_active: None,
                 req_open: false,
                 next_seq: 0,
+                lost_unpaired: 0,
                 tunnel: false,
                 done: Vec::new(),
                 counters: FlowCounters::default(),
@@ -418,7 +450,7 @@ impl HttpFlow {
         let other = 1 - side;
         let client = if data.starts_with(b"HTTP/") {
             other
-        } else if data.len() >= 4 && looks_like_request_line(data) != super::http::Looks::No {
+        } else if data.len() >= 4 && looks_like_request_line(data, false) != super::http::Looks::No {
             side
         } else if self.endpoints[side].port() >= self.endpoints[other].port() {
             // No HTTP at the start: ephemeral (higher) ports are usually clients.

@@ -245,15 +245,21 @@ impl MessageParser {
     fn salvage_head(&mut self, pending: &[u8], ts: i64, how: End, sink: &mut dyn Sink) -> bool {
         let start = skip_blank_lines(pending);
         let data = &pending[start..];
-        let Some(line_end) = memchr(b'\n', data) else {
-            return false;
+        let mut head = match data.iter().rposition(|&b| b == b'\n') {
+            // Keep only complete lines, then close the head artificially.
+            Some(last_nl) => data[..=last_nl].to_vec(),
+            // Only part of the start line (snaplen): keep it if it names at
+            // least a method and a target, as tshark does.
+            None if data.len() < MAX_LINE && data.contains(&b' ') => {
+                let mut line = data.to_vec();
+                line.push(b'\n');
+                line
+            }
+            None => return false,
         };
-        if self.looks_like_start(data) != Looks::Yes {
+        if self.looks_like_start(&head, true) != Looks::Yes {
             return false;
         }
-        // Keep only complete lines, then close the head artificially.
-        let last_nl = data.iter().rposition(|&b| b == b'\n').unwrap_or(line_end);
-        let mut head = data[..=last_nl].to_vec();
         head.extend_from_slice(b"\r\n");
         let Some(parsed) = parse_head(self.role, &head) else {
             return false;
@@ -302,7 +308,7 @@ impl MessageParser {
     fn resync(&mut self, rest: &[u8]) -> Option<usize> {
         let mut pos = 0;
         loop {
-            match self.looks_like_start(&rest[pos..]) {
+            match self.looks_like_start(&rest[pos..], false) {
                 Looks::Yes => {
                     self.state = State::Start { resync: false };
                     self.skipped_bytes += pos as u64;
@@ -332,7 +338,7 @@ impl MessageParser {
         if blank > 0 {
             return Some(blank);
         }
-        if self.looks_like_start(rest) == Looks::No {
+        if self.looks_like_start(rest, true) == Looks::No {
             return Some(self.malformed(sink));
         }
         let Some(end) = head_end(rest) else {
@@ -459,9 +465,11 @@ impl MessageParser {
         0
     }
 
-    fn looks_like_start(&self, d: &[u8]) -> Looks {
+    /// Whether `d` starts with a start line; `lenient` only at a message
+    /// boundary we trust (not while skipping unknown bytes).
+    fn looks_like_start(&self, d: &[u8], lenient: bool) -> Looks {
         match self.role {
-            Role::Request => looks_like_request_line(d),
+            Role::Request => looks_like_request_line(d, lenient),
             Role::Response => looks_like_status_line(d),
         }
     }
@@ -501,14 +509,24 @@ fn is_tchar(b: u8) -> bool {
 }
 
 /// `METHOD SP target SP HTTP/x.y` (checked as far as the bytes go).
-pub fn looks_like_request_line(d: &[u8]) -> Looks {
+///
+/// `lenient` (used where a message must begin, never when skipping junk)
+/// also accepts what servers answer although it is malformed: a missing or
+/// broken version (`GET /`, `GET / HTTP/1.`) or a missing target
+/// (`OPTIONS`), as long as the method is an upper-case token.
+pub fn looks_like_request_line(d: &[u8], lenient: bool) -> Looks {
     let method_len = d.iter().take_while(|&&b| is_tchar(b)).count();
     if method_len == 0 && !d.is_empty() || method_len > 32 {
         return Looks::No;
     }
+    let upper = d[..method_len]
+        .iter()
+        .all(|&b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    let lenient = lenient && upper;
     match d.get(method_len) {
         None => return Looks::NeedMore,
         Some(b' ') => {}
+        Some(b'\r' | b'\n') if lenient => {}
         Some(_) => return Looks::No,
     }
     let line_end = match memchr(b'\n', d) {
@@ -518,6 +536,13 @@ pub fn looks_like_request_line(d: &[u8]) -> Looks {
     };
     let line = &d[..line_end];
     let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if lenient {
+        return if line.iter().all(|&b| b >= 0x20 && b != 0x7f) {
+            Looks::Yes
+        } else {
+            Looks::No
+        };
+    }
     let Some(sp) = line.iter().rposition(|&b| b == b' ') else {
         return Looks::No;
     };
@@ -640,15 +665,28 @@ fn parse_head_lenient(role: Role, head: &[u8]) -> Option<(Head, usize)> {
     let first = lines.next()?;
     let line = match role {
         Role::Request => {
-            let sp1 = memchr(b' ', first)?;
-            let sp2 = first.iter().rposition(|&b| b == b' ')?;
-            let version = &first[sp2 + 1..];
-            if sp2 <= sp1 || !is_version(version) {
+            // METHOD [SP target [SP version]]; the version is the last word
+            // when it starts with "HTTP/", so a target may hold spaces.
+            let (method, rest) = match memchr(b' ', first) {
+                Some(sp) => (&first[..sp], first[sp + 1..].trim_ascii()),
+                None => (first, &b""[..]),
+            };
+            let (target, version) = match rest.iter().rposition(|&b| b == b' ') {
+                // A version cut short by snaplen ("HTT") still counts as one.
+                Some(sp)
+                    if rest[sp + 1..].starts_with(b"HTTP/")
+                        || b"HTTP/".starts_with(&rest[sp + 1..]) =>
+                {
+                    (rest[..sp].trim_ascii(), &rest[sp + 1..])
+                }
+                _ => (rest, &b""[..]),
+            };
+            if method.is_empty() || !method.iter().all(|&b| is_tchar(b)) {
                 return None;
             }
             StartLine::Request {
-                method: latin1(&first[..sp1]).into_owned(),
-                target: latin1(first[sp1 + 1..sp2].trim_ascii()).into_owned(),
+                method: latin1(method).into_owned(),
+                target: latin1(target).into_owned(),
                 version: latin1(version).into_owned(),
             }
         }

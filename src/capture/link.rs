@@ -100,9 +100,9 @@ fn ethertype_payload(ethertype: u16, rest: Option<&[u8]>) -> Result<&[u8], SkipR
                 rest = &rest[4..];
             }
             ETH_PPPOE_SESSION => {
-                // 6-byte PPPoE header, then the 2-byte PPP protocol.
-                let proto = be16(rest, 6).ok_or(SkipReason::Truncated)?;
-                return ppp_protocol(proto, &rest[8..]);
+                // 6-byte PPPoE header, then PPP (its protocol field may be
+                // compressed to one byte).
+                return ppp(rest.get(6..).ok_or(SkipReason::Truncated)?);
             }
             t if ETH_MPLS.contains(&t) => return mpls(rest),
             _ => return Err(SkipReason::NotIp),
@@ -247,6 +247,11 @@ mod tests {
         p.extend_from_slice(&[0x88, 0x64, 0x11, 0, 0, 1, 0, 20, 0x00, 0x21]);
         p.extend_from_slice(&IP);
         assert_eq!(ip_payload(linktype::ETHERNET, &p).unwrap(), &IP);
+        // Protocol-field compression: one byte 0x21.
+        let mut c = vec![0u8; 12];
+        c.extend_from_slice(&[0x88, 0x64, 0x11, 0, 0, 1, 0, 20, 0x21]);
+        c.extend_from_slice(&IP);
+        assert_eq!(ip_payload(linktype::ETHERNET, &c).unwrap(), &IP);
     }
 
     #[test]

@@ -205,6 +205,12 @@ impl Reassembler {
             h.next_seq = Some(data_seq);
             c.flow.set_clean_start(side, seg.flags.syn);
         }
+        // The ACK speaks of what the sender had received before sending this
+        // segment, so settle the other direction's holes first: a request
+        // lost there must be known before this response is paired.
+        if seg.flags.ack {
+            ack_gaps(c, 1 - side, seg.ack, ts, budget, stats);
+        }
         if !c.flow.is_finished() {
             deliver(c, side, data_seq, seg, ts, cfg, budget, stats);
         }
@@ -215,9 +221,6 @@ impl Reassembler {
                 let off = h.offset_of(data_seq.wrapping_add(len), next);
                 h.fin_off = Some(off.max(0) as u64);
             }
-        }
-        if seg.flags.ack {
-            ack_gaps(c, 1 - side, seg.ack, ts, budget, stats);
         }
         check_fin(c, side, ts, budget);
         let rst = seg.flags.rst;
@@ -470,14 +473,27 @@ fn ack_gaps(
 ) {
     let h = &c.half[side];
     let Some(next) = h.next_seq else { return };
-    let Some((&first, _)) = h.ooo.first_key_value() else { return };
     let acked = h.offset_of(ack, next);
-    // Only a hole the receiver has acknowledged past is certainly lost; a
-    // later-arriving reordered segment cannot be confused with it.
-    if acked > first as i64 - 1 && acked > h.next_off as i64 {
-        give_up_first_hole(c, side, ts, budget, stats);
+    if acked <= h.next_off as i64 || h.ended {
+        return;
+    }
+    match h.ooo.first_key_value() {
+        // Acknowledged past a hole: the hole is certainly lost.
+        Some((&first, _)) if acked >= first as i64 => give_up_first_hole(c, side, ts, budget, stats),
+        Some(_) => {}
+        // Acknowledged bytes we never saw (and, in capture order, never
+        // will): lost now, so the next response does not pair with the
+        // wrong request. A wild ack (beyond any sane window) is ignored.
+        None if acked - (h.next_off as i64) <= MAX_UNSEEN_ACK => {
+            let until = acked as u64;
+            skip_to(c, side, until, ts, budget, stats);
+        }
+        None => {}
     }
 }
+
+/// Largest run of acknowledged-but-unseen bytes taken as a loss.
+const MAX_UNSEEN_ACK: i64 = 16 << 20;
 
 fn check_fin(c: &mut Connection, side: usize, ts: i64, budget: &mut Budget) {
     let h = &c.half[side];
