@@ -18,7 +18,11 @@ mod exit {
 }
 
 #[derive(Parser)]
-#[command(name = "shadowctl", version, about = "Capture production HTTP traffic, replay it against primary and shadow deployments, and judge the difference.")]
+#[command(
+    name = "shadowctl",
+    version,
+    about = "Capture production HTTP traffic, replay it against primary and shadow deployments, and judge the difference."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -27,7 +31,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Turn pcap/pcapng captures into a Parquet file of HTTP exchanges.
-    #[command(after_help = "Examples:\n  shadowctl capture --read traffic.pcap --out exchanges.parquet\n  shadowctl capture --read a.pcapng --read b.pcapng --out ex.parquet --max-body 1MiB --stats-json stats.json\n  shadowctl capture --read t.pcap --out ex.parquet --redact-header x-api-key")]
+    #[command(
+        after_help = "Examples:\n  shadowctl capture --read traffic.pcap --out exchanges.parquet\n  shadowctl capture --read a.pcapng --read b.pcapng --out ex.parquet --max-body 1MiB --stats-json stats.json\n  shadowctl capture --read t.pcap --out ex.parquet --redact-header x-api-key"
+    )]
     Capture(CaptureArgs),
 }
 
@@ -73,15 +79,22 @@ fn parse_size(s: &str) -> Result<usize, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: usize = num.parse().map_err(|_| format!("'{s}' is not a size like 65536 or 1MiB"))?;
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size like 65536 or 1MiB"))?;
     let mult: usize = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
-        _ => return Err(format!("'{s}': unknown unit '{unit}' (use KiB, MiB or GiB)")),
+        _ => {
+            return Err(format!(
+                "'{s}': unknown unit '{unit}' (use KiB, MiB or GiB)"
+            ))
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("'{s}' is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("'{s}' is too large"))
 }
 
 fn interrupt_flag() -> Arc<AtomicBool> {
@@ -115,10 +128,17 @@ fn run_capture(args: CaptureArgs) -> anyhow::Result<u8> {
     }
     if !args.quiet {
         print!("{}", stats.summary());
-        println!("  written            {} ({} rows)", args.out.display(), stats.output_rows);
+        println!(
+            "  written            {} ({} rows)",
+            args.out.display(),
+            stats.output_rows
+        );
     }
     if stop.load(Ordering::Relaxed) {
-        eprintln!("interrupted: {} holds what was captured before the stop", args.out.display());
+        eprintln!(
+            "interrupted: {} holds what was captured before the stop",
+            args.out.display()
+        );
         return Ok(exit::INTERRUPTED);
     }
     Ok(exit::OK)

@@ -32,11 +32,6 @@ struct Row {
     status: String,
 }
 
-fn unescape_oracle(s: &str) -> String {
-    // The oracle escapes \t \r \n \\; we compare in the escaped form instead.
-    s.to_string()
-}
-
 /// Escape our latin-1 text the way tshark and the oracle show it.
 fn escape_like_tshark(s: &str) -> String {
     let mut out = String::new();
@@ -58,7 +53,13 @@ fn oracle(dir: &Path) -> BTreeMap<String, Vec<Row>> {
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap().split('\t').collect();
     let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
-    let (file, frame, stream, src, dst) = (col("file"), col("frame"), col("tcp_stream"), col("src"), col("dst"));
+    let (file, frame, stream, src, dst) = (
+        col("file"),
+        col("frame"),
+        col("tcp_stream"),
+        col("src"),
+        col("dst"),
+    );
     let (method, uri, host, status, idx) = (
         col("method"),
         col("uri"),
@@ -74,8 +75,8 @@ fn oracle(dir: &Path) -> BTreeMap<String, Vec<Row>> {
             key: (f[src].to_string(), f[dst].to_string()),
             order: (f[stream].parse().unwrap(), f[idx].parse().unwrap()),
             method: f[method].to_string(),
-            uri: unescape_oracle(f[uri]),
-            host: unescape_oracle(f[host]),
+            uri: f[uri].to_string(),
+            host: f[host].to_string(),
             status: f[status].to_string(),
         });
     }
@@ -83,7 +84,10 @@ fn oracle(dir: &Path) -> BTreeMap<String, Vec<Row>> {
 }
 
 fn ours(pcap: &Path, out_dir: &Path) -> Vec<Row> {
-    let out = out_dir.join(format!("{}.parquet", pcap.file_name().unwrap().to_string_lossy()));
+    let out = out_dir.join(format!(
+        "{}.parquet",
+        pcap.file_name().unwrap().to_string_lossy()
+    ));
     let run = assert_cmd::Command::cargo_bin("shadowctl")
         .unwrap()
         .args(["capture", "-q", "--read"])
@@ -146,7 +150,8 @@ fn align(a: &[&Row], b: &[&Row]) -> Vec<(usize, usize)> {
 
 /// (file, frame, kind) of every oracle row we do not reproduce, with detail.
 fn mismatches(file: &str, oracle: &[Row], ours: &[Row]) -> Vec<(String, String, String, String)> {
-    let mut groups: BTreeMap<&(String, String), (Vec<&Row>, Vec<&Row>)> = BTreeMap::new();
+    type Sides<'a> = (Vec<&'a Row>, Vec<&'a Row>);
+    let mut groups: BTreeMap<&(String, String), Sides> = BTreeMap::new();
     for r in oracle {
         groups.entry(&r.key).or_default().0.push(r);
     }
@@ -164,16 +169,22 @@ fn mismatches(file: &str, oracle: &[Row], ours: &[Row]) -> Vec<(String, String, 
         let matched: BTreeMap<usize, usize> = pairs.into_iter().collect();
         for (i, row) in o.iter().enumerate() {
             let entry = |kind: &str, detail: String| {
-                (file.to_string(), row.frame.clone(), kind.to_string(), detail)
+                (
+                    file.to_string(),
+                    row.frame.clone(),
+                    kind.to_string(),
+                    detail,
+                )
             };
             match matched.get(&i).map(|&j| u[j]) {
                 None => out.push(entry(
                     "missing",
                     format!("{} {} {}", row.method, row.uri, row.key.0),
                 )),
-                Some(m) if m.host != row.host => {
-                    out.push(entry("host", format!("tshark {:?} ours {:?}", row.host, m.host)))
-                }
+                Some(m) if m.host != row.host => out.push(entry(
+                    "host",
+                    format!("tshark {:?} ours {:?}", row.host, m.host),
+                )),
                 Some(m) if m.status != row.status => out.push(entry(
                     "status",
                     format!("tshark {:?} ours {:?}", row.status, m.status),
@@ -196,7 +207,11 @@ fn capture_matches_tshark_on_the_shared_corpus() {
         .filter(|p| p.extension().is_some_and(|e| e == "pcap" || e == "pcapng"))
         .collect();
     pcaps.sort();
-    assert!(pcaps.len() >= 50, "expected the whole corpus, found {}", pcaps.len());
+    assert!(
+        pcaps.len() >= 50,
+        "expected the whole corpus, found {}",
+        pcaps.len()
+    );
     let mut all = Vec::new();
     let mut total = 0;
     for pcap in &pcaps {
@@ -213,7 +228,11 @@ fn capture_matches_tshark_on_the_shared_corpus() {
     let report_path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("oracle-mismatches.actual.tsv");
     std::fs::write(&report_path, &report).unwrap();
     let rate = 1.0 - all.len() as f64 / total as f64;
-    println!("oracle rows {total}, mismatches {}, match rate {:.4}", all.len(), rate);
+    println!(
+        "oracle rows {total}, mismatches {}, match rate {:.4}",
+        all.len(),
+        rate
+    );
     assert!(total > 1800, "oracle has {total} rows");
     assert!(
         rate >= 0.99,
@@ -229,7 +248,10 @@ fn capture_matches_tshark_on_the_shared_corpus() {
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .map(|l| {
             let f: Vec<&str> = l.split('\t').collect();
-            assert!(f.len() >= 4 && !f[3].trim().is_empty(), "line without a reason: {l}");
+            assert!(
+                f.len() >= 4 && !f[3].trim().is_empty(),
+                "line without a reason: {l}"
+            );
             (f[0].to_string(), f[1].to_string(), f[2].to_string())
         })
         .collect();

@@ -5,8 +5,8 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 
 use super::http::{
-    looks_like_request_line, request_framing, response_framing, End, Framing, Head, MessageParser,
-    Role, Sink, StartLine,
+    looks_like_request_line, looks_like_status_line, memchr, request_framing, response_framing,
+    End, Framing, Head, Looks, MessageParser, Role, Sink, StartLine,
 };
 use crate::schema::{Exchange, HeaderList, IncompleteReason};
 use crate::text::latin1;
@@ -52,6 +52,8 @@ struct Pending {
     ex: Exchange,
     req_done: bool,
     resp: Resp,
+    /// Where the request starts in the client's stream.
+    start_off: u64,
     /// Stands for a request lost in a gap, so that its response (if seen,
     /// or lost too) does not pair with the next request. Never written.
     phantom: bool,
@@ -72,6 +74,9 @@ struct Pairing {
     next_seq: u32,
     /// Responses lost before any request they could answer was seen.
     lost_unpaired: u32,
+    /// Client-stream offset the server had acknowledged when it sent the
+    /// bytes being parsed (from TCP), if known.
+    peer_ack: Option<u64>,
     tunnel: bool,
     done: Vec<Exchange>,
     counters: FlowCounters,
@@ -101,9 +106,9 @@ fn append(body: &mut Vec<u8>, truncated: &mut bool, data: &[u8], max: usize, bud
 }
 
 impl Sink for Ctx<'_> {
-    fn head(&mut self, role: Role, head: Head, ts: i64) -> Framing {
+    fn head(&mut self, role: Role, head: Head, ts: i64, offset: u64) -> Framing {
         match role {
-            Role::Request => self.p.request_head(head, ts),
+            Role::Request => self.p.request_head(head, ts, offset),
             Role::Response => self.p.response_head(head, ts),
         }
     }
@@ -115,11 +120,23 @@ impl Sink for Ctx<'_> {
         match role {
             Role::Request => {
                 ex.request_body_len += data.len() as u64;
-                append(&mut ex.request_body, &mut ex.request_body_truncated, data, max, self.budget);
+                append(
+                    &mut ex.request_body,
+                    &mut ex.request_body_truncated,
+                    data,
+                    max,
+                    self.budget,
+                );
             }
             Role::Response => {
                 ex.response_body_len += data.len() as u64;
-                append(&mut ex.response_body, &mut ex.response_body_truncated, data, max, self.budget);
+                append(
+                    &mut ex.response_body,
+                    &mut ex.response_body_truncated,
+                    data,
+                    max,
+                    self.budget,
+                );
             }
         }
     }
@@ -173,7 +190,9 @@ impl Sink for Ctx<'_> {
                 }
             }
             Role::Response => {
-                let Some(i) = self.p.resp_active.take() else { return };
+                let Some(i) = self.p.resp_active.take() else {
+                    return;
+                };
                 let p = &mut self.p.queue[i];
                 p.resp = Resp::Done;
                 p.ex.response_end_ts = Some(ts);
@@ -200,6 +219,7 @@ impl Sink for Ctx<'_> {
                         },
                         req_done: true,
                         resp: Resp::Waiting,
+                        start_off: 0,
                         phantom: true,
                     });
                 }
@@ -233,7 +253,7 @@ impl Pairing {
         }
     }
 
-    fn request_head(&mut self, head: Head, ts: i64) -> Framing {
+    fn request_head(&mut self, head: Head, ts: i64, start_off: u64) -> Framing {
         let framing = request_framing(&head);
         let StartLine::Request {
             method,
@@ -263,6 +283,7 @@ impl Pairing {
             ex,
             req_done: false,
             resp: Resp::Waiting,
+            start_off,
             phantom: false,
         });
         self.req_open = true;
@@ -278,10 +299,12 @@ impl Pairing {
         else {
             return Framing::None;
         };
-        let waiting = self
-            .queue
-            .get(self.awaiting)
-            .filter(|p| p.ex.request_ts <= ts);
+        // A response cannot answer a request sent after it, nor one whose
+        // first byte the server had not acknowledged when it answered.
+        let peer_ack = self.peer_ack;
+        let waiting = self.queue.get(self.awaiting).filter(|p| {
+            p.ex.request_ts <= ts && peer_ack.is_none_or(|a| p.phantom || p.start_off < a)
+        });
         let Some(waiting) = waiting else {
             // No request to answer (or only later ones): a response whose
             // request was not captured.
@@ -363,6 +386,24 @@ impl Pairing {
     }
 }
 
+/// Which kind of start line comes first in `data` (looking at line starts
+/// within the first few KiB), if any.
+fn sniff_role(data: &[u8]) -> Option<Role> {
+    let window = &data[..data.len().min(4096)];
+    let mut at = 0;
+    while at < window.len() {
+        let rest = &window[at..];
+        if looks_like_status_line(rest) == Looks::Yes {
+            return Some(Role::Response);
+        }
+        if looks_like_request_line(rest, false) == Looks::Yes {
+            return Some(Role::Request);
+        }
+        at += memchr(b'\n', rest)? + 1;
+    }
+    None
+}
+
 /// A TCP connection parsed as HTTP.
 pub struct HttpFlow {
     endpoints: [SocketAddr; 2],
@@ -390,6 +431,7 @@ impl HttpFlow {
                 req_open: false,
                 next_seq: 0,
                 lost_unpaired: 0,
+                peer_ack: None,
                 tunnel: false,
                 done: Vec::new(),
                 counters: FlowCounters::default(),
@@ -432,7 +474,11 @@ impl HttpFlow {
 
     /// Bytes held in partial heads.
     pub fn buffered(&self) -> usize {
-        self.parsers.iter().flatten().map(MessageParser::buffered).sum()
+        self.parsers
+            .iter()
+            .flatten()
+            .map(MessageParser::buffered)
+            .sum()
     }
 
     fn heads(&self) -> u64 {
@@ -445,18 +491,16 @@ impl HttpFlow {
         self.pairing.server = Some(self.endpoints[1 - client]);
     }
 
-    /// Decide roles from the first bytes of `side` when the handshake did not.
+    /// Decide roles from the first bytes of `side` when the handshake did not:
+    /// the first line that is a strict start line tells, else the ports do.
     fn sniff_roles(&mut self, side: usize, data: &[u8]) {
         let other = 1 - side;
-        let client = if data.starts_with(b"HTTP/") {
-            other
-        } else if data.len() >= 4 && looks_like_request_line(data, false) != super::http::Looks::No {
-            side
-        } else if self.endpoints[side].port() >= self.endpoints[other].port() {
-            // No HTTP at the start: ephemeral (higher) ports are usually clients.
-            side
-        } else {
-            other
+        let client = match sniff_role(data) {
+            Some(Role::Request) => side,
+            Some(Role::Response) => other,
+            // Ephemeral (higher) ports are usually clients.
+            None if self.endpoints[side].port() >= self.endpoints[other].port() => side,
+            None => other,
         };
         self.assign(client);
     }
@@ -471,11 +515,20 @@ impl HttpFlow {
         self.parsers[side].get_or_insert_with(|| MessageParser::new(role, mid_stream))
     }
 
-    /// Bytes of `side`'s stream, in order.
-    pub fn data(&mut self, side: usize, data: &[u8], ts: i64, budget: &mut Budget) {
+    /// Bytes of `side`'s stream, in order. `peer_ack`: the other stream's
+    /// offset acknowledged by the segment that carried them.
+    pub fn data(
+        &mut self,
+        side: usize,
+        data: &[u8],
+        ts: i64,
+        peer_ack: Option<u64>,
+        budget: &mut Budget,
+    ) {
         if self.is_finished() {
             return;
         }
+        self.pairing.peer_ack = peer_ack.filter(|_| Some(side) != self.client_side);
         if self.client_side.is_none() {
             self.sniff_roles(side, data);
         }
@@ -484,7 +537,14 @@ impl HttpFlow {
             self.parser(side);
             self.parsers[side].take().expect("just created")
         });
-        parser.feed(data, ts, &mut Ctx { p: &mut self.pairing, budget });
+        parser.feed(
+            data,
+            ts,
+            &mut Ctx {
+                p: &mut self.pairing,
+                budget,
+            },
+        );
         self.parsers[side] = Some(parser);
         self.after_input();
     }
@@ -514,13 +574,22 @@ impl HttpFlow {
     ) {
         self.parser(side);
         let mut parser = self.parsers[side].take().expect("created above");
-        f(&mut parser, &mut Ctx { p: &mut self.pairing, budget });
+        f(
+            &mut parser,
+            &mut Ctx {
+                p: &mut self.pairing,
+                budget,
+            },
+        );
         self.parsers[side] = Some(parser);
     }
 
     fn after_input(&mut self) {
         if self.pairing.tunnel {
-            self.parsers.iter_mut().flatten().for_each(MessageParser::kill);
+            self.parsers
+                .iter_mut()
+                .flatten()
+                .for_each(MessageParser::kill);
             return;
         }
         if self.heads() > 0 {
@@ -537,7 +606,10 @@ impl HttpFlow {
             .any(|p| p.skipped_bytes > SNIFF_LIMIT);
         if clean_failure || sniffed_enough {
             self.non_http = true;
-            self.parsers.iter_mut().flatten().for_each(MessageParser::kill);
+            self.parsers
+                .iter_mut()
+                .flatten()
+                .for_each(MessageParser::kill);
         }
     }
 
@@ -547,7 +619,13 @@ impl HttpFlow {
             // Requests first, so a response cut by the end can still pair.
             for side in [client, 1 - client] {
                 if let Some(mut p) = self.parsers[side].take() {
-                    p.finish(ts, &mut Ctx { p: &mut self.pairing, budget });
+                    p.finish(
+                        ts,
+                        &mut Ctx {
+                            p: &mut self.pairing,
+                            budget,
+                        },
+                    );
                     self.parsers[side] = Some(p);
                 }
             }

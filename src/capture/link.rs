@@ -69,8 +69,14 @@ pub fn ip_payload(linktype: i32, frame: &[u8]) -> Result<&[u8], SkipReason> {
     use linktype::*;
     match linktype {
         ETHERNET => ethernet(frame),
-        LINUX_SLL => ethertype_payload(be16(frame, 14).ok_or(SkipReason::Truncated)?, frame.get(16..)),
-        LINUX_SLL2 => ethertype_payload(be16(frame, 0).ok_or(SkipReason::Truncated)?, frame.get(20..)),
+        LINUX_SLL => ethertype_payload(
+            be16(frame, 14).ok_or(SkipReason::Truncated)?,
+            frame.get(16..),
+        ),
+        LINUX_SLL2 => ethertype_payload(
+            be16(frame, 0).ok_or(SkipReason::Truncated)?,
+            frame.get(20..),
+        ),
         NULL | LOOP => bsd_loopback(linktype, frame),
         RAW | RAW_OPENBSD | RAW_ALT | IPV4 | IPV6 => by_version(frame),
         C_HDLC => ethertype_payload(be16(frame, 2).ok_or(SkipReason::Truncated)?, frame.get(4..)),
@@ -221,7 +227,9 @@ fn nflog(d: &[u8]) -> Result<&[u8], SkipReason> {
             return Err(SkipReason::Truncated);
         }
         if kind == NFULA_PAYLOAD {
-            let body = d.get(at + 4..(at + len).min(d.len())).ok_or(SkipReason::Truncated)?;
+            let body = d
+                .get(at + 4..(at + len).min(d.len()))
+                .ok_or(SkipReason::Truncated)?;
             return by_version(body);
         }
         at += (len + 3) & !3;
@@ -239,7 +247,9 @@ mod tests {
     #[test]
     fn strips_stacked_vlans_and_pppoe() {
         let mut f = vec![0u8; 12];
-        f.extend_from_slice(&[0x88, 0xa8, 0, 1, 0x81, 0x00, 0, 2, 0x81, 0x00, 0, 3, 0x08, 0x00]);
+        f.extend_from_slice(&[
+            0x88, 0xa8, 0, 1, 0x81, 0x00, 0, 2, 0x81, 0x00, 0, 3, 0x08, 0x00,
+        ]);
         f.extend_from_slice(&IP);
         assert_eq!(ip_payload(linktype::ETHERNET, &f).unwrap(), &IP);
 
@@ -259,7 +269,10 @@ mod tests {
         let mut f = vec![0x86, 0xdd];
         f.extend_from_slice(&[0; 18]);
         f.extend_from_slice(&[0x60, 0, 0, 0]);
-        assert_eq!(ip_payload(linktype::LINUX_SLL2, &f).unwrap(), &[0x60, 0, 0, 0]);
+        assert_eq!(
+            ip_payload(linktype::LINUX_SLL2, &f).unwrap(),
+            &[0x60, 0, 0, 0]
+        );
         let mut n = vec![2, 0, 0, 0];
         n.extend_from_slice(&IP);
         assert_eq!(ip_payload(linktype::NULL, &n).unwrap(), &IP);

@@ -21,13 +21,18 @@ use std::thread::JoinHandle;
 use crate::schema::{
     Exchange, ExchangeFileWriter, SchemaError, WriterConfig, META_CAPTURE_STATS, REDACTED,
 };
-pub use reassembly::ReassemblyConfig;
 use reassembly::Reassembler;
+pub use reassembly::ReassemblyConfig;
 use source::{CaptureFile, RawPacket};
 pub use stats::CaptureStats;
 
 /// Headers whose values are secrets unless `--keep-secrets`.
-pub const DEFAULT_REDACTED: [&str; 4] = ["authorization", "proxy-authorization", "cookie", "set-cookie"];
+pub const DEFAULT_REDACTED: [&str; 4] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+];
 
 /// Errors of the capture stage.
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +98,9 @@ impl WriterThread {
     }
 
     fn send(&self, rows: Vec<Exchange>) -> Result<(), CaptureError> {
-        self.tx.send(ToWriter::Rows(rows)).map_err(|_| CaptureError::WriterGone)
+        self.tx
+            .send(ToWriter::Rows(rows))
+            .map_err(|_| CaptureError::WriterGone)
     }
 
     /// Close the file; returns (path, rows, redacted values).
@@ -235,24 +242,31 @@ pub fn capture_files(
             break;
         }
         let mut last_tick = 0u64;
-        let outcome = file.for_each_packet(|p, offset| {
-            if send_error.is_some() {
-                return;
-            }
-            pipeline.packet(&p);
-            if let Some(rows) = pipeline.ready(BATCH) {
-                if let Err(e) = writer.send(rows) {
-                    send_error = Some(e);
+        let outcome = file.for_each_packet(
+            |p, offset| {
+                if send_error.is_some() {
+                    return;
                 }
-            }
-            if offset - last_tick > 4 << 20 {
-                last_tick = offset;
-                bar.set_position(done_before + offset);
-            }
-        }, &stopped)?;
+                pipeline.packet(&p);
+                if let Some(rows) = pipeline.ready(BATCH) {
+                    if let Err(e) = writer.send(rows) {
+                        send_error = Some(e);
+                    }
+                }
+                if offset - last_tick > 4 << 20 {
+                    last_tick = offset;
+                    bar.set_position(done_before + offset);
+                }
+            },
+            &stopped,
+        )?;
         done_before += file.len();
         if let Some(why) = outcome.damaged {
-            let msg = format!("{}: {why}; kept the {} packets before it", file.name(), outcome.packets);
+            let msg = format!(
+                "{}: {why}; kept the {} packets before it",
+                file.name(),
+                outcome.packets
+            );
             bar.suspend(|| eprintln!("warning: {msg}"));
             pipeline.stats.damaged_files.push(msg);
         }

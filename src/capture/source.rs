@@ -66,7 +66,9 @@ impl CaptureFile {
         let magic: [u8; 4] = map
             .get(..4)
             .and_then(|m| m.try_into().ok())
-            .ok_or_else(|| CaptureError::NotACapture(name.clone(), "shorter than 4 bytes".into()))?;
+            .ok_or_else(|| {
+                CaptureError::NotACapture(name.clone(), "shorter than 4 bytes".into())
+            })?;
         if !PCAP_MAGICS.contains(&magic) && magic != PCAPNG_MAGIC {
             return Err(CaptureError::NotACapture(
                 name,

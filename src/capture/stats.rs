@@ -99,12 +99,19 @@ impl CaptureStats {
         let _ = writeln!(
             s,
             "  connections        {} ({} HTTP, {} non-HTTP, {} without payload)",
-            self.connections, self.http_connections, self.non_http_connections, self.silent_connections
+            self.connections,
+            self.http_connections,
+            self.non_http_connections,
+            self.silent_connections
         );
         let _ = writeln!(s, "  exchanges          {}", self.exchanges);
         let _ = writeln!(s, "  incomplete         {}", self.incomplete_exchanges);
         let _ = writeln!(s, "  without response   {}", self.requests_without_response);
-        let _ = writeln!(s, "  responses without request {}", self.responses_without_request);
+        let _ = writeln!(
+            s,
+            "  responses without request {}",
+            self.responses_without_request
+        );
         let _ = writeln!(
             s,
             "  tcp                {} segments, {} retransmitted, {} out of order, {} gaps ({} bytes)",

@@ -4,9 +4,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BinaryBuilder, BooleanBuilder, ListArray, RecordBatch, StringBuilder,
-    StructArray, TimestampNanosecondBuilder, UInt16Array, UInt16Builder, UInt32Builder,
-    UInt64Builder,
+    ArrayRef, BinaryBuilder, BooleanBuilder, ListArray, RecordBatch, StringBuilder, StructArray,
+    TimestampNanosecondBuilder, UInt16Array, UInt16Builder, UInt32Builder, UInt64Builder,
 };
 use arrow::buffer::{NullBuffer, OffsetBuffer};
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
@@ -226,7 +225,7 @@ pub fn exchanges_to_batch(rows: &[Exchange]) -> Result<RecordBatch, arrow::error
         Arc::new(b.finish()) as ArrayRef
     };
     let body = |f: &dyn Fn(&Exchange) -> Option<&[u8]>| {
-        let bytes: usize = rows.iter().filter_map(|r| f(r)).map(<[u8]>::len).sum();
+        let bytes: usize = rows.iter().filter_map(f).map(<[u8]>::len).sum();
         let mut b = BinaryBuilder::with_capacity(n, bytes);
         rows.iter().for_each(|r| b.append_option(f(r)));
         Arc::new(b.finish()) as ArrayRef

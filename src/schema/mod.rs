@@ -7,7 +7,7 @@ mod parquet_io;
 
 pub use exchange::{exchange_schema, exchanges_to_batch, Exchange, IncompleteReason};
 pub use headers::HeaderList;
-pub use parquet_io::{read_exchanges, ExchangeFileWriter, WriterConfig};
+pub use parquet_io::{read_exchanges, ExchangeFileWriter, Metadata, WriterConfig};
 
 /// Version of the capture (exchanges) schema, stored under [`META_SCHEMA_VERSION`].
 pub const EXCHANGE_SCHEMA_VERSION: &str = "1";

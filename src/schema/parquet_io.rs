@@ -143,7 +143,10 @@ impl ExchangeFileWriter {
 
 /// Read every exchange of a capture file (for tests and small files; replay
 /// streams batches instead).
-pub fn read_exchanges(path: &Path) -> Result<(Vec<Exchange>, Vec<(String, String)>), SchemaError> {
+/// Key-value metadata of a Parquet file.
+pub type Metadata = Vec<(String, String)>;
+
+pub fn read_exchanges(path: &Path) -> Result<(Vec<Exchange>, Metadata), SchemaError> {
     let file = File::open(path).map_err(|e| io_err(path, e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| pq_err(path, e))?;
     let kv: Vec<(String, String)> = builder
@@ -156,7 +159,10 @@ pub fn read_exchanges(path: &Path) -> Result<(Vec<Exchange>, Vec<(String, String
                 .collect()
         })
         .unwrap_or_default();
-    let kind = kv.iter().find(|(k, _)| k == META_KIND).map(|(_, v)| v.as_str());
+    let kind = kv
+        .iter()
+        .find(|(k, _)| k == META_KIND)
+        .map(|(_, v)| v.as_str());
     if kind != Some("exchanges") {
         return Err(SchemaError::WrongKind {
             path: path.display().to_string(),
@@ -190,7 +196,10 @@ fn headers_at(list: &ListArray, row: usize) -> HeaderList {
     let names = s.column(0).as_string::<i32>();
     let values = s.column(1).as_string::<i32>();
     for i in 0..s.len() {
-        h.push(&latin1_bytes(names.value(i)), &latin1_bytes(values.value(i)));
+        h.push(
+            &latin1_bytes(names.value(i)),
+            &latin1_bytes(values.value(i)),
+        );
     }
     h
 }

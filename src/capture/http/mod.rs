@@ -63,7 +63,8 @@ pub enum End {
 /// What the parser reports to the owner of the connection.
 pub trait Sink {
     /// A head was parsed; the owner decides the framing of its body.
-    fn head(&mut self, role: Role, head: Head, ts: i64) -> Framing;
+    /// `offset` is where the message starts in this direction's stream.
+    fn head(&mut self, role: Role, head: Head, ts: i64, offset: u64) -> Framing;
     fn body(&mut self, role: Role, data: &[u8]);
     /// `len` body bytes were lost in a gap (counted, not stored).
     fn body_gap(&mut self, role: Role, len: u64);
@@ -90,7 +91,9 @@ enum Chunk {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     /// Waiting for a start line; `resync` means bytes before it are skipped.
-    Start { resync: bool },
+    Start {
+        resync: bool,
+    },
     Length(u64),
     Chunked(Chunk),
     UntilClose,
@@ -114,6 +117,10 @@ pub struct MessageParser {
     buf: Vec<u8>,
     /// Whether a message is open (head reported, end not yet).
     open: bool,
+    /// Stream offset of the first byte not yet consumed (gaps included).
+    offset: u64,
+    /// Stream offset of the bytes the current step looks at.
+    cursor: u64,
     pub heads: u64,
     pub malformed: u64,
     pub skipped_bytes: u64,
@@ -128,6 +135,8 @@ impl MessageParser {
             state: State::Start { resync: mid_stream },
             buf: Vec::new(),
             open: false,
+            offset: 0,
+            cursor: 0,
             heads: 0,
             malformed: 0,
             skipped_bytes: 0,
@@ -159,6 +168,7 @@ impl MessageParser {
         }
         if self.buf.is_empty() {
             let used = self.run(data, ts, sink);
+            self.offset += used as u64;
             if used < data.len() && self.state != State::Dead {
                 self.buf.extend_from_slice(&data[used..]);
             }
@@ -166,6 +176,7 @@ impl MessageParser {
             let mut buf = std::mem::take(&mut self.buf);
             buf.extend_from_slice(data);
             let used = self.run(&buf, ts, sink);
+            self.offset += used as u64;
             if self.state != State::Dead {
                 buf.drain(..used);
                 self.buf = buf;
@@ -176,6 +187,8 @@ impl MessageParser {
     /// `len` bytes of the stream were never captured.
     pub fn gap(&mut self, len: u64, ts: i64, sink: &mut dyn Sink) {
         let pending = std::mem::take(&mut self.buf);
+        self.cursor = self.offset;
+        self.offset += pending.len() as u64 + len;
         match self.state {
             State::Dead => {}
             State::Length(rem) if pending.is_empty() && len < rem => {
@@ -213,6 +226,7 @@ impl MessageParser {
     /// The direction ended (FIN, RST, end of capture or eviction).
     pub fn finish(&mut self, ts: i64, sink: &mut dyn Sink) {
         let pending = std::mem::take(&mut self.buf);
+        self.cursor = self.offset;
         match self.state {
             State::Dead => {}
             State::UntilClose => self.finish_message(ts, End::Complete, sink),
@@ -265,7 +279,7 @@ impl MessageParser {
             return false;
         };
         self.heads += 1;
-        sink.head(self.role, parsed.0, ts);
+        sink.head(self.role, parsed.0, ts, self.cursor + start as u64);
         sink.end(self.role, ts, how);
         true
     }
@@ -276,6 +290,7 @@ impl MessageParser {
         // Each round consumes bytes or returns, so this ends.
         loop {
             let rest = &input[at..];
+            self.cursor = self.offset + at as u64;
             let used = match self.state {
                 State::Dead => return input.len(),
                 _ if rest.is_empty() => return at,
@@ -306,28 +321,39 @@ impl MessageParser {
 
     /// Skip to the next plausible start line. `None` when more bytes are needed.
     fn resync(&mut self, rest: &[u8]) -> Option<usize> {
+        let found = match (self.scan_lines(rest), glued_start(self.role, rest)) {
+            (Scan::Found(p), Some(g)) | (Scan::NeedMore(p), Some(g)) if g < p => Scan::Found(g),
+            (Scan::NotFound, Some(g)) => Scan::Found(g),
+            (scan, _) => scan,
+        };
+        let used = match found {
+            Scan::Found(pos) => {
+                self.state = State::Start { resync: false };
+                pos
+            }
+            Scan::NeedMore(pos) => pos,
+            // Keep a tail that may hold the beginning of a start line glued
+            // to the bytes before it.
+            Scan::NotFound => rest.len() - rest.len().min(RESYNC_TAIL),
+        };
+        self.skipped_bytes += used as u64;
+        if used == 0 && !matches!(found, Scan::Found(_)) {
+            None
+        } else {
+            Some(used)
+        }
+    }
+
+    /// The first line start that is (or may become) a start line.
+    fn scan_lines(&self, rest: &[u8]) -> Scan {
         let mut pos = 0;
         loop {
             match self.looks_like_start(&rest[pos..], false) {
-                Looks::Yes => {
-                    self.state = State::Start { resync: false };
-                    self.skipped_bytes += pos as u64;
-                    return Some(pos);
-                }
-                Looks::NeedMore if rest.len() - pos < MAX_LINE => {
-                    self.skipped_bytes += pos as u64;
-                    return if pos == 0 { None } else { Some(pos) };
-                }
+                Looks::Yes => return Scan::Found(pos),
+                Looks::NeedMore if rest.len() - pos < MAX_LINE => return Scan::NeedMore(pos),
                 _ => match memchr(b'\n', &rest[pos..]) {
                     Some(nl) => pos += nl + 1,
-                    None => {
-                        // No line start left: drop all but a short tail, which
-                        // may hold the beginning of a start line.
-                        let keep = rest.len().min(32);
-                        let drop = rest.len() - keep;
-                        self.skipped_bytes += drop as u64;
-                        return if drop == 0 { None } else { Some(drop) };
-                    }
+                    None => return Scan::NotFound,
                 },
             }
         }
@@ -352,7 +378,7 @@ impl MessageParser {
         };
         self.heads += 1;
         self.open = true;
-        let framing = sink.head(self.role, head, ts);
+        let framing = sink.head(self.role, head, ts, self.cursor);
         self.state = match framing {
             Framing::None => {
                 self.finish_message(ts, End::Complete, sink);
@@ -446,7 +472,9 @@ impl MessageParser {
                 match httparse::parse_headers(&rest[..end], &mut headers) {
                     Ok(httparse::Status::Complete((_, parsed))) => {
                         let mut list = HeaderList::new();
-                        parsed.iter().for_each(|h| list.push(h.name.as_bytes(), h.value));
+                        parsed
+                            .iter()
+                            .for_each(|h| list.push(h.name.as_bytes(), h.value));
                         sink.trailers(self.role, list);
                     }
                     _ => self.malformed += 1,
@@ -476,7 +504,82 @@ impl MessageParser {
 }
 
 pub(crate) fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|&b| b == needle)
+    memchr::memchr(needle, hay)
+}
+
+/// Bytes kept while resynchronising, in case a start line begins in them.
+const RESYNC_TAIL: usize = 8 * 1024;
+
+/// Where a start line may be found while resynchronising.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scan {
+    Found(usize),
+    /// A candidate starts here but is not complete yet.
+    NeedMore(usize),
+    NotFound,
+}
+
+/// Methods recognised at the end of a token glued to earlier bytes
+/// (`...}POST /x HTTP/1.1`), longest first.
+const KNOWN_METHODS: [&[u8]; 14] = [
+    b"PROPPATCH",
+    b"PROPFIND",
+    b"OPTIONS",
+    b"CONNECT",
+    b"UNLOCK",
+    b"DELETE",
+    b"PATCH",
+    b"TRACE",
+    b"MKCOL",
+    b"POST",
+    b"HEAD",
+    b"MOVE",
+    b"COPY",
+    b"LOCK",
+];
+
+/// A start line that does not begin a line: bodies without a final newline
+/// are glued to the next message. Found through its "HTTP/1." marker.
+fn glued_start(role: Role, rest: &[u8]) -> Option<usize> {
+    for at in memchr::memmem::find_iter(rest, b"HTTP/1.") {
+        let start = match role {
+            Role::Response => at,
+            Role::Request => request_line_start(rest, at)?,
+        };
+        let ok = match role {
+            Role::Response => looks_like_status_line(&rest[start..]),
+            Role::Request => looks_like_request_line(&rest[start..], false),
+        };
+        if ok == Looks::Yes {
+            return Some(start);
+        }
+    }
+    None
+}
+
+/// Given the position of "HTTP/1." ending a request line, where that line's
+/// method begins.
+fn request_line_start(rest: &[u8], version_at: usize) -> Option<usize> {
+    let before = rest[..version_at].strip_suffix(b" ")?;
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let target_sp = before[line_start..].iter().rposition(|&b| b == b' ')? + line_start;
+    let token_start = before[line_start..target_sp]
+        .iter()
+        .rposition(|&b| !is_tchar(b))
+        .map_or(line_start, |i| line_start + i + 1);
+    let token = &rest[token_start..target_sp];
+    if token.len() <= 32 && token.iter().all(|b| b.is_ascii_uppercase()) {
+        return Some(token_start);
+    }
+    // A method glued to body bytes: keep the known method at its end.
+    KNOWN_METHODS
+        .iter()
+        .chain([&b"GET"[..], b"PUT"].iter())
+        .find(|m| token.ends_with(m))
+        .map(|m| target_sp - m.len())
 }
 
 fn skip_blank_lines(d: &[u8]) -> usize {
@@ -661,7 +764,9 @@ fn parse_head_strict(role: Role, head: &[u8]) -> Option<(Head, usize)> {
 /// Line-by-line parsing for heads httparse rejects (spaces in the target,
 /// bytes it does not allow in names): servers accept these, so we record them.
 fn parse_head_lenient(role: Role, head: &[u8]) -> Option<(Head, usize)> {
-    let mut lines = head.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let mut lines = head
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     let first = lines.next()?;
     let line = match role {
         Role::Request => {
@@ -709,7 +814,10 @@ fn parse_head_lenient(role: Role, head: &[u8]) -> Option<(Head, usize)> {
                 last.1.extend_from_slice(l.trim_ascii());
             }
         } else if let Some(colon) = memchr(b':', l) {
-            fields.push((l[..colon].trim_ascii().to_vec(), l[colon + 1..].trim_ascii().to_vec()));
+            fields.push((
+                l[..colon].trim_ascii().to_vec(),
+                l[colon + 1..].trim_ascii().to_vec(),
+            ));
         }
     }
     let mut headers = HeaderList::new();
@@ -738,7 +846,11 @@ fn content_length(h: &HeaderList) -> Result<Option<u64>, ()> {
 
 fn is_chunked(h: &HeaderList) -> Option<bool> {
     let last = h.get_all("transfer-encoding").last()?;
-    let coding = last.rsplit(|&b| b == b',').next().unwrap_or(b"").trim_ascii();
+    let coding = last
+        .rsplit(|&b| b == b',')
+        .next()
+        .unwrap_or(b"")
+        .trim_ascii();
     Some(coding.eq_ignore_ascii_case(b"chunked"))
 }
 

@@ -1,0 +1,247 @@
+#!/usr/bin/env bash
+# make-capture-pcap.sh OUT.pcap [TARGET_MB]
+#
+# Builds a pcap of real HTTP/1.1 traffic for the `shadowctl capture` benchmark.
+# It starts a private nginx (own config and prefix in a temp dir, listening
+# ONLY on 127.0.0.1 on a free port), drives it with wrk (a Lua-scripted mix of
+# GET small JSON with gzip, GET 64 KiB, POST 1 KiB and POST 64 KiB bodies) and
+# records the loopback traffic with tcpdump until OUT.pcap reaches TARGET_MB
+# (default 1000) or 5 minutes pass. All traffic goes to 127.0.0.1 only; nothing
+# leaves the machine. Everything it starts is stopped on exit.
+#
+# Missing tools (nginx, wrk, tcpdump, tshark) are installed with apt-get.
+set -euo pipefail
+
+usage() { echo "usage: $0 OUT.pcap [TARGET_MB]" >&2; exit 2; }
+[[ $# -ge 1 && $# -le 2 ]] || usage
+OUT=$1
+TARGET_MB=${2:-1000}
+[[ $TARGET_MB =~ ^[0-9]+$ && $TARGET_MB -gt 0 ]] || usage
+HARD_CAP_SECS=300
+# Load shape: wrk connections and a pause (ms) after each response on each
+# connection. Unthrottled loopback traffic (several hundred MB/s) makes tcpdump
+# drop packets; the default aims at roughly 20-30 MB/s.
+WRK_CONNS=${WRK_CONNS:-16}
+WRK_DELAY_MS=${WRK_DELAY_MS:-15}
+
+log() { echo "[make-capture-pcap] $*" >&2; }
+
+# ---------------------------------------------------------------- tools
+APT_UPDATED=0
+apt_install() {
+    local pkg
+    export DEBIAN_FRONTEND=noninteractive
+    for pkg in "$@"; do
+        if ! apt-get install -y -q "$pkg" >/dev/null 2>&1; then
+            if [[ $APT_UPDATED -eq 0 ]]; then
+                apt-get update -q >/dev/null
+                APT_UPDATED=1
+            fi
+            apt-get install -y -q "$pkg" >/dev/null && return 0
+        else
+            return 0
+        fi
+    done
+    return 1
+}
+need() { # need COMMAND PACKAGE...
+    local cmd=$1; shift
+    if ! command -v "$cmd" >/dev/null 2>&1; then
+        log "installing $* for $cmd"
+        apt_install "$@" || { log "cannot install $cmd"; exit 1; }
+    fi
+}
+# nginx may live in /usr/sbin, which is not always on PATH.
+export PATH=$PATH:/usr/sbin:/sbin
+need nginx nginx-light nginx
+need wrk wrk
+need tcpdump tcpdump
+need tshark tshark
+need python3 python3
+
+# ---------------------------------------------------------------- setup
+OUT_DIR=$(dirname -- "$OUT")
+mkdir -p -- "$OUT_DIR"
+OUT=$(cd -- "$OUT_DIR" && pwd)/$(basename -- "$OUT")
+TMP=$(mktemp -d /tmp/shadowctl-pcap.XXXXXX)
+chmod 755 "$TMP"
+
+NGINX_PID=""; TCPDUMP_PID=""; WRK_PIDS=()
+cleanup() {
+    local rc=$?
+    for p in "${WRK_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    if [[ -n $TCPDUMP_PID ]] && kill -0 "$TCPDUMP_PID" 2>/dev/null; then
+        kill -INT "$TCPDUMP_PID" 2>/dev/null || true
+        wait "$TCPDUMP_PID" 2>/dev/null || true
+    fi
+    if [[ -n $NGINX_PID ]] && kill -0 "$NGINX_PID" 2>/dev/null; then
+        kill -QUIT "$NGINX_PID" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$NGINX_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$NGINX_PID" 2>/dev/null || true
+        wait "$NGINX_PID" 2>/dev/null || true
+    fi
+    rm -rf -- "$TMP"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+log "nginx on 127.0.0.1:$PORT, prefix $TMP"
+
+mkdir -p "$TMP/html" "$TMP/logs" "$TMP/tmp"
+# ~200-byte JSON document.
+python3 - "$TMP/html/small.json" <<'PY'
+import json, sys
+doc = {"id": 4711, "name": "shadowctl benchmark", "tags": ["alpha", "beta", "gamma"],
+       "active": True, "score": 98.25, "owner": {"id": 17, "login": "bench"},
+       "updated": "2024-05-01T12:00:00Z", "note": "x" * 20}
+s = json.dumps(doc)
+open(sys.argv[1], "w").write(s + "\n")
+PY
+# 64 KiB of not-very-compressible bytes.
+head -c 65536 /dev/urandom > "$TMP/html/big.bin"
+
+cat > "$TMP/nginx.conf" <<EOF
+daemon off;
+master_process on;
+worker_processes 1;
+user root;
+pid $TMP/nginx.pid;
+error_log $TMP/logs/error.log warn;
+events { worker_connections 1024; }
+http {
+    include /etc/nginx/mime.types;
+    default_type application/octet-stream;
+    access_log off;
+    sendfile on;
+    keepalive_timeout 65;
+    keepalive_requests 1000000;
+    gzip on;
+    gzip_types application/json;
+    gzip_min_length 20;
+    gzip_http_version 1.1;
+    client_body_temp_path $TMP/tmp/body;
+    proxy_temp_path $TMP/tmp/proxy;
+    fastcgi_temp_path $TMP/tmp/fastcgi;
+    uwsgi_temp_path $TMP/tmp/uwsgi;
+    scgi_temp_path $TMP/tmp/scgi;
+    server {
+        listen 127.0.0.1:$PORT;
+        server_name localhost;
+        root $TMP/html;
+        location = /small.json { }
+        location = /big.bin { }
+        # POST: nginx reads (and discards) the whole request body from the
+        # client, then answers 200 with a small JSON document.
+        location /post {
+            client_max_body_size 1m;
+            client_body_buffer_size 128k;
+            default_type application/json;
+            return 200 '{"ok":true}';
+        }
+    }
+}
+EOF
+
+nginx -p "$TMP" -c "$TMP/nginx.conf" -t -q
+nginx -p "$TMP" -c "$TMP/nginx.conf" &
+NGINX_PID=$!
+for _ in $(seq 100); do
+    curl -fs -o /dev/null "http://127.0.0.1:$PORT/small.json" 2>/dev/null && break
+    kill -0 "$NGINX_PID" 2>/dev/null || { log "nginx died"; cat "$TMP/logs/error.log" >&2; exit 1; }
+    sleep 0.1
+done
+curl -fs -o /dev/null "http://127.0.0.1:$PORT/small.json" || { log "nginx not answering"; exit 1; }
+
+# wrk request mix: each connection cycles through the four request kinds.
+head -c 768 /dev/urandom | base64 -w0 > "$TMP/body1k"
+head -c 49152 /dev/urandom | base64 -w0 > "$TMP/body64k"
+cat > "$TMP/mix.lua" <<EOF
+local function slurp(p) local f = assert(io.open(p, "rb")); local s = f:read("*a"); f:close(); return s end
+local body1k = slurp("$TMP/body1k")
+local body64k = slurp("$TMP/body64k")
+local reqs
+local i = 0
+init = function(args)
+    reqs = {
+        wrk.format("GET", "/small.json", { ["Accept-Encoding"] = "gzip", ["Accept"] = "application/json" }),
+        wrk.format("GET", "/big.bin", {}),
+        wrk.format("POST", "/post/small", { ["Content-Type"] = "application/octet-stream" }, body1k),
+        wrk.format("GET", "/small.json", { ["Accept-Encoding"] = "gzip" }),
+        wrk.format("POST", "/post/big", { ["Content-Type"] = "application/octet-stream" }, body64k),
+    }
+end
+delay = function()
+    return $WRK_DELAY_MS
+end
+request = function()
+    i = i + 1
+    return reqs[(i % #reqs) + 1]
+end
+EOF
+
+# ---------------------------------------------------------------- capture
+rm -f -- "$OUT"
+tcpdump -i lo -w "$OUT" -s 0 -B 65536 -Z root "tcp port $PORT" 2> "$TMP/tcpdump.err" &
+TCPDUMP_PID=$!
+for _ in $(seq 100); do
+    grep -q 'listening on' "$TMP/tcpdump.err" 2>/dev/null && break
+    kill -0 "$TCPDUMP_PID" 2>/dev/null || { log "tcpdump died"; cat "$TMP/tcpdump.err" >&2; exit 1; }
+    sleep 0.1
+done
+
+# A few wrk runs in sequence so the capture also holds connection set-up and
+# tear-down, not only a handful of endless keep-alive connections.
+TARGET_BYTES=$((TARGET_MB * 1000 * 1000))
+START=$(date +%s)
+(
+    w=""
+    trap '[[ -n $w ]] && kill "$w" 2>/dev/null; exit 0' TERM
+    while :; do
+        wrk -t 1 -c "$WRK_CONNS" -d 10s --timeout 5s -s "$TMP/mix.lua" "http://127.0.0.1:$PORT/" >> "$TMP/wrk.out" 2>&1 &
+        w=$!
+        wait "$w" || true
+        w=""
+    done
+) &
+WRK_PIDS+=($!)
+
+size=0
+while :; do
+    size=$(stat -c %s -- "$OUT" 2>/dev/null || echo 0)
+    (( size >= TARGET_BYTES )) && break
+    if (( $(date +%s) - START >= HARD_CAP_SECS )); then
+        log "hard cap of ${HARD_CAP_SECS}s reached at $((size / 1000000)) MB"
+        break
+    fi
+    kill -0 "$TCPDUMP_PID" 2>/dev/null || { log "tcpdump died"; cat "$TMP/tcpdump.err" >&2; exit 1; }
+    sleep 0.2
+done
+
+# Stop the load first (the loop, then any wrk it runs), then tcpdump.
+kill "${WRK_PIDS[0]}" 2>/dev/null || true
+wait "${WRK_PIDS[0]}" 2>/dev/null || true
+WRK_PIDS=()
+sleep 0.5
+kill -INT "$TCPDUMP_PID"
+wait "$TCPDUMP_PID" || true
+TCPDUMP_PID=""
+ELAPSED=$(( $(date +%s) - START ))
+
+log "wrk runs (the last, cut short by the stop, prints nothing):"; grep -E "requests in|Non-2xx|Socket errors" "$TMP/wrk.out" | sed "s/^/    /" >&2 || true
+log "tcpdump:"; grep -E 'packets (captured|received|dropped)' "$TMP/tcpdump.err" | sed 's/^/    /' >&2
+DROP_LINE=$(grep 'dropped by kernel' "$TMP/tcpdump.err" || echo "no 'dropped by kernel' line")
+echo "tcpdump: $DROP_LINE"
+size=$(stat -c %s -- "$OUT")
+echo "pcap: $OUT  $((size / 1000000)) MB in ${ELAPSED}s, server port $PORT"
+
+# Check that POST bodies really crossed the wire: look at the first few
+# thousand packets for a reassembled 64 KiB POST.
+posts=$(tshark -r "$OUT" -c 20000 -d "tcp.port==$PORT,http" -Y 'http.request.method == "POST"' \
+        -T fields -e http.content_length -e tcp.reassembled.length 2>/dev/null | sort | uniq -c | sort -rn | head -5 || true)
+log "POST requests in the first 20000 packets (count, Content-Length, reassembled bytes):"
+printf '%s\n' "$posts" | sed 's/^/    /' >&2
+if ! awk '$2 == 65536 && $3 >= 65536 { ok = 1 } END { exit !ok }' <<<"$posts"; then
+    log "WARNING: no fully reassembled 64 KiB POST body found in the capture"
+fi

@@ -1,0 +1,389 @@
+use super::*;
+use crate::capture::flow::{Budget, FlowLimits, HttpFlow};
+use crate::schema::Exchange;
+use proptest::prelude::*;
+
+const CLIENT: usize = 0;
+const SERVER: usize = 1;
+
+fn flow() -> (HttpFlow, Budget) {
+    let mut f = HttpFlow::new(
+        1,
+        [
+            "10.0.0.1:40000".parse().unwrap(),
+            "10.0.0.2:80".parse().unwrap(),
+        ],
+        FlowLimits {
+            max_body: 1 << 20,
+            max_pending: 64,
+        },
+    );
+    f.set_client(CLIENT);
+    f.set_clean_start(CLIENT, true);
+    f.set_clean_start(SERVER, true);
+    (
+        f,
+        Budget {
+            held: 0,
+            max: 1 << 30,
+            memory_truncated: 0,
+        },
+    )
+}
+
+/// Feed the two directions in the given order of (side, bytes) pieces.
+fn run(pieces: &[(usize, &[u8])]) -> Vec<Exchange> {
+    let (mut f, mut b) = flow();
+    for (i, (side, data)) in pieces.iter().enumerate() {
+        f.data(*side, data, i as i64, None, &mut b);
+    }
+    f.finish(1000, &mut b);
+    let mut out = Vec::new();
+    f.take_done(&mut out);
+    out
+}
+
+#[test]
+fn content_length_keep_alive_pairs_in_order() {
+    let out = run(&[
+        (
+            CLIENT,
+            b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+        ),
+        (
+            SERVER,
+            b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+        ),
+        (CLIENT, b"GET /b?q=1 HTTP/1.1\r\nHost: y\r\n\r\n"),
+        (SERVER, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc"),
+    ]);
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[0].method, "POST");
+    assert_eq!(out[0].request_body, b"hello");
+    assert_eq!(out[0].status, Some(201));
+    assert_eq!(out[0].response_body, b"ok");
+    assert_eq!(out[1].target, "/b?q=1");
+    assert_eq!(out[1].host.as_deref(), Some("y"));
+    assert_eq!(out[1].seq_in_flow, 1);
+    assert_eq!(out[1].response_body, b"abc");
+    assert!(out.iter().all(|e| e.incomplete.is_none()));
+}
+
+#[test]
+fn chunked_with_trailers_is_dechunked() {
+    let out = run(&[
+        (CLIENT, b"PUT /u HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-Sum: 9\r\n\r\n"),
+        (SERVER, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n4\r\n\x1f\x8b\x08\x00\r\n0\r\n\r\n"),
+    ]);
+    assert_eq!(out[0].request_body, b"abcde");
+    assert_eq!(out[0].request_body_len, 5);
+    assert_eq!(out[0].request_trailers.get("x-sum"), Some(&b"9"[..]));
+    assert_eq!(
+        out[0].response_body, b"\x1f\x8b\x08\x00",
+        "content-encoding kept as sent"
+    );
+    assert!(out[0].incomplete.is_none());
+}
+
+#[test]
+fn no_body_for_head_204_304_and_interim_statuses_are_kept() {
+    let out = run(&[
+        (
+            CLIENT,
+            b"HEAD / HTTP/1.1\r\n\r\nGET /x HTTP/1.1\r\n\r\nGET /y HTTP/1.1\r\n\r\n",
+        ),
+        (SERVER, b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"),
+        (
+            SERVER,
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n",
+        ),
+        (SERVER, b"HTTP/1.1 304 Not Modified\r\n\r\n"),
+    ]);
+    let statuses: Vec<_> = out.iter().map(|e| e.status).collect();
+    assert_eq!(statuses, vec![Some(200), Some(204), Some(304)]);
+    assert!(out
+        .iter()
+        .all(|e| e.response_body.is_empty() && e.incomplete.is_none()));
+}
+
+#[test]
+fn expect_100_continue_records_final_status() {
+    let out = run(&[
+        (
+            CLIENT,
+            b"POST /up HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n",
+        ),
+        (
+            SERVER,
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n",
+        ),
+        (CLIENT, b"data"),
+        (SERVER, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+    ]);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].status, Some(200));
+    assert_eq!(out[0].interim_statuses, vec![100, 102]);
+    assert_eq!(out[0].request_body, b"data");
+}
+
+#[test]
+fn pipelined_requests_pair_in_order() {
+    let out = run(&[
+        (CLIENT, b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\nGET /3 HTTP/1.1\r\n\r\n"),
+        (SERVER, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1HTTP/1.1 404 NF\r\nContent-Length: 1\r\n\r\n2"),
+        (SERVER, b"HTTP/1.1 500 E\r\nContent-Length: 1\r\n\r\n3"),
+    ]);
+    let got: Vec<_> = out
+        .iter()
+        .map(|e| (e.target.as_str(), e.status.unwrap()))
+        .collect();
+    assert_eq!(got, vec![("/1", 200), ("/2", 404), ("/3", 500)]);
+}
+
+#[test]
+fn close_delimited_body_ends_with_the_stream() {
+    let (mut f, mut b) = flow();
+    f.data(CLIENT, b"GET / HTTP/1.0\r\n\r\n", 1, None, &mut b);
+    f.data(SERVER, b"HTTP/1.0 200 OK\r\n\r\nall of ", 2, None, &mut b);
+    f.data(SERVER, b"this", 3, None, &mut b);
+    f.end(SERVER, 4, &mut b);
+    f.finish(5, &mut b);
+    let mut out = Vec::new();
+    f.take_done(&mut out);
+    assert_eq!(out[0].response_body, b"all of this");
+    assert!(out[0].incomplete.is_none());
+    assert_eq!(out[0].response_end_ts, Some(4));
+}
+
+#[test]
+fn upgrade_ends_http_parsing() {
+    let out = run(&[
+        (
+            CLIENT,
+            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        ),
+        (
+            SERVER,
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x05hello",
+        ),
+        (CLIENT, b"\x81\x85garbage GET / HTTP/1.1\r\n\r\n"),
+    ]);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].status, Some(101));
+    assert!(out[0].upgraded);
+}
+
+#[test]
+fn unanswered_and_cut_requests_are_flagged() {
+    let out = run(&[
+        (
+            CLIENT,
+            b"GET /a HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc",
+        ),
+        (SERVER, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab"),
+    ]);
+    assert_eq!(out.len(), 2);
+    assert_eq!(
+        out[0].incomplete,
+        Some(crate::schema::IncompleteReason::ResponseCut)
+    );
+    assert_eq!(out[1].status, None);
+    assert_eq!(
+        out[1].incomplete,
+        Some(crate::schema::IncompleteReason::RequestCut)
+    );
+    assert_eq!(out[1].request_body, b"abc");
+}
+
+#[test]
+fn gap_in_a_length_body_keeps_framing() {
+    let (mut f, mut b) = flow();
+    f.data(
+        CLIENT,
+        b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
+        1,
+        None,
+        &mut b,
+    );
+    f.data(
+        SERVER,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01",
+        2,
+        None,
+        &mut b,
+    );
+    f.gap(SERVER, 5, 3, &mut b);
+    f.data(
+        SERVER,
+        b"789HTTP/1.1 202 OK\r\nContent-Length: 0\r\n\r\n",
+        4,
+        None,
+        &mut b,
+    );
+    f.finish(5, &mut b);
+    let mut out = Vec::new();
+    f.take_done(&mut out);
+    assert_eq!(out[0].status, Some(200));
+    assert_eq!(out[0].response_body, b"01789");
+    assert_eq!(out[0].response_body_len, 10);
+    assert_eq!(
+        out[0].incomplete,
+        Some(crate::schema::IncompleteReason::ResponseGap)
+    );
+    assert_eq!(out[1].status, Some(202));
+    assert!(out[1].incomplete.is_none());
+}
+
+#[test]
+fn lost_response_head_resynchronises_on_the_next_one() {
+    let (mut f, mut b) = flow();
+    f.data(
+        CLIENT,
+        b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
+        1,
+        None,
+        &mut b,
+    );
+    // The head of the first response is lost; its body remains.
+    f.gap(SERVER, 40, 2, &mut b);
+    f.data(
+        SERVER,
+        b"body of a\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb",
+        3,
+        None,
+        &mut b,
+    );
+    f.finish(5, &mut b);
+    let mut out = Vec::new();
+    f.take_done(&mut out);
+    assert_eq!(out[0].target, "/a");
+    assert_eq!(out[0].status, None);
+    assert_eq!(out[1].target, "/b");
+    assert_eq!(out[1].status, Some(200));
+    assert_eq!(out[1].response_body, b"b");
+}
+
+#[test]
+fn malformed_request_lines_that_servers_answer_are_kept() {
+    let out = run(&[
+        (CLIENT, b"OPTIONS\nHost: h\n\n"),
+        (
+            SERVER,
+            b"HTTP/1.0 400 Bad Request\r\nContent-Length: 0\r\n\r\n",
+        ),
+    ]);
+    assert_eq!(out[0].method, "OPTIONS");
+    assert_eq!(out[0].target, "");
+    assert_eq!(out[0].status, Some(400));
+    let out = run(&[(CLIENT, b"GET /a b HTTP/1.1\r\n\r\n")]);
+    assert_eq!(out[0].target, "/a b");
+}
+
+#[test]
+fn non_http_is_detected_at_once() {
+    let (mut f, mut b) = flow();
+    f.data(
+        CLIENT,
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+        1,
+        None,
+        &mut b,
+    );
+    assert!(f.is_non_http());
+}
+
+#[test]
+fn start_line_checks() {
+    assert_eq!(
+        looks_like_request_line(b"GET / HTTP/1.1\r\n", false),
+        Looks::Yes
+    );
+    assert_eq!(
+        looks_like_request_line(b"GET / HTT", false),
+        Looks::NeedMore
+    );
+    assert_eq!(looks_like_request_line(b"GET /\r\n", false), Looks::No);
+    assert_eq!(looks_like_request_line(b"GET /\r\n", true), Looks::Yes);
+    assert_eq!(looks_like_request_line(b"get /\r\n", true), Looks::No);
+    assert_eq!(looks_like_request_line(b"\x16\x03", true), Looks::No);
+    assert_eq!(looks_like_status_line(b"HTTP/1.1 200 OK"), Looks::Yes);
+    assert_eq!(looks_like_status_line(b"HTTP/1"), Looks::NeedMore);
+    assert_eq!(looks_like_status_line(b"SSH-2.0"), Looks::No);
+}
+
+fn conversation() -> (Vec<u8>, Vec<u8>) {
+    let client = b"POST /p HTTP/1.1\r\nContent-Length: 11\r\n\r\nhello world\
+GET /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n\
+HEAD /h HTTP/1.1\r\n\r\n"
+        .to_vec();
+    let server = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nyes\
+HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nchunk\r\n0\r\nT: 1\r\n\r\n\
+HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n"
+        .to_vec();
+    (client, server)
+}
+
+type Summary = (String, Option<u16>, Vec<u8>, Vec<u8>);
+
+fn summary(out: &[Exchange]) -> Vec<Summary> {
+    out.iter()
+        .map(|e| {
+            (
+                e.target.clone(),
+                e.status,
+                e.request_body.clone(),
+                e.response_body.clone(),
+            )
+        })
+        .collect()
+}
+
+proptest! {
+    /// However TCP splits the two streams, the exchanges are the same.
+    #[test]
+    fn framing_does_not_depend_on_segmentation(
+        cuts_c in proptest::collection::vec(1usize..40, 1..20),
+        cuts_s in proptest::collection::vec(1usize..40, 1..20),
+    ) {
+        let (client, server) = conversation();
+        let whole = run(&[(CLIENT, &client), (SERVER, &server)]);
+        prop_assert_eq!(whole.len(), 3);
+        let split = |data: &[u8], cuts: &[usize]| {
+            let mut parts = Vec::new();
+            let mut at = 0;
+            for c in cuts.iter().cycle() {
+                if at >= data.len() { break; }
+                let end = (at + c).min(data.len());
+                parts.push(data[at..end].to_vec());
+                at = end;
+            }
+            parts
+        };
+        let (cp, sp) = (split(&client, &cuts_c), split(&server, &cuts_s));
+        // All client pieces first, then server pieces: requests are known
+        // before responses, as in a capture.
+        let mut pieces: Vec<(usize, &[u8])> = cp.iter().map(|p| (CLIENT, p.as_slice())).collect();
+        pieces.extend(sp.iter().map(|p| (SERVER, p.as_slice())));
+        let parts = run(&pieces);
+        prop_assert_eq!(summary(&parts), summary(&whole));
+    }
+
+    /// Arbitrary bytes in either direction never panic and never invent
+    /// responses without requests.
+    #[test]
+    fn garbage_never_panics(c in proptest::collection::vec(any::<u8>(), 0..300),
+                            s in proptest::collection::vec(any::<u8>(), 0..300),
+                            gap in 0u64..50) {
+        let (mut f, mut b) = flow();
+        f.data(CLIENT, &c, 1, None, &mut b);
+        f.gap(SERVER, gap, 2, &mut b);
+        f.data(SERVER, &s, 3, None, &mut b);
+        f.gap(CLIENT, gap, 4, &mut b);
+        f.finish(5, &mut b);
+        let mut out = Vec::new();
+        f.take_done(&mut out);
+        for e in &out {
+            prop_assert!(!e.method.is_empty());
+        }
+    }
+}
