@@ -10,6 +10,12 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use shadowctl::capture::{self, CaptureOptions};
 
+// glibc's malloc keeps freed body buffers (allocated by the packet thread,
+// freed by the writer thread) in per-thread arenas, so resident memory grew
+// with the input; mimalloc returns them and keeps RSS flat.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit codes shared by every subcommand (documented in docs/report.md).
 mod exit {
     pub const OK: u8 = 0;

@@ -72,8 +72,11 @@ impl CaptureOptions {
     }
 }
 
-/// Exchanges sent to the writer per message.
+/// Exchanges sent to the writer per message, at most...
 const BATCH: usize = 1024;
+/// ...or fewer when their bodies reach this many bytes, so the queue to the
+/// writer stays small however large the bodies are.
+const BATCH_BYTES: usize = 4 << 20;
 
 enum ToWriter {
     Rows(Vec<Exchange>),
@@ -89,7 +92,7 @@ impl WriterThread {
     fn spawn(opts: &CaptureOptions) -> Result<Self, CaptureError> {
         let writer = ExchangeFileWriter::create(&opts.out, opts.writer.clone())?;
         let redact = opts.redact.clone();
-        let (tx, rx) = sync_channel(4);
+        let (tx, rx) = sync_channel(2);
         let handle = std::thread::Builder::new()
             .name("parquet-writer".into())
             .spawn(move || write_loop(writer, rx, &redact))
@@ -180,9 +183,11 @@ impl Pipeline {
         }
     }
 
-    /// Completed exchanges, numbered, once at least `min` are ready.
+    /// Completed exchanges, numbered, once at least `min` are ready or
+    /// their bodies pass [`BATCH_BYTES`].
     pub fn ready(&mut self, min: usize) -> Option<Vec<Exchange>> {
-        if self.reassembler.pending_exchanges() < min.max(1) {
+        let n = self.reassembler.pending_exchanges();
+        if n == 0 || (n < min && self.reassembler.pending_bytes() < BATCH_BYTES) {
             return None;
         }
         let mut rows = self.reassembler.take_exchanges();

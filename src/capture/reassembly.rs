@@ -102,6 +102,17 @@ pub struct Reassembler {
     last_sweep_ns: i64,
     now_ns: i64,
     out: Vec<Exchange>,
+    out_bytes: usize,
+}
+
+/// Move a flow's finished exchanges to `out`, counting their body bytes.
+fn collect(flow: &mut HttpFlow, out: &mut Vec<Exchange>, bytes: &mut usize) {
+    let from = out.len();
+    flow.take_done(out);
+    *bytes += out[from..]
+        .iter()
+        .map(|e| e.request_body.len() + e.response_body.len())
+        .sum::<usize>();
 }
 
 /// Keep closed connections this long to recognise their late packets.
@@ -121,16 +132,23 @@ impl Reassembler {
             last_sweep_ns: i64::MIN,
             now_ns: i64::MIN,
             out: Vec::new(),
+            out_bytes: 0,
         }
     }
 
     /// Exchanges completed so far (the caller takes them).
     pub fn take_exchanges(&mut self) -> Vec<Exchange> {
+        self.out_bytes = 0;
         std::mem::take(&mut self.out)
     }
 
     pub fn pending_exchanges(&self) -> usize {
         self.out.len()
+    }
+
+    /// Body bytes of the completed exchanges not taken yet.
+    pub fn pending_bytes(&self) -> usize {
+        self.out_bytes
     }
 
     pub fn connections(&self) -> usize {
@@ -225,7 +243,7 @@ impl Reassembler {
         }
         check_fin(c, side, ts, budget);
         let rst = seg.flags.rst;
-        c.flow.take_done(&mut self.out);
+        collect(&mut c.flow, &mut self.out, &mut self.out_bytes);
         let both_ended = c.half.iter().all(|h| h.ended);
         if rst || both_ended {
             self.close(k, ts, stats);
@@ -244,7 +262,7 @@ impl Reassembler {
             flush_holes(c, side, ts, &mut self.budget, stats);
         }
         c.flow.finish(ts, &mut self.budget);
-        c.flow.take_done(&mut self.out);
+        collect(&mut c.flow, &mut self.out, &mut self.out_bytes);
         stats.add_flow(&c.flow);
         c.closed = true;
         for h in &mut c.half {

@@ -40,6 +40,9 @@ pub struct ReadOutcome {
     pub damaged: Option<String>,
 }
 
+/// Bytes read between two releases of mapped pages (a power of two).
+const RELEASE_STEP: usize = 4 << 20;
+
 /// A memory-mapped capture file.
 pub struct CaptureFile {
     map: memmap2::Mmap,
@@ -94,14 +97,55 @@ impl CaptureFile {
     /// `stop` is polled now and then; when it says so, reading ends early.
     pub fn for_each_packet(
         &self,
-        on_packet: impl FnMut(RawPacket<'_>, u64),
+        mut on_packet: impl FnMut(RawPacket<'_>, u64),
         stop: &dyn Fn() -> bool,
     ) -> Result<ReadOutcome, CaptureError> {
-        if self.map[..4] == PCAPNG_MAGIC {
-            read_pcapng(&self.map, on_packet, stop)
-        } else {
-            read_pcap(&self.map, &self.name, on_packet, stop)
-        }
+        let _ = self.map.advise(memmap2::Advice::Sequential);
+        let mut released = 0usize;
+        packets_in(
+            &self.map,
+            &self.name,
+            |p, offset| {
+                on_packet(p, offset);
+                // Pages already read are dropped from this process (they stay
+                // in the page cache), so resident memory does not grow with
+                // the file. Nothing borrows them once `on_packet` returns.
+                let done = (offset as usize) & !(RELEASE_STEP - 1);
+                if done >= released + RELEASE_STEP {
+                    // SAFETY: a read-only private file mapping; the released
+                    // range is re-read from the file if touched again.
+                    let _ = unsafe {
+                        self.map.unchecked_advise_range(
+                            memmap2::UncheckedAdvice::DontNeed,
+                            released,
+                            done - released,
+                        )
+                    };
+                    released = done;
+                }
+            },
+            stop,
+        )
+    }
+}
+
+/// Call `on_packet` for every frame of a pcap or pcapng image in memory.
+pub fn packets_in(
+    data: &[u8],
+    name: &str,
+    on_packet: impl FnMut(RawPacket<'_>, u64),
+    stop: &dyn Fn() -> bool,
+) -> Result<ReadOutcome, CaptureError> {
+    if data.len() < 4 {
+        return Err(CaptureError::NotACapture(
+            name.into(),
+            "shorter than 4 bytes".into(),
+        ));
+    }
+    if data[..4] == PCAPNG_MAGIC {
+        read_pcapng(data, on_packet, stop)
+    } else {
+        read_pcap(data, name, on_packet, stop)
     }
 }
 

@@ -34,8 +34,8 @@ pub struct WriterConfig {
 impl Default for WriterConfig {
     fn default() -> Self {
         Self {
-            row_group_rows: 64 * 1024,
-            row_group_bytes: 64 * 1024 * 1024,
+            row_group_rows: 16 * 1024,
+            row_group_bytes: 16 * 1024 * 1024,
             zstd_level: 1,
         }
     }
