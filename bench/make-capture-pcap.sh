@@ -22,7 +22,7 @@ HARD_CAP_SECS=300
 # connection. Unthrottled loopback traffic (several hundred MB/s) makes tcpdump
 # drop packets; the default aims at roughly 20-30 MB/s.
 WRK_CONNS=${WRK_CONNS:-16}
-WRK_DELAY_MS=${WRK_DELAY_MS:-15}
+WRK_DELAY_MS=${WRK_DELAY_MS:-4}
 
 log() { echo "[make-capture-pcap] $*" >&2; }
 
@@ -164,13 +164,18 @@ local body64k = slurp("$TMP/body64k")
 local reqs
 local i = 0
 init = function(args)
-    reqs = {
-        wrk.format("GET", "/small.json", { ["Accept-Encoding"] = "gzip", ["Accept"] = "application/json" }),
-        wrk.format("GET", "/big.bin", {}),
-        wrk.format("POST", "/post/small", { ["Content-Type"] = "application/octet-stream" }, body1k),
-        wrk.format("GET", "/small.json", { ["Accept-Encoding"] = "gzip" }),
-        wrk.format("POST", "/post/big", { ["Content-Type"] = "application/octet-stream" }, body64k),
-    }
+    -- Mostly small API calls, as production traffic is, with large bodies
+    -- mixed in: per 20 requests 14 small GETs (gzip), 4 small POSTs, one
+    -- 64 KiB GET and one 64 KiB POST.
+    local small_get = wrk.format("GET", "/small.json", { ["Accept-Encoding"] = "gzip", ["Accept"] = "application/json" })
+    local plain_get = wrk.format("GET", "/small.json", {})
+    local small_post = wrk.format("POST", "/post/small", { ["Content-Type"] = "application/octet-stream" }, body1k)
+    reqs = {}
+    for k = 1, 10 do reqs[#reqs + 1] = small_get end
+    for k = 1, 4 do reqs[#reqs + 1] = plain_get end
+    for k = 1, 4 do reqs[#reqs + 1] = small_post end
+    reqs[#reqs + 1] = wrk.format("GET", "/big.bin", {})
+    reqs[#reqs + 1] = wrk.format("POST", "/post/big", { ["Content-Type"] = "application/octet-stream" }, body64k)
 end
 delay = function()
     return $WRK_DELAY_MS

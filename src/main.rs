@@ -46,11 +46,54 @@ enum Command {
 #[derive(Args)]
 struct CaptureArgs {
     /// A pcap or pcapng file (repeat for several; read in order as one capture).
-    #[arg(long = "read", value_name = "FILE", required = true)]
+    #[arg(
+        long = "read",
+        value_name = "FILE",
+        required_unless_present = "interface",
+        conflicts_with = "interface"
+    )]
     read: Vec<PathBuf>,
-    /// The Parquet file to write.
-    #[arg(long, value_name = "OUT.parquet")]
+    /// Capture live from this network interface (`any` for all) with libpcap.
+    #[arg(long, value_name = "IF")]
+    interface: Option<String>,
+    /// Where to write: a .parquet file, or (live capture) a directory of rotated files.
+    #[arg(long, value_name = "OUT")]
     out: PathBuf,
+    /// Live: capture TCP on this port (repeatable); builds the BPF filter.
+    #[arg(long = "port", value_name = "N", requires = "interface")]
+    port: Vec<u16>,
+    /// Live: a BPF filter expression (combined with --port by "and").
+    #[arg(long, value_name = "EXPR", requires = "interface")]
+    bpf: Option<String>,
+    /// Live: bytes kept per packet (default: whole packets).
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = 262_144,
+        requires = "interface"
+    )]
+    snaplen: i32,
+    /// Live: kernel capture buffer size.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "64MiB", requires = "interface")]
+    buffer_size: usize,
+    /// Live: start a new file after this many seconds.
+    #[arg(long, value_name = "SECS", requires = "interface")]
+    rotate_secs: Option<u64>,
+    /// Live: start a new file after this many bytes.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, requires = "interface")]
+    rotate_bytes: Option<usize>,
+    /// Live: start a new file after this many exchanges.
+    #[arg(long, value_name = "N", requires = "interface")]
+    rotate_rows: Option<u64>,
+    /// Live: stop after this many seconds.
+    #[arg(long, value_name = "SECS", requires = "interface")]
+    duration: Option<f64>,
+    /// Live: stop after this many exchanges.
+    #[arg(long, value_name = "N", requires = "interface")]
+    max_exchanges: Option<u64>,
+    /// Keep this fraction of connections (0..1], chosen by a hash of the connection.
+    #[arg(long, value_name = "FRACTION", value_parser = parse_fraction)]
+    sample: Option<f64>,
     /// Also redact the values of this header (repeatable).
     #[arg(long = "redact-header", value_name = "NAME")]
     redact_header: Vec<String>,
@@ -78,6 +121,13 @@ struct CaptureArgs {
     /// Print nothing but errors and warnings.
     #[arg(short, long)]
     quiet: bool,
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
+        _ => Err(format!("'{s}' is not a fraction in (0, 1]")),
+    }
 }
 
 /// Parse "4096", "64KiB", "1MiB", "2GiB", "1MB", "10k".
@@ -112,21 +162,46 @@ fn interrupt_flag() -> Arc<AtomicBool> {
     flag
 }
 
+fn reassembly_config(args: &CaptureArgs) -> capture::ReassemblyConfig {
+    let mut r = capture::ReassemblyConfig::default();
+    r.flow.max_body = args.max_body;
+    r.max_connections = args.max_connections.max(1);
+    r.max_buffer_bytes = args.max_buffer_bytes;
+    r.max_conn_buffer = args.max_conn_buffer;
+    r.idle_timeout_ns = (args.idle_timeout as i64).saturating_mul(1_000_000_000);
+    r
+}
+
+fn redaction(args: &CaptureArgs) -> Vec<String> {
+    let mut names: Vec<String> = if args.keep_secrets {
+        Vec::new()
+    } else {
+        capture::DEFAULT_REDACTED
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    names.extend(args.redact_header.iter().map(|h| h.to_ascii_lowercase()));
+    names
+}
+
 fn run_capture(args: CaptureArgs) -> anyhow::Result<u8> {
-    let mut opts = CaptureOptions::new(args.read, args.out.clone());
-    if args.keep_secrets {
-        opts.redact.clear();
-    }
-    opts.redact
-        .extend(args.redact_header.iter().map(|h| h.to_ascii_lowercase()));
-    opts.reassembly.flow.max_body = args.max_body;
-    opts.reassembly.max_connections = args.max_connections.max(1);
-    opts.reassembly.max_buffer_bytes = args.max_buffer_bytes;
-    opts.reassembly.max_conn_buffer = args.max_conn_buffer;
-    opts.reassembly.idle_timeout_ns = (args.idle_timeout as i64).saturating_mul(1_000_000_000);
-    opts.progress = !args.quiet;
     let stop = interrupt_flag();
-    let stats = capture::capture_files(&opts, Some(Arc::clone(&stop)))?;
+    let stats = match &args.interface {
+        Some(interface) => {
+            capture::live::capture_live(&live_options(&args, interface), Arc::clone(&stop))?
+        }
+        None => {
+            let mut opts = CaptureOptions::new(args.read.clone(), args.out.clone());
+            opts.redact = redaction(&args);
+            opts.reassembly = reassembly_config(&args);
+            opts.progress = !args.quiet;
+            let mut stats =
+                capture::capture_files_sampled(&opts, args.sample, Some(Arc::clone(&stop)))?;
+            stats.output_files = vec![args.out.display().to_string()];
+            stats
+        }
+    };
     if let Some(path) = &args.stats_json {
         let json = serde_json::to_string_pretty(&stats)?;
         std::fs::write(path, json)
@@ -135,12 +210,13 @@ fn run_capture(args: CaptureArgs) -> anyhow::Result<u8> {
     if !args.quiet {
         print!("{}", stats.summary());
         println!(
-            "  written            {} ({} rows)",
-            args.out.display(),
-            stats.output_rows
+            "  written            {} rows in {}",
+            stats.output_rows,
+            stats.output_files.join(", ")
         );
     }
-    if stop.load(Ordering::Relaxed) {
+    // A stop is how a live capture ends; for files it cuts the input short.
+    if args.interface.is_none() && stop.load(Ordering::Relaxed) {
         eprintln!(
             "interrupted: {} holds what was captured before the stop",
             args.out.display()
@@ -148,6 +224,38 @@ fn run_capture(args: CaptureArgs) -> anyhow::Result<u8> {
         return Ok(exit::INTERRUPTED);
     }
     Ok(exit::OK)
+}
+
+fn live_options(args: &CaptureArgs, interface: &str) -> capture::live::LiveOptions {
+    use capture::output::{OutputSpec, Rotation};
+    let single = args.out.extension().is_some_and(|e| e == "parquet");
+    let output = if single {
+        OutputSpec::File(args.out.clone())
+    } else {
+        OutputSpec::Dir {
+            dir: args.out.clone(),
+            rotation: Rotation {
+                secs: args.rotate_secs,
+                bytes: args.rotate_bytes.map(|b| b as u64),
+                rows: args.rotate_rows,
+            },
+        }
+    };
+    capture::live::LiveOptions {
+        interface: interface.to_string(),
+        ports: args.port.clone(),
+        bpf: args.bpf.clone(),
+        snaplen: args.snaplen,
+        buffer_bytes: i32::try_from(args.buffer_size).unwrap_or(i32::MAX),
+        duration: args.duration.map(std::time::Duration::from_secs_f64),
+        max_exchanges: args.max_exchanges,
+        sample: args.sample,
+        output,
+        reassembly: reassembly_config(args),
+        redact: redaction(args),
+        writer: Default::default(),
+        queue: 64,
+    }
 }
 
 fn main() -> ExitCode {

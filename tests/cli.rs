@@ -237,7 +237,13 @@ fn several_inputs_and_link_types_in_one_run() {
     assert_eq!(json["files"], 5);
     assert_eq!(json["exchanges"].as_u64().unwrap() as usize, rows.len());
     // One host per link type: Ethernet, SLL2, NFLOG, 802.11+radiotap, Cisco HDLC.
-    for host in ["bro.org", "192.168.1.21", "www.example.net", "qq.com", "view.atdmt.com"] {
+    for host in [
+        "bro.org",
+        "192.168.1.21",
+        "www.example.net",
+        "qq.com",
+        "view.atdmt.com",
+    ] {
         assert!(
             rows.iter().any(|e| e.host.as_deref() == Some(host)),
             "{host}"

@@ -7,20 +7,21 @@
 pub mod flow;
 pub mod http;
 pub mod link;
+pub mod live;
 pub mod net;
+pub mod output;
 pub mod reassembly;
 pub mod source;
 pub mod stats;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::schema::{
-    Exchange, ExchangeFileWriter, SchemaError, WriterConfig, META_CAPTURE_STATS, REDACTED,
-};
+use crate::schema::{Exchange, SchemaError, WriterConfig, REDACTED};
+use output::{OutputSpec, OutputWriter, StatsSnapshot};
 use reassembly::Reassembler;
 pub use reassembly::ReassemblyConfig;
 use source::{CaptureFile, RawPacket};
@@ -45,6 +46,8 @@ pub enum CaptureError {
     Output(#[from] SchemaError),
     #[error("the Parquet writer stopped unexpectedly")]
     WriterGone,
+    #[error(transparent)]
+    Live(#[from] live::LiveError),
 }
 
 /// What `capture --read` is asked to do.
@@ -78,37 +81,68 @@ const BATCH: usize = 1024;
 /// writer stays small however large the bodies are.
 const BATCH_BYTES: usize = 4 << 20;
 
+/// What the writer thread wrote: files, rows, redacted values.
+type Written = (Vec<PathBuf>, u64, u64);
+
 enum ToWriter {
     Rows(Vec<Exchange>),
-    Finish(Vec<(String, String)>),
+    Finish,
 }
 
-struct WriterThread {
+/// The Parquet writer thread: redacts, encodes and rotates files, so the
+/// packet loop never waits on compression.
+pub(crate) struct WriterThread {
     tx: SyncSender<ToWriter>,
-    handle: JoinHandle<Result<(PathBuf, u64, u64), SchemaError>>,
+    handle: JoinHandle<Result<Written, SchemaError>>,
+    /// Rows refused because the queue was full (live capture only).
+    pub dropped_rows: u64,
 }
 
 impl WriterThread {
-    fn spawn(opts: &CaptureOptions) -> Result<Self, CaptureError> {
-        let writer = ExchangeFileWriter::create(&opts.out, opts.writer.clone())?;
-        let redact = opts.redact.clone();
-        let (tx, rx) = sync_channel(2);
+    pub(crate) fn spawn(
+        output: OutputSpec,
+        config: WriterConfig,
+        redact: Vec<String>,
+        stats: StatsSnapshot,
+        queue: usize,
+    ) -> Result<Self, CaptureError> {
+        let writer = OutputWriter::new(output, config, stats)?;
+        let (tx, rx) = sync_channel(queue);
         let handle = std::thread::Builder::new()
             .name("parquet-writer".into())
             .spawn(move || write_loop(writer, rx, &redact))
             .map_err(|e| CaptureError::Open("parquet-writer thread".into(), e))?;
-        Ok(Self { tx, handle })
+        Ok(Self {
+            tx,
+            handle,
+            dropped_rows: 0,
+        })
     }
 
-    fn send(&self, rows: Vec<Exchange>) -> Result<(), CaptureError> {
+    /// Queue rows, waiting for room (reading files: nothing may be lost).
+    pub(crate) fn send(&self, rows: Vec<Exchange>) -> Result<(), CaptureError> {
         self.tx
             .send(ToWriter::Rows(rows))
             .map_err(|_| CaptureError::WriterGone)
     }
 
-    /// Close the file; returns (path, rows, redacted values).
-    fn finish(self, meta: Vec<(String, String)>) -> Result<(PathBuf, u64, u64), CaptureError> {
-        let sent = self.tx.send(ToWriter::Finish(meta));
+    /// Queue rows without waiting (live capture: the packet loop must not
+    /// block); rows that do not fit are counted as dropped.
+    pub(crate) fn offer(&mut self, rows: Vec<Exchange>) -> Result<(), CaptureError> {
+        let n = rows.len() as u64;
+        match self.tx.try_send(ToWriter::Rows(rows)) {
+            Ok(()) => Ok(()),
+            Err(std::sync::mpsc::TrySendError::Full(_)) => {
+                self.dropped_rows += n;
+                Ok(())
+            }
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => Err(CaptureError::WriterGone),
+        }
+    }
+
+    /// Close the files; returns (files, rows, redacted values).
+    pub(crate) fn finish(self) -> Result<Written, CaptureError> {
+        let sent = self.tx.send(ToWriter::Finish);
         drop(self.tx);
         let result = self.handle.join().map_err(|_| CaptureError::WriterGone)?;
         let out = result?;
@@ -117,34 +151,42 @@ impl WriterThread {
     }
 }
 
-fn write_loop(
-    mut writer: ExchangeFileWriter,
-    rx: Receiver<ToWriter>,
-    redact: &[String],
-) -> Result<(PathBuf, u64, u64), SchemaError> {
-    let mut redacted = 0u64;
-    let mut meta = Vec::new();
-    // A sender dropped without Finish (an error upstream) still gets a footer.
-    while let Ok(msg) = rx.recv() {
-        match msg {
-            ToWriter::Rows(mut rows) => {
-                for ex in &mut rows {
-                    redacted += ex.request_headers.redact(redact, REDACTED) as u64;
-                    redacted += ex.response_headers.redact(redact, REDACTED) as u64;
-                    redacted += ex.request_trailers.redact(redact, REDACTED) as u64;
-                    redacted += ex.response_trailers.redact(redact, REDACTED) as u64;
-                }
-                writer.write(&rows)?;
-            }
-            ToWriter::Finish(m) => {
-                meta = m;
-                break;
-            }
+fn redact_all(rows: &mut [Exchange], names: &[String]) -> u64 {
+    let mut n = 0;
+    for ex in rows {
+        for h in [
+            &mut ex.request_headers,
+            &mut ex.response_headers,
+            &mut ex.request_trailers,
+            &mut ex.response_trailers,
+        ] {
+            n += h.redact(names, REDACTED) as u64;
         }
     }
-    let rows = writer.rows();
-    let path = writer.finish(meta)?;
-    Ok((path, rows, redacted))
+    n
+}
+
+fn write_loop(
+    mut writer: OutputWriter,
+    rx: Receiver<ToWriter>,
+    redact: &[String],
+) -> Result<Written, SchemaError> {
+    let (mut redacted, mut rows_written) = (0u64, 0u64);
+    // A sender dropped without Finish (an error upstream) still gets footers.
+    loop {
+        match rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            Ok(ToWriter::Rows(mut rows)) => {
+                redacted += redact_all(&mut rows, redact);
+                rows_written += rows.len() as u64;
+                writer.write(&rows)?;
+            }
+            Ok(ToWriter::Finish) | Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        writer.tick()?;
+    }
+    let files = writer.finish()?;
+    Ok((files, rows_written, redacted))
 }
 
 /// The packet loop shared by file and live sources.
@@ -153,6 +195,8 @@ pub struct Pipeline {
     defrag: net::Defragmenter,
     pub stats: CaptureStats,
     next_exchange_id: u64,
+    /// Keep a connection when the hash of its endpoints is below this.
+    sample_below: Option<u64>,
 }
 
 impl Pipeline {
@@ -162,7 +206,38 @@ impl Pipeline {
             defrag: net::Defragmenter::new(4096),
             stats: CaptureStats::default(),
             next_exchange_id: 0,
+            sample_below: None,
         }
+    }
+
+    /// Keep only `fraction` of the connections, chosen by a hash of their
+    /// endpoints, so kept connections are whole and uniformly spread.
+    pub fn sample(&mut self, fraction: f64) {
+        let f = fraction.clamp(0.0, 1.0);
+        self.sample_below = (f < 1.0).then_some((f * u64::MAX as f64) as u64);
+    }
+
+    fn sampled_out(&self, seg: &net::Segment<'_>) -> bool {
+        let Some(below) = self.sample_below else {
+            return false;
+        };
+        use std::hash::{Hash, Hasher};
+        let (a, b) = if seg.src <= seg.dst {
+            (seg.src, seg.dst)
+        } else {
+            (seg.dst, seg.src)
+        };
+        // SipHash with fixed keys: the same connection is chosen on every run
+        // and on every host.
+        #[allow(deprecated)]
+        let mut h = std::hash::SipHasher::new_with_keys(0x5348_4144_4f57, 0x0043_544c);
+        (a, b).hash(&mut h);
+        h.finish() >= below
+    }
+
+    /// Exchanges completed so far (written or waiting).
+    pub fn exchanges_so_far(&self) -> u64 {
+        self.stats.exchanges + self.reassembler.pending_exchanges() as u64
     }
 
     /// Process one frame.
@@ -177,6 +252,7 @@ impl Pipeline {
             Err(reason) => return self.stats.skip(reason),
         };
         match net::decode(ip, p.ts_ns, &mut self.defrag) {
+            Ok(Some(seg)) if self.sampled_out(&seg) => self.stats.sampled_out_segments += 1,
             Ok(Some(seg)) => self.reassembler.segment(&seg, p.ts_ns, &mut self.stats),
             Ok(None) => self.stats.skip(link::SkipReason::IpFragmentPending),
             Err(reason) => self.stats.skip(reason),
@@ -227,6 +303,15 @@ pub fn capture_files(
     opts: &CaptureOptions,
     stop: Option<Arc<AtomicBool>>,
 ) -> Result<CaptureStats, CaptureError> {
+    capture_files_sampled(opts, None, stop)
+}
+
+/// [`capture_files`], keeping only a `sample` fraction of the connections.
+pub fn capture_files_sampled(
+    opts: &CaptureOptions,
+    sample: Option<f64>,
+    stop: Option<Arc<AtomicBool>>,
+) -> Result<CaptureStats, CaptureError> {
     // Open everything first so a bad input fails before any output exists.
     let files: Vec<CaptureFile> = opts
         .inputs
@@ -234,8 +319,18 @@ pub fn capture_files(
         .map(|p| CaptureFile::open(p))
         .collect::<Result<_, _>>()?;
     let total: u64 = files.iter().map(CaptureFile::len).sum();
-    let writer = WriterThread::spawn(opts)?;
+    let snapshot = StatsSnapshot::default();
+    let writer = WriterThread::spawn(
+        OutputSpec::File(opts.out.clone()),
+        opts.writer.clone(),
+        opts.redact.clone(),
+        snapshot.clone(),
+        2,
+    )?;
     let mut pipeline = Pipeline::new(opts.reassembly);
+    if let Some(f) = sample {
+        pipeline.sample(f);
+    }
     pipeline.stats.files = files.len() as u64;
     pipeline.stats.input_bytes = total;
     let bar = progress_bar(total, opts.progress);
@@ -288,11 +383,9 @@ pub fn capture_files(
         }
     }
     let mut stats = pipeline.stats;
-    let meta = vec![(
-        META_CAPTURE_STATS.to_string(),
-        serde_json::to_string(&stats).unwrap_or_default(),
-    )];
-    let finished = writer.finish(meta);
+    *snapshot.lock().unwrap_or_else(|e| e.into_inner()) =
+        serde_json::to_string(&stats).unwrap_or_default();
+    let finished = writer.finish();
     if let Some(e) = send_error {
         // The writer's own error says more than "the writer stopped".
         finished?;

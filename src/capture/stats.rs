@@ -52,6 +52,16 @@ pub struct CaptureStats {
     /// Files that ended mid-record or held a damaged record, with where.
     pub damaged_files: Vec<String>,
     pub output_rows: u64,
+    /// Live capture: packets the kernel passed the filter, and dropped.
+    pub kernel_received: u64,
+    pub kernel_dropped: u64,
+    pub interface_dropped: u64,
+    /// Live capture: exchanges dropped because the writer fell behind.
+    pub writer_dropped_exchanges: u64,
+    /// Segments of connections left out by `--sample`.
+    pub sampled_out_segments: u64,
+    /// Output files written (live capture with rotation may write several).
+    pub output_files: Vec<String>,
 }
 
 impl CaptureStats {
@@ -139,6 +149,27 @@ impl CaptureStats {
         }
         if self.redacted_values > 0 {
             let _ = writeln!(s, "  redacted values    {}", self.redacted_values);
+        }
+        if self.kernel_received > 0 || self.kernel_dropped > 0 {
+            let _ = writeln!(
+                s,
+                "  kernel             {} received, {} dropped, {} dropped by the interface",
+                self.kernel_received, self.kernel_dropped, self.interface_dropped
+            );
+        }
+        if self.writer_dropped_exchanges > 0 {
+            let _ = writeln!(
+                s,
+                "  writer behind      {} exchanges dropped",
+                self.writer_dropped_exchanges
+            );
+        }
+        if self.sampled_out_segments > 0 {
+            let _ = writeln!(
+                s,
+                "  sampled out        {} segments",
+                self.sampled_out_segments
+            );
         }
         for d in &self.damaged_files {
             let _ = writeln!(s, "  damaged input      {d}");

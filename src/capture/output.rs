@@ -1,0 +1,239 @@
+//! Where exchanges go: one Parquet file, or a directory of rotated files.
+//!
+//! Every file is written under a temporary name and renamed when its footer
+//! is written, so a file under its final name is always complete and valid.
+//! After a crash at most the open (temporary) file is lost.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::schema::{Exchange, ExchangeFileWriter, SchemaError, WriterConfig, META_CAPTURE_STATS};
+
+/// When a rotated file is closed and the next one begun.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Rotation {
+    pub secs: Option<u64>,
+    pub bytes: Option<u64>,
+    pub rows: Option<u64>,
+}
+
+/// The output of a capture run.
+#[derive(Clone, Debug)]
+pub enum OutputSpec {
+    /// One file; it exists (possibly empty) when the run ends.
+    File(PathBuf),
+    /// Files named by start time and sequence in a directory.
+    Dir { dir: PathBuf, rotation: Rotation },
+}
+
+/// The statistics written into each file's metadata when it is closed,
+/// kept current by the packet loop.
+pub type StatsSnapshot = Arc<Mutex<String>>;
+
+struct OpenFile {
+    writer: ExchangeFileWriter,
+    opened: Instant,
+}
+
+/// Writes exchanges according to an [`OutputSpec`].
+pub struct OutputWriter {
+    spec: OutputSpec,
+    config: WriterConfig,
+    stats: StatsSnapshot,
+    open: Option<OpenFile>,
+    seq: u32,
+    done: Vec<PathBuf>,
+}
+
+fn file_name(seq: u32) -> String {
+    let secs = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!("capture-{}-{seq:05}.parquet", utc_stamp(secs))
+}
+
+/// `YYYYmmddTHHMMSSZ` for a Unix time (civil-from-days, proleptic Gregorian).
+fn utc_stamp(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+impl OutputWriter {
+    pub fn new(
+        spec: OutputSpec,
+        config: WriterConfig,
+        stats: StatsSnapshot,
+    ) -> Result<Self, SchemaError> {
+        let mut w = Self {
+            spec,
+            config,
+            stats,
+            open: None,
+            seq: 0,
+            done: Vec::new(),
+        };
+        match &w.spec {
+            // A single file exists from the start, even if nothing comes.
+            OutputSpec::File(_) => w.open_next()?,
+            OutputSpec::Dir { dir, .. } => {
+                std::fs::create_dir_all(dir).map_err(|source| SchemaError::Io {
+                    path: dir.display().to_string(),
+                    source,
+                })?
+            }
+        }
+        Ok(w)
+    }
+
+    fn open_next(&mut self) -> Result<(), SchemaError> {
+        let path = match &self.spec {
+            OutputSpec::File(p) => p.clone(),
+            OutputSpec::Dir { dir, .. } => {
+                self.seq += 1;
+                dir.join(file_name(self.seq))
+            }
+        };
+        let writer = ExchangeFileWriter::create(&path, self.config.clone())?;
+        self.open = Some(OpenFile {
+            writer,
+            opened: Instant::now(),
+        });
+        Ok(())
+    }
+
+    fn rotation(&self) -> Option<Rotation> {
+        match self.spec {
+            OutputSpec::File(_) => None,
+            OutputSpec::Dir { rotation, .. } => Some(rotation),
+        }
+    }
+
+    pub fn write(&mut self, rows: &[Exchange]) -> Result<(), SchemaError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        if self.open.is_none() {
+            self.open_next()?;
+        }
+        let file = self.open.as_mut().expect("opened above");
+        file.writer.write(rows)?;
+        if let Some(r) = self.rotation() {
+            let f = self.open.as_ref().expect("open");
+            let full = r.rows.is_some_and(|n| f.writer.rows() >= n)
+                || r.bytes.is_some_and(|n| f.writer.bytes() >= n);
+            if full {
+                self.close_current()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rotate by time; call now and then even when no rows come.
+    pub fn tick(&mut self) -> Result<(), SchemaError> {
+        let due = match (self.rotation(), &self.open) {
+            (Some(Rotation { secs: Some(s), .. }), Some(f)) => {
+                f.opened.elapsed() >= Duration::from_secs(s)
+            }
+            _ => false,
+        };
+        if due {
+            self.close_current()?;
+        }
+        Ok(())
+    }
+
+    fn close_current(&mut self) -> Result<(), SchemaError> {
+        if let Some(f) = self.open.take() {
+            let stats = self.stats.lock().map(|s| s.clone()).unwrap_or_default();
+            let path = f
+                .writer
+                .finish(vec![(META_CAPTURE_STATS.to_string(), stats)])?;
+            self.done.push(path);
+        }
+        Ok(())
+    }
+
+    /// Rows in the open file plus the closed ones are not tracked here;
+    /// this is the list of complete files.
+    pub fn finish(mut self) -> Result<Vec<PathBuf>, SchemaError> {
+        self.close_current()?;
+        Ok(self.done)
+    }
+
+    pub fn dir(&self) -> Option<&Path> {
+        match &self.spec {
+            OutputSpec::File(_) => None,
+            OutputSpec::Dir { dir, .. } => Some(dir),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_stamps() {
+        assert_eq!(utc_stamp(0), "19700101T000000Z");
+        assert_eq!(utc_stamp(1_795_000_000), "20261118T110640Z");
+        assert_eq!(utc_stamp(951_782_400), "20000229T000000Z");
+    }
+
+    #[test]
+    fn rotates_by_rows_and_every_file_is_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = OutputSpec::Dir {
+            dir: dir.path().to_path_buf(),
+            rotation: Rotation {
+                rows: Some(3),
+                ..Default::default()
+            },
+        };
+        let stats: StatsSnapshot = Arc::new(Mutex::new("{}".into()));
+        let mut w = OutputWriter::new(spec, WriterConfig::default(), stats).unwrap();
+        for i in 0..8u64 {
+            let ex = Exchange {
+                exchange_id: i,
+                method: "GET".into(),
+                ..Default::default()
+            };
+            w.write(&[ex]).unwrap();
+        }
+        let files = w.finish().unwrap();
+        assert_eq!(files.len(), 3);
+        let mut ids = Vec::new();
+        for f in &files {
+            let (rows, meta) = crate::schema::read_exchanges(f).unwrap();
+            assert!(meta.iter().any(|(k, _)| k == META_CAPTURE_STATS));
+            ids.extend(rows.iter().map(|r| r.exchange_id));
+        }
+        assert_eq!(ids, (0..8).collect::<Vec<_>>());
+        let leftovers = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "partial")
+            })
+            .count();
+        assert_eq!(leftovers, 0);
+    }
+}
