@@ -24,7 +24,12 @@ bench-capture *ARGS:
     cargo build --release --quiet
     bash bench/capture.sh {{ARGS}}
 
-# Fuzz the bytes -> exchanges path (needs nightly-free cargo-fuzz; SECS per run).
+# Live capture on loopback under wrk load at fixed rates, beside tcpdump (needs root).
+bench-live *ARGS:
+    cargo build --release --quiet
+    bash bench/live.sh {{ARGS}}
+
+# Fuzz the bytes -> exchanges path with cargo-fuzz (on stable via RUSTC_BOOTSTRAP).
 fuzz SECS="60":
     command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
     cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run capture_bytes -- -max_total_time={{SECS}}

@@ -26,33 +26,9 @@ WRK_DELAY_MS=${WRK_DELAY_MS:-4}
 
 log() { echo "[make-capture-pcap] $*" >&2; }
 
-# ---------------------------------------------------------------- tools
-APT_UPDATED=0
-apt_install() {
-    local pkg
-    export DEBIAN_FRONTEND=noninteractive
-    for pkg in "$@"; do
-        if ! apt-get install -y -q "$pkg" >/dev/null 2>&1; then
-            if [[ $APT_UPDATED -eq 0 ]]; then
-                apt-get update -q >/dev/null
-                APT_UPDATED=1
-            fi
-            apt-get install -y -q "$pkg" >/dev/null && return 0
-        else
-            return 0
-        fi
-    done
-    return 1
-}
-need() { # need COMMAND PACKAGE...
-    local cmd=$1; shift
-    if ! command -v "$cmd" >/dev/null 2>&1; then
-        log "installing $* for $cmd"
-        apt_install "$@" || { log "cannot install $cmd"; exit 1; }
-    fi
-}
-# nginx may live in /usr/sbin, which is not always on PATH.
-export PATH=$PATH:/usr/sbin:/sbin
+HERE=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib-nginx.sh
+. "$HERE/lib-nginx.sh"
 need nginx nginx-light nginx
 need wrk wrk
 need tcpdump tcpdump
@@ -66,7 +42,7 @@ OUT=$(cd -- "$OUT_DIR" && pwd)/$(basename -- "$OUT")
 TMP=$(mktemp -d /tmp/shadowctl-pcap.XXXXXX)
 chmod 755 "$TMP"
 
-NGINX_PID=""; TCPDUMP_PID=""; WRK_PIDS=()
+TCPDUMP_PID=""; WRK_PIDS=()
 cleanup() {
     local rc=$?
     for p in "${WRK_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -74,85 +50,14 @@ cleanup() {
         kill -INT "$TCPDUMP_PID" 2>/dev/null || true
         wait "$TCPDUMP_PID" 2>/dev/null || true
     fi
-    if [[ -n $NGINX_PID ]] && kill -0 "$NGINX_PID" 2>/dev/null; then
-        kill -QUIT "$NGINX_PID" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$NGINX_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$NGINX_PID" 2>/dev/null || true
-        wait "$NGINX_PID" 2>/dev/null || true
-    fi
+    nginx_stop
     rm -rf -- "$TMP"
     exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-log "nginx on 127.0.0.1:$PORT, prefix $TMP"
-
-mkdir -p "$TMP/html" "$TMP/logs" "$TMP/tmp"
-# ~200-byte JSON document.
-python3 - "$TMP/html/small.json" <<'PY'
-import json, sys
-doc = {"id": 4711, "name": "shadowctl benchmark", "tags": ["alpha", "beta", "gamma"],
-       "active": True, "score": 98.25, "owner": {"id": 17, "login": "bench"},
-       "updated": "2024-05-01T12:00:00Z", "note": "x" * 20}
-s = json.dumps(doc)
-open(sys.argv[1], "w").write(s + "\n")
-PY
-# 64 KiB of not-very-compressible bytes.
-head -c 65536 /dev/urandom > "$TMP/html/big.bin"
-
-cat > "$TMP/nginx.conf" <<EOF
-daemon off;
-master_process on;
-worker_processes 1;
-user root;
-pid $TMP/nginx.pid;
-error_log $TMP/logs/error.log warn;
-events { worker_connections 1024; }
-http {
-    include /etc/nginx/mime.types;
-    default_type application/octet-stream;
-    access_log off;
-    sendfile on;
-    keepalive_timeout 65;
-    keepalive_requests 1000000;
-    gzip on;
-    gzip_types application/json;
-    gzip_min_length 20;
-    gzip_http_version 1.1;
-    client_body_temp_path $TMP/tmp/body;
-    proxy_temp_path $TMP/tmp/proxy;
-    fastcgi_temp_path $TMP/tmp/fastcgi;
-    uwsgi_temp_path $TMP/tmp/uwsgi;
-    scgi_temp_path $TMP/tmp/scgi;
-    server {
-        listen 127.0.0.1:$PORT;
-        server_name localhost;
-        root $TMP/html;
-        location = /small.json { }
-        location = /big.bin { }
-        # POST: nginx reads (and discards) the whole request body from the
-        # client, then answers 200 with a small JSON document.
-        location /post {
-            client_max_body_size 1m;
-            client_body_buffer_size 128k;
-            default_type application/json;
-            return 200 '{"ok":true}';
-        }
-    }
-}
-EOF
-
-nginx -p "$TMP" -c "$TMP/nginx.conf" -t -q
-nginx -p "$TMP" -c "$TMP/nginx.conf" &
-NGINX_PID=$!
-for _ in $(seq 100); do
-    curl -fs -o /dev/null "http://127.0.0.1:$PORT/small.json" 2>/dev/null && break
-    kill -0 "$NGINX_PID" 2>/dev/null || { log "nginx died"; cat "$TMP/logs/error.log" >&2; exit 1; }
-    sleep 0.1
-done
-curl -fs -o /dev/null "http://127.0.0.1:$PORT/small.json" || { log "nginx not answering"; exit 1; }
+nginx_start "$TMP"
 
 # wrk request mix: each connection cycles through the four request kinds.
 head -c 768 /dev/urandom | base64 -w0 > "$TMP/body1k"

@@ -5,5 +5,6 @@
 //! The Parquet layouts shared by the stages live in [`schema`].
 
 pub mod capture;
+pub mod endpoint;
 pub mod schema;
 pub mod text;

@@ -74,7 +74,7 @@ struct CaptureArgs {
     )]
     snaplen: i32,
     /// Live: kernel capture buffer size.
-    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "64MiB", requires = "interface")]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "32MiB", requires = "interface")]
     buffer_size: usize,
     /// Live: start a new file after this many seconds.
     #[arg(long, value_name = "SECS", requires = "interface")]
@@ -254,7 +254,7 @@ fn live_options(args: &CaptureArgs, interface: &str) -> capture::live::LiveOptio
         reassembly: reassembly_config(args),
         redact: redaction(args),
         writer: Default::default(),
-        queue: 64,
+        queue: 16,
     }
 }
 

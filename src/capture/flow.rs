@@ -532,20 +532,7 @@ impl HttpFlow {
         if self.client_side.is_none() {
             self.sniff_roles(side, data);
         }
-        let parser = self.parsers[side].take();
-        let mut parser = parser.unwrap_or_else(|| {
-            self.parser(side);
-            self.parsers[side].take().expect("just created")
-        });
-        parser.feed(
-            data,
-            ts,
-            &mut Ctx {
-                p: &mut self.pairing,
-                budget,
-            },
-        );
-        self.parsers[side] = Some(parser);
+        self.with_parser(side, budget, |p, ctx| p.feed(data, ts, ctx));
         self.after_input();
     }
 

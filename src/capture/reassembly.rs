@@ -85,6 +85,12 @@ struct Connection {
 
 type Key = (SocketAddr, SocketAddr);
 
+/// Whether `seq` is far from where this direction's stream is.
+fn out_of_window(h: &HalfStream, seq: u32) -> bool {
+    h.next_seq
+        .is_some_and(|n| i64::from(seq.wrapping_sub(n) as i32).abs() > MAX_WINDOW)
+}
+
 fn key(a: SocketAddr, b: SocketAddr) -> Key {
     if a <= b {
         (a, b)
@@ -172,8 +178,14 @@ impl Reassembler {
         let starts_new = seg.flags.syn && !seg.flags.ack;
         if let Some(c) = self.conns.get(&k) {
             let side = usize::from(c.endpoints[0] != seg.src);
-            let reused =
-                starts_new && (c.closed || c.half[side].isn.is_some_and(|isn| isn != seg.seq));
+            // A new connection on the same ports: a SYN with another ISN, or
+            // (its SYN lost) data far from a half-closed old stream.
+            let reused = (starts_new
+                && (c.closed || c.half[side].isn.is_some_and(|isn| isn != seg.seq)))
+                || (has_data
+                    && !c.closed
+                    && c.half.iter().any(|h| h.ended || h.fin_off.is_some())
+                    && out_of_window(&c.half[side], seg.seq));
             if reused {
                 stats.port_reuse += 1;
                 self.close(k, ts, stats);
@@ -352,6 +364,12 @@ fn deliver(
     let Some(next) = h.next_seq else { return };
     let off = h.offset_of(data_seq, next);
     let len = seg.payload.len() as i64 + i64::from(seg.missing);
+    if off - h.next_off as i64 > MAX_WINDOW {
+        // Far beyond anything in flight: not this stream (a reused port
+        // whose SYN was lost, or garbage). Counted, never a giant gap.
+        stats.out_of_window_segments += 1;
+        return;
+    }
     if off + len <= h.next_off as i64 {
         stats.retransmitted_segments += 1;
         return;
@@ -556,6 +574,9 @@ fn ack_gaps(
         None => {}
     }
 }
+
+/// Farthest ahead of the next expected byte a segment may start.
+const MAX_WINDOW: i64 = 32 << 20;
 
 /// Largest run of acknowledged-but-unseen bytes taken as a loss.
 const MAX_UNSEEN_ACK: i64 = 16 << 20;

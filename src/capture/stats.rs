@@ -46,6 +46,8 @@ pub struct CaptureStats {
     pub evicted_connections: u64,
     pub port_reuse: u64,
     pub late_segments: u64,
+    /// Segments far outside their stream's window (dropped, not gaps).
+    pub out_of_window_segments: u64,
     pub segments_without_connection: u64,
     pub ip_fragments_dropped: u64,
     pub redacted_values: u64,

@@ -84,7 +84,7 @@ pub struct Exchange {
     pub upgraded: bool,
 }
 
-fn header_list_type() -> DataType {
+pub(super) fn header_list_type() -> DataType {
     DataType::List(Arc::new(Field::new(
         "item",
         DataType::Struct(header_fields()),
@@ -99,7 +99,7 @@ fn header_fields() -> Fields {
     ])
 }
 
-fn ts_type() -> DataType {
+pub(super) fn ts_type() -> DataType {
     DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()))
 }
 
@@ -147,7 +147,10 @@ pub fn exchange_schema() -> SchemaRef {
 }
 
 /// Build a list<struct<name, value>> column from one header list per row.
-fn header_column<'a>(lists: impl Iterator<Item = &'a HeaderList>, rows: usize) -> ArrayRef {
+pub(super) fn header_column<'a>(
+    lists: impl Iterator<Item = &'a HeaderList>,
+    rows: usize,
+) -> ArrayRef {
     let mut names = StringBuilder::new();
     let mut values = StringBuilder::new();
     let mut offsets = Vec::with_capacity(rows + 1);

@@ -4,10 +4,18 @@
 mod exchange;
 mod headers;
 mod parquet_io;
+mod results;
 
 pub use exchange::{exchange_schema, exchanges_to_batch, Exchange, IncompleteReason};
 pub use headers::HeaderList;
-pub use parquet_io::{read_exchanges, ExchangeFileWriter, Metadata, WriterConfig};
+pub use parquet_io::{
+    read_exchanges, ExchangeFileWriter, ExchangeReader, FileKind, Metadata, ParquetFileWriter,
+    WriterConfig,
+};
+pub use results::{
+    results_schema, results_to_batch, ErrorKind, ReplayResult, TargetRole, RESULTS,
+    RESULTS_SCHEMA_VERSION,
+};
 
 /// Version of the capture (exchanges) schema, stored under [`META_SCHEMA_VERSION`].
 pub const EXCHANGE_SCHEMA_VERSION: &str = "1";

@@ -41,10 +41,9 @@ impl Default for WriterConfig {
     }
 }
 
-/// Writes exchanges to `path` through `path.partial`, renamed on [`finish`].
-///
-/// [`finish`]: ExchangeFileWriter::finish
-pub struct ExchangeFileWriter {
+/// Writes record batches to `path` through `path.partial`, renamed on
+/// [`finish`](ParquetFileWriter::finish) once the footer is written.
+pub struct ParquetFileWriter {
     writer: ArrowWriter<File>,
     path: PathBuf,
     tmp: PathBuf,
@@ -66,33 +65,44 @@ fn pq_err(path: &Path, source: parquet::errors::ParquetError) -> SchemaError {
     }
 }
 
-impl ExchangeFileWriter {
-    pub fn create(path: &Path, config: WriterConfig) -> Result<Self, SchemaError> {
+/// What kind of shadowctl file, for its metadata.
+#[derive(Clone, Copy, Debug)]
+pub struct FileKind {
+    pub kind: &'static str,
+    pub version: &'static str,
+    /// Large unique columns: no statistics, no dictionary.
+    pub bulky_columns: &'static [&'static str],
+}
+
+impl ParquetFileWriter {
+    pub fn create(
+        path: &Path,
+        schema: arrow::datatypes::SchemaRef,
+        kind: FileKind,
+        config: WriterConfig,
+    ) -> Result<Self, SchemaError> {
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".partial");
         let tmp = PathBuf::from(tmp);
         let file = File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
         let level = ZstdLevel::try_new(config.zstd_level).unwrap_or_default();
-        // Bodies are large and unique: statistics and dictionaries cost time and
-        // buy nothing for them.
         let mut props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(level))
             .set_max_row_group_row_count(Some(config.row_group_rows))
             .set_key_value_metadata(Some(vec![
-                KeyValue::new(META_KIND.into(), "exchanges".to_string()),
-                KeyValue::new(
-                    META_SCHEMA_VERSION.into(),
-                    EXCHANGE_SCHEMA_VERSION.to_string(),
-                ),
+                KeyValue::new(META_KIND.into(), kind.kind.to_string()),
+                KeyValue::new(META_SCHEMA_VERSION.into(), kind.version.to_string()),
             ]));
-        for col in ["request_body", "response_body"] {
-            let c = ColumnPath::from(col);
+        // Bodies are large and unique: statistics and dictionaries cost time
+        // and buy nothing for them.
+        for col in kind.bulky_columns {
+            let c = ColumnPath::from(*col);
             props = props
                 .set_column_statistics_enabled(c.clone(), EnabledStatistics::None)
                 .set_column_dictionary_enabled(c, false);
         }
-        let writer = ArrowWriter::try_new(file, exchange_schema(), Some(props.build()))
-            .map_err(|e| pq_err(&tmp, e))?;
+        let writer =
+            ArrowWriter::try_new(file, schema, Some(props.build())).map_err(|e| pq_err(&tmp, e))?;
         Ok(Self {
             writer,
             path: path.to_path_buf(),
@@ -102,18 +112,9 @@ impl ExchangeFileWriter {
         })
     }
 
-    pub fn write(&mut self, rows: &[Exchange]) -> Result<(), SchemaError> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let batch = exchanges_to_batch(rows).map_err(|source| SchemaError::Arrow {
-            path: self.tmp.display().to_string(),
-            source,
-        })?;
-        self.writer
-            .write(&batch)
-            .map_err(|e| pq_err(&self.tmp, e))?;
-        self.rows += rows.len() as u64;
+    pub fn write_batch(&mut self, batch: &RecordBatch) -> Result<(), SchemaError> {
+        self.writer.write(batch).map_err(|e| pq_err(&self.tmp, e))?;
+        self.rows += batch.num_rows() as u64;
         // Bound memory: flush a row group early when large bodies fill it.
         if self.writer.in_progress_size() >= self.config.row_group_bytes {
             self.writer.flush().map_err(|e| pq_err(&self.tmp, e))?;
@@ -130,6 +131,10 @@ impl ExchangeFileWriter {
         (self.writer.bytes_written() + self.writer.in_progress_size()) as u64
     }
 
+    pub fn tmp_path(&self) -> &Path {
+        &self.tmp
+    }
+
     /// Write the footer (with `metadata` added) and give the file its final name.
     pub fn finish(mut self, metadata: Vec<(String, String)>) -> Result<PathBuf, SchemaError> {
         for (k, v) in metadata {
@@ -141,45 +146,126 @@ impl ExchangeFileWriter {
     }
 }
 
+const EXCHANGES: FileKind = FileKind {
+    kind: "exchanges",
+    version: EXCHANGE_SCHEMA_VERSION,
+    bulky_columns: &["request_body", "response_body"],
+};
+
+/// Writes capture files (see [`ParquetFileWriter`]).
+pub struct ExchangeFileWriter(ParquetFileWriter);
+
+impl ExchangeFileWriter {
+    pub fn create(path: &Path, config: WriterConfig) -> Result<Self, SchemaError> {
+        ParquetFileWriter::create(path, exchange_schema(), EXCHANGES, config).map(Self)
+    }
+
+    pub fn write(&mut self, rows: &[Exchange]) -> Result<(), SchemaError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let batch = exchanges_to_batch(rows).map_err(|source| SchemaError::Arrow {
+            path: self.0.tmp_path().display().to_string(),
+            source,
+        })?;
+        self.0.write_batch(&batch)
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.0.rows()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.0.bytes()
+    }
+
+    pub fn finish(self, metadata: Vec<(String, String)>) -> Result<PathBuf, SchemaError> {
+        self.0.finish(metadata)
+    }
+}
+
 /// Read every exchange of a capture file (for tests and small files; replay
 /// streams batches instead).
 /// Key-value metadata of a Parquet file.
 pub type Metadata = Vec<(String, String)>;
 
 pub fn read_exchanges(path: &Path) -> Result<(Vec<Exchange>, Metadata), SchemaError> {
-    let file = File::open(path).map_err(|e| io_err(path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| pq_err(path, e))?;
-    let kv: Vec<(String, String)> = builder
-        .metadata()
-        .file_metadata()
-        .key_value_metadata()
-        .map(|kv| {
-            kv.iter()
-                .map(|k| (k.key.clone(), k.value.clone().unwrap_or_default()))
-                .collect()
-        })
-        .unwrap_or_default();
-    let kind = kv
-        .iter()
-        .find(|(k, _)| k == META_KIND)
-        .map(|(_, v)| v.as_str());
-    if kind != Some("exchanges") {
-        return Err(SchemaError::WrongKind {
-            path: path.display().to_string(),
-            expected: "capture (exchanges)",
-            detail: format!("kind is {kind:?}"),
-        });
-    }
-    let reader = builder.build().map_err(|e| pq_err(path, e))?;
+    let reader = ExchangeReader::open(path)?;
+    let meta = reader.metadata.clone();
     let mut out = Vec::new();
     for batch in reader {
-        let batch = batch.map_err(|source| SchemaError::Arrow {
-            path: path.display().to_string(),
-            source,
-        })?;
-        batch_to_exchanges(&batch, &mut out);
+        out.extend(batch?);
     }
-    Ok((out, kv))
+    Ok((out, meta))
+}
+
+/// Streams the exchanges of a capture file, one record batch at a time, so
+/// files larger than memory can be read.
+pub struct ExchangeReader {
+    inner: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+    path: PathBuf,
+    pub metadata: Metadata,
+    pub rows: u64,
+}
+
+impl ExchangeReader {
+    pub fn open(path: &Path) -> Result<Self, SchemaError> {
+        let file = File::open(path).map_err(|e| io_err(path, e))?;
+        let builder =
+            ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| pq_err(path, e))?;
+        let metadata: Metadata = builder
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .map(|kv| {
+                kv.iter()
+                    .map(|k| (k.key.clone(), k.value.clone().unwrap_or_default()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let kind = metadata
+            .iter()
+            .find(|(k, _)| k == META_KIND)
+            .map(|(_, v)| v.as_str());
+        if kind != Some("exchanges") {
+            return Err(SchemaError::WrongKind {
+                path: path.display().to_string(),
+                expected: "capture (exchanges)",
+                detail: format!("kind is {kind:?}"),
+            });
+        }
+        let rows = builder.metadata().file_metadata().num_rows() as u64;
+        let inner = builder
+            .with_batch_size(1024)
+            .build()
+            .map_err(|e| pq_err(path, e))?;
+        Ok(Self {
+            inner,
+            path: path.to_path_buf(),
+            metadata,
+            rows,
+        })
+    }
+}
+
+impl Iterator for ExchangeReader {
+    type Item = Result<Vec<Exchange>, SchemaError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let batch = self.inner.next()?;
+        Some(
+            batch
+                .map_err(|source| SchemaError::Arrow {
+                    path: self.path.display().to_string(),
+                    source,
+                })
+                .map(|b| {
+                    let mut out = Vec::with_capacity(b.num_rows());
+                    batch_to_exchanges(&b, &mut out);
+                    out
+                }),
+        )
+    }
 }
 
 fn col<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> &'a T {

@@ -1,0 +1,84 @@
+//! Endpoint names: "METHOD /path/template", shared by replay (which writes
+//! them) and diff (which groups by them).
+//!
+//! The query string is not part of an endpoint. Path segments that are
+//! identifiers (numbers, UUIDs, long hex strings) become `{id}`, so
+//! `GET /items/42?x=1` and `GET /items/7` are both `GET /items/{id}`.
+
+/// The endpoint of a request.
+pub fn endpoint(method: &str, target: &str) -> String {
+    let path = path_of(target);
+    let mut out = String::with_capacity(method.len() + 1 + path.len());
+    out.push_str(method);
+    out.push(' ');
+    if path.is_empty() {
+        out.push('/');
+        return out;
+    }
+    let mut first = true;
+    for seg in path.split('/') {
+        if !first {
+            out.push('/');
+        }
+        first = false;
+        out.push_str(if is_identifier(seg) { "{id}" } else { seg });
+    }
+    out
+}
+
+/// The path of a request-target: origin form as is, absolute form without
+/// scheme and authority, `*` and authority form unchanged; never the query.
+fn path_of(target: &str) -> &str {
+    let no_query = target.split(['?', '#']).next().unwrap_or("");
+    if let Some(rest) = no_query
+        .strip_prefix("http://")
+        .or_else(|| no_query.strip_prefix("https://"))
+        .or_else(|| no_query.strip_prefix("HTTP://"))
+        .or_else(|| no_query.strip_prefix("HTTPS://"))
+    {
+        return rest.find('/').map_or("/", |i| &rest[i..]);
+    }
+    no_query
+}
+
+fn is_identifier(seg: &str) -> bool {
+    if seg.is_empty() {
+        return false;
+    }
+    let digits = seg.bytes().all(|b| b.is_ascii_digit());
+    let hex = seg.len() >= 16 && seg.bytes().all(|b| b.is_ascii_hexdigit());
+    digits || hex || is_uuid(seg)
+}
+
+fn is_uuid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_identifiers_and_drops_queries() {
+        assert_eq!(endpoint("GET", "/items/42?x=1"), "GET /items/{id}");
+        assert_eq!(
+            endpoint("GET", "/u/123e4567-e89b-12d3-a456-426614174000/x"),
+            "GET /u/{id}/x"
+        );
+        assert_eq!(
+            endpoint("GET", "/blob/0123456789abcdef0123"),
+            "GET /blob/{id}"
+        );
+        assert_eq!(endpoint("GET", "/v1/models"), "GET /v1/models");
+        assert_eq!(endpoint("POST", "/predict"), "POST /predict");
+        assert_eq!(endpoint("GET", "http://bro.org/a/7"), "GET /a/{id}");
+        assert_eq!(endpoint("GET", "HTTP://bro.org"), "GET /");
+        assert_eq!(endpoint("OPTIONS", "*"), "OPTIONS *");
+        assert_eq!(endpoint("GET", ""), "GET /");
+    }
+}

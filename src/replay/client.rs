@@ -1,0 +1,325 @@
+//! A minimal HTTP/1.1 client for replay: writes the request bytes as built,
+//! reads the answer with the same framer the capture stage uses, keeps
+//! connections alive per target. No redirects, proxies, decompression or
+//! retries (one exception: a request written on a pooled connection that
+//! the server had already closed, with no byte of answer, is written again
+//! on a new connection; that is a stale connection, not a target error).
+
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+
+use crate::capture::http::{response_framing, End, Framing, Head, MessageParser, Role, Sink, StartLine};
+use crate::schema::{ErrorKind, HeaderList, TargetRole};
+
+/// A replay destination parsed from `--primary` / `--shadow`.
+pub struct Target {
+    pub name: String,
+    pub role: TargetRole,
+    pub host: String,
+    pub port: u16,
+    /// `host:port` for the Host header.
+    pub authority: String,
+    pub base_path: String,
+    idle: Mutex<Vec<TcpStream>>,
+    /// Requests in flight at most (`--concurrency`).
+    pub permits: Semaphore,
+}
+
+/// Why a target URL is not usable.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TargetError(pub String);
+
+impl Target {
+    /// Parse `[NAME=]http://host[:port][/base]`.
+    pub fn parse(spec: &str, role: TargetRole, default_name: &str, concurrency: usize) -> Result<Self, TargetError> {
+        let (name, url) = match spec.split_once('=') {
+            Some((n, u)) if !n.contains('/') && !n.is_empty() => (n.to_string(), u),
+            _ => (default_name.to_string(), spec),
+        };
+        let rest = if let Some(r) = url.strip_prefix("http://") {
+            r
+        } else if url.starts_with("https://") {
+            return Err(TargetError(format!(
+                "{url}: https targets are not supported yet; use an http:// address (for example a local TLS-terminating proxy)"
+            )));
+        } else {
+            return Err(TargetError(format!("{url}: expected http://host[:port][/path]")));
+        };
+        let (authority, base) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let (host, port) = split_host_port(authority)
+            .ok_or_else(|| TargetError(format!("{url}: cannot read host and port")))?;
+        Ok(Self {
+            name,
+            role,
+            host,
+            port,
+            authority: authority.to_string(),
+            base_path: base.trim_end_matches('/').to_string(),
+            idle: Mutex::new(Vec::new()),
+            permits: Semaphore::new(concurrency.max(1)),
+        })
+    }
+}
+
+fn split_host_port(authority: &str) -> Option<(String, u16)> {
+    if let Some(rest) = authority.strip_prefix('[') {
+        let (h, p) = rest.split_once(']')?;
+        let port = p.strip_prefix(':').map_or(Some(80), |p| p.parse().ok())?;
+        return Some((h.to_string(), port));
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) => Some((h.to_string(), p.parse().ok()?)),
+        None if !authority.is_empty() => Some((authority.to_string(), 80)),
+        None => None,
+    }
+}
+
+/// What a target answered (or why it did not).
+#[derive(Debug, Default)]
+pub struct Answer {
+    pub sent_ts: Option<i64>,
+    pub first_byte_ts: Option<i64>,
+    pub done_ts: Option<i64>,
+    pub status: Option<u16>,
+    pub headers: HeaderList,
+    pub body: Vec<u8>,
+    pub body_len: u64,
+    pub truncated: bool,
+    pub error: Option<(ErrorKind, String)>,
+}
+
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// Collects the final response from the framer.
+struct Collect<'a> {
+    method: &'a str,
+    head: Option<Head>,
+    interim_open: bool,
+    body: Vec<u8>,
+    body_len: u64,
+    max_body: usize,
+    end: Option<End>,
+    close_after: bool,
+}
+
+impl Sink for Collect<'_> {
+    fn head(&mut self, _: Role, head: Head, _: i64, _: u64) -> Framing {
+        let framing = response_framing(&head, Some(self.method));
+        if let StartLine::Response { status, ref version, .. } = head.line {
+            if (100..200).contains(&status) && status != 101 {
+                self.interim_open = true;
+                return framing;
+            }
+            let conn = head.headers.get("connection").map(|v| v.to_ascii_lowercase());
+            self.close_after = framing == Framing::UntilClose
+                || conn.as_deref() == Some(b"close".as_slice())
+                || (version == "HTTP/1.0" && conn.as_deref() != Some(b"keep-alive".as_slice()));
+        }
+        self.head = Some(head);
+        framing
+    }
+
+    fn body(&mut self, _: Role, data: &[u8]) {
+        self.body_len += data.len() as u64;
+        let room = self.max_body.saturating_sub(self.body.len());
+        self.body.extend_from_slice(&data[..data.len().min(room)]);
+    }
+
+    fn body_gap(&mut self, _: Role, _: u64) {}
+
+    fn trailers(&mut self, _: Role, _: HeaderList) {}
+
+    fn end(&mut self, _: Role, _: i64, how: End) {
+        if self.interim_open {
+            self.interim_open = false;
+        } else {
+            self.end = Some(how);
+        }
+    }
+
+    fn lost(&mut self, _: Role) {
+        self.end.get_or_insert(End::Malformed);
+    }
+}
+
+fn io_kind(e: &std::io::Error) -> ErrorKind {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionRefused => ErrorKind::ConnectRefused,
+        K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof => ErrorKind::Reset,
+        K::TimedOut => ErrorKind::Timeout,
+        _ => ErrorKind::Io,
+    }
+}
+
+/// Bytes read beyond `--max-body` before giving up on a response.
+const HARD_BODY_CAP: u64 = 256 << 20;
+
+enum Attempt {
+    Done(Answer),
+    /// A pooled connection was already closed: try a fresh one.
+    Stale,
+}
+
+impl Target {
+    async fn connection(&self) -> Result<(TcpStream, bool), std::io::Error> {
+        if let Some(c) = self.idle.lock().ok().and_then(|mut v| v.pop()) {
+            return Ok((c, true));
+        }
+        let stream = TcpStream::connect((self.host.as_str(), self.port)).await?;
+        let _ = stream.set_nodelay(true);
+        Ok((stream, false))
+    }
+
+    fn recycle(&self, stream: TcpStream) {
+        if let Ok(mut v) = self.idle.lock() {
+            if v.len() < 1024 {
+                v.push(stream);
+            }
+        }
+    }
+
+    /// Send `request` and read the answer, within `timeout` in all.
+    pub async fn exchange(&self, request: &[u8], method: &str, timeout: Duration, max_body: usize) -> Answer {
+        let run = async {
+            for _ in 0..2 {
+                match self.attempt(request, method, max_body).await {
+                    Attempt::Done(a) => return a,
+                    Attempt::Stale => continue,
+                }
+            }
+            Answer {
+                error: Some((ErrorKind::Reset, "connection closed before any answer".into())),
+                ..Default::default()
+            }
+        };
+        let started = now_ns();
+        match tokio::time::timeout(timeout, run).await {
+            Ok(a) => a,
+            Err(_) => Answer {
+                sent_ts: Some(started),
+                error: Some((ErrorKind::Timeout, format!("no complete answer within {timeout:?}"))),
+                ..Default::default()
+            },
+        }
+    }
+
+    async fn attempt(&self, request: &[u8], method: &str, max_body: usize) -> Attempt {
+        let mut answer = Answer::default();
+        let (mut stream, reused) = match self.connection().await {
+            Ok(c) => c,
+            Err(e) => {
+                answer.error = Some((io_kind(&e), format!("connect to {}: {e}", self.authority)));
+                return Attempt::Done(answer);
+            }
+        };
+        answer.sent_ts = Some(now_ns());
+        if let Err(e) = stream.write_all(request).await {
+            if reused {
+                return Attempt::Stale;
+            }
+            answer.error = Some((io_kind(&e), format!("write: {e}")));
+            return Attempt::Done(answer);
+        }
+        let mut parser = MessageParser::new(Role::Response, false);
+        let mut sink = Collect {
+            method,
+            head: None,
+            interim_open: false,
+            body: Vec::new(),
+            body_len: 0,
+            max_body,
+            end: None,
+            close_after: false,
+        };
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got_any = false;
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => {
+                    if !got_any && reused {
+                        return Attempt::Stale;
+                    }
+                    parser.finish(now_ns(), &mut sink);
+                    break;
+                }
+                Ok(n) => {
+                    if !got_any {
+                        got_any = true;
+                        answer.first_byte_ts = Some(now_ns());
+                    }
+                    parser.feed(&buf[..n], 0, &mut sink);
+                    if sink.end.is_some() {
+                        break;
+                    }
+                    if sink.body_len > (max_body as u64).max(HARD_BODY_CAP) {
+                        answer.error = Some((ErrorKind::OversizeBody, format!("body over {HARD_BODY_CAP} bytes")));
+                        sink.close_after = true;
+                        break;
+                    }
+                }
+                Err(e) => {
+                    if !got_any && reused {
+                        return Attempt::Stale;
+                    }
+                    answer.error = Some((io_kind(&e), format!("read: {e}")));
+                    break;
+                }
+            }
+        }
+        answer.done_ts = Some(now_ns());
+        if let Some(head) = sink.head.take() {
+            if let StartLine::Response { status, .. } = head.line {
+                answer.status = Some(status);
+            }
+            answer.headers = head.headers;
+        }
+        answer.truncated = sink.body_len > sink.body.len() as u64;
+        answer.body_len = sink.body_len;
+        answer.body = std::mem::take(&mut sink.body);
+        match sink.end {
+            Some(End::Complete) if answer.error.is_none() => {
+                if !sink.close_after {
+                    self.recycle(stream);
+                }
+            }
+            Some(End::Complete) => {}
+            Some(_) if answer.error.is_none() => {
+                let kind = if answer.status.is_some() { ErrorKind::Reset } else { ErrorKind::MalformedResponse };
+                answer.error = Some((kind, "the answer ended early or could not be parsed".into()));
+            }
+            None if answer.error.is_none() => {
+                answer.error = Some((ErrorKind::Reset, "connection closed before a complete answer".into()));
+            }
+            _ => {}
+        }
+        Attempt::Done(answer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_target_specs() {
+        let t = Target::parse("v2=http://127.0.0.1:8081/api/", TargetRole::Shadow, "shadow", 4).unwrap();
+        assert_eq!((t.name.as_str(), t.host.as_str(), t.port), ("v2", "127.0.0.1", 8081));
+        assert_eq!(t.base_path, "/api");
+        let t = Target::parse("http://[::1]:9000", TargetRole::Primary, "primary", 4).unwrap();
+        assert_eq!((t.name.as_str(), t.host.as_str(), t.port, t.authority.as_str()), ("primary", "::1", 9000, "[::1]:9000"));
+        assert!(Target::parse("ftp://x", TargetRole::Primary, "p", 1).is_err());
+    }
+}

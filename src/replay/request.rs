@@ -1,0 +1,209 @@
+//! Building the exact bytes of a replayed request.
+//!
+//! We write requests ourselves instead of through reqwest or hyper: both
+//! keep headers in a map that lower-cases names and groups duplicates, and
+//! add headers of their own, so neither can send back what was captured
+//! byte for byte (see docs/decisions/0001-raw-http-client.md).
+
+use crate::schema::{Exchange, REDACTED};
+use crate::text::latin1_bytes;
+
+/// Headers that describe one hop, not the request: never forwarded as captured.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "transfer-encoding",
+];
+
+/// How requests are rewritten for a target.
+#[derive(Clone, Debug, Default)]
+pub struct RequestRules {
+    /// Keep the captured Host instead of the target's authority.
+    pub keep_host: bool,
+    /// `--header 'Name: value'`: set on every request (replaces same-name fields).
+    pub set: Vec<(String, String)>,
+    /// `--drop-header NAME` (lower case).
+    pub drop: Vec<String>,
+}
+
+/// Where a request goes.
+#[derive(Clone, Debug)]
+pub struct Destination<'a> {
+    /// `host:port` as sent in Host.
+    pub authority: &'a str,
+    /// A path prefix from the target URL ("" for none).
+    pub base_path: &'a str,
+    /// The marker header for shadows.
+    pub marker: Option<&'a (String, String)>,
+}
+
+/// The request bytes and how many redacted values were left out.
+pub struct Built {
+    pub bytes: Vec<u8>,
+    pub dropped_redacted: u32,
+}
+
+/// The origin-form path of a captured request-target.
+fn origin_form(target: &str) -> &str {
+    for scheme in ["http://", "https://", "HTTP://", "HTTPS://"] {
+        if let Some(rest) = target.strip_prefix(scheme) {
+            return rest.find('/').map_or("/", |i| &rest[i..]);
+        }
+    }
+    target
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Build the request for one destination.
+pub fn build(ex: &Exchange, dest: &Destination<'_>, rules: &RequestRules) -> Built {
+    let mut out = Vec::with_capacity(256 + ex.request_body.len());
+    let version = if ex.http_version == "HTTP/1.0" { "HTTP/1.0" } else { "HTTP/1.1" };
+    out.extend_from_slice(&latin1_bytes(&ex.method));
+    out.push(b' ');
+    let path = origin_form(&ex.target);
+    if !dest.base_path.is_empty() && path.starts_with('/') {
+        out.extend_from_slice(dest.base_path.trim_end_matches('/').as_bytes());
+    }
+    out.extend_from_slice(&latin1_bytes(path));
+    out.push(b' ');
+    out.extend_from_slice(version.as_bytes());
+    out.extend_from_slice(b"\r\n");
+
+    let mut dropped_redacted = 0;
+    let mut set_done = vec![false; rules.set.len()];
+    let mut host_seen = false;
+    let mut length_sent = false;
+    let length = ex.request_body.len().to_string();
+    for (name, value) in ex.request_headers.iter() {
+        let lower = String::from_utf8_lossy(name).to_ascii_lowercase();
+        if rules.drop.contains(&lower) || HOP_BY_HOP.contains(&lower.as_str()) {
+            continue;
+        }
+        if let Some(i) = rules.set.iter().position(|(n, _)| n.eq_ignore_ascii_case(&lower)) {
+            // Replace in place (first occurrence), drop later duplicates.
+            if !set_done[i] {
+                set_done[i] = true;
+                push_header(&mut out, name, rules.set[i].1.as_bytes());
+            }
+            continue;
+        }
+        if value == REDACTED.as_bytes() {
+            dropped_redacted += 1;
+            continue;
+        }
+        if lower == "content-length" {
+            // In place, with the length of the (de-chunked) body we send.
+            if !length_sent {
+                length_sent = true;
+                push_header(&mut out, name, length.as_bytes());
+            }
+            continue;
+        }
+        if lower == "host" {
+            if host_seen {
+                continue;
+            }
+            host_seen = true;
+            let v = if rules.keep_host { value } else { dest.authority.as_bytes() };
+            push_header(&mut out, name, v);
+            continue;
+        }
+        push_header(&mut out, name, value);
+    }
+    if !host_seen && version == "HTTP/1.1" {
+        push_header(&mut out, b"Host", dest.authority.as_bytes());
+    }
+    for (i, (n, v)) in rules.set.iter().enumerate() {
+        if !set_done[i] {
+            push_header(&mut out, n.as_bytes(), v.as_bytes());
+        }
+    }
+    if let Some((n, v)) = dest.marker {
+        push_header(&mut out, n.as_bytes(), v.as_bytes());
+    }
+    // The body is stored de-chunked: a chunked request is sent with a length.
+    let had_chunked = ex.request_headers.get("transfer-encoding").is_some();
+    if !length_sent && (!ex.request_body.is_empty() || had_chunked) {
+        push_header(&mut out, b"Content-Length", length.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&ex.request_body);
+    Built {
+        bytes: out,
+        dropped_redacted,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exchange() -> Exchange {
+        let mut ex = Exchange {
+            method: "POST".into(),
+            target: "http://old.example/api/x?q=1".into(),
+            http_version: "HTTP/1.1".into(),
+            request_body: b"hello".to_vec(),
+            ..Default::default()
+        };
+        for (n, v) in [
+            ("Host", "old.example"),
+            ("X-Trace", "a"),
+            ("Authorization", REDACTED),
+            ("Transfer-Encoding", "chunked"),
+            ("x-trace", "b"),
+            ("Connection", "keep-alive"),
+        ] {
+            ex.request_headers.push(n.as_bytes(), v.as_bytes());
+        }
+        ex
+    }
+
+    #[test]
+    fn keeps_order_and_case_rewrites_host_and_frames_the_body() {
+        let marker = ("x-shadow-replay".to_string(), "1".to_string());
+        let dest = Destination {
+            authority: "127.0.0.1:9000",
+            base_path: "/v2",
+            marker: Some(&marker),
+        };
+        let built = build(&exchange(), &dest, &RequestRules::default());
+        let text = String::from_utf8(built.bytes).unwrap();
+        assert_eq!(
+            text,
+            "POST /v2/api/x?q=1 HTTP/1.1\r\nHost: 127.0.0.1:9000\r\nX-Trace: a\r\nx-trace: b\r\n\
+             x-shadow-replay: 1\r\nContent-Length: 5\r\n\r\nhello"
+        );
+        assert_eq!(built.dropped_redacted, 1);
+    }
+
+    #[test]
+    fn set_headers_replace_redacted_values_and_drop_works() {
+        let rules = RequestRules {
+            keep_host: true,
+            set: vec![("authorization".into(), "Bearer fresh".into())],
+            drop: vec!["x-trace".into()],
+        };
+        let dest = Destination {
+            authority: "h:1",
+            base_path: "",
+            marker: None,
+        };
+        let built = build(&exchange(), &dest, &rules);
+        let text = String::from_utf8(built.bytes).unwrap();
+        assert!(text.contains("Host: old.example\r\n"), "{text}");
+        assert!(text.contains("Authorization: Bearer fresh\r\n"), "{text}");
+        assert!(!text.contains("X-Trace") && !text.contains("REDACTED"), "{text}");
+        assert_eq!(built.dropped_redacted, 0);
+    }
+}

@@ -1,0 +1,223 @@
+//! The results schema: one row per exchange and target, written by `replay`
+//! and read by `diff`.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BinaryBuilder, BooleanBuilder, RecordBatch, StringBuilder,
+    TimestampNanosecondBuilder, UInt16Builder, UInt32Builder, UInt64Builder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+
+use super::exchange::{header_column, header_list_type, ts_type};
+use super::{FileKind, HeaderList};
+
+/// Version of the results schema.
+pub const RESULTS_SCHEMA_VERSION: &str = "1";
+
+pub const RESULTS: FileKind = FileKind {
+    kind: "results",
+    version: RESULTS_SCHEMA_VERSION,
+    bulky_columns: &["request_body", "response_body"],
+};
+
+/// What a target is in a replay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TargetRole {
+    /// The stable version, replayed live.
+    Primary,
+    /// A candidate version.
+    Shadow,
+    /// The response recorded in the capture (a second primary observation).
+    Recorded,
+}
+
+impl TargetRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Primary => "primary",
+            Self::Shadow => "shadow",
+            Self::Recorded => "recorded",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "primary" => Some(Self::Primary),
+            "shadow" => Some(Self::Shadow),
+            "recorded" => Some(Self::Recorded),
+            _ => None,
+        }
+    }
+}
+
+/// Why a request got no (complete) answer. Errors are data: the run goes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ErrorKind {
+    ConnectRefused,
+    ConnectTimeout,
+    Timeout,
+    Reset,
+    MalformedResponse,
+    OversizeBody,
+    Tls,
+    Io,
+    /// The schedule could not send it in time (target saturated).
+    NotSentInTime,
+    /// The captured request body was truncated, so it cannot be replayed faithfully.
+    RequestTruncated,
+    /// The run was stopped before the answer came.
+    Interrupted,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ConnectRefused => "connect_refused",
+            Self::ConnectTimeout => "connect_timeout",
+            Self::Timeout => "timeout",
+            Self::Reset => "reset",
+            Self::MalformedResponse => "malformed_response",
+            Self::OversizeBody => "oversize_body",
+            Self::Tls => "tls",
+            Self::Io => "io",
+            Self::NotSentInTime => "not_sent_in_time",
+            Self::RequestTruncated => "request_truncated",
+            Self::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// What one target answered to one request.
+#[derive(Clone, Debug, Default)]
+pub struct ReplayResult {
+    pub exchange_id: u64,
+    pub flow_id: u64,
+    pub seq_in_flow: u32,
+    pub target_name: String,
+    pub role: Option<TargetRole>,
+    pub method: String,
+    pub target: String,
+    pub endpoint: String,
+    pub request_headers: HeaderList,
+    pub request_body: Vec<u8>,
+    /// When the schedule wanted it sent, when it was sent, first and last
+    /// response byte (ns since epoch).
+    pub due_ts: i64,
+    pub sent_ts: Option<i64>,
+    pub first_byte_ts: Option<i64>,
+    pub done_ts: Option<i64>,
+    pub status: Option<u16>,
+    pub response_headers: HeaderList,
+    pub response_body: Vec<u8>,
+    pub response_body_len: u64,
+    pub response_body_truncated: bool,
+    pub error_kind: Option<ErrorKind>,
+    pub error_detail: Option<String>,
+}
+
+impl ReplayResult {
+    /// Latency from the actual send to the last byte.
+    pub fn latency_ns(&self) -> Option<i64> {
+        Some(self.done_ts? - self.sent_ts?)
+    }
+
+    /// Latency from the due time (corrected for coordinated omission).
+    pub fn latency_from_due_ns(&self) -> Option<i64> {
+        Some(self.done_ts? - self.due_ts)
+    }
+}
+
+pub fn results_schema() -> SchemaRef {
+    use DataType::*;
+    let f = |name: &str, t: DataType, nullable: bool| Field::new(name, t, nullable);
+    Arc::new(Schema::new(vec![
+        f("exchange_id", UInt64, false),
+        f("flow_id", UInt64, false),
+        f("seq_in_flow", UInt32, false),
+        f("target_name", Utf8, false),
+        f("role", Utf8, false),
+        f("method", Utf8, false),
+        f("target", Utf8, false),
+        f("endpoint", Utf8, false),
+        f("request_headers", header_list_type(), false),
+        f("request_body", Binary, false),
+        f("due_ts", ts_type(), false),
+        f("sent_ts", ts_type(), true),
+        f("first_byte_ts", ts_type(), true),
+        f("done_ts", ts_type(), true),
+        f("latency_ns", Int64, true),
+        f("latency_from_due_ns", Int64, true),
+        f("lag_ns", Int64, true),
+        f("status", UInt16, true),
+        f("response_headers", header_list_type(), false),
+        f("response_body", Binary, false),
+        f("response_body_len", UInt64, false),
+        f("response_body_truncated", Boolean, false),
+        f("error_kind", Utf8, true),
+        f("error_detail", Utf8, true),
+    ]))
+}
+
+pub fn results_to_batch(rows: &[ReplayResult]) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let n = rows.len();
+    let text = |f: &dyn Fn(&ReplayResult) -> Option<&str>| {
+        let mut b = StringBuilder::new();
+        rows.iter().for_each(|r| b.append_option(f(r)));
+        Arc::new(b.finish()) as ArrayRef
+    };
+    let ts = |f: &dyn Fn(&ReplayResult) -> Option<i64>| {
+        let mut b = TimestampNanosecondBuilder::with_capacity(n).with_timezone("UTC");
+        rows.iter().for_each(|r| b.append_option(f(r)));
+        Arc::new(b.finish()) as ArrayRef
+    };
+    let int = |f: &dyn Fn(&ReplayResult) -> Option<i64>| {
+        let mut b = arrow::array::Int64Builder::with_capacity(n);
+        rows.iter().for_each(|r| b.append_option(f(r)));
+        Arc::new(b.finish()) as ArrayRef
+    };
+    let u64s = |f: &dyn Fn(&ReplayResult) -> u64| {
+        let mut b = UInt64Builder::with_capacity(n);
+        rows.iter().for_each(|r| b.append_value(f(r)));
+        Arc::new(b.finish()) as ArrayRef
+    };
+    let bin = |f: &dyn Fn(&ReplayResult) -> &[u8]| {
+        let mut b = BinaryBuilder::new();
+        rows.iter().for_each(|r| b.append_value(f(r)));
+        Arc::new(b.finish()) as ArrayRef
+    };
+    let mut seq = UInt32Builder::with_capacity(n);
+    rows.iter().for_each(|r| seq.append_value(r.seq_in_flow));
+    let mut status = UInt16Builder::with_capacity(n);
+    rows.iter().for_each(|r| status.append_option(r.status));
+    let mut trunc = BooleanBuilder::with_capacity(n);
+    rows.iter()
+        .for_each(|r| trunc.append_value(r.response_body_truncated));
+    let columns: Vec<ArrayRef> = vec![
+        u64s(&|r| r.exchange_id),
+        u64s(&|r| r.flow_id),
+        Arc::new(seq.finish()),
+        text(&|r| Some(&r.target_name)),
+        text(&|r| Some(r.role.map_or("primary", TargetRole::as_str))),
+        text(&|r| Some(&r.method)),
+        text(&|r| Some(&r.target)),
+        text(&|r| Some(&r.endpoint)),
+        header_column(rows.iter().map(|r| &r.request_headers), n),
+        bin(&|r| &r.request_body),
+        ts(&|r| Some(r.due_ts)),
+        ts(&|r| r.sent_ts),
+        ts(&|r| r.first_byte_ts),
+        ts(&|r| r.done_ts),
+        int(&|r| r.latency_ns()),
+        int(&|r| r.latency_from_due_ns()),
+        int(&|r| r.sent_ts.map(|s| s - r.due_ts)),
+        Arc::new(status.finish()),
+        header_column(rows.iter().map(|r| &r.response_headers), n),
+        bin(&|r| &r.response_body),
+        u64s(&|r| r.response_body_len),
+        Arc::new(trunc.finish()),
+        text(&|r| r.error_kind.map(ErrorKind::as_str)),
+        text(&|r| r.error_detail.as_deref()),
+    ];
+    RecordBatch::try_new(results_schema(), columns)
+}
