@@ -237,7 +237,7 @@ fn rotation_files_are_valid_and_together_hold_everything() {
         "1",
     ]);
     let mut c = Client::connect(server.port);
-    let n = 35;
+    let n = 45;
     for i in 0..n {
         let raw = format!("GET /items/{i} HTTP/1.1\r\nHost: t\r\n\r\n");
         assert_eq!(c.send(raw.as_bytes(), false).0, 200);
