@@ -53,19 +53,35 @@ cat -- "$PCAP" > /dev/null
 TSHARK_TIME=$OUTDIR/tshark.time
 TSHARK_LINES=$OUTDIR/tshark.lines
 log "running tshark ..."
-/usr/bin/time -o "$TSHARK_TIME" -f '%e %M' \
-    bash -c 'set -o pipefail; tshark -r "$1" "${@:2}" -Y http.request -T fields -e http.request.method -e http.request.uri | wc -l' \
-    _ "$PCAP" "${DECODE[@]}" > "$TSHARK_LINES"
-read -r T_SECS T_RSS < "$TSHARK_TIME"
+# Each tool runs RUNS times (default 3) in turn; the median time and the
+# largest peak RSS are reported, so one noisy run does not decide the ratio.
+RUNS=${RUNS:-3}
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+T_ALL=()
+for _ in $(seq "$RUNS"); do
+    /usr/bin/time -o "$TSHARK_TIME" -f '%e %M' \
+        bash -c 'set -o pipefail; tshark -r "$1" "${@:2}" -Y http.request -T fields -e http.request.method -e http.request.uri | wc -l' \
+        _ "$PCAP" "${DECODE[@]}" > "$TSHARK_LINES"
+    T_ALL+=("$(cat "$TSHARK_TIME")")
+done
+T_SECS=$(printf '%s\n' "${T_ALL[@]}" | awk '{print $1}' | median)
+T_RSS=$(printf '%s\n' "${T_ALL[@]}" | awk '{print $2}' | sort -n | tail -1)
+log "tshark runs (s, KB): ${T_ALL[*]}"
 T_REQS=$(tr -d ' ' < "$TSHARK_LINES")
 
 SC_TIME=$OUTDIR/shadowctl.time
 STATS=$OUTDIR/stats.json
 rm -f -- "$OUTDIR/x.parquet" "$STATS"
 log "running shadowctl capture ..."
-/usr/bin/time -o "$SC_TIME" -f '%e %M' \
-    "$SHADOWCTL" capture --read "$PCAP" --out "$OUTDIR/x.parquet" -q --stats-json "$STATS"
-read -r S_SECS S_RSS < "$SC_TIME"
+S_ALL=()
+for _ in $(seq "$RUNS"); do
+    /usr/bin/time -o "$SC_TIME" -f '%e %M' \
+        "$SHADOWCTL" capture --read "$PCAP" --out "$OUTDIR/x.parquet" -q --stats-json "$STATS"
+    S_ALL+=("$(cat "$SC_TIME")")
+done
+S_SECS=$(printf '%s\n' "${S_ALL[@]}" | awk '{print $1}' | median)
+S_RSS=$(printf '%s\n' "${S_ALL[@]}" | awk '{print $2}' | sort -n | tail -1)
+log "shadowctl runs (s, KB): ${S_ALL[*]}"
 S_REQS=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["exchanges"])' "$STATS")
 S_PACKETS=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["packets"])' "$STATS")
 

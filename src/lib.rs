@@ -6,5 +6,6 @@
 
 pub mod capture;
 pub mod endpoint;
+pub mod replay;
 pub mod schema;
 pub mod text;

@@ -41,6 +41,94 @@ enum Command {
         after_help = "Examples:\n  shadowctl capture --read traffic.pcap --out exchanges.parquet\n  shadowctl capture --read a.pcapng --read b.pcapng --out ex.parquet --max-body 1MiB --stats-json stats.json\n  shadowctl capture --read t.pcap --out ex.parquet --redact-header x-api-key"
     )]
     Capture(CaptureArgs),
+    /// Send captured requests to a primary and shadows; record what each answered.
+    #[command(after_help = "Examples:\n  shadowctl replay exchanges.parquet --primary http://127.0.0.1:8080 --shadow http://127.0.0.1:8081 --out results.parquet\n  shadowctl replay cap/*.parquet --primary recorded --shadow v2=http://staging:8080 --speed 4 --out results.parquet\n  shadowctl replay ex.parquet --primary http://p:80 --shadow http://s:80 --rate 500 --limit 10000 --header 'Authorization: Bearer $TOKEN' --out r.parquet")]
+    Replay(ReplayArgs),
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// Capture files written by `shadowctl capture`.
+    #[arg(required = true, value_name = "CAPTURE.parquet")]
+    captures: Vec<PathBuf>,
+    /// The primary: a URL (http://host:port[/base]), or `recorded` to use the captured responses.
+    #[arg(long, value_name = "URL|recorded")]
+    primary: String,
+    /// A shadow: [NAME=]URL (repeatable).
+    #[arg(long = "shadow", value_name = "[NAME=]URL")]
+    shadow: Vec<String>,
+    /// The results Parquet file to write.
+    #[arg(long, value_name = "RESULTS.parquet")]
+    out: PathBuf,
+    /// Replay the recorded timing divided by this factor (default 1).
+    #[arg(long, value_name = "X", conflicts_with_all = ["rate", "max"])]
+    speed: Option<f64>,
+    /// Send this many requests per second, evenly spaced.
+    #[arg(long, value_name = "N", conflicts_with = "max")]
+    rate: Option<f64>,
+    /// Send as fast as --concurrency allows.
+    #[arg(long)]
+    max: bool,
+    /// Requests in flight per target at most.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    concurrency: usize,
+    /// Time for a complete answer, per request (e.g. 10s, 500ms).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "10s")]
+    timeout: std::time::Duration,
+    /// Timeout for shadows (default: --timeout).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    shadow_timeout: Option<std::time::Duration>,
+    /// Replay this fraction of requests (uniform; see --seed).
+    #[arg(long, value_name = "FRACTION", value_parser = parse_fraction)]
+    sample: Option<f64>,
+    /// Seed for --sample.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    seed: u64,
+    /// Sample consistently by a key: header:NAME.
+    #[arg(long, value_name = "header:NAME")]
+    sample_by: Option<String>,
+    /// Only requests matching 'METHOD /path-glob' or '/path-glob' (repeatable).
+    #[arg(long, value_name = "PATTERN")]
+    include: Vec<String>,
+    /// Leave out requests matching the pattern (repeatable).
+    #[arg(long, value_name = "PATTERN")]
+    exclude: Vec<String>,
+    /// Replay at most N requests.
+    #[arg(long, value_name = "N")]
+    limit: Option<u64>,
+    /// Set a header on every request (replaces same-name ones): 'Name: value'.
+    #[arg(long = "header", value_name = "'NAME: VALUE'")]
+    header: Vec<String>,
+    /// Remove a header from every request (repeatable).
+    #[arg(long = "drop-header", value_name = "NAME")]
+    drop_header: Vec<String>,
+    /// Send the captured Host instead of the target's.
+    #[arg(long)]
+    keep_host: bool,
+    /// The header marking shadow traffic.
+    #[arg(long, value_name = "'NAME: VALUE'", default_value = "x-shadow-replay: 1")]
+    marker: String,
+    /// Do not mark shadow traffic.
+    #[arg(long)]
+    no_marker: bool,
+    /// Send only GET, HEAD and OPTIONS to shadows.
+    #[arg(long)]
+    read_only: bool,
+    /// Replay a disjoint part: K/N (whole connections per shard).
+    #[arg(long, value_name = "K/N", value_parser = parse_shard)]
+    shard: Option<(u64, u64)>,
+    /// Stored bytes per response body at most.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "16MiB")]
+    max_body: usize,
+    /// After Ctrl-C, wait this long for requests in flight.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "5s")]
+    drain_timeout: std::time::Duration,
+    /// Write the summary as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    summary_json: Option<PathBuf>,
+    /// Print nothing but errors.
+    #[arg(short, long)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -121,6 +209,38 @@ struct CaptureArgs {
     /// Print nothing but errors and warnings.
     #[arg(short, long)]
     quiet: bool,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("'{s}' is not a duration like 10s or 500ms"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1e3,
+        "us" => n / 1e6,
+        "m" => n * 60.0,
+        _ => return Err(format!("'{s}': unknown unit '{unit}' (use ms, s or m)")),
+    };
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+fn parse_shard(s: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("'{s}' is not K/N with 1 <= K <= N");
+    let (k, n) = s.split_once('/').ok_or_else(bad)?;
+    let (k, n): (u64, u64) = (k.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
+    if k == 0 || k > n {
+        return Err(bad());
+    }
+    Ok((k - 1, n))
+}
+
+fn parse_header(s: &str) -> anyhow::Result<(String, String)> {
+    let (n, v) = s
+        .split_once(':')
+        .with_context(|| format!("--header '{s}': expected 'Name: value'"))?;
+    Ok((n.trim().to_string(), v.trim().to_string()))
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -258,10 +378,75 @@ fn live_options(args: &CaptureArgs, interface: &str) -> capture::live::LiveOptio
     }
 }
 
+fn run_replay(args: ReplayArgs) -> anyhow::Result<u8> {
+    use shadowctl::replay::{self, plan, request::RequestRules, ReplayOptions, Timing};
+    let timing = match (args.speed, args.rate, args.max) {
+        (_, _, true) => Timing::Max,
+        (_, Some(r), _) if r > 0.0 => Timing::Rate(r),
+        (_, Some(r), _) => anyhow::bail!("--rate {r}: must be above 0"),
+        (Some(x), _, _) if x > 0.0 => Timing::Speed(x),
+        (Some(x), _, _) => anyhow::bail!("--speed {x}: must be above 0"),
+        _ => Timing::Speed(1.0),
+    };
+    let sample_by_header = match &args.sample_by {
+        Some(s) => Some(
+            s.strip_prefix("header:")
+                .with_context(|| format!("--sample-by {s}: expected header:NAME"))?
+                .to_ascii_lowercase(),
+        ),
+        None => None,
+    };
+    for c in &args.captures {
+        anyhow::ensure!(c.exists(), "{}: no such capture file", c.display());
+    }
+    let primary = (args.primary != "recorded").then(|| args.primary.clone());
+    let opts = ReplayOptions {
+        captures: args.captures.clone(),
+        primary,
+        shadows: args.shadow.clone(),
+        out: args.out.clone(),
+        timing,
+        concurrency: args.concurrency.max(1),
+        timeout: args.timeout,
+        shadow_timeout: args.shadow_timeout.unwrap_or(args.timeout),
+        selection: plan::Selection {
+            include: args.include.iter().map(|p| plan::Pattern::parse(p)).collect(),
+            exclude: args.exclude.iter().map(|p| plan::Pattern::parse(p)).collect(),
+            sample: args.sample.or(args.sample_by.as_ref().map(|_| 1.0)),
+            seed: args.seed,
+            sample_by_header,
+            shard: args.shard,
+            limit: args.limit,
+        },
+        rules: RequestRules {
+            keep_host: args.keep_host,
+            set: args.header.iter().map(|h| parse_header(h)).collect::<anyhow::Result<_>>()?,
+            drop: args.drop_header.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        },
+        marker: if args.no_marker { None } else { Some(parse_header(&args.marker)?) },
+        read_only: args.read_only,
+        max_body: args.max_body,
+        drain_timeout: args.drain_timeout,
+        progress: !args.quiet,
+    };
+    let stop = interrupt_flag();
+    let summary = replay::replay(opts, Arc::clone(&stop))?;
+    if let Some(path) = &args.summary_json {
+        std::fs::write(path, serde_json::to_string_pretty(&summary)?)
+            .with_context(|| format!("--summary-json {}: cannot write", path.display()))?;
+    }
+    if !args.quiet {
+        print!("{}", summary.render());
+        println!("  written            {} rows in {}", summary.rows, args.out.display());
+    }
+    Ok(if summary.interrupted { exit::INTERRUPTED } else { exit::OK })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Capture(args) => run_capture(args),
+        Command::Replay(args) => run_replay(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

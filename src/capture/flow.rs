@@ -264,7 +264,7 @@ impl Pairing {
             return Framing::None;
         };
         let host = head.headers.get("host").map(|h| latin1(h).into_owned());
-        let ex = Exchange {
+        let mut ex = Exchange {
             flow_id: self.flow_id,
             seq_in_flow: self.next_seq,
             client: self.client,
@@ -278,6 +278,8 @@ impl Pairing {
             request_headers: head.headers,
             ..Default::default()
         };
+        // Sized once from the framing: no regrowth copies for large bodies.
+        ex.request_body.reserve(body_hint(framing, self.limits.max_body));
         self.next_seq += 1;
         self.queue.push_back(Pending {
             ex,
@@ -331,6 +333,7 @@ impl Pairing {
             self.tunnel = true;
         }
         ex.response_headers = head.headers;
+        ex.response_body.reserve(body_hint(framing, self.limits.max_body));
         self.queue[i].resp = Resp::Receiving;
         self.resp_active = Some(i);
         self.awaiting += 1;
@@ -402,6 +405,15 @@ fn sniff_role(data: &[u8]) -> Option<Role> {
         at += memchr(b'\n', rest)? + 1;
     }
     None
+}
+
+/// Bytes to reserve for a body: its declared length, within the cap (and
+/// within 16 MiB, so a lying Content-Length cannot reserve gigabytes).
+fn body_hint(framing: Framing, max_body: usize) -> usize {
+    match framing {
+        Framing::Length(n) => (n as usize).min(max_body).min(16 << 20),
+        _ => 0,
+    }
 }
 
 /// A TCP connection parsed as HTTP.

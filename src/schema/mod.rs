@@ -13,7 +13,7 @@ pub use parquet_io::{
     WriterConfig,
 };
 pub use results::{
-    results_schema, results_to_batch, ErrorKind, ReplayResult, TargetRole, RESULTS,
+    read_results, results_schema, results_to_batch, ErrorKind, ReplayResult, TargetRole, RESULTS,
     RESULTS_SCHEMA_VERSION,
 };
 

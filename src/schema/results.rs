@@ -221,3 +221,92 @@ pub fn results_to_batch(rows: &[ReplayResult]) -> Result<RecordBatch, arrow::err
     ];
     RecordBatch::try_new(results_schema(), columns)
 }
+
+/// Read every row of a results file (diff streams; tests read whole files).
+pub fn read_results(path: &std::path::Path) -> Result<Vec<ReplayResult>, super::SchemaError> {
+    use arrow::array::{Array, AsArray, Int64Array};
+    use arrow::datatypes::{TimestampNanosecondType, UInt16Type, UInt32Type, UInt64Type};
+    let err = |e: parquet::errors::ParquetError| super::SchemaError::Parquet {
+        path: path.display().to_string(),
+        source: e,
+    };
+    let file = std::fs::File::open(path).map_err(|source| super::SchemaError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(err)?
+        .build()
+        .map_err(err)?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let b = batch.map_err(|source| super::SchemaError::Arrow {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let c = |n: &str| b.column_by_name(n).expect("results column");
+        let s = |n: &str| c(n).as_string::<i32>().clone();
+        let ts = |n: &str| c(n).as_primitive::<TimestampNanosecondType>().clone();
+        let u64c = |n: &str| c(n).as_primitive::<UInt64Type>().clone();
+        let (names, roles, methods, targets, endpoints) =
+            (s("target_name"), s("role"), s("method"), s("target"), s("endpoint"));
+        let (errors, details) = (s("error_kind"), s("error_detail"));
+        let (due, sent, first, done) = (ts("due_ts"), ts("sent_ts"), ts("first_byte_ts"), ts("done_ts"));
+        let status = c("status").as_primitive::<UInt16Type>().clone();
+        let seq = c("seq_in_flow").as_primitive::<UInt32Type>().clone();
+        let (ids, flows, lens) = (u64c("exchange_id"), u64c("flow_id"), u64c("response_body_len"));
+        let req_body = c("request_body").as_binary::<i32>().clone();
+        let resp_body = c("response_body").as_binary::<i32>().clone();
+        let trunc = c("response_body_truncated").as_boolean().clone();
+        let _ = c("latency_ns").as_any().downcast_ref::<Int64Array>();
+        let headers = |n: &str, i: usize| {
+            let list = c(n).as_list::<i32>().value(i);
+            let st = list.as_struct();
+            let (hn, hv) = (st.column(0).as_string::<i32>(), st.column(1).as_string::<i32>());
+            let mut h = HeaderList::new();
+            for j in 0..st.len() {
+                h.push(&crate::text::latin1_bytes(hn.value(j)), &crate::text::latin1_bytes(hv.value(j)));
+            }
+            h
+        };
+        let opt_ts = |a: &arrow::array::TimestampNanosecondArray, i: usize| a.is_valid(i).then(|| a.value(i));
+        for i in 0..b.num_rows() {
+            out.push(ReplayResult {
+                exchange_id: ids.value(i),
+                flow_id: flows.value(i),
+                seq_in_flow: seq.value(i),
+                target_name: names.value(i).to_string(),
+                role: TargetRole::parse(roles.value(i)),
+                method: methods.value(i).to_string(),
+                target: targets.value(i).to_string(),
+                endpoint: endpoints.value(i).to_string(),
+                request_headers: headers("request_headers", i),
+                request_body: req_body.value(i).to_vec(),
+                due_ts: due.value(i),
+                sent_ts: opt_ts(&sent, i),
+                first_byte_ts: opt_ts(&first, i),
+                done_ts: opt_ts(&done, i),
+                status: status.is_valid(i).then(|| status.value(i)),
+                response_headers: headers("response_headers", i),
+                response_body: resp_body.value(i).to_vec(),
+                response_body_len: lens.value(i),
+                response_body_truncated: trunc.value(i),
+                error_kind: errors.is_valid(i).then(|| ErrorKind::parse(errors.value(i))).flatten(),
+                error_detail: details.is_valid(i).then(|| details.value(i).to_string()),
+            });
+        }
+    }
+    Ok(out)
+}
+
+impl ErrorKind {
+    pub fn parse(s: &str) -> Option<Self> {
+        use ErrorKind::*;
+        [
+            ConnectRefused, ConnectTimeout, Timeout, Reset, MalformedResponse, OversizeBody, Tls, Io,
+            NotSentInTime, RequestTruncated, Interrupted,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}

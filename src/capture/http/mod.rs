@@ -166,22 +166,46 @@ impl MessageParser {
         if self.state == State::Dead || data.is_empty() {
             return;
         }
-        if self.buf.is_empty() {
-            let used = self.run(data, ts, sink);
-            self.offset += used as u64;
-            if used < data.len() && self.state != State::Dead {
-                self.buf.extend_from_slice(&data[used..]);
-            }
-        } else {
+        let data = match self.finish_buffered(data, ts, sink) {
+            Some(rest) => rest,
+            None => return,
+        };
+        let used = self.run(data, ts, sink);
+        self.offset += used as u64;
+        if used < data.len() && self.state != State::Dead {
+            self.buf.extend_from_slice(&data[used..]);
+        }
+    }
+
+    /// With bytes left over from before (a head split across segments),
+    /// append as little of `data` as completes them, so that bodies that
+    /// follow are not copied through the buffer. Returns the part of `data`
+    /// still to process, or None when all of it went into the buffer.
+    fn finish_buffered<'d>(&mut self, mut data: &'d [u8], ts: i64, sink: &mut dyn Sink) -> Option<&'d [u8]> {
+        while !self.buf.is_empty() {
+            let old = self.buf.len();
+            let take = data.len().min(old.max(4096));
             let mut buf = std::mem::take(&mut self.buf);
-            buf.extend_from_slice(data);
+            buf.extend_from_slice(&data[..take]);
             let used = self.run(&buf, ts, sink);
             self.offset += used as u64;
-            if self.state != State::Dead {
-                buf.drain(..used);
+            if self.state == State::Dead {
+                return None;
+            }
+            if used >= old {
+                // Past the old bytes: go on with `data` itself.
+                buf.clear();
                 self.buf = buf;
+                return Some(&data[used - old..]);
+            }
+            buf.drain(..used);
+            self.buf = buf;
+            data = &data[take..];
+            if data.is_empty() {
+                return None;
             }
         }
+        Some(data)
     }
 
     /// `len` bytes of the stream were never captured.

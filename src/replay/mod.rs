@@ -1,0 +1,554 @@
+//! `shadowctl replay`: send captured requests to a primary and shadows on
+//! the recorded schedule (or a fixed rate, or as fast as allowed), and record
+//! what each answered and when.
+//!
+//! Open model: request i is due at start + offset(i). The scheduler never
+//! waits on a target; each (request, target) runs in its own task that takes
+//! one of the target's `--concurrency` permits. A target that falls too far
+//! behind gets `not_sent_in_time` results instead of an ever-growing queue.
+
+pub mod client;
+pub mod plan;
+pub mod request;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::schema::{
+    results_to_batch, ErrorKind, Exchange, ParquetFileWriter, ReplayResult, SchemaError,
+    TargetRole, WriterConfig, RESULTS,
+};
+use client::{now_ns, Target};
+use plan::{Plan, Planned, Selection};
+use request::{build, Destination, RequestRules};
+
+/// How requests are spaced.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Timing {
+    /// The recorded inter-arrival times divided by this factor.
+    Speed(f64),
+    /// Evenly spaced at this many requests per second.
+    Rate(f64),
+    /// As fast as `--concurrency` allows.
+    Max,
+}
+
+/// What `shadowctl replay` is asked to do.
+pub struct ReplayOptions {
+    pub captures: Vec<PathBuf>,
+    /// `None` means `--primary recorded`.
+    pub primary: Option<String>,
+    pub shadows: Vec<String>,
+    pub out: PathBuf,
+    pub timing: Timing,
+    pub concurrency: usize,
+    pub timeout: Duration,
+    pub shadow_timeout: Duration,
+    pub selection: Selection,
+    pub rules: RequestRules,
+    pub marker: Option<(String, String)>,
+    pub read_only: bool,
+    pub max_body: usize,
+    pub drain_timeout: Duration,
+    pub progress: bool,
+}
+
+/// Errors that stop a replay before or while it runs (target errors do not).
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    #[error("{0}")]
+    Target(#[from] client::TargetError),
+    #[error("the results writer stopped unexpectedly")]
+    WriterGone,
+}
+
+/// Figures per target for the closing summary.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct TargetSummary {
+    pub name: String,
+    pub role: &'static str,
+    pub requests: u64,
+    pub status_classes: [u64; 6],
+    pub errors: std::collections::BTreeMap<&'static str, u64>,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub p99_from_due_ms: f64,
+    #[serde(skip)]
+    latencies: Vec<i64>,
+    #[serde(skip)]
+    from_due: Vec<i64>,
+}
+
+/// What a replay did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ReplaySummary {
+    pub planned: u64,
+    pub elapsed_s: f64,
+    pub sent_per_s: f64,
+    pub lag_p50_ms: f64,
+    pub lag_p99_ms: f64,
+    pub lag_max_ms: f64,
+    pub dropped_redacted_values: u64,
+    pub skipped_read_only: u64,
+    pub interrupted: bool,
+    pub targets: Vec<TargetSummary>,
+    pub rows: u64,
+    #[serde(skip)]
+    lags: Vec<i64>,
+}
+
+fn quantile(sorted: &[i64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i] as f64 / 1e6
+}
+
+impl ReplaySummary {
+    fn add(&mut self, r: &ReplayResult) {
+        self.rows += 1;
+        let t = match self.targets.iter_mut().position(|t| t.name == r.target_name) {
+            Some(i) => &mut self.targets[i],
+            None => {
+                self.targets.push(TargetSummary {
+                    name: r.target_name.clone(),
+                    role: r.role.map_or("primary", TargetRole::as_str),
+                    ..Default::default()
+                });
+                self.targets.last_mut().expect("just pushed")
+            }
+        };
+        t.requests += 1;
+        if let Some(s) = r.status {
+            t.status_classes[usize::from((s / 100).min(5))] += 1;
+        }
+        if let Some(e) = r.error_kind {
+            *t.errors.entry(e.as_str()).or_default() += 1;
+        }
+        if r.role != Some(TargetRole::Recorded) {
+            if let Some(l) = r.latency_ns() {
+                t.latencies.push(l);
+            }
+            if let Some(l) = r.latency_from_due_ns() {
+                t.from_due.push(l);
+            }
+            if let Some(s) = r.sent_ts {
+                self.lags.push(s - r.due_ts);
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        for t in &mut self.targets {
+            t.latencies.sort_unstable();
+            t.from_due.sort_unstable();
+            t.p50_ms = quantile(&t.latencies, 0.5);
+            t.p95_ms = quantile(&t.latencies, 0.95);
+            t.p99_ms = quantile(&t.latencies, 0.99);
+            t.p99_from_due_ms = quantile(&t.from_due, 0.99);
+        }
+        self.lags.sort_unstable();
+        self.lag_p50_ms = quantile(&self.lags, 0.5);
+        self.lag_p99_ms = quantile(&self.lags, 0.99);
+        self.lag_max_ms = self.lags.last().map_or(0.0, |&l| l as f64 / 1e6);
+    }
+
+    /// The closing summary for people.
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "replay summary: {} requests in {:.2} s ({:.0}/s sent), schedule lag p50 {:.3} ms p99 {:.3} ms max {:.3} ms",
+            self.planned, self.elapsed_s, self.sent_per_s, self.lag_p50_ms, self.lag_p99_ms, self.lag_max_ms
+        );
+        let _ = writeln!(
+            s,
+            "  {:<16} {:<9} {:>8} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9} {:>9}  errors",
+            "target", "role", "requests", "2xx", "3xx", "4xx", "5xx", "p50 ms", "p95 ms", "p99 ms"
+        );
+        for t in &self.targets {
+            let errors: Vec<String> = t.errors.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let _ = writeln!(
+                s,
+                "  {:<16} {:<9} {:>8} {:>7} {:>7} {:>7} {:>7} {:>9.3} {:>9.3} {:>9.3}  {}",
+                t.name,
+                t.role,
+                t.requests,
+                t.status_classes[2],
+                t.status_classes[3],
+                t.status_classes[4],
+                t.status_classes[5],
+                t.p50_ms,
+                t.p95_ms,
+                t.p99_ms,
+                if errors.is_empty() { "-".to_string() } else { errors.join(", ") }
+            );
+        }
+        if self.dropped_redacted_values > 0 {
+            let _ = writeln!(
+                s,
+                "  {} redacted header values were not sent (give fresh ones with --header)",
+                self.dropped_redacted_values
+            );
+        }
+        if self.skipped_read_only > 0 {
+            let _ = writeln!(s, "  {} non-read-only requests not sent to shadows (--read-only)", self.skipped_read_only);
+        }
+        s
+    }
+}
+
+/// Live counters for the progress bar.
+#[derive(Default)]
+struct Counters {
+    sent: AtomicU64,
+    in_flight: AtomicU64,
+    errors: AtomicU64,
+    lag_ns: AtomicU64,
+}
+
+/// A result row from one answer.
+fn result_row(p: &Planned, target: &Target, due_ts: i64, a: client::Answer) -> ReplayResult {
+    let ex = &p.exchange;
+    ReplayResult {
+        exchange_id: ex.exchange_id,
+        flow_id: ex.flow_id,
+        seq_in_flow: ex.seq_in_flow,
+        target_name: target.name.clone(),
+        role: Some(target.role),
+        method: ex.method.clone(),
+        target: ex.target.clone(),
+        endpoint: p.endpoint.clone(),
+        request_headers: ex.request_headers.clone(),
+        request_body: ex.request_body.clone(),
+        due_ts,
+        sent_ts: a.sent_ts,
+        first_byte_ts: a.first_byte_ts,
+        done_ts: a.done_ts,
+        status: a.status,
+        response_headers: a.headers,
+        response_body: a.body,
+        response_body_len: a.body_len,
+        response_body_truncated: a.truncated,
+        error_kind: a.error.as_ref().map(|e| e.0),
+        error_detail: a.error.map(|e| e.1),
+    }
+}
+
+/// The captured response as a result row (`--primary recorded`, or the
+/// second primary observation beside a live primary).
+fn recorded_row(p: &Planned, due_ts: i64, max_body: usize) -> ReplayResult {
+    let ex: &Exchange = &p.exchange;
+    let mut body = ex.response_body.clone();
+    body.truncate(max_body);
+    ReplayResult {
+        exchange_id: ex.exchange_id,
+        flow_id: ex.flow_id,
+        seq_in_flow: ex.seq_in_flow,
+        target_name: "recorded".into(),
+        role: Some(TargetRole::Recorded),
+        method: ex.method.clone(),
+        target: ex.target.clone(),
+        endpoint: p.endpoint.clone(),
+        request_headers: ex.request_headers.clone(),
+        request_body: ex.request_body.clone(),
+        due_ts,
+        sent_ts: Some(ex.request_end_ts),
+        first_byte_ts: ex.response_ts,
+        done_ts: ex.response_end_ts,
+        status: ex.status,
+        response_headers: ex.response_headers.clone(),
+        response_body_truncated: ex.response_body_truncated || body.len() < ex.response_body.len(),
+        response_body: body,
+        response_body_len: ex.response_body_len,
+        error_kind: None,
+        error_detail: ex.status.is_none().then(|| "no response in the capture".to_string()),
+    }
+}
+
+const SAFE_METHODS: [&str; 3] = ["GET", "HEAD", "OPTIONS"];
+
+/// Requests waiting for a permit, per target, before new ones are given up.
+const MAX_WAITING_FACTOR: u64 = 16;
+
+struct Shared {
+    targets: Vec<(Arc<Target>, Arc<AtomicU64>)>,
+    /// Set when the drain timeout passes: in-flight requests give up.
+    cancel: tokio::sync::watch::Receiver<bool>,
+    opts: Arc<ReplayOptionsCore>,
+    counters: Arc<Counters>,
+    results: mpsc::Sender<ReplayResult>,
+}
+
+/// The parts of the options the request tasks need.
+struct ReplayOptionsCore {
+    rules: RequestRules,
+    marker: Option<(String, String)>,
+    read_only: bool,
+    max_body: usize,
+    timeout: Duration,
+    shadow_timeout: Duration,
+    concurrency: usize,
+    closed_loop: bool,
+}
+
+/// Run a replay. `stop` (Ctrl-C) ends scheduling; in-flight requests get
+/// `drain_timeout` to finish; the results file is always completed.
+pub fn replay(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary, ReplayError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| SchemaError::Io {
+            path: "tokio runtime".into(),
+            source: e,
+        })?;
+    runtime.block_on(run(opts, stop))
+}
+
+async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary, ReplayError> {
+    let mut targets = Vec::new();
+    if let Some(p) = &opts.primary {
+        targets.push(Target::parse(p, TargetRole::Primary, "primary", opts.concurrency)?);
+    }
+    for (i, s) in opts.shadows.iter().enumerate() {
+        let default = if opts.shadows.len() == 1 { "shadow".to_string() } else { format!("shadow{}", i + 1) };
+        targets.push(Target::parse(s, TargetRole::Shadow, &default, opts.concurrency)?);
+    }
+    let mut plan = Plan::open(opts.captures.clone(), opts.selection.clone())?;
+    let (tx, mut rx) = mpsc::channel::<ReplayResult>(4096);
+    let out = opts.out.clone();
+    let writer = tokio::task::spawn_blocking(move || -> Result<ReplaySummary, SchemaError> {
+        let mut file = ParquetFileWriter::create(&out, crate::schema::results_schema(), RESULTS, WriterConfig::default())?;
+        let mut summary = ReplaySummary::default();
+        let mut batch = Vec::with_capacity(512);
+        while let Some(r) = rx.blocking_recv() {
+            summary.add(&r);
+            batch.push(r);
+            if batch.len() >= 512 {
+                write_rows(&mut file, &mut batch)?;
+            }
+        }
+        write_rows(&mut file, &mut batch)?;
+        file.finish(vec![])?;
+        summary.close();
+        Ok(summary)
+    });
+    let counters = Arc::new(Counters::default());
+    let (cancel_tx, cancel) = tokio::sync::watch::channel(false);
+    let shared = Shared {
+        cancel,
+        targets: targets.into_iter().map(|t| (Arc::new(t), Arc::new(AtomicU64::new(0)))).collect(),
+        opts: Arc::new(ReplayOptionsCore {
+            rules: opts.rules.clone(),
+            marker: opts.marker.clone(),
+            read_only: opts.read_only,
+            max_body: opts.max_body,
+            timeout: opts.timeout,
+            shadow_timeout: opts.shadow_timeout,
+            concurrency: opts.concurrency,
+            closed_loop: opts.timing == Timing::Max,
+        }),
+        counters: Arc::clone(&counters),
+        results: tx,
+    };
+    let bar = progress(plan.total_hint, opts.progress);
+    let ticker = spawn_ticker(bar.clone(), Arc::clone(&counters), shared.targets.len().max(1));
+    let started = std::time::Instant::now();
+    let (planned, dropped, skipped, interrupted) = schedule(&mut plan, &opts, &shared, &stop).await?;
+    // Drain: wait for in-flight requests, at most the drain timeout.
+    let deadline = Instant::now() + opts.drain_timeout;
+    while counters.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // What is still in flight is recorded as interrupted, then we finish.
+    let _ = cancel_tx.send(true);
+    while counters.in_flight.load(Ordering::Relaxed) > 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    ticker.abort();
+    bar.finish_and_clear();
+    drop(shared);
+    let mut summary = writer.await.map_err(|_| ReplayError::WriterGone)??;
+    summary.planned = planned;
+    summary.elapsed_s = elapsed;
+    summary.sent_per_s = counters.sent.load(Ordering::Relaxed) as f64 / elapsed.max(1e-9);
+    summary.dropped_redacted_values = dropped;
+    summary.skipped_read_only = skipped;
+    summary.interrupted = interrupted;
+    Ok(summary)
+}
+
+fn write_rows(file: &mut ParquetFileWriter, rows: &mut Vec<ReplayResult>) -> Result<(), SchemaError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let batch = results_to_batch(rows).map_err(|source| SchemaError::Arrow {
+        path: "results".into(),
+        source,
+    })?;
+    rows.clear();
+    file.write_batch(&batch)
+}
+
+/// Walk the plan and dispatch every request to every target at its due time.
+/// Returns (planned, dropped redacted values, skipped read-only, interrupted).
+async fn schedule(
+    plan: &mut Plan,
+    opts: &ReplayOptions,
+    shared: &Shared,
+    stop: &AtomicBool,
+) -> Result<(u64, u64, u64, bool), ReplayError> {
+    let start = Instant::now() + Duration::from_millis(20);
+    let start_wall = now_ns() + 20_000_000;
+    let (mut n, mut dropped, mut skipped) = (0u64, 0u64, 0u64);
+    let mut first_ts = None;
+    while let Some(p) = plan.next_planned()? {
+        if stop.load(Ordering::Relaxed) {
+            return Ok((n, dropped, skipped, true));
+        }
+        let offset = match opts.timing {
+            Timing::Speed(x) => {
+                let first = *first_ts.get_or_insert(p.exchange.request_ts);
+                Duration::from_nanos(((p.exchange.request_ts - first).max(0) as f64 / x) as u64)
+            }
+            Timing::Rate(r) => Duration::from_nanos((n as f64 * 1e9 / r) as u64),
+            Timing::Max => Duration::ZERO,
+        };
+        let due = start + offset;
+        let due_ts = start_wall + offset.as_nanos() as i64;
+        if opts.timing != Timing::Max && due > Instant::now() {
+            tokio::time::sleep_until(due).await;
+        }
+        n += 1;
+        let p = Arc::new(p);
+        // The recorded response is always kept: it is the primary with
+        // `--primary recorded`, and a noise estimate beside a live one.
+        let row = recorded_row(&p, due_ts, opts.max_body);
+        if shared.results.send(row).await.is_err() {
+            return Err(ReplayError::WriterGone);
+        }
+        for (target, waiting) in &shared.targets {
+            if target.role == TargetRole::Shadow
+                && shared.opts.read_only
+                && !SAFE_METHODS.contains(&p.exchange.method.as_str())
+            {
+                skipped += 1;
+                continue;
+            }
+            let marker = (target.role == TargetRole::Shadow).then_some(shared.opts.marker.as_ref()).flatten();
+            let dest = Destination {
+                authority: &target.authority,
+                base_path: &target.base_path,
+                marker,
+            };
+            let built = build(&p.exchange, &dest, &shared.opts.rules);
+            dropped += u64::from(built.dropped_redacted);
+            if shared.opts.closed_loop {
+                // As fast as allowed: wait here for a permit (closed model).
+                let permit = target.permits.acquire().await.map_err(|_| ReplayError::WriterGone)?;
+                permit.forget();
+            } else if waiting.load(Ordering::Relaxed) >= MAX_WAITING_FACTOR * shared.opts.concurrency as u64 {
+                let mut row = result_row(&p, target, due_ts, client::Answer::default());
+                row.error_kind = Some(ErrorKind::NotSentInTime);
+                row.error_detail = Some("target saturated: too many requests waiting".into());
+                let _ = shared.results.send(row).await;
+                continue;
+            }
+            spawn_request(shared, Arc::clone(&p), Arc::clone(target), Arc::clone(waiting), built.bytes, due_ts);
+        }
+    }
+    Ok((n, dropped, skipped, stop.load(Ordering::Relaxed)))
+}
+
+fn spawn_request(shared: &Shared, p: Arc<Planned>, target: Arc<Target>, waiting: Arc<AtomicU64>, bytes: Vec<u8>, due_ts: i64) {
+    let opts = Arc::clone(&shared.opts);
+    let counters = Arc::clone(&shared.counters);
+    let results = shared.results.clone();
+    counters.in_flight.fetch_add(1, Ordering::Relaxed);
+    waiting.fetch_add(1, Ordering::Relaxed);
+    let mut cancel = shared.cancel.clone();
+    tokio::spawn(async move {
+        let work = async {
+            if !opts.closed_loop {
+                if let Ok(permit) = target.permits.acquire().await {
+                    permit.forget();
+                }
+            }
+            waiting.fetch_sub(1, Ordering::Relaxed);
+            if p.exchange.request_body_truncated {
+                target.permits.add_permits(1);
+                return client::Answer {
+                    error: Some((
+                        ErrorKind::RequestTruncated,
+                        "the captured body was truncated (--max-body at capture)".into(),
+                    )),
+                    ..Default::default()
+                };
+            }
+            let timeout = if target.role == TargetRole::Shadow { opts.shadow_timeout } else { opts.timeout };
+            counters.sent.fetch_add(1, Ordering::Relaxed);
+            let answer = target.exchange(&bytes, &p.exchange.method, timeout, opts.max_body).await;
+            target.permits.add_permits(1);
+            answer
+        };
+        let answer = tokio::select! {
+            a = work => a,
+            _ = cancel.wait_for(|c| *c) => client::Answer {
+                error: Some((ErrorKind::Interrupted, "stopped before the answer came (--drain-timeout)".into())),
+                ..Default::default()
+            },
+        };
+        if let Some(s) = answer.sent_ts {
+            counters.lag_ns.store((s - due_ts).max(0) as u64, Ordering::Relaxed);
+        }
+        if answer.error.is_some() {
+            counters.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let row = result_row(&p, &target, due_ts, answer);
+        let _ = results.send(row).await;
+        counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+    });
+}
+
+fn progress(total: u64, enabled: bool) -> indicatif::ProgressBar {
+    if !enabled {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{wide_bar}] {pos}/{len} eta {eta} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+fn spawn_ticker(bar: indicatif::ProgressBar, c: Arc<Counters>, targets: usize) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last = 0;
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            let sent = c.sent.load(Ordering::Relaxed);
+            bar.set_position(sent / targets as u64);
+            bar.set_message(format!(
+                "{}/s sent, {} in flight, {} errors, lag {:.1} ms",
+                (sent - last) * 4,
+                c.in_flight.load(Ordering::Relaxed),
+                c.errors.load(Ordering::Relaxed),
+                c.lag_ns.load(Ordering::Relaxed) as f64 / 1e6
+            ));
+            last = sent;
+        }
+    })
+}

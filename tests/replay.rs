@@ -1,0 +1,341 @@
+//! `shadowctl replay` against real servers on 127.0.0.1 started here: a raw
+//! TCP server that records the exact bytes it receives, and servers that
+//! hang, reset or answer 10 MB.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use assert_cmd::Command;
+use shadowctl::schema::{read_results, Exchange, ExchangeFileWriter, ReplayResult, TargetRole, WriterConfig};
+
+/// How a test server answers.
+#[derive(Clone, Copy)]
+enum Behaviour {
+    /// 200 with a small JSON body naming the server.
+    Answer(&'static str),
+    /// Read the request, then say nothing.
+    Hang,
+    /// Read the request, then close the connection.
+    Reset,
+    /// 200 with a body of this many bytes.
+    Big(usize),
+}
+
+/// A raw HTTP/1.1 server on 127.0.0.1 recording every request's bytes.
+struct Recorder {
+    port: u16,
+    requests: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+fn read_request(r: &mut BufReader<TcpStream>) -> Option<Vec<u8>> {
+    let mut raw = Vec::new();
+    let mut len = 0usize;
+    loop {
+        let mut line = Vec::new();
+        if r.read_until(b'\n', &mut line).ok()? == 0 {
+            return None;
+        }
+        raw.extend_from_slice(&line);
+        let text = String::from_utf8_lossy(&line).to_ascii_lowercase();
+        if let Some(v) = text.strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap_or(0);
+        }
+        if line == b"\r\n" {
+            break;
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).ok()?;
+    raw.extend_from_slice(&body);
+    Some(raw)
+}
+
+impl Recorder {
+    fn start(b: Behaviour) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&requests);
+        std::thread::spawn(move || {
+            for conn in listener.incoming().take(10_000) {
+                let Ok(conn) = conn else { continue };
+                let log = Arc::clone(&log);
+                std::thread::spawn(move || {
+                    let mut w = conn.try_clone().unwrap();
+                    let mut r = BufReader::new(conn);
+                    while let Some(req) = read_request(&mut r) {
+                        log.lock().unwrap().push(req);
+                        match b {
+                            Behaviour::Answer(name) => {
+                                let body = format!("{{\"server\":\"{name}\"}}");
+                                let _ = write!(w, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Server: {name}\r\n\r\n{body}", body.len());
+                            }
+                            Behaviour::Hang => std::thread::sleep(Duration::from_secs(5)),
+                            Behaviour::Reset => return,
+                            Behaviour::Big(n) => {
+                                let _ = write!(w, "HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n");
+                                let chunk = vec![b'z'; 64 * 1024];
+                                let mut left = n;
+                                while left > 0 {
+                                    let k = left.min(chunk.len());
+                                    if w.write_all(&chunk[..k]).is_err() {
+                                        return;
+                                    }
+                                    left -= k;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Recorder { port, requests }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn received(&self) -> Vec<String> {
+        self.requests.lock().unwrap().iter().map(|r| String::from_utf8_lossy(r).into_owned()).collect()
+    }
+}
+
+fn demo_capture(dir: &Path) -> PathBuf {
+    let out = dir.join("demo.parquet");
+    let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/demo.pcap");
+    Command::cargo_bin("shadowctl")
+        .unwrap()
+        .args(["capture", "-q", "--read"])
+        .arg(input)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    out
+}
+
+/// A capture of `n` GETs /t/{i}, recorded `gap_ms` apart, each on its own flow
+/// `flow_of(i)`.
+fn timed_capture(dir: &Path, n: u64, gap_ms: i64, flow_of: impl Fn(u64) -> u64) -> PathBuf {
+    let path = dir.join("timed.parquet");
+    let mut w = ExchangeFileWriter::create(&path, WriterConfig::default()).unwrap();
+    let rows: Vec<Exchange> = (0..n)
+        .map(|i| {
+            let mut ex = Exchange {
+                exchange_id: i,
+                flow_id: flow_of(i),
+                method: "GET".into(),
+                target: format!("/t/{i}"),
+                http_version: "HTTP/1.1".into(),
+                request_ts: 1_700_000_000_000_000_000 + i as i64 * gap_ms * 1_000_000,
+                status: Some(200),
+                ..Default::default()
+            };
+            ex.request_end_ts = ex.request_ts;
+            ex.request_headers.push(b"Host", b"prod.example");
+            ex
+        })
+        .collect();
+    w.write(&rows).unwrap();
+    w.finish(vec![]).unwrap();
+    path
+}
+
+fn replay(args: &[&str]) -> (std::process::Output, Vec<ReplayResult>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("results.parquet");
+    let run = Command::cargo_bin("shadowctl")
+        .unwrap()
+        .arg("replay")
+        .args(args)
+        .arg("--out")
+        .arg(&out)
+        .arg("-q")
+        .timeout(Duration::from_secs(60))
+        .output()
+        .unwrap();
+    let rows = if out.exists() { read_results(&out).unwrap() } else { Vec::new() };
+    (run, rows, dir)
+}
+
+fn role(rows: &[ReplayResult], r: TargetRole) -> Vec<&ReplayResult> {
+    rows.iter().filter(|x| x.role == Some(r)).collect()
+}
+
+#[test]
+fn requests_arrive_byte_exact_with_host_marker_and_secrets_handled() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = demo_capture(dir.path());
+    let (primary, shadow) = (Recorder::start(Behaviour::Answer("v1")), Recorder::start(Behaviour::Answer("v2")));
+    let (run, rows, _d) = replay(&[
+        cap.to_str().unwrap(),
+        "--primary", &primary.url(),
+        "--shadow", &format!("v2={}", shadow.url()),
+        "--max", "--concurrency", "1",
+        "--include", "POST /predict",
+        "--header", "Authorization: Bearer fresh",
+    ]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let p = primary.received();
+    let s = shadow.received();
+    assert_eq!(p.len(), 20);
+    assert_eq!(s.len(), 20);
+    let first = p.iter().find(|r| r.ends_with("{\"text\": \"\"}")).expect("first predict");
+    let expected_prefix = format!(
+        "POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAccept-Encoding: identity\r\nContent-Length: 12\r\nContent-Type: application/json\r\nAuthorization: Bearer fresh\r\n",
+        primary.port
+    );
+    assert!(first.starts_with(&expected_prefix), "{first:?}");
+    // The Cookie value was redacted at capture: it is not sent at all.
+    assert!(!first.contains("Cookie") && !first.contains("REDACTED"), "{first:?}");
+    assert!(!first.contains("x-shadow-replay"));
+    assert!(s.iter().all(|r| r.contains("\r\nx-shadow-replay: 1\r\n")));
+    assert!(s.iter().all(|r| r.contains(&format!("Host: 127.0.0.1:{}\r\n", shadow.port))));
+    assert_eq!(role(&rows, TargetRole::Primary).len(), 20);
+    assert_eq!(role(&rows, TargetRole::Shadow).len(), 20);
+    assert_eq!(role(&rows, TargetRole::Recorded).len(), 20);
+    let v2 = role(&rows, TargetRole::Shadow);
+    assert!(v2.iter().all(|r| r.status == Some(200) && r.response_body == br#"{"server":"v2"}"# && r.target_name == "v2"));
+    assert!(v2.iter().all(|r| r.endpoint == "POST /predict"));
+    let rec = role(&rows, TargetRole::Recorded);
+    assert!(rec.iter().all(|r| r.response_body.starts_with(b"{\"label\"")));
+}
+
+#[test]
+fn recorded_schedule_is_kept_and_scaled() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = timed_capture(dir.path(), 11, 100, |i| i);
+    let target = Recorder::start(Behaviour::Answer("p"));
+    for (speed, span_ms) in [("1", 1000.0), ("4", 250.0)] {
+        let (run, rows, _d) = replay(&[cap.to_str().unwrap(), "--primary", &target.url(), "--speed", speed]);
+        assert!(run.status.success());
+        let mut sent: Vec<i64> = role(&rows, TargetRole::Primary).iter().map(|r| r.sent_ts.unwrap()).collect();
+        sent.sort();
+        let span = (sent[10] - sent[0]) as f64 / 1e6;
+        assert!((span - span_ms).abs() < span_ms * 0.05 + 5.0, "speed {speed}: span {span} ms, want {span_ms}");
+        for r in role(&rows, TargetRole::Primary) {
+            let lag = (r.sent_ts.unwrap() - r.due_ts) as f64 / 1e6;
+            assert!((0.0..20.0).contains(&lag), "lag {lag} ms");
+        }
+    }
+}
+
+#[test]
+fn fixed_rate_is_evenly_spaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = timed_capture(dir.path(), 200, 1, |i| i);
+    let target = Recorder::start(Behaviour::Answer("p"));
+    let (run, rows, _d) = replay(&[cap.to_str().unwrap(), "--primary", &target.url(), "--rate", "400"]);
+    assert!(run.status.success());
+    let mut due: Vec<i64> = role(&rows, TargetRole::Primary).iter().map(|r| r.due_ts).collect();
+    due.sort();
+    assert_eq!(due.len(), 200);
+    let span = (due[199] - due[0]) as f64 / 1e9;
+    assert!((span - 199.0 / 400.0).abs() < 0.001, "{span}");
+    let mut sent: Vec<i64> = role(&rows, TargetRole::Primary).iter().map(|r| r.sent_ts.unwrap()).collect();
+    sent.sort();
+    let achieved = 199.0 / ((sent[199] - sent[0]) as f64 / 1e9);
+    assert!((achieved - 400.0).abs() < 400.0 * 0.05, "achieved {achieved}/s");
+}
+
+#[test]
+fn misbehaving_targets_are_data_and_the_run_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = timed_capture(dir.path(), 4, 1, |i| i);
+    let good = Recorder::start(Behaviour::Answer("ok"));
+    let hang = Recorder::start(Behaviour::Hang);
+    let reset = Recorder::start(Behaviour::Reset);
+    let big = Recorder::start(Behaviour::Big(10 << 20));
+    let refused = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (run, rows, _d) = replay(&[
+        cap.to_str().unwrap(),
+        "--primary", &good.url(),
+        "--shadow", &format!("hang={}", hang.url()),
+        "--shadow", &format!("reset={}", reset.url()),
+        "--shadow", &format!("big={}", big.url()),
+        "--shadow", &format!("refused=http://127.0.0.1:{refused}"),
+        "--rate", "100", "--timeout", "300ms", "--max-body", "1MiB",
+    ]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let by = |name: &str| rows.iter().filter(|r| r.target_name == name).collect::<Vec<_>>();
+    assert!(by("primary").iter().all(|r| r.status == Some(200)));
+    let kind = |name: &str| by(name).iter().map(|r| r.error_kind.map(|k| k.as_str())).collect::<Vec<_>>();
+    assert_eq!(kind("hang"), vec![Some("timeout"); 4]);
+    assert_eq!(kind("reset"), vec![Some("reset"); 4]);
+    assert_eq!(kind("refused"), vec![Some("connect_refused"); 4]);
+    for r in by("big") {
+        assert_eq!(r.status, Some(200));
+        assert_eq!(r.response_body.len(), 1 << 20);
+        assert_eq!(r.response_body_len, 10 << 20);
+        assert!(r.response_body_truncated && r.error_kind.is_none());
+    }
+}
+
+#[test]
+fn recorded_primary_needs_no_live_primary() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = demo_capture(dir.path());
+    let shadow = Recorder::start(Behaviour::Answer("v2"));
+    let (run, rows, _d) = replay(&[cap.to_str().unwrap(), "--primary", "recorded", "--shadow", &shadow.url(), "--max"]);
+    assert!(run.status.success());
+    assert_eq!(role(&rows, TargetRole::Recorded).len(), 45);
+    assert_eq!(role(&rows, TargetRole::Shadow).len(), 45);
+    assert!(role(&rows, TargetRole::Primary).is_empty());
+}
+
+#[test]
+fn shards_together_equal_the_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = timed_capture(dir.path(), 90, 0, |i| i / 3);
+    let target = Recorder::start(Behaviour::Answer("p"));
+    let mut all = Vec::new();
+    for k in 1..=3 {
+        let shard = format!("{k}/3");
+        let (run, rows, _d) = replay(&[cap.to_str().unwrap(), "--primary", &target.url(), "--max", "--shard", &shard]);
+        assert!(run.status.success());
+        let ids: Vec<u64> = role(&rows, TargetRole::Primary).iter().map(|r| r.exchange_id).collect();
+        assert!(!ids.is_empty() && ids.len() < 90, "shard {shard}: {}", ids.len());
+        all.extend(ids);
+    }
+    all.sort();
+    assert_eq!(all, (0..90).collect::<Vec<_>>());
+}
+
+#[test]
+fn ctrl_c_mid_run_leaves_a_valid_file_and_exit_130() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = timed_capture(dir.path(), 1000, 10, |i| i);
+    let target = Recorder::start(Behaviour::Answer("p"));
+    let out = dir.path().join("r.parquet");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_shadowctl"))
+        .args(["replay", cap.to_str().unwrap(), "--primary", &target.url(), "-q", "--out"])
+        .arg(&out)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let rows = read_results(&out).unwrap();
+    let live = role(&rows, TargetRole::Primary).len();
+    assert!(live > 50 && live < 1000, "{live}");
+    assert!(role(&rows, TargetRole::Primary).iter().all(|r| r.status == Some(200)));
+}
+
+#[test]
+fn bad_input_is_exit_2() {
+    let (run, _, _d) = replay(&["/nonexistent.parquet", "--primary", "http://127.0.0.1:1"]);
+    assert_eq!(run.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("/nonexistent.parquet"));
+    let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    let (run, _, _d) = replay(&[readme.to_str().unwrap(), "--primary", "http://127.0.0.1:1"]);
+    assert_eq!(run.status.code(), Some(2));
+    let _ = Read::by_ref(&mut std::io::empty());
+}
