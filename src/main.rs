@@ -42,7 +42,9 @@ enum Command {
     )]
     Capture(CaptureArgs),
     /// Send captured requests to a primary and shadows; record what each answered.
-    #[command(after_help = "Examples:\n  shadowctl replay exchanges.parquet --primary http://127.0.0.1:8080 --shadow http://127.0.0.1:8081 --out results.parquet\n  shadowctl replay cap/*.parquet --primary recorded --shadow v2=http://staging:8080 --speed 4 --out results.parquet\n  shadowctl replay ex.parquet --primary http://p:80 --shadow http://s:80 --rate 500 --limit 10000 --header 'Authorization: Bearer $TOKEN' --out r.parquet")]
+    #[command(
+        after_help = "Examples:\n  shadowctl replay exchanges.parquet --primary http://127.0.0.1:8080 --shadow http://127.0.0.1:8081 --out results.parquet\n  shadowctl replay cap/*.parquet --primary recorded --shadow v2=http://staging:8080 --speed 4 --out results.parquet\n  shadowctl replay ex.parquet --primary http://p:80 --shadow http://s:80 --rate 500 --limit 10000 --header 'Authorization: Bearer $TOKEN' --out r.parquet"
+    )]
     Replay(ReplayArgs),
 }
 
@@ -106,7 +108,11 @@ struct ReplayArgs {
     #[arg(long)]
     keep_host: bool,
     /// The header marking shadow traffic.
-    #[arg(long, value_name = "'NAME: VALUE'", default_value = "x-shadow-replay: 1")]
+    #[arg(
+        long,
+        value_name = "'NAME: VALUE'",
+        default_value = "x-shadow-replay: 1"
+    )]
     marker: String,
     /// Do not mark shadow traffic.
     #[arg(long)]
@@ -213,9 +219,13 @@ struct CaptureArgs {
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("'{s}' is not a duration like 10s or 500ms"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration like 10s or 500ms"))?;
     let secs = match unit {
         "" | "s" => n,
         "ms" => n / 1e3,
@@ -410,8 +420,16 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<u8> {
         timeout: args.timeout,
         shadow_timeout: args.shadow_timeout.unwrap_or(args.timeout),
         selection: plan::Selection {
-            include: args.include.iter().map(|p| plan::Pattern::parse(p)).collect(),
-            exclude: args.exclude.iter().map(|p| plan::Pattern::parse(p)).collect(),
+            include: args
+                .include
+                .iter()
+                .map(|p| plan::Pattern::parse(p))
+                .collect(),
+            exclude: args
+                .exclude
+                .iter()
+                .map(|p| plan::Pattern::parse(p))
+                .collect(),
             sample: args.sample.or(args.sample_by.as_ref().map(|_| 1.0)),
             seed: args.seed,
             sample_by_header,
@@ -420,10 +438,22 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<u8> {
         },
         rules: RequestRules {
             keep_host: args.keep_host,
-            set: args.header.iter().map(|h| parse_header(h)).collect::<anyhow::Result<_>>()?,
-            drop: args.drop_header.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            set: args
+                .header
+                .iter()
+                .map(|h| parse_header(h))
+                .collect::<anyhow::Result<_>>()?,
+            drop: args
+                .drop_header
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
         },
-        marker: if args.no_marker { None } else { Some(parse_header(&args.marker)?) },
+        marker: if args.no_marker {
+            None
+        } else {
+            Some(parse_header(&args.marker)?)
+        },
         read_only: args.read_only,
         max_body: args.max_body,
         drain_timeout: args.drain_timeout,
@@ -437,9 +467,17 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<u8> {
     }
     if !args.quiet {
         print!("{}", summary.render());
-        println!("  written            {} rows in {}", summary.rows, args.out.display());
+        println!(
+            "  written            {} rows in {}",
+            summary.rows,
+            args.out.display()
+        );
     }
-    Ok(if summary.interrupted { exit::INTERRUPTED } else { exit::OK })
+    Ok(if summary.interrupted {
+        exit::INTERRUPTED
+    } else {
+        exit::OK
+    })
 }
 
 fn main() -> ExitCode {

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use assert_cmd::Command;
-use shadowctl::schema::{read_results, Exchange, ExchangeFileWriter, ReplayResult, TargetRole, WriterConfig};
+use shadowctl::schema::{
+    read_results, Exchange, ExchangeFileWriter, ReplayResult, TargetRole, WriterConfig,
+};
 
 /// How a test server answers.
 #[derive(Clone, Copy)]
@@ -100,7 +102,12 @@ impl Recorder {
     }
 
     fn received(&self) -> Vec<String> {
-        self.requests.lock().unwrap().iter().map(|r| String::from_utf8_lossy(r).into_owned()).collect()
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| String::from_utf8_lossy(r).into_owned())
+            .collect()
     }
 }
 
@@ -158,7 +165,11 @@ fn replay(args: &[&str]) -> (std::process::Output, Vec<ReplayResult>, tempfile::
         .timeout(Duration::from_secs(60))
         .output()
         .unwrap();
-    let rows = if out.exists() { read_results(&out).unwrap() } else { Vec::new() };
+    let rows = if out.exists() {
+        read_results(&out).unwrap()
+    } else {
+        Vec::new()
+    };
     (run, rows, dir)
 }
 
@@ -170,39 +181,64 @@ fn role(rows: &[ReplayResult], r: TargetRole) -> Vec<&ReplayResult> {
 fn requests_arrive_byte_exact_with_host_marker_and_secrets_handled() {
     let dir = tempfile::tempdir().unwrap();
     let cap = demo_capture(dir.path());
-    let (primary, shadow) = (Recorder::start(Behaviour::Answer("v1")), Recorder::start(Behaviour::Answer("v2")));
+    let (primary, shadow) = (
+        Recorder::start(Behaviour::Answer("v1")),
+        Recorder::start(Behaviour::Answer("v2")),
+    );
     let (run, rows, _d) = replay(&[
         cap.to_str().unwrap(),
-        "--primary", &primary.url(),
-        "--shadow", &format!("v2={}", shadow.url()),
-        "--max", "--concurrency", "1",
-        "--include", "POST /predict",
-        "--header", "Authorization: Bearer fresh",
+        "--primary",
+        &primary.url(),
+        "--shadow",
+        &format!("v2={}", shadow.url()),
+        "--max",
+        "--concurrency",
+        "1",
+        "--include",
+        "POST /predict",
+        "--header",
+        "Authorization: Bearer fresh",
     ]);
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let p = primary.received();
     let s = shadow.received();
     assert_eq!(p.len(), 20);
     assert_eq!(s.len(), 20);
-    let first = p.iter().find(|r| r.ends_with("{\"text\": \"\"}")).expect("first predict");
+    let first = p
+        .iter()
+        .find(|r| r.ends_with("{\"text\": \"\"}"))
+        .expect("first predict");
     let expected_prefix = format!(
         "POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAccept-Encoding: identity\r\nContent-Length: 12\r\nContent-Type: application/json\r\nAuthorization: Bearer fresh\r\n",
         primary.port
     );
     assert!(first.starts_with(&expected_prefix), "{first:?}");
     // The Cookie value was redacted at capture: it is not sent at all.
-    assert!(!first.contains("Cookie") && !first.contains("REDACTED"), "{first:?}");
+    assert!(
+        !first.contains("Cookie") && !first.contains("REDACTED"),
+        "{first:?}"
+    );
     assert!(!first.contains("x-shadow-replay"));
     assert!(s.iter().all(|r| r.contains("\r\nx-shadow-replay: 1\r\n")));
-    assert!(s.iter().all(|r| r.contains(&format!("Host: 127.0.0.1:{}\r\n", shadow.port))));
+    assert!(s
+        .iter()
+        .all(|r| r.contains(&format!("Host: 127.0.0.1:{}\r\n", shadow.port))));
     assert_eq!(role(&rows, TargetRole::Primary).len(), 20);
     assert_eq!(role(&rows, TargetRole::Shadow).len(), 20);
     assert_eq!(role(&rows, TargetRole::Recorded).len(), 20);
     let v2 = role(&rows, TargetRole::Shadow);
-    assert!(v2.iter().all(|r| r.status == Some(200) && r.response_body == br#"{"server":"v2"}"# && r.target_name == "v2"));
+    assert!(v2.iter().all(|r| r.status == Some(200)
+        && r.response_body == br#"{"server":"v2"}"#
+        && r.target_name == "v2"));
     assert!(v2.iter().all(|r| r.endpoint == "POST /predict"));
     let rec = role(&rows, TargetRole::Recorded);
-    assert!(rec.iter().all(|r| r.response_body.starts_with(b"{\"label\"")));
+    assert!(rec
+        .iter()
+        .all(|r| r.response_body.starts_with(b"{\"label\"")));
 }
 
 #[test]
@@ -211,12 +247,24 @@ fn recorded_schedule_is_kept_and_scaled() {
     let cap = timed_capture(dir.path(), 11, 100, |i| i);
     let target = Recorder::start(Behaviour::Answer("p"));
     for (speed, span_ms) in [("1", 1000.0), ("4", 250.0)] {
-        let (run, rows, _d) = replay(&[cap.to_str().unwrap(), "--primary", &target.url(), "--speed", speed]);
+        let (run, rows, _d) = replay(&[
+            cap.to_str().unwrap(),
+            "--primary",
+            &target.url(),
+            "--speed",
+            speed,
+        ]);
         assert!(run.status.success());
-        let mut sent: Vec<i64> = role(&rows, TargetRole::Primary).iter().map(|r| r.sent_ts.unwrap()).collect();
+        let mut sent: Vec<i64> = role(&rows, TargetRole::Primary)
+            .iter()
+            .map(|r| r.sent_ts.unwrap())
+            .collect();
         sent.sort();
         let span = (sent[10] - sent[0]) as f64 / 1e6;
-        assert!((span - span_ms).abs() < span_ms * 0.05 + 5.0, "speed {speed}: span {span} ms, want {span_ms}");
+        assert!(
+            (span - span_ms).abs() < span_ms * 0.05 + 5.0,
+            "speed {speed}: span {span} ms, want {span_ms}"
+        );
         for r in role(&rows, TargetRole::Primary) {
             let lag = (r.sent_ts.unwrap() - r.due_ts) as f64 / 1e6;
             assert!((0.0..20.0).contains(&lag), "lag {lag} ms");
@@ -229,17 +277,32 @@ fn fixed_rate_is_evenly_spaced() {
     let dir = tempfile::tempdir().unwrap();
     let cap = timed_capture(dir.path(), 200, 1, |i| i);
     let target = Recorder::start(Behaviour::Answer("p"));
-    let (run, rows, _d) = replay(&[cap.to_str().unwrap(), "--primary", &target.url(), "--rate", "400"]);
+    let (run, rows, _d) = replay(&[
+        cap.to_str().unwrap(),
+        "--primary",
+        &target.url(),
+        "--rate",
+        "400",
+    ]);
     assert!(run.status.success());
-    let mut due: Vec<i64> = role(&rows, TargetRole::Primary).iter().map(|r| r.due_ts).collect();
+    let mut due: Vec<i64> = role(&rows, TargetRole::Primary)
+        .iter()
+        .map(|r| r.due_ts)
+        .collect();
     due.sort();
     assert_eq!(due.len(), 200);
     let span = (due[199] - due[0]) as f64 / 1e9;
     assert!((span - 199.0 / 400.0).abs() < 0.001, "{span}");
-    let mut sent: Vec<i64> = role(&rows, TargetRole::Primary).iter().map(|r| r.sent_ts.unwrap()).collect();
+    let mut sent: Vec<i64> = role(&rows, TargetRole::Primary)
+        .iter()
+        .map(|r| r.sent_ts.unwrap())
+        .collect();
     sent.sort();
     let achieved = 199.0 / ((sent[199] - sent[0]) as f64 / 1e9);
-    assert!((achieved - 400.0).abs() < 400.0 * 0.05, "achieved {achieved}/s");
+    assert!(
+        (achieved - 400.0).abs() < 400.0 * 0.05,
+        "achieved {achieved}/s"
+    );
 }
 
 #[test]
@@ -250,20 +313,47 @@ fn misbehaving_targets_are_data_and_the_run_goes_on() {
     let hang = Recorder::start(Behaviour::Hang);
     let reset = Recorder::start(Behaviour::Reset);
     let big = Recorder::start(Behaviour::Big(10 << 20));
-    let refused = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let refused = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let (run, rows, _d) = replay(&[
         cap.to_str().unwrap(),
-        "--primary", &good.url(),
-        "--shadow", &format!("hang={}", hang.url()),
-        "--shadow", &format!("reset={}", reset.url()),
-        "--shadow", &format!("big={}", big.url()),
-        "--shadow", &format!("refused=http://127.0.0.1:{refused}"),
-        "--rate", "100", "--timeout", "300ms", "--max-body", "1MiB",
+        "--primary",
+        &good.url(),
+        "--shadow",
+        &format!("hang={}", hang.url()),
+        "--shadow",
+        &format!("reset={}", reset.url()),
+        "--shadow",
+        &format!("big={}", big.url()),
+        "--shadow",
+        &format!("refused=http://127.0.0.1:{refused}"),
+        "--rate",
+        "100",
+        "--timeout",
+        "300ms",
+        "--max-body",
+        "1MiB",
     ]);
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    let by = |name: &str| rows.iter().filter(|r| r.target_name == name).collect::<Vec<_>>();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let by = |name: &str| {
+        rows.iter()
+            .filter(|r| r.target_name == name)
+            .collect::<Vec<_>>()
+    };
     assert!(by("primary").iter().all(|r| r.status == Some(200)));
-    let kind = |name: &str| by(name).iter().map(|r| r.error_kind.map(|k| k.as_str())).collect::<Vec<_>>();
+    let kind = |name: &str| {
+        by(name)
+            .iter()
+            .map(|r| r.error_kind.map(|k| k.as_str()))
+            .collect::<Vec<_>>()
+    };
     assert_eq!(kind("hang"), vec![Some("timeout"); 4]);
     assert_eq!(kind("reset"), vec![Some("reset"); 4]);
     assert_eq!(kind("refused"), vec![Some("connect_refused"); 4]);
@@ -280,7 +370,14 @@ fn recorded_primary_needs_no_live_primary() {
     let dir = tempfile::tempdir().unwrap();
     let cap = demo_capture(dir.path());
     let shadow = Recorder::start(Behaviour::Answer("v2"));
-    let (run, rows, _d) = replay(&[cap.to_str().unwrap(), "--primary", "recorded", "--shadow", &shadow.url(), "--max"]);
+    let (run, rows, _d) = replay(&[
+        cap.to_str().unwrap(),
+        "--primary",
+        "recorded",
+        "--shadow",
+        &shadow.url(),
+        "--max",
+    ]);
     assert!(run.status.success());
     assert_eq!(role(&rows, TargetRole::Recorded).len(), 45);
     assert_eq!(role(&rows, TargetRole::Shadow).len(), 45);
@@ -295,10 +392,24 @@ fn shards_together_equal_the_whole() {
     let mut all = Vec::new();
     for k in 1..=3 {
         let shard = format!("{k}/3");
-        let (run, rows, _d) = replay(&[cap.to_str().unwrap(), "--primary", &target.url(), "--max", "--shard", &shard]);
+        let (run, rows, _d) = replay(&[
+            cap.to_str().unwrap(),
+            "--primary",
+            &target.url(),
+            "--max",
+            "--shard",
+            &shard,
+        ]);
         assert!(run.status.success());
-        let ids: Vec<u64> = role(&rows, TargetRole::Primary).iter().map(|r| r.exchange_id).collect();
-        assert!(!ids.is_empty() && ids.len() < 90, "shard {shard}: {}", ids.len());
+        let ids: Vec<u64> = role(&rows, TargetRole::Primary)
+            .iter()
+            .map(|r| r.exchange_id)
+            .collect();
+        assert!(
+            !ids.is_empty() && ids.len() < 90,
+            "shard {shard}: {}",
+            ids.len()
+        );
         all.extend(ids);
     }
     all.sort();
@@ -312,7 +423,14 @@ fn ctrl_c_mid_run_leaves_a_valid_file_and_exit_130() {
     let target = Recorder::start(Behaviour::Answer("p"));
     let out = dir.path().join("r.parquet");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_shadowctl"))
-        .args(["replay", cap.to_str().unwrap(), "--primary", &target.url(), "-q", "--out"])
+        .args([
+            "replay",
+            cap.to_str().unwrap(),
+            "--primary",
+            &target.url(),
+            "-q",
+            "--out",
+        ])
         .arg(&out)
         .spawn()
         .unwrap();
@@ -326,7 +444,9 @@ fn ctrl_c_mid_run_leaves_a_valid_file_and_exit_130() {
     let rows = read_results(&out).unwrap();
     let live = role(&rows, TargetRole::Primary).len();
     assert!(live > 50 && live < 1000, "{live}");
-    assert!(role(&rows, TargetRole::Primary).iter().all(|r| r.status == Some(200)));
+    assert!(role(&rows, TargetRole::Primary)
+        .iter()
+        .all(|r| r.status == Some(200)));
 }
 
 #[test]

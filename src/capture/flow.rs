@@ -279,7 +279,8 @@ impl Pairing {
             ..Default::default()
         };
         // Sized once from the framing: no regrowth copies for large bodies.
-        ex.request_body.reserve(body_hint(framing, self.limits.max_body));
+        ex.request_body
+            .reserve(body_hint(framing, self.limits.max_body));
         self.next_seq += 1;
         self.queue.push_back(Pending {
             ex,
@@ -333,7 +334,8 @@ impl Pairing {
             self.tunnel = true;
         }
         ex.response_headers = head.headers;
-        ex.response_body.reserve(body_hint(framing, self.limits.max_body));
+        ex.response_body
+            .reserve(body_hint(framing, self.limits.max_body));
         self.queue[i].resp = Resp::Receiving;
         self.resp_active = Some(i);
         self.awaiting += 1;

@@ -12,7 +12,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
-use crate::capture::http::{response_framing, End, Framing, Head, MessageParser, Role, Sink, StartLine};
+use crate::capture::http::{
+    response_framing, End, Framing, Head, MessageParser, Role, Sink, StartLine,
+};
 use crate::schema::{ErrorKind, HeaderList, TargetRole};
 
 /// A replay destination parsed from `--primary` / `--shadow`.
@@ -36,7 +38,12 @@ pub struct TargetError(pub String);
 
 impl Target {
     /// Parse `[NAME=]http://host[:port][/base]`.
-    pub fn parse(spec: &str, role: TargetRole, default_name: &str, concurrency: usize) -> Result<Self, TargetError> {
+    pub fn parse(
+        spec: &str,
+        role: TargetRole,
+        default_name: &str,
+        concurrency: usize,
+    ) -> Result<Self, TargetError> {
         let (name, url) = match spec.split_once('=') {
             Some((n, u)) if !n.contains('/') && !n.is_empty() => (n.to_string(), u),
             _ => (default_name.to_string(), spec),
@@ -48,7 +55,9 @@ impl Target {
                 "{url}: https targets are not supported yet; use an http:// address (for example a local TLS-terminating proxy)"
             )));
         } else {
-            return Err(TargetError(format!("{url}: expected http://host[:port][/path]")));
+            return Err(TargetError(format!(
+                "{url}: expected http://host[:port][/path]"
+            )));
         };
         let (authority, base) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -117,12 +126,20 @@ struct Collect<'a> {
 impl Sink for Collect<'_> {
     fn head(&mut self, _: Role, head: Head, _: i64, _: u64) -> Framing {
         let framing = response_framing(&head, Some(self.method));
-        if let StartLine::Response { status, ref version, .. } = head.line {
+        if let StartLine::Response {
+            status,
+            ref version,
+            ..
+        } = head.line
+        {
             if (100..200).contains(&status) && status != 101 {
                 self.interim_open = true;
                 return framing;
             }
-            let conn = head.headers.get("connection").map(|v| v.to_ascii_lowercase());
+            let conn = head
+                .headers
+                .get("connection")
+                .map(|v| v.to_ascii_lowercase());
             self.close_after = framing == Framing::UntilClose
                 || conn.as_deref() == Some(b"close".as_slice())
                 || (version == "HTTP/1.0" && conn.as_deref() != Some(b"keep-alive".as_slice()));
@@ -158,7 +175,9 @@ fn io_kind(e: &std::io::Error) -> ErrorKind {
     use std::io::ErrorKind as K;
     match e.kind() {
         K::ConnectionRefused => ErrorKind::ConnectRefused,
-        K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof => ErrorKind::Reset,
+        K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof => {
+            ErrorKind::Reset
+        }
         K::TimedOut => ErrorKind::Timeout,
         _ => ErrorKind::Io,
     }
@@ -192,7 +211,13 @@ impl Target {
     }
 
     /// Send `request` and read the answer, within `timeout` in all.
-    pub async fn exchange(&self, request: &[u8], method: &str, timeout: Duration, max_body: usize) -> Answer {
+    pub async fn exchange(
+        &self,
+        request: &[u8],
+        method: &str,
+        timeout: Duration,
+        max_body: usize,
+    ) -> Answer {
         let run = async {
             for _ in 0..2 {
                 match self.attempt(request, method, max_body).await {
@@ -201,7 +226,10 @@ impl Target {
                 }
             }
             Answer {
-                error: Some((ErrorKind::Reset, "connection closed before any answer".into())),
+                error: Some((
+                    ErrorKind::Reset,
+                    "connection closed before any answer".into(),
+                )),
                 ..Default::default()
             }
         };
@@ -210,7 +238,10 @@ impl Target {
             Ok(a) => a,
             Err(_) => Answer {
                 sent_ts: Some(started),
-                error: Some((ErrorKind::Timeout, format!("no complete answer within {timeout:?}"))),
+                error: Some((
+                    ErrorKind::Timeout,
+                    format!("no complete answer within {timeout:?}"),
+                )),
                 ..Default::default()
             },
         }
@@ -265,7 +296,10 @@ impl Target {
                         break;
                     }
                     if sink.body_len > (max_body as u64).max(HARD_BODY_CAP) {
-                        answer.error = Some((ErrorKind::OversizeBody, format!("body over {HARD_BODY_CAP} bytes")));
+                        answer.error = Some((
+                            ErrorKind::OversizeBody,
+                            format!("body over {HARD_BODY_CAP} bytes"),
+                        ));
                         sink.close_after = true;
                         break;
                     }
@@ -290,18 +324,23 @@ impl Target {
         answer.body_len = sink.body_len;
         answer.body = std::mem::take(&mut sink.body);
         match sink.end {
-            Some(End::Complete) if answer.error.is_none() => {
-                if !sink.close_after {
-                    self.recycle(stream);
-                }
+            Some(End::Complete) if answer.error.is_none() && !sink.close_after => {
+                self.recycle(stream);
             }
             Some(End::Complete) => {}
             Some(_) if answer.error.is_none() => {
-                let kind = if answer.status.is_some() { ErrorKind::Reset } else { ErrorKind::MalformedResponse };
+                let kind = if answer.status.is_some() {
+                    ErrorKind::Reset
+                } else {
+                    ErrorKind::MalformedResponse
+                };
                 answer.error = Some((kind, "the answer ended early or could not be parsed".into()));
             }
             None if answer.error.is_none() => {
-                answer.error = Some((ErrorKind::Reset, "connection closed before a complete answer".into()));
+                answer.error = Some((
+                    ErrorKind::Reset,
+                    "connection closed before a complete answer".into(),
+                ));
             }
             _ => {}
         }
@@ -315,11 +354,28 @@ mod tests {
 
     #[test]
     fn parses_target_specs() {
-        let t = Target::parse("v2=http://127.0.0.1:8081/api/", TargetRole::Shadow, "shadow", 4).unwrap();
-        assert_eq!((t.name.as_str(), t.host.as_str(), t.port), ("v2", "127.0.0.1", 8081));
+        let t = Target::parse(
+            "v2=http://127.0.0.1:8081/api/",
+            TargetRole::Shadow,
+            "shadow",
+            4,
+        )
+        .unwrap();
+        assert_eq!(
+            (t.name.as_str(), t.host.as_str(), t.port),
+            ("v2", "127.0.0.1", 8081)
+        );
         assert_eq!(t.base_path, "/api");
         let t = Target::parse("http://[::1]:9000", TargetRole::Primary, "primary", 4).unwrap();
-        assert_eq!((t.name.as_str(), t.host.as_str(), t.port, t.authority.as_str()), ("primary", "::1", 9000, "[::1]:9000"));
+        assert_eq!(
+            (
+                t.name.as_str(),
+                t.host.as_str(),
+                t.port,
+                t.authority.as_str()
+            ),
+            ("primary", "::1", 9000, "[::1]:9000")
+        );
         assert!(Target::parse("ftp://x", TargetRole::Primary, "p", 1).is_err());
     }
 }

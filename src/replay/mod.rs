@@ -116,7 +116,11 @@ fn quantile(sorted: &[i64], q: f64) -> f64 {
 impl ReplaySummary {
     fn add(&mut self, r: &ReplayResult) {
         self.rows += 1;
-        let t = match self.targets.iter_mut().position(|t| t.name == r.target_name) {
+        let t = match self
+            .targets
+            .iter_mut()
+            .position(|t| t.name == r.target_name)
+        {
             Some(i) => &mut self.targets[i],
             None => {
                 self.targets.push(TargetSummary {
@@ -191,7 +195,11 @@ impl ReplaySummary {
                 t.p50_ms,
                 t.p95_ms,
                 t.p99_ms,
-                if errors.is_empty() { "-".to_string() } else { errors.join(", ") }
+                if errors.is_empty() {
+                    "-".to_string()
+                } else {
+                    errors.join(", ")
+                }
             );
         }
         if self.dropped_redacted_values > 0 {
@@ -202,7 +210,11 @@ impl ReplaySummary {
             );
         }
         if self.skipped_read_only > 0 {
-            let _ = writeln!(s, "  {} non-read-only requests not sent to shadows (--read-only)", self.skipped_read_only);
+            let _ = writeln!(
+                s,
+                "  {} non-read-only requests not sent to shadows (--read-only)",
+                self.skipped_read_only
+            );
         }
         s
     }
@@ -272,7 +284,10 @@ fn recorded_row(p: &Planned, due_ts: i64, max_body: usize) -> ReplayResult {
         response_body: body,
         response_body_len: ex.response_body_len,
         error_kind: None,
-        error_detail: ex.status.is_none().then(|| "no response in the capture".to_string()),
+        error_detail: ex
+            .status
+            .is_none()
+            .then(|| "no response in the capture".to_string()),
     }
 }
 
@@ -318,17 +333,36 @@ pub fn replay(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummar
 async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary, ReplayError> {
     let mut targets = Vec::new();
     if let Some(p) = &opts.primary {
-        targets.push(Target::parse(p, TargetRole::Primary, "primary", opts.concurrency)?);
+        targets.push(Target::parse(
+            p,
+            TargetRole::Primary,
+            "primary",
+            opts.concurrency,
+        )?);
     }
     for (i, s) in opts.shadows.iter().enumerate() {
-        let default = if opts.shadows.len() == 1 { "shadow".to_string() } else { format!("shadow{}", i + 1) };
-        targets.push(Target::parse(s, TargetRole::Shadow, &default, opts.concurrency)?);
+        let default = if opts.shadows.len() == 1 {
+            "shadow".to_string()
+        } else {
+            format!("shadow{}", i + 1)
+        };
+        targets.push(Target::parse(
+            s,
+            TargetRole::Shadow,
+            &default,
+            opts.concurrency,
+        )?);
     }
     let mut plan = Plan::open(opts.captures.clone(), opts.selection.clone())?;
     let (tx, mut rx) = mpsc::channel::<ReplayResult>(4096);
     let out = opts.out.clone();
     let writer = tokio::task::spawn_blocking(move || -> Result<ReplaySummary, SchemaError> {
-        let mut file = ParquetFileWriter::create(&out, crate::schema::results_schema(), RESULTS, WriterConfig::default())?;
+        let mut file = ParquetFileWriter::create(
+            &out,
+            crate::schema::results_schema(),
+            RESULTS,
+            WriterConfig::default(),
+        )?;
         let mut summary = ReplaySummary::default();
         let mut batch = Vec::with_capacity(512);
         while let Some(r) = rx.blocking_recv() {
@@ -347,7 +381,10 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
     let (cancel_tx, cancel) = tokio::sync::watch::channel(false);
     let shared = Shared {
         cancel,
-        targets: targets.into_iter().map(|t| (Arc::new(t), Arc::new(AtomicU64::new(0)))).collect(),
+        targets: targets
+            .into_iter()
+            .map(|t| (Arc::new(t), Arc::new(AtomicU64::new(0))))
+            .collect(),
         opts: Arc::new(ReplayOptionsCore {
             rules: opts.rules.clone(),
             marker: opts.marker.clone(),
@@ -362,9 +399,14 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
         results: tx,
     };
     let bar = progress(plan.total_hint, opts.progress);
-    let ticker = spawn_ticker(bar.clone(), Arc::clone(&counters), shared.targets.len().max(1));
+    let ticker = spawn_ticker(
+        bar.clone(),
+        Arc::clone(&counters),
+        shared.targets.len().max(1),
+    );
     let started = std::time::Instant::now();
-    let (planned, dropped, skipped, interrupted) = schedule(&mut plan, &opts, &shared, &stop).await?;
+    let (planned, dropped, skipped, interrupted) =
+        schedule(&mut plan, &opts, &shared, &stop).await?;
     // Drain: wait for in-flight requests, at most the drain timeout.
     let deadline = Instant::now() + opts.drain_timeout;
     while counters.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
@@ -389,7 +431,10 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
     Ok(summary)
 }
 
-fn write_rows(file: &mut ParquetFileWriter, rows: &mut Vec<ReplayResult>) -> Result<(), SchemaError> {
+fn write_rows(
+    file: &mut ParquetFileWriter,
+    rows: &mut Vec<ReplayResult>,
+) -> Result<(), SchemaError> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -446,7 +491,9 @@ async fn schedule(
                 skipped += 1;
                 continue;
             }
-            let marker = (target.role == TargetRole::Shadow).then_some(shared.opts.marker.as_ref()).flatten();
+            let marker = (target.role == TargetRole::Shadow)
+                .then_some(shared.opts.marker.as_ref())
+                .flatten();
             let dest = Destination {
                 authority: &target.authority,
                 base_path: &target.base_path,
@@ -456,22 +503,42 @@ async fn schedule(
             dropped += u64::from(built.dropped_redacted);
             if shared.opts.closed_loop {
                 // As fast as allowed: wait here for a permit (closed model).
-                let permit = target.permits.acquire().await.map_err(|_| ReplayError::WriterGone)?;
+                let permit = target
+                    .permits
+                    .acquire()
+                    .await
+                    .map_err(|_| ReplayError::WriterGone)?;
                 permit.forget();
-            } else if waiting.load(Ordering::Relaxed) >= MAX_WAITING_FACTOR * shared.opts.concurrency as u64 {
+            } else if waiting.load(Ordering::Relaxed)
+                >= MAX_WAITING_FACTOR * shared.opts.concurrency as u64
+            {
                 let mut row = result_row(&p, target, due_ts, client::Answer::default());
                 row.error_kind = Some(ErrorKind::NotSentInTime);
                 row.error_detail = Some("target saturated: too many requests waiting".into());
                 let _ = shared.results.send(row).await;
                 continue;
             }
-            spawn_request(shared, Arc::clone(&p), Arc::clone(target), Arc::clone(waiting), built.bytes, due_ts);
+            spawn_request(
+                shared,
+                Arc::clone(&p),
+                Arc::clone(target),
+                Arc::clone(waiting),
+                built.bytes,
+                due_ts,
+            );
         }
     }
     Ok((n, dropped, skipped, stop.load(Ordering::Relaxed)))
 }
 
-fn spawn_request(shared: &Shared, p: Arc<Planned>, target: Arc<Target>, waiting: Arc<AtomicU64>, bytes: Vec<u8>, due_ts: i64) {
+fn spawn_request(
+    shared: &Shared,
+    p: Arc<Planned>,
+    target: Arc<Target>,
+    waiting: Arc<AtomicU64>,
+    bytes: Vec<u8>,
+    due_ts: i64,
+) {
     let opts = Arc::clone(&shared.opts);
     let counters = Arc::clone(&shared.counters);
     let results = shared.results.clone();
@@ -496,9 +563,15 @@ fn spawn_request(shared: &Shared, p: Arc<Planned>, target: Arc<Target>, waiting:
                     ..Default::default()
                 };
             }
-            let timeout = if target.role == TargetRole::Shadow { opts.shadow_timeout } else { opts.timeout };
+            let timeout = if target.role == TargetRole::Shadow {
+                opts.shadow_timeout
+            } else {
+                opts.timeout
+            };
             counters.sent.fetch_add(1, Ordering::Relaxed);
-            let answer = target.exchange(&bytes, &p.exchange.method, timeout, opts.max_body).await;
+            let answer = target
+                .exchange(&bytes, &p.exchange.method, timeout, opts.max_body)
+                .await;
             target.permits.add_permits(1);
             answer
         };
@@ -510,7 +583,9 @@ fn spawn_request(shared: &Shared, p: Arc<Planned>, target: Arc<Target>, waiting:
             },
         };
         if let Some(s) = answer.sent_ts {
-            counters.lag_ns.store((s - due_ts).max(0) as u64, Ordering::Relaxed);
+            counters
+                .lag_ns
+                .store((s - due_ts).max(0) as u64, Ordering::Relaxed);
         }
         if answer.error.is_some() {
             counters.errors.fetch_add(1, Ordering::Relaxed);
@@ -527,13 +602,19 @@ fn progress(total: u64, enabled: bool) -> indicatif::ProgressBar {
     }
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} [{wide_bar}] {pos}/{len} eta {eta} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{wide_bar}] {pos}/{len} eta {eta} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar
 }
 
-fn spawn_ticker(bar: indicatif::ProgressBar, c: Arc<Counters>, targets: usize) -> tokio::task::JoinHandle<()> {
+fn spawn_ticker(
+    bar: indicatif::ProgressBar,
+    c: Arc<Counters>,
+    targets: usize,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut last = 0;
         let mut tick = tokio::time::interval(Duration::from_millis(250));

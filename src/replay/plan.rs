@@ -1,7 +1,7 @@
 //! Which captured requests are replayed, in what order, and when.
 
-use std::collections::BinaryHeap;
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 
@@ -165,7 +165,9 @@ impl Plan {
     fn fill(&mut self) -> Result<(), SchemaError> {
         while self.heap.len() < REORDER {
             if self.reader.is_none() {
-                let Some(path) = self.files.get(self.file) else { return Ok(()) };
+                let Some(path) = self.files.get(self.file) else {
+                    return Ok(());
+                };
                 self.reader = Some(ExchangeReader::open(path)?);
             }
             match self.reader.as_mut().and_then(Iterator::next) {
@@ -173,7 +175,8 @@ impl Plan {
                     for ex in batch? {
                         if self.selection.keeps(self.file, &ex) {
                             let key = (self.file, ex.exchange_id);
-                            self.heap.push(Reverse((ex.request_ts, ex.exchange_id, self.file)));
+                            self.heap
+                                .push(Reverse((ex.request_ts, ex.exchange_id, self.file)));
                             self.pending.insert(key, ex);
                         }
                     }
@@ -193,8 +196,13 @@ impl Plan {
             return Ok(None);
         }
         self.fill()?;
-        let Some(Reverse((_, id, file))) = self.heap.pop() else { return Ok(None) };
-        let exchange = self.pending.remove(&(file, id)).expect("queued with its key");
+        let Some(Reverse((_, id, file))) = self.heap.pop() else {
+            return Ok(None);
+        };
+        let exchange = self
+            .pending
+            .remove(&(file, id))
+            .expect("queued with its key");
         self.emitted += 1;
         Ok(Some(Planned {
             file,
@@ -232,18 +240,36 @@ mod tests {
         let all: Vec<Exchange> = (0..300).map(|i| ex(i / 3, i)).collect();
         let mut seen = 0;
         for k in 0..3 {
-            let s = Selection { shard: Some((k, 3)), ..Default::default() };
+            let s = Selection {
+                shard: Some((k, 3)),
+                ..Default::default()
+            };
             let kept: Vec<_> = all.iter().filter(|e| s.keeps(0, e)).collect();
             // Whole flows stay together.
             for e in &kept {
-                assert!(all.iter().filter(|o| o.flow_id == e.flow_id).all(|o| s.keeps(0, o)));
+                assert!(all
+                    .iter()
+                    .filter(|o| o.flow_id == e.flow_id)
+                    .all(|o| s.keeps(0, o)));
             }
             seen += kept.len();
         }
         assert_eq!(seen, 300);
-        let s = Selection { sample: Some(0.3), seed: 9, ..Default::default() };
-        let a: Vec<u64> = all.iter().filter(|e| s.keeps(0, e)).map(|e| e.exchange_id).collect();
-        let b: Vec<u64> = all.iter().filter(|e| s.keeps(0, e)).map(|e| e.exchange_id).collect();
+        let s = Selection {
+            sample: Some(0.3),
+            seed: 9,
+            ..Default::default()
+        };
+        let a: Vec<u64> = all
+            .iter()
+            .filter(|e| s.keeps(0, e))
+            .map(|e| e.exchange_id)
+            .collect();
+        let b: Vec<u64> = all
+            .iter()
+            .filter(|e| s.keeps(0, e))
+            .map(|e| e.exchange_id)
+            .collect();
         assert_eq!(a, b);
         assert!((60..=120).contains(&a.len()), "{}", a.len());
     }

@@ -67,7 +67,11 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 /// Build the request for one destination.
 pub fn build(ex: &Exchange, dest: &Destination<'_>, rules: &RequestRules) -> Built {
     let mut out = Vec::with_capacity(256 + ex.request_body.len());
-    let version = if ex.http_version == "HTTP/1.0" { "HTTP/1.0" } else { "HTTP/1.1" };
+    let version = if ex.http_version == "HTTP/1.0" {
+        "HTTP/1.0"
+    } else {
+        "HTTP/1.1"
+    };
     out.extend_from_slice(&latin1_bytes(&ex.method));
     out.push(b' ');
     let path = origin_form(&ex.target);
@@ -89,7 +93,11 @@ pub fn build(ex: &Exchange, dest: &Destination<'_>, rules: &RequestRules) -> Bui
         if rules.drop.contains(&lower) || HOP_BY_HOP.contains(&lower.as_str()) {
             continue;
         }
-        if let Some(i) = rules.set.iter().position(|(n, _)| n.eq_ignore_ascii_case(&lower)) {
+        if let Some(i) = rules
+            .set
+            .iter()
+            .position(|(n, _)| n.eq_ignore_ascii_case(&lower))
+        {
             // Replace in place (first occurrence), drop later duplicates.
             if !set_done[i] {
                 set_done[i] = true;
@@ -114,7 +122,11 @@ pub fn build(ex: &Exchange, dest: &Destination<'_>, rules: &RequestRules) -> Bui
                 continue;
             }
             host_seen = true;
-            let v = if rules.keep_host { value } else { dest.authority.as_bytes() };
+            let v = if rules.keep_host {
+                value
+            } else {
+                dest.authority.as_bytes()
+            };
             push_header(&mut out, name, v);
             continue;
         }
@@ -203,7 +215,10 @@ mod tests {
         let text = String::from_utf8(built.bytes).unwrap();
         assert!(text.contains("Host: old.example\r\n"), "{text}");
         assert!(text.contains("Authorization: Bearer fresh\r\n"), "{text}");
-        assert!(!text.contains("X-Trace") && !text.contains("REDACTED"), "{text}");
+        assert!(
+            !text.contains("X-Trace") && !text.contains("REDACTED"),
+            "{text}"
+        );
         assert_eq!(built.dropped_redacted, 0);
     }
 }

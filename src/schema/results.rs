@@ -248,13 +248,27 @@ pub fn read_results(path: &std::path::Path) -> Result<Vec<ReplayResult>, super::
         let s = |n: &str| c(n).as_string::<i32>().clone();
         let ts = |n: &str| c(n).as_primitive::<TimestampNanosecondType>().clone();
         let u64c = |n: &str| c(n).as_primitive::<UInt64Type>().clone();
-        let (names, roles, methods, targets, endpoints) =
-            (s("target_name"), s("role"), s("method"), s("target"), s("endpoint"));
+        let (names, roles, methods, targets, endpoints) = (
+            s("target_name"),
+            s("role"),
+            s("method"),
+            s("target"),
+            s("endpoint"),
+        );
         let (errors, details) = (s("error_kind"), s("error_detail"));
-        let (due, sent, first, done) = (ts("due_ts"), ts("sent_ts"), ts("first_byte_ts"), ts("done_ts"));
+        let (due, sent, first, done) = (
+            ts("due_ts"),
+            ts("sent_ts"),
+            ts("first_byte_ts"),
+            ts("done_ts"),
+        );
         let status = c("status").as_primitive::<UInt16Type>().clone();
         let seq = c("seq_in_flow").as_primitive::<UInt32Type>().clone();
-        let (ids, flows, lens) = (u64c("exchange_id"), u64c("flow_id"), u64c("response_body_len"));
+        let (ids, flows, lens) = (
+            u64c("exchange_id"),
+            u64c("flow_id"),
+            u64c("response_body_len"),
+        );
         let req_body = c("request_body").as_binary::<i32>().clone();
         let resp_body = c("response_body").as_binary::<i32>().clone();
         let trunc = c("response_body_truncated").as_boolean().clone();
@@ -262,14 +276,22 @@ pub fn read_results(path: &std::path::Path) -> Result<Vec<ReplayResult>, super::
         let headers = |n: &str, i: usize| {
             let list = c(n).as_list::<i32>().value(i);
             let st = list.as_struct();
-            let (hn, hv) = (st.column(0).as_string::<i32>(), st.column(1).as_string::<i32>());
+            let (hn, hv) = (
+                st.column(0).as_string::<i32>(),
+                st.column(1).as_string::<i32>(),
+            );
             let mut h = HeaderList::new();
             for j in 0..st.len() {
-                h.push(&crate::text::latin1_bytes(hn.value(j)), &crate::text::latin1_bytes(hv.value(j)));
+                h.push(
+                    &crate::text::latin1_bytes(hn.value(j)),
+                    &crate::text::latin1_bytes(hv.value(j)),
+                );
             }
             h
         };
-        let opt_ts = |a: &arrow::array::TimestampNanosecondArray, i: usize| a.is_valid(i).then(|| a.value(i));
+        let opt_ts = |a: &arrow::array::TimestampNanosecondArray, i: usize| {
+            a.is_valid(i).then(|| a.value(i))
+        };
         for i in 0..b.num_rows() {
             out.push(ReplayResult {
                 exchange_id: ids.value(i),
@@ -291,7 +313,10 @@ pub fn read_results(path: &std::path::Path) -> Result<Vec<ReplayResult>, super::
                 response_body: resp_body.value(i).to_vec(),
                 response_body_len: lens.value(i),
                 response_body_truncated: trunc.value(i),
-                error_kind: errors.is_valid(i).then(|| ErrorKind::parse(errors.value(i))).flatten(),
+                error_kind: errors
+                    .is_valid(i)
+                    .then(|| ErrorKind::parse(errors.value(i)))
+                    .flatten(),
                 error_detail: details.is_valid(i).then(|| details.value(i).to_string()),
             });
         }
@@ -303,8 +328,17 @@ impl ErrorKind {
     pub fn parse(s: &str) -> Option<Self> {
         use ErrorKind::*;
         [
-            ConnectRefused, ConnectTimeout, Timeout, Reset, MalformedResponse, OversizeBody, Tls, Io,
-            NotSentInTime, RequestTruncated, Interrupted,
+            ConnectRefused,
+            ConnectTimeout,
+            Timeout,
+            Reset,
+            MalformedResponse,
+            OversizeBody,
+            Tls,
+            Io,
+            NotSentInTime,
+            RequestTruncated,
+            Interrupted,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)

@@ -181,7 +181,12 @@ impl MessageParser {
     /// append as little of `data` as completes them, so that bodies that
     /// follow are not copied through the buffer. Returns the part of `data`
     /// still to process, or None when all of it went into the buffer.
-    fn finish_buffered<'d>(&mut self, mut data: &'d [u8], ts: i64, sink: &mut dyn Sink) -> Option<&'d [u8]> {
+    fn finish_buffered<'d>(
+        &mut self,
+        mut data: &'d [u8],
+        ts: i64,
+        sink: &mut dyn Sink,
+    ) -> Option<&'d [u8]> {
         while !self.buf.is_empty() {
             let old = self.buf.len();
             let take = data.len().min(old.max(4096));
