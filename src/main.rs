@@ -16,7 +16,7 @@ use shadowctl::capture::{self, CaptureOptions};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Exit codes shared by every subcommand (documented in docs/report.md).
+/// Exit codes shared by every subcommand (documented in README.md).
 mod exit {
     pub const OK: u8 = 0;
     pub const BAD_INPUT: u8 = 2;

@@ -218,11 +218,11 @@ pub fn capture_live(
     let writer = WriterThread::spawn(
         opts.output.clone(),
         opts.writer.clone(),
-        opts.redact.clone(),
         snapshot.clone(),
         opts.queue,
     )?;
     let mut pipeline = Pipeline::new(opts.reassembly);
+    pipeline.redact(opts.redact.clone());
     if let Some(f) = opts.sample {
         pipeline.sample(f);
     }
@@ -298,10 +298,9 @@ pub fn capture_live(
     }
     lp.kernel_stats(&mut cap);
     let mut stats = lp.pipeline.stats;
-    let (files, rows, redacted) = lp.writer.finish()?;
+    let (files, rows) = lp.writer.finish()?;
     result?;
     stats.output_rows = rows;
-    stats.redacted_values = redacted;
     stats.output_files = files.iter().map(|f| f.display().to_string()).collect();
     Ok(stats)
 }

@@ -81,16 +81,16 @@ const BATCH: usize = 1024;
 /// writer stays small however large the bodies are.
 const BATCH_BYTES: usize = 4 << 20;
 
-/// What the writer thread wrote: files, rows, redacted values.
-type Written = (Vec<PathBuf>, u64, u64);
+/// What the writer thread wrote: files and rows.
+type Written = (Vec<PathBuf>, u64);
 
 enum ToWriter {
     Rows(Vec<Exchange>),
     Finish,
 }
 
-/// The Parquet writer thread: redacts, encodes and rotates files, so the
-/// packet loop never waits on compression.
+/// The Parquet writer thread: encodes and rotates files, so the packet loop
+/// never waits on compression.
 pub(crate) struct WriterThread {
     tx: SyncSender<ToWriter>,
     handle: JoinHandle<Result<Written, SchemaError>>,
@@ -102,7 +102,6 @@ impl WriterThread {
     pub(crate) fn spawn(
         output: OutputSpec,
         config: WriterConfig,
-        redact: Vec<String>,
         stats: StatsSnapshot,
         queue: usize,
     ) -> Result<Self, CaptureError> {
@@ -110,7 +109,7 @@ impl WriterThread {
         let (tx, rx) = sync_channel(queue);
         let handle = std::thread::Builder::new()
             .name("parquet-writer".into())
-            .spawn(move || write_loop(writer, rx, &redact))
+            .spawn(move || write_loop(writer, rx))
             .map_err(|e| CaptureError::Open("parquet-writer thread".into(), e))?;
         Ok(Self {
             tx,
@@ -140,7 +139,7 @@ impl WriterThread {
         }
     }
 
-    /// Close the files; returns (files, rows, redacted values).
+    /// Close the files; returns the files and the rows written.
     pub(crate) fn finish(self) -> Result<Written, CaptureError> {
         let sent = self.tx.send(ToWriter::Finish);
         drop(self.tx);
@@ -166,17 +165,12 @@ fn redact_all(rows: &mut [Exchange], names: &[String]) -> u64 {
     n
 }
 
-fn write_loop(
-    mut writer: OutputWriter,
-    rx: Receiver<ToWriter>,
-    redact: &[String],
-) -> Result<Written, SchemaError> {
-    let (mut redacted, mut rows_written) = (0u64, 0u64);
+fn write_loop(mut writer: OutputWriter, rx: Receiver<ToWriter>) -> Result<Written, SchemaError> {
+    let mut rows_written = 0u64;
     // A sender dropped without Finish (an error upstream) still gets footers.
     loop {
         match rx.recv_timeout(std::time::Duration::from_millis(200)) {
-            Ok(ToWriter::Rows(mut rows)) => {
-                redacted += redact_all(&mut rows, redact);
+            Ok(ToWriter::Rows(rows)) => {
                 rows_written += rows.len() as u64;
                 writer.write(&rows)?;
             }
@@ -186,7 +180,7 @@ fn write_loop(
         writer.tick()?;
     }
     let files = writer.finish()?;
-    Ok((files, rows_written, redacted))
+    Ok((files, rows_written))
 }
 
 /// The packet loop shared by file and live sources.
@@ -197,6 +191,8 @@ pub struct Pipeline {
     next_exchange_id: u64,
     /// Keep a connection when the hash of its endpoints is below this.
     sample_below: Option<u64>,
+    /// Header names (lower case) whose values are redacted before output.
+    redact: Vec<String>,
 }
 
 impl Pipeline {
@@ -207,7 +203,13 @@ impl Pipeline {
             stats: CaptureStats::default(),
             next_exchange_id: 0,
             sample_below: None,
+            redact: DEFAULT_REDACTED.iter().map(|s| s.to_string()).collect(),
         }
+    }
+
+    /// Redact the values of these headers (lower case) instead of the defaults.
+    pub fn redact(&mut self, names: Vec<String>) {
+        self.redact = names;
     }
 
     /// Keep only `fraction` of the connections, chosen by a hash of their
@@ -272,6 +274,8 @@ impl Pipeline {
             self.next_exchange_id += 1;
         }
         self.stats.add_exchanges(&rows);
+        // Secrets never leave this thread unredacted.
+        self.stats.redacted_values += redact_all(&mut rows, &self.redact);
         Some(rows)
     }
 
@@ -323,11 +327,11 @@ pub fn capture_files_sampled(
     let writer = WriterThread::spawn(
         OutputSpec::File(opts.out.clone()),
         opts.writer.clone(),
-        opts.redact.clone(),
         snapshot.clone(),
         2,
     )?;
     let mut pipeline = Pipeline::new(opts.reassembly);
+    pipeline.redact(opts.redact.clone());
     if let Some(f) = sample {
         pipeline.sample(f);
     }
@@ -391,8 +395,7 @@ pub fn capture_files_sampled(
         finished?;
         return Err(e);
     }
-    let (_, rows, redacted) = finished?;
+    let (_, rows) = finished?;
     stats.output_rows = rows;
-    stats.redacted_values = redacted;
     Ok(stats)
 }
