@@ -120,6 +120,12 @@ struct ReplayArgs {
     /// Send only GET, HEAD and OPTIONS to shadows.
     #[arg(long)]
     read_only: bool,
+    /// Requests of one recorded connection go in order over one connection per target.
+    #[arg(long)]
+    preserve_order: bool,
+    /// Check every target with GET PATH first; stop with a clear message if one is down.
+    #[arg(long, value_name = "PATH")]
+    health_path: Option<String>,
     /// Replay a disjoint part: K/N (whole connections per shard).
     #[arg(long, value_name = "K/N", value_parser = parse_shard)]
     shard: Option<(u64, u64)>,
@@ -458,6 +464,8 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<u8> {
         max_body: args.max_body,
         drain_timeout: args.drain_timeout,
         progress: !args.quiet,
+        preserve_order: args.preserve_order,
+        health_path: args.health_path.clone(),
     };
     let stop = interrupt_flag();
     let summary = replay::replay(opts, Arc::clone(&stop))?;

@@ -459,3 +459,77 @@ fn bad_input_is_exit_2() {
     assert_eq!(run.status.code(), Some(2));
     let _ = Read::by_ref(&mut std::io::empty());
 }
+
+#[test]
+fn preserve_order_keeps_each_connection_sequential_on_one_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    // 4 recorded connections of 5 requests each, all due at once.
+    let cap = timed_capture(dir.path(), 20, 0, |i| i % 4);
+    let target = Recorder::start(Behaviour::Answer("p"));
+    let (run, rows, _d) = replay(&[
+        cap.to_str().unwrap(),
+        "--primary",
+        &target.url(),
+        "--rate",
+        "2000",
+        "--preserve-order",
+    ]);
+    assert!(run.status.success());
+    let live = role(&rows, TargetRole::Primary);
+    assert_eq!(live.len(), 20);
+    for flow in 0..4 {
+        let mut reqs: Vec<&&ReplayResult> = live.iter().filter(|r| r.flow_id == flow).collect();
+        reqs.sort_by_key(|r| r.exchange_id);
+        // Each request is sent only after the previous one was answered.
+        for w in reqs.windows(2) {
+            assert!(
+                w[1].sent_ts.unwrap() >= w[0].done_ts.unwrap(),
+                "flow {flow} out of order"
+            );
+        }
+    }
+    // One TCP connection per recorded connection: the server saw the
+    // requests of a flow in order.
+    let got = target.received();
+    for flow in 0..4u64 {
+        let order: Vec<u64> = got
+            .iter()
+            .filter_map(|r| r.split(' ').nth(1)?.strip_prefix("/t/")?.parse().ok())
+            .filter(|i: &u64| i % 4 == flow)
+            .collect();
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(order, sorted);
+    }
+}
+
+#[test]
+fn health_check_fails_fast_on_a_down_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = timed_capture(dir.path(), 3, 0, |i| i);
+    let up = Recorder::start(Behaviour::Answer("p"));
+    let down = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (run, _, _d) = replay(&[
+        cap.to_str().unwrap(),
+        "--primary",
+        &up.url(),
+        "--shadow",
+        &format!("http://127.0.0.1:{down}"),
+        "--health-path",
+        "/healthz",
+    ]);
+    assert_eq!(run.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains("failed its health check") && err.contains(&down.to_string()),
+        "{err}"
+    );
+    assert!(
+        up.received().iter().all(|r| r.starts_with("GET /healthz ")),
+        "no replay traffic after a failed check"
+    );
+}

@@ -197,9 +197,13 @@ impl Target {
         if let Some(c) = self.idle.lock().ok().and_then(|mut v| v.pop()) {
             return Ok((c, true));
         }
+        Ok((self.connect().await?, false))
+    }
+
+    async fn connect(&self) -> Result<TcpStream, std::io::Error> {
         let stream = TcpStream::connect((self.host.as_str(), self.port)).await?;
         let _ = stream.set_nodelay(true);
-        Ok((stream, false))
+        Ok(stream)
     }
 
     fn recycle(&self, stream: TcpStream) {
@@ -210,9 +214,12 @@ impl Target {
         }
     }
 
-    /// Send `request` and read the answer, within `timeout` in all.
+    /// Send `request` and read the answer, within `timeout` in all. With
+    /// `own`, the request goes over that connection (opened if empty) instead
+    /// of the shared pool: `--preserve-order` keeps one per recorded connection.
     pub async fn exchange(
         &self,
+        mut own: Option<&mut Option<TcpStream>>,
         request: &[u8],
         method: &str,
         timeout: Duration,
@@ -220,7 +227,10 @@ impl Target {
     ) -> Answer {
         let run = async {
             for _ in 0..2 {
-                match self.attempt(request, method, max_body).await {
+                match self
+                    .attempt(own.as_deref_mut(), request, method, max_body)
+                    .await
+                {
                     Attempt::Done(a) => return a,
                     Attempt::Stale => continue,
                 }
@@ -247,9 +257,21 @@ impl Target {
         }
     }
 
-    async fn attempt(&self, request: &[u8], method: &str, max_body: usize) -> Attempt {
+    async fn attempt(
+        &self,
+        mut own: Option<&mut Option<TcpStream>>,
+        request: &[u8],
+        method: &str,
+        max_body: usize,
+    ) -> Attempt {
         let mut answer = Answer::default();
-        let (mut stream, reused) = match self.connection().await {
+        let held = own.as_deref_mut().and_then(Option::take);
+        let conn = match held {
+            Some(s) => Ok((s, true)),
+            None if own.is_some() => self.connect().await.map(|s| (s, false)),
+            None => self.connection().await,
+        };
+        let (mut stream, reused) = match conn {
             Ok(c) => c,
             Err(e) => {
                 answer.error = Some((io_kind(&e), format!("connect to {}: {e}", self.authority)));
@@ -324,9 +346,10 @@ impl Target {
         answer.body_len = sink.body_len;
         answer.body = std::mem::take(&mut sink.body);
         match sink.end {
-            Some(End::Complete) if answer.error.is_none() && !sink.close_after => {
-                self.recycle(stream);
-            }
+            Some(End::Complete) if answer.error.is_none() && !sink.close_after => match own {
+                Some(slot) => *slot = Some(stream),
+                None => self.recycle(stream),
+            },
             Some(End::Complete) => {}
             Some(_) if answer.error.is_none() => {
                 let kind = if answer.status.is_some() {

@@ -56,6 +56,9 @@ pub struct ReplayOptions {
     pub max_body: usize,
     pub drain_timeout: Duration,
     pub progress: bool,
+    pub preserve_order: bool,
+    /// `--health-path`: checked on every live target before the run.
+    pub health_path: Option<String>,
 }
 
 /// Errors that stop a replay before or while it runs (target errors do not).
@@ -67,6 +70,8 @@ pub enum ReplayError {
     Target(#[from] client::TargetError),
     #[error("the results writer stopped unexpectedly")]
     WriterGone,
+    #[error("{0}")]
+    Unhealthy(String),
 }
 
 /// Figures per target for the closing summary.
@@ -353,6 +358,11 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
             opts.concurrency,
         )?);
     }
+    if let Some(path) = &opts.health_path {
+        for t in &targets {
+            health_check(t, path).await?;
+        }
+    }
     let mut plan = Plan::open(opts.captures.clone(), opts.selection.clone())?;
     let (tx, mut rx) = mpsc::channel::<ReplayResult>(4096);
     let out = opts.out.clone();
@@ -431,6 +441,33 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
     Ok(summary)
 }
 
+/// `--health-path`: fail fast, with a clear message, when a target is down.
+async fn health_check(t: &Target, path: &str) -> Result<(), ReplayError> {
+    let request = format!(
+        "GET {}{path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        t.base_path, t.authority
+    );
+    let a = t
+        .exchange(
+            None,
+            request.as_bytes(),
+            "GET",
+            Duration::from_secs(5),
+            64 * 1024,
+        )
+        .await;
+    let problem = match (&a.error, a.status) {
+        (Some((_, detail)), _) => detail.clone(),
+        (None, Some(s)) if s >= 500 => format!("answered {s}"),
+        (None, None) => "no answer".into(),
+        _ => return Ok(()),
+    };
+    Err(ReplayError::Unhealthy(format!(
+        "target {} (http://{}{}{path}) failed its health check: {problem}; start it, fix the URL, or leave out --health-path",
+        t.name, t.authority, t.base_path
+    )))
+}
+
 fn write_rows(
     file: &mut ParquetFileWriter,
     rows: &mut Vec<ReplayResult>,
@@ -458,6 +495,7 @@ async fn schedule(
     let start_wall = now_ns() + 20_000_000;
     let (mut n, mut dropped, mut skipped) = (0u64, 0u64, 0u64);
     let mut first_ts = None;
+    let mut lanes = std::collections::HashMap::new();
     while let Some(p) = plan.next_planned()? {
         if stop.load(Ordering::Relaxed) {
             return Ok((n, dropped, skipped, true));
@@ -483,7 +521,7 @@ async fn schedule(
         if shared.results.send(row).await.is_err() {
             return Err(ReplayError::WriterGone);
         }
-        for (target, waiting) in &shared.targets {
+        for (ti, (target, waiting)) in shared.targets.iter().enumerate() {
             if target.role == TargetRole::Shadow
                 && shared.opts.read_only
                 && !SAFE_METHODS.contains(&p.exchange.method.as_str())
@@ -518,34 +556,64 @@ async fn schedule(
                 let _ = shared.results.send(row).await;
                 continue;
             }
-            spawn_request(
-                shared,
-                Arc::clone(&p),
-                Arc::clone(target),
-                Arc::clone(waiting),
-                built.bytes,
+            let job = Job {
+                p: Arc::clone(&p),
+                target: Arc::clone(target),
+                waiting: Arc::clone(waiting),
+                bytes: built.bytes,
                 due_ts,
-            );
+            };
+            if opts.preserve_order {
+                let key = (p.file, p.exchange.flow_id, ti);
+                let tx = lanes.entry(key).or_insert_with(|| lane(shared));
+                count_in(&job, &shared.counters);
+                let _ = tx.send(job);
+            } else {
+                spawn_request(shared, job);
+            }
         }
     }
     Ok((n, dropped, skipped, stop.load(Ordering::Relaxed)))
 }
 
-fn spawn_request(
-    shared: &Shared,
+/// One request for one target.
+struct Job {
     p: Arc<Planned>,
     target: Arc<Target>,
     waiting: Arc<AtomicU64>,
     bytes: Vec<u8>,
     due_ts: i64,
-) {
-    let opts = Arc::clone(&shared.opts);
-    let counters = Arc::clone(&shared.counters);
-    let results = shared.results.clone();
-    counters.in_flight.fetch_add(1, Ordering::Relaxed);
-    waiting.fetch_add(1, Ordering::Relaxed);
-    let mut cancel = shared.cancel.clone();
-    tokio::spawn(async move {
+}
+
+/// What a request task needs from the run.
+#[derive(Clone)]
+struct TaskCtx {
+    opts: Arc<ReplayOptionsCore>,
+    counters: Arc<Counters>,
+    results: mpsc::Sender<ReplayResult>,
+    cancel: tokio::sync::watch::Receiver<bool>,
+}
+
+impl TaskCtx {
+    fn new(shared: &Shared) -> Self {
+        Self {
+            opts: Arc::clone(&shared.opts),
+            counters: Arc::clone(&shared.counters),
+            results: shared.results.clone(),
+            cancel: shared.cancel.clone(),
+        }
+    }
+
+    /// Send one request (over `own` or the pool), record the result.
+    async fn perform(&mut self, job: Job, own: Option<&mut Option<tokio::net::TcpStream>>) {
+        let Job {
+            p,
+            target,
+            waiting,
+            bytes,
+            due_ts,
+        } = job;
+        let (opts, counters) = (&self.opts, &self.counters);
         let work = async {
             if !opts.closed_loop {
                 if let Ok(permit) = target.permits.acquire().await {
@@ -570,14 +638,14 @@ fn spawn_request(
             };
             counters.sent.fetch_add(1, Ordering::Relaxed);
             let answer = target
-                .exchange(&bytes, &p.exchange.method, timeout, opts.max_body)
+                .exchange(own, &bytes, &p.exchange.method, timeout, opts.max_body)
                 .await;
             target.permits.add_permits(1);
             answer
         };
         let answer = tokio::select! {
             a = work => a,
-            _ = cancel.wait_for(|c| *c) => client::Answer {
+            _ = self.cancel.wait_for(|c| *c) => client::Answer {
                 error: Some((ErrorKind::Interrupted, "stopped before the answer came (--drain-timeout)".into())),
                 ..Default::default()
             },
@@ -591,9 +659,35 @@ fn spawn_request(
             counters.errors.fetch_add(1, Ordering::Relaxed);
         }
         let row = result_row(&p, &target, due_ts, answer);
-        let _ = results.send(row).await;
+        let _ = self.results.send(row).await;
         counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn count_in(job: &Job, counters: &Counters) {
+    counters.in_flight.fetch_add(1, Ordering::Relaxed);
+    job.waiting.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Send a request on its own task over the target's shared pool.
+fn spawn_request(shared: &Shared, job: Job) {
+    count_in(&job, &shared.counters);
+    let mut ctx = TaskCtx::new(shared);
+    tokio::spawn(async move { ctx.perform(job, None).await });
+}
+
+/// `--preserve-order`: the requests of one recorded connection go, in order,
+/// over one connection per target, each after the previous one's answer.
+fn lane(shared: &Shared) -> mpsc::UnboundedSender<Job> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+    let mut ctx = TaskCtx::new(shared);
+    tokio::spawn(async move {
+        let mut conn = None;
+        while let Some(job) = rx.recv().await {
+            ctx.perform(job, Some(&mut conn)).await;
+        }
     });
+    tx
 }
 
 fn progress(total: u64, enabled: bool) -> indicatif::ProgressBar {
