@@ -6,6 +6,7 @@
 
 pub mod capture;
 pub mod endpoint;
+pub mod progress;
 pub mod replay;
 pub mod schema;
 pub mod text;

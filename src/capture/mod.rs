@@ -287,20 +287,6 @@ impl Pipeline {
     }
 }
 
-fn progress_bar(total: u64, enabled: bool) -> indicatif::ProgressBar {
-    if !enabled {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} {bytes}/{total_bytes} {binary_bytes_per_sec} [{wide_bar}] {eta} {msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar
-}
-
 /// Run `capture --read`: every input in order, as one continuous capture.
 /// `stop` (Ctrl-C) ends reading early; the output is still completed.
 pub fn capture_files(
@@ -337,7 +323,11 @@ pub fn capture_files_sampled(
     }
     pipeline.stats.files = files.len() as u64;
     pipeline.stats.input_bytes = total;
-    let bar = progress_bar(total, opts.progress);
+    let bar = crate::progress::bar(
+        total,
+        "{spinner} {bytes}/{total_bytes} {binary_bytes_per_sec} [{wide_bar}] {eta} {msg}",
+        opts.progress,
+    );
     let stopped = || stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed));
     let mut done_before = 0u64;
     let mut send_error = None;

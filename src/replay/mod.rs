@@ -234,21 +234,28 @@ struct Counters {
     lag_ns: AtomicU64,
 }
 
-/// A result row from one answer.
-fn result_row(p: &Planned, target: &Target, due_ts: i64, a: client::Answer) -> ReplayResult {
+/// The request side of a result row, for one target.
+fn row_for(p: &Planned, name: &str, role: TargetRole, due_ts: i64) -> ReplayResult {
     let ex = &p.exchange;
     ReplayResult {
         exchange_id: ex.exchange_id,
         flow_id: ex.flow_id,
         seq_in_flow: ex.seq_in_flow,
-        target_name: target.name.clone(),
-        role: Some(target.role),
+        target_name: name.to_string(),
+        role: Some(role),
         method: ex.method.clone(),
         target: ex.target.clone(),
         endpoint: p.endpoint.clone(),
         request_headers: ex.request_headers.clone(),
         request_body: ex.request_body.clone(),
         due_ts,
+        ..Default::default()
+    }
+}
+
+/// A result row from one answer.
+fn result_row(p: &Planned, target: &Target, due_ts: i64, a: client::Answer) -> ReplayResult {
+    ReplayResult {
         sent_ts: a.sent_ts,
         first_byte_ts: a.first_byte_ts,
         done_ts: a.done_ts,
@@ -259,6 +266,7 @@ fn result_row(p: &Planned, target: &Target, due_ts: i64, a: client::Answer) -> R
         response_body_truncated: a.truncated,
         error_kind: a.error.as_ref().map(|e| e.0),
         error_detail: a.error.map(|e| e.1),
+        ..row_for(p, &target.name, target.role, due_ts)
     }
 }
 
@@ -269,17 +277,6 @@ fn recorded_row(p: &Planned, due_ts: i64, max_body: usize) -> ReplayResult {
     let mut body = ex.response_body.clone();
     body.truncate(max_body);
     ReplayResult {
-        exchange_id: ex.exchange_id,
-        flow_id: ex.flow_id,
-        seq_in_flow: ex.seq_in_flow,
-        target_name: "recorded".into(),
-        role: Some(TargetRole::Recorded),
-        method: ex.method.clone(),
-        target: ex.target.clone(),
-        endpoint: p.endpoint.clone(),
-        request_headers: ex.request_headers.clone(),
-        request_body: ex.request_body.clone(),
-        due_ts,
         sent_ts: Some(ex.request_end_ts),
         first_byte_ts: ex.response_ts,
         done_ts: ex.response_end_ts,
@@ -288,11 +285,11 @@ fn recorded_row(p: &Planned, due_ts: i64, max_body: usize) -> ReplayResult {
         response_body_truncated: ex.response_body_truncated || body.len() < ex.response_body.len(),
         response_body: body,
         response_body_len: ex.response_body_len,
-        error_kind: None,
         error_detail: ex
             .status
             .is_none()
             .then(|| "no response in the capture".to_string()),
+        ..row_for(p, "recorded", TargetRole::Recorded, due_ts)
     }
 }
 
@@ -408,7 +405,11 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
         counters: Arc::clone(&counters),
         results: tx,
     };
-    let bar = progress(plan.total_hint, opts.progress);
+    let bar = crate::progress::bar(
+        plan.total_hint,
+        "{spinner} [{wide_bar}] {pos}/{len} eta {eta} {msg}",
+        opts.progress,
+    );
     let ticker = spawn_ticker(
         bar.clone(),
         Arc::clone(&counters),
@@ -688,20 +689,6 @@ fn lane(shared: &Shared) -> mpsc::UnboundedSender<Job> {
         }
     });
     tx
-}
-
-fn progress(total: u64, enabled: bool) -> indicatif::ProgressBar {
-    if !enabled {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} [{wide_bar}] {pos}/{len} eta {eta} {msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar
 }
 
 fn spawn_ticker(

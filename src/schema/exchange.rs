@@ -31,6 +31,20 @@ pub enum IncompleteReason {
 }
 
 impl IncompleteReason {
+    pub fn parse(s: &str) -> Option<Self> {
+        use IncompleteReason::*;
+        [
+            RequestGap,
+            ResponseGap,
+            RequestMalformed,
+            ResponseMalformed,
+            RequestCut,
+            ResponseCut,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::RequestGap => "request_gap",

@@ -290,20 +290,6 @@ fn headers_at(list: &ListArray, row: usize) -> HeaderList {
     h
 }
 
-fn incomplete_from(s: &str) -> Option<IncompleteReason> {
-    use IncompleteReason::*;
-    [
-        RequestGap,
-        ResponseGap,
-        RequestMalformed,
-        ResponseMalformed,
-        RequestCut,
-        ResponseCut,
-    ]
-    .into_iter()
-    .find(|r| r.as_str() == s)
-}
-
 fn batch_to_exchanges(b: &RecordBatch, out: &mut Vec<Exchange>) {
     let u64c = |n| col::<UInt64Array>(b, n);
     let ts = |n| col::<TimestampNanosecondArray>(b, n);
@@ -358,7 +344,7 @@ fn batch_to_exchanges(b: &RecordBatch, out: &mut Vec<Exchange>) {
                 0
             },
             response_body_truncated: flag("response_body_truncated", i),
-            incomplete: opt_s(s("incomplete_reason"), i).and_then(|r| incomplete_from(&r)),
+            incomplete: opt_s(s("incomplete_reason"), i).and_then(|r| IncompleteReason::parse(&r)),
             upgraded: flag("upgraded", i),
         });
     }
