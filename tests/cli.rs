@@ -270,3 +270,44 @@ fn ipv6_addresses_use_rfc5952_brackets() {
     assert_eq!(unanswered.len(), 1);
     assert_eq!(unanswered[0].seq_in_flow, 0);
 }
+
+#[test]
+fn sampling_keeps_whole_connections() {
+    let full = {
+        let (_, out, _d) = capture(&[shared("cs__http_espn.pcapng")], &["-q"]);
+        rows(&out)
+    };
+    let (run, out, _d) = capture(
+        &[shared("cs__http_espn.pcapng")],
+        &["-q", "--sample", "0.5"],
+    );
+    assert!(run.status.success());
+    let kept = rows(&out);
+    let flows = |rows: &[Exchange]| {
+        let mut f: Vec<String> = rows.iter().map(|e| e.client.unwrap().to_string()).collect();
+        f.sort();
+        f.dedup();
+        f
+    };
+    let (all_flows, kept_flows) = (flows(&full), flows(&kept));
+    assert!(
+        !kept_flows.is_empty() && kept_flows.len() < all_flows.len(),
+        "{} of {}",
+        kept_flows.len(),
+        all_flows.len()
+    );
+    for client in &kept_flows {
+        let n = |rows: &[Exchange]| {
+            rows.iter()
+                .filter(|e| &e.client.unwrap().to_string() == client)
+                .count()
+        };
+        assert_eq!(n(&kept), n(&full), "connection {client} kept whole");
+    }
+    // The same choice every run.
+    let (_, again, _d2) = capture(
+        &[shared("cs__http_espn.pcapng")],
+        &["-q", "--sample", "0.5"],
+    );
+    assert_eq!(flows(&rows(&again)), kept_flows);
+}

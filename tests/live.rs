@@ -388,3 +388,59 @@ fn missing_permission_says_what_to_do() {
         "{err}"
     );
 }
+
+#[test]
+fn any_interface_max_exchanges_and_loss_counters() {
+    if skip() {
+        return;
+    }
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("any.parquet");
+    let stats = dir.path().join("stats.json");
+    let port = server.port.to_string();
+    let mut cap = shadowctl()
+        .args([
+            "capture",
+            "--interface",
+            "any",
+            "--port",
+            &port,
+            "--max-exchanges",
+            "5",
+            "-q",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .arg("--stats-json")
+        .arg(&stats)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // No "capturing on" line with -q is not guaranteed; give libpcap a moment.
+    std::thread::sleep(Duration::from_millis(700));
+    let mut c = Client::connect(server.port);
+    for i in 0..10 {
+        let raw = format!("GET /items/{i} HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(c.send(raw.as_bytes(), false).0, 200);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // It stops by itself once 5 exchanges are complete.
+    let (status, _) = wait(&mut cap, Duration::from_secs(5));
+    assert!(status.success());
+    let (rows, meta) = read_exchanges(&out).unwrap();
+    assert_eq!(rows.len(), 5);
+    assert!(rows
+        .iter()
+        .all(|r| r.status == Some(200) && r.target.starts_with("/items/")));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    assert!(json["kernel_received"].as_u64().unwrap() > 0, "{json}");
+    assert_eq!(json["kernel_dropped"], 0);
+    assert_eq!(json["writer_dropped_exchanges"], 0);
+    let in_file = meta
+        .iter()
+        .find(|(k, _)| k == "shadowctl.capture_stats")
+        .expect("stats in the file");
+    assert!(in_file.1.contains("kernel_dropped"));
+}

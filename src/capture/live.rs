@@ -132,11 +132,18 @@ impl Loop {
         let Some(mut rows) = self.pipeline.ready(min) else {
             return Ok(());
         };
+        self.cap(&mut rows);
+        self.offer(rows)
+    }
+
+    /// Keep the output to `--max-exchanges`; what completes beyond is counted.
+    fn cap(&mut self, rows: &mut Vec<Exchange>) {
         if let Some(max) = self.max_exchanges {
-            rows.truncate(max.saturating_sub(self.handed) as usize);
+            let keep = max.saturating_sub(self.handed) as usize;
+            self.pipeline.stats.exchanges_over_limit += rows.len().saturating_sub(keep) as u64;
+            rows.truncate(keep);
         }
         self.handed += rows.len() as u64;
-        self.offer(rows)
     }
 
     fn offer(&mut self, rows: Vec<Exchange>) -> Result<(), CaptureError> {
@@ -289,10 +296,7 @@ pub fn capture_live(
     drain_ring(&mut cap, linktype, &mut lp.pipeline);
     lp.kernel_stats(&mut cap);
     if let Some(mut rows) = lp.pipeline.finish() {
-        if let Some(max) = lp.max_exchanges {
-            rows.truncate(max.saturating_sub(lp.handed) as usize);
-        }
-        lp.handed += rows.len() as u64;
+        lp.cap(&mut rows);
         // The last rows wait for room: stopping must not lose them.
         lp.writer.send(rows)?;
     }

@@ -891,6 +891,52 @@ mod tests {
     }
 
     #[test]
+    fn idle_connections_expire_and_holes_overflow_into_counted_gaps() {
+        let mut r = Reassembler::new(ReassemblyConfig {
+            idle_timeout_ns: 5_000_000_000,
+            max_conn_buffer: 100,
+            ..Default::default()
+        });
+        let mut stats = CaptureStats::default();
+        let seg = |src: &str, seq: u32, data: &'static [u8]| Segment {
+            src: src.parse().unwrap(),
+            dst: S.parse().unwrap(),
+            seq,
+            ack: 0,
+            flags: Flags::default(),
+            payload: Cow::Borrowed(data),
+            missing: 0,
+        };
+        // A request, then 10 s of silence: the connection is finished.
+        r.segment(&seg(C, 1, b"GET /idle HTTP/1.1\r\n\r\n"), 0, &mut stats);
+        r.segment(
+            &seg("192.0.2.9:1", 1, b"GET /other HTTP/1.1\r\n\r\n"),
+            10_000_000_000,
+            &mut stats,
+        );
+        assert_eq!(stats.expired_connections, 1);
+        assert!(r
+            .take_exchanges()
+            .iter()
+            .any(|e| e.target == "/idle" && e.status.is_none()));
+        // Out-of-order data beyond the per-direction limit becomes a gap.
+        let mut seq = 1000;
+        for _ in 0..10 {
+            seq += 200;
+            r.segment(
+                &seg("192.0.2.9:1", seq, &[b'x'; 60]),
+                10_000_000_001,
+                &mut stats,
+            );
+        }
+        assert!(
+            stats.buffer_overflow_gaps > 0 && stats.gaps > 0,
+            "{stats:?}"
+        );
+        r.finish(&mut stats);
+    }
+
+    #[test]
     fn connection_cap_evicts_and_counts() {
         let mut r = Reassembler::new(ReassemblyConfig {
             max_connections: 10,

@@ -54,6 +54,8 @@ pub struct CaptureStats {
     /// Files that ended mid-record or held a damaged record, with where.
     pub damaged_files: Vec<String>,
     pub output_rows: u64,
+    /// Exchanges completed after `--max-exchanges` was reached (not written).
+    pub exchanges_over_limit: u64,
     /// Live capture: packets the kernel passed the filter, and dropped.
     pub kernel_received: u64,
     pub kernel_dropped: u64,

@@ -442,6 +442,19 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
     Ok(summary)
 }
 
+/// Wait for `due` precisely: tokio timers have millisecond granularity, so
+/// sleep until about a millisecond before and yield (letting other tasks on
+/// this thread run) for the rest.
+async fn wait_until(due: Instant) {
+    let early = Duration::from_micros(1200);
+    if due > Instant::now() + early {
+        tokio::time::sleep_until(due - early).await;
+    }
+    while Instant::now() < due {
+        tokio::task::yield_now().await;
+    }
+}
+
 /// `--health-path`: fail fast, with a clear message, when a target is down.
 async fn health_check(t: &Target, path: &str) -> Result<(), ReplayError> {
     let request = format!(
@@ -511,8 +524,8 @@ async fn schedule(
         };
         let due = start + offset;
         let due_ts = start_wall + offset.as_nanos() as i64;
-        if opts.timing != Timing::Max && due > Instant::now() {
-            tokio::time::sleep_until(due).await;
+        if opts.timing != Timing::Max {
+            wait_until(due).await;
         }
         n += 1;
         let p = Arc::new(p);
