@@ -108,6 +108,10 @@ pub struct ReplaySummary {
     pub rows: u64,
     #[serde(skip)]
     lags: Vec<i64>,
+    #[serde(skip)]
+    first_sent: i64,
+    #[serde(skip)]
+    last_sent: i64,
 }
 
 fn quantile(sorted: &[i64], q: f64) -> f64 {
@@ -152,6 +156,12 @@ impl ReplaySummary {
             }
             if let Some(s) = r.sent_ts {
                 self.lags.push(s - r.due_ts);
+                self.first_sent = if self.first_sent == 0 {
+                    s
+                } else {
+                    self.first_sent.min(s)
+                };
+                self.last_sent = self.last_sent.max(s);
             }
         }
     }
@@ -435,7 +445,13 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
     let mut summary = writer.await.map_err(|_| ReplayError::WriterGone)??;
     summary.planned = planned;
     summary.elapsed_s = elapsed;
-    summary.sent_per_s = counters.sent.load(Ordering::Relaxed) as f64 / elapsed.max(1e-9);
+    // Over the span of actual sends (start-up and draining excluded).
+    let span = summary.last_sent.saturating_sub(summary.first_sent) as f64 / 1e9;
+    summary.sent_per_s = if span > 0.0 {
+        counters.sent.load(Ordering::Relaxed).saturating_sub(1) as f64 / span
+    } else {
+        0.0
+    };
     summary.dropped_redacted_values = dropped;
     summary.skipped_read_only = skipped;
     summary.interrupted = interrupted;
@@ -553,14 +569,17 @@ async fn schedule(
             };
             let built = build(&p.exchange, &dest, &shared.opts.rules);
             dropped += u64::from(built.dropped_redacted);
+            let mut due_ts = due_ts;
             if shared.opts.closed_loop {
-                // As fast as allowed: wait here for a permit (closed model).
+                // As fast as allowed: wait here for a permit (closed model);
+                // a request is due when it gets one, so lag stays meaningful.
                 let permit = target
                     .permits
                     .acquire()
                     .await
                     .map_err(|_| ReplayError::WriterGone)?;
                 permit.forget();
+                due_ts = now_ns();
             } else if waiting.load(Ordering::Relaxed)
                 >= MAX_WAITING_FACTOR * shared.opts.concurrency as u64
             {
