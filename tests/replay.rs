@@ -277,14 +277,32 @@ fn fixed_rate_is_evenly_spaced() {
     let dir = tempfile::tempdir().unwrap();
     let cap = timed_capture(dir.path(), 200, 1, |i| i);
     let target = Recorder::start(Behaviour::Answer("p"));
+    let summary = dir.path().join("summary.json");
     let (run, rows, _d) = replay(&[
         cap.to_str().unwrap(),
         "--primary",
         &target.url(),
         "--rate",
         "400",
+        "--summary-json",
+        summary.to_str().unwrap(),
     ]);
     assert!(run.status.success());
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    let targets = json["targets"].as_array().unwrap();
+    let primary = targets.iter().find(|t| t["role"] == "primary").unwrap();
+    assert_eq!(primary["requests"], 200);
+    let (p50, p99) = (
+        primary["p50_ms"].as_f64().unwrap(),
+        primary["p99_ms"].as_f64().unwrap(),
+    );
+    assert!(p50 > 0.0 && p50 <= p99 && p99 < 100.0, "{primary}");
+    assert!(json["lag_p99_ms"].as_f64().unwrap() < 50.0, "{json}");
+    assert!(
+        (json["sent_per_s"].as_f64().unwrap() - 400.0).abs() < 20.0,
+        "{json}"
+    );
     let mut due: Vec<i64> = role(&rows, TargetRole::Primary)
         .iter()
         .map(|r| r.due_ts)

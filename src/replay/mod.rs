@@ -87,9 +87,9 @@ pub struct TargetSummary {
     pub p99_ms: f64,
     pub p99_from_due_ms: f64,
     #[serde(skip)]
-    latencies: Vec<i64>,
+    latencies: Quantiles,
     #[serde(skip)]
-    from_due: Vec<i64>,
+    from_due: Quantiles,
 }
 
 /// What a replay did.
@@ -107,19 +107,47 @@ pub struct ReplaySummary {
     pub targets: Vec<TargetSummary>,
     pub rows: u64,
     #[serde(skip)]
-    lags: Vec<i64>,
+    lags: Quantiles,
     #[serde(skip)]
     first_sent: i64,
     #[serde(skip)]
     last_sent: i64,
 }
 
-fn quantile(sorted: &[i64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
+/// Nanosecond durations summarised in a histogram (3 significant digits),
+/// so memory stays the same however many requests a replay sends.
+#[derive(Clone, Debug)]
+struct Quantiles(hdrhistogram::Histogram<u64>);
+
+impl Default for Quantiles {
+    fn default() -> Self {
+        // 1 ns to one day; these bounds are valid, so this cannot fail.
+        Self(
+            hdrhistogram::Histogram::new_with_bounds(1, 86_400_000_000_000, 3)
+                .expect("valid bounds"),
+        )
     }
-    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
-    sorted[i] as f64 / 1e6
+}
+
+impl Quantiles {
+    fn record(&mut self, ns: i64) {
+        self.0.saturating_record(ns.max(1) as u64);
+    }
+
+    fn ms(&self, q: f64) -> f64 {
+        if self.0.is_empty() {
+            return 0.0;
+        }
+        self.0.value_at_quantile(q) as f64 / 1e6
+    }
+
+    fn max_ms(&self) -> f64 {
+        if self.0.is_empty() {
+            0.0
+        } else {
+            self.0.max() as f64 / 1e6
+        }
+    }
 }
 
 impl ReplaySummary {
@@ -149,13 +177,13 @@ impl ReplaySummary {
         }
         if r.role != Some(TargetRole::Recorded) {
             if let Some(l) = r.latency_ns() {
-                t.latencies.push(l);
+                t.latencies.record(l);
             }
             if let Some(l) = r.latency_from_due_ns() {
-                t.from_due.push(l);
+                t.from_due.record(l);
             }
             if let Some(s) = r.sent_ts {
-                self.lags.push(s - r.due_ts);
+                self.lags.record(s - r.due_ts);
                 self.first_sent = if self.first_sent == 0 {
                     s
                 } else {
@@ -168,17 +196,14 @@ impl ReplaySummary {
 
     fn close(&mut self) {
         for t in &mut self.targets {
-            t.latencies.sort_unstable();
-            t.from_due.sort_unstable();
-            t.p50_ms = quantile(&t.latencies, 0.5);
-            t.p95_ms = quantile(&t.latencies, 0.95);
-            t.p99_ms = quantile(&t.latencies, 0.99);
-            t.p99_from_due_ms = quantile(&t.from_due, 0.99);
+            t.p50_ms = t.latencies.ms(0.5);
+            t.p95_ms = t.latencies.ms(0.95);
+            t.p99_ms = t.latencies.ms(0.99);
+            t.p99_from_due_ms = t.from_due.ms(0.99);
         }
-        self.lags.sort_unstable();
-        self.lag_p50_ms = quantile(&self.lags, 0.5);
-        self.lag_p99_ms = quantile(&self.lags, 0.99);
-        self.lag_max_ms = self.lags.last().map_or(0.0, |&l| l as f64 / 1e6);
+        self.lag_p50_ms = self.lags.ms(0.5);
+        self.lag_p99_ms = self.lags.ms(0.99);
+        self.lag_max_ms = self.lags.max_ms();
     }
 
     /// The closing summary for people.
