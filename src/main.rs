@@ -332,8 +332,8 @@ fn run_capture(args: CaptureArgs) -> anyhow::Result<u8> {
             opts.redact = redaction(&args);
             opts.reassembly = reassembly_config(&args);
             opts.progress = !args.quiet;
-            let mut stats =
-                capture::capture_files_sampled(&opts, args.sample, Some(Arc::clone(&stop)))?;
+            opts.sample = args.sample;
+            let mut stats = capture::capture_files(&opts, Some(Arc::clone(&stop)))?;
             stats.output_files = vec![args.out.display().to_string()];
             stats
         }

@@ -180,6 +180,22 @@ impl Loop {
     }
 }
 
+/// A libpcap packet as the pipeline takes it (nanosecond timestamps: the
+/// handle is opened with nanosecond precision).
+fn raw_packet<'a>(p: &pcap::Packet<'a>, linktype: i32) -> RawPacket<'a> {
+    let h = p.header;
+    // libc's time fields are i64 on this platform; the casts keep others building.
+    #[allow(clippy::unnecessary_cast)]
+    let ts_ns = h.ts.tv_sec as i64 * 1_000_000_000 + h.ts.tv_usec as i64;
+    RawPacket {
+        ts_ns,
+        linktype,
+        interface: 0,
+        data: p.data,
+        orig_len: h.len,
+    }
+}
+
 /// After a stop, process what the kernel already captured (bounded in time),
 /// so requests sent just before the stop are not lost.
 fn drain_ring(cap: &mut pcap::Capture<pcap::Active>, linktype: i32, pipeline: &mut Pipeline) {
@@ -189,16 +205,7 @@ fn drain_ring(cap: &mut pcap::Capture<pcap::Active>, linktype: i32, pipeline: &m
         match cap.next_packet() {
             Ok(p) => {
                 idle_rounds = 0;
-                let h = p.header;
-                #[allow(clippy::unnecessary_cast)]
-                let ts_ns = h.ts.tv_sec as i64 * 1_000_000_000 + h.ts.tv_usec as i64;
-                pipeline.packet(&RawPacket {
-                    ts_ns,
-                    linktype,
-                    interface: 0,
-                    data: p.data,
-                    orig_len: h.len,
-                });
+                pipeline.packet(&raw_packet(&p, linktype));
             }
             Err(_) => {
                 idle_rounds += 1;
@@ -255,17 +262,7 @@ pub fn capture_live(
         }
         match cap.next_packet() {
             Ok(p) => {
-                let h = p.header;
-                // libc's time fields are i64 on this platform; the casts keep others building.
-                #[allow(clippy::unnecessary_cast)]
-                let ts_ns = h.ts.tv_sec as i64 * 1_000_000_000 + h.ts.tv_usec as i64;
-                lp.pipeline.packet(&RawPacket {
-                    ts_ns,
-                    linktype,
-                    interface: 0,
-                    data: p.data,
-                    orig_len: h.len,
-                });
+                lp.pipeline.packet(&raw_packet(&p, linktype));
                 if let Err(e) = lp.flush(super::BATCH) {
                     result = Err(e);
                     break;

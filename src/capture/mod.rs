@@ -60,6 +60,8 @@ pub struct CaptureOptions {
     pub redact: Vec<String>,
     pub writer: WriterConfig,
     pub progress: bool,
+    /// Keep this fraction of connections (`--sample`).
+    pub sample: Option<f64>,
 }
 
 impl CaptureOptions {
@@ -71,6 +73,7 @@ impl CaptureOptions {
             redact: DEFAULT_REDACTED.iter().map(|s| s.to_string()).collect(),
             writer: WriterConfig::default(),
             progress: false,
+            sample: None,
         }
     }
 }
@@ -293,15 +296,6 @@ pub fn capture_files(
     opts: &CaptureOptions,
     stop: Option<Arc<AtomicBool>>,
 ) -> Result<CaptureStats, CaptureError> {
-    capture_files_sampled(opts, None, stop)
-}
-
-/// [`capture_files`], keeping only a `sample` fraction of the connections.
-pub fn capture_files_sampled(
-    opts: &CaptureOptions,
-    sample: Option<f64>,
-    stop: Option<Arc<AtomicBool>>,
-) -> Result<CaptureStats, CaptureError> {
     // Open everything first so a bad input fails before any output exists.
     let files: Vec<CaptureFile> = opts
         .inputs
@@ -318,7 +312,7 @@ pub fn capture_files_sampled(
     )?;
     let mut pipeline = Pipeline::new(opts.reassembly);
     pipeline.redact(opts.redact.clone());
-    if let Some(f) = sample {
+    if let Some(f) = opts.sample {
         pipeline.sample(f);
     }
     pipeline.stats.files = files.len() as u64;

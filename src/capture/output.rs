@@ -4,7 +4,7 @@
 //! is written, so a file under its final name is always complete and valid.
 //! After a crash at most the open (temporary) file is lost.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -169,18 +169,10 @@ impl OutputWriter {
         Ok(())
     }
 
-    /// Rows in the open file plus the closed ones are not tracked here;
-    /// this is the list of complete files.
+    /// Close the open file; returns every complete file written.
     pub fn finish(mut self) -> Result<Vec<PathBuf>, SchemaError> {
         self.close_current()?;
         Ok(self.done)
-    }
-
-    pub fn dir(&self) -> Option<&Path> {
-        match &self.spec {
-            OutputSpec::File(_) => None,
-            OutputSpec::Dir { dir, .. } => Some(dir),
-        }
     }
 }
 

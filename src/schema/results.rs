@@ -224,7 +224,7 @@ pub fn results_to_batch(rows: &[ReplayResult]) -> Result<RecordBatch, arrow::err
 
 /// Read every row of a results file (diff streams; tests read whole files).
 pub fn read_results(path: &std::path::Path) -> Result<Vec<ReplayResult>, super::SchemaError> {
-    use arrow::array::{Array, AsArray, Int64Array};
+    use arrow::array::{Array, AsArray};
     use arrow::datatypes::{TimestampNanosecondType, UInt16Type, UInt32Type, UInt64Type};
     let err = |e: parquet::errors::ParquetError| super::SchemaError::Parquet {
         path: path.display().to_string(),
@@ -272,7 +272,6 @@ pub fn read_results(path: &std::path::Path) -> Result<Vec<ReplayResult>, super::
         let req_body = c("request_body").as_binary::<i32>().clone();
         let resp_body = c("response_body").as_binary::<i32>().clone();
         let trunc = c("response_body_truncated").as_boolean().clone();
-        let _ = c("latency_ns").as_any().downcast_ref::<Int64Array>();
         let headers = |n: &str, i: usize| {
             let list = c(n).as_list::<i32>().value(i);
             let st = list.as_struct();
