@@ -53,7 +53,7 @@ struct ReplayArgs {
     /// Capture files written by `shadowctl capture`.
     #[arg(required = true, value_name = "CAPTURE.parquet")]
     captures: Vec<PathBuf>,
-    /// The primary: a URL (http://host:port[/base]), or `recorded` to use the captured responses.
+    /// The primary: a URL (http[s]://host:port[/base]), or `recorded` to use the captured responses.
     #[arg(long, value_name = "URL|recorded")]
     primary: String,
     /// A shadow: [NAME=]URL (repeatable).
@@ -126,6 +126,12 @@ struct ReplayArgs {
     /// Check every target with GET PATH first; stop with a clear message if one is down.
     #[arg(long, value_name = "PATH")]
     health_path: Option<String>,
+    /// Trust these PEM certificates for https:// targets, besides the system's (repeatable).
+    #[arg(long = "ca-cert", value_name = "PEM")]
+    ca_cert: Vec<PathBuf>,
+    /// Accept any certificate from https:// targets (self-signed staging hosts).
+    #[arg(long)]
+    insecure: bool,
     /// Replay a disjoint part: K/N (whole connections per shard).
     #[arg(long, value_name = "K/N", value_parser = parse_shard)]
     shard: Option<(u64, u64)>,
@@ -466,6 +472,10 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<u8> {
         progress: !args.quiet,
         preserve_order: args.preserve_order,
         health_path: args.health_path.clone(),
+        tls: replay::tls::TlsOptions {
+            ca_certs: args.ca_cert.clone(),
+            insecure: args.insecure,
+        },
     };
     let stop = interrupt_flag();
     let summary = replay::replay(opts, Arc::clone(&stop))?;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use assert_cmd::Command;
 use shadowctl::schema::{
-    read_results, Exchange, ExchangeFileWriter, ReplayResult, TargetRole, WriterConfig,
+    read_results, ErrorKind, Exchange, ExchangeFileWriter, ReplayResult, TargetRole, WriterConfig,
 };
 
 /// How a test server answers.
@@ -32,7 +32,7 @@ struct Recorder {
     requests: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
-fn read_request(r: &mut BufReader<TcpStream>) -> Option<Vec<u8>> {
+fn read_request(r: &mut impl BufRead) -> Option<Vec<u8>> {
     let mut raw = Vec::new();
     let mut len = 0usize;
     loop {
@@ -55,43 +55,83 @@ fn read_request(r: &mut BufReader<TcpStream>) -> Option<Vec<u8>> {
     Some(raw)
 }
 
+/// Answer requests on one connection (plain or TLS) as `b` says.
+fn serve<S: Read + Write>(conn: S, b: Behaviour, log: &Mutex<Vec<Vec<u8>>>) {
+    let mut r = BufReader::new(conn);
+    while let Some(req) = read_request(&mut r) {
+        log.lock().unwrap().push(req);
+        let w = r.get_mut();
+        match b {
+            Behaviour::Answer(name) => {
+                let body = format!("{{\"server\":\"{name}\"}}");
+                let _ = write!(
+                    w,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Server: {name}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = w.flush();
+            }
+            Behaviour::Hang => std::thread::sleep(Duration::from_secs(5)),
+            Behaviour::Reset => return,
+            Behaviour::Big(n) => {
+                let _ = write!(w, "HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n");
+                let chunk = vec![b'z'; 64 * 1024];
+                let mut left = n;
+                while left > 0 {
+                    let k = left.min(chunk.len());
+                    if w.write_all(&chunk[..k]).is_err() {
+                        return;
+                    }
+                    left -= k;
+                }
+            }
+        }
+    }
+}
+
 impl Recorder {
     fn start(b: Behaviour) -> Self {
+        Self::start_with(b, serve)
+    }
+
+    /// The same server behind TLS with a fresh self-signed certificate for
+    /// `localhost`; returns the certificate's PEM too.
+    fn start_tls(b: Behaviour) -> (Self, String) {
+        use tokio_rustls::rustls;
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let key = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let pem = key.cert.pem();
+        let der =
+            rustls::pki_types::PrivateKeyDer::try_from(key.signing_key.serialize_der()).unwrap();
+        let config = Arc::new(
+            rustls::ServerConfig::builder()
+                .with_no_client_auth()
+                .with_single_cert(vec![key.cert.der().clone()], der)
+                .unwrap(),
+        );
+        let rec = Self::start_with(b, move |conn, b, log| {
+            let Ok(session) = rustls::ServerConnection::new(Arc::clone(&config)) else {
+                return;
+            };
+            serve(rustls::StreamOwned::new(session, conn), b, log);
+        });
+        (rec, pem)
+    }
+
+    fn start_with(
+        b: Behaviour,
+        handle: impl Fn(TcpStream, Behaviour, &Mutex<Vec<Vec<u8>>>) + Send + Sync + 'static,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::clone(&requests);
+        let handle = Arc::new(handle);
         std::thread::spawn(move || {
             for conn in listener.incoming().take(10_000) {
                 let Ok(conn) = conn else { continue };
-                let log = Arc::clone(&log);
-                std::thread::spawn(move || {
-                    let mut w = conn.try_clone().unwrap();
-                    let mut r = BufReader::new(conn);
-                    while let Some(req) = read_request(&mut r) {
-                        log.lock().unwrap().push(req);
-                        match b {
-                            Behaviour::Answer(name) => {
-                                let body = format!("{{\"server\":\"{name}\"}}");
-                                let _ = write!(w, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Server: {name}\r\n\r\n{body}", body.len());
-                            }
-                            Behaviour::Hang => std::thread::sleep(Duration::from_secs(5)),
-                            Behaviour::Reset => return,
-                            Behaviour::Big(n) => {
-                                let _ = write!(w, "HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n");
-                                let chunk = vec![b'z'; 64 * 1024];
-                                let mut left = n;
-                                while left > 0 {
-                                    let k = left.min(chunk.len());
-                                    if w.write_all(&chunk[..k]).is_err() {
-                                        return;
-                                    }
-                                    left -= k;
-                                }
-                            }
-                        }
-                    }
-                });
+                let (log, handle) = (Arc::clone(&log), Arc::clone(&handle));
+                std::thread::spawn(move || handle(conn, b, &log));
             }
         });
         Recorder { port, requests }
@@ -549,4 +589,70 @@ fn health_check_fails_fast_on_a_down_target() {
         up.received().iter().all(|r| r.starts_with("GET /healthz ")),
         "no replay traffic after a failed check"
     );
+}
+
+#[test]
+fn https_targets_are_verified_and_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = demo_capture(dir.path());
+    let (server, pem) = Recorder::start_tls(Behaviour::Answer("tls"));
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, pem).unwrap();
+    let url = format!("https://localhost:{}", server.port);
+    let common = [cap.to_str().unwrap(), "--primary", "recorded", "--max"];
+
+    // Trusted through --ca-cert: every request is answered over TLS.
+    let mut args = common.to_vec();
+    args.extend(["--shadow", &url, "--ca-cert", ca.to_str().unwrap()]);
+    let (run, rows, _d) = replay(&args);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let shadow = role(&rows, TargetRole::Shadow);
+    assert_eq!(shadow.len(), 45);
+    assert!(shadow.iter().all(|r| r.status == Some(200)
+        && (r.response_body == br#"{"server":"tls"}"# || r.method == "HEAD")));
+    let got = server.received();
+    assert_eq!(got.len(), 45);
+    let host = format!("\r\nHost: localhost:{}\r\n", server.port);
+    assert!(got.iter().all(|r| r.contains(&host)));
+
+    // Not trusted: each request is a `tls` error, and the run still completes.
+    let mut args = common.to_vec();
+    args.extend(["--shadow", &url, "--limit", "3"]);
+    let (run, rows, _d) = replay(&args);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let shadow = role(&rows, TargetRole::Shadow);
+    assert_eq!(shadow.len(), 3);
+    assert!(shadow.iter().all(|r| r.error_kind == Some(ErrorKind::Tls)
+        && r.error_detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("certificate")));
+
+    // --insecure accepts the self-signed certificate.
+    let mut args = common.to_vec();
+    args.extend(["--shadow", &url, "--limit", "3", "--insecure"]);
+    let (run, rows, _d) = replay(&args);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(role(&rows, TargetRole::Shadow)
+        .iter()
+        .all(|r| r.status == Some(200)));
+
+    // An unreadable --ca-cert is bad input.
+    let mut args = common.to_vec();
+    args.extend(["--shadow", &url, "--ca-cert", "/nonexistent.pem"]);
+    let (run, _, _d) = replay(&args);
+    assert_eq!(run.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("--ca-cert /nonexistent.pem"));
 }

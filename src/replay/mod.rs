@@ -10,6 +10,7 @@
 pub mod client;
 pub mod plan;
 pub mod request;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -59,6 +60,8 @@ pub struct ReplayOptions {
     pub preserve_order: bool,
     /// `--health-path`: checked on every live target before the run.
     pub health_path: Option<String>,
+    /// Trust settings for `https://` targets.
+    pub tls: tls::TlsOptions,
 }
 
 /// Errors that stop a replay before or while it runs (target errors do not).
@@ -72,6 +75,8 @@ pub enum ReplayError {
     WriterGone,
     #[error("{0}")]
     Unhealthy(String),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Figures per target for the closing summary.
@@ -333,6 +338,7 @@ const SAFE_METHODS: [&str; 3] = ["GET", "HEAD", "OPTIONS"];
 /// Requests waiting for a permit, per target, before new ones are given up.
 const MAX_WAITING_FACTOR: u64 = 16;
 
+#[derive(Clone)]
 struct Shared {
     targets: Vec<(Arc<Target>, Arc<AtomicU64>)>,
     /// Set when the drain timeout passes: in-flight requests give up.
@@ -364,7 +370,13 @@ pub fn replay(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummar
             path: "tokio runtime".into(),
             source: e,
         })?;
-    runtime.block_on(run(opts, stop))
+    // The run itself is a task on a worker, so the request tasks it spawns
+    // go to that worker's local queue instead of the slower remote queue.
+    runtime.block_on(async move {
+        tokio::spawn(run(opts, stop))
+            .await
+            .map_err(|_| ReplayError::WriterGone)?
+    })
 }
 
 async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary, ReplayError> {
@@ -390,15 +402,22 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
             opts.concurrency,
         )?);
     }
+    if targets.iter().any(|t| t.https) {
+        let connector = tls::connector(&opts.tls)?;
+        for t in targets.iter_mut().filter(|t| t.https) {
+            t.set_tls(connector.clone())?;
+        }
+    }
     if let Some(path) = &opts.health_path {
         for t in &targets {
             health_check(t, path).await?;
         }
     }
-    let mut plan = Plan::open(opts.captures.clone(), opts.selection.clone())?;
+    let plan = Plan::open(opts.captures.clone(), opts.selection.clone())?;
     let (tx, mut rx) = mpsc::channel::<ReplayResult>(4096);
     let out = opts.out.clone();
     let writer = tokio::task::spawn_blocking(move || -> Result<ReplaySummary, SchemaError> {
+        background_priority();
         let mut file = ParquetFileWriter::create(
             &out,
             crate::schema::results_schema(),
@@ -451,10 +470,21 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
         shared.targets.len().max(1),
     );
     let started = std::time::Instant::now();
-    let (planned, dropped, skipped, interrupted) =
-        schedule(&mut plan, &opts, &shared, &stop).await?;
+    let drain_timeout = opts.drain_timeout;
+    let sched_shared = shared.clone();
+    let handle = tokio::runtime::Handle::current();
+    // The schedule runs on a thread of its own (a blocking-pool thread) so
+    // that busy workers and tokio's millisecond timers cannot make it late.
+    let (planned, dropped, skipped, interrupted) = tokio::task::spawn_blocking(move || {
+        precise_sleeps();
+        let queue = prefetch(plan);
+        handle.block_on(schedule(queue, &opts, &sched_shared, &stop))
+    })
+    .await
+    .map_err(|_| ReplayError::WriterGone)??;
+    let opts_drain = drain_timeout;
     // Drain: wait for in-flight requests, at most the drain timeout.
-    let deadline = Instant::now() + opts.drain_timeout;
+    let deadline = Instant::now() + opts_drain;
     while counters.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -483,17 +513,58 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
     Ok(summary)
 }
 
-/// Wait for `due` precisely: tokio timers have millisecond granularity, so
-/// sleep until about a millisecond before and yield (letting other tasks on
-/// this thread run) for the rest.
-async fn wait_until(due: Instant) {
-    let early = Duration::from_micros(1200);
-    if due > Instant::now() + early {
-        tokio::time::sleep_until(due - early).await;
+/// Wait for `due` on the scheduler's own thread: a thread sleep wakes
+/// within tens of microseconds (a kernel high-resolution timer), where a
+/// tokio timer has millisecond granularity and fires late when the workers
+/// are busy.
+fn wait_until(due: Instant) {
+    let now = Instant::now();
+    if due > now {
+        std::thread::sleep(due - now);
     }
-    while Instant::now() < due {
-        tokio::task::yield_now().await;
+}
+
+/// Linux lets a sleeping thread wake up to 50 µs late by default (timer
+/// slack, to batch wake-ups); the scheduler thread asks for 1 µs.
+fn precise_sleeps() {
+    // SAFETY: PR_SET_TIMERSLACK takes a plain integer and affects only the
+    // calling thread.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
     }
+}
+
+/// Encoding results and decoding the plan come in bursts (a batch, a row
+/// group) that, on a small machine, took a core from the request tasks
+/// every 25 ms and showed up as schedule lag. Those threads are behind
+/// on purpose (bounded queues), so they run at a lower priority.
+fn background_priority() {
+    // SAFETY: plain syscalls on the calling thread's own id.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
+}
+
+/// Read the plan on a thread of its own, a few thousand requests ahead, so
+/// decoding a Parquet row group never delays a due request.
+fn prefetch(mut plan: Plan) -> std::sync::mpsc::Receiver<Result<Planned, ReplayError>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(4096);
+    std::thread::spawn(move || {
+        background_priority();
+        loop {
+            let next = match plan.next_planned() {
+                Ok(Some(p)) => Ok(p),
+                Ok(None) => return,
+                Err(e) => Err(e.into()),
+            };
+            let failed = next.is_err();
+            if tx.send(next).is_err() || failed {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// `--health-path`: fail fast, with a clear message, when a target is down.
@@ -518,8 +589,11 @@ async fn health_check(t: &Target, path: &str) -> Result<(), ReplayError> {
         _ => return Ok(()),
     };
     Err(ReplayError::Unhealthy(format!(
-        "target {} (http://{}{}{path}) failed its health check: {problem}; start it, fix the URL, or leave out --health-path",
-        t.name, t.authority, t.base_path
+        "target {} ({}://{}{}{path}) failed its health check: {problem}; start it, fix the URL, or leave out --health-path",
+        t.name,
+        if t.https { "https" } else { "http" },
+        t.authority,
+        t.base_path
     )))
 }
 
@@ -541,17 +615,21 @@ fn write_rows(
 /// Walk the plan and dispatch every request to every target at its due time.
 /// Returns (planned, dropped redacted values, skipped read-only, interrupted).
 async fn schedule(
-    plan: &mut Plan,
+    queue: std::sync::mpsc::Receiver<Result<Planned, ReplayError>>,
     opts: &ReplayOptions,
     shared: &Shared,
     stop: &AtomicBool,
 ) -> Result<(u64, u64, u64, bool), ReplayError> {
+    let mut queue = queue.into_iter().peekable();
+    // Start once the first request is decoded, not before.
+    let _ = queue.peek();
     let start = Instant::now() + Duration::from_millis(20);
     let start_wall = now_ns() + 20_000_000;
     let (mut n, mut dropped, mut skipped) = (0u64, 0u64, 0u64);
     let mut first_ts = None;
     let mut lanes = std::collections::HashMap::new();
-    while let Some(p) = plan.next_planned()? {
+    for p in queue {
+        let p = p?;
         if stop.load(Ordering::Relaxed) {
             return Ok((n, dropped, skipped, true));
         }
@@ -566,7 +644,7 @@ async fn schedule(
         let due = start + offset;
         let due_ts = start_wall + offset.as_nanos() as i64;
         if opts.timing != Timing::Max {
-            wait_until(due).await;
+            wait_until(due);
         }
         n += 1;
         let p = Arc::new(p);
@@ -663,7 +741,7 @@ impl TaskCtx {
     }
 
     /// Send one request (over `own` or the pool), record the result.
-    async fn perform(&mut self, job: Job, own: Option<&mut Option<tokio::net::TcpStream>>) {
+    async fn perform(&mut self, job: Job, own: Option<&mut Option<tls::Conn>>) {
         let Job {
             p,
             target,
