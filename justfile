@@ -33,3 +33,23 @@ bench-live *ARGS:
 fuzz SECS="60":
     command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
     cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run capture_bytes -- -max_total_time={{SECS}}
+
+# Replay throughput, rate accuracy and memory against oha, with nginx on loopback.
+bench-replay *ARGS:
+    cargo build --release --quiet
+    bash bench/replay.sh {{ARGS}}
+
+# diff on 1M synthetic exchanges against a pyarrow script on the same file.
+bench-diff *ARGS:
+    cargo build --release --quiet --bin shadowctl --example make_results
+    bash bench/diff.sh {{ARGS}}
+
+# Render an HTML report and screenshot it with headless Chromium (Debian's chromium).
+report-screenshot:
+    cargo build --release --quiet --bin shadowctl --example make_results
+    mkdir -p bench-out/screenshot
+    ./target/release/examples/make_results 20000 0.03 bench-out/screenshot/results.parquet
+    ./target/release/shadowctl diff bench-out/screenshot/results.parquet --config testdata/demo-shadow.toml --html bench-out/screenshot/report.html -q || true
+    command -v chromium >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)
+    chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1280,4000 --screenshot=bench-out/screenshot/report.png "file://$PWD/bench-out/screenshot/report.html"
+    @echo "screenshot: bench-out/screenshot/report.png"

@@ -5,8 +5,10 @@
 //! The Parquet layouts shared by the stages live in [`schema`].
 
 pub mod capture;
+pub mod diff;
 pub mod endpoint;
 pub mod progress;
 pub mod replay;
+pub mod report;
 pub mod schema;
 pub mod text;

@@ -46,6 +46,11 @@ enum Command {
         after_help = "Examples:\n  shadowctl replay exchanges.parquet --primary http://127.0.0.1:8080 --shadow http://127.0.0.1:8081 --out results.parquet\n  shadowctl replay cap/*.parquet --primary recorded --shadow v2=http://staging:8080 --speed 4 --out results.parquet\n  shadowctl replay ex.parquet --primary http://p:80 --shadow http://s:80 --rate 500 --limit 10000 --header 'Authorization: Bearer $TOKEN' --out r.parquet"
     )]
     Replay(ReplayArgs),
+    /// Compare primary and shadow answers and judge GO / NO-GO / INCONCLUSIVE.
+    #[command(
+        after_help = "Examples:\n  shadowctl diff results.parquet\n  shadowctl diff results.parquet --config shadow.toml --markdown summary.md --html report.html --json report.json\n  shadowctl diff shard-*.parquet --config shadow.toml --junit junit.xml --divergences divergent.jsonl --top 20\n\nExit codes: 0 GO, 1 NO-GO, 3 INCONCLUSIVE, 2 bad input or usage."
+    )]
+    Diff(DiffArgs),
 }
 
 #[derive(Args)]
@@ -498,11 +503,83 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<u8> {
     })
 }
 
+#[derive(Args)]
+struct DiffArgs {
+    /// Results files written by `shadowctl replay` (several = shards of one run).
+    #[arg(required = true, value_name = "RESULTS.parquet")]
+    results: Vec<PathBuf>,
+    /// Gate thresholds and comparison rules (see docs/config.md).
+    #[arg(long, value_name = "shadow.toml")]
+    config: Option<PathBuf>,
+    /// Write the JSON report here.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Write the Markdown report (for a pull-request comment or job summary).
+    #[arg(long, value_name = "FILE")]
+    markdown: Option<PathBuf>,
+    /// Write the self-contained HTML report.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+    /// Write JUnit XML (one test case per criterion).
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    /// Write every divergent exchange as JSON lines.
+    #[arg(long, value_name = "F.jsonl")]
+    divergences: Option<PathBuf>,
+    /// Divergent exchanges shown as examples.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    top: usize,
+    /// Print only the verdict line.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn write_report(path: &std::path::Path, text: &str, flag: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("{flag} {}: cannot write", path.display()))
+}
+
+fn run_diff(args: DiffArgs) -> anyhow::Result<u8> {
+    use shadowctl::diff::{config::Config, diff, DiffOptions};
+    use shadowctl::report;
+    use std::io::IsTerminal;
+    let config = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    let opts = DiffOptions {
+        inputs: args.results.clone(),
+        config,
+        top: args.top,
+        divergences: args.divergences.clone(),
+    };
+    let r = diff(&opts)?;
+    if let Some(p) = &args.json {
+        write_report(p, &serde_json::to_string_pretty(&r)?, "--json")?;
+    }
+    if let Some(p) = &args.markdown {
+        write_report(p, &report::markdown::render(&r), "--markdown")?;
+    }
+    if let Some(p) = &args.html {
+        write_report(p, &report::html::render(&r), "--html")?;
+    }
+    if let Some(p) = &args.junit {
+        write_report(p, &report::junit::render(&r), "--junit")?;
+    }
+    let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    if args.quiet {
+        println!("verdict: {}", r.verdict.as_str());
+    } else {
+        print!("{}", report::terminal::render(&r, colour));
+    }
+    Ok(r.verdict.exit_code() as u8)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Capture(args) => run_capture(args),
         Command::Replay(args) => run_replay(args),
+        Command::Diff(args) => run_diff(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -416,6 +416,11 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
     let plan = Plan::open(opts.captures.clone(), opts.selection.clone())?;
     let (tx, mut rx) = mpsc::channel::<ReplayResult>(4096);
     let out = opts.out.clone();
+    // Which rows to expect per exchange, so `diff` can group them while streaming.
+    let names: Vec<String> = std::iter::once("recorded".to_string())
+        .chain(targets.iter().map(|t| t.name.clone()))
+        .collect();
+    let targets_meta = (crate::schema::META_TARGETS.to_string(), names.join(","));
     let writer = tokio::task::spawn_blocking(move || -> Result<ReplaySummary, SchemaError> {
         background_priority();
         let mut file = ParquetFileWriter::create(
@@ -434,7 +439,7 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
             }
         }
         write_rows(&mut file, &mut batch)?;
-        file.finish(vec![])?;
+        file.finish(vec![targets_meta])?;
         summary.close();
         Ok(summary)
     });

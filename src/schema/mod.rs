@@ -13,8 +13,8 @@ pub use parquet_io::{
     WriterConfig,
 };
 pub use results::{
-    read_results, results_schema, results_to_batch, ErrorKind, ReplayResult, TargetRole, RESULTS,
-    RESULTS_SCHEMA_VERSION,
+    read_results, results_schema, results_to_batch, ErrorKind, ReplayResult, ResultsReader,
+    TargetRole, RESULTS, RESULTS_SCHEMA_VERSION,
 };
 
 /// Version of the capture (exchanges) schema, stored under [`META_SCHEMA_VERSION`].
@@ -25,6 +25,9 @@ pub const META_SCHEMA_VERSION: &str = "shadowctl.schema_version";
 pub const META_KIND: &str = "shadowctl.kind";
 /// Key-value metadata key holding the capture statistics as JSON.
 pub const META_CAPTURE_STATS: &str = "shadowctl.capture_stats";
+/// Results metadata key: the comma-separated target names of the run
+/// (`recorded` first), so readers know how many rows each exchange has.
+pub const META_TARGETS: &str = "shadowctl.targets";
 /// What a secret header value is replaced with. Replay never sends it as a value.
 pub const REDACTED: &str = "[REDACTED]";
 

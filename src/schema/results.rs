@@ -223,102 +223,178 @@ pub fn results_to_batch(rows: &[ReplayResult]) -> Result<RecordBatch, arrow::err
 }
 
 /// Read every row of a results file (diff streams; tests read whole files).
-pub fn read_results(path: &std::path::Path) -> Result<Vec<ReplayResult>, super::SchemaError> {
-    use arrow::array::{Array, AsArray};
-    use arrow::datatypes::{TimestampNanosecondType, UInt16Type, UInt32Type, UInt64Type};
-    let err = |e: parquet::errors::ParquetError| super::SchemaError::Parquet {
-        path: path.display().to_string(),
-        source: e,
-    };
-    let file = std::fs::File::open(path).map_err(|source| super::SchemaError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(err)?
-        .build()
-        .map_err(err)?;
-    let mut out = Vec::new();
-    for batch in reader {
-        let b = batch.map_err(|source| super::SchemaError::Arrow {
-            path: path.display().to_string(),
+/// Reads a results file batch by batch (memory bounded by the batch size).
+pub struct ResultsReader {
+    inner: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+    path: String,
+    /// Rows in the file (from its footer).
+    pub rows: u64,
+    /// Target names of the run (`recorded` first), when the file says.
+    pub targets: Option<Vec<String>>,
+}
+
+impl ResultsReader {
+    /// Open a results file; anything else (a capture, a foreign Parquet file)
+    /// is refused with a message naming the file.
+    pub fn open(path: &std::path::Path) -> Result<Self, super::SchemaError> {
+        let name = path.display().to_string();
+        let file = std::fs::File::open(path).map_err(|source| super::SchemaError::Io {
+            path: name.clone(),
             source,
         })?;
-        let c = |n: &str| b.column_by_name(n).expect("results column");
-        let s = |n: &str| c(n).as_string::<i32>().clone();
-        let ts = |n: &str| c(n).as_primitive::<TimestampNanosecondType>().clone();
-        let u64c = |n: &str| c(n).as_primitive::<UInt64Type>().clone();
-        let (names, roles, methods, targets, endpoints) = (
-            s("target_name"),
-            s("role"),
-            s("method"),
-            s("target"),
-            s("endpoint"),
-        );
-        let (errors, details) = (s("error_kind"), s("error_detail"));
-        let (due, sent, first, done) = (
-            ts("due_ts"),
-            ts("sent_ts"),
-            ts("first_byte_ts"),
-            ts("done_ts"),
-        );
-        let status = c("status").as_primitive::<UInt16Type>().clone();
-        let seq = c("seq_in_flow").as_primitive::<UInt32Type>().clone();
-        let (ids, flows, lens) = (
-            u64c("exchange_id"),
-            u64c("flow_id"),
-            u64c("response_body_len"),
-        );
-        let req_body = c("request_body").as_binary::<i32>().clone();
-        let resp_body = c("response_body").as_binary::<i32>().clone();
-        let trunc = c("response_body_truncated").as_boolean().clone();
-        let headers = |n: &str, i: usize| {
-            let list = c(n).as_list::<i32>().value(i);
-            let st = list.as_struct();
-            let (hn, hv) = (
-                st.column(0).as_string::<i32>(),
-                st.column(1).as_string::<i32>(),
-            );
-            let mut h = HeaderList::new();
-            for j in 0..st.len() {
-                h.push(
-                    &crate::text::latin1_bytes(hn.value(j)),
-                    &crate::text::latin1_bytes(hv.value(j)),
-                );
-            }
-            h
+        let err = |e: parquet::errors::ParquetError| super::SchemaError::Parquet {
+            path: name.clone(),
+            source: e,
         };
-        let opt_ts = |a: &arrow::array::TimestampNanosecondArray, i: usize| {
-            a.is_valid(i).then(|| a.value(i))
+        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(err)?;
+        let meta = |key: &str| {
+            builder
+                .metadata()
+                .file_metadata()
+                .key_value_metadata()
+                .and_then(|kv| kv.iter().find(|k| k.key == key))
+                .and_then(|k| k.value.clone())
         };
-        for i in 0..b.num_rows() {
-            out.push(ReplayResult {
-                exchange_id: ids.value(i),
-                flow_id: flows.value(i),
-                seq_in_flow: seq.value(i),
-                target_name: names.value(i).to_string(),
-                role: TargetRole::parse(roles.value(i)),
-                method: methods.value(i).to_string(),
-                target: targets.value(i).to_string(),
-                endpoint: endpoints.value(i).to_string(),
-                request_headers: headers("request_headers", i),
-                request_body: req_body.value(i).to_vec(),
-                due_ts: due.value(i),
-                sent_ts: opt_ts(&sent, i),
-                first_byte_ts: opt_ts(&first, i),
-                done_ts: opt_ts(&done, i),
-                status: status.is_valid(i).then(|| status.value(i)),
-                response_headers: headers("response_headers", i),
-                response_body: resp_body.value(i).to_vec(),
-                response_body_len: lens.value(i),
-                response_body_truncated: trunc.value(i),
-                error_kind: errors
-                    .is_valid(i)
-                    .then(|| ErrorKind::parse(errors.value(i)))
-                    .flatten(),
-                error_detail: details.is_valid(i).then(|| details.value(i).to_string()),
+        let kind = meta(super::META_KIND);
+        let targets =
+            meta(super::META_TARGETS).map(|t| t.split(',').map(str::to_string).collect::<Vec<_>>());
+        if kind.as_deref() != Some(RESULTS.kind) {
+            return Err(super::SchemaError::WrongKind {
+                path: name,
+                expected: "results",
+                detail: match kind {
+                    Some(k) => format!("it is a {k} file"),
+                    None => "no shadowctl metadata".into(),
+                },
             });
         }
+        let rows = builder.metadata().file_metadata().num_rows() as u64;
+        let inner = builder.with_batch_size(1024).build().map_err(err)?;
+        Ok(Self {
+            inner,
+            path: name,
+            rows,
+            targets,
+        })
+    }
+}
+
+impl Iterator for ResultsReader {
+    type Item = Result<Vec<ReplayResult>, super::SchemaError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let batch = self.inner.next()?;
+        Some(
+            batch
+                .map_err(|source| super::SchemaError::Arrow {
+                    path: self.path.clone(),
+                    source,
+                })
+                .and_then(|b| {
+                    batch_to_results(&b).map_err(|detail| super::SchemaError::WrongKind {
+                        path: self.path.clone(),
+                        expected: "results",
+                        detail,
+                    })
+                }),
+        )
+    }
+}
+
+/// Read a whole results file (small files and tests; `diff` streams).
+pub fn read_results(path: &std::path::Path) -> Result<Vec<ReplayResult>, super::SchemaError> {
+    let mut out = Vec::new();
+    for batch in ResultsReader::open(path)? {
+        out.extend(batch?);
+    }
+    Ok(out)
+}
+
+fn batch_to_results(b: &arrow::array::RecordBatch) -> Result<Vec<ReplayResult>, String> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{TimestampNanosecondType, UInt16Type, UInt32Type, UInt64Type};
+    if let Some(missing) = results_schema()
+        .fields()
+        .iter()
+        .find(|f| b.column_by_name(f.name()).is_none())
+    {
+        return Err(format!("column {} is missing", missing.name()));
+    }
+    let mut out = Vec::with_capacity(b.num_rows());
+    let c = |n: &str| b.column_by_name(n).expect("results column");
+    let s = |n: &str| c(n).as_string::<i32>().clone();
+    let ts = |n: &str| c(n).as_primitive::<TimestampNanosecondType>().clone();
+    let u64c = |n: &str| c(n).as_primitive::<UInt64Type>().clone();
+    let (names, roles, methods, targets, endpoints) = (
+        s("target_name"),
+        s("role"),
+        s("method"),
+        s("target"),
+        s("endpoint"),
+    );
+    let (errors, details) = (s("error_kind"), s("error_detail"));
+    let (due, sent, first, done) = (
+        ts("due_ts"),
+        ts("sent_ts"),
+        ts("first_byte_ts"),
+        ts("done_ts"),
+    );
+    let status = c("status").as_primitive::<UInt16Type>().clone();
+    let seq = c("seq_in_flow").as_primitive::<UInt32Type>().clone();
+    let (ids, flows, lens) = (
+        u64c("exchange_id"),
+        u64c("flow_id"),
+        u64c("response_body_len"),
+    );
+    let req_body = c("request_body").as_binary::<i32>().clone();
+    let resp_body = c("response_body").as_binary::<i32>().clone();
+    let trunc = c("response_body_truncated").as_boolean().clone();
+    let headers = |n: &str, i: usize| {
+        let list = c(n).as_list::<i32>().value(i);
+        let st = list.as_struct();
+        let (hn, hv) = (
+            st.column(0).as_string::<i32>(),
+            st.column(1).as_string::<i32>(),
+        );
+        let mut h = HeaderList::new();
+        for j in 0..st.len() {
+            h.push(
+                &crate::text::latin1_bytes(hn.value(j)),
+                &crate::text::latin1_bytes(hv.value(j)),
+            );
+        }
+        h
+    };
+    let opt_ts =
+        |a: &arrow::array::TimestampNanosecondArray, i: usize| a.is_valid(i).then(|| a.value(i));
+    for i in 0..b.num_rows() {
+        out.push(ReplayResult {
+            exchange_id: ids.value(i),
+            flow_id: flows.value(i),
+            seq_in_flow: seq.value(i),
+            target_name: names.value(i).to_string(),
+            role: TargetRole::parse(roles.value(i)),
+            method: methods.value(i).to_string(),
+            target: targets.value(i).to_string(),
+            endpoint: endpoints.value(i).to_string(),
+            request_headers: headers("request_headers", i),
+            request_body: req_body.value(i).to_vec(),
+            due_ts: due.value(i),
+            sent_ts: opt_ts(&sent, i),
+            first_byte_ts: opt_ts(&first, i),
+            done_ts: opt_ts(&done, i),
+            status: status.is_valid(i).then(|| status.value(i)),
+            response_headers: headers("response_headers", i),
+            response_body: resp_body.value(i).to_vec(),
+            response_body_len: lens.value(i),
+            response_body_truncated: trunc.value(i),
+            error_kind: errors
+                .is_valid(i)
+                .then(|| ErrorKind::parse(errors.value(i)))
+                .flatten(),
+            error_detail: details.is_valid(i).then(|| details.value(i).to_string()),
+        });
     }
     Ok(out)
 }

@@ -1,0 +1,564 @@
+//! Compare one primary answer with one shadow answer: errors, status,
+//! headers, then the body (decoded; JSON field by field under the config's
+//! rules; text exactly or by ROUGE-L; binary by equality).
+
+use std::borrow::Cow;
+use std::io::Read;
+
+use serde_json::Value;
+
+use super::config::{glob, Compare, Config, Rule};
+use super::jsonpath::{field_name, Step};
+use super::similarity::{cosine, numeric_close, rouge_l};
+use crate::schema::ReplayResult;
+
+/// How a field differs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DiffKind {
+    Changed,
+    MissingInShadow,
+    AddedInShadow,
+    TypeChanged,
+}
+
+impl DiffKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiffKind::Changed => "changed",
+            DiffKind::MissingInShadow => "missing_in_shadow",
+            DiffKind::AddedInShadow => "added_in_shadow",
+            DiffKind::TypeChanged => "type_changed",
+        }
+    }
+}
+
+/// One difference: `path` is `error`, `status`, `header:NAME`, `body`, or a
+/// JSON path with indexes as `[*]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Diff {
+    pub path: String,
+    pub kind: DiffKind,
+    /// Short renderings of both values, for examples.
+    pub primary: String,
+    pub shadow: String,
+}
+
+/// Differences beyond this many per exchange are not listed (a shadow that
+/// returns a different document is already divergent by then).
+const MAX_DIFFS: usize = 50;
+/// Decoded bodies larger than this are compared as they came (bomb guard).
+const MAX_DECODED: u64 = 64 << 20;
+
+/// Compares answers under one config; caches which rules apply per endpoint.
+pub struct Comparer<'c> {
+    config: &'c Config,
+    rules_by_endpoint: std::collections::HashMap<String, Vec<&'c Rule>>,
+}
+
+impl<'c> Comparer<'c> {
+    pub fn new(config: &'c Config) -> Self {
+        Self {
+            config,
+            rules_by_endpoint: Default::default(),
+        }
+    }
+
+    fn rules(&mut self, endpoint: &str) -> Vec<&'c Rule> {
+        let config = self.config;
+        self.rules_by_endpoint
+            .entry(endpoint.to_string())
+            .or_insert_with(|| {
+                config
+                    .rules
+                    .iter()
+                    .filter(|r| glob(&r.endpoint, endpoint))
+                    .collect()
+            })
+            .clone()
+    }
+
+    /// All differences between `p` (primary) and `s` (shadow) answers to the
+    /// same request. Both must be usable answers (see `usable`).
+    pub fn compare(&mut self, endpoint: &str, p: &ReplayResult, s: &ReplayResult) -> Vec<Diff> {
+        if p.error_kind.is_some() || s.error_kind.is_some() {
+            let name = |r: &ReplayResult| match (r.error_kind, r.status) {
+                (Some(k), _) => k.as_str().to_string(),
+                (None, Some(st)) => format!("status {st}"),
+                (None, None) => "no answer".into(),
+            };
+            if p.error_kind == s.error_kind {
+                return Vec::new();
+            }
+            return vec![diff("error", DiffKind::Changed, name(p), name(s))];
+        }
+        if p.status != s.status {
+            let st = |r: &ReplayResult| r.status.map_or("none".into(), |s| s.to_string());
+            return vec![diff("status", DiffKind::Changed, st(p), st(s))];
+        }
+        let mut out = self.compare_headers(p, s);
+        let rules = self.rules(endpoint);
+        compare_bodies(p, s, &rules, &mut out);
+        out
+    }
+
+    fn compare_headers(&self, p: &ReplayResult, s: &ReplayResult) -> Vec<Diff> {
+        let mut names: Vec<String> = p
+            .response_headers
+            .iter()
+            .chain(s.response_headers.iter())
+            .map(|(n, _)| String::from_utf8_lossy(n).to_ascii_lowercase())
+            .filter(|n| self.config.headers.compared(n))
+            .collect();
+        names.sort();
+        names.dedup();
+        let value = |r: &ReplayResult, n: &str| {
+            let all: Vec<String> = r
+                .response_headers
+                .get_all(n)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .collect();
+            (!all.is_empty()).then(|| all.join(", "))
+        };
+        let mut out = Vec::new();
+        for n in names {
+            let (a, b) = (value(p, &n), value(s, &n));
+            let kind = match (&a, &b) {
+                (Some(x), Some(y)) if x == y => continue,
+                (Some(_), Some(_)) => DiffKind::Changed,
+                (Some(_), None) => DiffKind::MissingInShadow,
+                (None, Some(_)) => DiffKind::AddedInShadow,
+                (None, None) => continue,
+            };
+            out.push(diff(
+                &format!("header:{n}"),
+                kind,
+                a.unwrap_or_default(),
+                b.unwrap_or_default(),
+            ));
+        }
+        out
+    }
+}
+
+fn diff(path: &str, kind: DiffKind, primary: String, shadow: String) -> Diff {
+    Diff {
+        path: path.to_string(),
+        kind,
+        primary: crate::report::clip(&primary, 120),
+        shadow: crate::report::clip(&shadow, 120),
+    }
+}
+
+/// The body as the application saw it: content-encoding undone.
+pub fn decoded_body(r: &ReplayResult) -> Cow<'_, [u8]> {
+    let enc = r
+        .response_headers
+        .get("content-encoding")
+        .map(|v| String::from_utf8_lossy(v).trim().to_ascii_lowercase());
+    let raw = r.response_body.as_slice();
+    let out = match enc.as_deref() {
+        Some("gzip") | Some("x-gzip") => read_all(flate2::read::GzDecoder::new(raw)),
+        Some("deflate") => read_all(flate2::read::ZlibDecoder::new(raw))
+            .or_else(|| read_all(flate2::read::DeflateDecoder::new(raw))),
+        Some("br") => read_all(brotli_decompressor::Decompressor::new(raw, 4096)),
+        _ => None,
+    };
+    out.map_or(Cow::Borrowed(raw), Cow::Owned)
+}
+
+fn read_all(r: impl Read) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    r.take(MAX_DECODED).read_to_end(&mut out).ok()?;
+    Some(out)
+}
+
+/// Parse a body as JSON when it looks like JSON.
+pub fn parse_json(body: &[u8]) -> Option<Value> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace())?;
+    if matches!(first, b'{' | b'[') {
+        serde_json::from_slice(body).ok()
+    } else {
+        None
+    }
+}
+
+fn compare_bodies(p: &ReplayResult, s: &ReplayResult, rules: &[&Rule], out: &mut Vec<Diff>) {
+    let (a, b) = (decoded_body(p), decoded_body(s));
+    if a == b {
+        return;
+    }
+    match (parse_json(&a), parse_json(&b)) {
+        (Some(x), Some(y)) => {
+            let mut path = Vec::new();
+            json_diff(&x, &y, &mut path, rules, out);
+            return;
+        }
+        (Some(_), None) | (None, Some(_)) => {
+            out.push(diff(
+                "body",
+                DiffKind::TypeChanged,
+                preview(&a),
+                preview(&b),
+            ));
+            return;
+        }
+        (None, None) => {}
+    }
+    let whole = rules.iter().rev().find(|r| pattern_matches(r, &[]));
+    if let (Some(r), Ok(x), Ok(y)) = (whole, std::str::from_utf8(&a), std::str::from_utf8(&b)) {
+        match r.compare {
+            Compare::Ignore => return,
+            Compare::RougeL if rouge_l(x, y) >= r.min.unwrap_or(1.0) => return,
+            _ => {}
+        }
+    }
+    out.push(diff("body", DiffKind::Changed, preview(&a), preview(&b)));
+}
+
+fn preview(body: &[u8]) -> String {
+    String::from_utf8_lossy(&body[..body.len().min(400)]).into_owned()
+}
+
+fn pattern_matches(r: &Rule, path: &[Step]) -> bool {
+    r.pattern.as_ref().is_some_and(|p| p.matches(path))
+}
+
+/// The rule for this exact path: the last matching one in file order wins
+/// (like .gitignore), so a specific rule can follow a general one.
+fn rule_at<'r>(rules: &[&'r Rule], path: &[Step]) -> Option<&'r Rule> {
+    rules
+        .iter()
+        .rev()
+        .find(|r| pattern_matches(r, path))
+        .copied()
+}
+
+fn short(v: &Value) -> String {
+    v.to_string()
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+fn json_diff(p: &Value, s: &Value, path: &mut Vec<Step>, rules: &[&Rule], out: &mut Vec<Diff>) {
+    if out.len() >= MAX_DIFFS {
+        return;
+    }
+    let push = |out: &mut Vec<Diff>, path: &[Step], kind| {
+        out.push(diff(&field_name(path), kind, short(p), short(s)));
+    };
+    if let Some(rule) = rule_at(rules, path) {
+        if let Some(equal) = by_rule(rule, p, s) {
+            if !equal {
+                push(out, path, DiffKind::Changed);
+            }
+            return;
+        }
+    }
+    match (p, s) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, va) in a {
+                path.push(Step::Key(k.clone()));
+                match b.get(k) {
+                    Some(vb) => json_diff(va, vb, path, rules, out),
+                    None if !ignored(rules, path) => {
+                        out.push(diff(
+                            &field_name(path),
+                            DiffKind::MissingInShadow,
+                            short(va),
+                            String::new(),
+                        ));
+                    }
+                    None => {}
+                }
+                path.pop();
+            }
+            for (k, vb) in b {
+                if !a.contains_key(k) {
+                    path.push(Step::Key(k.clone()));
+                    if !ignored(rules, path) {
+                        out.push(diff(
+                            &field_name(path),
+                            DiffKind::AddedInShadow,
+                            String::new(),
+                            short(vb),
+                        ));
+                    }
+                    path.pop();
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for i in 0..a.len().max(b.len()) {
+                path.push(Step::Index(i));
+                match (a.get(i), b.get(i)) {
+                    (Some(x), Some(y)) => json_diff(x, y, path, rules, out),
+                    (Some(x), None) if !ignored(rules, path) => out.push(diff(
+                        &field_name(path),
+                        DiffKind::MissingInShadow,
+                        short(x),
+                        String::new(),
+                    )),
+                    (None, Some(y)) if !ignored(rules, path) => out.push(diff(
+                        &field_name(path),
+                        DiffKind::AddedInShadow,
+                        String::new(),
+                        short(y),
+                    )),
+                    _ => {}
+                }
+                path.pop();
+                if out.len() >= MAX_DIFFS {
+                    return;
+                }
+            }
+        }
+        // A value the primary had and the shadow returned as null counts as
+        // missing: for a consumer it is the same loss.
+        (a, Value::Null) if !a.is_null() => push(out, path, DiffKind::MissingInShadow),
+        (Value::Number(a), Value::Number(b)) => {
+            if a.as_f64() != b.as_f64() {
+                push(out, path, DiffKind::Changed);
+            }
+        }
+        (a, b) if type_name(a) != type_name(b) => push(out, path, DiffKind::TypeChanged),
+        (a, b) => {
+            if a != b {
+                push(out, path, DiffKind::Changed);
+            }
+        }
+    }
+}
+
+fn ignored(rules: &[&Rule], path: &[Step]) -> bool {
+    rule_at(rules, path).is_some_and(|r| r.compare == Compare::Ignore)
+}
+
+/// Compare under a rule: `Some(equal)`, or `None` when the rule does not
+/// apply to these value types and the default comparison should run.
+fn by_rule(rule: &Rule, p: &Value, s: &Value) -> Option<bool> {
+    match rule.compare {
+        Compare::Ignore => Some(true),
+        Compare::Exact => Some(json_equal(p, s)),
+        Compare::Numeric => {
+            let (a, b) = (p.as_f64()?, s.as_f64()?);
+            Some(numeric_close(a, b, rule.abs_tolerance, rule.rel_tolerance))
+        }
+        Compare::Cosine => {
+            let (a, b) = (numbers(p)?, numbers(s)?);
+            Some(cosine(&a, &b).is_some_and(|c| c >= rule.min.unwrap_or(1.0)))
+        }
+        Compare::RougeL => {
+            let (a, b) = (p.as_str()?, s.as_str()?);
+            Some(rouge_l(a, b) >= rule.min.unwrap_or(1.0))
+        }
+        Compare::Unordered => {
+            let (a, b) = (p.as_array()?, s.as_array()?);
+            let canon = |v: &Vec<Value>| {
+                let mut c: Vec<String> = v.iter().map(Value::to_string).collect();
+                c.sort();
+                c
+            };
+            Some(canon(a) == canon(b))
+        }
+    }
+}
+
+fn numbers(v: &Value) -> Option<Vec<f64>> {
+    v.as_array()?.iter().map(Value::as_f64).collect()
+}
+
+fn json_equal(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_equal(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| json_equal(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{ErrorKind, HeaderList};
+
+    fn answer(status: u16, headers: &[(&str, &str)], body: &[u8]) -> ReplayResult {
+        let mut h = HeaderList::new();
+        for (n, v) in headers {
+            h.push(n.as_bytes(), v.as_bytes());
+        }
+        ReplayResult {
+            status: Some(status),
+            response_headers: h,
+            response_body: body.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn json_answer(body: &str) -> ReplayResult {
+        answer(
+            200,
+            &[("content-type", "application/json")],
+            body.as_bytes(),
+        )
+    }
+
+    fn run(
+        config: &str,
+        endpoint: &str,
+        p: &ReplayResult,
+        s: &ReplayResult,
+    ) -> Vec<(String, DiffKind)> {
+        let c = Config::parse(config).unwrap();
+        let mut cmp = Comparer::new(&c);
+        cmp.compare(endpoint, p, s)
+            .into_iter()
+            .map(|d| (d.path, d.kind))
+            .collect()
+    }
+
+    #[test]
+    fn json_fields_by_kind() {
+        let p = json_answer(r#"{"a":1,"b":{"c":"x","d":[1,2]},"gone":true,"t":1,"n":5}"#);
+        let s = json_answer(r#"{"a":1.0,"b":{"c":"y","d":[1]},"new":1,"t":"1","n":null}"#);
+        let got = run("", "GET /x", &p, &s);
+        assert_eq!(
+            got,
+            vec![
+                ("$.b.c".into(), DiffKind::Changed),
+                ("$.b.d[*]".into(), DiffKind::MissingInShadow),
+                ("$.gone".into(), DiffKind::MissingInShadow),
+                ("$.n".into(), DiffKind::MissingInShadow),
+                ("$.t".into(), DiffKind::TypeChanged),
+                ("$.new".into(), DiffKind::AddedInShadow),
+            ]
+        );
+    }
+
+    #[test]
+    fn rules_ignore_tolerate_and_measure_similarity() {
+        let cfg = r#"
+[[rule]]
+path = "$.trace_id"
+compare = "ignore"
+[[rule]]
+endpoint = "POST /predict"
+path = "$.score"
+compare = "numeric"
+rel_tolerance = 1e-6
+[[rule]]
+path = "$.embedding"
+compare = "cosine"
+min = 0.95
+[[rule]]
+path = "$.text"
+compare = "rouge_l"
+min = 0.8
+[[rule]]
+path = "$.tags"
+compare = "unordered"
+[[rule]]
+path = "$.items[*].price"
+compare = "numeric"
+abs_tolerance = 0.01
+"#;
+        let p = json_answer(
+            r#"{"trace_id":"a","score":0.5,"embedding":[1,0,0],"text":"the cat sat on the mat today","tags":["a","b"],"items":[{"price":1.0}]}"#,
+        );
+        let close = json_answer(
+            r#"{"trace_id":"b","score":0.5000001,"embedding":[1,0.1,0],"text":"the cat sat on the mat today!","tags":["b","a"],"items":[{"price":1.005}]}"#,
+        );
+        assert_eq!(run(cfg, "POST /predict", &p, &close), vec![]);
+        let far = json_answer(
+            r#"{"score":0.6,"embedding":[0,1,0],"text":"a dog ran","tags":["a","c"],"items":[{"price":1.5}]}"#,
+        );
+        let paths: Vec<String> = run(cfg, "POST /predict", &p, &far)
+            .into_iter()
+            .map(|d| d.0)
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "$.embedding",
+                "$.items[*].price",
+                "$.score",
+                "$.tags",
+                "$.text"
+            ]
+        );
+        // The numeric rule is for POST /predict only.
+        let other = run(cfg, "POST /other", &p, &close);
+        assert_eq!(other, vec![("$.score".into(), DiffKind::Changed)]);
+    }
+
+    #[test]
+    fn status_errors_headers_and_text() {
+        let ok = answer(200, &[("x-v", "1"), ("date", "a")], b"hello");
+        let mut err = ok.clone();
+        err.error_kind = Some(ErrorKind::Timeout);
+        err.status = None;
+        assert_eq!(
+            run("", "e", &ok, &err),
+            vec![("error".into(), DiffKind::Changed)]
+        );
+        assert_eq!(run("", "e", &err, &err.clone()), vec![]);
+        let s500 = answer(500, &[], b"");
+        assert_eq!(
+            run("", "e", &ok, &s500),
+            vec![("status".into(), DiffKind::Changed)]
+        );
+        let other = answer(
+            200,
+            &[("x-v", "2"), ("date", "b"), ("x-new", "1")],
+            b"hellO",
+        );
+        assert_eq!(
+            run("", "e", &ok, &other),
+            vec![
+                ("header:x-new".into(), DiffKind::AddedInShadow),
+                ("header:x-v".into(), DiffKind::Changed),
+                ("body".into(), DiffKind::Changed),
+            ]
+        );
+        let rouge = "[[rule]]\npath = \"$\"\ncompare = \"rouge_l\"\nmin = 0.5\n";
+        let a = answer(200, &[], b"the quick brown fox");
+        let b = answer(200, &[], b"the quick brown dog");
+        assert_eq!(run(rouge, "e", &a, &b), vec![]);
+    }
+
+    #[test]
+    fn bodies_are_decoded_before_comparing() {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(br#"{"a":1}"#).unwrap();
+        let p = answer(
+            200,
+            &[
+                ("content-encoding", "gzip"),
+                ("content-type", "application/json"),
+            ],
+            &gz.finish().unwrap(),
+        );
+        let s = json_answer(r#"{"a":1}"#);
+        assert_eq!(run("", "e", &p, &s), vec![]);
+        let s2 = json_answer(r#"{"a":2}"#);
+        assert_eq!(
+            run("", "e", &p, &s2),
+            vec![("$.a".into(), DiffKind::Changed)]
+        );
+    }
+}

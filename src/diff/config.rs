@@ -1,0 +1,403 @@
+//! `--config shadow.toml`: the gate thresholds, which headers to ignore,
+//! per-field comparison rules, drift fields and endpoint templates.
+//! Every option is documented in `docs/config.md`; unknown keys are errors so
+//! a typo cannot silently loosen the gate.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::jsonpath::PathPattern;
+
+/// The whole file. Every section is optional.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub gate: Gate,
+    #[serde(default)]
+    pub headers: Headers,
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<Rule>,
+    #[serde(default, rename = "drift")]
+    pub drift: Vec<DriftField>,
+    #[serde(default)]
+    pub endpoints: Endpoints,
+}
+
+/// Thresholds of the go/no-go decision.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Gate {
+    /// GO needs the upper 95% bound of the divergence rate below this.
+    pub max_divergence_rate: f64,
+    /// Shadow error rate minus primary error rate (upper 95% bound).
+    pub max_error_rate_increase: f64,
+    /// Shadow p99 / primary p99, per endpoint.
+    pub max_p99_latency_ratio: f64,
+    /// Fewer exchanges in total: INCONCLUSIVE.
+    pub min_exchanges: u64,
+    /// Endpoints with fewer exchanges are not judged one by one (they
+    /// still count in the overall figures).
+    pub min_endpoint_exchanges: u64,
+    /// Fewer answers than this on a side: the p99 ratio is not judged.
+    pub min_latency_samples: u64,
+    /// Optional ceiling on the population stability index of drift fields.
+    pub max_psi: Option<f64>,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self {
+            max_divergence_rate: 0.01,
+            max_error_rate_increase: 0.01,
+            max_p99_latency_ratio: 1.5,
+            min_exchanges: 200,
+            min_endpoint_exchanges: 30,
+            min_latency_samples: 100,
+            max_psi: None,
+        }
+    }
+}
+
+/// Response headers left out of the comparison.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Headers {
+    /// Added to the built-in list (see [`DEFAULT_IGNORED_HEADERS`]).
+    pub ignore: Vec<String>,
+    /// Set to false to compare the built-in ones too.
+    pub ignore_defaults: bool,
+    /// Compare only these headers (empty: all but the ignored ones).
+    pub only: Vec<String>,
+}
+
+impl Default for Headers {
+    fn default() -> Self {
+        Self {
+            ignore: Vec::new(),
+            ignore_defaults: true,
+            only: Vec::new(),
+        }
+    }
+}
+
+/// Headers that differ between any two servers or any two answers.
+pub const DEFAULT_IGNORED_HEADERS: &[&str] = &[
+    "date",
+    "server",
+    "x-request-id",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "age",
+    "expires",
+    "last-modified",
+    "etag",
+    "set-cookie",
+    "via",
+    "traceparent",
+    "tracestate",
+    "x-amzn-trace-id",
+    "x-runtime",
+    "x-response-time",
+    // Bodies are compared decoded, so how they were encoded does not matter.
+    "content-encoding",
+];
+
+impl Headers {
+    /// Whether header `name` (lower case) is compared.
+    pub fn compared(&self, name: &str) -> bool {
+        if !self.only.is_empty() {
+            return self.only.iter().any(|h| h.eq_ignore_ascii_case(name));
+        }
+        let default = self.ignore_defaults && DEFAULT_IGNORED_HEADERS.contains(&name);
+        !default && !self.ignore.iter().any(|h| h.eq_ignore_ascii_case(name))
+    }
+}
+
+/// How the values at a path are compared.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compare {
+    /// Not compared at all.
+    Ignore,
+    /// Equal JSON values (numbers compared as numbers).
+    Exact,
+    /// Numbers within `abs_tolerance` or `rel_tolerance`.
+    Numeric,
+    /// Arrays of numbers with cosine similarity at least `min`.
+    Cosine,
+    /// Texts with ROUGE-L F1 at least `min`.
+    RougeL,
+    /// Arrays equal as multisets (order ignored).
+    Unordered,
+}
+
+/// One `[[rule]]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Glob over endpoint names (`*` matches anything).
+    #[serde(default = "star")]
+    pub endpoint: String,
+    /// JSON path: `$`, `.name`, `["name"]`, `[3]`, `[*]`, `.*`.
+    pub path: String,
+    pub compare: Compare,
+    #[serde(default)]
+    pub abs_tolerance: f64,
+    #[serde(default)]
+    pub rel_tolerance: f64,
+    /// Lowest similarity accepted (cosine, rouge_l).
+    pub min: Option<f64>,
+    #[serde(skip)]
+    pub pattern: Option<PathPattern>,
+}
+
+fn star() -> String {
+    "*".into()
+}
+
+/// One `[[drift]]`: a field whose distribution is compared.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriftField {
+    #[serde(default = "star")]
+    pub endpoint: String,
+    pub path: String,
+    /// Histogram bins for numeric fields.
+    #[serde(default = "ten")]
+    pub bins: usize,
+    #[serde(skip)]
+    pub pattern: Option<PathPattern>,
+}
+
+fn ten() -> usize {
+    10
+}
+
+/// `[endpoints]`: name endpoints explicitly.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoints {
+    /// Templates like `GET /users/{user}/repos/{repo}`: a request whose
+    /// method and path match is reported under the template's name.
+    #[serde(default)]
+    pub templates: Vec<String>,
+}
+
+/// Why a config file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--config {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("--config {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl Config {
+    /// Read and check a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: name.clone(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError::Invalid {
+            path: name,
+            message,
+        })
+    }
+
+    /// Parse config text; the error says which key is wrong.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut c: Config = toml::from_str(text).map_err(|e| e.to_string().trim().to_string())?;
+        c.check()?;
+        Ok(c)
+    }
+
+    fn check(&mut self) -> Result<(), String> {
+        let g = &self.gate;
+        for (name, v) in [
+            ("max_divergence_rate", g.max_divergence_rate),
+            ("max_error_rate_increase", g.max_error_rate_increase),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(format!("gate.{name} = {v}: must be between 0 and 1"));
+            }
+        }
+        if g.max_p99_latency_ratio.is_nan() || g.max_p99_latency_ratio <= 0.0 {
+            return Err("gate.max_p99_latency_ratio must be above 0".into());
+        }
+        for (i, r) in self.rules.iter_mut().enumerate() {
+            let at = format!("rule #{} (path {})", i + 1, r.path);
+            r.pattern = Some(PathPattern::parse(&r.path).map_err(|e| format!("{at}: {e}"))?);
+            let needs_min = matches!(r.compare, Compare::Cosine | Compare::RougeL);
+            match (needs_min, r.min) {
+                (true, None) => return Err(format!("{at}: compare = {:?} needs min", r.compare)),
+                (true, Some(m)) if !(0.0..=1.0).contains(&m) && r.compare == Compare::RougeL => {
+                    return Err(format!("{at}: min must be between 0 and 1"))
+                }
+                (true, Some(m)) if !(-1.0..=1.0).contains(&m) => {
+                    return Err(format!("{at}: min must be between -1 and 1"))
+                }
+                _ => {}
+            }
+            if r.abs_tolerance < 0.0 || r.rel_tolerance < 0.0 {
+                return Err(format!("{at}: tolerances cannot be negative"));
+            }
+        }
+        for (i, d) in self.drift.iter_mut().enumerate() {
+            d.pattern = Some(
+                PathPattern::parse(&d.path)
+                    .map_err(|e| format!("drift #{} (path {}): {e}", i + 1, d.path))?,
+            );
+            if !(2..=100).contains(&d.bins) {
+                return Err(format!("drift #{}: bins must be 2..=100", i + 1));
+            }
+        }
+        for t in &self.endpoints.templates {
+            if !t.contains(' ') {
+                return Err(format!(
+                    "endpoints.templates: {t:?} must look like \"METHOD /path/{{name}}\""
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Glob match with `*` (any run of characters) and `?` (one character).
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// Map a request to a configured template name, if one matches.
+pub fn template_for<'a>(templates: &'a [String], method: &str, path: &str) -> Option<&'a str> {
+    let path = path.split(['?', '#']).next().unwrap_or(path);
+    templates.iter().map(String::as_str).find(|t| {
+        let Some((m, tp)) = t.split_once(' ') else {
+            return false;
+        };
+        if !m.eq_ignore_ascii_case(method) {
+            return false;
+        }
+        let (a, b): (Vec<&str>, Vec<&str>) = (tp.split('/').collect(), path.split('/').collect());
+        a.len() == b.len()
+            && a.iter()
+                .zip(&b)
+                .all(|(x, y)| (x.starts_with('{') && x.ends_with('}') && !y.is_empty()) || x == y)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The file from the issue, verbatim.
+    const ISSUE_CONFIG: &str = r#"
+[gate]
+max_divergence_rate = 0.05      # GO needs the upper 95% bound below this, per endpoint and overall
+max_error_rate_increase = 0.01  # shadow error rate minus primary error rate
+max_p99_latency_ratio = 2.0     # shadow p99 / primary p99, per endpoint
+min_exchanges = 200             # fewer exchanges in total: INCONCLUSIVE
+
+[headers]
+ignore = ["date", "server", "x-request-id"]
+
+[[rule]]
+endpoint = "*"                  # glob over endpoint names
+path = "$.trace_id"             # JSON path in the body
+compare = "ignore"
+
+[[rule]]
+endpoint = "POST /predict"
+path = "$.score"
+compare = "numeric"
+rel_tolerance = 1e-6
+
+[[rule]]
+endpoint = "POST /embed"
+path = "$.embedding"
+compare = "cosine"
+min = 0.95
+
+[[rule]]
+endpoint = "POST /generate"
+path = "$.text"
+compare = "rouge_l"
+min = 0.8
+
+[[drift]]
+endpoint = "POST /predict"
+path = "$.label"                # categorical: PSI and chi-square
+[[drift]]
+endpoint = "POST /predict"
+path = "$.score"                # numeric: KS statistic and p-value
+"#;
+
+    #[test]
+    fn the_issue_config_parses() {
+        let c = Config::parse(ISSUE_CONFIG).unwrap();
+        assert_eq!(c.gate.max_divergence_rate, 0.05);
+        assert_eq!(c.gate.min_exchanges, 200);
+        assert_eq!(c.rules.len(), 4);
+        assert_eq!(c.rules[1].compare, Compare::Numeric);
+        assert_eq!(c.rules[1].rel_tolerance, 1e-6);
+        assert_eq!(c.rules[2].min, Some(0.95));
+        assert_eq!(c.drift.len(), 2);
+        assert!(!c.headers.compared("x-request-id"));
+        assert!(!c.headers.compared("content-length"));
+        assert!(c.headers.compared("content-type"));
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let e = Config::parse("[gate]\nmax_divergence = 0.1\n").unwrap_err();
+        assert!(e.contains("max_divergence"), "{e}");
+        let e = Config::parse("[[rule]]\npath = \"$.x\"\ncompare = \"cosine\"\n").unwrap_err();
+        assert!(e.contains("needs min"), "{e}");
+        let e = Config::parse("[[rule]]\npath = \"x[\"\ncompare = \"exact\"\n").unwrap_err();
+        assert!(e.contains("rule #1"), "{e}");
+        let e = Config::parse("[gate]\nmax_divergence_rate = 5\n").unwrap_err();
+        assert!(e.contains("between 0 and 1"), "{e}");
+    }
+
+    #[test]
+    fn globs_and_templates() {
+        assert!(glob("*", "POST /predict"));
+        assert!(glob("POST /*", "POST /predict"));
+        assert!(!glob("GET /*", "POST /predict"));
+        assert!(glob("GET /items/{id}", "GET /items/{id}"));
+        assert!(glob("* /items/*", "GET /items/{id}"));
+        let t = vec!["GET /repos/{owner}/{repo}".to_string()];
+        assert_eq!(
+            template_for(&t, "GET", "/repos/rust-lang/cargo?x=1"),
+            Some("GET /repos/{owner}/{repo}")
+        );
+        assert_eq!(template_for(&t, "GET", "/repos/rust-lang"), None);
+        assert_eq!(template_for(&t, "POST", "/repos/a/b"), None);
+    }
+}

@@ -1,0 +1,391 @@
+//! `shadowctl diff`: read results files (shards merged), compare each
+//! shadow's answer with the primary's, estimate noise from two primary
+//! observations, and judge GO / NO-GO / INCONCLUSIVE.
+//!
+//! Streaming: rows are grouped by exchange as they come (a group is complete
+//! when every target of the run has answered, see `META_TARGETS`) and folded
+//! into counters keyed by a *signature* (the set of differing paths). Noise
+//! can only be judged once everything is read, so exchange-level divergence
+//! is decided at the end from the signatures; memory grows with distinct
+//! endpoints and signatures, not with exchanges.
+
+pub mod compare;
+pub mod config;
+pub mod jsonpath;
+pub mod latency;
+pub mod similarity;
+pub mod stats;
+mod summarize;
+mod verdict;
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufRead, BufWriter, Write};
+use std::path::PathBuf;
+
+use crate::report::{Difference, Example, Report};
+use crate::schema::{ErrorKind, ReplayResult, ResultsReader, SchemaError, TargetRole};
+use compare::{Comparer, Diff, DiffKind};
+use config::Config;
+use latency::LogHist;
+
+/// What `shadowctl diff` is asked to do.
+pub struct DiffOptions {
+    pub inputs: Vec<PathBuf>,
+    pub config: Config,
+    /// Examples of divergent exchanges kept for the report.
+    pub top: usize,
+    /// `--divergences F.jsonl`: every divergent exchange.
+    pub divergences: Option<PathBuf>,
+}
+
+/// Errors that stop a diff (bad input), exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum DiffError {
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    #[error("{0}: cannot write: {1}")]
+    Write(String, std::io::Error),
+    #[error("no results to compare: the input files hold no rows")]
+    Empty,
+    #[error("{0}: results without a primary (no `primary` or `recorded` rows)")]
+    NoPrimary(String),
+}
+
+/// Incomplete groups older than this many rows are compared as they are
+/// (an exchange whose shadow was skipped by `--read-only`, a file without
+/// target metadata).
+const WINDOW_ROWS: u64 = 200_000;
+/// Examples kept per distinct signature (the report picks the top N).
+const EXAMPLES_PER_SIGNATURE: usize = 3;
+/// Distinct signatures with examples, at most.
+const MAX_EXAMPLE_SIGNATURES: usize = 5_000;
+
+/// Interned strings (paths, endpoints, shadow names) as small ids.
+#[derive(Default)]
+pub(crate) struct Interner {
+    ids: HashMap<String, u32>,
+    pub names: Vec<String>,
+}
+
+impl Interner {
+    pub fn id(&mut self, s: &str) -> u32 {
+        if let Some(&i) = self.ids.get(s) {
+            return i;
+        }
+        let i = self.names.len() as u32;
+        self.ids.insert(s.to_string(), i);
+        self.names.push(s.to_string());
+        i
+    }
+}
+
+/// The set of (path, kind) that differed in one comparison, sorted.
+pub(crate) type Signature = Vec<(u32, DiffKind)>;
+
+/// Where an exchange falls, for the segment analysis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Cell {
+    pub sig: u32,
+    /// Primary status class 1..=5, 0 for a transport error.
+    pub status_class: u8,
+    pub size_bucket: u8,
+}
+
+/// Figures for one shadow on one endpoint.
+#[derive(Default)]
+pub(crate) struct Tally {
+    pub compared: u64,
+    pub cells: HashMap<Cell, u64>,
+    pub primary_errors: u64,
+    pub shadow_errors: u64,
+    pub shadow_usable: u64,
+    pub shadow_error_kinds: HashMap<String, u64>,
+    pub latency_primary: LogHist,
+    pub latency_shadow: LogHist,
+    /// Per drift rule: values seen on each side.
+    pub drift: HashMap<usize, summarize::DriftAcc>,
+}
+
+/// Primary-vs-primary differences on one endpoint.
+#[derive(Default)]
+pub(crate) struct NoiseTally {
+    pub compared: u64,
+    pub sigs: HashMap<u32, u64>,
+}
+
+/// Everything folded from the inputs.
+#[derive(Default)]
+pub(crate) struct Folded {
+    pub paths: Interner,
+    pub endpoints: Interner,
+    pub shadows: Interner,
+    pub sigs: Vec<Signature>,
+    sig_ids: HashMap<Signature, u32>,
+    pub exchanges_per_endpoint: HashMap<u32, u64>,
+    pub tallies: HashMap<(u32, u32), Tally>,
+    pub noise: HashMap<u32, NoiseTally>,
+    pub examples: HashMap<(u32, u32, u32), Vec<Example>>,
+    pub exchanges: u64,
+    pub live_primary: bool,
+    pub recorded_primary: bool,
+}
+
+impl Folded {
+    fn signature(&mut self, diffs: &[Diff]) -> u32 {
+        let mut sig: Signature = diffs
+            .iter()
+            .map(|d| (self.paths.id(&d.path), d.kind))
+            .collect();
+        sig.sort_unstable();
+        sig.dedup();
+        if let Some(&id) = self.sig_ids.get(&sig) {
+            return id;
+        }
+        let id = self.sigs.len() as u32;
+        self.sigs.push(sig.clone());
+        self.sig_ids.insert(sig, id);
+        id
+    }
+}
+
+/// A row the comparison can use: a real answer or a real transport error.
+/// Requests never sent, interrupted, or unreplayable are left out.
+fn usable(r: &ReplayResult) -> bool {
+    match r.error_kind {
+        Some(ErrorKind::NotSentInTime | ErrorKind::Interrupted | ErrorKind::RequestTruncated) => {
+            false
+        }
+        Some(_) => true,
+        None => r.status.is_some(),
+    }
+}
+
+/// Transport errors and 5xx answers count as errors.
+fn is_error(r: &ReplayResult) -> bool {
+    r.error_kind.is_some() || r.status.is_some_and(|s| s >= 500)
+}
+
+fn error_name(r: &ReplayResult) -> String {
+    match (r.error_kind, r.status) {
+        (Some(k), _) => k.as_str().to_string(),
+        (None, Some(s)) => format!("http_{}xx", s / 100),
+        _ => "none".into(),
+    }
+}
+
+fn size_bucket(len: usize) -> u8 {
+    match len {
+        0 => 0,
+        1..=1023 => 1,
+        1024..=10_239 => 2,
+        10_240..=102_399 => 3,
+        _ => 4,
+    }
+}
+
+/// Run the whole diff: read, fold, judge.
+pub fn diff(opts: &DiffOptions) -> Result<Report, DiffError> {
+    let mut folded = Folded::default();
+    let mut sink = match &opts.divergences {
+        Some(p) => Some(summarize::Candidates::create(p)?),
+        None => None,
+    };
+    let mut comparer = Comparer::new(&opts.config);
+    for path in &opts.inputs {
+        fold_file(path, opts, &mut comparer, &mut folded, sink.as_mut())?;
+    }
+    if folded.exchanges == 0 {
+        return Err(DiffError::Empty);
+    }
+    let report = summarize::report(&folded, opts, sink)?;
+    Ok(report)
+}
+
+/// Group the rows of one file by exchange and fold each complete group.
+fn fold_file(
+    path: &std::path::Path,
+    opts: &DiffOptions,
+    comparer: &mut Comparer,
+    folded: &mut Folded,
+    mut sink: Option<&mut summarize::Candidates>,
+) -> Result<(), DiffError> {
+    let reader = ResultsReader::open(path)?;
+    let expected = reader.targets.as_ref().map(Vec::len);
+    let mut pending: HashMap<u64, Vec<ReplayResult>> = HashMap::new();
+    let mut order: VecDeque<(u64, u64)> = VecDeque::new();
+    let mut row_no = 0u64;
+    for batch in reader {
+        for row in batch? {
+            row_no += 1;
+            let id = row.exchange_id;
+            let group = pending.entry(id).or_default();
+            if group.is_empty() {
+                order.push_back((row_no, id));
+            }
+            group.push(row);
+            if expected.is_some_and(|n| group.len() >= n) {
+                if let Some(g) = pending.remove(&id) {
+                    fold_group(g, opts, comparer, folded, sink.as_deref_mut())?;
+                }
+            }
+        }
+        // Old incomplete groups: compare with what is there.
+        while let Some(&(first, id)) = order.front() {
+            if !pending.contains_key(&id) {
+                order.pop_front();
+            } else if row_no - first > WINDOW_ROWS {
+                order.pop_front();
+                if let Some(g) = pending.remove(&id) {
+                    fold_group(g, opts, comparer, folded, sink.as_deref_mut())?;
+                }
+            } else {
+                break;
+            }
+        }
+    }
+    for (_, id) in order {
+        if let Some(g) = pending.remove(&id) {
+            fold_group(g, opts, comparer, folded, sink.as_deref_mut())?;
+        }
+    }
+    if folded.exchanges == 0 && row_no > 0 {
+        return Err(DiffError::NoPrimary(path.display().to_string()));
+    }
+    Ok(())
+}
+
+/// Compare one exchange: every shadow against the primary, and the live
+/// primary against the recorded one (noise).
+fn fold_group(
+    rows: Vec<ReplayResult>,
+    opts: &DiffOptions,
+    comparer: &mut Comparer,
+    f: &mut Folded,
+    sink: Option<&mut summarize::Candidates>,
+) -> Result<(), DiffError> {
+    let recorded = rows.iter().find(|r| r.role == Some(TargetRole::Recorded));
+    let live = rows.iter().find(|r| r.role == Some(TargetRole::Primary));
+    let Some(primary) = live.or(recorded) else {
+        return Ok(());
+    };
+    let name = config::template_for(
+        &opts.config.endpoints.templates,
+        &primary.method,
+        &primary.target,
+    )
+    .map_or_else(|| primary.endpoint.clone(), str::to_string);
+    let ep = f.endpoints.id(&name);
+    f.exchanges += 1;
+    *f.exchanges_per_endpoint.entry(ep).or_default() += 1;
+    f.live_primary |= live.is_some();
+    f.recorded_primary |= live.is_none();
+    if let (Some(rec), Some(live)) = (recorded, live) {
+        if usable(rec) && usable(live) {
+            let diffs = comparer.compare(&name, rec, live);
+            let sig = f.signature(&diffs);
+            let n = f.noise.entry(ep).or_default();
+            n.compared += 1;
+            *n.sigs.entry(sig).or_default() += 1;
+        }
+    }
+    let mut sink = sink;
+    for shadow in rows.iter().filter(|r| r.role == Some(TargetRole::Shadow)) {
+        let sh = f.shadows.id(&shadow.target_name);
+        if !usable(primary) || !usable(shadow) {
+            continue;
+        }
+        let diffs = comparer.compare(&name, primary, shadow);
+        let sig = f.signature(&diffs);
+        let cell = Cell {
+            sig,
+            status_class: if primary.error_kind.is_some() {
+                0
+            } else {
+                primary.status.map_or(0, |s| (s / 100).min(5) as u8)
+            },
+            size_bucket: size_bucket(primary.request_body.len()),
+        };
+        let t = f.tallies.entry((ep, sh)).or_default();
+        t.compared += 1;
+        *t.cells.entry(cell).or_default() += 1;
+        t.primary_errors += u64::from(is_error(primary));
+        if is_error(shadow) {
+            t.shadow_errors += 1;
+            *t.shadow_error_kinds.entry(error_name(shadow)).or_default() += 1;
+        } else {
+            t.shadow_usable += 1;
+        }
+        // With `--primary recorded` this is the latency the capture saw in
+        // production (request end to response end).
+        if let Some(ns) = primary.latency_ns() {
+            t.latency_primary.record_ns(ns);
+        }
+        if let Some(ns) = shadow.latency_ns() {
+            t.latency_shadow.record_ns(ns);
+        }
+        summarize::fold_drift(&opts.config, &name, primary, shadow, t);
+        if diffs.is_empty() {
+            continue;
+        }
+        let example = || Example {
+            exchange_id: shadow.exchange_id,
+            shadow: shadow.target_name.clone(),
+            endpoint: name.clone(),
+            method: primary.method.clone(),
+            target: primary.target.clone(),
+            primary_status: primary.status,
+            shadow_status: shadow.status,
+            differences: diffs
+                .iter()
+                .map(|d| Difference {
+                    path: d.path.clone(),
+                    kind: d.kind.as_str().to_string(),
+                    primary: d.primary.clone(),
+                    shadow: d.shadow.clone(),
+                })
+                .collect(),
+        };
+        let slot_count = f.examples.len();
+        let slot = f.examples.entry((ep, sh, sig));
+        let keep = match &slot {
+            std::collections::hash_map::Entry::Occupied(o) => {
+                o.get().len() < EXAMPLES_PER_SIGNATURE
+            }
+            std::collections::hash_map::Entry::Vacant(_) => slot_count < MAX_EXAMPLE_SIGNATURES,
+        };
+        if keep {
+            slot.or_default().push(example());
+        }
+        if let Some(s) = sink.as_deref_mut() {
+            s.write(ep, sh, sig, primary, shadow, &example())?;
+        }
+    }
+    Ok(())
+}
+
+/// Read the candidate lines back and keep the divergent ones.
+pub(crate) fn filter_lines(
+    tmp: &std::path::Path,
+    out: &std::path::Path,
+    keep: impl Fn(&serde_json::Value) -> Option<serde_json::Value>,
+) -> Result<u64, DiffError> {
+    let werr = |e| DiffError::Write(out.display().to_string(), e);
+    let input = std::fs::File::open(tmp).map_err(werr)?;
+    let file = std::fs::File::create(out).map_err(werr)?;
+    let mut w = BufWriter::new(file);
+    let mut n = 0;
+    for line in std::io::BufReader::new(input).lines() {
+        let line = line.map_err(werr)?;
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if let Some(v) = keep(&v) {
+            serde_json::to_writer(&mut w, &v).map_err(|e| werr(e.into()))?;
+            w.write_all(b"\n").map_err(werr)?;
+            n += 1;
+        }
+    }
+    w.flush().map_err(werr)?;
+    let _ = std::fs::remove_file(tmp);
+    Ok(n)
+}

@@ -1,0 +1,629 @@
+//! Turn the folded counters into the report: decide which differing paths
+//! are noise, count divergent exchanges per endpoint and overall, find the
+//! segments where divergence concentrates, pick examples, compute drift.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+
+use serde_json::{json, Value};
+
+use super::compare::{decoded_body, parse_json, DiffKind};
+use super::config::{glob, Config};
+use super::latency::{chart_edges_ms, LogHist};
+use super::stats::{
+    benjamini_hochberg, bin_counts, bins, chi_square, ks_two_sample, newcombe_diff, psi,
+    two_proportion_p, wilson,
+};
+use super::{verdict, DiffError, DiffOptions, Folded, Tally};
+use crate::report::{
+    Drift, DriftBin, EndpointReport, Errors, Example, FieldDivergence, MissingField, NoiseField,
+    Report, Segment, ShadowStats,
+};
+use crate::schema::ReplayResult;
+
+/// A shadow-vs-primary rate this much more likely than the noise rate
+/// (one-sided p below this) is a regression hiding in a noisy field.
+const NOISE_REGRESSION_P: f64 = 0.001;
+/// Values kept per side for a numeric drift field (a deterministic sample).
+const DRIFT_SAMPLE: usize = 50_000;
+/// Categories kept per categorical drift field; the rest are "(other)".
+const MAX_CATEGORIES: usize = 200;
+
+/// Values of one drift field on both sides.
+#[derive(Default)]
+pub(crate) struct DriftAcc {
+    numbers: [Vec<f64>; 2],
+    seen_numbers: [u64; 2],
+    categories: [HashMap<String, u64>; 2],
+}
+
+impl DriftAcc {
+    fn add(&mut self, side: usize, v: &Value) {
+        match v {
+            Value::Number(n) => {
+                let Some(x) = n.as_f64() else { return };
+                self.seen_numbers[side] += 1;
+                let seen = self.seen_numbers[side];
+                let sample = &mut self.numbers[side];
+                if sample.len() < DRIFT_SAMPLE {
+                    sample.push(x);
+                } else {
+                    // Reservoir sampling with a fixed hash for repeatable reports.
+                    let j = (seen.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) % seen;
+                    if (j as usize) < DRIFT_SAMPLE {
+                        sample[j as usize] = x;
+                    }
+                }
+            }
+            Value::Null => {}
+            other => {
+                let key = match other {
+                    Value::String(s) => s.clone(),
+                    v => v.to_string(),
+                };
+                let cats = &mut self.categories[side];
+                let key = if cats.len() >= MAX_CATEGORIES && !cats.contains_key(&key) {
+                    "(other)".to_string()
+                } else {
+                    key
+                };
+                *cats.entry(key).or_default() += 1;
+            }
+        }
+    }
+
+    fn merge(&mut self, o: &DriftAcc) {
+        for side in 0..2 {
+            self.numbers[side].extend_from_slice(&o.numbers[side]);
+            self.numbers[side].truncate(DRIFT_SAMPLE * 4);
+            self.seen_numbers[side] += o.seen_numbers[side];
+            for (k, v) in &o.categories[side] {
+                *self.categories[side].entry(k.clone()).or_default() += v;
+            }
+        }
+    }
+}
+
+/// Collect the configured drift fields of one compared exchange.
+pub(crate) fn fold_drift(
+    config: &Config,
+    endpoint: &str,
+    primary: &ReplayResult,
+    shadow: &ReplayResult,
+    t: &mut Tally,
+) {
+    let wanted: Vec<usize> = (0..config.drift.len())
+        .filter(|&i| glob(&config.drift[i].endpoint, endpoint))
+        .collect();
+    if wanted.is_empty() {
+        return;
+    }
+    let docs = [primary, shadow].map(|r| parse_json(&decoded_body(r)));
+    for i in wanted {
+        let Some(pattern) = &config.drift[i].pattern else {
+            continue;
+        };
+        let acc = t.drift.entry(i).or_default();
+        for (side, doc) in docs.iter().enumerate() {
+            if let Some(doc) = doc {
+                for v in pattern.select(doc) {
+                    acc.add(side, v);
+                }
+            }
+        }
+    }
+}
+
+fn drift_report(path: &str, acc: &DriftAcc, n_bins: usize) -> Option<Drift> {
+    let numeric = acc.seen_numbers.iter().sum::<u64>()
+        >= acc
+            .categories
+            .iter()
+            .map(|c| c.values().sum::<u64>())
+            .sum::<u64>();
+    if numeric {
+        let (mut p, mut s) = (acc.numbers[0].clone(), acc.numbers[1].clone());
+        if p.is_empty() && s.is_empty() {
+            return None;
+        }
+        let edges = bins(&p, n_bins);
+        let (cp, cs) = (bin_counts(&p, &edges), bin_counts(&s, &edges));
+        let ks = ks_two_sample(&mut p, &mut s).map(|(d, pv)| [d, pv]);
+        let labels = edges.windows(2).map(|w| format!("{:.4}–{:.4}", w[0], w[1]));
+        Some(Drift {
+            path: path.to_string(),
+            kind: "numeric".into(),
+            primary_count: acc.seen_numbers[0],
+            shadow_count: acc.seen_numbers[1],
+            psi: psi(&cp, &cs),
+            chi_square: None,
+            ks,
+            bins: labels
+                .zip(cp.iter().zip(&cs))
+                .map(|(label, (&primary, &shadow))| DriftBin {
+                    label,
+                    primary,
+                    shadow,
+                })
+                .collect(),
+        })
+    } else {
+        let mut keys: Vec<&String> = acc.categories[0]
+            .keys()
+            .chain(acc.categories[1].keys())
+            .collect();
+        keys.sort();
+        keys.dedup();
+        let count = |side: usize, k: &String| acc.categories[side].get(k).copied().unwrap_or(0);
+        let cp: Vec<u64> = keys.iter().map(|k| count(0, k)).collect();
+        let cs: Vec<u64> = keys.iter().map(|k| count(1, k)).collect();
+        Some(Drift {
+            path: path.to_string(),
+            kind: "categorical".into(),
+            primary_count: cp.iter().sum(),
+            shadow_count: cs.iter().sum(),
+            psi: psi(&cp, &cs),
+            chi_square: chi_square(&cp, &cs).map(|(x, p)| [x, p]),
+            ks: None,
+            bins: keys
+                .iter()
+                .zip(cp.iter().zip(&cs))
+                .map(|(k, (&primary, &shadow))| DriftBin {
+                    label: (*k).clone(),
+                    primary,
+                    shadow,
+                })
+                .collect(),
+        })
+    }
+}
+
+/// `--divergences`: every exchange with a difference goes to a temporary
+/// file as it is met; at the end only the divergent ones (noise removed)
+/// are written to the real file.
+pub(crate) struct Candidates {
+    tmp: PathBuf,
+    out: PathBuf,
+    w: BufWriter<std::fs::File>,
+}
+
+fn body_value(r: &ReplayResult) -> Value {
+    let body = decoded_body(r);
+    parse_json(&body).unwrap_or_else(|| Value::String(String::from_utf8_lossy(&body).into_owned()))
+}
+
+impl Candidates {
+    pub fn create(out: &std::path::Path) -> Result<Self, DiffError> {
+        let tmp = out.with_extension("jsonl.partial");
+        let file = std::fs::File::create(&tmp)
+            .map_err(|e| DiffError::Write(out.display().to_string(), e))?;
+        Ok(Self {
+            tmp,
+            out: out.to_path_buf(),
+            w: BufWriter::new(file),
+        })
+    }
+
+    pub fn write(
+        &mut self,
+        ep: u32,
+        sh: u32,
+        sig: u32,
+        primary: &ReplayResult,
+        shadow: &ReplayResult,
+        ex: &Example,
+    ) -> Result<(), DiffError> {
+        let line = json!({
+            "_key": [ep, sh, sig],
+            "exchange_id": ex.exchange_id,
+            "shadow": ex.shadow,
+            "endpoint": ex.endpoint,
+            "request": {
+                "method": primary.method,
+                "target": primary.target,
+                "body": String::from_utf8_lossy(&primary.request_body),
+            },
+            "primary": {"status": primary.status, "error": primary.error_kind.map(|k| k.as_str()), "body": body_value(primary)},
+            "shadow_answer": {"status": shadow.status, "error": shadow.error_kind.map(|k| k.as_str()), "body": body_value(shadow)},
+            "differences": ex.differences,
+        });
+        let werr = |e| DiffError::Write(self.out.display().to_string(), e);
+        serde_json::to_writer(&mut self.w, &line).map_err(|e| werr(e.into()))?;
+        self.w.write_all(b"\n").map_err(werr)
+    }
+}
+
+/// Which paths are noise, per (endpoint, shadow).
+type NoiseSets = HashMap<(u32, u32), HashSet<u32>>;
+
+fn noise_sets(f: &Folded) -> (NoiseSets, HashMap<(u32, u32), Vec<NoiseField>>) {
+    let mut sets = NoiseSets::new();
+    let mut fields = HashMap::new();
+    for (&(ep, sh), t) in &f.tallies {
+        let Some(noise) = f.noise.get(&ep) else {
+            continue;
+        };
+        let mut noise_k: HashMap<u32, u64> = HashMap::new();
+        for (&sig, &n) in &noise.sigs {
+            let mut paths: Vec<u32> = f.sigs[sig as usize].iter().map(|x| x.0).collect();
+            paths.dedup();
+            for p in paths {
+                *noise_k.entry(p).or_default() += n;
+            }
+        }
+        let mut shadow_k: HashMap<u32, u64> = HashMap::new();
+        for (cell, &n) in &t.cells {
+            let mut paths: Vec<u32> = f.sigs[cell.sig as usize].iter().map(|x| x.0).collect();
+            paths.dedup();
+            for p in paths {
+                *shadow_k.entry(p).or_default() += n;
+            }
+        }
+        let set: &mut HashSet<u32> = sets.entry((ep, sh)).or_default();
+        let list: &mut Vec<NoiseField> = fields.entry((ep, sh)).or_default();
+        for (&p, &nk) in &noise_k {
+            let sk = shadow_k.get(&p).copied().unwrap_or(0);
+            let regressed = two_proportion_p(sk, t.compared, nk, noise.compared)
+                .is_some_and(|pv| pv < NOISE_REGRESSION_P);
+            if !regressed {
+                set.insert(p);
+                list.push(NoiseField {
+                    path: f.paths.names[p as usize].clone(),
+                    noise_rate: nk as f64 / noise.compared.max(1) as f64,
+                    shadow_rate: sk as f64 / t.compared.max(1) as f64,
+                });
+            }
+        }
+        list.sort_by(|a, b| a.path.cmp(&b.path));
+    }
+    (sets, fields)
+}
+
+/// Whether a signature still differs once noise paths are removed.
+fn divergent(f: &Folded, sig: u32, noise: Option<&HashSet<u32>>) -> bool {
+    f.sigs[sig as usize]
+        .iter()
+        .any(|(p, _)| noise.is_none_or(|n| !n.contains(p)))
+}
+
+fn kind_of_path(path: &str) -> &'static str {
+    if path == "status" {
+        "status"
+    } else if path == "error" {
+        "error"
+    } else if path.starts_with("header:") {
+        "header"
+    } else {
+        "body"
+    }
+}
+
+/// The figures of several (endpoint, shadow) tallies together.
+fn shadow_stats(
+    f: &Folded,
+    parts: &[(u32, u32, &Tally)],
+    noise: &NoiseSets,
+    noise_fields: Vec<NoiseField>,
+    config: &Config,
+    edges: &[f64],
+) -> ShadowStats {
+    let mut s = ShadowStats::default();
+    let mut field_kinds: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    let mut field_counts: BTreeMap<String, u64> = BTreeMap::new();
+    let mut missing: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut lat_p, mut lat_s) = (LogHist::default(), LogHist::default());
+    let mut errors = Errors::default();
+    let mut drift: BTreeMap<usize, super::summarize::DriftAcc> = BTreeMap::new();
+    for &(ep, sh, t) in parts {
+        let ns = noise.get(&(ep, sh));
+        s.compared += t.compared;
+        for (cell, &n) in &t.cells {
+            if !divergent(f, cell.sig, ns) {
+                continue;
+            }
+            s.divergent += n;
+            let mut kinds_seen = HashSet::new();
+            let mut paths_seen = HashSet::new();
+            for &(p, k) in &f.sigs[cell.sig as usize] {
+                if ns.is_some_and(|set| set.contains(&p)) {
+                    continue;
+                }
+                let name = &f.paths.names[p as usize];
+                kinds_seen.insert(kind_of_path(name));
+                if paths_seen.insert(p) {
+                    *field_counts.entry(name.clone()).or_default() += n;
+                }
+                *field_kinds
+                    .entry(name.clone())
+                    .or_default()
+                    .entry(k.as_str().to_string())
+                    .or_default() += n;
+                if k == DiffKind::MissingInShadow && !name.starts_with("header:") {
+                    *missing.entry(name.clone()).or_default() += n;
+                }
+            }
+            for k in kinds_seen {
+                match k {
+                    "status" => s.by_kind.status += n,
+                    "error" => s.by_kind.error += n,
+                    "header" => s.by_kind.header += n,
+                    _ => s.by_kind.body += n,
+                }
+            }
+        }
+        errors.primary += t.primary_errors;
+        errors.shadow += t.shadow_errors;
+        for (k, v) in &t.shadow_error_kinds {
+            *errors.shadow_by_kind.entry(k.clone()).or_default() += v;
+        }
+        lat_p.merge(&t.latency_primary);
+        lat_s.merge(&t.latency_shadow);
+        for (i, acc) in &t.drift {
+            drift.entry(*i).or_default().merge(acc);
+        }
+    }
+    let n = s.compared.max(1) as f64;
+    s.divergence_rate = s.divergent as f64 / n;
+    s.divergence_ci = wilson(s.divergent, s.compared).map_or([0.0, 1.0], |i| [i.low, i.high]);
+    let mut fields: Vec<FieldDivergence> = field_counts
+        .into_iter()
+        .map(|(path, c)| FieldDivergence {
+            kinds: field_kinds.remove(&path).unwrap_or_default(),
+            path,
+            divergent: c,
+            rate: c as f64 / n,
+        })
+        .collect();
+    fields.sort_by(|a, b| b.divergent.cmp(&a.divergent).then(a.path.cmp(&b.path)));
+    s.fields = fields;
+    s.noise_fields = noise_fields;
+    let mut missing: Vec<MissingField> = missing
+        .into_iter()
+        .map(|(path, count)| MissingField {
+            path,
+            count,
+            rate: count as f64 / n,
+        })
+        .collect();
+    missing.sort_by_key(|m| std::cmp::Reverse(m.count));
+    s.missing_fields = missing;
+    errors.primary_rate = errors.primary as f64 / n;
+    errors.shadow_rate = errors.shadow as f64 / n;
+    errors.difference = errors.shadow_rate - errors.primary_rate;
+    errors.difference_ci = newcombe_diff(errors.primary, s.compared, errors.shadow, s.compared)
+        .map_or([-1.0, 1.0], |i| [i.low, i.high]);
+    s.errors = errors;
+    s.latency_ms.primary = lat_p.summary(edges);
+    s.latency_ms.shadow = lat_s.summary(edges);
+    s.latency_ms.p99_ratio =
+        (lat_p.count() > 0 && lat_s.count() > 0 && s.latency_ms.primary.p99 > 0.0)
+            .then(|| s.latency_ms.shadow.p99 / s.latency_ms.primary.p99);
+    s.drift = drift
+        .iter()
+        .filter_map(|(&i, acc)| drift_report(&config.drift[i].path, acc, config.drift[i].bins))
+        .collect();
+    s
+}
+
+fn segments(f: &Folded, noise: &NoiseSets) -> Vec<Segment> {
+    // (shadow, dimension, value) -> (exchanges, divergent)
+    let mut seg: BTreeMap<(u32, &'static str, String), (u64, u64)> = BTreeMap::new();
+    let mut totals: HashMap<u32, (u64, u64)> = HashMap::new();
+    for (&(ep, sh), t) in &f.tallies {
+        let ns = noise.get(&(ep, sh));
+        let endpoint = &f.endpoints.names[ep as usize];
+        let method = endpoint.split(' ').next().unwrap_or("").to_string();
+        for (cell, &n) in &t.cells {
+            let d = if divergent(f, cell.sig, ns) { n } else { 0 };
+            let tot = totals.entry(sh).or_default();
+            tot.0 += n;
+            tot.1 += d;
+            let status = match cell.status_class {
+                0 => "error".to_string(),
+                c => format!("{c}xx"),
+            };
+            let size = ["0 B", "<1 KiB", "1-10 KiB", "10-100 KiB", ">=100 KiB"]
+                [cell.size_bucket.min(4) as usize]
+                .to_string();
+            for (dim, value) in [
+                ("endpoint", endpoint.clone()),
+                ("method", method.clone()),
+                ("status_class", status),
+                ("request_size", size),
+            ] {
+                let e = seg.entry((sh, dim, value)).or_default();
+                e.0 += n;
+                e.1 += d;
+            }
+        }
+    }
+    let mut tests = Vec::new();
+    for ((sh, dim, value), (n, k)) in seg {
+        let (tn, tk) = totals.get(&sh).copied().unwrap_or_default();
+        if n >= tn || n < 10 || k < 3 {
+            continue;
+        }
+        if let Some(p) = two_proportion_p(k, n, tk - k, tn - n) {
+            tests.push((sh, dim, value, n, k, (tk - k) as f64 / (tn - n) as f64, p));
+        }
+    }
+    let pvals: Vec<f64> = tests.iter().map(|t| t.6).collect();
+    let keep = benjamini_hochberg(&pvals, 0.05);
+    let mut out: Vec<Segment> = tests
+        .into_iter()
+        .zip(keep)
+        .filter(|(_, k)| *k)
+        .map(|((sh, dim, value, n, k, rest, p), _)| Segment {
+            shadow: f.shadows.names[sh as usize].clone(),
+            dimension: dim.to_string(),
+            value,
+            exchanges: n,
+            divergent: k,
+            rate: k as f64 / n as f64,
+            rest_rate: rest,
+            p_value: p,
+        })
+        .collect();
+    out.sort_by(|a, b| a.p_value.total_cmp(&b.p_value));
+    out
+}
+
+fn top_examples(f: &Folded, noise: &NoiseSets, top: usize) -> Vec<Example> {
+    let mut picked: Vec<(u64, Example)> = Vec::new();
+    for (&(ep, sh, sig), list) in &f.examples {
+        let ns = noise.get(&(ep, sh));
+        if !divergent(f, sig, ns) {
+            continue;
+        }
+        let weight = f.tallies.get(&(ep, sh)).map_or(0, |t| {
+            t.cells
+                .iter()
+                .filter(|(c, _)| c.sig == sig)
+                .map(|(_, n)| *n)
+                .sum()
+        });
+        for ex in list {
+            let mut ex = ex.clone();
+            let noise_paths: HashSet<&str> = ns
+                .map(|set| {
+                    set.iter()
+                        .map(|&p| f.paths.names[p as usize].as_str())
+                        .collect()
+                })
+                .unwrap_or_default();
+            ex.differences
+                .retain(|d| !noise_paths.contains(d.path.as_str()));
+            picked.push((weight, ex));
+        }
+    }
+    // The most frequent kinds of divergence first, one example each before
+    // any second one.
+    picked.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.exchange_id.cmp(&b.1.exchange_id)));
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for (w, ex) in &picked {
+        if out.len() < top && seen.insert((*w, ex.endpoint.clone(), ex.shadow.clone())) {
+            out.push(ex.clone());
+        }
+    }
+    for (_, ex) in picked {
+        if out.len() >= top {
+            break;
+        }
+        if !out
+            .iter()
+            .any(|e: &Example| e.exchange_id == ex.exchange_id && e.shadow == ex.shadow)
+        {
+            out.push(ex);
+        }
+    }
+    out
+}
+
+/// Build the report from everything folded.
+pub(crate) fn report(
+    f: &Folded,
+    opts: &DiffOptions,
+    sink: Option<Candidates>,
+) -> Result<Report, DiffError> {
+    let edges = chart_edges_ms();
+    let (noise, mut noise_fields) = noise_sets(f);
+    let mut endpoints: Vec<EndpointReport> = Vec::new();
+    let mut overall = BTreeMap::new();
+    for (sh, shadow) in f.shadows.names.iter().enumerate() {
+        let sh = sh as u32;
+        let parts: Vec<(u32, u32, &Tally)> = f
+            .tallies
+            .iter()
+            .filter(|((_, s), _)| *s == sh)
+            .map(|(&(ep, s), t)| (ep, s, t))
+            .collect();
+        let mut all_noise: BTreeMap<String, NoiseField> = BTreeMap::new();
+        for &(ep, s, _) in &parts {
+            for nf in noise_fields.get(&(ep, s)).into_iter().flatten() {
+                all_noise
+                    .entry(nf.path.clone())
+                    .or_insert_with(|| nf.clone());
+            }
+        }
+        let stats = shadow_stats(
+            f,
+            &parts,
+            &noise,
+            all_noise.into_values().collect(),
+            &opts.config,
+            &edges,
+        );
+        overall.insert(shadow.clone(), stats);
+    }
+    let mut eps: Vec<u32> = f.exchanges_per_endpoint.keys().copied().collect();
+    eps.sort_by(|a, b| f.endpoints.names[*a as usize].cmp(&f.endpoints.names[*b as usize]));
+    for ep in eps {
+        let mut shadows = BTreeMap::new();
+        for (sh, shadow) in f.shadows.names.iter().enumerate() {
+            let Some(t) = f.tallies.get(&(ep, sh as u32)) else {
+                continue;
+            };
+            let nf = noise_fields.remove(&(ep, sh as u32)).unwrap_or_default();
+            let stats = shadow_stats(f, &[(ep, sh as u32, t)], &noise, nf, &opts.config, &edges);
+            shadows.insert(shadow.clone(), stats);
+        }
+        endpoints.push(EndpointReport {
+            endpoint: f.endpoints.names[ep as usize].clone(),
+            count: f.exchanges_per_endpoint[&ep],
+            shadows,
+        });
+    }
+    if let Some(c) = sink {
+        let Candidates { tmp, out, mut w } = c;
+        w.flush()
+            .map_err(|e| DiffError::Write(out.display().to_string(), e))?;
+        drop(w);
+        super::filter_lines(&tmp, &out, |v| {
+            let key = v.get("_key")?.as_array()?;
+            let id = |i: usize| key.get(i).and_then(Value::as_u64).map(|x| x as u32);
+            let (ep, sh, sig) = (id(0)?, id(1)?, id(2)?);
+            let ns = noise.get(&(ep, sh));
+            if !divergent(f, sig, ns) {
+                return None;
+            }
+            let mut v = v.clone();
+            let obj = v.as_object_mut()?;
+            obj.remove("_key");
+            if let (Some(set), Some(Value::Array(diffs))) = (ns, obj.get_mut("differences")) {
+                diffs.retain(|d| {
+                    d.get("path")
+                        .and_then(Value::as_str)
+                        .is_none_or(|p| !set.iter().any(|&i| f.paths.names[i as usize] == p))
+                });
+            }
+            Some(v)
+        })?;
+    }
+    let mut report = Report {
+        verdict: crate::report::Verdict::Inconclusive,
+        reasons: Vec::new(),
+        exchanges: f.exchanges,
+        inputs: opts
+            .inputs
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
+        shadow_names: f.shadows.names.clone(),
+        primary_source: match (f.live_primary, f.recorded_primary) {
+            (true, false) => "live",
+            (false, true) => "recorded",
+            _ => "mixed",
+        }
+        .into(),
+        noise_estimated: !f.noise.is_empty(),
+        overall,
+        endpoints,
+        segments: segments(f, &noise),
+        top_divergences: top_examples(f, &noise, opts.top),
+        latency_buckets_ms: edges,
+    };
+    verdict::judge(&mut report, &opts.config.gate);
+    Ok(report)
+}

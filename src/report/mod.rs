@@ -1,0 +1,265 @@
+//! The diff report: one serialisable [`Report`] that every output format
+//! (terminal, Markdown, JSON, HTML, JUnit) renders. Field names are a public
+//! interface documented in `docs/report.md`.
+
+pub mod html;
+pub mod junit;
+pub mod markdown;
+pub mod terminal;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// The go/no-go decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING-KEBAB-CASE")]
+pub enum Verdict {
+    Go,
+    NoGo,
+    Inconclusive,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Go => "GO",
+            Verdict::NoGo => "NO-GO",
+            Verdict::Inconclusive => "INCONCLUSIVE",
+        }
+    }
+
+    /// The exit code `shadowctl diff` ends with.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Verdict::Go => 0,
+            Verdict::NoGo => 1,
+            Verdict::Inconclusive => 3,
+        }
+    }
+}
+
+/// How one criterion came out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Pass,
+    Fail,
+    /// Too little data to decide at 95% confidence.
+    Inconclusive,
+}
+
+/// One criterion of the gate, judged for one endpoint (or overall) and one shadow.
+#[derive(Clone, Debug, Serialize)]
+pub struct Reason {
+    /// `min_exchanges`, `shadow_usable`, `divergence_rate`, `error_rate_increase`,
+    /// `p99_latency_ratio`, `drift_psi`.
+    pub criterion: String,
+    /// `None` means all endpoints together.
+    pub endpoint: Option<String>,
+    pub shadow: Option<String>,
+    /// The value compared with the threshold (for rates: the bound used).
+    pub observed: f64,
+    pub threshold: f64,
+    /// `true` only for [`Outcome::Pass`].
+    pub passed: bool,
+    pub outcome: Outcome,
+    /// One sentence a person can act on.
+    pub detail: String,
+}
+
+/// Percentiles of one latency distribution, in milliseconds.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LatencyMs {
+    pub count: u64,
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    /// Counts over log-spaced buckets (edges in `Report::latency_buckets_ms`),
+    /// for charts.
+    pub histogram: Vec<u64>,
+}
+
+/// Latency of primary and shadow on the same requests.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LatencyPair {
+    pub primary: LatencyMs,
+    pub shadow: LatencyMs,
+    /// shadow p99 / primary p99 (absent when either side has no answers).
+    pub p99_ratio: Option<f64>,
+}
+
+/// Error counts (transport errors and 5xx answers).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Errors {
+    pub primary: u64,
+    pub shadow: u64,
+    pub primary_rate: f64,
+    pub shadow_rate: f64,
+    /// shadow_rate - primary_rate, with its 95% interval.
+    pub difference: f64,
+    pub difference_ci: [f64; 2],
+    /// Shadow errors by kind (`timeout`, `reset`, `http_5xx`, ...).
+    pub shadow_by_kind: BTreeMap<String, u64>,
+}
+
+/// How often one field (or `status`, `error`, `header:NAME`, `body`) differed.
+#[derive(Clone, Debug, Serialize)]
+pub struct FieldDivergence {
+    pub path: String,
+    /// Exchanges where it differed (and counted as divergence).
+    pub divergent: u64,
+    pub rate: f64,
+    /// Counts by kind: `changed`, `missing_in_shadow`, `added_in_shadow`, `type_changed`.
+    pub kinds: BTreeMap<String, u64>,
+}
+
+/// A field that also differs between two primary observations of the same
+/// request: not counted as divergence.
+#[derive(Clone, Debug, Serialize)]
+pub struct NoiseField {
+    pub path: String,
+    /// Rate of primary-vs-primary differences.
+    pub noise_rate: f64,
+    /// Rate of primary-vs-shadow differences (not significantly higher).
+    pub shadow_rate: f64,
+}
+
+/// A field the primary had and the shadow did not (or had as null).
+#[derive(Clone, Debug, Serialize)]
+pub struct MissingField {
+    pub path: String,
+    pub count: u64,
+    pub rate: f64,
+}
+
+/// Distribution drift of one configured field between primary and shadow.
+#[derive(Clone, Debug, Serialize)]
+pub struct Drift {
+    pub path: String,
+    /// `categorical` or `numeric`.
+    pub kind: String,
+    pub primary_count: u64,
+    pub shadow_count: u64,
+    pub psi: f64,
+    /// Chi-square (categorical) statistic and p-value.
+    pub chi_square: Option<[f64; 2]>,
+    /// Kolmogorov-Smirnov (numeric) statistic D and p-value.
+    pub ks: Option<[f64; 2]>,
+    /// Bin labels with primary and shadow counts, for charts.
+    pub bins: Vec<DriftBin>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DriftBin {
+    pub label: String,
+    pub primary: u64,
+    pub shadow: u64,
+}
+
+/// Divergence counts split by kind (an exchange can count in several).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ByKind {
+    pub status: u64,
+    pub body: u64,
+    pub header: u64,
+    pub error: u64,
+}
+
+/// One shadow compared with the primary, on one endpoint or overall.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ShadowStats {
+    /// Exchanges where both sides could be compared.
+    pub compared: u64,
+    pub divergent: u64,
+    pub divergence_rate: f64,
+    /// 95% Wilson interval of the divergence rate.
+    pub divergence_ci: [f64; 2],
+    pub by_kind: ByKind,
+    pub fields: Vec<FieldDivergence>,
+    pub noise_fields: Vec<NoiseField>,
+    pub missing_fields: Vec<MissingField>,
+    pub errors: Errors,
+    pub latency_ms: LatencyPair,
+    pub drift: Vec<Drift>,
+}
+
+/// Everything about one endpoint ("METHOD /path/{id}").
+#[derive(Clone, Debug, Serialize)]
+pub struct EndpointReport {
+    pub endpoint: String,
+    /// Exchanges replayed for this endpoint.
+    pub count: u64,
+    pub shadows: BTreeMap<String, ShadowStats>,
+}
+
+/// A slice of traffic whose divergence rate is significantly above the rest.
+#[derive(Clone, Debug, Serialize)]
+pub struct Segment {
+    pub shadow: String,
+    /// `endpoint`, `method`, `status_class`, `request_size`.
+    pub dimension: String,
+    pub value: String,
+    pub exchanges: u64,
+    pub divergent: u64,
+    pub rate: f64,
+    pub rest_rate: f64,
+    /// One-sided p-value (two-proportion z test), significant after
+    /// Benjamini-Hochberg at 5% over all segments tested.
+    pub p_value: f64,
+}
+
+/// One field-level difference in an example.
+#[derive(Clone, Debug, Serialize)]
+pub struct Difference {
+    pub path: String,
+    pub kind: String,
+    /// Short renderings of the two values (captured content: escape on output).
+    pub primary: String,
+    pub shadow: String,
+}
+
+/// A divergent exchange shown as an example.
+#[derive(Clone, Debug, Serialize)]
+pub struct Example {
+    pub exchange_id: u64,
+    pub shadow: String,
+    pub endpoint: String,
+    pub method: String,
+    pub target: String,
+    pub primary_status: Option<u16>,
+    pub shadow_status: Option<u16>,
+    pub differences: Vec<Difference>,
+}
+
+/// The whole report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub verdict: Verdict,
+    pub reasons: Vec<Reason>,
+    /// Exchanges read (all endpoints), and results files merged.
+    pub exchanges: u64,
+    pub inputs: Vec<String>,
+    /// Shadow names in the order they appear.
+    pub shadow_names: Vec<String>,
+    /// Where the primary's answers came from: `live`, `recorded`.
+    pub primary_source: String,
+    /// Whether two primary observations allowed noise estimation.
+    pub noise_estimated: bool,
+    pub overall: BTreeMap<String, ShadowStats>,
+    pub endpoints: Vec<EndpointReport>,
+    pub segments: Vec<Segment>,
+    pub top_divergences: Vec<Example>,
+    /// Upper edges of the latency histogram buckets, in milliseconds.
+    pub latency_buckets_ms: Vec<f64>,
+}
+
+/// Cut captured text for display: at most `max` chars, with an ellipsis.
+pub fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}

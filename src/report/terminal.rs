@@ -1,0 +1,177 @@
+//! The summary `shadowctl diff` always prints: verdict first, then the
+//! reasons that decided it, then the figures per shadow and endpoint.
+//! Colour only on a terminal and without NO_COLOR.
+
+use std::fmt::Write;
+
+use super::{clip, Outcome, Report, Verdict};
+
+struct Paint(bool);
+
+impl Paint {
+    fn wrap(&self, code: &str, s: &str) -> String {
+        if self.0 {
+            format!("\x1b[{code}m{s}\x1b[0m")
+        } else {
+            s.to_string()
+        }
+    }
+}
+
+/// Captured text may hold escape sequences: never let them reach the terminal.
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.2}%", x * 100.0)
+}
+
+pub fn render(r: &Report, colour: bool) -> String {
+    let p = Paint(colour);
+    let mut o = String::new();
+    let v = match r.verdict {
+        Verdict::Go => p.wrap("1;32", "GO"),
+        Verdict::NoGo => p.wrap("1;31", "NO-GO"),
+        Verdict::Inconclusive => p.wrap("1;33", "INCONCLUSIVE"),
+    };
+    let _ = writeln!(o, "verdict: {v}");
+    let _ = writeln!(
+        o,
+        "  {} exchanges from {} file(s); primary: {}; noise {}",
+        r.exchanges,
+        r.inputs.len(),
+        r.primary_source,
+        if r.noise_estimated {
+            "estimated from two primary observations"
+        } else {
+            "not estimated (one primary observation)"
+        }
+    );
+    let deciding: Vec<_> = r
+        .reasons
+        .iter()
+        .filter(|x| x.outcome != Outcome::Pass)
+        .collect();
+    let _ = writeln!(
+        o,
+        "\nreasons ({} criteria checked, {} not passed):",
+        r.reasons.len(),
+        deciding.len()
+    );
+    for x in deciding.iter().take(20) {
+        let mark = match x.outcome {
+            Outcome::Fail => p.wrap("31", "FAIL"),
+            Outcome::Inconclusive => p.wrap("33", "????"),
+            Outcome::Pass => p.wrap("32", "pass"),
+        };
+        let _ = writeln!(
+            o,
+            "  {mark} {} [{}] {}: {}",
+            x.criterion,
+            clean(x.endpoint.as_deref().unwrap_or("all")),
+            clean(x.shadow.as_deref().unwrap_or("-")),
+            clean(&x.detail)
+        );
+    }
+    if deciding.len() > 20 {
+        let _ = writeln!(o, "  … {} more in the reports", deciding.len() - 20);
+    }
+    for (name, s) in &r.overall {
+        let _ = writeln!(
+            o,
+            "\nshadow {}: {} compared, {} divergent ({}, CI {}–{}); errors {} vs {} primary; p99 {:.2} ms vs {:.2} ms",
+            clean(name),
+            s.compared,
+            s.divergent,
+            pct(s.divergence_rate),
+            pct(s.divergence_ci[0]),
+            pct(s.divergence_ci[1]),
+            s.errors.shadow,
+            s.errors.primary,
+            s.latency_ms.shadow.p99,
+            s.latency_ms.primary.p99
+        );
+        let _ = writeln!(
+            o,
+            "  {:<36} {:>8} {:>9} {:>9} {:>9} {:>9}",
+            "endpoint", "compared", "diverge", "err+", "p99 prim", "p99 shad"
+        );
+        for ep in r.endpoints.iter().take(25) {
+            let Some(e) = ep.shadows.get(name) else {
+                continue;
+            };
+            let _ = writeln!(
+                o,
+                "  {:<36} {:>8} {:>9} {:>9} {:>9.2} {:>9.2}",
+                clip(&clean(&ep.endpoint), 35),
+                e.compared,
+                pct(e.divergence_rate),
+                pct(e.errors.difference),
+                e.latency_ms.primary.p99,
+                e.latency_ms.shadow.p99
+            );
+        }
+        for f in s.fields.iter().take(5) {
+            let _ = writeln!(
+                o,
+                "  field {} differs in {} ({})",
+                clip(&clean(&f.path), 60),
+                f.divergent,
+                pct(f.rate)
+            );
+        }
+        for f in s.noise_fields.iter().take(5) {
+            let _ = writeln!(
+                o,
+                "  noise {} (primary vs primary {}, shadow {}) not counted",
+                clip(&clean(&f.path), 60),
+                pct(f.noise_rate),
+                pct(f.shadow_rate)
+            );
+        }
+        for m in s.missing_fields.iter().take(5) {
+            let _ = writeln!(
+                o,
+                "  missing in shadow: {} ({})",
+                clip(&clean(&m.path), 60),
+                pct(m.rate)
+            );
+        }
+    }
+    for seg in r.segments.iter().take(5) {
+        let _ = writeln!(
+            o,
+            "  concentrated: {} {}={} diverges {} vs {} elsewhere (p={:.2e})",
+            clean(&seg.shadow),
+            seg.dimension,
+            clip(&clean(&seg.value), 40),
+            pct(seg.rate),
+            pct(seg.rest_rate),
+            seg.p_value
+        );
+    }
+    if let Some(ex) = r.top_divergences.first() {
+        let _ = writeln!(
+            o,
+            "\nexample: exchange {} {} {} ({}):",
+            ex.exchange_id,
+            clean(&ex.method),
+            clip(&clean(&ex.target), 60),
+            clean(&ex.shadow)
+        );
+        for d in ex.differences.iter().take(5) {
+            let _ = writeln!(
+                o,
+                "  {} {}: {} -> {}",
+                clip(&clean(&d.path), 50),
+                d.kind,
+                clip(&clean(&d.primary), 40),
+                clip(&clean(&d.shadow), 40)
+            );
+        }
+    }
+    o
+}
