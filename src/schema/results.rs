@@ -350,15 +350,26 @@ fn batch_to_results(b: &arrow::array::RecordBatch) -> Result<Vec<ReplayResult>, 
     let req_body = c("request_body").as_binary::<i32>().clone();
     let resp_body = c("response_body").as_binary::<i32>().clone();
     let trunc = c("response_body_truncated").as_boolean().clone();
-    let headers = |n: &str, i: usize| {
-        let list = c(n).as_list::<i32>().value(i);
-        let st = list.as_struct();
-        let (hn, hv) = (
-            st.column(0).as_string::<i32>(),
-            st.column(1).as_string::<i32>(),
-        );
+    // Header lists are read through their offsets: slicing the list array
+    // per row cost more than the whole comparison in `diff`.
+    let header_column = |n: &str| {
+        let list = c(n).as_list::<i32>();
+        let st = list.values().as_struct();
+        (
+            list.value_offsets().to_vec(),
+            st.column(0).as_string::<i32>().clone(),
+            st.column(1).as_string::<i32>().clone(),
+        )
+    };
+    let (req_h, resp_h) = (
+        header_column("request_headers"),
+        header_column("response_headers"),
+    );
+    let headers = |col: &(Vec<i32>, arrow::array::StringArray, arrow::array::StringArray),
+                   i: usize| {
+        let (offsets, hn, hv) = col;
         let mut h = HeaderList::new();
-        for j in 0..st.len() {
+        for j in offsets[i] as usize..offsets[i + 1] as usize {
             h.push(
                 &crate::text::latin1_bytes(hn.value(j)),
                 &crate::text::latin1_bytes(hv.value(j)),
@@ -378,14 +389,14 @@ fn batch_to_results(b: &arrow::array::RecordBatch) -> Result<Vec<ReplayResult>, 
             method: methods.value(i).to_string(),
             target: targets.value(i).to_string(),
             endpoint: endpoints.value(i).to_string(),
-            request_headers: headers("request_headers", i),
+            request_headers: headers(&req_h, i),
             request_body: req_body.value(i).to_vec(),
             due_ts: due.value(i),
             sent_ts: opt_ts(&sent, i),
             first_byte_ts: opt_ts(&first, i),
             done_ts: opt_ts(&done, i),
             status: status.is_valid(i).then(|| status.value(i)),
-            response_headers: headers("response_headers", i),
+            response_headers: headers(&resp_h, i),
             response_body: resp_body.value(i).to_vec(),
             response_body_len: lens.value(i),
             response_body_truncated: trunc.value(i),
