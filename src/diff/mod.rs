@@ -211,10 +211,20 @@ fn fold_file(
 ) -> Result<(), DiffError> {
     let reader = ResultsReader::open(path)?;
     let expected = reader.targets.as_ref().map(Vec::len);
+    // Decoding Parquet and comparing take about the same time: decode on a
+    // second thread, a few batches ahead (bounded, so memory stays flat).
+    let (tx, rx) = std::sync::mpsc::sync_channel(4);
+    let decoder = std::thread::spawn(move || {
+        for batch in reader {
+            if tx.send(batch).is_err() {
+                return;
+            }
+        }
+    });
     let mut pending: HashMap<u64, Vec<ReplayResult>> = HashMap::new();
     let mut order: VecDeque<(u64, u64)> = VecDeque::new();
     let mut row_no = 0u64;
-    for batch in reader {
+    for batch in rx {
         for row in batch? {
             row_no += 1;
             let id = row.exchange_id;
@@ -243,6 +253,7 @@ fn fold_file(
             }
         }
     }
+    let _ = decoder.join();
     for (_, id) in order {
         if let Some(g) = pending.remove(&id) {
             fold_group(g, opts, comparer, folded, sink.as_deref_mut())?;
