@@ -3,12 +3,11 @@
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
-# The demo: capture the bundled pcap and print the summary.
+# The demo: services v1 and v2 on loopback, live capture (or the bundled
+# pcap), replay, diff; reports in demo-out/. See docs/demo.md.
 demo:
-    cargo build --release --quiet
-    mkdir -p demo-out
-    ./target/release/shadowctl capture --read testdata/demo.pcap --out demo-out/exchanges.parquet --stats-json demo-out/capture-stats.json
-    @echo "demo: wrote demo-out/exchanges.parquet and demo-out/capture-stats.json"
+    cargo build --release --quiet --bin shadowctl --example demo_service
+    bash scripts/demo.sh
 
 # Every test: unit, property and integration (needs ../shared/pcaps).
 test:

@@ -5,6 +5,7 @@
 //! The Parquet layouts shared by the stages live in [`schema`].
 
 pub mod capture;
+pub mod demo;
 pub mod diff;
 pub mod endpoint;
 pub mod progress;

@@ -42,6 +42,10 @@ pub struct Gate {
     pub min_endpoint_exchanges: u64,
     /// Fewer answers than this on a side: the p99 ratio is not judged.
     pub min_latency_samples: u64,
+    /// A p99 ratio above the limit fails only when the shadow's p99 is also
+    /// this many milliseconds above the primary's: ratios of sub-millisecond
+    /// latencies are scheduling jitter, not regressions.
+    pub p99_latency_slack_ms: f64,
     /// Optional ceiling on the population stability index of drift fields.
     pub max_psi: Option<f64>,
 }
@@ -55,6 +59,7 @@ impl Default for Gate {
             min_exchanges: 200,
             min_endpoint_exchanges: 30,
             min_latency_samples: 100,
+            p99_latency_slack_ms: 1.0,
             max_psi: None,
         }
     }

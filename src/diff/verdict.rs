@@ -129,7 +129,8 @@ fn latency(s: &ShadowStats, ep: Option<&str>, shadow: &str, g: &Gate) -> Option<
         });
     }
     let ratio = l.p99_ratio?;
-    let outcome = if ratio <= g.max_p99_latency_ratio {
+    let slower_ms = l.shadow.p99 - l.primary.p99;
+    let outcome = if ratio <= g.max_p99_latency_ratio || slower_ms <= g.p99_latency_slack_ms {
         Outcome::Pass
     } else {
         Outcome::Fail
@@ -142,8 +143,8 @@ fn latency(s: &ShadowStats, ep: Option<&str>, shadow: &str, g: &Gate) -> Option<
         g.max_p99_latency_ratio,
         outcome,
         format!(
-            "p99 {:.2} ms shadow vs {:.2} ms primary: ratio {ratio:.2}, limit {:.2}",
-            l.shadow.p99, l.primary.p99, g.max_p99_latency_ratio
+            "p99 {:.2} ms shadow vs {:.2} ms primary: ratio {ratio:.2}, limit {:.2} (and {:.1} ms slower)",
+            l.shadow.p99, l.primary.p99, g.max_p99_latency_ratio, g.p99_latency_slack_ms
         ),
     ))
 }

@@ -365,7 +365,11 @@ fn batch_to_results(b: &arrow::array::RecordBatch) -> Result<Vec<ReplayResult>, 
         header_column("request_headers"),
         header_column("response_headers"),
     );
-    let headers = |col: &(Vec<i32>, arrow::array::StringArray, arrow::array::StringArray),
+    let headers = |col: &(
+        Vec<i32>,
+        arrow::array::StringArray,
+        arrow::array::StringArray,
+    ),
                    i: usize| {
         let (offsets, hn, hv) = col;
         let mut h = HeaderList::new();

@@ -1,0 +1,303 @@
+//! The demo's two model-serving services (primary v1, shadow v2) and the
+//! client that sends them traffic. Used by `examples/demo_service.rs`, the
+//! demo script and the end-to-end test, so all three run the same code.
+//!
+//! The API: `POST /predict` {"text"} -> {"label", "score", "request_id"};
+//! `POST /embed` {"text"} -> {"embedding": [8 floats], "request_id"};
+//! `GET /items/{id}` -> {"id", "name", "price", "request_id"}.
+//! Answers are a pure function of the request, except `request_id` (a
+//! per-process counter: noise that `diff` must recognise).
+//!
+//! v2's deliberate regressions (documented in docs/demo.md):
+//! - about 8% of `/predict` inputs get the other label;
+//! - `/embed` takes 4 ms longer;
+//! - about 6% of `/items/{id}` answers lack `price`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Which version a service plays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+/// FNV-1a: a stable hash so answers are the same on every run and machine.
+fn fnv(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn text_of(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("text").and_then(|t| t.as_str()).map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// (status, JSON body, extra delay) for one request.
+fn answer(v: Version, method: &str, path: &str, body: &[u8], rid: u64) -> (u16, String, Duration) {
+    let h = fnv(body);
+    match (method, path) {
+        ("POST", "/predict") => {
+            let text = text_of(body);
+            let positive = fnv(text.as_bytes()) % 100 < 60;
+            let flipped = v == Version::V2 && (fnv(text.as_bytes()) >> 8) % 100 < 8;
+            let label = if positive != flipped {
+                "positive"
+            } else {
+                "negative"
+            };
+            let score = (fnv(text.as_bytes()) % 10_000) as f64 / 10_000.0;
+            let b = serde_json::json!({"label": label, "score": score, "model": "sentiment", "request_id": rid});
+            (200, b.to_string(), Duration::ZERO)
+        }
+        ("POST", "/embed") => {
+            let e: Vec<f64> = (0..8)
+                .map(|i| ((h >> (i * 8)) & 0xff) as f64 / 255.0 - 0.5)
+                .collect();
+            let delay = if v == Version::V2 {
+                Duration::from_millis(4)
+            } else {
+                Duration::ZERO
+            };
+            let b = serde_json::json!({"embedding": e, "dim": 8, "request_id": rid});
+            (200, b.to_string(), delay)
+        }
+        ("GET", p) if p.starts_with("/items/") => {
+            let id = &p["/items/".len()..];
+            let Ok(n) = id.parse::<u64>() else {
+                return (404, r#"{"error":"no such item"}"#.into(), Duration::ZERO);
+            };
+            let mut b = serde_json::json!({
+                "id": n, "name": format!("item {n}"), "price": (n % 97) as f64 + 0.99,
+                "request_id": rid,
+            });
+            if v == Version::V2 && fnv(id.as_bytes()) % 100 < 6 {
+                if let Some(m) = b.as_object_mut() {
+                    m.remove("price");
+                }
+            }
+            (200, b.to_string(), Duration::ZERO)
+        }
+        _ => (404, r#"{"error":"not found"}"#.into(), Duration::ZERO),
+    }
+}
+
+/// A running service; stops when dropped.
+pub struct Service {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// Start a service on 127.0.0.1:`port` (0: any free port).
+pub fn start(v: Version, port: u16) -> std::io::Result<Service> {
+    let listener = TcpListener::bind(("127.0.0.1", port))?;
+    let port = listener.local_addr()?.port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let counter = Arc::new(AtomicU64::new(1));
+    let flag = Arc::clone(&stop);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            if flag.load(Ordering::Relaxed) {
+                return;
+            }
+            let Ok(conn) = conn else { continue };
+            let (counter, flag) = (Arc::clone(&counter), Arc::clone(&flag));
+            std::thread::spawn(move || serve_connection(v, conn, &counter, &flag));
+        }
+    });
+    Ok(Service { port, stop })
+}
+
+fn serve_connection(v: Version, conn: TcpStream, counter: &AtomicU64, stop: &AtomicBool) {
+    let _ = conn.set_nodelay(true);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let Ok(mut w) = conn.try_clone() else { return };
+    let mut r = BufReader::new(conn);
+    while !stop.load(Ordering::Relaxed) {
+        let Some((method, path, body, close)) = read_request(&mut r) else {
+            return;
+        };
+        let rid = counter.fetch_add(1, Ordering::Relaxed);
+        let (status, body, delay) = answer(v, &method, &path, &body, rid);
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        let reason = if status == 200 { "OK" } else { "Not Found" };
+        let head = format!(
+            "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-Request-Id: {rid}\r\nServer: demo-{}\r\n\r\n",
+            body.len(),
+            if v == Version::V1 { "v1" } else { "v2" }
+        );
+        if w.write_all(head.as_bytes()).is_err() || w.write_all(body.as_bytes()).is_err() {
+            return;
+        }
+        if close {
+            return;
+        }
+    }
+}
+
+/// (method, path, body, connection: close) of the next request.
+fn read_request(r: &mut BufReader<TcpStream>) -> Option<(String, String, Vec<u8>, bool)> {
+    let mut head = Vec::new();
+    loop {
+        let n = r.read_until(b'\n', &mut head).ok()?;
+        if n == 0 || head.len() > 64 * 1024 {
+            return None;
+        }
+        if head.ends_with(b"\r\n\r\n") || head == b"\r\n" {
+            if head == b"\r\n" {
+                head.clear();
+                continue;
+            }
+            break;
+        }
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    req.parse(&head).ok()?;
+    let (method, path) = (req.method?.to_string(), req.path?.to_string());
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).trim().to_ascii_lowercase())
+    };
+    let len: usize = header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let close = header("connection").as_deref() == Some("close");
+    let mut body = vec![0; len.min(1 << 20)];
+    r.read_exact(&mut body).ok()?;
+    Some((method, path, body, close))
+}
+
+/// The demo's request mix, deterministic: request `i` of a run.
+pub fn request(i: u64) -> (String, String, String) {
+    match i % 10 {
+        0..=4 => (
+            "POST".into(),
+            "/predict".into(),
+            format!(
+                r#"{{"text": "review number {} is {}"}}"#,
+                i,
+                ["great", "awful", "fine", "meh"][(i % 4) as usize]
+            ),
+        ),
+        5..=7 => (
+            "GET".into(),
+            format!("/items/{}", 1000 + (i * 7919) % 5000),
+            String::new(),
+        ),
+        _ => (
+            "POST".into(),
+            "/embed".into(),
+            format!(r#"{{"text": "sentence {i}"}}"#),
+        ),
+    }
+}
+
+/// Send `n` requests of the mix to 127.0.0.1:`port` over `conns` keep-alive
+/// connections; returns how many got an answer.
+pub fn load(port: u16, n: u64, conns: u64) -> std::io::Result<u64> {
+    let conns = conns.clamp(1, 64);
+    let handles: Vec<_> = (0..conns)
+        .map(|c| {
+            std::thread::spawn(move || -> std::io::Result<u64> {
+                let s = TcpStream::connect(("127.0.0.1", port))?;
+                s.set_nodelay(true)?;
+                s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                let mut w = s.try_clone()?;
+                let mut r = BufReader::new(s);
+                let mut ok = 0;
+                for i in (c..n).step_by(conns as usize) {
+                    let (m, p, b) = request(i);
+                    let ct = if b.is_empty() { "" } else { "Content-Type: application/json\r\n" };
+                    write!(w, "{m} {p} HTTP/1.1\r\nHost: demo.local\r\nUser-Agent: demo-load\r\nAuthorization: Bearer demo-secret-{c}\r\n{ct}Content-Length: {}\r\n\r\n{b}", b.len())?;
+                    ok += u64::from(read_response(&mut r).is_some());
+                }
+                Ok(ok)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for h in handles {
+        total += h
+            .join()
+            .map_err(|_| std::io::Error::other("load thread panicked"))??;
+    }
+    Ok(total)
+}
+
+fn read_response(r: &mut BufReader<TcpStream>) -> Option<u16> {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        if r.read_until(b'\n', &mut head).ok()? == 0 {
+            return None;
+        }
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    resp.parse(&head).ok()?;
+    let len: usize = resp
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).ok()?;
+    resp.code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v2_differs_from_v1_only_where_documented() {
+        let (mut flips, mut missing) = (0, 0);
+        for i in 0..2000 {
+            let text = format!(r#"{{"text": "t{i}"}}"#);
+            let (_, a, _) = answer(Version::V1, "POST", "/predict", text.as_bytes(), 1);
+            let (_, b, _) = answer(Version::V2, "POST", "/predict", text.as_bytes(), 1);
+            flips += u32::from(a != b);
+            let p = format!("/items/{i}");
+            let (_, a, _) = answer(Version::V1, "GET", &p, b"", 1);
+            let (_, b, _) = answer(Version::V2, "GET", &p, b"", 1);
+            missing += u32::from(a != b && !b.contains("price"));
+        }
+        assert!(
+            (100..=220).contains(&flips),
+            "{flips} of 2000 labels flipped"
+        );
+        assert!(
+            (60..=180).contains(&missing),
+            "{missing} of 2000 prices missing"
+        );
+        let (_, _, d1) = answer(Version::V1, "POST", "/embed", b"{}", 1);
+        let (_, _, d2) = answer(Version::V2, "POST", "/embed", b"{}", 1);
+        assert_eq!((d1, d2), (Duration::ZERO, Duration::from_millis(4)));
+    }
+
+    #[test]
+    fn services_answer_real_requests() {
+        let v1 = start(Version::V1, 0).unwrap();
+        assert_eq!(load(v1.port, 50, 4).unwrap(), 50);
+    }
+}

@@ -1,0 +1,150 @@
+//! The demo's pipeline as a test: the bundled capture of demo traffic is
+//! replayed against the demo services (v1 primary, v2 shadow with seeded
+//! regressions) started here on 127.0.0.1, and `diff` must say NO-GO naming
+//! each regression, and GO when v1 is replayed against itself.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use assert_cmd::Command;
+use serde_json::Value;
+use shadowctl::demo::{start, Version};
+
+fn shadowctl(args: &[&str]) -> std::process::Output {
+    Command::cargo_bin("shadowctl")
+        .unwrap()
+        .args(args)
+        .timeout(Duration::from_secs(120))
+        .output()
+        .unwrap()
+}
+
+fn testdata(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// capture -> replay (primary v1, shadow `shadow`) -> diff; the report and exit code.
+fn pipeline(dir: &Path, shadow: Version) -> (Option<i32>, Value, String) {
+    let cap = dir.join("exchanges.parquet");
+    let out = shadowctl(&[
+        "capture",
+        "-q",
+        "--read",
+        &testdata("demo-services.pcap"),
+        "--out",
+        cap.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (v1, v2) = (start(Version::V1, 0).unwrap(), start(shadow, 0).unwrap());
+    let results: PathBuf = dir.join("results.parquet");
+    let out = shadowctl(&[
+        "replay",
+        cap.to_str().unwrap(),
+        "--primary",
+        &format!("http://127.0.0.1:{}", v1.port),
+        "--shadow",
+        &format!("v2=http://127.0.0.1:{}", v2.port),
+        "--rate",
+        "1000",
+        "--out",
+        results.to_str().unwrap(),
+        "-q",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = dir.join("report.json");
+    let out = shadowctl(&[
+        "diff",
+        results.to_str().unwrap(),
+        "--config",
+        &testdata("demo-shadow.toml"),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    (
+        out.status.code(),
+        report,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn failed<'a>(r: &'a Value, criterion: &str, endpoint: &str) -> Option<&'a Value> {
+    r["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["criterion"] == criterion && x["endpoint"] == endpoint && x["passed"] == false)
+}
+
+fn shadow_stats<'a>(r: &'a Value, endpoint: &str) -> &'a Value {
+    let e = r["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["endpoint"] == endpoint)
+        .unwrap();
+    &e["shadows"]["v2"]
+}
+
+#[test]
+fn v2_is_no_go_with_each_seeded_regression_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, r, stdout) = pipeline(dir.path(), Version::V2);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert_eq!(r["verdict"], "NO-GO");
+    assert_eq!(r["exchanges"], 1500);
+    // Changed labels on POST /predict.
+    assert!(
+        failed(&r, "divergence_rate", "POST /predict").is_some(),
+        "{stdout}"
+    );
+    let predict = shadow_stats(&r, "POST /predict");
+    assert_eq!(predict["fields"][0]["path"], "$.label");
+    // A field that sometimes goes missing on GET /items/{id}.
+    assert!(
+        failed(&r, "divergence_rate", "GET /items/{id}").is_some(),
+        "{stdout}"
+    );
+    let items = shadow_stats(&r, "GET /items/{id}");
+    assert_eq!(items["missing_fields"][0]["path"], "$.price");
+    // Slower on POST /embed, and only there.
+    assert!(
+        failed(&r, "p99_latency_ratio", "POST /embed").is_some(),
+        "{stdout}"
+    );
+    assert!(failed(&r, "divergence_rate", "POST /embed").is_none());
+    // The request id differs on every answer: named as noise, never counted.
+    let noise: Vec<&str> = predict["noise_fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(noise, ["$.request_id"]);
+    assert!(predict["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|f| f["path"] != "$.request_id"));
+}
+
+#[test]
+fn v1_against_itself_is_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, r, stdout) = pipeline(dir.path(), Version::V1);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert_eq!(r["verdict"], "GO");
+    assert_eq!(r["overall"]["v2"]["divergent"], 0, "{stdout}");
+}
