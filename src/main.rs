@@ -23,15 +23,25 @@ mod exit {
     pub const INTERRUPTED: u8 = 130;
 }
 
+/// `--version`: the tool and the Parquet schema versions it reads and writes.
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\ncapture (exchanges) schema 1\nresults schema 1"
+);
+
 #[derive(Parser)]
 #[command(
     name = "shadowctl",
     version,
+    long_version = LONG_VERSION,
     about = "Capture production HTTP traffic, replay it against primary and shadow deployments, and judge the difference."
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// More detail: every criterion in diff's summary, not only those that did not pass.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
 }
 
 #[derive(Subcommand)]
@@ -51,6 +61,17 @@ enum Command {
         after_help = "Examples:\n  shadowctl diff results.parquet\n  shadowctl diff results.parquet --config shadow.toml --markdown summary.md --html report.html --json report.json\n  shadowctl diff shard-*.parquet --config shadow.toml --junit junit.xml --divergences divergent.jsonl --top 20\n\nExit codes: 0 GO, 1 NO-GO, 3 INCONCLUSIVE, 2 bad input or usage."
     )]
     Diff(DiffArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
+    #[command(
+        after_help = "Example:\n  shadowctl completions bash > /etc/bash_completion.d/shadowctl"
+    )]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout.
+    #[command(after_help = "Example:\n  shadowctl man > shadowctl.1 && man ./shadowctl.1")]
+    Man,
 }
 
 #[derive(Args)]
@@ -538,7 +559,7 @@ fn write_report(path: &std::path::Path, text: &str, flag: &str) -> anyhow::Resul
     std::fs::write(path, text).with_context(|| format!("{flag} {}: cannot write", path.display()))
 }
 
-fn run_diff(args: DiffArgs) -> anyhow::Result<u8> {
+fn run_diff(args: DiffArgs, verbose: u8) -> anyhow::Result<u8> {
     use shadowctl::diff::{config::Config, diff, DiffOptions};
     use shadowctl::report;
     use std::io::IsTerminal;
@@ -569,7 +590,7 @@ fn run_diff(args: DiffArgs) -> anyhow::Result<u8> {
     if args.quiet {
         println!("verdict: {}", r.verdict.as_str());
     } else {
-        print!("{}", report::terminal::render(&r, colour));
+        print!("{}", report::terminal::render(&r, colour, verbose > 0));
     }
     Ok(r.verdict.exit_code() as u8)
 }
@@ -579,7 +600,20 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Capture(args) => run_capture(args),
         Command::Replay(args) => run_replay(args),
-        Command::Diff(args) => run_diff(args),
+        Command::Diff(args) => run_diff(args, cli.verbose),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "shadowctl", &mut std::io::stdout());
+            Ok(exit::OK)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .context("cannot write the man page")
+                .map(|()| exit::OK)
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -311,3 +311,40 @@ fn sampling_keeps_whole_connections() {
     );
     assert_eq!(flows(&rows(&again)), kept_flows);
 }
+
+#[test]
+fn version_names_the_schema_versions_and_completions_and_man_page_print() {
+    let out = Command::cargo_bin("shadowctl")
+        .unwrap()
+        .arg("--version")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        text.contains(&format!(
+            "capture (exchanges) schema {}",
+            shadowctl::schema::EXCHANGE_SCHEMA_VERSION
+        )) && text.contains(&format!(
+            "results schema {}",
+            shadowctl::schema::RESULTS_SCHEMA_VERSION
+        )),
+        "{text}"
+    );
+    for (args, needle) in [
+        (vec!["completions", "bash"], "_shadowctl()"),
+        (vec!["completions", "zsh"], "#compdef shadowctl"),
+        (vec!["man"], ".TH shadowctl 1"),
+    ] {
+        let out = Command::cargo_bin("shadowctl")
+            .unwrap()
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(needle),
+            "{args:?}"
+        );
+    }
+}

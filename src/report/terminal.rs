@@ -29,7 +29,8 @@ fn pct(x: f64) -> String {
     format!("{:.2}%", x * 100.0)
 }
 
-pub fn render(r: &Report, colour: bool) -> String {
+/// `verbose`: list every criterion, passed ones too.
+pub fn render(r: &Report, colour: bool, verbose: bool) -> String {
     let p = Paint(colour);
     let mut o = String::new();
     let v = match r.verdict {
@@ -53,15 +54,19 @@ pub fn render(r: &Report, colour: bool) -> String {
     let deciding: Vec<_> = r
         .reasons
         .iter()
-        .filter(|x| x.outcome != Outcome::Pass)
+        .filter(|x| verbose || x.outcome != Outcome::Pass)
         .collect();
     let _ = writeln!(
         o,
         "\nreasons ({} criteria checked, {} not passed):",
         r.reasons.len(),
-        deciding.len()
+        r.reasons
+            .iter()
+            .filter(|x| x.outcome != Outcome::Pass)
+            .count()
     );
-    for x in deciding.iter().take(20) {
+    let shown = if verbose { usize::MAX } else { 20 };
+    for x in deciding.iter().take(shown) {
         let mark = match x.outcome {
             Outcome::Fail => p.wrap("31", "FAIL"),
             Outcome::Inconclusive => p.wrap("33", "????"),
@@ -76,8 +81,12 @@ pub fn render(r: &Report, colour: bool) -> String {
             clean(&x.detail)
         );
     }
-    if deciding.len() > 20 {
-        let _ = writeln!(o, "  … {} more in the reports", deciding.len() - 20);
+    if deciding.len() > shown {
+        let _ = writeln!(
+            o,
+            "  … {} more in the reports (or -v)",
+            deciding.len() - shown
+        );
     }
     for (name, s) in &r.overall {
         let _ = writeln!(
