@@ -445,6 +445,7 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
     });
     let counters = Arc::new(Counters::default());
     let (cancel_tx, cancel) = tokio::sync::watch::channel(false);
+    let cancel_tx = Arc::new(cancel_tx);
     let shared = Shared {
         cancel,
         targets: targets
@@ -476,17 +477,35 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
     );
     let started = std::time::Instant::now();
     let drain_timeout = opts.drain_timeout;
-    let sched_shared = shared.clone();
-    let handle = tokio::runtime::Handle::current();
-    // The schedule runs on a thread of its own (a blocking-pool thread) so
-    // that busy workers and tokio's millisecond timers cannot make it late.
-    let (planned, dropped, skipped, interrupted) = tokio::task::spawn_blocking(move || {
-        precise_sleeps();
-        let queue = prefetch(plan);
-        handle.block_on(schedule(queue, &opts, &sched_shared, &stop))
-    })
-    .await
-    .map_err(|_| ReplayError::WriterGone)??;
+    let (planned, dropped, skipped, interrupted) =
+        if opts.timing == Timing::Max && !opts.preserve_order {
+            // Workers finish their request before noticing Ctrl-C: give them
+            // the drain timeout, then cancel what is still in flight.
+            let (stop2, cancel2) = (Arc::clone(&stop), Arc::clone(&cancel_tx));
+            let watchdog = tokio::spawn(async move {
+                while !stop2.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                tokio::time::sleep(drain_timeout).await;
+                let _ = cancel2.send(true);
+            });
+            let outcome = closed_loop(plan, &opts, &shared, &stop).await;
+            watchdog.abort();
+            outcome?
+        } else {
+            let sched_shared = shared.clone();
+            let handle = tokio::runtime::Handle::current();
+            // The schedule runs on a thread of its own (a blocking-pool thread)
+            // so that busy workers and tokio's millisecond timers cannot make
+            // it late.
+            tokio::task::spawn_blocking(move || {
+                precise_sleeps();
+                let queue = prefetch(plan);
+                handle.block_on(schedule(queue, &opts, &sched_shared, &stop))
+            })
+            .await
+            .map_err(|_| ReplayError::WriterGone)??
+        };
     let opts_drain = drain_timeout;
     // Drain: wait for in-flight requests, at most the drain timeout.
     let deadline = Instant::now() + opts_drain;
@@ -516,6 +535,111 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
     summary.skipped_read_only = skipped;
     summary.interrupted = interrupted;
     Ok(summary)
+}
+
+/// `--max` (without `--preserve-order`): `--concurrency` workers, each with
+/// its own connection to every target, take the next request as soon as
+/// their previous one is answered by all targets, and send it to all of them
+/// at once (the closed model of oha or wrk). No per-request task, permit or
+/// scheduler wake-up: under `--max` those cost more than the request itself.
+async fn closed_loop(
+    plan: Plan,
+    opts: &ReplayOptions,
+    shared: &Shared,
+    stop: &Arc<AtomicBool>,
+) -> Result<(u64, u64, u64, bool), ReplayError> {
+    let queue = Arc::new(tokio::sync::Mutex::new(prefetch_async(plan)));
+    let tally = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+    let failure = Arc::new(std::sync::Mutex::new(None));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..opts.concurrency.max(1) {
+        let (queue, tally, failure) = (queue.clone(), tally.clone(), failure.clone());
+        let (shared, stop) = (shared.clone(), Arc::clone(stop));
+        workers.spawn(async move {
+            let mut ctxs: Vec<TaskCtx> = shared
+                .targets
+                .iter()
+                .map(|_| TaskCtx::new(&shared))
+                .collect();
+            let mut conns: Vec<Option<tls::Conn>> = shared.targets.iter().map(|_| None).collect();
+            while !stop.load(Ordering::Relaxed) {
+                let next = queue.lock().await.recv().await;
+                let p = match next {
+                    Some(Ok(p)) => p,
+                    Some(Err(e)) => {
+                        if let Ok(mut f) = failure.lock() {
+                            f.get_or_insert(e);
+                        }
+                        return;
+                    }
+                    None => return,
+                };
+                tally[0].fetch_add(1, Ordering::Relaxed);
+                let p = Arc::new(p);
+                let due_ts = now_ns();
+                if shared
+                    .results
+                    .send(recorded_row(&p, due_ts, shared.opts.max_body))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let jobs: Vec<Option<Job>> = shared
+                    .targets
+                    .iter()
+                    .map(|(target, waiting)| {
+                        if target.role == TargetRole::Shadow
+                            && shared.opts.read_only
+                            && !SAFE_METHODS.contains(&p.exchange.method.as_str())
+                        {
+                            tally[2].fetch_add(1, Ordering::Relaxed);
+                            return None;
+                        }
+                        let built = build(
+                            &p.exchange,
+                            &destination(&shared, target),
+                            &shared.opts.rules,
+                        );
+                        tally[1].fetch_add(u64::from(built.dropped_redacted), Ordering::Relaxed);
+                        let job = Job {
+                            p: Arc::clone(&p),
+                            target: Arc::clone(target),
+                            waiting: Arc::clone(waiting),
+                            bytes: built.bytes,
+                            due_ts,
+                        };
+                        count_in(&job, &shared.counters);
+                        Some(job)
+                    })
+                    .collect();
+                let sends = ctxs
+                    .iter_mut()
+                    .zip(conns.iter_mut())
+                    .zip(jobs)
+                    .filter_map(|((ctx, conn), job)| Some(ctx.perform(job?, Some(conn))));
+                futures_util::future::join_all(sends).await;
+            }
+        });
+    }
+    while workers.join_next().await.is_some() {}
+    if let Some(e) = failure.lock().ok().and_then(|mut f| f.take()) {
+        return Err(e);
+    }
+    let get = |i: usize| tally[i].load(Ordering::Relaxed);
+    Ok((get(0), get(1), get(2), stop.load(Ordering::Relaxed)))
+}
+
+/// Where a request for `target` goes, with the shadow marker when due.
+fn destination<'a>(shared: &'a Shared, target: &'a Target) -> Destination<'a> {
+    let marker = (target.role == TargetRole::Shadow)
+        .then_some(shared.opts.marker.as_ref())
+        .flatten();
+    Destination {
+        authority: &target.authority,
+        base_path: &target.base_path,
+        marker,
+    }
 }
 
 /// Wait for `due` on the scheduler's own thread: a thread sleep wakes
@@ -549,6 +673,26 @@ fn background_priority() {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
         libc::setpriority(libc::PRIO_PROCESS, tid, 10);
     }
+}
+
+/// [`prefetch`] for async readers (the `--max` workers).
+fn prefetch_async(mut plan: Plan) -> mpsc::Receiver<Result<Planned, ReplayError>> {
+    let (tx, rx) = mpsc::channel(4096);
+    std::thread::spawn(move || {
+        background_priority();
+        loop {
+            let next = match plan.next_planned() {
+                Ok(Some(p)) => Ok(p),
+                Ok(None) => return,
+                Err(e) => Err(e.into()),
+            };
+            let failed = next.is_err();
+            if tx.blocking_send(next).is_err() || failed {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// Read the plan on a thread of its own, a few thousand requests ahead, so
@@ -667,15 +811,11 @@ async fn schedule(
                 skipped += 1;
                 continue;
             }
-            let marker = (target.role == TargetRole::Shadow)
-                .then_some(shared.opts.marker.as_ref())
-                .flatten();
-            let dest = Destination {
-                authority: &target.authority,
-                base_path: &target.base_path,
-                marker,
-            };
-            let built = build(&p.exchange, &dest, &shared.opts.rules);
+            let built = build(
+                &p.exchange,
+                &destination(shared, target),
+                &shared.opts.rules,
+            );
             dropped += u64::from(built.dropped_redacted);
             let mut due_ts = due_ts;
             if shared.opts.closed_loop {
