@@ -656,3 +656,49 @@ fn https_targets_are_verified_and_answer() {
     assert_eq!(run.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&run.stderr).contains("--ca-cert /nonexistent.pem"));
 }
+
+#[test]
+fn ctrl_c_under_max_with_a_hanging_target_respects_the_drain_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = timed_capture(dir.path(), 200, 1, |i| i);
+    let (ok, hang) = (
+        Recorder::start(Behaviour::Answer("p")),
+        Recorder::start(Behaviour::Hang),
+    );
+    let out = dir.path().join("r.parquet");
+    let started = std::time::Instant::now();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_shadowctl"))
+        .args(["replay", cap.to_str().unwrap(), "--primary", &ok.url()])
+        .args(["--shadow", &hang.url(), "--max", "--concurrency", "4"])
+        .args([
+            "--timeout",
+            "30s",
+            "--drain-timeout",
+            "500ms",
+            "-q",
+            "--out",
+        ])
+        .arg(&out)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    // Not the 30 s timeout: Ctrl-C + the drain timeout, then cancel.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let rows = read_results(&out).unwrap();
+    let shadow = role(&rows, TargetRole::Shadow);
+    assert_eq!(shadow.len(), 4, "one request per worker was in flight");
+    assert!(shadow
+        .iter()
+        .all(|r| r.error_kind == Some(ErrorKind::Interrupted)));
+    assert_eq!(role(&rows, TargetRole::Primary).len(), 4);
+}
