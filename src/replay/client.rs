@@ -111,6 +111,13 @@ fn split_host_port(authority: &str, default_port: u16) -> Option<(String, u16)> 
     }
 }
 
+/// A request the scheduler already wrote (maybe partly) on a pooled connection.
+pub struct Presend {
+    conn: Conn,
+    sent_ts: i64,
+    written: usize,
+}
+
 /// What a target answered (or why it did not).
 #[derive(Debug, Default)]
 pub struct Answer {
@@ -238,6 +245,16 @@ impl Target {
         Ok(Conn::Tls(Box::new(tls)))
     }
 
+    /// Open up to `n` connections ahead of the run, so the first requests
+    /// do not wait for handshakes (failures are left for the requests to
+    /// record).
+    pub async fn warm(&self, n: usize) {
+        let opened = futures_util::future::join_all((0..n).map(|_| self.connect())).await;
+        for conn in opened.into_iter().flatten() {
+            self.recycle(conn);
+        }
+    }
+
     fn recycle(&self, stream: Conn) {
         if let Ok(mut v) = self.idle.lock() {
             if v.len() < 1024 {
@@ -249,8 +266,49 @@ impl Target {
     /// Send `request` and read the answer, within `timeout` in all. With
     /// `own`, the request goes over that connection (opened if empty) instead
     /// of the shared pool: `--preserve-order` keeps one per recorded connection.
+    /// Send `request` now, from the calling thread (the scheduler's), on an
+    /// idle pooled plain connection, if one is free and the socket takes the
+    /// bytes without blocking. The answer is then read by [`Target::exchange`]
+    /// on a worker; the send time is exact whatever the workers are doing.
+    pub fn try_send_now(&self, request: &[u8]) -> Option<Presend> {
+        let conn = self.idle.lock().ok()?.pop()?;
+        let Conn::Plain(stream) = &conn else {
+            self.recycle(conn);
+            return None;
+        };
+        let sent_ts = now_ns();
+        match stream.try_write(request) {
+            Ok(written) => Some(Presend {
+                conn,
+                sent_ts,
+                written,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                self.recycle(conn);
+                None
+            }
+            // Broken: dropped; the worker path opens a new connection.
+            Err(_) => None,
+        }
+    }
+
     pub async fn exchange(
         &self,
+        mut own: Option<&mut Option<Conn>>,
+        request: &[u8],
+        method: &str,
+        timeout: Duration,
+        max_body: usize,
+    ) -> Answer {
+        self.exchange_after(None, own.take(), request, method, timeout, max_body)
+            .await
+    }
+
+    /// [`Target::exchange`], continuing a request already (partly) sent by
+    /// [`Target::try_send_now`].
+    pub async fn exchange_after(
+        &self,
+        mut pre: Option<Presend>,
         mut own: Option<&mut Option<Conn>>,
         request: &[u8],
         method: &str,
@@ -260,7 +318,7 @@ impl Target {
         let run = async {
             for _ in 0..2 {
                 match self
-                    .attempt(own.as_deref_mut(), request, method, max_body)
+                    .attempt(pre.take(), own.as_deref_mut(), request, method, max_body)
                     .await
                 {
                     Attempt::Done(a) => return a,
@@ -291,27 +349,34 @@ impl Target {
 
     async fn attempt(
         &self,
+        pre: Option<Presend>,
         mut own: Option<&mut Option<Conn>>,
         request: &[u8],
         method: &str,
         max_body: usize,
     ) -> Attempt {
         let mut answer = Answer::default();
-        let held = own.as_deref_mut().and_then(Option::take);
-        let conn = match held {
-            Some(s) => Ok((s, true)),
-            None if own.is_some() => self.connect().await.map(|s| (s, false)),
-            None => self.connection().await,
-        };
-        let (mut stream, reused) = match conn {
-            Ok(c) => c,
-            Err((kind, detail)) => {
-                answer.error = Some((kind, format!("connect to {}: {detail}", self.authority)));
-                return Attempt::Done(answer);
+        let (mut stream, reused, sent_ts, done) = match pre {
+            Some(p) => (p.conn, true, p.sent_ts, p.written),
+            None => {
+                let held = own.as_deref_mut().and_then(Option::take);
+                let conn = match held {
+                    Some(s) => Ok((s, true)),
+                    None if own.is_some() => self.connect().await.map(|s| (s, false)),
+                    None => self.connection().await,
+                };
+                match conn {
+                    Ok((s, reused)) => (s, reused, now_ns(), 0),
+                    Err((kind, detail)) => {
+                        answer.error =
+                            Some((kind, format!("connect to {}: {detail}", self.authority)));
+                        return Attempt::Done(answer);
+                    }
+                }
             }
         };
-        answer.sent_ts = Some(now_ns());
-        let written = match stream.write_all(request).await {
+        answer.sent_ts = Some(sent_ts);
+        let written = match stream.write_all(&request[done.min(request.len())..]).await {
             Ok(()) => stream.flush().await,
             Err(e) => Err(e),
         };

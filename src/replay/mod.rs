@@ -414,6 +414,10 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
         }
     }
     let plan = Plan::open(opts.captures.clone(), opts.selection.clone())?;
+    if opts.timing != Timing::Max && !opts.preserve_order {
+        let warm = opts.concurrency.min(16);
+        futures_util::future::join_all(targets.iter().map(|t| t.warm(warm))).await;
+    }
     let (tx, mut rx) = mpsc::channel::<ReplayResult>(4096);
     let out = opts.out.clone();
     // Which rows to expect per exchange, so `diff` can group them while streaming.
@@ -608,6 +612,7 @@ async fn closed_loop(
                             waiting: Arc::clone(waiting),
                             bytes: built.bytes,
                             due_ts,
+                            pre: None,
                         };
                         count_in(&job, &shared.counters);
                         Some(job)
@@ -646,20 +651,31 @@ fn destination<'a>(shared: &'a Shared, target: &'a Target) -> Destination<'a> {
 /// within tens of microseconds (a kernel high-resolution timer), where a
 /// tokio timer has millisecond granularity and fires late when the workers
 /// are busy.
-fn wait_until(due: Instant) {
+/// Returns whether it slept.
+fn wait_until(due: Instant) -> bool {
     let now = Instant::now();
     if due > now {
         std::thread::sleep(due - now);
+        return true;
     }
+    false
 }
 
-/// Linux lets a sleeping thread wake up to 50 µs late by default (timer
-/// slack, to batch wake-ups); the scheduler thread asks for 1 µs.
+/// Make the scheduler thread wake on time. Linux lets a sleeping thread
+/// wake up to 50 µs late by default (timer slack): ask for 1 µs. On a busy
+/// machine a woken thread can also wait milliseconds for a CPU: when
+/// permitted (root or CAP_SYS_NICE) the thread takes the lowest real-time
+/// priority, otherwise a higher nice value if allowed, otherwise nothing
+/// changes. It sleeps between due times and yields when it runs behind (see
+/// `schedule`), so it cannot hog a CPU.
 fn precise_sleeps() {
-    // SAFETY: PR_SET_TIMERSLACK takes a plain integer and affects only the
-    // calling thread.
+    // SAFETY: plain syscalls with integer arguments on the calling thread.
     unsafe {
         libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
+        let param = libc::sched_param { sched_priority: 1 };
+        if libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) != 0 {
+            set_nice(-10);
+        }
     }
 }
 
@@ -668,10 +684,16 @@ fn precise_sleeps() {
 /// every 25 ms and showed up as schedule lag. Those threads are behind
 /// on purpose (bounded queues), so they run at a lower priority.
 fn background_priority() {
+    set_nice(10);
+}
+
+/// Set the calling thread's nice value. Raising priority (below 0) needs
+/// CAP_SYS_NICE; without it the call fails and nothing changes, which is fine.
+fn set_nice(value: i32) {
     // SAFETY: plain syscalls on the calling thread's own id.
     unsafe {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+        libc::setpriority(libc::PRIO_PROCESS, tid, value);
     }
 }
 
@@ -777,6 +799,7 @@ async fn schedule(
     let (mut n, mut dropped, mut skipped) = (0u64, 0u64, 0u64);
     let mut first_ts = None;
     let mut lanes = std::collections::HashMap::new();
+    let mut behind = 0u64;
     for p in queue {
         let p = p?;
         if stop.load(Ordering::Relaxed) {
@@ -793,16 +816,19 @@ async fn schedule(
         let due = start + offset;
         let due_ts = start_wall + offset.as_nanos() as i64;
         if opts.timing != Timing::Max {
-            wait_until(due);
+            if wait_until(due) {
+                behind = 0;
+            } else {
+                behind += 1;
+                // Running behind without sleeping: let other threads (the
+                // ones answering) have the CPU now and then.
+                if behind.is_multiple_of(256) {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+            }
         }
         n += 1;
         let p = Arc::new(p);
-        // The recorded response is always kept: it is the primary with
-        // `--primary recorded`, and a noise estimate beside a live one.
-        let row = recorded_row(&p, due_ts, opts.max_body);
-        if shared.results.send(row).await.is_err() {
-            return Err(ReplayError::WriterGone);
-        }
         for (ti, (target, waiting)) in shared.targets.iter().enumerate() {
             if target.role == TargetRole::Shadow
                 && shared.opts.read_only
@@ -837,12 +863,21 @@ async fn schedule(
                 let _ = shared.results.send(row).await;
                 continue;
             }
+            let pre = if opts.preserve_order
+                || shared.opts.closed_loop
+                || p.exchange.request_body_truncated
+            {
+                None
+            } else {
+                presend(target, &built.bytes)
+            };
             let job = Job {
                 p: Arc::clone(&p),
                 target: Arc::clone(target),
                 waiting: Arc::clone(waiting),
                 bytes: built.bytes,
                 due_ts,
+                pre,
             };
             if opts.preserve_order {
                 let key = (p.file, p.exchange.flow_id, ti);
@@ -853,8 +888,32 @@ async fn schedule(
                 spawn_request(shared, job);
             }
         }
+        // The recorded response is always kept: it is the primary with
+        // `--primary recorded`, and a noise estimate beside a live one.
+        // Written after the requests went out, so it never delays them.
+        let row = recorded_row(&p, due_ts, opts.max_body);
+        match shared.results.try_send(row) {
+            Ok(()) => {}
+            // The writer is behind: hand the row to a task instead of
+            // waiting here.
+            Err(mpsc::error::TrySendError::Full(row)) => {
+                let tx = shared.results.clone();
+                tokio::spawn(async move { tx.send(row).await });
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(ReplayError::WriterGone),
+        }
     }
     Ok((n, dropped, skipped, stop.load(Ordering::Relaxed)))
+}
+
+/// Send on the scheduler's thread when a permit and an idle connection are
+/// free right now (see [`Target::try_send_now`]); otherwise the request task
+/// does it.
+fn presend(target: &Target, bytes: &[u8]) -> Option<client::Presend> {
+    let permit = target.permits.try_acquire().ok()?;
+    let sent = target.try_send_now(bytes)?;
+    permit.forget();
+    Some(sent)
 }
 
 /// One request for one target.
@@ -864,6 +923,8 @@ struct Job {
     waiting: Arc<AtomicU64>,
     bytes: Vec<u8>,
     due_ts: i64,
+    /// Already sent by the scheduler (holding one of the target's permits).
+    pre: Option<client::Presend>,
 }
 
 /// What a request task needs from the run.
@@ -893,10 +954,11 @@ impl TaskCtx {
             waiting,
             bytes,
             due_ts,
+            pre,
         } = job;
         let (opts, counters) = (&self.opts, &self.counters);
         let work = async {
-            if !opts.closed_loop {
+            if !opts.closed_loop && pre.is_none() {
                 if let Ok(permit) = target.permits.acquire().await {
                     permit.forget();
                 }
@@ -919,7 +981,7 @@ impl TaskCtx {
             };
             counters.sent.fetch_add(1, Ordering::Relaxed);
             let answer = target
-                .exchange(own, &bytes, &p.exchange.method, timeout, opts.max_body)
+                .exchange_after(pre, own, &bytes, &p.exchange.method, timeout, opts.max_body)
                 .await;
             target.permits.add_permits(1);
             answer
