@@ -35,6 +35,8 @@ pub struct Target {
     idle: Mutex<Vec<Conn>>,
     /// Requests in flight at most (`--concurrency`).
     pub permits: Semaphore,
+    /// Answers with an error so far (for the progress bar).
+    pub errors: std::sync::atomic::AtomicU64,
 }
 
 /// Why a target URL is not usable.
@@ -82,6 +84,7 @@ impl Target {
             tls: None,
             idle: Mutex::new(Vec::new()),
             permits: Semaphore::new(concurrency.max(1)),
+            errors: Default::default(),
         })
     }
 }

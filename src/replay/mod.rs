@@ -477,7 +477,7 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
     let ticker = spawn_ticker(
         bar.clone(),
         Arc::clone(&counters),
-        shared.targets.len().max(1),
+        shared.targets.iter().map(|(t, _)| Arc::clone(t)).collect(),
     );
     let started = std::time::Instant::now();
     let drain_timeout = opts.drain_timeout;
@@ -996,6 +996,7 @@ impl TaskCtx {
         }
         if answer.error.is_some() {
             counters.errors.fetch_add(1, Ordering::Relaxed);
+            target.errors.fetch_add(1, Ordering::Relaxed);
         }
         let row = result_row(&p, &target, due_ts, answer);
         let _ = self.results.send(row).await;
@@ -1032,7 +1033,7 @@ fn lane(shared: &Shared) -> mpsc::UnboundedSender<Job> {
 fn spawn_ticker(
     bar: indicatif::ProgressBar,
     c: Arc<Counters>,
-    targets: usize,
+    targets: Vec<Arc<Target>>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut last = 0;
@@ -1040,12 +1041,17 @@ fn spawn_ticker(
         loop {
             tick.tick().await;
             let sent = c.sent.load(Ordering::Relaxed);
-            bar.set_position(sent / targets as u64);
+            bar.set_position(sent / targets.len().max(1) as u64);
+            // Errors per target: a shadow failing is the news, not the total.
+            let errors: Vec<String> = targets
+                .iter()
+                .map(|t| format!("{} {}", t.name, t.errors.load(Ordering::Relaxed)))
+                .collect();
             bar.set_message(format!(
-                "{}/s sent, {} in flight, {} errors, lag {:.1} ms",
+                "{}/s sent, {} in flight, errors: {}, lag {:.1} ms",
                 (sent - last) * 4,
                 c.in_flight.load(Ordering::Relaxed),
-                c.errors.load(Ordering::Relaxed),
+                errors.join(", "),
                 c.lag_ns.load(Ordering::Relaxed) as f64 / 1e6
             ));
             last = sent;
