@@ -12,46 +12,7 @@ use shadowctl::schema::{
 };
 
 /// The config file from the issue, verbatim.
-const ISSUE_CONFIG: &str = r#"
-[gate]
-max_divergence_rate = 0.05      # GO needs the upper 95% bound below this, per endpoint and overall
-max_error_rate_increase = 0.01  # shadow error rate minus primary error rate
-max_p99_latency_ratio = 2.0     # shadow p99 / primary p99, per endpoint
-min_exchanges = 200             # fewer exchanges in total: INCONCLUSIVE
-
-[headers]
-ignore = ["date", "server", "x-request-id"]
-
-[[rule]]
-endpoint = "*"                  # glob over endpoint names
-path = "$.trace_id"             # JSON path in the body
-compare = "ignore"
-
-[[rule]]
-endpoint = "POST /predict"
-path = "$.score"
-compare = "numeric"
-rel_tolerance = 1e-6
-
-[[rule]]
-endpoint = "POST /embed"
-path = "$.embedding"
-compare = "cosine"
-min = 0.95
-
-[[rule]]
-endpoint = "POST /generate"
-path = "$.text"
-compare = "rouge_l"
-min = 0.8
-
-[[drift]]
-endpoint = "POST /predict"
-path = "$.label"                # categorical: PSI and chi-square
-[[drift]]
-endpoint = "POST /predict"
-path = "$.score"                # numeric: KS statistic and p-value
-"#;
+const ISSUE_CONFIG: &str = include_str!("../testdata/issue-shadow.toml");
 
 /// One answer: `body` as JSON, answered in `latency_ms`.
 fn row(

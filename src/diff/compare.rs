@@ -49,32 +49,45 @@ const MAX_DIFFS: usize = 50;
 /// Decoded bodies larger than this are compared as they came (bomb guard).
 const MAX_DECODED: u64 = 64 << 20;
 
-/// Compares answers under one config; caches which rules apply per endpoint.
+/// What of the config applies to one endpoint (globs matched once).
+pub struct EndpointConfig<'c> {
+    pub rules: Vec<&'c Rule>,
+    /// Indexes into `Config::drift`.
+    pub drift: Vec<usize>,
+}
+
+/// Compares answers under one config; caches what applies per endpoint so
+/// no glob runs and nothing is allocated per exchange.
 pub struct Comparer<'c> {
     config: &'c Config,
-    rules_by_endpoint: std::collections::HashMap<String, Vec<&'c Rule>>,
+    by_endpoint: std::collections::HashMap<String, EndpointConfig<'c>>,
 }
 
 impl<'c> Comparer<'c> {
     pub fn new(config: &'c Config) -> Self {
         Self {
             config,
-            rules_by_endpoint: Default::default(),
+            by_endpoint: Default::default(),
         }
     }
 
-    fn rules(&mut self, endpoint: &str) -> Vec<&'c Rule> {
-        let config = self.config;
-        self.rules_by_endpoint
-            .entry(endpoint.to_string())
-            .or_insert_with(|| {
-                config
+    /// The rules and drift fields for `endpoint`.
+    pub fn endpoint(&mut self, endpoint: &str) -> &EndpointConfig<'c> {
+        if !self.by_endpoint.contains_key(endpoint) {
+            let c = self.config;
+            let applies = EndpointConfig {
+                rules: c
                     .rules
                     .iter()
                     .filter(|r| glob(&r.endpoint, endpoint))
-                    .collect()
-            })
-            .clone()
+                    .collect(),
+                drift: (0..c.drift.len())
+                    .filter(|&i| glob(&c.drift[i].endpoint, endpoint))
+                    .collect(),
+            };
+            self.by_endpoint.insert(endpoint.to_string(), applies);
+        }
+        &self.by_endpoint[endpoint]
     }
 
     /// All differences between `p` (primary) and `s` (shadow) answers to the
@@ -96,8 +109,8 @@ impl<'c> Comparer<'c> {
             return vec![diff("status", DiffKind::Changed, st(p), st(s))];
         }
         let mut out = self.compare_headers(p, s);
-        let rules = self.rules(endpoint);
-        compare_bodies(p, s, &rules, &mut out);
+        let rules = &self.endpoint(endpoint).rules;
+        compare_bodies(p, s, rules, &mut out);
         out
     }
 

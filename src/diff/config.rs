@@ -8,6 +8,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::jsonpath::PathPattern;
+pub use crate::endpoint::glob;
 
 /// The whole file. Every section is optional.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -276,29 +277,6 @@ impl Config {
     }
 }
 
-/// Glob match with `*` (any run of characters) and `?` (one character).
-pub fn glob(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ti;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ti = mark;
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
-}
-
 /// Map a request to a configured template name, if one matches.
 pub fn template_for<'a>(templates: &'a [String], method: &str, path: &str) -> Option<&'a str> {
     let path = path.split(['?', '#']).next().unwrap_or(path);
@@ -322,46 +300,7 @@ mod tests {
     use super::*;
 
     /// The file from the issue, verbatim.
-    const ISSUE_CONFIG: &str = r#"
-[gate]
-max_divergence_rate = 0.05      # GO needs the upper 95% bound below this, per endpoint and overall
-max_error_rate_increase = 0.01  # shadow error rate minus primary error rate
-max_p99_latency_ratio = 2.0     # shadow p99 / primary p99, per endpoint
-min_exchanges = 200             # fewer exchanges in total: INCONCLUSIVE
-
-[headers]
-ignore = ["date", "server", "x-request-id"]
-
-[[rule]]
-endpoint = "*"                  # glob over endpoint names
-path = "$.trace_id"             # JSON path in the body
-compare = "ignore"
-
-[[rule]]
-endpoint = "POST /predict"
-path = "$.score"
-compare = "numeric"
-rel_tolerance = 1e-6
-
-[[rule]]
-endpoint = "POST /embed"
-path = "$.embedding"
-compare = "cosine"
-min = 0.95
-
-[[rule]]
-endpoint = "POST /generate"
-path = "$.text"
-compare = "rouge_l"
-min = 0.8
-
-[[drift]]
-endpoint = "POST /predict"
-path = "$.label"                # categorical: PSI and chi-square
-[[drift]]
-endpoint = "POST /predict"
-path = "$.score"                # numeric: KS statistic and p-value
-"#;
+    const ISSUE_CONFIG: &str = include_str!("../../testdata/issue-shadow.toml");
 
     #[test]
     fn the_issue_config_parses() {

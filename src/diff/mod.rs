@@ -334,7 +334,8 @@ fn fold_group(
         if let Some(ns) = shadow.latency_ns() {
             t.latency_shadow.record_ns(ns);
         }
-        summarize::fold_drift(&opts.config, &name, primary, shadow, t);
+        let wanted = &comparer.endpoint(&name).drift;
+        summarize::fold_drift(&opts.config, wanted, primary, shadow, t);
         if diffs.is_empty() {
             continue;
         }

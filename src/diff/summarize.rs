@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use serde_json::{json, Value};
 
 use super::compare::{decoded_body, parse_json, DiffKind};
-use super::config::{glob, Config};
+use super::config::Config;
 use super::latency::{chart_edges_ms, LogHist};
 use super::stats::{
     benjamini_hochberg, bin_counts, bins, chi_square, ks_two_sample, newcombe_diff, psi,
@@ -86,21 +86,19 @@ impl DriftAcc {
 }
 
 /// Collect the configured drift fields of one compared exchange.
+/// `wanted`: the endpoint's drift fields (indexes into `config.drift`).
 pub(crate) fn fold_drift(
     config: &Config,
-    endpoint: &str,
+    wanted: &[usize],
     primary: &ReplayResult,
     shadow: &ReplayResult,
     t: &mut Tally,
 ) {
-    let wanted: Vec<usize> = (0..config.drift.len())
-        .filter(|&i| glob(&config.drift[i].endpoint, endpoint))
-        .collect();
     if wanted.is_empty() {
         return;
     }
     let docs = [primary, shadow].map(|r| parse_json(&decoded_body(r)));
-    for i in wanted {
+    for &i in wanted {
         let Some(pattern) = &config.drift[i].pattern else {
             continue;
         };

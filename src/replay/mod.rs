@@ -552,7 +552,7 @@ async fn closed_loop(
     shared: &Shared,
     stop: &Arc<AtomicBool>,
 ) -> Result<(u64, u64, u64, bool), ReplayError> {
-    let queue = Arc::new(tokio::sync::Mutex::new(prefetch_async(plan)));
+    let queue = Arc::new(tokio::sync::Mutex::new(prefetch(plan)));
     let tally = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
     let failure = Arc::new(std::sync::Mutex::new(None));
     let mut workers = tokio::task::JoinSet::new();
@@ -693,8 +693,9 @@ fn set_nice(value: i32) {
     }
 }
 
-/// [`prefetch`] for async readers (the `--max` workers).
-fn prefetch_async(mut plan: Plan) -> mpsc::Receiver<Result<Planned, ReplayError>> {
+/// Read the plan on a thread of its own, a few thousand requests ahead, so
+/// decoding a Parquet row group never delays a due request.
+fn prefetch(mut plan: Plan) -> mpsc::Receiver<Result<Planned, ReplayError>> {
     let (tx, rx) = mpsc::channel(4096);
     std::thread::spawn(move || {
         background_priority();
@@ -706,27 +707,6 @@ fn prefetch_async(mut plan: Plan) -> mpsc::Receiver<Result<Planned, ReplayError>
             };
             let failed = next.is_err();
             if tx.blocking_send(next).is_err() || failed {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-/// Read the plan on a thread of its own, a few thousand requests ahead, so
-/// decoding a Parquet row group never delays a due request.
-fn prefetch(mut plan: Plan) -> std::sync::mpsc::Receiver<Result<Planned, ReplayError>> {
-    let (tx, rx) = std::sync::mpsc::sync_channel(4096);
-    std::thread::spawn(move || {
-        background_priority();
-        loop {
-            let next = match plan.next_planned() {
-                Ok(Some(p)) => Ok(p),
-                Ok(None) => return,
-                Err(e) => Err(e.into()),
-            };
-            let failed = next.is_err();
-            if tx.send(next).is_err() || failed {
                 return;
             }
         }
@@ -782,22 +762,21 @@ fn write_rows(
 /// Walk the plan and dispatch every request to every target at its due time.
 /// Returns (planned, dropped redacted values, skipped read-only, interrupted).
 async fn schedule(
-    queue: std::sync::mpsc::Receiver<Result<Planned, ReplayError>>,
+    mut queue: mpsc::Receiver<Result<Planned, ReplayError>>,
     opts: &ReplayOptions,
     shared: &Shared,
     stop: &AtomicBool,
 ) -> Result<(u64, u64, u64, bool), ReplayError> {
-    let mut queue = queue.into_iter().peekable();
     // Start once the first request is decoded, not before.
-    let _ = queue.peek();
+    let mut next = queue.recv().await;
     let start = Instant::now() + Duration::from_millis(20);
     let start_wall = now_ns() + 20_000_000;
     let (mut n, mut dropped, mut skipped) = (0u64, 0u64, 0u64);
     let mut first_ts = None;
     let mut lanes = std::collections::HashMap::new();
     let mut behind = 0u64;
-    for p in queue {
-        let p = p?;
+    while let Some(item) = next {
+        let p = item?;
         if stop.load(Ordering::Relaxed) {
             return Ok((n, dropped, skipped, true));
         }
@@ -898,6 +877,7 @@ async fn schedule(
             }
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(ReplayError::WriterGone),
         }
+        next = queue.recv().await;
     }
     Ok((n, dropped, skipped, stop.load(Ordering::Relaxed)))
 }

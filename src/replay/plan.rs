@@ -5,7 +5,7 @@ use std::collections::BinaryHeap;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 
-use crate::endpoint::endpoint;
+use crate::endpoint::{endpoint, glob};
 use crate::schema::{Exchange, ExchangeReader, SchemaError};
 
 /// A `METHOD /path*` pattern: optional method, then a glob over the path
@@ -37,29 +37,6 @@ impl Pattern {
     pub fn matches(&self, method: &str, path: &str) -> bool {
         self.method.as_deref().is_none_or(|m| m == method) && glob(&self.path, path)
     }
-}
-
-/// Glob match with `*` and `?` (hand-written: ten lines, no regex needed).
-pub fn glob(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ti;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ti = mark;
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
 }
 
 /// How requests are chosen.
