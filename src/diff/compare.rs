@@ -573,5 +573,32 @@ abs_tolerance = 0.01
             run("", "e", &p, &s2),
             vec![("$.a".into(), DiffKind::Changed)]
         );
+        // deflate (zlib-wrapped) and br decode to the same document.
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        z.write_all(br#"{"a":1}"#).unwrap();
+        let deflated = answer(
+            200,
+            &[
+                ("content-encoding", "deflate"),
+                ("content-type", "application/json"),
+            ],
+            &z.finish().unwrap(),
+        );
+        assert_eq!(run("", "e", &deflated, &s), vec![]);
+        // `{"a":1}` compressed by Python's brotli.compress.
+        let br_bytes = [11, 3, 128, 123, 34, 97, 34, 58, 49, 125, 3];
+        let br = answer(
+            200,
+            &[
+                ("content-encoding", "br"),
+                ("content-type", "application/json"),
+            ],
+            &br_bytes,
+        );
+        assert_eq!(run("", "e", &br, &s), vec![]);
+        assert_eq!(
+            run("", "e", &br, &s2),
+            vec![("$.a".into(), DiffKind::Changed)]
+        );
     }
 }

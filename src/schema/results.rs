@@ -264,7 +264,7 @@ impl ResultsReader {
                 path: name,
                 expected: "results",
                 detail: match kind {
-                    Some(k) => format!("it is a {k} file"),
+                    Some(k) => format!("its kind is `{k}`"),
                     None => "no shadowctl metadata".into(),
                 },
             });
