@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod plan;
+mod priority;
 pub mod request;
 pub mod tls;
 
@@ -338,6 +339,10 @@ const SAFE_METHODS: [&str; 3] = ["GET", "HEAD", "OPTIONS"];
 /// Requests waiting for a permit, per target, before new ones are given up.
 const MAX_WAITING_FACTOR: u64 = 16;
 
+/// How long the results writer sleeps when it has caught up (the queue holds
+/// 4096 rows: 200 ms of 10,000 requests/s to two targets).
+const WRITER_POLL: Duration = Duration::from_millis(2);
+
 #[derive(Clone)]
 struct Shared {
     targets: Vec<(Arc<Target>, Arc<AtomicU64>)>,
@@ -346,6 +351,8 @@ struct Shared {
     opts: Arc<ReplayOptionsCore>,
     counters: Arc<Counters>,
     results: mpsc::Sender<ReplayResult>,
+    /// The results writer's priority (see [`priority::Background`]).
+    writer: Arc<priority::Background>,
 }
 
 /// The parts of the options the request tasks need.
@@ -415,8 +422,15 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
     }
     let plan = Plan::open(opts.captures.clone(), opts.selection.clone())?;
     if opts.timing != Timing::Max && !opts.preserve_order {
-        let warm = opts.concurrency.min(16);
-        futures_util::future::join_all(targets.iter().map(|t| t.warm(warm))).await;
+        // One connection per permit (bounded): with fewer, a burst after a
+        // stall found no idle connection and its requests waited for a
+        // worker to open one.
+        let warm = opts.concurrency.min(256);
+        let _ = tokio::time::timeout(
+            opts.timeout.min(Duration::from_secs(5)),
+            futures_util::future::join_all(targets.iter().map(|t| t.warm(warm))),
+        )
+        .await;
     }
     let (tx, mut rx) = mpsc::channel::<ReplayResult>(4096);
     let out = opts.out.clone();
@@ -425,8 +439,10 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
         .chain(targets.iter().map(|t| t.name.clone()))
         .collect();
     let targets_meta = (crate::schema::META_TARGETS.to_string(), names.join(","));
+    let writer_bg = Arc::new(priority::Background::default());
+    let (bg, may_idle) = (Arc::clone(&writer_bg), opts.timing != Timing::Max);
     let writer = tokio::task::spawn_blocking(move || -> Result<ReplaySummary, SchemaError> {
-        background_priority();
+        let _entered = bg.enter(may_idle);
         let mut file = ParquetFileWriter::create(
             &out,
             crate::schema::results_schema(),
@@ -435,11 +451,22 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
         )?;
         let mut summary = ReplaySummary::default();
         let mut batch = Vec::with_capacity(512);
-        while let Some(r) = rx.blocking_recv() {
-            summary.add(&r);
-            batch.push(r);
-            if batch.len() >= 512 {
-                write_rows(&mut file, &mut batch)?;
+        // Polled rather than parked on: a parked receiver must be woken (a
+        // futex call) by every request task and by the scheduler, per row.
+        loop {
+            match rx.try_recv() {
+                Ok(r) => {
+                    summary.add(&r);
+                    batch.push(r);
+                    if batch.len() >= 512 {
+                        write_rows(&mut file, &mut batch)?;
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    bg.set_urgent(false);
+                    std::thread::sleep(WRITER_POLL);
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
             }
         }
         write_rows(&mut file, &mut batch)?;
@@ -468,6 +495,7 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
         }),
         counters: Arc::clone(&counters),
         results: tx,
+        writer: writer_bg,
     };
     let bar = crate::progress::bar(
         plan.total_hint,
@@ -503,13 +531,16 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
             // so that busy workers and tokio's millisecond timers cannot make
             // it late.
             tokio::task::spawn_blocking(move || {
-                precise_sleeps();
-                let queue = prefetch(plan);
-                handle.block_on(schedule(queue, &opts, &sched_shared, &stop))
+                priority::precise_sleeps();
+                let plan_bg = Arc::new(priority::Background::default());
+                let queue = prefetch(plan, Arc::clone(&plan_bg), true);
+                handle.block_on(schedule(queue, &plan_bg, &opts, &sched_shared, &stop))
             })
             .await
             .map_err(|_| ReplayError::WriterGone)??
         };
+    // Nobody watches the results queue while draining: no more idling.
+    shared.writer.set_urgent(true);
     let opts_drain = drain_timeout;
     // Drain: wait for in-flight requests, at most the drain timeout.
     let deadline = Instant::now() + opts_drain;
@@ -552,7 +583,8 @@ async fn closed_loop(
     shared: &Shared,
     stop: &Arc<AtomicBool>,
 ) -> Result<(u64, u64, u64, bool), ReplayError> {
-    let queue = Arc::new(tokio::sync::Mutex::new(prefetch(plan)));
+    let bg = Arc::new(priority::Background::default());
+    let queue = Arc::new(tokio::sync::Mutex::new(prefetch(plan, bg, false)));
     let tally = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
     let failure = Arc::new(std::sync::Mutex::new(None));
     let mut workers = tokio::task::JoinSet::new();
@@ -661,45 +693,23 @@ fn wait_until(due: Instant) -> bool {
     false
 }
 
-/// Make the scheduler thread wake on time. Linux lets a sleeping thread
-/// wake up to 50 µs late by default (timer slack): ask for 1 µs. On a busy
-/// machine a woken thread can also wait milliseconds for a CPU: when
-/// permitted (CAP_SYS_NICE) the thread gets nice -10. (Real-time priority
-/// was tried: the scheduler was punctual but starved the threads reading
-/// answers, and lag grew tenfold.)
-fn precise_sleeps() {
-    // SAFETY: plain syscalls with integer arguments on the calling thread.
-    unsafe {
-        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
-    }
-    set_nice(-10);
-}
-
-/// Encoding results and decoding the plan come in bursts (a batch, a row
-/// group) that, on a small machine, took a core from the request tasks
-/// every 25 ms and showed up as schedule lag. Those threads are behind
-/// on purpose (bounded queues), so they run at a lower priority.
-fn background_priority() {
-    set_nice(10);
-}
-
-/// Set the calling thread's nice value. Raising priority (below 0) needs
-/// CAP_SYS_NICE; without it the call fails and nothing changes, which is fine.
-fn set_nice(value: i32) {
-    // SAFETY: plain syscalls on the calling thread's own id.
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, value);
-    }
-}
-
 /// Read the plan on a thread of its own, a few thousand requests ahead, so
 /// decoding a Parquet row group never delays a due request.
-fn prefetch(mut plan: Plan) -> mpsc::Receiver<Result<Planned, ReplayError>> {
+/// `bg` is the thread's priority; the consumer makes it urgent when the
+/// queue runs low, the thread itself lets it rest once the queue is nearly
+/// full again.
+fn prefetch(
+    mut plan: Plan,
+    bg: Arc<priority::Background>,
+    may_idle: bool,
+) -> mpsc::Receiver<Result<Planned, ReplayError>> {
     let (tx, rx) = mpsc::channel(4096);
     std::thread::spawn(move || {
-        background_priority();
+        let _entered = bg.enter(may_idle);
         loop {
+            if tx.capacity() * 8 < tx.max_capacity() {
+                bg.set_urgent(false);
+            }
             let next = match plan.next_planned() {
                 Ok(Some(p)) => Ok(p),
                 Ok(None) => return,
@@ -763,12 +773,18 @@ fn write_rows(
 /// Returns (planned, dropped redacted values, skipped read-only, interrupted).
 async fn schedule(
     mut queue: mpsc::Receiver<Result<Planned, ReplayError>>,
+    plan_bg: &priority::Background,
     opts: &ReplayOptions,
     shared: &Shared,
     stop: &AtomicBool,
 ) -> Result<(u64, u64, u64, bool), ReplayError> {
-    // Start once the first request is decoded, not before.
+    // Start once the plan's first requests are decoded: decoding the first
+    // row groups while the first requests go out made those requests late.
     let mut next = queue.recv().await;
+    let ready_by = Instant::now() + Duration::from_millis(500);
+    while queue.capacity() > 0 && !queue.is_closed() && Instant::now() < ready_by {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let start = Instant::now() + Duration::from_millis(20);
     let start_wall = now_ns() + 20_000_000;
     let (mut n, mut dropped, mut skipped) = (0u64, 0u64, 0u64);
@@ -791,7 +807,8 @@ async fn schedule(
         let due = start + offset;
         let due_ts = start_wall + offset.as_nanos() as i64;
         if opts.timing != Timing::Max {
-            if wait_until(due) {
+            let slept = wait_until(due);
+            if slept {
                 behind = 0;
             } else {
                 behind += 1;
@@ -876,6 +893,14 @@ async fn schedule(
                 tokio::spawn(async move { tx.send(row).await });
             }
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(ReplayError::WriterGone),
+        }
+        // The bulk threads are called to the front before we would wait
+        // for them (see priority::Background).
+        if queue.len() * 4 < queue.max_capacity() {
+            plan_bg.set_urgent(true);
+        }
+        if shared.results.capacity() * 2 < shared.results.max_capacity() {
+            shared.writer.set_urgent(true);
         }
         next = queue.recv().await;
     }

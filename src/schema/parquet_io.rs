@@ -44,11 +44,29 @@ impl Default for WriterConfig {
 /// Writes record batches to `path` through `path.partial`, renamed on
 /// [`finish`](ParquetFileWriter::finish) once the footer is written.
 pub struct ParquetFileWriter {
-    writer: ArrowWriter<File>,
+    writer: ArrowWriter<ChunkedFile>,
     path: PathBuf,
     tmp: PathBuf,
     config: WriterConfig,
     rows: u64,
+}
+
+/// A file written at most 64 KiB per system call. The Parquet writer hands
+/// over whole column chunks (megabytes); one such write() kept a core in the
+/// kernel for milliseconds, and on kernels without in-kernel preemption the
+/// capture's packet reader or the replay's scheduler sharing that core
+/// waited that long. Between calls the kernel can switch threads.
+struct ChunkedFile(File);
+
+impl std::io::Write for ChunkedFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        const CHUNK: usize = 64 * 1024;
+        self.0.write(&buf[..buf.len().min(CHUNK)])
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> SchemaError {
@@ -101,8 +119,8 @@ impl ParquetFileWriter {
                 .set_column_statistics_enabled(c.clone(), EnabledStatistics::None)
                 .set_column_dictionary_enabled(c, false);
         }
-        let writer =
-            ArrowWriter::try_new(file, schema, Some(props.build())).map_err(|e| pq_err(&tmp, e))?;
+        let writer = ArrowWriter::try_new(ChunkedFile(file), schema, Some(props.build()))
+            .map_err(|e| pq_err(&tmp, e))?;
         Ok(Self {
             writer,
             path: path.to_path_buf(),
