@@ -584,7 +584,9 @@ async fn closed_loop(
     stop: &Arc<AtomicBool>,
 ) -> Result<(u64, u64, u64, bool), ReplayError> {
     let bg = Arc::new(priority::Background::default());
-    let queue = Arc::new(tokio::sync::Mutex::new(prefetch(plan, bg, false)));
+    // A plain mutex taken only for a try_recv: with an async mutex the 64
+    // workers queued on it and every release woke the next one.
+    let queue = Arc::new(std::sync::Mutex::new(prefetch(plan, bg, false)));
     let tally = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
     let failure = Arc::new(std::sync::Mutex::new(None));
     let mut workers = tokio::task::JoinSet::new();
@@ -599,8 +601,7 @@ async fn closed_loop(
                 .collect();
             let mut conns: Vec<Option<tls::Conn>> = shared.targets.iter().map(|_| None).collect();
             while !stop.load(Ordering::Relaxed) {
-                let next = queue.lock().await.recv().await;
-                let p = match next {
+                let p = match next_planned(&queue).await {
                     Some(Ok(p)) => p,
                     Some(Err(e)) => {
                         if let Ok(mut f) = failure.lock() {
@@ -665,6 +666,26 @@ async fn closed_loop(
     }
     let get = |i: usize| tally[i].load(Ordering::Relaxed);
     Ok((get(0), get(1), get(2), stop.load(Ordering::Relaxed)))
+}
+
+/// The next request for a closed-loop worker; None when the plan is done.
+/// When the decoder is behind, the worker waits a tick and tries again.
+async fn next_planned(
+    queue: &std::sync::Mutex<mpsc::Receiver<Result<Planned, ReplayError>>>,
+) -> Option<Result<Planned, ReplayError>> {
+    loop {
+        let got = match queue.lock() {
+            Ok(mut q) => q.try_recv(),
+            Err(_) => return None, // a worker panicked: end the run
+        };
+        match got {
+            Ok(item) => return Some(item),
+            Err(mpsc::error::TryRecvError::Disconnected) => return None,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                tokio::time::sleep(Duration::from_micros(500)).await;
+            }
+        }
+    }
 }
 
 /// Where a request for `target` goes, with the shadow marker when due.
