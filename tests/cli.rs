@@ -348,3 +348,109 @@ fn version_names_the_schema_versions_and_completions_and_man_page_print() {
         );
     }
 }
+
+/// Copy a classic little-endian Ethernet pcap, leaving out every `every`-th
+/// IPv4/TCP packet that carries payload (what a recorder that dropped
+/// packets leaves behind). Returns how many were left out.
+fn drop_data_packets(src: &Path, dst: &Path, every: usize) -> u64 {
+    let data = std::fs::read(src).unwrap();
+    assert_eq!(&data[..4], &[0xd4, 0xc3, 0xb2, 0xa1], "little-endian pcap");
+    assert_eq!(
+        u32::from_le_bytes(data[20..24].try_into().unwrap()),
+        1,
+        "Ethernet"
+    );
+    let (mut out, mut off, mut seen, mut dropped) = (data[..24].to_vec(), 24, 0, 0);
+    while off + 16 <= data.len() {
+        let incl = u32::from_le_bytes(data[off + 8..off + 12].try_into().unwrap()) as usize;
+        let record = &data[off..off + 16 + incl];
+        off += 16 + incl;
+        let ip = &record[16 + 14..];
+        let carries_payload = ip.len() > 20 && ip[0] >> 4 == 4 && ip[9] == 6 && {
+            let ihl = usize::from(ip[0] & 15) * 4;
+            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+            let tcp_header = usize::from(ip[ihl + 12] >> 4) * 4;
+            total > ihl + tcp_header
+        };
+        if carries_payload {
+            seen += 1;
+            if seen % every == 0 {
+                dropped += 1;
+                continue;
+            }
+        }
+        out.extend_from_slice(record);
+    }
+    std::fs::write(dst, out).unwrap();
+    dropped
+}
+
+/// The demo capture with every 40th data packet left out, captured.
+fn damaged_demo(dir: &Path) -> (u64, PathBuf, PathBuf) {
+    let damaged = dir.join("damaged.pcap");
+    let dropped = drop_data_packets(&testdata("demo-services.pcap"), &damaged, 40);
+    assert!(dropped > 100, "only {dropped} packets left out");
+    let stats = dir.join("stats.json");
+    let out = dir.join("damaged.parquet");
+    let run = Command::cargo_bin("shadowctl")
+        .unwrap()
+        .args(["capture", "-q", "--read"])
+        .arg(&damaged)
+        .arg("--out")
+        .arg(&out)
+        .arg("--stats-json")
+        .arg(&stats)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    (dropped, out, stats)
+}
+
+#[test]
+fn packets_the_recorder_lost_are_each_counted_as_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dropped, out, stats) = damaged_demo(dir.path());
+    let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+    // Each lost data segment is one gap: none is merged away or missed.
+    assert_eq!(s["gaps"].as_u64(), Some(dropped), "{s}");
+    assert!(s["gap_bytes"].as_u64().unwrap() >= dropped);
+    let part = rows(&out);
+    let incomplete = part.iter().filter(|e| e.incomplete.is_some()).count();
+    assert!(incomplete > 0, "gaps must mark the exchanges they hit");
+    assert_eq!(s["output_rows"].as_u64(), Some(part.len() as u64));
+}
+
+/// Known bug, found 2026-11-22: after a response lost whole, about 3% of the
+/// exchanges marked complete on that connection carry the next request's
+/// response (off by one until the connection ends). Kept as the
+/// reproduction for the fix; run with `cargo test -- --ignored`.
+#[test]
+#[ignore = "known bug: pairing after a response lost whole"]
+fn exchanges_marked_complete_after_lost_packets_carry_their_own_response() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, out, _) = damaged_demo(dir.path());
+    let (run, full, _d) = capture(&[testdata("demo-services.pcap")], &["-q"]);
+    assert!(run.status.success());
+    let full = rows(&full);
+    let part = rows(&out);
+    let wrong: Vec<_> = part
+        .iter()
+        .filter(|e| e.incomplete.is_none())
+        .filter(|e| {
+            !full.iter().any(|f| {
+                f.request_ts == e.request_ts
+                    && f.method == e.method
+                    && f.target == e.target
+                    && f.request_body == e.request_body
+                    && f.status == e.status
+                    && f.response_body == e.response_body
+            })
+        })
+        .map(|e| format!("{} {}", e.method, e.target))
+        .collect();
+    assert!(wrong.is_empty(), "{} mispaired: {wrong:?}", wrong.len());
+}
