@@ -46,9 +46,8 @@ pub struct Background {
 impl Background {
     /// Called on the bulk thread itself, once. With `may_idle` false (the
     /// closed loop, where the CPU is meant to be saturated) it only lowers
-    /// the thread to nice 10.
-    /// The thread stays registered until the returned guard drops (its
-    /// id must not be used once the thread has ended).
+    /// the thread to nice 10. The thread stays registered until the
+    /// returned guard drops (its id must not be used once it has ended).
     #[must_use = "the guard marks the thread's end"]
     pub fn enter(&self, may_idle: bool) -> Entered<'_> {
         // SAFETY: gettid has no arguments and cannot fail.
