@@ -1,13 +1,13 @@
 //! One TCP connection seen as HTTP: two framers (one per direction) and the
 //! pairing of requests with responses, in order, into [`Exchange`]s.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 
 use super::http::{
     looks_like_request_line, looks_like_status_line, memchr, request_framing, response_framing,
     End, Framing, Head, Looks, MessageParser, Role, Sink, StartLine,
 };
+use super::pairing::Pairing;
 use crate::schema::{Exchange, HeaderList, IncompleteReason};
 use crate::text::latin1;
 
@@ -41,48 +41,6 @@ pub struct FlowCounters {
     pub lost_requests: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Resp {
-    Waiting,
-    Receiving,
-    Done,
-}
-
-struct Pending {
-    ex: Exchange,
-    req_done: bool,
-    resp: Resp,
-    /// Where the request starts in the client's stream.
-    start_off: u64,
-    /// Stands for a request lost in a gap, so that its response (if seen,
-    /// or lost too) does not pair with the next request. Never written.
-    phantom: bool,
-}
-
-/// Pairs requests with responses in order.
-struct Pairing {
-    flow_id: u64,
-    client: Option<SocketAddr>,
-    server: Option<SocketAddr>,
-    queue: VecDeque<Pending>,
-    /// Index in `queue` of the first exchange still waiting for its response.
-    awaiting: usize,
-    /// Index of the exchange receiving response bytes, if any.
-    resp_active: Option<usize>,
-    /// Whether the newest request is still receiving bytes.
-    req_open: bool,
-    next_seq: u32,
-    /// Responses lost before any request they could answer was seen.
-    lost_unpaired: u32,
-    /// Client-stream offset the server had acknowledged when it sent the
-    /// bytes being parsed (from TCP), if known.
-    peer_ack: Option<u64>,
-    tunnel: bool,
-    done: Vec<Exchange>,
-    counters: FlowCounters,
-    limits: FlowLimits,
-}
-
 /// The sink the framers report to: pairing plus the shared memory budget.
 struct Ctx<'a> {
     p: &'a mut Pairing,
@@ -108,42 +66,36 @@ fn append(body: &mut Vec<u8>, truncated: &mut bool, data: &[u8], max: usize, bud
 impl Sink for Ctx<'_> {
     fn head(&mut self, role: Role, head: Head, ts: i64, offset: u64) -> Framing {
         match role {
-            Role::Request => self.p.request_head(head, ts, offset),
-            Role::Response => self.p.response_head(head, ts),
+            Role::Request => request_head(self.p, head, ts, offset),
+            Role::Response => response_head(self.p, head, ts, offset, self.budget),
         }
     }
 
     fn body(&mut self, role: Role, data: &[u8]) {
         let max = self.p.limits.max_body;
-        let Some(p) = self.p.active(role) else { return };
-        let ex = &mut p.ex;
-        match role {
-            Role::Request => {
-                ex.request_body_len += data.len() as u64;
-                append(
-                    &mut ex.request_body,
-                    &mut ex.request_body_truncated,
-                    data,
-                    max,
-                    self.budget,
-                );
-            }
-            Role::Response => {
-                ex.response_body_len += data.len() as u64;
-                append(
-                    &mut ex.response_body,
-                    &mut ex.response_body_truncated,
-                    data,
-                    max,
-                    self.budget,
-                );
-            }
-        }
+        let Some(ex) = self.p.active(role == Role::Request) else {
+            return;
+        };
+        let (body, len, truncated) = match role {
+            Role::Request => (
+                &mut ex.request_body,
+                &mut ex.request_body_len,
+                &mut ex.request_body_truncated,
+            ),
+            Role::Response => (
+                &mut ex.response_body,
+                &mut ex.response_body_len,
+                &mut ex.response_body_truncated,
+            ),
+        };
+        *len += data.len() as u64;
+        append(body, truncated, data, max, self.budget);
     }
 
     fn body_gap(&mut self, role: Role, len: u64) {
-        let Some(p) = self.p.active(role) else { return };
-        let ex = &mut p.ex;
+        let Some(ex) = self.p.active(role == Role::Request) else {
+            return;
+        };
         match role {
             Role::Request => {
                 ex.request_body_len += len;
@@ -159,10 +111,10 @@ impl Sink for Ctx<'_> {
     }
 
     fn trailers(&mut self, role: Role, trailers: HeaderList) {
-        if let Some(p) = self.p.active(role) {
+        if let Some(ex) = self.p.active(role == Role::Request) {
             match role {
-                Role::Request => p.ex.request_trailers = trailers,
-                Role::Response => p.ex.response_trailers = trailers,
+                Role::Request => ex.request_trailers = trailers,
+                Role::Response => ex.response_trailers = trailers,
             }
         }
     }
@@ -176,219 +128,103 @@ impl Sink for Ctx<'_> {
             End::Cut => Some(cut),
         };
         match role {
-            Role::Request => {
-                if !self.p.req_open {
-                    return;
-                }
-                self.p.req_open = false;
-                if let Some(p) = self.p.queue.back_mut() {
-                    p.req_done = true;
-                    p.ex.request_end_ts = ts;
-                    if let Some(r) = reason(RequestGap, RequestMalformed, RequestCut) {
-                        p.ex.incomplete.get_or_insert(r);
-                    }
-                }
-            }
-            Role::Response => {
-                let Some(i) = self.p.resp_active.take() else {
-                    return;
-                };
-                let p = &mut self.p.queue[i];
-                p.resp = Resp::Done;
-                p.ex.response_end_ts = Some(ts);
-                if let Some(r) = reason(ResponseGap, ResponseMalformed, ResponseCut) {
-                    p.ex.incomplete.get_or_insert(r);
-                }
-            }
+            Role::Request => self
+                .p
+                .end_request(ts, reason(RequestGap, RequestMalformed, RequestCut)),
+            Role::Response => self
+                .p
+                .end_response(ts, reason(ResponseGap, ResponseMalformed, ResponseCut)),
         }
         self.p.emit_ready(self.budget);
     }
 
-    fn lost(&mut self, role: Role) {
+    fn lost(&mut self, role: Role, offset: u64, certain: bool) {
         match role {
-            Role::Request => {
-                self.p.counters.lost_requests += 1;
-                if self.p.lost_unpaired > 0 {
-                    // Its response was already lost too: the pair is gone.
-                    self.p.lost_unpaired -= 1;
-                } else if !self.p.req_open {
-                    self.p.queue.push_back(Pending {
-                        ex: Exchange {
-                            request_ts: i64::MIN,
-                            ..Default::default()
-                        },
-                        req_done: true,
-                        resp: Resp::Waiting,
-                        start_off: 0,
-                        phantom: true,
-                    });
-                }
-            }
-            Role::Response => {
-                // The response for the oldest waiting request was never seen
-                // whole: give up on it so later responses pair correctly.
-                if self.p.resp_active.is_none() && self.p.awaiting < self.p.queue.len() {
-                    let p = &mut self.p.queue[self.p.awaiting];
-                    p.resp = Resp::Done;
-                    p.ex.incomplete.get_or_insert(IncompleteReason::ResponseGap);
-                    self.p.awaiting += 1;
-                    self.p.counters.lost_responses += 1;
-                    self.p.emit_ready(self.budget);
-                } else if self.p.awaiting >= self.p.queue.len() {
-                    // No request seen to answer: it was lost too, and its gap
-                    // has not been noticed yet.
-                    self.p.lost_unpaired += 1;
-                }
-            }
+            Role::Request => self.p.lost_requests(offset, certain),
+            Role::Response => self.p.lost_responses(offset, certain),
         }
+        self.p.emit_ready(self.budget);
     }
 }
 
-impl Pairing {
-    fn active(&mut self, role: Role) -> Option<&mut Pending> {
-        match role {
-            Role::Request if self.req_open => self.queue.back_mut(),
-            Role::Request => None,
-            Role::Response => self.resp_active.map(|i| &mut self.queue[i]),
+fn request_head(p: &mut Pairing, head: Head, ts: i64, start_off: u64) -> Framing {
+    let framing = request_framing(&head);
+    let StartLine::Request {
+        method,
+        target,
+        version,
+    } = head.line
+    else {
+        return Framing::None;
+    };
+    let host = head.headers.get("host").map(|h| latin1(h).into_owned());
+    let mut ex = Exchange {
+        flow_id: p.flow_id,
+        client: p.client,
+        server: p.server,
+        request_ts: ts,
+        request_end_ts: ts,
+        method,
+        target,
+        http_version: version,
+        host,
+        request_headers: head.headers,
+        ..Default::default()
+    };
+    // Sized once from the framing: no regrowth copies for large bodies.
+    ex.request_body
+        .reserve(body_hint(framing, p.limits.max_body));
+    p.push_request(ex, start_off);
+    framing
+}
+
+fn response_head(p: &mut Pairing, head: Head, ts: i64, off: u64, budget: &mut Budget) -> Framing {
+    let StartLine::Response {
+        ref version,
+        status,
+        ref reason,
+    } = head.line
+    else {
+        return Framing::None;
+    };
+    let interim = (100..200).contains(&status) && status != 101;
+    let placed = p.response_head(ts, off, interim, budget);
+    // Whether a body follows depends on the request's method (HEAD,
+    // CONNECT): when that request is uncertain, so is the framing.
+    let framing_for = |method: Option<&str>| match response_framing(&head, method) {
+        Framing::Length(_) | Framing::Chunked | Framing::UntilClose if !placed.framing_sure => {
+            Framing::UntilNextHead
         }
-    }
-
-    fn request_head(&mut self, head: Head, ts: i64, start_off: u64) -> Framing {
-        let framing = request_framing(&head);
-        let StartLine::Request {
-            method,
-            target,
-            version,
-        } = head.line
-        else {
-            return Framing::None;
-        };
-        let host = head.headers.get("host").map(|h| latin1(h).into_owned());
-        let mut ex = Exchange {
-            flow_id: self.flow_id,
-            seq_in_flow: self.next_seq,
-            client: self.client,
-            server: self.server,
-            request_ts: ts,
-            request_end_ts: ts,
-            method,
-            target,
-            http_version: version,
-            host,
-            request_headers: head.headers,
-            ..Default::default()
-        };
-        // Sized once from the framing: no regrowth copies for large bodies.
-        ex.request_body
-            .reserve(body_hint(framing, self.limits.max_body));
-        self.next_seq += 1;
-        self.queue.push_back(Pending {
-            ex,
-            req_done: false,
-            resp: Resp::Waiting,
-            start_off,
-            phantom: false,
-        });
-        self.req_open = true;
-        framing
-    }
-
-    fn response_head(&mut self, head: Head, ts: i64) -> Framing {
-        let StartLine::Response {
-            ref version,
-            status,
-            ref reason,
-        } = head.line
-        else {
-            return Framing::None;
-        };
-        // A response cannot answer a request sent after it, nor one whose
-        // first byte the server had not acknowledged when it answered.
-        let peer_ack = self.peer_ack;
-        let waiting = self.queue.get(self.awaiting).filter(|p| {
-            p.ex.request_ts <= ts && peer_ack.is_none_or(|a| p.phantom || p.start_off < a)
-        });
-        let Some(waiting) = waiting else {
-            // No request to answer (or only later ones): a response whose
-            // request was not captured.
-            if !(100..200).contains(&status) {
-                self.counters.orphan_responses += 1;
+        f if !placed.framing_sure && method == Some("HEAD") => {
+            match response_framing(&head, None) {
+                Framing::None => f,
+                _ => Framing::UntilNextHead,
             }
-            return response_framing(&head, None);
-        };
-        let method = waiting.ex.method.clone();
-        let framing = response_framing(&head, Some(&method));
-        if (100..200).contains(&status) && status != 101 {
-            self.queue[self.awaiting].ex.interim_statuses.push(status);
-            return framing;
         }
-        let i = self.awaiting;
-        let ex = &mut self.queue[i].ex;
-        ex.status = Some(status);
-        ex.reason = Some(reason.clone());
-        ex.response_version = Some(version.clone());
-        ex.response_ts = Some(ts);
-        ex.response_end_ts = Some(ts);
-        if framing == Framing::Tunnel {
-            ex.upgraded = true;
-            self.tunnel = true;
-        }
-        ex.response_headers = head.headers;
-        ex.response_body
-            .reserve(body_hint(framing, self.limits.max_body));
-        self.queue[i].resp = Resp::Receiving;
-        self.resp_active = Some(i);
-        self.awaiting += 1;
-        framing
+        f => f,
+    };
+    let Some(i) = placed.item else {
+        return framing_for(None);
+    };
+    let max_body = p.limits.max_body;
+    let ex = &mut p.item(i).ex;
+    let framing = framing_for(Some(&ex.method));
+    if interim {
+        ex.interim_statuses.push(status);
+        return framing;
     }
-
-    /// Move finished exchanges at the front of the queue to `done`.
-    fn emit_ready(&mut self, budget: &mut Budget) {
-        while self.queue.len() > self.limits.max_pending && self.awaiting == 0 {
-            // Too many unanswered requests: the oldest is given up as unanswered.
-            self.queue[0].resp = Resp::Done;
-            self.queue[0].req_done = true;
-            self.awaiting = 1;
-            self.counters.lost_responses += 1;
-        }
-        while let Some(front) = self.queue.front() {
-            if !(front.req_done && front.resp == Resp::Done) {
-                break;
-            }
-            let p = self.queue.pop_front().expect("front exists");
-            self.awaiting = self.awaiting.saturating_sub(1);
-            self.resp_active = self.resp_active.map(|i| i - 1);
-            self.release(p, budget);
-        }
+    ex.status = Some(status);
+    ex.reason = Some(reason.clone());
+    ex.response_version = Some(version.clone());
+    ex.response_ts = Some(ts);
+    ex.response_end_ts = Some(ts);
+    ex.response_headers = head.headers;
+    ex.response_body.reserve(body_hint(framing, max_body));
+    if framing == Framing::Tunnel {
+        ex.upgraded = true;
+        p.tunnel = true;
     }
-
-    fn release(&mut self, p: Pending, budget: &mut Budget) {
-        let ex = p.ex;
-        budget.held = budget
-            .held
-            .saturating_sub(ex.request_body.len() + ex.response_body.len());
-        if p.phantom {
-            self.counters.orphan_responses += u64::from(ex.status.is_some());
-        } else {
-            self.done.push(ex);
-        }
-    }
-
-    /// Emit everything still queued (the connection is over).
-    fn drain(&mut self, budget: &mut Budget) {
-        while let Some(mut p) = self.queue.pop_front() {
-            if !p.req_done {
-                p.ex.incomplete.get_or_insert(IncompleteReason::RequestCut);
-            }
-            if p.resp == Resp::Receiving {
-                p.ex.incomplete.get_or_insert(IncompleteReason::ResponseCut);
-            }
-            self.release(p, budget);
-        }
-        self.awaiting = 0;
-        self.resp_active = None;
-        self.req_open = false;
-    }
+    framing
 }
 
 /// Which kind of start line comes first in `data` (looking at line starts
@@ -426,6 +262,11 @@ pub struct HttpFlow {
     parsers: [Option<MessageParser>; 2],
     pairing: Pairing,
     non_http: bool,
+    /// Bytes of each direction's stream passed on so far (gaps included):
+    /// the offsets TCP acknowledgements are compared with.
+    fed: [u64; 2],
+    /// The acknowledgement carried by each direction's latest bytes.
+    last_ack: [Option<u64>; 2],
 }
 
 impl HttpFlow {
@@ -435,22 +276,9 @@ impl HttpFlow {
             client_side: None,
             clean_start: [None, None],
             parsers: [None, None],
-            pairing: Pairing {
-                flow_id,
-                client: None,
-                server: None,
-                queue: VecDeque::new(),
-                awaiting: 0,
-                resp_active: None,
-                req_open: false,
-                next_seq: 0,
-                lost_unpaired: 0,
-                peer_ack: None,
-                tunnel: false,
-                done: Vec::new(),
-                counters: FlowCounters::default(),
-                limits,
-            },
+            pairing: Pairing::new(flow_id, limits),
+            fed: [0, 0],
+            last_ack: [None, None],
             non_http: false,
         }
     }
@@ -526,11 +354,13 @@ impl HttpFlow {
             Role::Response
         };
         let mid_stream = !self.clean_start[side].unwrap_or(false);
-        self.parsers[side].get_or_insert_with(|| MessageParser::new(role, mid_stream))
+        let at = self.fed[side];
+        self.parsers[side].get_or_insert_with(|| MessageParser::new(role, mid_stream, at))
     }
 
     /// Bytes of `side`'s stream, in order. `peer_ack`: the other stream's
-    /// offset acknowledged by the segment that carried them.
+    /// offset acknowledged by the segment that carried them (evidence for
+    /// pairing: what the sender had received when it sent these bytes).
     pub fn data(
         &mut self,
         side: usize,
@@ -542,20 +372,32 @@ impl HttpFlow {
         if self.is_finished() {
             return;
         }
-        self.pairing.peer_ack = peer_ack.filter(|_| Some(side) != self.client_side);
         if self.client_side.is_none() {
             self.sniff_roles(side, data);
         }
+        self.pairing.peer_ack = peer_ack;
+        self.pairing.server_seen = self.fed[1 - side];
+        self.last_ack[side] = peer_ack;
         self.with_parser(side, budget, |p, ctx| p.feed(data, ts, ctx));
+        self.fed[side] += data.len() as u64;
         self.after_input();
     }
 
     /// `len` bytes of `side`'s stream were not captured.
     pub fn gap(&mut self, side: usize, len: u64, ts: i64, budget: &mut Budget) {
         if self.is_finished() || self.client_side.is_none() {
+            self.fed[side] += len;
             return;
         }
+        // A head cut by the loss is reported now: with the acknowledgement
+        // of the last bytes it had.
+        self.pairing.peer_ack = self.last_ack[side];
+        self.pairing.server_seen = self.fed[1 - side];
         self.with_parser(side, budget, |p, ctx| p.gap(len, ts, ctx));
+        self.fed[side] += len;
+        if Some(side) != self.client_side {
+            self.pairing.lost_until(self.fed[side]);
+        }
         self.after_input();
     }
 

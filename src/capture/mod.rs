@@ -10,6 +10,7 @@ pub mod link;
 pub mod live;
 pub mod net;
 pub mod output;
+mod pairing;
 pub mod reassembly;
 pub mod source;
 pub mod stats;

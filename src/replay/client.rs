@@ -196,7 +196,7 @@ impl Sink for Collect<'_> {
         }
     }
 
-    fn lost(&mut self, _: Role) {
+    fn lost(&mut self, _: Role, _: u64, _: bool) {
         self.end.get_or_insert(End::Malformed);
     }
 }
@@ -390,7 +390,7 @@ impl Target {
             answer.error = Some((io_kind(&e), format!("write: {e}")));
             return Attempt::Done(answer);
         }
-        let mut parser = MessageParser::new(Role::Response, false);
+        let mut parser = MessageParser::new(Role::Response, false, 0);
         let mut sink = Collect {
             method,
             head: None,

@@ -28,6 +28,10 @@ pub enum IncompleteReason {
     RequestCut,
     /// The capture ended (or the connection was evicted) mid-response.
     ResponseCut,
+    /// Packets were lost and the evidence (TCP acknowledgements, message
+    /// order) does not prove which request this response answers, or
+    /// whether this request's response is the one lost.
+    PairingUncertain,
 }
 
 impl IncompleteReason {
@@ -40,6 +44,7 @@ impl IncompleteReason {
             ResponseMalformed,
             RequestCut,
             ResponseCut,
+            PairingUncertain,
         ]
         .into_iter()
         .find(|r| r.as_str() == s)
@@ -53,6 +58,7 @@ impl IncompleteReason {
             Self::ResponseMalformed => "response_malformed",
             Self::RequestCut => "request_cut",
             Self::ResponseCut => "response_cut",
+            Self::PairingUncertain => "pairing_uncertain",
         }
     }
 }

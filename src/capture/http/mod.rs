@@ -44,6 +44,9 @@ pub enum Framing {
     Length(u64),
     Chunked,
     UntilClose,
+    /// Unknown (the request it answers is uncertain, and HEAD would mean no
+    /// body): the body runs to the next line that starts a message.
+    UntilNextHead,
     /// The connection stops carrying HTTP after this message (101, CONNECT).
     Tunnel,
 }
@@ -70,8 +73,10 @@ pub trait Sink {
     fn body_gap(&mut self, role: Role, len: u64);
     fn trailers(&mut self, role: Role, trailers: HeaderList);
     fn end(&mut self, role: Role, ts: i64, how: End);
-    /// A whole message start was lost (a gap or garbage where a message began).
-    fn lost(&mut self, role: Role);
+    /// Bytes from stream `offset` on were lost (or unreadable) where a
+    /// message could start: `certain` when a message start surely was in
+    /// them, false when the loss may have held none.
+    fn lost(&mut self, role: Role, offset: u64, certain: bool);
 }
 
 /// Largest message head we buffer; beyond it the head counts as malformed.
@@ -97,6 +102,7 @@ enum State {
     Length(u64),
     Chunked(Chunk),
     UntilClose,
+    UntilNextHead,
     /// No more HTTP on this direction.
     Dead,
 }
@@ -124,22 +130,27 @@ pub struct MessageParser {
     pub heads: u64,
     pub malformed: u64,
     pub skipped_bytes: u64,
+    /// While resynchronising or scanning a body of unknown framing: whether
+    /// the next byte is known to begin a line. After a loss it is not: the
+    /// bytes may be the tail of a line ("EAD /x HTTP/1.1").
+    line_start: bool,
 }
 
 impl MessageParser {
     /// `mid_stream`: the direction was picked up without its start, so skip
-    /// to the first start line.
-    pub fn new(role: Role, mid_stream: bool) -> Self {
+    /// to the first start line. `offset`: where in the stream it starts.
+    pub fn new(role: Role, mid_stream: bool, offset: u64) -> Self {
         Self {
             role,
             state: State::Start { resync: mid_stream },
             buf: Vec::new(),
             open: false,
-            offset: 0,
-            cursor: 0,
+            offset,
+            cursor: offset,
             heads: 0,
             malformed: 0,
             skipped_bytes: 0,
+            line_start: !mid_stream,
         }
     }
 
@@ -217,7 +228,9 @@ impl MessageParser {
     pub fn gap(&mut self, len: u64, ts: i64, sink: &mut dyn Sink) {
         let pending = std::mem::take(&mut self.buf);
         self.cursor = self.offset;
+        let lost_at = self.offset + pending.len() as u64;
         self.offset += pending.len() as u64 + len;
+        self.line_start = false;
         match self.state {
             State::Dead => {}
             State::Length(rem) if pending.is_empty() && len < rem => {
@@ -231,7 +244,7 @@ impl MessageParser {
                 sink.body_gap(self.role, rem);
                 self.finish_message(ts, End::Gap, sink);
                 if len > rem {
-                    sink.lost(self.role);
+                    sink.lost(self.role, lost_at + rem, true);
                     self.state = State::Start { resync: true };
                 }
             }
@@ -240,13 +253,17 @@ impl MessageParser {
                 self.mark_gap_inside(sink);
             }
             State::Start { resync } => {
-                if !self.salvage_head(&pending, ts, End::Gap, sink) && !resync {
-                    sink.lost(self.role);
-                }
+                // A head whose tail is lost is still reported; the lost
+                // bytes may hold more messages after it.
+                let salvaged = self.salvage_head(&pending, ts, End::Gap, sink);
+                sink.lost(self.role, lost_at, !salvaged && !resync);
                 self.state = State::Start { resync: true };
             }
             _ => {
+                // Inside chunked framing or a body of unknown length: the
+                // loss may end this message and hold others.
                 self.finish_message(ts, End::Gap, sink);
+                sink.lost(self.role, lost_at, false);
                 self.state = State::Start { resync: true };
             }
         }
@@ -258,7 +275,9 @@ impl MessageParser {
         self.cursor = self.offset;
         match self.state {
             State::Dead => {}
-            State::UntilClose => self.finish_message(ts, End::Complete, sink),
+            State::UntilClose | State::UntilNextHead => {
+                self.finish_message(ts, End::Complete, sink)
+            }
             State::Start { .. } => {
                 self.salvage_head(&pending, ts, End::Cut, sink);
             }
@@ -300,7 +319,10 @@ impl MessageParser {
             }
             None => return false,
         };
-        if self.looks_like_start(&head, true) != Looks::Yes {
+        // Bytes kept while resynchronising are not known to start a
+        // message: only a whole, strict start line counts there.
+        let trusted = !matches!(self.state, State::Start { resync: true });
+        if self.looks_like_start(&head, trusted) != Looks::Yes {
             return false;
         }
         head.extend_from_slice(b"\r\n");
@@ -339,6 +361,7 @@ impl MessageParser {
                     sink.body(self.role, rest);
                     Some(rest.len())
                 }
+                State::UntilNextHead => self.until_next_head(rest, ts, sink),
                 State::Chunked(c) => self.chunked(c, rest, ts, sink),
             };
             match used {
@@ -348,9 +371,42 @@ impl MessageParser {
         }
     }
 
+    /// A body of unknown framing: pass bytes on until a line starts the
+    /// next message.
+    fn until_next_head(&mut self, rest: &[u8], ts: i64, sink: &mut dyn Sink) -> Option<usize> {
+        // Bodies without a final newline glue the next head to them.
+        let scan = match (
+            self.scan_lines(rest, self.line_start),
+            glued_start(self.role, rest, self.line_start),
+        ) {
+            (Scan::Found(p) | Scan::NeedMore(p), Some(g)) if g < p => Scan::Found(g),
+            (Scan::NotFound, Some(g)) => Scan::Found(g),
+            (scan, _) => scan,
+        };
+        let (body, next) = match scan {
+            Scan::Found(p) => (p, true),
+            Scan::NeedMore(p) => (p, false),
+            // Keep a tail that may begin a head glued to the body.
+            Scan::NotFound => (rest.len() - rest.len().min(GLUE_TAIL), false),
+        };
+        if body > 0 {
+            sink.body(self.role, &rest[..body]);
+            self.line_start = rest[body - 1] == b'\n';
+        }
+        if next {
+            self.finish_message(ts, End::Complete, sink);
+            return Some(body);
+        }
+        (body > 0).then_some(body)
+    }
+
     /// Skip to the next plausible start line. `None` when more bytes are needed.
     fn resync(&mut self, rest: &[u8]) -> Option<usize> {
-        let found = match (self.scan_lines(rest), glued_start(self.role, rest)) {
+        let trusted = self.line_start;
+        let found = match (
+            self.scan_lines(rest, trusted),
+            glued_start(self.role, rest, trusted),
+        ) {
             (Scan::Found(p), Some(g)) | (Scan::NeedMore(p), Some(g)) if g < p => Scan::Found(g),
             (Scan::NotFound, Some(g)) => Scan::Found(g),
             (scan, _) => scan,
@@ -366,6 +422,9 @@ impl MessageParser {
             Scan::NotFound => rest.len() - rest.len().min(RESYNC_TAIL),
         };
         self.skipped_bytes += used as u64;
+        if used > 0 {
+            self.line_start = rest[used - 1] == b'\n';
+        }
         if used == 0 && !matches!(found, Scan::Found(_)) {
             None
         } else {
@@ -373,9 +432,16 @@ impl MessageParser {
         }
     }
 
-    /// The first line start that is (or may become) a start line.
-    fn scan_lines(&self, rest: &[u8]) -> Scan {
+    /// The first line start that is (or may become) a start line;
+    /// `trusted`: whether `rest` itself begins a line.
+    fn scan_lines(&self, rest: &[u8], trusted: bool) -> Scan {
         let mut pos = 0;
+        if !trusted {
+            match memchr(b'\n', rest) {
+                Some(nl) => pos = nl + 1,
+                None => return Scan::NotFound,
+            }
+        }
         loop {
             match self.looks_like_start(&rest[pos..], false) {
                 Looks::Yes => return Scan::Found(pos),
@@ -420,6 +486,10 @@ impl MessageParser {
             Framing::Length(n) => State::Length(n),
             Framing::Chunked => State::Chunked(Chunk::Size),
             Framing::UntilClose => State::UntilClose,
+            Framing::UntilNextHead => {
+                self.line_start = true;
+                State::UntilNextHead
+            }
             Framing::Tunnel => {
                 self.finish_message(ts, End::Complete, sink);
                 State::Dead
@@ -431,8 +501,9 @@ impl MessageParser {
     /// Bytes that cannot be a message start: note it and resynchronise.
     fn malformed(&mut self, sink: &mut dyn Sink) -> usize {
         self.malformed += 1;
-        sink.lost(self.role);
+        sink.lost(self.role, self.cursor, true);
         self.state = State::Start { resync: true };
+        self.line_start = false;
         // Skip at least one byte so resync cannot match the same place again.
         1
     }
@@ -519,6 +590,7 @@ impl MessageParser {
         self.malformed += 1;
         self.finish_message(ts, End::Malformed, sink);
         self.state = State::Start { resync: true };
+        self.line_start = false;
         0
     }
 
@@ -535,6 +607,10 @@ impl MessageParser {
 pub(crate) fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
     memchr::memchr(needle, hay)
 }
+
+/// Bytes kept while scanning a body of unknown framing, in case a status
+/// line glued to it begins in them ("HTTP/1.1 200" is 12 bytes).
+const GLUE_TAIL: usize = 16;
 
 /// Bytes kept while resynchronising, in case a start line begins in them.
 const RESYNC_TAIL: usize = 8 * 1024;
@@ -569,12 +645,25 @@ const KNOWN_METHODS: [&[u8]; 14] = [
 
 /// A start line that does not begin a line: bodies without a final newline
 /// are glued to the next message. Found through its "HTTP/1." marker.
-fn glued_start(role: Role, rest: &[u8]) -> Option<usize> {
+/// `trusted`: whether `rest` begins a line; if not, a method at its very
+/// start may be the tail of a longer word and must be a known method whole.
+fn glued_start(role: Role, rest: &[u8], trusted: bool) -> Option<usize> {
     for at in memchr::memmem::find_iter(rest, b"HTTP/1.") {
         let start = match role {
             Role::Response => at,
-            Role::Request => request_line_start(rest, at)?,
+            Role::Request => match request_line_start(rest, at) {
+                Some(start) => start,
+                // Not a request line ("r/2 HTTP/1.1" after a loss): look on.
+                None => continue,
+            },
         };
+        if role == Role::Request && start == 0 && !trusted {
+            let method = rest.split(|&b| b == b' ').next().unwrap_or(b"");
+            let known = method == b"GET" || method == b"PUT" || KNOWN_METHODS.contains(&method);
+            if !known {
+                continue;
+            }
+        }
         let ok = match role {
             Role::Response => looks_like_status_line(&rest[start..]),
             Role::Request => looks_like_request_line(&rest[start..], false),
@@ -654,6 +743,13 @@ pub fn looks_like_request_line(d: &[u8], lenient: bool) -> Looks {
     let upper = d[..method_len]
         .iter()
         .all(|&b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    // Outside a trusted message boundary (resynchronising after a loss),
+    // the bytes before a method may be the tail of a body: "q5q5HEAD /x"
+    // must not read as a method "q5q5HEAD" (the glued-start search finds
+    // HEAD). Methods in the wild are upper-case.
+    if !lenient && !upper && method_len > 0 {
+        return Looks::No;
+    }
     let lenient = lenient && upper;
     match d.get(method_len) {
         None => return Looks::NeedMore,
