@@ -185,6 +185,15 @@ fn size_bucket(len: usize) -> u8 {
 
 /// Run the whole diff: read, fold, judge.
 pub fn diff(opts: &DiffOptions) -> Result<Report, DiffError> {
+    let result = diff_inner(opts);
+    if let (Err(_), Some(p)) = (&result, &opts.divergences) {
+        // A failed run leaves no temporary beside the divergences file.
+        let _ = std::fs::remove_file(summarize::Candidates::tmp_path(p));
+    }
+    result
+}
+
+fn diff_inner(opts: &DiffOptions) -> Result<Report, DiffError> {
     let mut folded = Folded::default();
     let mut sink = match &opts.divergences {
         Some(p) => Some(summarize::Candidates::create(p)?),

@@ -70,9 +70,34 @@ impl Target {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
         };
+        // Credentials in the URL are refused rather than guessed at: they
+        // belong in a header the user writes (`--header 'Authorization: Basic ...'`).
+        if authority.contains('@') {
+            return Err(TargetError(format!(
+                "{url}: user information (user:password@) in a target URL is not supported; send credentials with --header 'Authorization: ...'"
+            )));
+        }
         let default_port = if https { 443 } else { 80 };
         let (host, port) = split_host_port(authority, default_port)
             .ok_or_else(|| TargetError(format!("{url}: cannot read host and port")))?;
+        if port == 0 {
+            return Err(TargetError(format!(
+                "{url}: port 0 is not a port to connect to"
+            )));
+        }
+        let host_ok = !host.is_empty()
+            && if authority.starts_with('[') {
+                host.parse::<std::net::Ipv6Addr>().is_ok()
+            } else {
+                host.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+            };
+        if !host_ok {
+            return Err(TargetError(format!(
+                "{url}: '{}' is not a host name or IP address",
+                host.escape_debug()
+            )));
+        }
         Ok(Self {
             name,
             role,
@@ -510,5 +535,15 @@ mod tests {
             ("primary", "::1", 9000, "[::1]:9000")
         );
         assert!(Target::parse("ftp://x", TargetRole::Primary, "p", 1).is_err());
+        for bad in [
+            "http://user:pw@127.0.0.1:8080",
+            "http://127.0.0.1:0",
+            "http://bad host:80",
+            "http://[::1:80",
+            "http://[zz]:80",
+        ] {
+            let e = Target::parse(bad, TargetRole::Primary, "p", 1).err();
+            assert!(e.is_some(), "{bad} accepted");
+        }
     }
 }

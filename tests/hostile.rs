@@ -1,0 +1,473 @@
+//! Issue 16: the three commands used as a hostile user or network would.
+//! Each test is named after the case it covers (`i<N>_...` = item N of the
+//! issue); each would fail on the code before the fix.
+
+use std::io::Read;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use assert_cmd::Command;
+use shadowctl::schema::{
+    results_schema, results_to_batch, Exchange, ExchangeFileWriter, HeaderList, ParquetFileWriter,
+    ReplayResult, TargetRole, WriterConfig, META_TARGETS, RESULTS,
+};
+
+fn testdata(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(name)
+}
+
+fn shadowctl() -> Command {
+    let mut c = Command::cargo_bin("shadowctl").unwrap();
+    c.timeout(Duration::from_secs(30));
+    c
+}
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(cmd: &mut Command) -> Run {
+    let out = cmd.output().unwrap();
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Exit 2 with one line on stderr that contains every one of `words`.
+fn refused(r: &Run, words: &[&str]) {
+    assert_eq!(
+        r.code,
+        Some(2),
+        "stdout: {}\nstderr: {}",
+        r.stdout,
+        r.stderr
+    );
+    assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
+    for w in words {
+        assert!(r.stderr.contains(w), "missing {w:?} in: {}", r.stderr);
+    }
+}
+
+fn capture(inputs: &[&Path], out: &Path, extra: &[&str]) -> Run {
+    let mut cmd = shadowctl();
+    cmd.arg("capture").arg("-q");
+    for i in inputs {
+        cmd.arg("--read").arg(i);
+    }
+    run(cmd.arg("--out").arg(out).args(extra))
+}
+
+fn partials(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".partial"))
+        .collect()
+}
+
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+}
+
+/// Read a FIFO to its end on a thread; the bytes arrive on the channel.
+fn drain_fifo(path: &Path) -> std::sync::mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = path.to_path_buf();
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Ok(mut f) = std::fs::File::open(&path) {
+            let _ = f.read_to_end(&mut buf);
+        }
+        let _ = tx.send(buf);
+    });
+    rx
+}
+
+/// A small capture file for replay: `n` GETs `gap_ms` apart.
+fn capture_file(path: &Path, n: u64, gap_ms: i64) {
+    let mut w = ExchangeFileWriter::create(path, WriterConfig::default()).unwrap();
+    let rows: Vec<Exchange> = (0..n)
+        .map(|i| {
+            let mut ex = Exchange {
+                exchange_id: i,
+                flow_id: i,
+                method: "GET".into(),
+                target: format!("/t/{i}"),
+                http_version: "HTTP/1.1".into(),
+                request_ts: 1_700_000_000_000_000_000 + i as i64 * gap_ms * 1_000_000,
+                status: Some(200),
+                ..Default::default()
+            };
+            ex.request_end_ts = ex.request_ts;
+            ex.request_headers.push(b"Host", b"prod.example");
+            ex
+        })
+        .collect();
+    w.write(&rows).unwrap();
+    w.finish(vec![]).unwrap();
+}
+
+/// Results rows for `n` exchanges: recorded, primary and v2 answer alike.
+fn results_rows(n: u64, first_id: u64) -> Vec<ReplayResult> {
+    let mut rows = Vec::new();
+    for id in first_id..first_id + n {
+        for (name, role) in [
+            ("recorded", TargetRole::Recorded),
+            ("primary", TargetRole::Primary),
+            ("v2", TargetRole::Shadow),
+        ] {
+            let mut headers = HeaderList::new();
+            headers.push(b"Content-Type", b"application/json");
+            let sent = 1_700_000_000_000_000_000 + id as i64 * 1_000_000;
+            rows.push(ReplayResult {
+                exchange_id: id,
+                flow_id: id,
+                target_name: name.into(),
+                role: Some(role),
+                method: "GET".into(),
+                target: "/a".into(),
+                endpoint: "GET /a".into(),
+                due_ts: sent,
+                sent_ts: Some(sent),
+                first_byte_ts: Some(sent + 1000),
+                done_ts: Some(sent + 2_000_000),
+                status: Some(200),
+                response_headers: headers,
+                response_body: b"{\"ok\":true}".to_vec(),
+                response_body_len: 11,
+                ..Default::default()
+            });
+        }
+    }
+    rows
+}
+
+fn results_file(path: &Path, n: u64, first_id: u64) {
+    let mut w = ParquetFileWriter::create(path, results_schema(), RESULTS, WriterConfig::default())
+        .unwrap();
+    w.write_batch(&results_to_batch(&results_rows(n, first_id)).unwrap())
+        .unwrap();
+    w.finish(vec![(
+        META_TARGETS.to_string(),
+        "recorded,primary,v2".to_string(),
+    )])
+    .unwrap();
+}
+
+fn diff(files: &[&Path], extra: &[&str]) -> Run {
+    run(shadowctl().arg("diff").args(files).args(extra))
+}
+
+// ---- 1. A failed capture replaces a good output --------------------------
+
+#[test]
+fn i1_failed_capture_leaves_the_previous_output_untouched_and_no_partial() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = testdata("demo.pcap");
+    let cut = dir.path().join("cut.pcap");
+    std::fs::write(&cut, &std::fs::read(&good).unwrap()[..10]).unwrap();
+    let out = dir.path().join("o.parquet");
+    assert_eq!(capture(&[&good], &out, &[]).code, Some(0));
+    let before = std::fs::read(&out).unwrap();
+    // The old failure was a race with the writer thread: try a few times.
+    for _ in 0..3 {
+        for inputs in [vec![cut.as_path()], vec![good.as_path(), cut.as_path()]] {
+            let r = capture(&inputs, &out, &[]);
+            refused(&r, &["cut.pcap"]);
+            assert_eq!(std::fs::read(&out).unwrap(), before, "output changed");
+            assert!(
+                partials(dir.path()).is_empty(),
+                "{:?}",
+                partials(dir.path())
+            );
+        }
+    }
+}
+
+// ---- 2. The final rename replaces whatever the output path names ---------
+
+#[test]
+fn i2_a_fifo_output_is_written_straight_to_never_renamed_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe.parquet");
+    mkfifo(&fifo);
+    let got = drain_fifo(&fifo);
+    let r = capture(&[&testdata("demo.pcap")], &fifo, &[]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    let bytes = got.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(bytes.starts_with(b"PAR1") && bytes.ends_with(b"PAR1"));
+    assert!(partials(dir.path()).is_empty());
+
+    // diff's reports (and the divergences file) on FIFOs: written, kept FIFOs.
+    let results = dir.path().join("r.parquet");
+    results_file(&results, 40, 0);
+    let (json, jsonl) = (dir.path().join("r.json"), dir.path().join("d.jsonl"));
+    mkfifo(&json);
+    mkfifo(&jsonl);
+    let (got_json, got_jsonl) = (drain_fifo(&json), drain_fifo(&jsonl));
+    let r = diff(
+        &[&results],
+        &[
+            "--json",
+            json.to_str().unwrap(),
+            "--divergences",
+            jsonl.to_str().unwrap(),
+        ],
+    );
+    assert!(matches!(r.code, Some(0 | 3)), "{}", r.stderr);
+    assert!(got_json
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap()
+        .starts_with(b"{"));
+    got_jsonl.recv_timeout(Duration::from_secs(10)).unwrap();
+    for p in [&json, &jsonl] {
+        assert!(std::fs::symlink_metadata(p).unwrap().file_type().is_fifo());
+    }
+    assert!(
+        partials(dir.path()).is_empty(),
+        "{:?}",
+        partials(dir.path())
+    );
+}
+
+// ---- 3. Output is the input ----------------------------------------------
+
+#[test]
+fn i3_an_output_that_is_an_input_is_refused_and_the_input_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("a.pcap");
+    std::fs::copy(testdata("demo.pcap"), &pcap).unwrap();
+    let pcap_bytes = std::fs::read(&pcap).unwrap();
+    let r = capture(&[&pcap], &dir.path().join(".").join("a.pcap"), &[]);
+    refused(&r, &["--out", "a.pcap", "input"]);
+    assert_eq!(std::fs::read(&pcap).unwrap(), pcap_bytes);
+
+    let cap = dir.path().join("c.parquet");
+    capture_file(&cap, 3, 1);
+    let cap_bytes = std::fs::read(&cap).unwrap();
+    let r = run(shadowctl().arg("replay").arg(&cap).args([
+        "--primary",
+        "recorded",
+        "--shadow",
+        "http://127.0.0.1:9",
+        "--out",
+        cap.to_str().unwrap(),
+    ]));
+    refused(&r, &["--out", "c.parquet", "input"]);
+    assert_eq!(std::fs::read(&cap).unwrap(), cap_bytes);
+
+    let results = dir.path().join("r.parquet");
+    results_file(&results, 40, 0);
+    let res_bytes = std::fs::read(&results).unwrap();
+    // Through a hard link too: same inode, another name.
+    let link = dir.path().join("hard.parquet");
+    std::fs::hard_link(&results, &link).unwrap();
+    for flag in ["--json", "--html", "--markdown", "--junit", "--divergences"] {
+        for target in [&results, &link] {
+            let r = diff(&[&results], &[flag, target.to_str().unwrap()]);
+            refused(&r, &[flag, "input"]);
+            assert_eq!(std::fs::read(&results).unwrap(), res_bytes, "{flag}");
+        }
+    }
+    // The config file is an input too; two reports on one path are refused.
+    let cfg = dir.path().join("shadow.toml");
+    std::fs::write(&cfg, "").unwrap();
+    let r = diff(
+        &[&results],
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--json",
+            cfg.to_str().unwrap(),
+        ],
+    );
+    refused(&r, &["--json", "input"]);
+    let rep = dir.path().join("rep.txt");
+    let r = diff(
+        &[&results],
+        &[
+            "--json",
+            rep.to_str().unwrap(),
+            "--html",
+            rep.to_str().unwrap(),
+        ],
+    );
+    refused(&r, &["--html", "--json"]);
+}
+
+// ---- 8. Two shadows with one name -----------------------------------------
+
+fn replay_args(dir: &Path, args: &[&str]) -> Run {
+    let cap = dir.join("c.parquet");
+    if !cap.exists() {
+        capture_file(&cap, 3, 1);
+    }
+    run(shadowctl()
+        .arg("replay")
+        .arg(&cap)
+        .args(["--out", dir.join("r.parquet").to_str().unwrap()])
+        .args(args))
+}
+
+#[test]
+fn i8_shadow_names_are_unique_and_not_reserved() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = ["--primary", "http://127.0.0.1:9"];
+    for (shadows, words) in [
+        (
+            vec!["v2=http://127.0.0.1:9", "v2=http://127.0.0.1:10"],
+            vec!["v2", "twice"],
+        ),
+        (
+            vec!["shadow2=http://127.0.0.1:9", "http://127.0.0.1:10"],
+            vec!["shadow2", "twice"],
+        ),
+        (
+            vec!["primary=http://127.0.0.1:9"],
+            vec!["primary", "reserved"],
+        ),
+        (
+            vec!["recorded=http://127.0.0.1:9"],
+            vec!["recorded", "reserved"],
+        ),
+    ] {
+        let mut args = p.to_vec();
+        for s in &shadows {
+            args.extend(["--shadow", s]);
+        }
+        refused(&replay_args(d, &args), &words);
+        assert!(!d.join("r.parquet").exists());
+    }
+}
+
+// ---- 9. Header injection ----------------------------------------------------
+
+#[test]
+fn i9_header_and_marker_injection_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let base = ["--primary", "recorded", "--shadow", "http://127.0.0.1:9"];
+    for (flag, value, word) in [
+        (
+            "--header",
+            "X-A: b\r\n\r\nGET /smuggle HTTP/1.1\r\nHost: x",
+            "CR, LF or NUL",
+        ),
+        ("--header", "X-A: b\nX-B: c", "CR, LF or NUL"),
+        ("--header", "Bad Name: v", "not an HTTP token"),
+        ("--header", "(x): v", "not an HTTP token"),
+        ("--header", ": v", "not an HTTP token"),
+        ("--marker", "x-shadow: 1\r\nX-Smuggled: 1", "CR, LF or NUL"),
+        ("--marker", "x shadow: 1", "not an HTTP token"),
+    ] {
+        let mut args = base.to_vec();
+        args.extend([flag, value]);
+        let r = replay_args(d, &args);
+        refused(&r, &[flag, word]);
+    }
+}
+
+// ---- 11. URLs and zero limits ------------------------------------------------
+
+#[test]
+fn i11_bad_urls_and_zero_limits_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for (args, word) in [
+        (
+            vec!["--primary", "http://user:pw@127.0.0.1:9"],
+            "user information",
+        ),
+        (vec!["--primary", "http://127.0.0.1:0"], "port 0"),
+        (vec!["--primary", "http://bad host:80"], "not a host name"),
+        (
+            vec!["--primary", "recorded", "--concurrency", "0"],
+            "--concurrency 0",
+        ),
+        (
+            vec!["--primary", "recorded", "--timeout", "0s"],
+            "--timeout",
+        ),
+        (
+            vec!["--primary", "recorded", "--shadow-timeout", "0ms"],
+            "--shadow-timeout",
+        ),
+    ] {
+        let mut args = args.clone();
+        args.extend(["--shadow", "http://127.0.0.1:9"]);
+        refused(&replay_args(d, &args), &[word]);
+    }
+    let r = replay_args(
+        d,
+        &[
+            "--primary",
+            "recorded",
+            "--shadow",
+            "http://h:9",
+            "--timeout",
+            "1e30s",
+        ],
+    );
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+}
+
+// ---- 15. One clear line naming the path --------------------------------------
+
+#[test]
+fn i15_directories_fifos_and_broken_blocks_give_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let demo = testdata("demo.pcap");
+    // Output is a directory: said once, and no `.partial` beside it.
+    let out_dir = d.join("outdir");
+    std::fs::create_dir(&out_dir).unwrap();
+    let r = capture(&[&demo], &out_dir, &[]);
+    refused(&r, &["outdir", "directory"]);
+    assert_eq!(r.stderr.matches("directory").count(), 1, "{}", r.stderr);
+    assert!(partials(d).is_empty());
+    // A directory or a FIFO as --read.
+    let r = capture(&[&out_dir], &d.join("o.parquet"), &[]);
+    refused(&r, &["outdir", "directory"]);
+    assert!(!r.stderr.contains("No such device"), "{}", r.stderr);
+    let fifo = d.join("in.pcap");
+    mkfifo(&fifo);
+    let r = capture(&[&fifo], &d.join("o.parquet"), &[]);
+    refused(&r, &["in.pcap", "FIFO"]);
+    // pcapng whose second block claims length 0: no parser dump of bytes.
+    let mut ng = Vec::new();
+    ng.extend_from_slice(&0x0A0D_0D0Au32.to_le_bytes());
+    ng.extend_from_slice(&28u32.to_le_bytes());
+    ng.extend_from_slice(&0x1A2B_3C4Du32.to_le_bytes());
+    ng.extend_from_slice(&1u16.to_le_bytes());
+    ng.extend_from_slice(&0u16.to_le_bytes());
+    ng.extend_from_slice(&(-1i64).to_le_bytes());
+    ng.extend_from_slice(&28u32.to_le_bytes());
+    ng.extend_from_slice(&6u32.to_le_bytes());
+    ng.extend_from_slice(&0u32.to_le_bytes());
+    ng.extend_from_slice(&[0xab; 40]);
+    let bad = d.join("zero.pcapng");
+    std::fs::write(&bad, ng).unwrap();
+    let r = capture(&[&bad], &d.join("o.parquet"), &[]);
+    let line = r.stderr.trim();
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert!(
+        line.contains("zero.pcapng") && line.contains("byte 28"),
+        "{line}"
+    );
+    assert!(!line.contains("input") && !line.contains("171"), "{line}");
+    assert!(line.len() < 200, "{line}");
+}
