@@ -5,6 +5,7 @@
 use std::io::Read;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use assert_cmd::Command;
@@ -470,4 +471,184 @@ fn i15_directories_fifos_and_broken_blocks_give_one_clear_line() {
     );
     assert!(!line.contains("input") && !line.contains("171"), "{line}");
     assert!(line.len() < 200, "{line}");
+}
+
+/// Write `batch` as another tool would: our metadata, any codec.
+fn foreign_parquet(
+    path: &Path,
+    batch: &arrow::array::RecordBatch,
+    kind: &str,
+    codec: parquet::basic::Compression,
+) {
+    use parquet::file::metadata::KeyValue;
+    let mut meta = vec![
+        KeyValue::new("shadowctl.kind".into(), kind.to_string()),
+        KeyValue::new("shadowctl.schema_version".into(), "1".to_string()),
+    ];
+    if kind == "results" {
+        meta.push(KeyValue::new(
+            META_TARGETS.into(),
+            "recorded,primary,v2".to_string(),
+        ));
+    }
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(codec)
+        .set_key_value_metadata(Some(meta))
+        .build();
+    let file = std::fs::File::create(path).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), Some(props)).unwrap();
+    w.write(batch).unwrap();
+    w.close().unwrap();
+}
+
+/// `batch` with its `status` column stored as strings.
+fn status_as_text(batch: &arrow::array::RecordBatch) -> arrow::array::RecordBatch {
+    use arrow::array::{Array, ArrayRef, StringArray, UInt16Array};
+    use arrow::datatypes::{DataType, Field, Schema};
+    let i = batch.schema().index_of("status").unwrap();
+    let status = batch
+        .column(i)
+        .as_any()
+        .downcast_ref::<UInt16Array>()
+        .unwrap();
+    let text: ArrayRef =
+        Arc::new(StringArray::from_iter((0..status.len()).map(|r| {
+            status.is_valid(r).then(|| status.value(r).to_string())
+        })));
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields[i] = Field::new("status", DataType::Utf8, true);
+    let mut cols = batch.columns().to_vec();
+    cols[i] = text;
+    arrow::array::RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap()
+}
+
+// ---- 6. Wrong column types -------------------------------------------------
+
+#[test]
+fn i6_a_column_of_the_wrong_type_is_named_up_front_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let rows: Vec<Exchange> = (0..5)
+        .map(|i| Exchange {
+            exchange_id: i,
+            method: "GET".into(),
+            target: "/".into(),
+            status: Some(200),
+            ..Default::default()
+        })
+        .collect();
+    let cap = d.join("c.parquet");
+    let batch = shadowctl::schema::exchanges_to_batch(&rows).unwrap();
+    foreign_parquet(
+        &cap,
+        &status_as_text(&batch),
+        "exchanges",
+        parquet::basic::Compression::UNCOMPRESSED,
+    );
+    let out = d.join("r.parquet");
+    let r = run(shadowctl().arg("replay").arg(&cap).args([
+        "--primary",
+        "recorded",
+        "--shadow",
+        "http://127.0.0.1:9",
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    refused(&r, &["c.parquet", "status", "UInt16", "Utf8"]);
+    assert!(!r.stderr.contains("panicked"));
+    assert!(!out.exists());
+
+    let res = d.join("res.parquet");
+    let batch = results_to_batch(&results_rows(250, 0)).unwrap();
+    foreign_parquet(
+        &res,
+        &status_as_text(&batch),
+        "results",
+        parquet::basic::Compression::UNCOMPRESSED,
+    );
+    let r = diff(&[&res], &[]);
+    refused(&r, &["res.parquet", "status", "UInt16", "Utf8"]);
+    assert!(!r.stderr.contains("panicked") && !r.stderr.contains("no rows"));
+}
+
+// ---- 16. Parquet from other tools -------------------------------------------
+
+#[test]
+fn i16_results_written_with_any_standard_codec_are_read() {
+    use parquet::basic::{BrotliLevel, Compression, GzipLevel, ZstdLevel};
+    let dir = tempfile::tempdir().unwrap();
+    let batch = results_to_batch(&results_rows(40, 0)).unwrap();
+    for (name, codec) in [
+        ("snappy", Compression::SNAPPY),
+        ("gzip", Compression::GZIP(GzipLevel::default())),
+        ("lz4", Compression::LZ4_RAW),
+        ("lz4-hadoop", Compression::LZ4),
+        ("brotli", Compression::BROTLI(BrotliLevel::default())),
+        ("zstd", Compression::ZSTD(ZstdLevel::default())),
+    ] {
+        let path = dir.path().join(format!("{name}.parquet"));
+        foreign_parquet(&path, &batch, "results", codec);
+        let json = dir.path().join(format!("{name}.json"));
+        let r = diff(&[&path], &["--json", json.to_str().unwrap()]);
+        assert!(matches!(r.code, Some(0 | 3)), "{name}: {}", r.stderr);
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(report["exchanges"], 40, "{name}: {report}");
+    }
+}
+
+// ---- 14. A record with an impossible length mid-file ------------------------
+
+#[test]
+fn i14_a_corrupt_record_mid_pcap_is_named_and_reading_resumes_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = std::fs::read(testdata("demo.pcap")).unwrap();
+    assert_eq!(&demo[..4], &[0xd4, 0xc3, 0xb2, 0xa1], "little-endian pcap");
+    // Record boundaries.
+    let mut starts = Vec::new();
+    let mut at = 24;
+    while at + 16 <= demo.len() {
+        starts.push(at);
+        let caplen = u32::from_le_bytes(demo[at + 8..at + 12].try_into().unwrap()) as usize;
+        at += 16 + caplen;
+    }
+    let cut = starts[starts.len() / 2];
+    let mut bad = demo[..cut].to_vec();
+    bad.extend_from_slice(&demo[cut..cut + 8]); // a real timestamp
+    bad.extend_from_slice(&0x7fff_fff0u32.to_le_bytes()); // caplen: 2 GB
+    bad.extend_from_slice(&0x7fff_fff0u32.to_le_bytes());
+    bad.extend_from_slice(&[0xee; 37]);
+    bad.extend_from_slice(&demo[cut..]);
+    let input = dir.path().join("corrupt.pcap");
+    std::fs::write(&input, &bad).unwrap();
+    let out = dir.path().join("o.parquet");
+    let mut cmd = shadowctl();
+    let r = run(cmd
+        .arg("capture")
+        .arg("--read")
+        .arg(&input)
+        .arg("--out")
+        .arg(&out));
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("corrupt record at byte {cut}"))
+            && r.stderr
+                .contains(&format!("next valid record at byte {}", cut + 16 + 37)),
+        "{}",
+        r.stderr
+    );
+    // Nothing was lost: the packets after the damage are all read.
+    assert!(
+        r.stdout
+            .contains(&format!("packets            {}", starts.len())),
+        "{}",
+        r.stdout
+    );
+    let rows = shadowctl::schema::read_exchanges(&out).unwrap().0;
+    assert_eq!(rows.len(), 45);
 }

@@ -90,6 +90,50 @@ fn pq_err(path: &Path, source: parquet::errors::ParquetError) -> SchemaError {
     }
 }
 
+/// Whether a column written by another tool can be read as `expected`:
+/// the same physical types; names of list items, nullability and time
+/// zones may differ (pyarrow writes `element` where arrow-rs writes `item`).
+fn compatible(expected: &arrow::datatypes::DataType, found: &arrow::datatypes::DataType) -> bool {
+    use arrow::datatypes::DataType::*;
+    match (expected, found) {
+        (List(a), List(b)) => compatible(a.data_type(), b.data_type()),
+        (Struct(a), Struct(b)) => {
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b.iter())
+                    .all(|(x, y)| x.name() == y.name() && compatible(x.data_type(), y.data_type()))
+        }
+        (Timestamp(u, _), Timestamp(v, _)) => u == v,
+        (e, f) => e == f,
+    }
+}
+
+/// Check a file's columns against the schema this version reads, before
+/// any row is decoded: a wrong type would otherwise be found by a panic in
+/// the middle of a run. Columns in `optional` may be absent (never read).
+pub(crate) fn check_columns(
+    path: &str,
+    expected: &arrow::datatypes::Schema,
+    found: &arrow::datatypes::Schema,
+    optional: &[&str],
+) -> Result<(), SchemaError> {
+    for field in expected.fields() {
+        let problem = match found.field_with_name(field.name()) {
+            Err(_) if optional.contains(&field.name().as_str()) => continue,
+            Err(_) => "is missing".to_string(),
+            Ok(f) if compatible(field.data_type(), f.data_type()) => continue,
+            Ok(f) => format!("has type {}", f.data_type()),
+        };
+        return Err(SchemaError::Column {
+            path: path.to_string(),
+            column: field.name().clone(),
+            problem,
+            expected: format!("type {}", field.data_type()),
+        });
+    }
+    Ok(())
+}
+
 /// What kind of shadowctl file, for its metadata.
 #[derive(Clone, Copy, Debug)]
 pub struct FileKind {
@@ -317,6 +361,14 @@ impl ExchangeReader {
                 detail: format!("kind is {kind:?}"),
             });
         }
+        // Never read back (derived from other columns when written).
+        let derived = ["incomplete", "missing_response"];
+        check_columns(
+            &path.display().to_string(),
+            &exchange_schema(),
+            builder.schema(),
+            &derived,
+        )?;
         let rows = builder.metadata().file_metadata().num_rows() as u64;
         let inner = builder
             .with_batch_size(1024)
