@@ -652,3 +652,49 @@ fn i14_a_corrupt_record_mid_pcap_is_named_and_reading_resumes_after_it() {
     let rows = shadowctl::schema::read_exchanges(&out).unwrap().0;
     assert_eq!(rows.len(), 45);
 }
+
+// ---- 10. A gate that cannot pass ---------------------------------------------
+
+#[test]
+fn i10_a_negative_psi_gate_is_refused_like_every_other_threshold() {
+    let dir = tempfile::tempdir().unwrap();
+    let res = dir.path().join("r.parquet");
+    results_file(&res, 40, 0);
+    let cfg = dir.path().join("shadow.toml");
+    for bad in [
+        "max_psi = -1",
+        "p99_latency_slack_ms = -1",
+        "max_p99_latency_ratio = nan",
+    ] {
+        std::fs::write(&cfg, format!("[gate]\n{bad}\n")).unwrap();
+        let r = diff(&[&res], &["--config", cfg.to_str().unwrap()]);
+        refused(&r, &["shadow.toml", bad.split(' ').next().unwrap()]);
+    }
+}
+
+// ---- 7. The same exchanges given twice ----------------------------------------
+
+#[test]
+fn i7_the_same_results_twice_are_refused_naming_both_files_and_shards_still_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (a, b, copy) = (
+        d.join("a.parquet"),
+        d.join("b.parquet"),
+        d.join("copy.parquet"),
+    );
+    results_file(&a, 150, 0);
+    results_file(&b, 150, 150);
+    std::fs::copy(&a, &copy).unwrap();
+    let r = diff(&[&a, &a], &[]);
+    refused(&r, &["a.parquet", "twice"]);
+    let r = diff(&[&a, &b, &copy], &[]);
+    refused(&r, &["a.parquet", "copy.parquet", "twice"]);
+    // Two shards of one run: disjoint exchanges, merged.
+    let json = d.join("r.json");
+    let r = diff(&[&a, &b], &["--json", json.to_str().unwrap()]);
+    assert!(matches!(r.code, Some(0 | 3)), "{}", r.stderr);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["exchanges"], 300);
+}
