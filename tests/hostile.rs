@@ -6,7 +6,7 @@ use std::io::Read;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
 use shadowctl::schema::{
@@ -697,4 +697,99 @@ fn i7_the_same_results_twice_are_refused_naming_both_files_and_shards_still_merg
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(report["exchanges"], 300);
+}
+
+// ---- 5. Signals while replay waits for the next due request ------------------
+
+/// An HTTP/1.1 server on 127.0.0.1 answering every request with 200;
+/// counts the requests.
+fn answering_server() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = Arc::clone(&count);
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(100) {
+            let Ok(conn) = conn else { continue };
+            let c = Arc::clone(&c);
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(conn);
+                for _ in 0..1000 {
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let _ = r
+                        .get_mut()
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                }
+            });
+        }
+    });
+    (url, count)
+}
+
+#[test]
+fn i5_sigint_and_sigterm_stop_a_replay_waiting_for_a_far_request() {
+    for (sig, gap_ms, speed) in [(libc::SIGINT, 3_600_000, "1"), (libc::SIGTERM, 1, "1e-9")] {
+        let dir = tempfile::tempdir().unwrap();
+        let cap = dir.path().join("c.parquet");
+        capture_file(&cap, 3, gap_ms);
+        let out = dir.path().join("r.parquet");
+        let (url, count) = answering_server();
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("shadowctl"))
+            .arg("replay")
+            .arg(&cap)
+            .args(["--primary", "recorded", "--shadow", &url, "--speed", speed])
+            .args([
+                "--drain-timeout",
+                "1s",
+                "-q",
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The first request goes at once; the second is due far later.
+        let t = Instant::now();
+        while count.load(std::sync::atomic::Ordering::SeqCst) < 1
+            && t.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
+        std::thread::sleep(Duration::from_millis(300));
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let t = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if t.elapsed() > Duration::from_secs(5) {
+                let _ = child.kill();
+                panic!("signal {sig} ignored: still running after 5 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(status.code(), Some(130), "signal {sig}");
+        // A valid results file with what was replayed: exchange 0, both rows.
+        let rows = shadowctl::schema::read_results(&out).unwrap();
+        assert_eq!(
+            rows.iter().filter(|r| r.exchange_id == 0).count(),
+            2,
+            "{rows:?}"
+        );
+        assert!(rows.iter().all(|r| r.exchange_id == 0));
+    }
 }

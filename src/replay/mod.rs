@@ -759,15 +759,23 @@ fn destination<'a>(shared: &'a Shared, target: &'a Target) -> Destination<'a> {
 /// Wait for `due` on the scheduler's own thread: a thread sleep wakes
 /// within tens of microseconds (a kernel high-resolution timer), where a
 /// tokio timer has millisecond granularity and fires late when the workers
-/// are busy.
-/// Returns whether it slept.
-fn wait_until(due: Instant) -> bool {
-    let now = Instant::now();
-    if due > now {
-        std::thread::sleep(due - now);
-        return true;
+/// are busy. The wait is cut in slices so that a stop (Ctrl-C, SIGTERM) is
+/// seen within one slice even when the next request is hours away.
+/// Returns whether it slept, or `None` when `stop` was raised meanwhile.
+fn wait_until(due: Instant, stop: &AtomicBool) -> Option<bool> {
+    const SLICE: Duration = Duration::from_millis(50);
+    let mut slept = false;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        let now = Instant::now();
+        if due <= now {
+            return Some(slept);
+        }
+        std::thread::sleep((due - now).min(SLICE));
+        slept = true;
     }
-    false
 }
 
 /// Read the plan on a thread of its own, a few thousand requests ahead, so
@@ -881,10 +889,17 @@ async fn schedule(
             Timing::Rate(r) => Duration::from_nanos((n as f64 * 1e9 / r) as u64),
             Timing::Max => Duration::ZERO,
         };
-        let due = start + offset;
-        let due_ts = start_wall + offset.as_nanos() as i64;
+        // A far-future request (`--speed 1e-9`, a stray timestamp) must
+        // not overflow the clock: it is simply never reached.
+        let due = start
+            .checked_add(offset)
+            .unwrap_or_else(|| start + Duration::from_secs(100 * 365 * 86_400));
+        let due_ts =
+            start_wall.saturating_add(i64::try_from(offset.as_nanos()).unwrap_or(i64::MAX));
         if opts.timing != Timing::Max {
-            let slept = wait_until(due);
+            let Some(slept) = wait_until(due, stop) else {
+                return Ok((n, dropped, skipped, true));
+            };
             if slept {
                 behind = 0;
             } else {
