@@ -28,10 +28,12 @@ bench-live *ARGS:
     cargo build --release --quiet
     bash bench/live.sh {{ARGS}}
 
-# Fuzz the bytes -> exchanges path with cargo-fuzz (on stable via RUSTC_BOOTSTRAP).
+# Fuzz the bytes -> exchanges path and the replay client's reading of answers
+# with cargo-fuzz (on stable via RUSTC_BOOTSTRAP), SECS seconds each.
 fuzz SECS="60":
     command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
     cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run capture_bytes -- -max_total_time={{SECS}}
+    cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run replay_response -- -max_total_time={{SECS}}
 
 # Replay throughput, rate accuracy and memory against oha, with nginx on loopback.
 bench-replay *ARGS:

@@ -8,6 +8,7 @@ pub mod capture;
 pub mod demo;
 pub mod diff;
 pub mod endpoint;
+pub mod outpath;
 pub mod progress;
 pub mod replay;
 pub mod report;

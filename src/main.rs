@@ -271,7 +271,7 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         "m" => n * 60.0,
         _ => return Err(format!("'{s}': unknown unit '{unit}' (use ms, s or m)")),
     };
-    Ok(std::time::Duration::from_secs_f64(secs))
+    std::time::Duration::try_from_secs_f64(secs).map_err(|_| format!("'{s}' is too long"))
 }
 
 fn parse_shard(s: &str) -> Result<(u64, u64), String> {
@@ -284,11 +284,39 @@ fn parse_shard(s: &str) -> Result<(u64, u64), String> {
     Ok((k - 1, n))
 }
 
-fn parse_header(s: &str) -> anyhow::Result<(String, String)> {
-    let (n, v) = s
-        .split_once(':')
-        .with_context(|| format!("--header '{s}': expected 'Name: value'"))?;
-    Ok((n.trim().to_string(), v.trim().to_string()))
+fn parse_header(flag: &str, s: &str) -> anyhow::Result<(String, String)> {
+    shadowctl::replay::request::parse_header_field(flag, s).map_err(anyhow::Error::msg)
+}
+
+/// Refuse outputs that would destroy an input or are not files, before any
+/// work (see `shadowctl::outpath`).
+fn check_outputs(
+    outputs: &[(&str, Option<&std::path::Path>)],
+    inputs: &[&std::path::Path],
+) -> anyhow::Result<()> {
+    let outputs: Vec<(&str, &std::path::Path)> = outputs
+        .iter()
+        .filter_map(|(flag, p)| p.map(|p| (*flag, p)))
+        .collect();
+    shadowctl::outpath::check_outputs(&outputs, inputs)?;
+    Ok(())
+}
+
+/// The error and its causes on one line, each said once: a cause whose text
+/// its parent already quotes ("{path}: {io error}") is not repeated.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || msg.contains(&text) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&text);
+    }
+    msg.replace(['\r', '\n'], " ")
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -354,6 +382,15 @@ fn redaction(args: &CaptureArgs) -> Vec<String> {
 }
 
 fn run_capture(args: CaptureArgs) -> anyhow::Result<u8> {
+    let live_dir = args.interface.is_some() && args.out.extension().is_none_or(|e| e != "parquet");
+    let inputs: Vec<&std::path::Path> = args.read.iter().map(PathBuf::as_path).collect();
+    check_outputs(
+        &[
+            ("--out", (!live_dir).then_some(args.out.as_path())),
+            ("--stats-json", args.stats_json.as_deref()),
+        ],
+        &inputs,
+    )?;
     let stop = interrupt_flag();
     let stats = match &args.interface {
         Some(interface) => {
@@ -447,6 +484,19 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<u8> {
     for c in &args.captures {
         anyhow::ensure!(c.exists(), "{}: no such capture file", c.display());
     }
+    let inputs: Vec<&std::path::Path> = args
+        .captures
+        .iter()
+        .chain(&args.ca_cert)
+        .map(PathBuf::as_path)
+        .collect();
+    check_outputs(
+        &[
+            ("--out", Some(args.out.as_path())),
+            ("--summary-json", args.summary_json.as_deref()),
+        ],
+        &inputs,
+    )?;
     let primary = (args.primary != "recorded").then(|| args.primary.clone());
     let opts = ReplayOptions {
         captures: args.captures.clone(),
@@ -454,7 +504,7 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<u8> {
         shadows: args.shadow.clone(),
         out: args.out.clone(),
         timing,
-        concurrency: args.concurrency.max(1),
+        concurrency: args.concurrency,
         timeout: args.timeout,
         shadow_timeout: args.shadow_timeout.unwrap_or(args.timeout),
         selection: plan::Selection {
@@ -479,7 +529,7 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<u8> {
             set: args
                 .header
                 .iter()
-                .map(|h| parse_header(h))
+                .map(|h| parse_header("--header", h))
                 .collect::<anyhow::Result<_>>()?,
             drop: args
                 .drop_header
@@ -490,7 +540,7 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<u8> {
         marker: if args.no_marker {
             None
         } else {
-            Some(parse_header(&args.marker)?)
+            Some(parse_header("--marker", &args.marker)?)
         },
         read_only: args.read_only,
         max_body: args.max_body,
@@ -563,6 +613,22 @@ fn run_diff(args: DiffArgs, verbose: u8) -> anyhow::Result<u8> {
     use shadowctl::diff::{config::Config, diff, DiffOptions};
     use shadowctl::report;
     use std::io::IsTerminal;
+    let inputs: Vec<&std::path::Path> = args
+        .results
+        .iter()
+        .chain(&args.config)
+        .map(PathBuf::as_path)
+        .collect();
+    check_outputs(
+        &[
+            ("--json", args.json.as_deref()),
+            ("--markdown", args.markdown.as_deref()),
+            ("--html", args.html.as_deref()),
+            ("--junit", args.junit.as_deref()),
+            ("--divergences", args.divergences.as_deref()),
+        ],
+        &inputs,
+    )?;
     let config = match &args.config {
         Some(p) => Config::load(p)?,
         None => Config::default(),
@@ -618,8 +684,36 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::from(exit::BAD_INPUT)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_chain_says_each_cause_once_on_one_line() {
+        // As SchemaError::Io prints: "{path}: {source}", with the source
+        // also in the chain; a disk-full error wrapped twice more.
+        #[derive(Debug, thiserror::Error)]
+        #[error("{path}: {source}")]
+        struct Io {
+            path: String,
+            source: std::io::Error,
+        }
+        let io = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let e = anyhow::Error::new(Io {
+            path: "o.parquet".into(),
+            source: io,
+        })
+        .context("o.parquet: No space left on device (os error 28)");
+        let line = one_line(&e);
+        assert_eq!(line.matches("No space left").count(), 1, "{line}");
+        assert!(line.starts_with("o.parquet"), "{line}");
+        let e = anyhow::anyhow!("a\nb").context("c");
+        assert_eq!(one_line(&e), "c: a b");
     }
 }

@@ -41,6 +41,8 @@ pub const DEFAULT_REDACTED: [&str; 4] = [
 pub enum CaptureError {
     #[error("{0}: cannot open: {1}")]
     Open(String, std::io::Error),
+    #[error("{0}: cannot read captures from {1}")]
+    NotAFile(String, &'static str),
     #[error("{0}: not a pcap or pcapng file ({1})")]
     NotACapture(String, String),
     #[error(transparent)]
@@ -91,6 +93,9 @@ type Written = (Vec<PathBuf>, u64);
 enum ToWriter {
     Rows(Vec<Exchange>),
     Finish,
+    /// The run failed: drop the open file (its temporary is removed), so
+    /// what the user had under the output name stays as it was.
+    Abort,
 }
 
 /// The Parquet writer thread: encodes and rotates files, so the packet loop
@@ -143,6 +148,16 @@ impl WriterThread {
         }
     }
 
+    /// Give up the open file (see [`ToWriter::Abort`]) and wait for the
+    /// writer to have removed it.
+    /// Returns the writer's own error, if it had stopped on one.
+    pub(crate) fn abort(self) -> Result<(), CaptureError> {
+        let _ = self.tx.send(ToWriter::Abort);
+        drop(self.tx);
+        self.handle.join().map_err(|_| CaptureError::WriterGone)??;
+        Ok(())
+    }
+
     /// Close the files; returns the files and the rows written.
     pub(crate) fn finish(self) -> Result<Written, CaptureError> {
         let sent = self.tx.send(ToWriter::Finish);
@@ -179,6 +194,7 @@ fn write_loop(mut writer: OutputWriter, rx: Receiver<ToWriter>) -> Result<Writte
                 writer.write(&rows)?;
             }
             Ok(ToWriter::Finish) | Err(RecvTimeoutError::Disconnected) => break,
+            Ok(ToWriter::Abort) => return Ok((Vec::new(), 0)),
             Err(RecvTimeoutError::Timeout) => {}
         }
         writer.tick()?;
@@ -311,6 +327,35 @@ pub fn capture_files(
         snapshot.clone(),
         2,
     )?;
+    match read_all(opts, &files, total, &writer, stop) {
+        Ok(stats) => {
+            *snapshot.lock().unwrap_or_else(|e| e.into_inner()) =
+                serde_json::to_string(&stats).unwrap_or_default();
+            let mut stats = stats;
+            let (_, rows) = writer.finish()?;
+            stats.output_rows = rows;
+            Ok(stats)
+        }
+        Err(e) => {
+            // A failed run writes nothing: the previous output stays.
+            let own = writer.abort();
+            // The writer's own error says more than "the writer stopped".
+            match (e, own) {
+                (CaptureError::WriterGone, Err(own)) => Err(own),
+                (e, _) => Err(e),
+            }
+        }
+    }
+}
+
+/// The packet loop of [`capture_files`] over every input, feeding `writer`.
+fn read_all(
+    opts: &CaptureOptions,
+    files: &[CaptureFile],
+    total: u64,
+    writer: &WriterThread,
+    stop: Option<Arc<AtomicBool>>,
+) -> Result<CaptureStats, CaptureError> {
     let mut pipeline = Pipeline::new(opts.reassembly);
     pipeline.redact(opts.redact.clone());
     if let Some(f) = opts.sample {
@@ -326,7 +371,7 @@ pub fn capture_files(
     let stopped = || stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed));
     let mut done_before = 0u64;
     let mut send_error = None;
-    for file in &files {
+    for file in files {
         if stopped() {
             break;
         }
@@ -351,11 +396,7 @@ pub fn capture_files(
         )?;
         done_before += file.len();
         if let Some(why) = outcome.damaged {
-            let msg = format!(
-                "{}: {why}; kept the {} packets before it",
-                file.name(),
-                outcome.packets
-            );
+            let msg = format!("{}: {why}; read {} packets", file.name(), outcome.packets);
             bar.suspend(|| eprintln!("warning: {msg}"));
             pipeline.stats.damaged_files.push(msg);
         }
@@ -371,16 +412,8 @@ pub fn capture_files(
             }
         }
     }
-    let mut stats = pipeline.stats;
-    *snapshot.lock().unwrap_or_else(|e| e.into_inner()) =
-        serde_json::to_string(&stats).unwrap_or_default();
-    let finished = writer.finish();
     if let Some(e) = send_error {
-        // The writer's own error says more than "the writer stopped".
-        finished?;
         return Err(e);
     }
-    let (_, rows) = finished?;
-    stats.output_rows = rows;
-    Ok(stats)
+    Ok(pipeline.stats)
 }

@@ -11,8 +11,7 @@ use std::path::Path;
 use pcap_parser::nom;
 use pcap_parser::pcapng::Block;
 use pcap_parser::{
-    parse_block_be, parse_block_le, parse_pcap_frame, parse_pcap_frame_be, parse_pcap_header,
-    parse_sectionheaderblock, PcapError,
+    parse_block_be, parse_block_le, parse_pcap_header, parse_sectionheaderblock, PcapError,
 };
 
 use super::CaptureError;
@@ -60,7 +59,26 @@ const PCAPNG_MAGIC: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
 impl CaptureFile {
     /// Open and check the magic number, so a non-capture fails before any work.
     pub fn open(path: &Path) -> Result<Self, CaptureError> {
+        use std::os::unix::fs::FileTypeExt;
         let name = path.display().to_string();
+        // A directory or a pipe cannot be mapped ("No such device"): say
+        // what it is instead. Asked before opening: opening a FIFO waits
+        // for a writer.
+        let kind = std::fs::metadata(path)
+            .map_err(|e| CaptureError::Open(name.clone(), e))?
+            .file_type();
+        let not_file = if kind.is_dir() {
+            Some("a directory")
+        } else if kind.is_fifo() {
+            Some("a FIFO (pipe); save the capture to a file first")
+        } else if kind.is_socket() || kind.is_char_device() || kind.is_block_device() {
+            Some("a device or socket; save the capture to a file first")
+        } else {
+            None
+        };
+        if let Some(what) = not_file {
+            return Err(CaptureError::NotAFile(name, what));
+        }
         let file = File::open(path).map_err(|e| CaptureError::Open(name.clone(), e))?;
         // SAFETY: the map is read-only; a file truncated by another process
         // while we read it is the user's documented risk, as with any mmap reader.
@@ -78,6 +96,20 @@ impl CaptureFile {
                 format!("unknown magic number {:02x?}", magic),
             ));
         }
+        // The file header too, so that a file cut inside it fails here,
+        // before any output is created.
+        let header = if magic == PCAPNG_MAGIC {
+            parse_sectionheaderblock(&map).map(|_| ())
+        } else {
+            parse_pcap_header(&map).map(|_| ())
+        };
+        header.map_err(|e| {
+            let why = match e {
+                nom::Err::Incomplete(_) => "the file ends inside its header".to_string(),
+                e => describe(&e),
+            };
+            CaptureError::NotACapture(name.clone(), why)
+        })?;
         Ok(Self { map, name })
     }
 
@@ -149,13 +181,75 @@ pub fn packets_in(
     }
 }
 
+/// A parser error in words: never the parser's dump of the input bytes.
 fn describe(err: &nom::Err<PcapError<&[u8]>>) -> String {
     match err {
         nom::Err::Incomplete(_) => "file ends in the middle of a record".into(),
-        nom::Err::Error(e) | nom::Err::Failure(e) => format!("damaged record ({e:?})")
-            .chars()
-            .take(120)
-            .collect(),
+        nom::Err::Error(e) | nom::Err::Failure(e) => match e {
+            PcapError::NomError(_, kind) | PcapError::OwnedNomError(_, kind) => {
+                format!("corrupt record ({})", kind.description())
+            }
+            PcapError::Incomplete(_) | PcapError::UnexpectedEof | PcapError::Eof => {
+                "file ends in the middle of a record".into()
+            }
+            PcapError::HeaderNotRecognized => "header not recognized".into(),
+            other => format!("corrupt record ({other:?})"),
+        },
+    }
+}
+
+/// A pcap record header.
+#[derive(Clone, Copy)]
+struct RecordHeader {
+    ts_sec: u32,
+    frac: u32,
+    caplen: u32,
+    origlen: u32,
+}
+
+fn record_header(b: &[u8], big: bool) -> Option<RecordHeader> {
+    let word = |i: usize| {
+        let w: [u8; 4] = b.get(i..i + 4)?.try_into().ok()?;
+        Some(if big {
+            u32::from_be_bytes(w)
+        } else {
+            u32::from_le_bytes(w)
+        })
+    };
+    Some(RecordHeader {
+        ts_sec: word(0)?,
+        frac: word(4)?,
+        caplen: word(8)?,
+        origlen: word(12)?,
+    })
+}
+
+/// What the pcap format says a record may look like; used to find the next
+/// record after a corrupt one.
+struct Plausible {
+    max_caplen: u32,
+    frac_limit: u32,
+    big: bool,
+}
+
+impl Plausible {
+    /// A record header that could be real, whose data fits in `b`, and that
+    /// is followed by the end of the file or another such header.
+    fn at(&self, b: &[u8], near_ts: Option<u32>) -> bool {
+        let ok = |h: &RecordHeader| {
+            h.caplen <= self.max_caplen
+                && h.frac < self.frac_limit
+                && h.origlen >= h.caplen
+                && near_ts.is_none_or(|t| h.ts_sec.abs_diff(t) <= 7 * 86_400)
+        };
+        let Some(h) = record_header(b, self.big).filter(ok) else {
+            return false;
+        };
+        let end = 16 + h.caplen as usize;
+        if end > b.len() {
+            return false;
+        }
+        end == b.len() || record_header(&b[end..], self.big).is_some_and(|n| ok(&n))
     }
 }
 
@@ -165,51 +259,80 @@ fn read_pcap(
     mut on_packet: impl FnMut(RawPacket<'_>, u64),
     stop: &dyn Fn() -> bool,
 ) -> Result<ReadOutcome, CaptureError> {
-    let (mut rest, header) = parse_pcap_header(data)
+    let (after_header, header) = parse_pcap_header(data)
         .map_err(|e| CaptureError::NotACapture(name.to_string(), describe(&e)))?;
     let nanos = header.is_nanosecond_precision();
     let big = header.is_bigendian();
     let linktype = header.network.0;
+    // libpcap refuses a record longer than the larger of the file's snaplen
+    // and 256 KiB; such a length is damage, not a packet.
+    let rules = Plausible {
+        max_caplen: header.snaplen.clamp(262_144, 16 << 20),
+        frac_limit: if nanos { 1_000_000_000 } else { 1_000_000 },
+        big,
+    };
+    let mut at = data.len() - after_header.len();
     let mut out = ReadOutcome::default();
-    while !rest.is_empty() {
+    let mut damage: Vec<String> = Vec::new();
+    let mut last_ts = None;
+    while at < data.len() {
         if out.packets % 4096 == 0 && stop() {
             break;
         }
-        let parsed = if big {
-            parse_pcap_frame_be(rest)
-        } else {
-            parse_pcap_frame(rest)
+        let rest = &data[at..];
+        let Some(h) = record_header(rest, big) else {
+            damage.push(format!("file ends in the middle of a record at byte {at}"));
+            break;
         };
-        match parsed {
-            Ok((next, frame)) => {
-                let frac = if nanos {
-                    frame.ts_usec as i64
-                } else {
-                    frame.ts_usec as i64 * 1000
-                };
-                let offset = (data.len() - next.len()) as u64;
-                out.packets += 1;
-                on_packet(
-                    RawPacket {
-                        ts_ns: frame.ts_sec as i64 * 1_000_000_000 + frac,
-                        linktype,
-                        interface: 0,
-                        data: frame.data,
-                        orig_len: frame.origlen,
-                    },
-                    offset,
-                );
-                rest = next;
-            }
-            Err(e) => {
-                out.damaged = Some(format!(
-                    "{} at byte {}",
-                    describe(&e),
-                    data.len() - rest.len()
-                ));
-                break;
+        if h.caplen > rules.max_caplen {
+            // Scan forward for the next record that looks real.
+            let found =
+                (at + 1..data.len().saturating_sub(15)).find(|&q| rules.at(&data[q..], last_ts));
+            match found {
+                Some(q) => {
+                    damage.push(format!(
+                        "corrupt record at byte {at} (length {}); skipped {} bytes to the next valid record at byte {q}",
+                        h.caplen,
+                        q - at
+                    ));
+                    at = q;
+                    continue;
+                }
+                None => {
+                    damage.push(format!(
+                        "corrupt record at byte {at} (length {}); no valid record after it",
+                        h.caplen
+                    ));
+                    break;
+                }
             }
         }
+        let end = at + 16 + h.caplen as usize;
+        if end > data.len() {
+            damage.push(format!("file ends in the middle of a record at byte {at}"));
+            break;
+        }
+        let frac = if nanos {
+            h.frac as i64
+        } else {
+            h.frac as i64 * 1000
+        };
+        out.packets += 1;
+        last_ts = Some(h.ts_sec);
+        on_packet(
+            RawPacket {
+                ts_ns: h.ts_sec as i64 * 1_000_000_000 + frac,
+                linktype,
+                interface: 0,
+                data: &data[at + 16..end],
+                orig_len: h.origlen,
+            },
+            end as u64,
+        );
+        at = end;
+    }
+    if !damage.is_empty() {
+        out.damaged = Some(damage.join("; "));
     }
     Ok(out)
 }
@@ -250,7 +373,10 @@ fn read_pcapng(
         let (next, block) = match parsed {
             Ok(ok) => ok,
             Err(e) => {
-                out.damaged = Some(format!("{} at byte {at}", describe(&e)));
+                // No resynchronisation: pcapng blocks carry no marker to
+                // scan for, and a wrong guess would invent packets.
+                let why = describe(&e).replace("record", "block");
+                out.damaged = Some(format!("{why} at byte {at}"));
                 break;
             }
         };

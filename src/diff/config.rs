@@ -236,8 +236,21 @@ impl Config {
                 return Err(format!("gate.{name} = {v}: must be between 0 and 1"));
             }
         }
-        if g.max_p99_latency_ratio.is_nan() || g.max_p99_latency_ratio <= 0.0 {
-            return Err("gate.max_p99_latency_ratio must be above 0".into());
+        if !(g.max_p99_latency_ratio.is_finite() && g.max_p99_latency_ratio > 0.0) {
+            return Err(format!(
+                "gate.max_p99_latency_ratio = {}: must be above 0",
+                g.max_p99_latency_ratio
+            ));
+        }
+        // Every other threshold is a non-negative number: a negative one is a
+        // gate no shadow can pass (PSI is never below 0), NaN one never fails.
+        for (name, v) in [
+            ("p99_latency_slack_ms", Some(g.p99_latency_slack_ms)),
+            ("max_psi", g.max_psi),
+        ] {
+            if let Some(v) = v.filter(|v| !(v.is_finite() && *v >= 0.0)) {
+                return Err(format!("gate.{name} = {v}: must be 0 or more"));
+            }
         }
         for (i, r) in self.rules.iter_mut().enumerate() {
             let at = format!("rule #{} (path {})", i + 1, r.path);
@@ -253,7 +266,8 @@ impl Config {
                 }
                 _ => {}
             }
-            if r.abs_tolerance < 0.0 || r.rel_tolerance < 0.0 {
+            let non_negative = |t: f64| t.is_finite() && t >= 0.0;
+            if !non_negative(r.abs_tolerance) || !non_negative(r.rel_tolerance) {
                 return Err(format!("{at}: tolerances cannot be negative"));
             }
         }
@@ -301,6 +315,34 @@ mod tests {
 
     /// The file from the issue, verbatim.
     const ISSUE_CONFIG: &str = include_str!("../../testdata/issue-shadow.toml");
+
+    #[test]
+    fn every_gate_threshold_is_validated_alike() {
+        for bad in [
+            "max_psi = -1",
+            "max_psi = nan",
+            "max_psi = inf",
+            "p99_latency_slack_ms = -0.5",
+            "max_p99_latency_ratio = inf",
+            "max_p99_latency_ratio = nan",
+            "max_divergence_rate = nan",
+            "max_error_rate_increase = -0.1",
+        ] {
+            let e = Config::parse(&format!("[gate]\n{bad}\n")).err();
+            let key = bad.split(' ').next().unwrap();
+            assert!(
+                e.as_deref().is_some_and(|e| e.contains(key)),
+                "{bad}: {e:?}"
+            );
+        }
+        assert!(Config::parse(
+            "[[rule]]\npath = '$.a'\ncompare = 'numeric'\nabs_tolerance = nan\n"
+        )
+        .is_err());
+        for good in ["max_psi = 0", "max_psi = 0.25", "p99_latency_slack_ms = 0"] {
+            Config::parse(&format!("[gate]\n{good}\n")).unwrap();
+        }
+    }
 
     #[test]
     fn the_issue_config_parses() {

@@ -49,6 +49,75 @@ pub enum DiffError {
     Empty,
     #[error("{0}: results without a primary (no `primary` or `recorded` rows)")]
     NoPrimary(String),
+    #[error("{second}: exchange {id} of target `{target}` is also in {first}: the same results given twice (or a copy); shards of one run hold different exchanges")]
+    Duplicate {
+        first: String,
+        second: String,
+        target: String,
+        id: u64,
+    },
+}
+
+/// Exchange ids of one target in one file, as bitmaps of 65,536 ids: ids
+/// come from the capture's row numbers, so a run of a million exchanges
+/// takes a few hundred kilobytes, not one entry per exchange.
+#[derive(Default)]
+pub(crate) struct IdSet {
+    chunks: HashMap<u64, Box<[u64; 1024]>>,
+}
+
+impl IdSet {
+    fn insert(&mut self, id: u64) {
+        let chunk = self
+            .chunks
+            .entry(id >> 16)
+            .or_insert_with(|| Box::new([0; 1024]));
+        let bit = id & 0xffff;
+        chunk[(bit >> 6) as usize] |= 1 << (bit & 63);
+    }
+
+    /// An id in both sets, if any.
+    fn common(&self, other: &IdSet) -> Option<u64> {
+        for (high, a) in &self.chunks {
+            let Some(b) = other.chunks.get(high) else {
+                continue;
+            };
+            for (i, (x, y)) in a.iter().zip(b.iter()).enumerate() {
+                if x & y != 0 {
+                    return Some(
+                        high << 16 | (i as u64) << 6 | u64::from((x & y).trailing_zeros()),
+                    );
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Exchange ids per target name, of one file.
+type FileIds = HashMap<String, IdSet>;
+
+/// The same exchange answered by the same target in two files means the
+/// same results were given twice: counting them twice would double every
+/// figure (and can turn INCONCLUSIVE into NO-GO).
+fn check_duplicates(
+    earlier: &[(String, FileIds)],
+    path: &str,
+    ids: &FileIds,
+) -> Result<(), DiffError> {
+    for (first, seen) in earlier {
+        for (target, set) in ids {
+            if let Some(id) = seen.get(target).and_then(|s| s.common(set)) {
+                return Err(DiffError::Duplicate {
+                    first: first.clone(),
+                    second: path.to_string(),
+                    target: target.clone(),
+                    id,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Incomplete groups older than this many rows are compared as they are
@@ -185,14 +254,27 @@ fn size_bucket(len: usize) -> u8 {
 
 /// Run the whole diff: read, fold, judge.
 pub fn diff(opts: &DiffOptions) -> Result<Report, DiffError> {
+    let result = diff_inner(opts);
+    if let (Err(_), Some(p)) = (&result, &opts.divergences) {
+        // A failed run leaves no temporary beside the divergences file.
+        let _ = std::fs::remove_file(summarize::Candidates::tmp_path(p));
+    }
+    result
+}
+
+fn diff_inner(opts: &DiffOptions) -> Result<Report, DiffError> {
     let mut folded = Folded::default();
     let mut sink = match &opts.divergences {
         Some(p) => Some(summarize::Candidates::create(p)?),
         None => None,
     };
     let mut comparer = Comparer::new(&opts.config);
+    let mut files: Vec<(String, FileIds)> = Vec::new();
     for path in &opts.inputs {
-        fold_file(path, opts, &mut comparer, &mut folded, sink.as_mut())?;
+        let ids = fold_file(path, opts, &mut comparer, &mut folded, sink.as_mut())?;
+        let name = path.display().to_string();
+        check_duplicates(&files, &name, &ids)?;
+        files.push((name, ids));
     }
     if folded.exchanges == 0 {
         return Err(DiffError::Empty);
@@ -208,8 +290,9 @@ fn fold_file(
     comparer: &mut Comparer,
     folded: &mut Folded,
     mut sink: Option<&mut summarize::Candidates>,
-) -> Result<(), DiffError> {
+) -> Result<FileIds, DiffError> {
     let reader = ResultsReader::open(path)?;
+    let mut ids = FileIds::new();
     let expected = reader.targets.as_ref().map(Vec::len);
     // Decoding Parquet and comparing take about the same time: decode on a
     // second thread, a few batches ahead (bounded, so memory stays flat).
@@ -228,6 +311,10 @@ fn fold_file(
         for row in batch? {
             row_no += 1;
             let id = row.exchange_id;
+            match ids.get_mut(&row.target_name) {
+                Some(set) => set.insert(id),
+                None => ids.entry(row.target_name.clone()).or_default().insert(id),
+            }
             let group = pending.entry(id).or_default();
             if group.is_empty() {
                 order.push_back((row_no, id));
@@ -262,7 +349,7 @@ fn fold_file(
     if folded.exchanges == 0 && row_no > 0 {
         return Err(DiffError::NoPrimary(path.display().to_string()));
     }
-    Ok(())
+    Ok(ids)
 }
 
 /// Compare one exchange: every shadow against the primary, and the live

@@ -192,8 +192,13 @@ fn body_value(r: &ReplayResult) -> Value {
 }
 
 impl Candidates {
+    /// Where the unfiltered lines wait until noise is known.
+    pub fn tmp_path(out: &std::path::Path) -> PathBuf {
+        out.with_extension("jsonl.partial")
+    }
+
     pub fn create(out: &std::path::Path) -> Result<Self, DiffError> {
-        let tmp = out.with_extension("jsonl.partial");
+        let tmp = Self::tmp_path(out);
         let file = std::fs::File::create(&tmp)
             .map_err(|e| DiffError::Write(out.display().to_string(), e))?;
         Ok(Self {

@@ -70,9 +70,34 @@ impl Target {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
         };
+        // Credentials in the URL are refused rather than guessed at: they
+        // belong in a header the user writes (`--header 'Authorization: Basic ...'`).
+        if authority.contains('@') {
+            return Err(TargetError(format!(
+                "{url}: user information (user:password@) in a target URL is not supported; send credentials with --header 'Authorization: ...'"
+            )));
+        }
         let default_port = if https { 443 } else { 80 };
         let (host, port) = split_host_port(authority, default_port)
             .ok_or_else(|| TargetError(format!("{url}: cannot read host and port")))?;
+        if port == 0 {
+            return Err(TargetError(format!(
+                "{url}: port 0 is not a port to connect to"
+            )));
+        }
+        let host_ok = !host.is_empty()
+            && if authority.starts_with('[') {
+                host.parse::<std::net::Ipv6Addr>().is_ok()
+            } else {
+                host.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+            };
+        if !host_ok {
+            return Err(TargetError(format!(
+                "{url}: '{}' is not a host name or IP address",
+                host.escape_debug()
+            )));
+        }
         Ok(Self {
             name,
             role,
@@ -199,6 +224,121 @@ impl Sink for Collect<'_> {
     fn lost(&mut self, _: Role, _: u64, _: bool) {
         self.end.get_or_insert(End::Malformed);
     }
+}
+
+/// What reading one more chunk of an answer led to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    More,
+    Done,
+    /// The body passed the hard cap: stop reading, drop the connection.
+    Oversize,
+}
+
+/// Turns the bytes of one answer into an [`Answer`]: the framer shared with
+/// capture plus the rules of a client (interim 1xx skipped, HEAD bodies,
+/// keep-alive). Sans-I/O, so the fuzz target drives the same code.
+pub struct ResponseReader<'a> {
+    parser: MessageParser,
+    sink: Collect<'a>,
+}
+
+impl<'a> ResponseReader<'a> {
+    pub fn new(method: &'a str, max_body: usize) -> Self {
+        Self {
+            parser: MessageParser::new(Role::Response, false, 0),
+            sink: Collect {
+                method,
+                head: None,
+                interim_open: false,
+                body: Vec::new(),
+                body_len: 0,
+                max_body,
+                end: None,
+                close_after: false,
+            },
+        }
+    }
+
+    pub fn feed(&mut self, data: &[u8]) -> Step {
+        self.parser.feed(data, 0, &mut self.sink);
+        if self.sink.end.is_some() {
+            return Step::Done;
+        }
+        if self.sink.body_len > (self.sink.max_body as u64).max(HARD_BODY_CAP) {
+            self.sink.close_after = true;
+            return Step::Oversize;
+        }
+        Step::More
+    }
+
+    /// The connection closed.
+    pub fn finish(&mut self) {
+        self.parser.finish(now_ns(), &mut self.sink);
+    }
+
+    /// Fill `answer` with what was read; an answer that ended early or
+    /// could not be parsed becomes its error (unless one is already set).
+    /// Returns whether the connection may carry another request.
+    pub fn settle(mut self, answer: &mut Answer) -> bool {
+        let sink = &mut self.sink;
+        if let Some(head) = sink.head.take() {
+            if let StartLine::Response { status, .. } = head.line {
+                answer.status = Some(status);
+            }
+            answer.headers = head.headers;
+        }
+        answer.truncated = sink.body_len > sink.body.len() as u64;
+        answer.body_len = sink.body_len;
+        answer.body = std::mem::take(&mut sink.body);
+        match sink.end {
+            Some(End::Complete) => answer.error.is_none() && !sink.close_after,
+            Some(_) if answer.error.is_none() => {
+                let kind = if answer.status.is_some() {
+                    ErrorKind::Reset
+                } else {
+                    ErrorKind::MalformedResponse
+                };
+                answer.error = Some((kind, "the answer ended early or could not be parsed".into()));
+                false
+            }
+            None if answer.error.is_none() => {
+                answer.error = Some((
+                    ErrorKind::Reset,
+                    "connection closed before a complete answer".into(),
+                ));
+                false
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Read a whole answer arriving in `chunks`, then the connection closing
+/// (the fuzz target's entry; the client reads from a socket instead).
+pub fn parse_response(chunks: &[&[u8]], method: &str, max_body: usize) -> Answer {
+    let mut reader = ResponseReader::new(method, max_body);
+    let mut answer = Answer::default();
+    let mut done = false;
+    for c in chunks {
+        match reader.feed(c) {
+            Step::More => {}
+            Step::Done => {
+                done = true;
+                break;
+            }
+            Step::Oversize => {
+                answer.error = Some((ErrorKind::OversizeBody, "oversize".into()));
+                done = true;
+                break;
+            }
+        }
+    }
+    if !done {
+        reader.finish();
+    }
+    reader.settle(&mut answer);
+    answer
 }
 
 fn io_kind(e: &std::io::Error) -> ErrorKind {
@@ -390,17 +530,7 @@ impl Target {
             answer.error = Some((io_kind(&e), format!("write: {e}")));
             return Attempt::Done(answer);
         }
-        let mut parser = MessageParser::new(Role::Response, false, 0);
-        let mut sink = Collect {
-            method,
-            head: None,
-            interim_open: false,
-            body: Vec::new(),
-            body_len: 0,
-            max_body,
-            end: None,
-            close_after: false,
-        };
+        let mut reader = ResponseReader::new(method, max_body);
         // Uninitialised capacity, filled by read_buf: zeroing a 64 KiB
         // buffer per request was the largest single cost under --max.
         let mut buf = Vec::with_capacity(16 * 1024);
@@ -412,7 +542,7 @@ impl Target {
                     if !got_any && reused {
                         return Attempt::Stale;
                     }
-                    parser.finish(now_ns(), &mut sink);
+                    reader.finish();
                     break;
                 }
                 Ok(n) => {
@@ -420,20 +550,20 @@ impl Target {
                         got_any = true;
                         answer.first_byte_ts = Some(now_ns());
                     }
-                    parser.feed(&buf[..n], 0, &mut sink);
+                    let step = reader.feed(&buf[..n]);
                     if n == buf.capacity() && buf.capacity() < 256 * 1024 {
                         buf.reserve(buf.capacity()); // a big answer: read more at a time
                     }
-                    if sink.end.is_some() {
-                        break;
-                    }
-                    if sink.body_len > (max_body as u64).max(HARD_BODY_CAP) {
-                        answer.error = Some((
-                            ErrorKind::OversizeBody,
-                            format!("body over {HARD_BODY_CAP} bytes"),
-                        ));
-                        sink.close_after = true;
-                        break;
+                    match step {
+                        Step::More => {}
+                        Step::Done => break,
+                        Step::Oversize => {
+                            answer.error = Some((
+                                ErrorKind::OversizeBody,
+                                format!("body over {HARD_BODY_CAP} bytes"),
+                            ));
+                            break;
+                        }
                     }
                 }
                 Err(e) => {
@@ -446,36 +576,11 @@ impl Target {
             }
         }
         answer.done_ts = Some(now_ns());
-        if let Some(head) = sink.head.take() {
-            if let StartLine::Response { status, .. } = head.line {
-                answer.status = Some(status);
-            }
-            answer.headers = head.headers;
-        }
-        answer.truncated = sink.body_len > sink.body.len() as u64;
-        answer.body_len = sink.body_len;
-        answer.body = std::mem::take(&mut sink.body);
-        match sink.end {
-            Some(End::Complete) if answer.error.is_none() && !sink.close_after => match own {
+        if reader.settle(&mut answer) {
+            match own {
                 Some(slot) => *slot = Some(stream),
                 None => self.recycle(stream),
-            },
-            Some(End::Complete) => {}
-            Some(_) if answer.error.is_none() => {
-                let kind = if answer.status.is_some() {
-                    ErrorKind::Reset
-                } else {
-                    ErrorKind::MalformedResponse
-                };
-                answer.error = Some((kind, "the answer ended early or could not be parsed".into()));
             }
-            None if answer.error.is_none() => {
-                answer.error = Some((
-                    ErrorKind::Reset,
-                    "connection closed before a complete answer".into(),
-                ));
-            }
-            _ => {}
         }
         Attempt::Done(answer)
     }
@@ -484,6 +589,30 @@ impl Target {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn responses_split_anywhere_read_the_same() {
+        let raw: &[u8] =
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        for cut in 0..raw.len() {
+            let a = parse_response(&[&raw[..cut], &raw[cut..]], "GET", 1 << 20);
+            assert_eq!(
+                (a.status, a.body.as_slice()),
+                (Some(200), &b"abc"[..]),
+                "cut at {cut}"
+            );
+            assert!(a.error.is_none());
+        }
+        let a = parse_response(&[b"garbage\r\n\r\n"], "GET", 1 << 20);
+        assert_eq!(a.error.map(|e| e.0), Some(ErrorKind::MalformedResponse));
+        let a = parse_response(
+            &[b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nab"],
+            "GET",
+            1,
+        );
+        assert_eq!((a.body_len, a.truncated), (2, true));
+        assert!(a.error.is_some(), "ended early");
+    }
 
     #[test]
     fn parses_target_specs() {
@@ -510,5 +639,15 @@ mod tests {
             ("primary", "::1", 9000, "[::1]:9000")
         );
         assert!(Target::parse("ftp://x", TargetRole::Primary, "p", 1).is_err());
+        for bad in [
+            "http://user:pw@127.0.0.1:8080",
+            "http://127.0.0.1:0",
+            "http://bad host:80",
+            "http://[::1:80",
+            "http://[zz]:80",
+        ] {
+            let e = Target::parse(bad, TargetRole::Primary, "p", 1).err();
+            assert!(e.is_some(), "{bad} accepted");
+        }
     }
 }

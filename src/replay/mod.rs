@@ -76,6 +76,9 @@ pub enum ReplayError {
     WriterGone,
     #[error("{0}")]
     Unhealthy(String),
+    /// An option that cannot work (exit code 2).
+    #[error("{0}")]
+    Invalid(String),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
 }
@@ -387,7 +390,58 @@ pub fn replay(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummar
     })
 }
 
+/// Refuse options that cannot work before anything is opened or sent.
+fn validate(opts: &ReplayOptions) -> Result<(), ReplayError> {
+    let bad = |m: String| Err(ReplayError::Invalid(m));
+    if opts.concurrency == 0 {
+        return bad("--concurrency 0: at least one request must be allowed in flight".into());
+    }
+    if opts.timeout.is_zero() || opts.shadow_timeout.is_zero() {
+        return bad("--timeout / --shadow-timeout 0: no answer could ever arrive in time".into());
+    }
+    for (name, value) in opts.rules.set.iter().chain(opts.marker.as_ref()) {
+        request::parse_header_field("--header/--marker", &format!("{name}: {value}"))
+            .map_err(ReplayError::Invalid)?;
+    }
+    for name in &opts.rules.drop {
+        if !request::is_token(name) {
+            return bad(format!(
+                "--drop-header '{}': not an HTTP header name",
+                name.escape_debug()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Target names are how `diff` tells answers apart: two shadows with one
+/// name would be mixed into one, and `primary` / `recorded` are taken.
+fn check_names(targets: &[Target]) -> Result<(), ReplayError> {
+    for (i, t) in targets.iter().enumerate() {
+        if t.role == TargetRole::Shadow && matches!(t.name.as_str(), "primary" | "recorded") {
+            return Err(ReplayError::Invalid(format!(
+                "--shadow {}=...: the name `{}` is reserved; choose another",
+                t.name, t.name
+            )));
+        }
+        if targets[..i].iter().any(|o| o.name == t.name) {
+            return Err(ReplayError::Invalid(format!(
+                "--shadow: the name `{}` is given twice; name each shadow differently (NAME=URL)",
+                t.name
+            )));
+        }
+        if t.name.contains(',') || t.name.trim() != t.name || t.name.is_empty() {
+            return Err(ReplayError::Invalid(format!(
+                "--shadow '{}=...': a name has no commas or surrounding spaces",
+                t.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary, ReplayError> {
+    validate(&opts)?;
     let mut targets = Vec::new();
     if let Some(p) = &opts.primary {
         targets.push(Target::parse(
@@ -410,6 +464,7 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
             opts.concurrency,
         )?);
     }
+    check_names(&targets)?;
     if targets.iter().any(|t| t.https) {
         let connector = tls::connector(&opts.tls)?;
         for t in targets.iter_mut().filter(|t| t.https) {
@@ -704,15 +759,23 @@ fn destination<'a>(shared: &'a Shared, target: &'a Target) -> Destination<'a> {
 /// Wait for `due` on the scheduler's own thread: a thread sleep wakes
 /// within tens of microseconds (a kernel high-resolution timer), where a
 /// tokio timer has millisecond granularity and fires late when the workers
-/// are busy.
-/// Returns whether it slept.
-fn wait_until(due: Instant) -> bool {
-    let now = Instant::now();
-    if due > now {
-        std::thread::sleep(due - now);
-        return true;
+/// are busy. The wait is cut in slices so that a stop (Ctrl-C, SIGTERM) is
+/// seen within one slice even when the next request is hours away.
+/// Returns whether it slept, or `None` when `stop` was raised meanwhile.
+fn wait_until(due: Instant, stop: &AtomicBool) -> Option<bool> {
+    const SLICE: Duration = Duration::from_millis(50);
+    let mut slept = false;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        let now = Instant::now();
+        if due <= now {
+            return Some(slept);
+        }
+        std::thread::sleep((due - now).min(SLICE));
+        slept = true;
     }
-    false
 }
 
 /// Read the plan on a thread of its own, a few thousand requests ahead, so
@@ -826,10 +889,17 @@ async fn schedule(
             Timing::Rate(r) => Duration::from_nanos((n as f64 * 1e9 / r) as u64),
             Timing::Max => Duration::ZERO,
         };
-        let due = start + offset;
-        let due_ts = start_wall + offset.as_nanos() as i64;
+        // A far-future request (`--speed 1e-9`, a stray timestamp) must
+        // not overflow the clock: it is simply never reached.
+        let due = start
+            .checked_add(offset)
+            .unwrap_or_else(|| start + Duration::from_secs(100 * 365 * 86_400));
+        let due_ts =
+            start_wall.saturating_add(i64::try_from(offset.as_nanos()).unwrap_or(i64::MAX));
         if opts.timing != Timing::Max {
-            let slept = wait_until(due);
+            let Some(slept) = wait_until(due, stop) else {
+                return Ok((n, dropped, skipped, true));
+            };
             if slept {
                 behind = 0;
             } else {

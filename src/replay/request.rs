@@ -30,6 +30,38 @@ pub struct RequestRules {
     pub drop: Vec<String>,
 }
 
+/// RFC 9110 section 5.6.2: `token = 1*tchar`.
+pub fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Parse `Name: value` given to `flag` (`--header`, `--marker`). A name that
+/// is not a token, or a value with CR, LF or NUL, would let the text end the
+/// header block and smuggle a request of its own onto the connection.
+pub fn parse_header_field(flag: &str, s: &str) -> Result<(String, String), String> {
+    let (n, v) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{flag} '{}': expected 'Name: value'", s.escape_debug()))?;
+    let (n, v) = (n.trim_matches([' ', '\t']), v.trim_matches([' ', '\t']));
+    if !is_token(n) {
+        return Err(format!(
+            "{flag} '{}': the name '{}' is not an HTTP token (letters, digits and !#$%&'*+-.^_`|~ only)",
+            s.escape_debug(),
+            n.escape_debug()
+        ));
+    }
+    if v.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
+        return Err(format!(
+            "{flag} '{}': the value holds CR, LF or NUL, which would end the header",
+            s.escape_debug()
+        ));
+    }
+    Ok((n.to_string(), v.to_string()))
+}
+
 /// Where a request goes.
 #[derive(Clone, Debug)]
 pub struct Destination<'a> {
@@ -159,6 +191,17 @@ pub fn build(ex: &Exchange, dest: &Destination<'_>, rules: &RequestRules) -> Bui
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_fields_are_tokens_and_values_cannot_end_the_header() {
+        assert_eq!(
+            parse_header_field("--header", " X-A :  b c ").unwrap(),
+            ("X-A".to_string(), "b c".to_string())
+        );
+        for bad in ["X-A: b\0", "X-A: b\r\nX: y", "X A: b", ": b", "X-A"] {
+            assert!(parse_header_field("--header", bad).is_err(), "{bad:?}");
+        }
+    }
 
     fn exchange() -> Exchange {
         let mut ex = Exchange {

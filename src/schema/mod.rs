@@ -49,6 +49,15 @@ pub enum SchemaError {
         path: String,
         source: arrow::error::ArrowError,
     },
+    #[error("{path}: is a {kind}, not a file; give a file path")]
+    NotAFile { path: String, kind: &'static str },
+    #[error("{path}: column `{column}` {problem}, expected {expected}")]
+    Column {
+        path: String,
+        column: String,
+        problem: String,
+        expected: String,
+    },
     #[error("{path}: not a shadowctl {expected} file ({detail})")]
     WrongKind {
         path: String,

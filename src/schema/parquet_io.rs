@@ -43,10 +43,17 @@ impl Default for WriterConfig {
 
 /// Writes record batches to `path` through `path.partial`, renamed on
 /// [`finish`](ParquetFileWriter::finish) once the footer is written.
+/// Dropped unfinished (an error, an abort), it removes `path.partial`, so a
+/// failed run leaves what was at `path` as it was and nothing beside it.
+/// A character device or FIFO at `path` is written straight to: renaming
+/// over it would replace the device node with a regular file.
 pub struct ParquetFileWriter {
-    writer: ArrowWriter<ChunkedFile>,
+    /// `None` once finished.
+    writer: Option<ArrowWriter<ChunkedFile>>,
     path: PathBuf,
     tmp: PathBuf,
+    /// Writing straight to `path` (a device or FIFO): no temporary, no rename.
+    direct: bool,
     config: WriterConfig,
     rows: u64,
 }
@@ -83,6 +90,50 @@ fn pq_err(path: &Path, source: parquet::errors::ParquetError) -> SchemaError {
     }
 }
 
+/// Whether a column written by another tool can be read as `expected`:
+/// the same physical types; names of list items, nullability and time
+/// zones may differ (pyarrow writes `element` where arrow-rs writes `item`).
+fn compatible(expected: &arrow::datatypes::DataType, found: &arrow::datatypes::DataType) -> bool {
+    use arrow::datatypes::DataType::*;
+    match (expected, found) {
+        (List(a), List(b)) => compatible(a.data_type(), b.data_type()),
+        (Struct(a), Struct(b)) => {
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b.iter())
+                    .all(|(x, y)| x.name() == y.name() && compatible(x.data_type(), y.data_type()))
+        }
+        (Timestamp(u, _), Timestamp(v, _)) => u == v,
+        (e, f) => e == f,
+    }
+}
+
+/// Check a file's columns against the schema this version reads, before
+/// any row is decoded: a wrong type would otherwise be found by a panic in
+/// the middle of a run. Columns in `optional` may be absent (never read).
+pub(crate) fn check_columns(
+    path: &str,
+    expected: &arrow::datatypes::Schema,
+    found: &arrow::datatypes::Schema,
+    optional: &[&str],
+) -> Result<(), SchemaError> {
+    for field in expected.fields() {
+        let problem = match found.field_with_name(field.name()) {
+            Err(_) if optional.contains(&field.name().as_str()) => continue,
+            Err(_) => "is missing".to_string(),
+            Ok(f) if compatible(field.data_type(), f.data_type()) => continue,
+            Ok(f) => format!("has type {}", f.data_type()),
+        };
+        return Err(SchemaError::Column {
+            path: path.to_string(),
+            column: field.name().clone(),
+            problem,
+            expected: format!("type {}", field.data_type()),
+        });
+    }
+    Ok(())
+}
+
 /// What kind of shadowctl file, for its metadata.
 #[derive(Clone, Copy, Debug)]
 pub struct FileKind {
@@ -99,10 +150,31 @@ impl ParquetFileWriter {
         kind: FileKind,
         config: WriterConfig,
     ) -> Result<Self, SchemaError> {
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".partial");
-        let tmp = PathBuf::from(tmp);
-        let file = File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
+        use crate::outpath::{resolve, write_mode, WriteMode};
+        let direct = match write_mode(path) {
+            Ok(mode) => mode == WriteMode::Direct,
+            Err(kind) => {
+                return Err(SchemaError::NotAFile {
+                    path: path.display().to_string(),
+                    kind,
+                })
+            }
+        };
+        // Through a symlink to its target: the link stays a link.
+        let path = resolve(path);
+        let (tmp, file) = if direct {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| io_err(&path, e))?;
+            (path.clone(), f)
+        } else {
+            let mut tmp = path.as_os_str().to_owned();
+            tmp.push(".partial");
+            let tmp = PathBuf::from(tmp);
+            let f = File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
+            (tmp, f)
+        };
         let level = ZstdLevel::try_new(config.zstd_level).unwrap_or_default();
         let mut props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(level))
@@ -122,20 +194,28 @@ impl ParquetFileWriter {
         let writer = ArrowWriter::try_new(ChunkedFile(file), schema, Some(props.build()))
             .map_err(|e| pq_err(&tmp, e))?;
         Ok(Self {
-            writer,
-            path: path.to_path_buf(),
+            writer: Some(writer),
+            path,
             tmp,
+            direct,
             config,
             rows: 0,
         })
     }
 
+    fn arrow(&mut self) -> &mut ArrowWriter<ChunkedFile> {
+        self.writer
+            .as_mut()
+            .expect("only finish() takes the writer")
+    }
+
     pub fn write_batch(&mut self, batch: &RecordBatch) -> Result<(), SchemaError> {
-        self.writer.write(batch).map_err(|e| pq_err(&self.tmp, e))?;
+        let tmp = self.tmp.clone();
+        self.arrow().write(batch).map_err(|e| pq_err(&tmp, e))?;
         self.rows += batch.num_rows() as u64;
         // Bound memory: flush a row group early when large bodies fill it.
-        if self.writer.in_progress_size() >= self.config.row_group_bytes {
-            self.writer.flush().map_err(|e| pq_err(&self.tmp, e))?;
+        if self.arrow().in_progress_size() >= self.config.row_group_bytes {
+            self.arrow().flush().map_err(|e| pq_err(&tmp, e))?;
         }
         Ok(())
     }
@@ -146,7 +226,9 @@ impl ParquetFileWriter {
 
     /// Bytes written to the file so far plus those buffered for it.
     pub fn bytes(&self) -> u64 {
-        (self.writer.bytes_written() + self.writer.in_progress_size()) as u64
+        self.writer
+            .as_ref()
+            .map_or(0, |w| (w.bytes_written() + w.in_progress_size()) as u64)
     }
 
     pub fn tmp_path(&self) -> &Path {
@@ -154,13 +236,40 @@ impl ParquetFileWriter {
     }
 
     /// Write the footer (with `metadata` added) and give the file its final name.
+    /// On failure the temporary file is removed (by `Drop`).
     pub fn finish(mut self, metadata: Vec<(String, String)>) -> Result<PathBuf, SchemaError> {
+        let mut writer = self.writer.take().expect("finished once");
         for (k, v) in metadata {
-            self.writer.append_key_value_metadata(KeyValue::new(k, v));
+            writer.append_key_value_metadata(KeyValue::new(k, v));
         }
-        self.writer.close().map_err(|e| pq_err(&self.tmp, e))?;
-        std::fs::rename(&self.tmp, &self.path).map_err(|e| io_err(&self.path, e))?;
-        Ok(self.path)
+        let closed = writer.close();
+        // From here on `Drop` does not know the state: clean up by hand.
+        let renamed = closed.map_err(|e| pq_err(&self.tmp, e)).and_then(|_| {
+            if self.direct {
+                Ok(())
+            } else {
+                std::fs::rename(&self.tmp, &self.path).map_err(|e| io_err(&self.path, e))
+            }
+        });
+        if let Err(e) = renamed {
+            self.remove_tmp();
+            return Err(e);
+        }
+        Ok(self.path.clone())
+    }
+
+    fn remove_tmp(&self) {
+        if !self.direct {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+impl Drop for ParquetFileWriter {
+    fn drop(&mut self) {
+        if self.writer.is_some() {
+            self.remove_tmp();
+        }
     }
 }
 
@@ -252,6 +361,14 @@ impl ExchangeReader {
                 detail: format!("kind is {kind:?}"),
             });
         }
+        // Never read back (derived from other columns when written).
+        let derived = ["incomplete", "missing_response"];
+        check_columns(
+            &path.display().to_string(),
+            &exchange_schema(),
+            builder.schema(),
+            &derived,
+        )?;
         let rows = builder.metadata().file_metadata().num_rows() as u64;
         let inner = builder
             .with_batch_size(1024)

@@ -269,6 +269,9 @@ impl ResultsReader {
                 },
             });
         }
+        // Derived from the timestamps when written; never read back.
+        let derived = ["latency_ns", "latency_from_due_ns", "lag_ns"];
+        super::parquet_io::check_columns(&name, &results_schema(), builder.schema(), &derived)?;
         let rows = builder.metadata().file_metadata().num_rows() as u64;
         let inner = builder.with_batch_size(1024).build().map_err(err)?;
         Ok(Self {
@@ -317,7 +320,7 @@ fn batch_to_results(b: &arrow::array::RecordBatch) -> Result<Vec<ReplayResult>, 
     if let Some(missing) = results_schema()
         .fields()
         .iter()
-        .find(|f| b.column_by_name(f.name()).is_none())
+        .find(|f| b.column_by_name(f.name()).is_none() && !f.name().ends_with("_ns"))
     {
         return Err(format!("column {} is missing", missing.name()));
     }
