@@ -793,3 +793,186 @@ fn i5_sigint_and_sigterm_stop_a_replay_waiting_for_a_far_request() {
         assert!(rows.iter().all(|r| r.exchange_id == 0));
     }
 }
+
+/// A pcap (raw IPv4 link type) of TCP segments: (client port, seq, ack,
+/// flags, payload), between 10.9.0.1:port and 10.9.0.2:80.
+fn raw_pcap(path: &Path, segments: &[(u16, u32, u32, u8, Vec<u8>)]) {
+    // magic, version 2.4, zone, sigfigs, snaplen, link type 101 (raw IP)
+    let header: [u8; 24] = {
+        let mut h = [0u8; 24];
+        h[..4].copy_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+        h[4..6].copy_from_slice(&2u16.to_le_bytes());
+        h[6..8].copy_from_slice(&4u16.to_le_bytes());
+        h[16..20].copy_from_slice(&65535u32.to_le_bytes());
+        h[20..24].copy_from_slice(&101u32.to_le_bytes());
+        h
+    };
+    let mut out = header.to_vec();
+    for (i, (port, seq, ack, flags, payload)) in segments.iter().enumerate() {
+        let to_server = flags & 0x80 == 0;
+        let (src, dst, sport, dport) = if to_server {
+            ([10, 9, 0, 1], [10, 9, 0, 2], *port, 80)
+        } else {
+            ([10, 9, 0, 2], [10, 9, 0, 1], 80, *port)
+        };
+        let total = 20 + 20 + payload.len();
+        let mut ip = vec![
+            0x45,
+            0,
+            (total >> 8) as u8,
+            total as u8,
+            0,
+            0,
+            0x40,
+            0,
+            64,
+            6,
+            0,
+            0,
+        ];
+        ip.extend_from_slice(&src);
+        ip.extend_from_slice(&dst);
+        ip.extend_from_slice(&sport.to_be_bytes());
+        ip.extend_from_slice(&dport.to_be_bytes());
+        ip.extend_from_slice(&seq.to_be_bytes());
+        ip.extend_from_slice(&ack.to_be_bytes());
+        ip.extend_from_slice(&[0x50, flags & 0x3f, 0xff, 0xff, 0, 0, 0, 0]);
+        ip.extend_from_slice(payload);
+        let ts = i as u32;
+        for v in [
+            1_700_000_000 + ts / 1000,
+            (ts % 1000) * 1000,
+            ip.len() as u32,
+            ip.len() as u32,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&ip);
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+const PSH_ACK: u8 = 0x18;
+/// Marks a segment from the server in `raw_pcap`.
+const FROM_SERVER: u8 = 0x80;
+
+/// Item 4: thousands of connections each sending only the head of a POST
+/// that announces 16 MB. Memory follows the bytes that arrive, so the
+/// capture runs under a 1 GiB address-space limit (reserving from
+/// Content-Length needed gigabytes and aborted on a failed allocation).
+#[test]
+fn i4_memory_follows_the_bytes_that_arrive_not_content_length() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("heads.pcap");
+    let head = b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 16000000\r\n\r\n".to_vec();
+    let mut segs = Vec::new();
+    for c in 0..5000u16 {
+        let port = 10_000 + c;
+        segs.push((port, 1000, 0, SYN, vec![]));
+        segs.push((port, 5000, 1001, SYN | ACK | FROM_SERVER, vec![]));
+        segs.push((port, 1001, 5001, PSH_ACK, head.clone()));
+    }
+    raw_pcap(&pcap, &segs);
+    let out = dir.path().join("o.parquet");
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("shadowctl"));
+    cmd.args(["capture", "-q", "--max-buffer-bytes", "64MiB", "--read"])
+        .arg(&pcap)
+        .arg("--out")
+        .arg(&out);
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 1 << 30,
+                rlim_max: 1 << 30,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let done = cmd.output().unwrap();
+    assert!(
+        done.status.success(),
+        "{:?}: {}",
+        done.status,
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let rows = read_exchanges(&out);
+    assert_eq!(rows.len(), 5000);
+    assert!(rows
+        .iter()
+        .all(|e| e.request_body.is_empty() && e.target == "/upload"));
+}
+
+fn read_exchanges(path: &Path) -> Vec<Exchange> {
+    shadowctl::schema::read_exchanges(path).unwrap().0
+}
+
+/// Items 12 and 13: framing errors are flagged rows that keep their bytes;
+/// a head over the size limit is a flagged row, not a gap or "non-HTTP".
+#[test]
+fn i12_i13_framing_errors_and_oversize_heads_are_flagged_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("bad.pcap");
+    let mut big = b"GET /big HTTP/1.1\r\nX-Big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 1 << 20));
+    big.extend_from_slice(b"\r\n\r\n");
+    let requests: Vec<Vec<u8>> = vec![
+        b"POST /neg HTTP/1.1\r\nContent-Length: -1\r\n\r\nabc".to_vec(),
+        b"POST /list HTTP/1.1\r\nContent-Length: 3, 10\r\n\r\nabcdefghij".to_vec(),
+        b"POST /two HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd".to_vec(),
+        big,
+    ];
+    let mut segs = Vec::new();
+    for (c, req) in requests.iter().enumerate() {
+        let port = 20_000 + c as u16;
+        segs.push((port, 1000, 0, SYN, vec![]));
+        segs.push((port, 5000, 1001, SYN | ACK | FROM_SERVER, vec![]));
+        // Real segments: at most 1400 bytes each.
+        for (i, piece) in req.chunks(1400).enumerate() {
+            let seq = 1001 + (i * 1400) as u32;
+            segs.push((port, seq, 5001, PSH_ACK, piece.to_vec()));
+        }
+        let end = 1001 + req.len() as u32;
+        let answer = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n".to_vec();
+        segs.push((port, 5001, end, PSH_ACK | FROM_SERVER, answer));
+    }
+    raw_pcap(&pcap, &segs);
+    let out = dir.path().join("o.parquet");
+    let stats = dir.path().join("s.json");
+    let r = capture(&[&pcap], &out, &["--stats-json", stats.to_str().unwrap()]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let rows = read_exchanges(&out);
+    let by = |t: &str| {
+        rows.iter()
+            .find(|e| e.target == t)
+            .unwrap_or_else(|| panic!("no row {t}"))
+    };
+    for t in ["/neg", "/list", "/two", "/big"] {
+        let e = by(t);
+        assert_eq!(
+            e.incomplete.map(|i| i.as_str()),
+            Some("request_malformed"),
+            "{t}: {:?}",
+            e.malformed_detail
+        );
+        assert_eq!(e.status, Some(400), "{t} still pairs with its answer");
+    }
+    assert_eq!(by("/list").request_body, b"abcdefghij", "no byte lost");
+    assert_eq!(by("/two").request_body, b"abcd");
+    assert!(by("/big")
+        .malformed_detail
+        .as_deref()
+        .unwrap()
+        .contains("larger than 256 KiB"));
+    let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+    assert_eq!(s["gaps"], 0, "{s}");
+    assert_eq!(s["non_http_connections"], 0, "{s}");
+    assert_eq!(s["oversize_heads"], 1, "{s}");
+    assert_eq!(s["malformed_exchanges"], 4, "{s}");
+}

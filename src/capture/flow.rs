@@ -138,6 +138,22 @@ impl Sink for Ctx<'_> {
         self.p.emit_ready(self.budget);
     }
 
+    fn problem(&mut self, role: Role, detail: String) {
+        let reason = match role {
+            Role::Request => IncompleteReason::RequestMalformed,
+            Role::Response => IncompleteReason::ResponseMalformed,
+        };
+        match self.p.active(role == Role::Request) {
+            Some(ex) => {
+                ex.incomplete.get_or_insert(reason);
+                ex.malformed_detail.get_or_insert(detail);
+            }
+            // Between messages: what should have been the next response.
+            None if role == Role::Response => self.p.unreadable_response(detail),
+            None => {}
+        }
+    }
+
     fn lost(&mut self, role: Role, offset: u64, certain: bool) {
         match role {
             Role::Request => self.p.lost_requests(offset, certain),
@@ -148,7 +164,13 @@ impl Sink for Ctx<'_> {
 }
 
 fn request_head(p: &mut Pairing, head: Head, ts: i64, start_off: u64) -> Framing {
-    let framing = request_framing(&head);
+    // A body whose framing headers a strict server would read otherwise (or
+    // reject) runs to the next request line: its bytes stay in this row.
+    let framing = match request_framing(&head) {
+        Framing::None | Framing::Length(0) if !head.framing_unsure => Framing::None,
+        _ if head.framing_unsure => Framing::UntilNextHead,
+        f => f,
+    };
     let StartLine::Request {
         method,
         target,
@@ -158,7 +180,7 @@ fn request_head(p: &mut Pairing, head: Head, ts: i64, start_off: u64) -> Framing
         return Framing::None;
     };
     let host = head.headers.get("host").map(|h| latin1(h).into_owned());
-    let mut ex = Exchange {
+    let ex = Exchange {
         flow_id: p.flow_id,
         client: p.client,
         server: p.server,
@@ -169,11 +191,15 @@ fn request_head(p: &mut Pairing, head: Head, ts: i64, start_off: u64) -> Framing
         http_version: version,
         host,
         request_headers: head.headers,
+        incomplete: head
+            .problem
+            .is_some()
+            .then_some(IncompleteReason::RequestMalformed),
+        malformed_detail: head.problem,
         ..Default::default()
     };
-    // Sized once from the framing: no regrowth copies for large bodies.
-    ex.request_body
-        .reserve(body_hint(framing, p.limits.max_body));
+    // No room is reserved from Content-Length: a body takes memory only as
+    // its bytes arrive, so heads that announce large bodies cost nothing.
     p.push_request(ex, start_off);
     framing
 }
@@ -191,8 +217,9 @@ fn response_head(p: &mut Pairing, head: Head, ts: i64, off: u64, budget: &mut Bu
     let placed = p.response_head(ts, off, interim, budget);
     // Whether a body follows depends on the request's method (HEAD,
     // CONNECT): when that request is uncertain, so is the framing.
+    let sure = placed.framing_sure && !head.framing_unsure;
     let framing_for = |method: Option<&str>| match response_framing(&head, method) {
-        Framing::Length(_) | Framing::Chunked | Framing::UntilClose if !placed.framing_sure => {
+        Framing::Length(_) | Framing::Chunked | Framing::UntilClose if !sure => {
             Framing::UntilNextHead
         }
         f if !placed.framing_sure && method == Some("HEAD") => {
@@ -206,7 +233,6 @@ fn response_head(p: &mut Pairing, head: Head, ts: i64, off: u64, budget: &mut Bu
     let Some(i) = placed.item else {
         return framing_for(None);
     };
-    let max_body = p.limits.max_body;
     let ex = &mut p.item(i).ex;
     let framing = framing_for(Some(&ex.method));
     if interim {
@@ -219,7 +245,11 @@ fn response_head(p: &mut Pairing, head: Head, ts: i64, off: u64, budget: &mut Bu
     ex.response_ts = Some(ts);
     ex.response_end_ts = Some(ts);
     ex.response_headers = head.headers;
-    ex.response_body.reserve(body_hint(framing, max_body));
+    if let Some(problem) = head.problem {
+        ex.incomplete
+            .get_or_insert(IncompleteReason::ResponseMalformed);
+        ex.malformed_detail.get_or_insert(problem);
+    }
     if framing == Framing::Tunnel {
         ex.upgraded = true;
         p.tunnel = true;
@@ -243,15 +273,6 @@ fn sniff_role(data: &[u8]) -> Option<Role> {
         at += memchr(b'\n', rest)? + 1;
     }
     None
-}
-
-/// Bytes to reserve for a body: its declared length, within the cap (and
-/// within 16 MiB, so a lying Content-Length cannot reserve gigabytes).
-fn body_hint(framing: Framing, max_body: usize) -> usize {
-    match framing {
-        Framing::Length(n) => (n as usize).min(max_body).min(16 << 20),
-        _ => 0,
-    }
 }
 
 /// A TCP connection parsed as HTTP.
@@ -314,6 +335,15 @@ impl HttpFlow {
         self.pairing.counters
     }
 
+    /// Heads over the size limit, in both directions.
+    pub fn oversize_heads(&self) -> u64 {
+        self.parsers
+            .iter()
+            .flatten()
+            .map(|p| p.oversize_heads)
+            .sum()
+    }
+
     /// Bytes held in partial heads.
     pub fn buffered(&self) -> usize {
         self.parsers
@@ -355,7 +385,8 @@ impl HttpFlow {
         };
         let mid_stream = !self.clean_start[side].unwrap_or(false);
         let at = self.fed[side];
-        self.parsers[side].get_or_insert_with(|| MessageParser::new(role, mid_stream, at))
+        self.parsers[side]
+            .get_or_insert_with(|| MessageParser::new(role, mid_stream, at).keeping_broken_bodies())
     }
 
     /// Bytes of `side`'s stream, in order. `peer_ack`: the other stream's

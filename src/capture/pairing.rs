@@ -259,6 +259,23 @@ impl Pairing {
         });
     }
 
+    /// Where the next response should start, the server sent something a
+    /// strict reader cannot take for one. While in sync, it stands where
+    /// the answer to the next request should: that request is flagged
+    /// (its answer unreadable); the count of answers is then unknown.
+    pub fn unreadable_response(&mut self, detail: String) {
+        if !self.in_sync {
+            return;
+        }
+        if let Some(p) = self.queue.get_mut(self.next) {
+            if p.kind == Kind::Seen {
+                p.ex.incomplete
+                    .get_or_insert(IncompleteReason::ResponseMalformed);
+                p.ex.malformed_detail.get_or_insert(detail);
+            }
+        }
+    }
+
     /// Bytes of the server's stream from `offset` on were lost where a
     /// response could start: `certain` when a response start surely was.
     pub fn lost_responses(&mut self, offset: u64, certain: bool) {

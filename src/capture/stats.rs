@@ -28,6 +28,14 @@ pub struct CaptureStats {
     pub silent_connections: u64,
     pub exchanges: u64,
     pub incomplete_exchanges: u64,
+    /// Exchanges flagged because a message departs from RFC 9112
+    /// (`request_malformed` / `response_malformed`).
+    pub malformed_exchanges: u64,
+    /// Exchanges written `pairing_uncertain` (loss hid which answer is whose).
+    pub pairing_uncertain_exchanges: u64,
+    /// Message heads over the 256 KiB limit (kept to the last whole line
+    /// that fits, flagged).
+    pub oversize_heads: u64,
     pub requests_without_response: u64,
     /// Responses whose request was not captured (not written).
     pub responses_without_request: u64,
@@ -79,6 +87,7 @@ impl CaptureStats {
         self.responses_without_request += c.orphan_responses;
         self.responses_lost += c.lost_responses;
         self.requests_lost += c.lost_requests;
+        self.oversize_heads += flow.oversize_heads();
         if flow.has_http() {
             self.http_connections += 1;
         } else if flow.is_non_http() {
@@ -93,6 +102,12 @@ impl CaptureStats {
         for ex in rows {
             self.exchanges += 1;
             self.incomplete_exchanges += u64::from(ex.incomplete.is_some());
+            use crate::schema::IncompleteReason::*;
+            self.malformed_exchanges += u64::from(matches!(
+                ex.incomplete,
+                Some(RequestMalformed | ResponseMalformed)
+            ));
+            self.pairing_uncertain_exchanges += u64::from(ex.incomplete == Some(PairingUncertain));
             self.requests_without_response += u64::from(ex.status.is_none());
             self.truncated_bodies +=
                 u64::from(ex.request_body_truncated) + u64::from(ex.response_body_truncated);
@@ -120,6 +135,13 @@ impl CaptureStats {
         );
         let _ = writeln!(s, "  exchanges          {}", self.exchanges);
         let _ = writeln!(s, "  incomplete         {}", self.incomplete_exchanges);
+        if self.malformed_exchanges + self.pairing_uncertain_exchanges + self.oversize_heads > 0 {
+            let _ = writeln!(
+                s,
+                "    of which        {} malformed ({} heads over 256 KiB), {} pairing uncertain",
+                self.malformed_exchanges, self.oversize_heads, self.pairing_uncertain_exchanges
+            );
+        }
         let _ = writeln!(s, "  without response   {}", self.requests_without_response);
         let _ = writeln!(
             s,

@@ -221,6 +221,9 @@ impl Sink for Collect<'_> {
         }
     }
 
+    // The end that follows says malformed; the reason is not recorded.
+    fn problem(&mut self, _: Role, _: String) {}
+
     fn lost(&mut self, _: Role, _: u64, _: bool) {
         self.end.get_or_insert(End::Malformed);
     }

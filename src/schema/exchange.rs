@@ -100,6 +100,8 @@ pub struct Exchange {
     pub response_body_len: u64,
     pub response_body_truncated: bool,
     pub incomplete: Option<IncompleteReason>,
+    /// With `request_malformed` / `response_malformed`: what was wrong.
+    pub malformed_detail: Option<String>,
     /// The connection switched protocols (101) or became a CONNECT tunnel.
     pub upgraded: bool,
 }
@@ -163,6 +165,7 @@ pub fn exchange_schema() -> SchemaRef {
         f("incomplete_reason", Utf8, true),
         f("missing_response", Boolean, false),
         f("upgraded", Boolean, false),
+        f("malformed_detail", Utf8, true),
     ]))
 }
 
@@ -294,6 +297,7 @@ pub fn exchanges_to_batch(rows: &[Exchange]) -> Result<RecordBatch, arrow::error
         text(&|r| r.incomplete.map(|i| i.as_str().to_string())),
         flag(&|r| r.status.is_none()),
         flag(&|r| r.upgraded),
+        text(&|r| r.malformed_detail.clone()),
     ];
     RecordBatch::try_new(exchange_schema(), columns)
 }

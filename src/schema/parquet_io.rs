@@ -362,7 +362,9 @@ impl ExchangeReader {
             });
         }
         // Never read back (derived from other columns when written).
-        let derived = ["incomplete", "missing_response"];
+        // `malformed_detail` came with capture files of schema version 1
+        // written after 2026-11-30: older ones lack it.
+        let derived = ["incomplete", "missing_response", "malformed_detail"];
         check_columns(
             &path.display().to_string(),
             &exchange_schema(),
@@ -437,6 +439,9 @@ fn batch_to_exchanges(b: &RecordBatch, out: &mut Vec<Exchange>) {
     let status = col::<UInt16Array>(b, "status");
     let seq = col::<UInt32Array>(b, "seq_in_flow");
     let interim = lists("interim_statuses");
+    let detail = b
+        .column_by_name("malformed_detail")
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>());
     for i in 0..b.num_rows() {
         let answered = status.is_valid(i);
         out.push(Exchange {
@@ -481,6 +486,7 @@ fn batch_to_exchanges(b: &RecordBatch, out: &mut Vec<Exchange>) {
             response_body_truncated: flag("response_body_truncated", i),
             incomplete: opt_s(s("incomplete_reason"), i).and_then(|r| IncompleteReason::parse(&r)),
             upgraded: flag("upgraded", i),
+            malformed_detail: detail.and_then(|d| opt_s(d, i)),
         });
     }
 }

@@ -8,6 +8,8 @@
 use crate::schema::HeaderList;
 use crate::text::latin1;
 
+pub mod strict;
+
 /// Which kind of messages a direction carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -35,6 +37,11 @@ pub enum StartLine {
 pub struct Head {
     pub line: StartLine,
     pub headers: HeaderList,
+    /// Where the head departs from RFC 9112, if it does (see `strict`).
+    pub problem: Option<String>,
+    /// Its framing headers cannot be trusted (invalid, or a bare CR or a
+    /// folded line could hide one from a server that reads it otherwise).
+    pub framing_unsure: bool,
 }
 
 /// How the body of a message is delimited.
@@ -77,6 +84,9 @@ pub trait Sink {
     /// message could start: `certain` when a message start surely was in
     /// them, false when the loss may have held none.
     fn lost(&mut self, role: Role, offset: u64, certain: bool);
+    /// The message being read (or, between messages, the bytes where one
+    /// should start) departs from RFC 9112 as `detail` says.
+    fn problem(&mut self, role: Role, detail: String);
 }
 
 /// Largest message head we buffer; beyond it the head counts as malformed.
@@ -134,6 +144,15 @@ pub struct MessageParser {
     /// the next byte is known to begin a line. After a loss it is not: the
     /// bytes may be the tail of a line ("EAD /x HTTP/1.1").
     line_start: bool,
+    /// Keep the bytes of a body whose framing broke (to the next message
+    /// start) instead of skipping them: a recorder loses nothing.
+    keep_broken: bool,
+    /// The open message's framing broke: it ends as malformed.
+    damaged: bool,
+    /// Heads larger than [`MAX_HEAD`] (kept as far as they fit, flagged).
+    pub oversize_heads: u64,
+    /// A lone CR came before the next start line.
+    lead_problem: bool,
 }
 
 impl MessageParser {
@@ -151,7 +170,17 @@ impl MessageParser {
             malformed: 0,
             skipped_bytes: 0,
             line_start: !mid_stream,
+            keep_broken: false,
+            damaged: false,
+            oversize_heads: 0,
+            lead_problem: false,
         }
+    }
+
+    /// Keep the bytes of bodies whose framing breaks, in the message.
+    pub fn keeping_broken_bodies(mut self) -> Self {
+        self.keep_broken = true;
+        self
     }
 
     pub fn role(&self) -> Role {
@@ -262,6 +291,9 @@ impl MessageParser {
             _ => {
                 // Inside chunked framing or a body of unknown length: the
                 // loss may end this message and hold others.
+                if self.state == State::UntilNextHead && !pending.is_empty() {
+                    sink.body(self.role, &pending);
+                }
                 self.finish_message(ts, End::Gap, sink);
                 sink.lost(self.role, lost_at, false);
                 self.state = State::Start { resync: true };
@@ -276,6 +308,10 @@ impl MessageParser {
         match self.state {
             State::Dead => {}
             State::UntilClose | State::UntilNextHead => {
+                // Bytes held back in case they began a glued head are body.
+                if !pending.is_empty() {
+                    sink.body(self.role, &pending);
+                }
                 self.finish_message(ts, End::Complete, sink)
             }
             State::Start { .. } => {
@@ -294,6 +330,11 @@ impl MessageParser {
     }
 
     fn finish_message(&mut self, ts: i64, how: End, sink: &mut dyn Sink) {
+        let how = match how {
+            End::Complete if self.damaged => End::Malformed,
+            how => how,
+        };
+        self.damaged = false;
         if self.open {
             self.open = false;
             sink.end(self.role, ts, how);
@@ -457,29 +498,63 @@ impl MessageParser {
     fn start(&mut self, rest: &[u8], ts: i64, sink: &mut dyn Sink) -> Option<usize> {
         let blank = skip_blank_lines(rest);
         if blank > 0 {
+            // Empty lines before a start line are allowed; a lone CR is not.
+            let lone_cr = rest[..blank]
+                .iter()
+                .enumerate()
+                .any(|(i, &b)| b == b'\r' && rest.get(i + 1).is_some_and(|&n| n != b'\n'));
+            self.lead_problem |= lone_cr;
             return Some(blank);
         }
         if self.looks_like_start(rest, true) == Looks::No {
-            return Some(self.malformed(sink));
+            return Some(self.malformed(rest, sink));
         }
-        let Some(end) = head_end(rest) else {
-            if rest.len() > MAX_HEAD {
-                return Some(self.malformed(sink));
-            }
-            return None;
+        let end = match head_end(rest) {
+            Some(end) if end <= MAX_HEAD => end,
+            None if rest.len() <= MAX_HEAD => return None,
+            _ => return Some(self.oversize_head(rest, ts, sink)),
         };
         let Some((head, _)) = parse_head(self.role, &rest[..end]) else {
-            return Some(self.malformed(sink));
+            return Some(self.malformed(rest, sink));
         };
+        self.begin(head, ts, sink);
+        Some(end)
+    }
+
+    /// A head larger than [`MAX_HEAD`]: kept up to the last whole line that
+    /// fits and flagged; what follows stays in the message's body, up to
+    /// the next message start. Returns the bytes taken as the head.
+    fn oversize_head(&mut self, rest: &[u8], ts: i64, sink: &mut dyn Sink) -> usize {
+        let fits = &rest[..MAX_HEAD];
+        let Some(last_nl) = fits.iter().rposition(|&b| b == b'\n') else {
+            return self.malformed(rest, sink);
+        };
+        let mut bytes = fits[..=last_nl].to_vec();
+        bytes.extend_from_slice(b"\r\n");
+        let Some((mut head, _)) = parse_head(self.role, &bytes) else {
+            return self.malformed(rest, sink);
+        };
+        self.oversize_heads += 1;
+        head.problem = Some(format!(
+            "head larger than {} KiB: kept to the last whole line that fits",
+            MAX_HEAD / 1024
+        ));
+        head.framing_unsure = true;
+        self.begin(head, ts, sink);
+        last_nl + 1
+    }
+
+    /// Report a parsed head and enter its body's framing.
+    fn begin(&mut self, mut head: Head, ts: i64, sink: &mut dyn Sink) {
+        if std::mem::take(&mut self.lead_problem) {
+            head.problem
+                .get_or_insert_with(|| "bare CR before the start line".into());
+        }
         self.heads += 1;
         self.open = true;
         let framing = sink.head(self.role, head, ts, self.cursor);
         self.state = match framing {
-            Framing::None => {
-                self.finish_message(ts, End::Complete, sink);
-                State::Start { resync: false }
-            }
-            Framing::Length(0) => {
+            Framing::None | Framing::Length(0) => {
                 self.finish_message(ts, End::Complete, sink);
                 State::Start { resync: false }
             }
@@ -495,12 +570,17 @@ impl MessageParser {
                 State::Dead
             }
         };
-        Some(end)
     }
 
     /// Bytes that cannot be a message start: note it and resynchronise.
-    fn malformed(&mut self, sink: &mut dyn Sink) -> usize {
+    fn malformed(&mut self, rest: &[u8], sink: &mut dyn Sink) -> usize {
         self.malformed += 1;
+        if let (Role::Response, State::Start { resync: false }) = (self.role, self.state) {
+            let line = rest.split(|&b| b == b'\n').next().unwrap_or(b"");
+            let line = &line[..line.len().min(80)];
+            let detail = format!("invalid status line: {:?}", latin1(line));
+            sink.problem(self.role, detail);
+        }
         sink.lost(self.role, self.cursor, true);
         self.state = State::Start { resync: true };
         self.line_start = false;
@@ -513,14 +593,14 @@ impl MessageParser {
             Chunk::Size => {
                 let Some(nl) = memchr(b'\n', rest) else {
                     if rest.len() > MAX_LINE {
-                        return Some(self.broken(ts, sink));
+                        return Some(self.broken(ts, sink, "chunk-size line too long".into()));
                     }
                     return None;
                 };
                 match parse_chunk_size(&rest[..nl]) {
-                    Some(0) => self.state = State::Chunked(Chunk::Trailers),
-                    Some(n) => self.state = State::Chunked(Chunk::Data(n)),
-                    None => return Some(self.broken(ts, sink)),
+                    Ok(0) => self.state = State::Chunked(Chunk::Trailers),
+                    Ok(n) => self.state = State::Chunked(Chunk::Data(n)),
+                    Err(detail) => return Some(self.broken(ts, sink, detail)),
                 }
                 Some(nl + 1)
             }
@@ -544,7 +624,7 @@ impl MessageParser {
                 } else if rest == b"\r" {
                     None
                 } else {
-                    Some(self.broken(ts, sink))
+                    Some(self.broken(ts, sink, "chunk data not followed by CRLF".into()))
                 }
             }
             Chunk::Trailers => {
@@ -564,7 +644,7 @@ impl MessageParser {
                 }
                 let Some(end) = head_end(rest) else {
                     if rest.len() > MAX_HEAD {
-                        return Some(self.broken(ts, sink));
+                        return Some(self.broken(ts, sink, "trailer section too large".into()));
                     }
                     return None;
                 };
@@ -576,18 +656,35 @@ impl MessageParser {
                             .iter()
                             .for_each(|h| list.push(h.name.as_bytes(), h.value));
                         sink.trailers(self.role, list);
+                        self.finish_message(ts, End::Complete, sink);
                     }
-                    _ => self.malformed += 1,
+                    _ => {
+                        // Kept as far as a line-by-line reading goes, flagged.
+                        self.malformed += 1;
+                        if let Some((head, _)) = parse_head_lenient_fields(&rest[..end]) {
+                            sink.trailers(self.role, head);
+                        }
+                        sink.problem(self.role, "invalid trailer section".into());
+                        self.finish_message(ts, End::Malformed, sink);
+                    }
                 }
-                self.finish_message(ts, End::Complete, sink);
                 Some(end)
             }
         }
     }
 
-    /// The body framing broke: end the message as malformed and resync.
-    fn broken(&mut self, ts: i64, sink: &mut dyn Sink) -> usize {
+    /// The body framing broke: the message is malformed. A recorder keeps
+    /// what follows in its body up to the next message start; otherwise
+    /// the message ends here and the parser resynchronises.
+    fn broken(&mut self, ts: i64, sink: &mut dyn Sink, detail: String) -> usize {
         self.malformed += 1;
+        sink.problem(self.role, detail);
+        if self.keep_broken && self.open {
+            self.damaged = true;
+            self.state = State::UntilNextHead;
+            self.line_start = false;
+            return 0;
+        }
         self.finish_message(ts, End::Malformed, sink);
         self.state = State::Start { resync: true };
         self.line_start = false;
@@ -740,6 +837,10 @@ pub fn looks_like_request_line(d: &[u8], lenient: bool) -> Looks {
     if method_len == 0 && !d.is_empty() || method_len > 32 {
         return Looks::No;
     }
+    // Methods are words: "0" (a chunk end after lost framing) is not one.
+    if d.first().is_some_and(|b| !b.is_ascii_alphabetic()) {
+        return Looks::No;
+    }
     let upper = d[..method_len]
         .iter()
         .all(|&b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
@@ -806,13 +907,22 @@ pub fn looks_like_status_line(d: &[u8]) -> Looks {
     }
 }
 
-fn parse_chunk_size(line: &[u8]) -> Option<u64> {
+/// `chunk-size [chunk-ext]` (RFC 9112 section 7.1); the line end is CRLF or
+/// LF, and no other CR may appear.
+fn parse_chunk_size(line: &[u8]) -> Result<u64, String> {
+    let bad = || format!("invalid chunk-size line: {}", latin1(line).escape_debug());
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let digits = line.split(|&b| b == b';').next()?.trim_ascii();
-    if digits.is_empty() || digits.len() > 15 {
-        return None;
+    if line.contains(&b'\r') {
+        return Err(bad());
     }
-    u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+    let digits = line.split(|&b| b == b';').next().unwrap_or(b"");
+    // Whitespace may stand before an extension (BWS), never before the size.
+    let digits = digits.trim_ascii_end();
+    if digits.is_empty() || digits.len() > 15 || !digits.iter().all(u8::is_ascii_hexdigit) {
+        return Err(bad());
+    }
+    let text = std::str::from_utf8(digits).map_err(|_| bad())?;
+    u64::from_str_radix(text, 16).map_err(|_| bad())
 }
 
 fn parser_config() -> httparse::ParserConfig {
@@ -833,8 +943,29 @@ fn offset_in(outer: &[u8], inner: &[u8]) -> usize {
 }
 
 /// Parse a complete head. Start-line fields keep their exact wire bytes.
+/// Parse a complete head: strictly when it is what RFC 9112 allows, else
+/// line by line keeping every line, with what was wrong in `problem`.
 fn parse_head(role: Role, head: &[u8]) -> Option<(Head, usize)> {
-    parse_head_strict(role, head).or_else(|| parse_head_lenient(role, head))
+    let mut problem = strict::head_problem(role, head);
+    let strict = if problem.is_none() {
+        parse_head_strict(role, head)
+    } else {
+        None
+    };
+    let (mut parsed, used) = match strict {
+        Some(p) => p,
+        None => {
+            problem.get_or_insert_with(|| "head not readable by a strict parser".into());
+            parse_head_lenient(role, head)?
+        }
+    };
+    let framing = strict::framing_problem(role, &parsed.headers);
+    parsed.framing_unsure = framing.is_some()
+        || problem
+            .as_deref()
+            .is_some_and(|p| p.contains("bare CR") || p.contains("folding"));
+    parsed.problem = problem.or(framing);
+    Some((parsed, used))
 }
 
 fn parse_head_strict(role: Role, head: &[u8]) -> Option<(Head, usize)> {
@@ -881,9 +1012,43 @@ fn parse_head_strict(role: Role, head: &[u8]) -> Option<(Head, usize)> {
         Head {
             line,
             headers: list,
+            problem: None,
+            framing_unsure: false,
         },
         used,
     ))
+}
+
+/// Header fields read line by line, keeping every line: folded lines are
+/// unfolded (RFC 9112 section 5.2), a line without a colon is kept as a
+/// name with an empty value.
+fn fields_leniently<'a>(lines: impl Iterator<Item = &'a [u8]>) -> HeaderList {
+    let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for l in lines.take_while(|l| !l.is_empty()) {
+        if matches!(l.first(), Some(b' ' | b'\t')) && !fields.is_empty() {
+            let last = fields.last_mut().expect("not empty");
+            last.1.push(b' ');
+            last.1.extend_from_slice(l.trim_ascii());
+        } else if let Some(colon) = memchr(b':', l) {
+            fields.push((
+                l[..colon].trim_ascii().to_vec(),
+                l[colon + 1..].trim_ascii().to_vec(),
+            ));
+        } else {
+            fields.push((l.trim_ascii().to_vec(), Vec::new()));
+        }
+    }
+    let mut headers = HeaderList::new();
+    fields.iter().for_each(|(n, v)| headers.push(n, v));
+    headers
+}
+
+/// A trailer section read line by line (see [`fields_leniently`]).
+fn parse_head_lenient_fields(section: &[u8]) -> Option<(HeaderList, usize)> {
+    let lines = section
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    Some((fields_leniently(lines), section.len()))
 }
 
 /// Line-by-line parsing for heads httparse rejects (spaces in the target,
@@ -931,23 +1096,16 @@ fn parse_head_lenient(role: Role, head: &[u8]) -> Option<(Head, usize)> {
             }
         }
     };
-    let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    for l in lines.take_while(|l| !l.is_empty()) {
-        if matches!(l.first(), Some(b' ' | b'\t')) {
-            if let Some(last) = fields.last_mut() {
-                last.1.push(b' ');
-                last.1.extend_from_slice(l.trim_ascii());
-            }
-        } else if let Some(colon) = memchr(b':', l) {
-            fields.push((
-                l[..colon].trim_ascii().to_vec(),
-                l[colon + 1..].trim_ascii().to_vec(),
-            ));
-        }
-    }
-    let mut headers = HeaderList::new();
-    fields.iter().for_each(|(n, v)| headers.push(n, v));
-    Some((Head { line, headers }, head.len()))
+    let headers = fields_leniently(lines);
+    Some((
+        Head {
+            line,
+            headers,
+            problem: None,
+            framing_unsure: false,
+        },
+        head.len(),
+    ))
 }
 
 fn content_length(h: &HeaderList) -> Result<Option<u64>, ()> {
@@ -981,6 +1139,10 @@ fn is_chunked(h: &HeaderList) -> Option<bool> {
 
 /// Body framing of a request (RFC 9112 section 6.3).
 pub fn request_framing(head: &Head) -> Framing {
+    // RFC 9110 section 9.3.6: a CONNECT request has no content.
+    if matches!(&head.line, StartLine::Request { method, .. } if method == "CONNECT") {
+        return Framing::None;
+    }
     match is_chunked(&head.headers) {
         Some(true) => return Framing::Chunked,
         // A request cannot be close-delimited; a non-chunked coding is broken.

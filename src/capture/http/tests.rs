@@ -387,3 +387,278 @@ proptest! {
         }
     }
 }
+
+/// One request and its response through a flow; the single row.
+fn one(request: &[u8], response: &[u8]) -> Exchange {
+    let out = run(&[(CLIENT, request), (SERVER, response)]);
+    assert!(
+        !out.is_empty(),
+        "no row for {:?}",
+        String::from_utf8_lossy(request)
+    );
+    out[0].clone()
+}
+
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+fn flagged(e: &Exchange, reason: crate::schema::IncompleteReason, detail: &str) {
+    assert_eq!(
+        e.incomplete,
+        Some(reason),
+        "{} {} {:?}",
+        e.method,
+        e.target,
+        e.malformed_detail
+    );
+    let got = e.malformed_detail.as_deref().unwrap_or("");
+    assert!(got.contains(detail), "detail {got:?} lacks {detail:?}");
+}
+
+use crate::schema::IncompleteReason::{RequestMalformed, ResponseMalformed};
+
+#[test]
+fn invalid_header_lines_are_kept_and_flagged() {
+    let e = one(b"GET / HTTP/1.1\r\nFo@: Failure\r\nHost: h\r\n\r\n", OK);
+    flagged(&e, RequestMalformed, "not a token");
+    assert_eq!(e.request_headers.get("fo@"), Some(&b"Failure"[..]));
+    assert_eq!(e.status, Some(200), "the answer still pairs");
+    // The body of a Content-Length with a space before the colon is kept.
+    let e = one(b"POST / HTTP/1.1\r\nContent-Length : 4\r\n\r\nbody", OK);
+    flagged(&e, RequestMalformed, "whitespace before the colon");
+    assert_eq!(e.request_body, b"body");
+    let e = one(
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nen-US Content-Type: text/xml\r\nContent-Length: 2\r\n\r\nok",
+    );
+    flagged(&e, ResponseMalformed, "not a token");
+    assert!(e.response_headers.get("en-us content-type").is_some());
+}
+
+#[test]
+fn folded_lines_are_unfolded_alike_in_both_directions_and_flagged() {
+    let e = one(
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n  abc\r\n\r\n3\r\nxyz\r\n0\r\n\r\n",
+        OK,
+    );
+    flagged(&e, RequestMalformed, "folding");
+    assert_eq!(
+        e.request_headers.get("transfer-encoding"),
+        Some(&b"chunked abc"[..])
+    );
+    // Not framed as chunked (a server that unfolds does not): the bytes stay.
+    assert_eq!(e.request_body, b"3\r\nxyz\r\n0\r\n\r\n");
+    let e = one(
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-A: one\r\n two\r\nContent-Length: 2\r\n\r\nok",
+    );
+    flagged(&e, ResponseMalformed, "folding");
+    assert_eq!(e.response_headers.get("x-a"), Some(&b"one two"[..]));
+}
+
+#[test]
+fn bare_cr_is_flagged_never_read_as_a_line_end() {
+    let e = one(
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\rContent-Length: 4\r\n\r\nbody",
+    );
+    flagged(&e, ResponseMalformed, "bare CR");
+    let e = one(
+        b"POST / HTTP/1.1\r\nx:\rTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        OK,
+    );
+    flagged(&e, RequestMalformed, "bare CR");
+    assert_eq!(e.request_body, b"5\r\nhello\r\n0\r\n\r\n", "nothing lost");
+    let e = one(
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\r;ABCD\r\n34\r\nE\r\n0\r\n\r\n",
+    );
+    flagged(&e, ResponseMalformed, "chunk-size");
+    assert!(
+        e.response_body.ends_with(b"0\r\n\r\n"),
+        "{:?}",
+        e.response_body
+    );
+}
+
+#[test]
+fn invalid_framing_headers_are_flagged_and_the_body_kept() {
+    for cl in ["4 2", "13 37", "", "-1", "99999999999999999999", "3, 10"] {
+        let req = format!("POST /x HTTP/1.1\r\nContent-Length: {cl}\r\n\r\nbody");
+        let e = one(req.as_bytes(), OK);
+        flagged(&e, RequestMalformed, "Content-Length");
+        assert_eq!(e.request_body, b"body", "{cl:?}");
+    }
+    let two = one(
+        b"POST /x HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nbody",
+        OK,
+    );
+    flagged(&two, RequestMalformed, "Content-Length");
+    for te in [
+        "Transfer-Encoding: identity\r\nContent-Length: 4",
+        "Transfer-Encoding: chunkedchunked",
+        "Transfer-Encoding: chunked, deflate",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+    ] {
+        let req = format!("POST /x HTTP/1.1\r\n{te}\r\n\r\n4\r\nbody\r\n0\r\n\r\n");
+        let out = run(&[(CLIENT, req.as_bytes()), (SERVER, OK)]);
+        assert_eq!(
+            out.len(),
+            1,
+            "{te:?}: the body is no second request: {out:?}"
+        );
+        flagged(&out[0], RequestMalformed, "");
+        assert!(
+            out[0].request_body.windows(4).any(|w| w == b"body"),
+            "{te:?}"
+        );
+    }
+}
+
+#[test]
+fn a_space_in_the_target_keeps_the_version_and_is_flagged() {
+    let e = one(b"GET /foo bar/ HTTP/1.1\r\nHost: h\r\n\r\n", OK);
+    flagged(&e, RequestMalformed, "space inside the request-target");
+    assert_eq!(e.target, "/foo bar/");
+    assert_eq!(e.http_version, "HTTP/1.1");
+    let e = one(b"DESCRIBE rtsp://cam/1 RTSP/1.0\r\nCSeq: 1\r\n\r\n", OK);
+    flagged(&e, RequestMalformed, "not an HTTP/1 version");
+}
+
+#[test]
+fn trailers_with_bare_lf_are_kept() {
+    let e = one(
+        b"POST / HTTP/1.1\nTransfer-Encoding: chunked\n\n3\nabc\n0\nX-Sum: 9\nY: 2\n\n",
+        OK,
+    );
+    assert_eq!(e.request_body, b"abc");
+    assert_eq!(e.request_trailers.get("x-sum"), Some(&b"9"[..]));
+    assert_eq!(e.request_trailers.get("y"), Some(&b"2"[..]));
+    assert!(e.incomplete.is_none(), "{e:?}");
+}
+
+#[test]
+fn connect_has_no_content_and_bad_status_lines_are_malformed_not_lost() {
+    let out = run(&[
+        (
+            CLIENT,
+            b"CONNECT h:443 HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
+        ),
+        (SERVER, b"HTTP/1.1 200 Connection established\r\n\r\n"),
+    ]);
+    assert_eq!(out[0].status, Some(200));
+    assert!(out[0].upgraded, "the tunnel opened: {out:?}");
+    let e = one(
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"HTTPER/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    );
+    flagged(&e, ResponseMalformed, "invalid status line");
+}
+
+#[test]
+fn a_head_over_the_limit_is_a_flagged_row_not_a_gap() {
+    let mut req = b"POST /big HTTP/1.1\r\nHost: h\r\nX-Big: ".to_vec();
+    req.extend(std::iter::repeat_n(b'a', 1 << 20));
+    req.extend_from_slice(b"\r\nContent-Length: 2\r\n\r\nhi");
+    let (mut f, mut b) = flow();
+    f.data(CLIENT, &req, 1, None, &mut b);
+    f.data(SERVER, OK, 2, None, &mut b);
+    f.finish(3, &mut b);
+    let mut out = Vec::new();
+    f.take_done(&mut out);
+    assert!(!f.is_non_http());
+    assert_eq!(out[0].target, "/big");
+    flagged(&out[0], RequestMalformed, "head larger than");
+    assert_eq!(out[0].status, Some(200));
+}
+
+/// Mutations of a valid request or response never give a row marked
+/// complete whose head differs from what a strict parser reads.
+/// Lower-cased header names with their values.
+type Fields = Vec<(String, Vec<u8>)>;
+
+fn strict_request(bytes: &[u8]) -> Option<(String, String, Fields)> {
+    let mut h = [httparse::EMPTY_HEADER; 64];
+    let mut r = httparse::Request::new(&mut h);
+    match r.parse(bytes) {
+        Ok(httparse::Status::Complete(_)) => Some((
+            r.method?.to_string(),
+            r.path?.to_string(),
+            r.headers
+                .iter()
+                .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
+                .collect(),
+        )),
+        _ => None,
+    }
+}
+
+fn mutate(base: &[u8], edits: &[(usize, u8)]) -> Vec<u8> {
+    let mut m = base.to_vec();
+    for &(at, what) in edits {
+        let at = at % (m.len() + 1);
+        match what % 7 {
+            0 => m.insert(at, b'\r'),
+            1 => m.insert(at, b'\n'),
+            2 => m.insert(at, 0),
+            3 => m.insert(at, b' '),
+            4 => m.insert(at, b':'),
+            // Duplicate a framing header line.
+            5 => {
+                let line = b"Content-Length: 3\r\n";
+                m.splice(at..at, line.iter().copied());
+            }
+            _ => {
+                let line = b"Transfer-Encoding: chunked\r\n";
+                m.splice(at..at, line.iter().copied());
+            }
+        }
+    }
+    m
+}
+
+proptest! {
+    #[test]
+    fn mutated_requests_are_never_clean_rows_with_another_head(
+        edits in proptest::collection::vec((0usize..200, any::<u8>()), 1..4),
+    ) {
+        let base = b"POST /p?q=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nX-A: b\r\n\r\nabc";
+        let m = mutate(base, &edits);
+        let out = run(&[(CLIENT, &m), (SERVER, OK)]);
+        for e in out.iter().filter(|e| e.incomplete.is_none()) {
+            // A later row starts where its request line does: a strict
+            // parser must read the same head from there.
+            let line = format!("{} {}", e.method, e.target);
+            let from = if e.seq_in_flow == 0 {
+                0
+            } else {
+                memchr::memmem::rfind(&m, line.as_bytes()).unwrap_or(0)
+            };
+            let strict = strict_request(&m[from..]);
+            prop_assert!(strict.is_some(), "clean row from a head strict parsing rejects: {:?} -> {e:?}", String::from_utf8_lossy(&m));
+            let (method, target, headers) = strict.unwrap();
+            prop_assert_eq!(&e.method, &method);
+            prop_assert_eq!(&e.target, &target);
+            let ours: Vec<(String, Vec<u8>)> = e.request_headers.iter().map(|(n, v)| (String::from_utf8_lossy(n).to_ascii_lowercase(), v.to_vec())).collect();
+            prop_assert_eq!(ours, headers);
+        }
+    }
+
+    #[test]
+    fn mutated_responses_are_never_clean_rows_with_another_head(
+        edits in proptest::collection::vec((0usize..120, any::<u8>()), 1..4),
+    ) {
+        let base = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-A: b\r\n\r\nabc";
+        let m = mutate(base, &edits);
+        let out = run(&[(CLIENT, b"GET / HTTP/1.1\r\n\r\n"), (SERVER, &m)]);
+        for e in out.iter().filter(|e| e.incomplete.is_none() && e.status.is_some()) {
+            let mut h = [httparse::EMPTY_HEADER; 64];
+            let mut r = httparse::Response::new(&mut h);
+            let strict = matches!(r.parse(&m), Ok(httparse::Status::Complete(_)));
+            prop_assert!(strict, "clean row from a response strict parsing rejects: {:?} -> {e:?}", String::from_utf8_lossy(&m));
+            prop_assert_eq!(e.status, r.code);
+            let ours: Vec<(String, Vec<u8>)> = e.response_headers.iter().map(|(n, v)| (String::from_utf8_lossy(n).to_ascii_lowercase(), v.to_vec())).collect();
+            let theirs: Vec<(String, Vec<u8>)> = r.headers.iter().map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec())).collect();
+            prop_assert_eq!(ours, theirs);
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! What RFC 9112 says a message head must be, checked line by line.
+//!
+//! The framer records what it can read, as leniently as servers in the
+//! wild; this module says where a head departs from the RFC, so that such
+//! an exchange is flagged (`request_malformed` / `response_malformed` with
+//! `malformed_detail`) instead of being written as a clean row that a
+//! strict server would have read differently. Written by hand: httparse
+//! stops at the first error and, in lenient mode, drops the lines it cannot
+//! read, while the row must keep every line and say what was wrong.
+
+use super::Role;
+use crate::schema::HeaderList;
+use crate::text::latin1;
+
+/// Why a head is not what RFC 9112 allows, if it is not.
+pub fn head_problem(role: Role, head: &[u8]) -> Option<String> {
+    let mut lines = head.split(|&b| b == b'\n').enumerate();
+    let (_, first) = lines.next()?;
+    let first = first.strip_suffix(b"\r").unwrap_or(first);
+    if let Some(at) = memchr::memchr(b'\r', first) {
+        return Some(format!("bare CR in the start line at byte {at}"));
+    }
+    let start = match role {
+        Role::Request => request_line_problem(first),
+        Role::Response => status_line_problem(first),
+    };
+    if start.is_some() {
+        return start;
+    }
+    for (n, line) in lines {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        if let Some(p) = field_line_problem(line) {
+            return Some(format!("{p} in header line {n}: {}", shown(line)));
+        }
+    }
+    None
+}
+
+fn request_line_problem(line: &[u8]) -> Option<String> {
+    let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+    let [method, target, version] = parts.as_slice() else {
+        let what = if parts.len() > 3 {
+            "space inside the request-target"
+        } else {
+            "request line without target or version"
+        };
+        return Some(format!("{what}: {}", shown(line)));
+    };
+    if method.is_empty() || !method.iter().all(|&b| is_tchar(b)) {
+        return Some(format!("method is not a token: {}", shown(method)));
+    }
+    if target.is_empty() || target.iter().any(|&b| b <= 0x20 || b == 0x7f) {
+        return Some(format!("invalid request-target: {}", shown(target)));
+    }
+    if !matches!(*version, b"HTTP/1.0" | b"HTTP/1.1") {
+        return Some(format!("not an HTTP/1 version: {}", shown(version)));
+    }
+    None
+}
+
+fn status_line_problem(line: &[u8]) -> Option<String> {
+    let ok_version = matches!(line.get(..8), Some(b"HTTP/1.0" | b"HTTP/1.1"));
+    let ok_code = line.get(8) == Some(&b' ')
+        && line
+            .get(9..12)
+            .is_some_and(|c| c.iter().all(u8::is_ascii_digit))
+        && matches!(line.get(12), None | Some(b' '));
+    let ok_reason = line
+        .get(13..)
+        .is_none_or(|r| r.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f)));
+    (!(ok_version && ok_code && ok_reason)).then(|| format!("invalid status line: {}", shown(line)))
+}
+
+fn field_line_problem(line: &[u8]) -> Option<&'static str> {
+    if matches!(line[0], b' ' | b'\t') {
+        return Some("obsolete line folding");
+    }
+    if memchr::memchr(b'\r', line).is_some() {
+        return Some("bare CR");
+    }
+    let Some(colon) = memchr::memchr(b':', line) else {
+        return Some("no colon");
+    };
+    let name = &line[..colon];
+    if name.last().is_some_and(|b| b.is_ascii_whitespace()) {
+        return Some("whitespace before the colon");
+    }
+    if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+        return Some("field name is not a token");
+    }
+    let value = &line[colon + 1..];
+    if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Some("control character in the value");
+    }
+    None
+}
+
+/// Why the body framing headers cannot be trusted (RFC 9112 section 6),
+/// if they cannot: the body's end is then unknown.
+pub fn framing_problem(role: Role, headers: &HeaderList) -> Option<String> {
+    let lengths: Vec<&[u8]> = headers.get_all("content-length").collect();
+    let codings: Vec<&[u8]> = headers.get_all("transfer-encoding").collect();
+    if !lengths.is_empty() {
+        let values: Vec<&[u8]> = lengths
+            .iter()
+            .flat_map(|v| v.split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .collect();
+        let valid = |v: &&[u8]| !v.is_empty() && v.len() <= 18 && v.iter().all(u8::is_ascii_digit);
+        let same = values.windows(2).all(|w| w[0] == w[1]);
+        if !values.iter().all(valid) || !same {
+            let all: Vec<String> = lengths.iter().map(|v| shown(v)).collect();
+            return Some(format!("invalid Content-Length: {}", all.join(" / ")));
+        }
+    }
+    if codings.is_empty() {
+        return None;
+    }
+    if !lengths.is_empty() {
+        return Some("both Transfer-Encoding and Content-Length".into());
+    }
+    let list: Vec<Vec<u8>> = codings
+        .iter()
+        .flat_map(|v| v.split(|&b| b == b','))
+        .map(|c| c.trim_ascii().to_ascii_lowercase())
+        .collect();
+    let chunked = list.iter().filter(|c| c.as_slice() == b"chunked").count();
+    let known = |c: &Vec<u8>| {
+        matches!(
+            c.as_slice(),
+            b"chunked" | b"gzip" | b"x-gzip" | b"deflate" | b"compress" | b"x-compress"
+        )
+    };
+    let shown_all = || {
+        let all: Vec<String> = codings.iter().map(|v| shown(v)).collect();
+        all.join(", ")
+    };
+    if let Some(bad) = list.iter().find(|c| !known(c)) {
+        return Some(format!(
+            "unknown transfer coding {:?} in {}",
+            latin1(bad),
+            shown_all()
+        ));
+    }
+    if chunked > 1 {
+        return Some(format!("chunked applied more than once: {}", shown_all()));
+    }
+    let last_chunked = list.last().is_some_and(|c| c.as_slice() == b"chunked");
+    if chunked == 1 && !last_chunked {
+        return Some(format!(
+            "chunked is not the last transfer coding: {}",
+            shown_all()
+        ));
+    }
+    if role == Role::Request && !last_chunked {
+        return Some(format!(
+            "request transfer coding does not end in chunked: {}",
+            shown_all()
+        ));
+    }
+    None
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Bytes as text for a message, escaped and cut to a readable length.
+fn shown(b: &[u8]) -> String {
+    const MAX: usize = 80;
+    let s: String = b
+        .iter()
+        .take(MAX)
+        .flat_map(|&c| std::ascii::escape_default(c))
+        .map(char::from)
+        .collect();
+    if b.len() > MAX {
+        format!("\"{s}...\"")
+    } else {
+        format!("\"{s}\"")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(h: &str) -> Option<String> {
+        head_problem(Role::Request, h.as_bytes())
+    }
+
+    #[test]
+    fn valid_heads_pass() {
+        assert_eq!(req("GET /a?b HTTP/1.1\r\nHost: x\r\nA: b c\r\n\r\n"), None);
+        assert_eq!(req("GET / HTTP/1.0\nHost: x\n\n"), None);
+        let resp = |h: &str| head_problem(Role::Response, h.as_bytes());
+        assert_eq!(resp("HTTP/1.1 200 OK\r\n\r\n"), None);
+        assert_eq!(resp("HTTP/1.1 204\r\n\r\n"), None);
+    }
+
+    #[test]
+    fn each_departure_is_named() {
+        let cases = [
+            ("GET / HTTP/1.1\r\nFo@: Failure\r\n\r\n", "not a token"),
+            (
+                "GET / HTTP/1.1\r\nContent-Length : 4\r\n\r\n",
+                "whitespace before",
+            ),
+            (
+                "GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n  abc\r\n\r\n",
+                "folding",
+            ),
+            (
+                "GET / HTTP/1.1\r\nx:\rTransfer-Encoding: chunked\r\n\r\n",
+                "bare CR",
+            ),
+            ("GET /foo bar/ HTTP/1.1\r\n\r\n", "space inside"),
+            (
+                "DESCRIBE rtsp://x RTSP/1.0\r\n\r\n",
+                "not an HTTP/1 version",
+            ),
+        ];
+        for (head, want) in cases {
+            let got = req(head).unwrap_or_default();
+            assert!(got.contains(want), "{head:?}: {got:?}");
+        }
+        let got = head_problem(
+            Role::Response,
+            b"HTTP/1.1 200 OK\r\rContent-Length: 4\r\n\r\n",
+        );
+        assert!(got.unwrap().contains("bare CR"));
+    }
+
+    #[test]
+    fn framing_headers_must_be_unambiguous() {
+        let h = |pairs: &[(&str, &str)]| {
+            let mut l = HeaderList::new();
+            pairs
+                .iter()
+                .for_each(|(n, v)| l.push(n.as_bytes(), v.as_bytes()));
+            l
+        };
+        let bad = [
+            vec![("Content-Length", "4 2")],
+            vec![("Content-Length", "")],
+            vec![("Content-Length", "-1")],
+            vec![("Content-Length", "99999999999999999999")],
+            vec![("Content-Length", "3, 10")],
+            vec![("Content-Length", "3"), ("Content-Length", "4")],
+            vec![("Transfer-Encoding", "identity"), ("Content-Length", "3")],
+            vec![("Transfer-Encoding", "chunkedchunked")],
+            vec![("Transfer-Encoding", "chunked, deflate")],
+            vec![
+                ("Transfer-Encoding", "chunked"),
+                ("Transfer-Encoding", "chunked"),
+            ],
+        ];
+        for case in bad {
+            assert!(
+                framing_problem(Role::Request, &h(&case)).is_some(),
+                "{case:?}"
+            );
+        }
+        let good = [
+            vec![("Content-Length", "5, 5")],
+            vec![("Transfer-Encoding", "gzip, chunked")],
+            vec![("Content-Length", "0")],
+        ];
+        for case in good {
+            assert_eq!(framing_problem(Role::Request, &h(&case)), None, "{case:?}");
+        }
+        // A response may end a non-chunked coding with the connection.
+        let gz = h(&[("Transfer-Encoding", "gzip")]);
+        assert_eq!(framing_problem(Role::Response, &gz), None);
+        assert!(framing_problem(Role::Request, &gz).is_some());
+    }
+}
