@@ -653,6 +653,62 @@ fn i14_a_corrupt_record_mid_pcap_is_named_and_reading_resumes_after_it() {
     assert_eq!(rows.len(), 45);
 }
 
+/// Item 14 for pcapng: a block with an impossible length is named and
+/// reading resumes at the next block whose framing vouches for itself.
+#[test]
+fn i14_a_corrupt_block_mid_pcapng_is_named_and_reading_resumes_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read(testdata("small.pcapng")).unwrap();
+    assert_eq!(
+        &good[8..12],
+        &0x1a2b_3c4du32.to_le_bytes(),
+        "little-endian section"
+    );
+    let word = |at: usize| u32::from_le_bytes(good[at..at + 4].try_into().unwrap()) as usize;
+    let mut packets = Vec::new();
+    let mut at = 0;
+    while at + 12 <= good.len() {
+        if word(at) == 6 {
+            packets.push(at);
+        }
+        at += word(at + 4);
+    }
+    let cut = packets[packets.len() / 2];
+    let mut bad = good[..cut].to_vec();
+    bad.extend_from_slice(&6u32.to_le_bytes()); // an enhanced packet block...
+    bad.extend_from_slice(&0x7fff_fff0u32.to_le_bytes()); // ...of 2 GB
+    bad.extend_from_slice(&[0xee; 8]);
+    bad.extend_from_slice(&good[cut..]);
+    let input = dir.path().join("corrupt.pcapng");
+    std::fs::write(&input, &bad).unwrap();
+    let out = dir.path().join("o.parquet");
+    let r = run(shadowctl()
+        .arg("capture")
+        .arg("--read")
+        .arg(&input)
+        .arg("--out")
+        .arg(&out));
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("at byte {cut}"))
+            && r.stderr
+                .contains(&format!("next valid block at byte {}", cut + 16)),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stdout
+            .contains(&format!("packets            {}", packets.len())),
+        "{}",
+        r.stdout
+    );
+    let whole = dir.path().join("whole.parquet");
+    let w = capture(&[&testdata("small.pcapng")], &whole, &[]);
+    assert_eq!(w.code, Some(0), "{}", w.stderr);
+    let rows = |p: &Path| shadowctl::schema::read_exchanges(p).unwrap().0.len();
+    assert_eq!(rows(&out), rows(&whole), "nothing lost");
+}
+
 // ---- 10. A gate that cannot pass ---------------------------------------------
 
 #[test]

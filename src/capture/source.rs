@@ -345,12 +345,45 @@ struct Interface {
     offset_secs: i64,
 }
 
+/// After a corrupt block at `at`, the next offset where a block stands that
+/// its own framing vouches for: a known type, a length that is a multiple
+/// of 4 and repeated at the block's end, followed by the end of the file or
+/// another such block. Two checks in a row make a false find (and invented
+/// packets) very unlikely; blocks are 4-byte aligned, so only those offsets
+/// are tried.
+fn next_pcapng_block(data: &[u8], at: usize, big: bool) -> Option<usize> {
+    let word = |q: usize| -> Option<u32> {
+        let b: [u8; 4] = data.get(q..q + 4)?.try_into().ok()?;
+        Some(if big {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        })
+    };
+    let block_at = |q: usize| -> Option<usize> {
+        let kind = word(q)?;
+        let len = word(q + 4)? as usize;
+        let known = matches!(kind, 1..=6) || kind == 0x0A0D_0D0A || kind == 0x0000_000A;
+        let fits = len >= 12 && len.is_multiple_of(4) && q + len <= data.len();
+        (known && fits && word(q + len - 4)? as usize == len).then_some(q + len)
+    };
+    let start = (at + 4) & !3;
+    (start..data.len().saturating_sub(11))
+        .step_by(4)
+        .find(|&q| match block_at(q) {
+            Some(end) if end == data.len() => true,
+            Some(end) => block_at(end).is_some(),
+            None => false,
+        })
+}
+
 fn read_pcapng(
     data: &[u8],
     mut on_packet: impl FnMut(RawPacket<'_>, u64),
     stop: &dyn Fn() -> bool,
 ) -> Result<ReadOutcome, CaptureError> {
     let mut rest = data;
+    let mut damage: Vec<String> = Vec::new();
     let mut big = false;
     let mut interfaces: Vec<Interface> = Vec::new();
     let mut out = ReadOutcome::default();
@@ -373,11 +406,21 @@ fn read_pcapng(
         let (next, block) = match parsed {
             Ok(ok) => ok,
             Err(e) => {
-                // No resynchronisation: pcapng blocks carry no marker to
-                // scan for, and a wrong guess would invent packets.
                 let why = describe(&e).replace("record", "block");
-                out.damaged = Some(format!("{why} at byte {at}"));
-                break;
+                match next_pcapng_block(data, at, big) {
+                    Some(q) => {
+                        damage.push(format!(
+                            "{why} at byte {at}; skipped {} bytes to the next valid block at byte {q}",
+                            q - at
+                        ));
+                        rest = &data[q..];
+                        continue;
+                    }
+                    None => {
+                        damage.push(format!("{why} at byte {at}; no valid block after it"));
+                        break;
+                    }
+                }
             }
         };
         let offset = (data.len() - next.len()) as u64;
@@ -391,7 +434,7 @@ fn read_pcapng(
             }),
             Block::EnhancedPacket(epb) => {
                 let Some(iface) = interfaces.get(epb.if_id as usize).copied() else {
-                    out.damaged = Some(format!(
+                    damage.push(format!(
                         "packet names interface {} which was never described, at byte {at}",
                         epb.if_id
                     ));
@@ -432,6 +475,9 @@ fn read_pcapng(
             }
             _ => {}
         }
+    }
+    if !damage.is_empty() {
+        out.damaged = Some(damage.join("; "));
     }
     Ok(out)
 }
