@@ -1032,3 +1032,75 @@ fn i12_i13_framing_errors_and_oversize_heads_are_flagged_rows() {
     assert_eq!(s["oversize_heads"], 1, "{s}");
     assert_eq!(s["malformed_exchanges"], 4, "{s}");
 }
+
+/// Item 1 for replay: a run that fails mid-way (a capture file whose later
+/// row groups are damaged) leaves the previous results file untouched and
+/// no `.partial` behind.
+#[test]
+fn i1_a_replay_that_fails_mid_run_keeps_the_previous_results() {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let dir = tempfile::tempdir().unwrap();
+    let cap = dir.path().join("c.parquet");
+    let config = WriterConfig {
+        row_group_rows: 100,
+        ..Default::default()
+    };
+    let mut w = ExchangeFileWriter::create(&cap, config).unwrap();
+    let rows: Vec<Exchange> = (0..400u64)
+        .map(|i| {
+            let mut ex = Exchange {
+                exchange_id: i,
+                flow_id: i,
+                method: "POST".into(),
+                target: format!("/t/{i}"),
+                http_version: "HTTP/1.1".into(),
+                request_ts: 1_700_000_000_000_000_000 + i as i64 * 1_000_000,
+                request_body: format!("{i:>64}").into_bytes(),
+                request_body_len: 64,
+                status: Some(200),
+                ..Default::default()
+            };
+            ex.request_end_ts = ex.request_ts;
+            ex
+        })
+        .collect();
+    w.write(&rows).unwrap();
+    w.finish(vec![]).unwrap();
+    // Damage every column chunk of the last row group; the footer stays.
+    let mut bytes = std::fs::read(&cap).unwrap();
+    let reader = SerializedFileReader::new(std::fs::File::open(&cap).unwrap()).unwrap();
+    let meta = reader.metadata();
+    assert!(
+        meta.num_row_groups() >= 3,
+        "{} row groups",
+        meta.num_row_groups()
+    );
+    let last = meta.row_group(meta.num_row_groups() - 1);
+    for col in last.columns() {
+        let (start, len) = col.byte_range();
+        let (start, len) = (start as usize, len as usize);
+        bytes[start..start + len].iter_mut().for_each(|b| *b = 0xa5);
+    }
+    std::fs::write(&cap, &bytes).unwrap();
+    let out = dir.path().join("r.parquet");
+    results_file(&out, 40, 0);
+    let before = std::fs::read(&out).unwrap();
+    let (url, _) = answering_server();
+    let r = run(shadowctl()
+        .arg("replay")
+        .arg(&cap)
+        .args(["--primary", &url, "--max", "--out"])
+        .arg(&out));
+    assert_ne!(r.code, Some(0), "the damage must be reported: {}", r.stderr);
+    assert!(!r.stderr.trim().is_empty());
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        before,
+        "previous results replaced"
+    );
+    assert!(
+        partials(dir.path()).is_empty(),
+        "{:?}",
+        partials(dir.path())
+    );
+}

@@ -497,6 +497,10 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
     let targets_meta = (crate::schema::META_TARGETS.to_string(), names.join(","));
     let writer_bg = Arc::new(priority::Background::default());
     let (bg, may_idle) = (Arc::clone(&writer_bg), opts.timing != Timing::Max);
+    // Set when the run fails: the results file is then dropped unfinished
+    // (its .partial removed), so it never replaces what `--out` held.
+    let failed = Arc::new(AtomicBool::new(false));
+    let writer_failed = Arc::clone(&failed);
     let writer = tokio::task::spawn_blocking(move || -> Result<ReplaySummary, SchemaError> {
         let _entered = bg.enter(may_idle);
         let mut file = ParquetFileWriter::create(
@@ -524,6 +528,10 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
                 }
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
             }
+        }
+        if writer_failed.load(Ordering::Relaxed) {
+            drop(file);
+            return Ok(summary);
         }
         write_rows(&mut file, &mut batch)?;
         file.finish(vec![targets_meta])?;
@@ -565,7 +573,7 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
     );
     let started = std::time::Instant::now();
     let drain_timeout = opts.drain_timeout;
-    let (planned, dropped, skipped, interrupted) =
+    let outcome: Result<(u64, u64, u64, bool), ReplayError> =
         if opts.timing == Timing::Max && !opts.preserve_order {
             // Workers finish their request before noticing Ctrl-C: give them
             // the drain timeout, then cancel what is still in flight.
@@ -579,7 +587,7 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
             });
             let outcome = closed_loop(plan, &opts, &shared, &stop).await;
             watchdog.abort();
-            outcome?
+            outcome
         } else {
             let sched_shared = shared.clone();
             let handle = tokio::runtime::Handle::current();
@@ -593,8 +601,26 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
                 handle.block_on(schedule(queue, &plan_bg, &opts, &sched_shared, &stop))
             })
             .await
-            .map_err(|_| ReplayError::WriterGone)??
+            .map_err(|_| ReplayError::WriterGone)
+            .and_then(|r| r)
         };
+    let (planned, dropped, skipped, interrupted) = match outcome {
+        Ok(v) => v,
+        Err(e) => {
+            // Stop what is in flight, let the writer drop its file, then
+            // say what failed: the output path keeps what it held.
+            failed.store(true, Ordering::Relaxed);
+            let _ = cancel_tx.send(true);
+            while counters.in_flight.load(Ordering::Relaxed) > 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            ticker.abort();
+            bar.finish_and_clear();
+            drop(shared);
+            let _ = writer.await;
+            return Err(e);
+        }
+    };
     // Nobody watches the results queue while draining: no more idling.
     shared.writer.set_urgent(true);
     let opts_drain = drain_timeout;
