@@ -260,6 +260,18 @@ fn response_head(p: &mut Pairing, head: Head, ts: i64, off: u64, budget: &mut Bu
 /// Which kind of start line comes first in `data` (looking at line starts
 /// within the first few KiB), if any.
 fn sniff_role(data: &[u8]) -> Option<Role> {
+    // A first segment holding only the start of a line ("POST", "HTTP/1."),
+    // as clients that write a request in pieces send it.
+    match (
+        looks_like_request_line(data, false),
+        looks_like_status_line(data),
+    ) {
+        (Looks::NeedMore, Looks::No) if memchr(b'\n', data).is_none() => {
+            return Some(Role::Request)
+        }
+        (Looks::No, Looks::NeedMore) => return Some(Role::Response),
+        _ => {}
+    }
     let window = &data[..data.len().min(4096)];
     let mut at = 0;
     while at < window.len() {

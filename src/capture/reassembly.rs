@@ -65,6 +65,14 @@ struct HalfStream {
     ooo_bytes: usize,
     fin_off: Option<u64>,
     ended: bool,
+    /// Before this direction's first byte was seen: the first point of it
+    /// the peer acknowledged. A stream picked up without its SYN starts
+    /// there, so bytes the peer had received but the capture missed (the
+    /// head of the first response) are a gap, not the stream's start.
+    acked_by_peer: Option<u32>,
+    /// And the latest: past the first, the peer received bytes of this
+    /// direction that the capture never saw.
+    acked_by_peer_last: Option<u32>,
 }
 
 impl HalfStream {
@@ -231,9 +239,18 @@ impl Reassembler {
             c.half[side].isn.get_or_insert(seg.seq);
         }
         let data_seq = seg.seq.wrapping_add(u32::from(seg.flags.syn));
+        if seg.flags.ack && c.half[1 - side].next_seq.is_none() {
+            // The first acknowledgement is the earliest point: acks only grow.
+            c.half[1 - side].acked_by_peer.get_or_insert(seg.ack);
+            c.half[1 - side].acked_by_peer_last = Some(seg.ack);
+        }
         let h = &mut c.half[side];
         if h.next_seq.is_none() && (seg.flags.syn || !seg.payload.is_empty() || seg.missing > 0) {
-            h.next_seq = Some(data_seq);
+            let missed = h.acked_by_peer.filter(|&a| {
+                !seg.flags.syn
+                    && (1..=MAX_UNSEEN_ACK).contains(&i64::from(data_seq.wrapping_sub(a) as i32))
+            });
+            h.next_seq = Some(missed.unwrap_or(data_seq));
             c.flow.set_clean_start(side, seg.flags.syn);
         }
         // The ACK speaks of what the sender had received before sending this
@@ -271,6 +288,7 @@ impl Reassembler {
             return;
         }
         for side in 0..2 {
+            unseen_stream(c, side, ts, &mut self.budget, stats);
             flush_holes(c, side, ts, &mut self.budget, stats);
         }
         c.flow.finish(ts, &mut self.budget);
@@ -523,6 +541,29 @@ fn skip_to(
     stats.gaps += 1;
     stats.gap_bytes += len;
     c.flow.gap(side, len, ts, budget);
+}
+
+/// A direction of which no byte was captured, although its peer
+/// acknowledged some (a lone response lost whole): a gap, so the request it
+/// answered is flagged rather than written as unanswered.
+fn unseen_stream(
+    c: &mut Connection,
+    side: usize,
+    ts: i64,
+    budget: &mut Budget,
+    stats: &mut CaptureStats,
+) {
+    let h = &mut c.half[side];
+    let (Some(first), Some(last), None) = (h.acked_by_peer, h.acked_by_peer_last, h.next_seq)
+    else {
+        return;
+    };
+    let len = i64::from(last.wrapping_sub(first) as i32);
+    if (1..=MAX_UNSEEN_ACK).contains(&len) && !h.ended {
+        h.next_seq = Some(first);
+        c.flow.set_clean_start(side, false);
+        skip_to(c, side, len as u64, ts, budget, stats);
+    }
 }
 
 /// Give up every hole of `side` (the connection is ending).
@@ -973,7 +1014,8 @@ mod tests {
     ) -> (Vec<Exchange>, CaptureStats, bool, Vec<usize>) {
         let mut segs = generated(made, burst, sizes);
         // The handshake and the FINs stay; anything between may go.
-        let body = 2..segs.len() - 2;
+        let first = 2;
+        let body = first..segs.len() - 2;
         let mut dropped_data = false;
         let mut drop_at: Vec<usize> = drops
             .iter()
@@ -985,7 +1027,7 @@ mod tests {
             dropped_data |= !segs[i].data.is_empty();
             segs.remove(i);
         }
-        let inner = 2..segs.len() - 2;
+        let inner = first..segs.len() - 2;
         for &d in dups {
             if inner.is_empty() {
                 break;
@@ -995,7 +1037,7 @@ mod tests {
             segs.insert(i + 1, copy);
         }
         for &(a, by) in swaps {
-            let inner = 2..segs.len() - 2;
+            let inner = first..segs.len() - 2;
             if inner.len() < 2 {
                 break;
             }
