@@ -92,12 +92,9 @@ pub(super) struct Pairing {
     /// Since the pairing left sync: responses known to have started in lost
     /// bytes, plus final responses seen.
     answers_since: usize,
-    /// Server-stream offsets of the final response heads seen since the
-    /// last certain pair (bounded; `heads_overflow` when cut).
-    heads_since: Vec<u64>,
-    /// The acknowledgements those heads carried (the client's stream the
-    /// server had received when answering), where known.
-    head_acks: Vec<Option<u64>>,
+    /// Final response heads seen since the last certain pair (bounded;
+    /// `heads_overflow` when cut).
+    heads_since: Vec<HeadSeen>,
     heads_overflow: bool,
     /// Server-stream ranges lost since the last certain pair (bounded too).
     gaps_since: Vec<(u64, u64)>,
@@ -128,6 +125,15 @@ const MIN_WAITED: u32 = 2;
 
 /// Response heads remembered while out of sync.
 const MAX_HEADS_SINCE: usize = 1024;
+
+/// A final response head seen out of sync.
+#[derive(Clone, Copy)]
+struct HeadSeen {
+    /// Where it starts in the server's stream.
+    off: u64,
+    /// The client's stream the server had received when it sent it.
+    ack: Option<u64>,
+}
 
 /// Where a response goes.
 enum Choice {
@@ -160,7 +166,6 @@ impl Pairing {
             waited: 0,
             answers_since: 0,
             heads_since: Vec::new(),
-            head_acks: Vec::new(),
             heads_overflow: false,
             gaps_since: Vec::new(),
             last_request_ack: None,
@@ -303,7 +308,6 @@ impl Pairing {
             self.in_sync = false;
             self.answers_since = 0;
             self.heads_since.clear();
-            self.head_acks.clear();
             self.heads_overflow = false;
             self.gaps_since.clear();
         }
@@ -401,8 +405,10 @@ impl Pairing {
         }
         self.answers_since += 1;
         if self.heads_since.len() < MAX_HEADS_SINCE {
-            self.heads_since.push(off);
-            self.head_acks.push(self.peer_ack);
+            self.heads_since.push(HeadSeen {
+                off,
+                ack: self.peer_ack,
+            });
         } else {
             self.heads_overflow = true;
         }
@@ -506,7 +512,7 @@ impl Pairing {
         if self.pipelined || self.waited < MIN_WAITED || self.heads_overflow {
             return false;
         }
-        if self.heads_since.windows(2).any(|w| w[0] > w[1]) {
+        if self.heads_since.windows(2).any(|w| w[0].off > w[1].off) {
             return false;
         }
         let Some(sent_after) = self.queue[q].client_ack else {
@@ -527,7 +533,7 @@ impl Pairing {
     fn room_for_answers(&self, first: usize, q: usize, sent_after: u64) -> bool {
         let mut cursor = 0u64;
         let mut floor = 0u64;
-        let mut heads = self.heads_since.iter().copied().peekable();
+        let mut heads = self.heads_since.iter().map(|h| h.off).peekable();
         for j in first..q {
             let p = &self.queue[j];
             // A waiting client had the whole answer to this request before
@@ -545,9 +551,8 @@ impl Pairing {
             let answered_before = self
                 .heads_since
                 .iter()
-                .zip(&self.head_acks)
-                .filter(|(_, a)| a.is_some_and(|a| a <= p.start_off))
-                .map(|(&h, _)| h + 1)
+                .filter(|h| h.ack.is_some_and(|a| a <= p.start_off))
+                .map(|h| h.off + 1)
                 .max()
                 .unwrap_or(0);
             floor = floor.max(answered_before);
@@ -616,10 +621,10 @@ impl Pairing {
                 .any(|p| p.start_off >= from && p.start_off < at)
         };
         u8::from(
-            self.head_acks
+            self.heads_since
                 .iter()
-                .flatten()
-                .any(|&a| a <= at && !starts(a)),
+                .filter_map(|h| h.ack)
+                .any(|a| a <= at && !starts(a)),
         )
     }
 
@@ -668,7 +673,6 @@ impl Pairing {
         self.in_sync = !self.queue.iter().skip(i + 1).any(|p| p.kind != Kind::Seen);
         self.answers_since = 0;
         self.heads_since.clear();
-        self.head_acks.clear();
         self.heads_overflow = false;
         self.gaps_since.clear();
     }

@@ -8,7 +8,7 @@
 //! stops at the first error and, in lenient mode, drops the lines it cannot
 //! read, while the row must keep every line and say what was wrong.
 
-use super::Role;
+use super::{is_tchar, Role};
 use crate::schema::HeaderList;
 use crate::text::latin1;
 
@@ -101,6 +101,16 @@ fn field_line_problem(line: &[u8]) -> Option<&'static str> {
 /// Why the body framing headers cannot be trusted (RFC 9112 section 6),
 /// if they cannot: the body's end is then unknown.
 pub fn framing_problem(role: Role, headers: &HeaderList) -> Option<String> {
+    // Runs for every head: the common shapes (no framing header, or one
+    // plain Content-Length) are answered without allocating.
+    if headers.get_all("transfer-encoding").next().is_none() {
+        let mut cl = headers.get_all("content-length");
+        match (cl.next(), cl.next()) {
+            (None, _) => return None,
+            (Some(v), None) if plain_length(v) => return None,
+            _ => {}
+        }
+    }
     let lengths: Vec<&[u8]> = headers.get_all("content-length").collect();
     let codings: Vec<&[u8]> = headers.get_all("transfer-encoding").collect();
     if !lengths.is_empty() {
@@ -109,7 +119,7 @@ pub fn framing_problem(role: Role, headers: &HeaderList) -> Option<String> {
             .flat_map(|v| v.split(|&b| b == b','))
             .map(<[u8]>::trim_ascii)
             .collect();
-        let valid = |v: &&[u8]| !v.is_empty() && v.len() <= 18 && v.iter().all(u8::is_ascii_digit);
+        let valid = |v: &&[u8]| plain_length(v);
         let same = values.windows(2).all(|w| w[0] == w[1]);
         if !values.iter().all(valid) || !same {
             let all: Vec<String> = lengths.iter().map(|v| shown(v)).collect();
@@ -164,8 +174,9 @@ pub fn framing_problem(role: Role, headers: &HeaderList) -> Option<String> {
     None
 }
 
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+/// One Content-Length value: 1 to 18 digits (fits in a u64).
+fn plain_length(v: &[u8]) -> bool {
+    !v.is_empty() && v.len() <= 18 && v.iter().all(u8::is_ascii_digit)
 }
 
 /// Bytes as text for a message, escaped and cut to a readable length.
