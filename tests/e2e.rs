@@ -27,8 +27,13 @@ fn testdata(name: &str) -> String {
         .to_string()
 }
 
+/// The pipelines measure latency (the p99 gate): one at a time, so that two
+/// replays sharing the 2 cores do not make each other's tail.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// capture -> replay (primary v1, shadow `shadow`) -> diff; the report and exit code.
 fn pipeline(dir: &Path, shadow: Version) -> (Option<i32>, Value, String) {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let cap = dir.join("exchanges.parquet");
     let out = shadowctl(&[
         "capture",
