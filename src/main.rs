@@ -106,6 +106,10 @@ struct ReplayArgs {
     /// Timeout for shadows (default: --timeout).
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     shadow_timeout: Option<std::time::Duration>,
+    /// Cut an answer (a streamed LLM answer, say) that started and then sent
+    /// nothing for this long; recorded as error `stream_idle`.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "30s")]
+    stream_idle_timeout: std::time::Duration,
     /// Replay this fraction of requests (uniform; see --seed).
     #[arg(long, value_name = "FRACTION", value_parser = parse_fraction)]
     sample: Option<f64>,
@@ -507,6 +511,7 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<u8> {
         concurrency: args.concurrency,
         timeout: args.timeout,
         shadow_timeout: args.shadow_timeout.unwrap_or(args.timeout),
+        stream_idle_timeout: args.stream_idle_timeout,
         selection: plan::Selection {
             include: args
                 .include

@@ -71,7 +71,7 @@ impl Sink for Ctx<'_> {
         }
     }
 
-    fn body(&mut self, role: Role, data: &[u8]) {
+    fn body(&mut self, role: Role, data: &[u8], ts: i64) {
         let max = self.p.limits.max_body;
         let Some(ex) = self.p.active(role == Role::Request) else {
             return;
@@ -90,6 +90,10 @@ impl Sink for Ctx<'_> {
         };
         *len += data.len() as u64;
         append(body, truncated, data, max, self.budget);
+        if role == Role::Response {
+            let stored = ex.response_body.len() as u64;
+            crate::proto::events::note_arrival(&mut ex.response_arrivals, stored, ts);
+        }
     }
 
     fn body_gap(&mut self, role: Role, len: u64) {

@@ -688,6 +688,7 @@ impl Pairing {
         if let Some(r) = reason {
             p.ex.incomplete.get_or_insert(r);
         }
+        event_offsets(&mut p.ex, ts);
     }
 
     /// Move finished exchanges at the front of the queue to `done`.
@@ -810,4 +811,22 @@ fn detach(ex: &mut Exchange, budget: &mut Budget) {
     ) {
         ex.incomplete = None;
     }
+}
+
+/// An event-stream response gets the arrival time of each event (from the
+/// packets that carried it), relative to its first byte.
+fn event_offsets(ex: &mut Exchange, end_ts: i64) {
+    let arrivals = std::mem::take(&mut ex.response_arrivals);
+    let Some(start) = ex.response_ts else {
+        return;
+    };
+    let h = &ex.response_headers;
+    let events = crate::proto::events::stream_events(
+        h.get("content-type"),
+        h.get("content-encoding"),
+        &ex.response_body,
+        &arrivals,
+        end_ts,
+    );
+    ex.response_event_offsets_ns = events.map(|ev| ev.iter().map(|e| e.ts - start).collect());
 }

@@ -37,6 +37,9 @@ pub struct Target {
     pub permits: Semaphore,
     /// Answers with an error so far (for the progress bar).
     pub errors: std::sync::atomic::AtomicU64,
+    /// An answer that started and then sent nothing for this long is cut
+    /// (`--stream-idle-timeout`): a stalled stream, not a slow one.
+    pub stream_idle: Duration,
 }
 
 /// Why a target URL is not usable.
@@ -110,6 +113,7 @@ impl Target {
             idle: Mutex::new(Vec::new()),
             permits: Semaphore::new(concurrency.max(1)),
             errors: Default::default(),
+            stream_idle: Duration::from_secs(30),
         })
     }
 }
@@ -158,6 +162,9 @@ pub struct Answer {
     pub body_len: u64,
     pub truncated: bool,
     pub error: Option<(ErrorKind, String)>,
+    /// Event streams: arrival of each event, ns after `sent_ts`.
+    pub event_offsets_ns: Option<Vec<i64>>,
+    pub first_token_ts: Option<i64>,
 }
 
 pub fn now_ns() -> i64 {
@@ -176,6 +183,8 @@ struct Collect<'a> {
     max_body: usize,
     end: Option<End>,
     close_after: bool,
+    /// (stored body length, read time) as the body came: event timing.
+    arrivals: Vec<(u64, i64)>,
 }
 
 impl Sink for Collect<'_> {
@@ -203,10 +212,11 @@ impl Sink for Collect<'_> {
         framing
     }
 
-    fn body(&mut self, _: Role, data: &[u8]) {
+    fn body(&mut self, _: Role, data: &[u8], ts: i64) {
         self.body_len += data.len() as u64;
         let room = self.max_body.saturating_sub(self.body.len());
         self.body.extend_from_slice(&data[..data.len().min(room)]);
+        crate::proto::events::note_arrival(&mut self.arrivals, self.body.len() as u64, ts);
     }
 
     fn body_gap(&mut self, _: Role, _: u64) {}
@@ -259,12 +269,14 @@ impl<'a> ResponseReader<'a> {
                 max_body,
                 end: None,
                 close_after: false,
+                arrivals: Vec::new(),
             },
         }
     }
 
-    pub fn feed(&mut self, data: &[u8]) -> Step {
-        self.parser.feed(data, 0, &mut self.sink);
+    /// Read `data`, which arrived at `ts` (ns since epoch).
+    pub fn feed(&mut self, data: &[u8], ts: i64) -> Step {
+        self.parser.feed(data, ts, &mut self.sink);
         if self.sink.end.is_some() {
             return Step::Done;
         }
@@ -273,6 +285,11 @@ impl<'a> ResponseReader<'a> {
             return Step::Oversize;
         }
         Step::More
+    }
+
+    /// Body bytes read so far.
+    pub fn body_len(&self) -> u64 {
+        self.sink.body_len
     }
 
     /// The connection closed.
@@ -294,6 +311,7 @@ impl<'a> ResponseReader<'a> {
         answer.truncated = sink.body_len > sink.body.len() as u64;
         answer.body_len = sink.body_len;
         answer.body = std::mem::take(&mut sink.body);
+        stream_timing(answer, &sink.arrivals);
         match sink.end {
             Some(End::Complete) => answer.error.is_none() && !sink.close_after,
             Some(_) if answer.error.is_none() => {
@@ -317,6 +335,26 @@ impl<'a> ResponseReader<'a> {
     }
 }
 
+/// An event-stream answer: when each event arrived (after the send) and
+/// when the first one with generated content did.
+fn stream_timing(answer: &mut Answer, arrivals: &[(u64, i64)]) {
+    let (Some(sent), Some(&(_, last))) = (answer.sent_ts, arrivals.last()) else {
+        return;
+    };
+    let h = &answer.headers;
+    let Some(events) = crate::proto::events::stream_events(
+        h.get("content-type"),
+        h.get("content-encoding"),
+        &answer.body,
+        arrivals,
+        answer.done_ts.unwrap_or(last),
+    ) else {
+        return;
+    };
+    answer.first_token_ts = crate::llm::first_content_event(&events).map(|i| events[i].ts);
+    answer.event_offsets_ns = Some(events.iter().map(|e| e.ts - sent).collect());
+}
+
 /// Read a whole answer arriving in `chunks`, then the connection closing
 /// (the fuzz target's entry; the client reads from a socket instead).
 pub fn parse_response(chunks: &[&[u8]], method: &str, max_body: usize) -> Answer {
@@ -324,7 +362,7 @@ pub fn parse_response(chunks: &[&[u8]], method: &str, max_body: usize) -> Answer
     let mut answer = Answer::default();
     let mut done = false;
     for c in chunks {
-        match reader.feed(c) {
+        match reader.feed(c, now_ns()) {
             Step::More => {}
             Step::Done => {
                 done = true;
@@ -360,7 +398,7 @@ fn io_kind(e: &std::io::Error) -> ErrorKind {
 const HARD_BODY_CAP: u64 = 256 << 20;
 
 enum Attempt {
-    Done(Answer),
+    Done(Box<Answer>),
     /// A pooled connection was already closed: try a fresh one.
     Stale,
 }
@@ -461,13 +499,24 @@ impl Target {
         timeout: Duration,
         max_body: usize,
     ) -> Answer {
+        // Reads stop at the deadline and keep what came (a long stream cut
+        // by --timeout still shows its events); the outer timeout, a little
+        // later, bounds connecting and writing.
+        let deadline = tokio::time::Instant::now() + timeout;
         let run = async {
             for _ in 0..2 {
                 match self
-                    .attempt(pre.take(), own.as_deref_mut(), request, method, max_body)
+                    .attempt(
+                        pre.take(),
+                        own.as_deref_mut(),
+                        request,
+                        method,
+                        max_body,
+                        deadline,
+                    )
                     .await
                 {
-                    Attempt::Done(a) => return a,
+                    Attempt::Done(a) => return *a,
                     Attempt::Stale => continue,
                 }
             }
@@ -480,7 +529,7 @@ impl Target {
             }
         };
         let started = now_ns();
-        match tokio::time::timeout(timeout, run).await {
+        match tokio::time::timeout(timeout + Duration::from_millis(250), run).await {
             Ok(a) => a,
             Err(_) => Answer {
                 sent_ts: Some(started),
@@ -500,6 +549,7 @@ impl Target {
         request: &[u8],
         method: &str,
         max_body: usize,
+        deadline: tokio::time::Instant,
     ) -> Attempt {
         let mut answer = Answer::default();
         let (mut stream, reused, sent_ts, done) = match pre {
@@ -516,7 +566,7 @@ impl Target {
                     Err((kind, detail)) => {
                         answer.error =
                             Some((kind, format!("connect to {}: {detail}", self.authority)));
-                        return Attempt::Done(answer);
+                        return Attempt::Done(Box::new(answer));
                     }
                 }
             }
@@ -531,7 +581,7 @@ impl Target {
                 return Attempt::Stale;
             }
             answer.error = Some((io_kind(&e), format!("write: {e}")));
-            return Attempt::Done(answer);
+            return Attempt::Done(Box::new(answer));
         }
         let mut reader = ResponseReader::new(method, max_body);
         // Uninitialised capacity, filled by read_buf: zeroing a 64 KiB
@@ -540,7 +590,36 @@ impl Target {
         let mut got_any = false;
         loop {
             buf.clear();
-            match stream.read_buf(&mut buf).await {
+            // Before the first byte only the deadline applies (a model may
+            // think long); after it, a silence longer than the idle limit
+            // is a stalled stream.
+            let until = if got_any {
+                deadline.min(tokio::time::Instant::now() + self.stream_idle)
+            } else {
+                deadline
+            };
+            let read = match tokio::time::timeout_at(until, stream.read_buf(&mut buf)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    answer.error = Some(if tokio::time::Instant::now() >= deadline {
+                        (
+                            ErrorKind::Timeout,
+                            "no complete answer within --timeout".into(),
+                        )
+                    } else {
+                        (
+                            ErrorKind::StreamIdle,
+                            format!(
+                                "the answer stalled: no byte for {:?} after {} body bytes",
+                                self.stream_idle,
+                                reader.body_len()
+                            ),
+                        )
+                    });
+                    break;
+                }
+            };
+            match read {
                 Ok(0) => {
                     if !got_any && reused {
                         return Attempt::Stale;
@@ -553,7 +632,7 @@ impl Target {
                         got_any = true;
                         answer.first_byte_ts = Some(now_ns());
                     }
-                    let step = reader.feed(&buf[..n]);
+                    let step = reader.feed(&buf[..n], now_ns());
                     if n == buf.capacity() && buf.capacity() < 256 * 1024 {
                         buf.reserve(buf.capacity()); // a big answer: read more at a time
                     }
@@ -585,7 +664,7 @@ impl Target {
                 None => self.recycle(stream),
             }
         }
-        Attempt::Done(answer)
+        Attempt::Done(Box::new(answer))
     }
 }
 

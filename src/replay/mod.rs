@@ -51,6 +51,9 @@ pub struct ReplayOptions {
     pub concurrency: usize,
     pub timeout: Duration,
     pub shadow_timeout: Duration,
+    /// `--stream-idle-timeout`: an answer that started, then went silent
+    /// this long, is cut and recorded as `stream_idle`.
+    pub stream_idle_timeout: Duration,
     pub selection: Selection,
     pub rules: RequestRules,
     pub marker: Option<(String, String)>,
@@ -310,8 +313,33 @@ fn result_row(p: &Planned, target: &Target, due_ts: i64, a: client::Answer) -> R
         response_body_truncated: a.truncated,
         error_kind: a.error.as_ref().map(|e| e.0),
         error_detail: a.error.map(|e| e.1),
+        event_offsets_ns: a.event_offsets_ns,
+        first_token_ts: a.first_token_ts,
         ..row_for(p, &target.name, target.role, due_ts)
     }
+}
+
+/// The captured stream's event times, moved to the recorded row's clock
+/// (from the end of the request, as `sent_ts`), and its first token.
+fn recorded_stream(ex: &Exchange, body: &[u8]) -> (Option<Vec<i64>>, Option<i64>) {
+    let (Some(offsets), Some(start)) = (&ex.response_event_offsets_ns, ex.response_ts) else {
+        return (None, None);
+    };
+    let h = &ex.response_headers;
+    let events = crate::proto::events::stream_events(
+        h.get("content-type"),
+        h.get("content-encoding"),
+        body,
+        &[],
+        0,
+    )
+    .unwrap_or_default();
+    // --max-body may have cut the body: only the events still in it.
+    let n = events.len().min(offsets.len());
+    let first = crate::llm::first_content_event(&events[..n]).map(|i| start + offsets[i]);
+    let shift = start - ex.request_end_ts;
+    let moved = offsets[..n].iter().map(|o| o + shift).collect();
+    (Some(moved), first)
 }
 
 /// The captured response as a result row (`--primary recorded`, or the
@@ -320,7 +348,10 @@ fn recorded_row(p: &Planned, due_ts: i64, max_body: usize) -> ReplayResult {
     let ex: &Exchange = &p.exchange;
     let mut body = ex.response_body.clone();
     body.truncate(max_body);
+    let (event_offsets_ns, first_token_ts) = recorded_stream(ex, &body);
     ReplayResult {
+        event_offsets_ns,
+        first_token_ts,
         sent_ts: Some(ex.request_end_ts),
         first_byte_ts: ex.response_ts,
         done_ts: ex.response_end_ts,
@@ -396,6 +427,9 @@ fn validate(opts: &ReplayOptions) -> Result<(), ReplayError> {
     if opts.concurrency == 0 {
         return bad("--concurrency 0: at least one request must be allowed in flight".into());
     }
+    if opts.stream_idle_timeout.is_zero() {
+        return bad("--stream-idle-timeout 0: every answer would stall at once".into());
+    }
     if opts.timeout.is_zero() || opts.shadow_timeout.is_zero() {
         return bad("--timeout / --shadow-timeout 0: no answer could ever arrive in time".into());
     }
@@ -465,6 +499,9 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
         )?);
     }
     check_names(&targets)?;
+    for t in &mut targets {
+        t.stream_idle = opts.stream_idle_timeout;
+    }
     if targets.iter().any(|t| t.https) {
         let connector = tls::connector(&opts.tls)?;
         for t in targets.iter_mut().filter(|t| t.https) {

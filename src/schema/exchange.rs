@@ -104,6 +104,13 @@ pub struct Exchange {
     pub malformed_detail: Option<String>,
     /// The connection switched protocols (101) or became a CONNECT tunnel.
     pub upgraded: bool,
+    /// Event streams (SSE, NDJSON): when each event of the stored body
+    /// arrived, in ns after `response_ts`. None for other bodies.
+    pub response_event_offsets_ns: Option<Vec<i64>>,
+    /// Capture's bookkeeping, not a column: (stored response body length,
+    /// packet time) as the body arrived, turned into event offsets when the
+    /// response ends.
+    pub response_arrivals: Vec<(u64, i64)>,
 }
 
 pub(super) fn header_list_type() -> DataType {
@@ -166,7 +173,48 @@ pub fn exchange_schema() -> SchemaRef {
         f("missing_response", Boolean, false),
         f("upgraded", Boolean, false),
         f("malformed_detail", Utf8, true),
+        f("response_event_offsets_ns", offsets_type(), true),
     ]))
+}
+
+/// `list<int64>`: event offsets in ns.
+pub(super) fn offsets_type() -> DataType {
+    DataType::List(Arc::new(Field::new("item", DataType::Int64, false)))
+}
+
+/// A nullable `list<int64>` column, one optional list per row.
+pub(super) fn offsets_column<'a>(lists: impl Iterator<Item = Option<&'a [i64]>>) -> ArrayRef {
+    let mut offsets = vec![0i32];
+    let mut values = Vec::new();
+    let mut valid = Vec::new();
+    for l in lists {
+        valid.push(l.is_some());
+        values.extend_from_slice(l.unwrap_or_default());
+        offsets.push(values.len() as i32);
+    }
+    let field = Arc::new(Field::new("item", DataType::Int64, false));
+    Arc::new(ListArray::new(
+        field,
+        OffsetBuffer::new(offsets.into()),
+        Arc::new(arrow::array::Int64Array::from(values)),
+        Some(NullBuffer::from(valid)),
+    ))
+}
+
+/// Row `i` of a column made by [`offsets_column`] (None when absent: files
+/// written before the column existed).
+pub(super) fn offsets_at(list: Option<&ListArray>, i: usize) -> Option<Vec<i64>> {
+    use arrow::array::{Array, AsArray};
+    let list = list?;
+    if list.is_null(i) {
+        return None;
+    }
+    let (start, end) = (
+        list.value_offsets()[i] as usize,
+        list.value_offsets()[i + 1] as usize,
+    );
+    let values = list.values().as_primitive::<arrow::datatypes::Int64Type>();
+    Some(values.values()[start..end].to_vec())
 }
 
 /// Build a list<struct<name, value>> column from one header list per row.
@@ -298,6 +346,7 @@ pub fn exchanges_to_batch(rows: &[Exchange]) -> Result<RecordBatch, arrow::error
         flag(&|r| r.status.is_none()),
         flag(&|r| r.upgraded),
         text(&|r| r.malformed_detail.clone()),
+        offsets_column(rows.iter().map(|r| r.response_event_offsets_ns.as_deref())),
     ];
     RecordBatch::try_new(exchange_schema(), columns)
 }

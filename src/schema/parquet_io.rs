@@ -364,7 +364,13 @@ impl ExchangeReader {
         // Never read back (derived from other columns when written).
         // `malformed_detail` came with capture files of schema version 1
         // written after 2026-11-30: older ones lack it.
-        let derived = ["incomplete", "missing_response", "malformed_detail"];
+        // So did `response_event_offsets_ns`, a day later.
+        let derived = [
+            "incomplete",
+            "missing_response",
+            "malformed_detail",
+            "response_event_offsets_ns",
+        ];
         check_columns(
             &path.display().to_string(),
             &exchange_schema(),
@@ -442,6 +448,9 @@ fn batch_to_exchanges(b: &RecordBatch, out: &mut Vec<Exchange>) {
     let detail = b
         .column_by_name("malformed_detail")
         .and_then(|c| c.as_any().downcast_ref::<StringArray>());
+    let event_offsets = b
+        .column_by_name("response_event_offsets_ns")
+        .and_then(|c| c.as_any().downcast_ref::<ListArray>());
     for i in 0..b.num_rows() {
         let answered = status.is_valid(i);
         out.push(Exchange {
@@ -487,6 +496,8 @@ fn batch_to_exchanges(b: &RecordBatch, out: &mut Vec<Exchange>) {
             incomplete: opt_s(s("incomplete_reason"), i).and_then(|r| IncompleteReason::parse(&r)),
             upgraded: flag("upgraded", i),
             malformed_detail: detail.and_then(|d| opt_s(d, i)),
+            response_event_offsets_ns: super::exchange::offsets_at(event_offsets, i),
+            response_arrivals: Vec::new(),
         });
     }
 }

@@ -9,7 +9,9 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
-use super::exchange::{header_column, header_list_type, ts_type};
+use super::exchange::{
+    header_column, header_list_type, offsets_at, offsets_column, offsets_type, ts_type,
+};
 use super::{FileKind, HeaderList};
 
 /// Version of the results schema.
@@ -68,6 +70,8 @@ pub enum ErrorKind {
     RequestTruncated,
     /// The run was stopped before the answer came.
     Interrupted,
+    /// The answer started but then no byte came for `--stream-idle-timeout`.
+    StreamIdle,
 }
 
 impl ErrorKind {
@@ -84,6 +88,7 @@ impl ErrorKind {
             Self::NotSentInTime => "not_sent_in_time",
             Self::RequestTruncated => "request_truncated",
             Self::Interrupted => "interrupted",
+            Self::StreamIdle => "stream_idle",
         }
     }
 }
@@ -114,6 +119,11 @@ pub struct ReplayResult {
     pub response_body_truncated: bool,
     pub error_kind: Option<ErrorKind>,
     pub error_detail: Option<String>,
+    /// Event streams: when each event arrived, in ns after `sent_ts`.
+    pub event_offsets_ns: Option<Vec<i64>>,
+    /// Event streams: arrival of the first event that carried generated
+    /// content (an LLM's first token).
+    pub first_token_ts: Option<i64>,
 }
 
 impl ReplayResult {
@@ -156,6 +166,8 @@ pub fn results_schema() -> SchemaRef {
         f("response_body_truncated", Boolean, false),
         f("error_kind", Utf8, true),
         f("error_detail", Utf8, true),
+        f("first_token_ts", ts_type(), true),
+        f("event_offsets_ns", offsets_type(), true),
     ]))
 }
 
@@ -218,6 +230,8 @@ pub fn results_to_batch(rows: &[ReplayResult]) -> Result<RecordBatch, arrow::err
         Arc::new(trunc.finish()),
         text(&|r| r.error_kind.map(ErrorKind::as_str)),
         text(&|r| r.error_detail.as_deref()),
+        ts(&|r| r.first_token_ts),
+        offsets_column(rows.iter().map(|r| r.event_offsets_ns.as_deref())),
     ];
     RecordBatch::try_new(results_schema(), columns)
 }
@@ -269,8 +283,15 @@ impl ResultsReader {
                 },
             });
         }
-        // Derived from the timestamps when written; never read back.
-        let derived = ["latency_ns", "latency_from_due_ns", "lag_ns"];
+        // Derived from the timestamps when written; never read back. The
+        // stream columns came later: older files lack them.
+        let derived = [
+            "latency_ns",
+            "latency_from_due_ns",
+            "lag_ns",
+            "first_token_ts",
+            "event_offsets_ns",
+        ];
         super::parquet_io::check_columns(&name, &results_schema(), builder.schema(), &derived)?;
         let rows = builder.metadata().file_metadata().num_rows() as u64;
         let inner = builder.with_batch_size(1024).build().map_err(err)?;
@@ -317,11 +338,11 @@ pub fn read_results(path: &std::path::Path) -> Result<Vec<ReplayResult>, super::
 fn batch_to_results(b: &arrow::array::RecordBatch) -> Result<Vec<ReplayResult>, String> {
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::{TimestampNanosecondType, UInt16Type, UInt32Type, UInt64Type};
-    if let Some(missing) = results_schema()
-        .fields()
-        .iter()
-        .find(|f| b.column_by_name(f.name()).is_none() && !f.name().ends_with("_ns"))
-    {
+    if let Some(missing) = results_schema().fields().iter().find(|f| {
+        b.column_by_name(f.name()).is_none()
+            && !f.name().ends_with("_ns")
+            && f.name() != "first_token_ts"
+    }) {
         return Err(format!("column {} is missing", missing.name()));
     }
     let mut out = Vec::with_capacity(b.num_rows());
@@ -386,6 +407,12 @@ fn batch_to_results(b: &arrow::array::RecordBatch) -> Result<Vec<ReplayResult>, 
     };
     let opt_ts =
         |a: &arrow::array::TimestampNanosecondArray, i: usize| a.is_valid(i).then(|| a.value(i));
+    let first_token = b
+        .column_by_name("first_token_ts")
+        .map(|c| c.as_primitive::<TimestampNanosecondType>().clone());
+    let event_offsets = b
+        .column_by_name("event_offsets_ns")
+        .map(|c| c.as_list::<i32>().clone());
     for i in 0..b.num_rows() {
         out.push(ReplayResult {
             exchange_id: ids.value(i),
@@ -412,6 +439,8 @@ fn batch_to_results(b: &arrow::array::RecordBatch) -> Result<Vec<ReplayResult>, 
                 .then(|| ErrorKind::parse(errors.value(i)))
                 .flatten(),
             error_detail: details.is_valid(i).then(|| details.value(i).to_string()),
+            first_token_ts: first_token.as_ref().and_then(|a| opt_ts(a, i)),
+            event_offsets_ns: offsets_at(event_offsets.as_ref(), i),
         });
     }
     Ok(out)
@@ -432,6 +461,7 @@ impl ErrorKind {
             NotSentInTime,
             RequestTruncated,
             Interrupted,
+            StreamIdle,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)

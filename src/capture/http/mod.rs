@@ -75,7 +75,7 @@ pub trait Sink {
     /// A head was parsed; the owner decides the framing of its body.
     /// `offset` is where the message starts in this direction's stream.
     fn head(&mut self, role: Role, head: Head, ts: i64, offset: u64) -> Framing;
-    fn body(&mut self, role: Role, data: &[u8]);
+    fn body(&mut self, role: Role, data: &[u8], ts: i64);
     /// `len` body bytes were lost in a gap (counted, not stored).
     fn body_gap(&mut self, role: Role, len: u64);
     fn trailers(&mut self, role: Role, trailers: HeaderList);
@@ -292,7 +292,7 @@ impl MessageParser {
                 // Inside chunked framing or a body of unknown length: the
                 // loss may end this message and hold others.
                 if self.state == State::UntilNextHead && !pending.is_empty() {
-                    sink.body(self.role, &pending);
+                    sink.body(self.role, &pending, ts);
                 }
                 self.finish_message(ts, End::Gap, sink);
                 sink.lost(self.role, lost_at, false);
@@ -310,7 +310,7 @@ impl MessageParser {
             State::UntilClose | State::UntilNextHead => {
                 // Bytes held back in case they began a glued head are body.
                 if !pending.is_empty() {
-                    sink.body(self.role, &pending);
+                    sink.body(self.role, &pending, ts);
                 }
                 self.finish_message(ts, End::Complete, sink)
             }
@@ -390,7 +390,7 @@ impl MessageParser {
                 State::Start { resync: false } => self.start(rest, ts, sink),
                 State::Length(rem) => {
                     let n = rem.min(rest.len() as u64) as usize;
-                    sink.body(self.role, &rest[..n]);
+                    sink.body(self.role, &rest[..n], ts);
                     if n as u64 == rem {
                         self.finish_message(ts, End::Complete, sink);
                     } else {
@@ -399,7 +399,7 @@ impl MessageParser {
                     Some(n)
                 }
                 State::UntilClose => {
-                    sink.body(self.role, rest);
+                    sink.body(self.role, rest, ts);
                     Some(rest.len())
                 }
                 State::UntilNextHead => self.until_next_head(rest, ts, sink),
@@ -431,7 +431,7 @@ impl MessageParser {
             Scan::NotFound => (rest.len() - rest.len().min(GLUE_TAIL), false),
         };
         if body > 0 {
-            sink.body(self.role, &rest[..body]);
+            sink.body(self.role, &rest[..body], ts);
             self.line_start = rest[body - 1] == b'\n';
         }
         if next {
@@ -606,7 +606,7 @@ impl MessageParser {
             }
             Chunk::Data(rem) => {
                 let n = rem.min(rest.len() as u64) as usize;
-                sink.body(self.role, &rest[..n]);
+                sink.body(self.role, &rest[..n], ts);
                 self.state = State::Chunked(if n as u64 == rem {
                     Chunk::DataEnd
                 } else {

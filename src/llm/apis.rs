@@ -1,0 +1,523 @@
+//! One fold per API: streamed events and whole bodies into an [`Answer`].
+//! Written from each provider's published wire format (see
+//! `testdata/README.md` for the sources of the example streams).
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::{normalize_finish, Answer, Api, Custom, ToolCall};
+use crate::proto::events::Event;
+
+fn s<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key)?.as_str()
+}
+
+fn u(v: &Value, key: &str) -> Option<u64> {
+    v.get(key)?.as_u64()
+}
+
+/// Which API a stream speaks, from the first event that tells.
+fn stream_api(events: &[Event], values: &[Option<Value>]) -> Option<Api> {
+    for (e, v) in events.iter().zip(values) {
+        let Some(v) = v else { continue };
+        let obj = s(v, "object").unwrap_or("");
+        let ty = s(v, "type").unwrap_or("");
+        let first_choice = v.get("choices").and_then(|c| c.get(0));
+        if obj == "chat.completion.chunk" || first_choice.is_some_and(|c| c.get("delta").is_some())
+        {
+            return Some(Api::OpenAiChat);
+        }
+        if obj == "text_completion" || first_choice.is_some_and(|c| c.get("text").is_some()) {
+            return Some(Api::OpenAiCompletions);
+        }
+        if ty.starts_with("response.") {
+            return Some(Api::OpenAiResponses);
+        }
+        let anthropic = [
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop",
+        ];
+        if anthropic.contains(&ty) || e.name.as_deref().is_some_and(|n| anthropic.contains(&n)) {
+            return Some(Api::AnthropicMessages);
+        }
+        if v.get("done").is_some_and(Value::is_boolean)
+            && (v.get("response").is_some() || v.get("message").is_some())
+        {
+            return Some(Api::Ollama);
+        }
+        if v.get("token").is_some_and(Value::is_object) || v.get("generated_text").is_some() {
+            return Some(Api::Tgi);
+        }
+    }
+    None
+}
+
+/// Tool calls being assembled, by the index the API gives them.
+#[derive(Default)]
+struct Tools(BTreeMap<u64, (String, String, Option<Value>)>);
+
+impl Tools {
+    fn name(&mut self, i: u64, name: &str) {
+        self.0.entry(i).or_default().0.push_str(name);
+    }
+    fn args(&mut self, i: u64, piece: &str) {
+        self.0.entry(i).or_default().1.push_str(piece);
+    }
+    fn value(&mut self, i: u64, v: Value) {
+        self.0.entry(i).or_default().2 = Some(v);
+    }
+    fn finish(self) -> Vec<ToolCall> {
+        self.0
+            .into_values()
+            .map(|(name, text, value)| ToolCall {
+                name,
+                arguments: match value {
+                    // A value given whole wins unless pieces followed it
+                    // (Anthropic's `input: {}` at block start).
+                    Some(v) if text.is_empty() => v,
+                    _ => Value::String(text),
+                },
+            })
+            .collect()
+    }
+}
+
+/// A fold over the events of one stream.
+struct Fold {
+    a: Answer,
+    text: String,
+    tools: Tools,
+}
+
+impl Fold {
+    fn new(api: Api) -> Self {
+        Self {
+            a: Answer::new(api),
+            text: String::new(),
+            tools: Tools::default(),
+        }
+    }
+
+    fn content(&mut self, i: usize, piece: &str) {
+        if !piece.is_empty() {
+            self.text.push_str(piece);
+            self.mark(i);
+        }
+    }
+
+    fn mark(&mut self, i: usize) {
+        if self.a.content_events.last() != Some(&i) {
+            self.a.content_events.push(i);
+        }
+    }
+
+    fn finish_reason(&mut self, raw: Option<&str>) {
+        if let Some(r) = raw {
+            self.a.finish_reason = Some(normalize_finish(r));
+        }
+    }
+
+    fn usage(&mut self, u_: &Value, input: &str, output: &str) {
+        if let Some(n) = u(u_, input) {
+            self.a.input_tokens = Some(n);
+        }
+        if let Some(n) = u(u_, output) {
+            self.a.output_tokens = Some(n);
+        }
+    }
+
+    fn done(mut self) -> Answer {
+        // An answer of tool calls only has no text (rather than "").
+        self.a.text = (!self.text.is_empty()).then_some(self.text);
+        self.a.tool_calls = self.tools.finish();
+        self.a
+    }
+}
+
+pub(super) fn stream(events: &[Event], values: &[Option<Value>]) -> Option<Answer> {
+    let api = stream_api(events, values)?;
+    let mut f = Fold::new(api);
+    for (i, v) in values.iter().enumerate() {
+        let Some(v) = v else { continue };
+        match api {
+            Api::OpenAiChat => openai_chat_event(&mut f, i, v),
+            Api::OpenAiCompletions => openai_completions_event(&mut f, i, v),
+            Api::OpenAiResponses => openai_responses_event(&mut f, i, v),
+            Api::AnthropicMessages => anthropic_event(&mut f, i, v),
+            Api::Ollama => ollama_event(&mut f, i, v),
+            Api::Tgi => tgi_event(&mut f, i, v),
+            Api::OpenAiEmbeddings | Api::Custom => {}
+        }
+    }
+    Some(f.done())
+}
+
+/// The first choice only: `n > 1` answers are rare in production and the
+/// first is the one a client shows.
+fn first_choice(v: &Value) -> Option<&Value> {
+    v.get("choices")?
+        .as_array()?
+        .iter()
+        .find(|c| c.get("index").and_then(Value::as_u64).unwrap_or(0) == 0)
+}
+
+fn openai_chat_event(f: &mut Fold, i: usize, v: &Value) {
+    if let Some(usage) = v.get("usage").filter(|u| u.is_object()) {
+        f.usage(usage, "prompt_tokens", "completion_tokens");
+    }
+    let Some(c) = first_choice(v) else { return };
+    f.finish_reason(s(c, "finish_reason"));
+    let Some(d) = c.get("delta") else { return };
+    if let Some(t) = s(d, "content") {
+        f.content(i, t);
+    }
+    for (k, call) in d
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let idx = u(call, "index").unwrap_or(k as u64);
+        let func = call.get("function");
+        let name = func.and_then(|fu| s(fu, "name")).unwrap_or("");
+        let args = func.and_then(|fu| s(fu, "arguments")).unwrap_or("");
+        f.tools.name(idx, name);
+        f.tools.args(idx, args);
+        if !name.is_empty() || !args.is_empty() {
+            f.mark(i);
+        }
+    }
+}
+
+fn openai_completions_event(f: &mut Fold, i: usize, v: &Value) {
+    if let Some(usage) = v.get("usage").filter(|u| u.is_object()) {
+        f.usage(usage, "prompt_tokens", "completion_tokens");
+    }
+    let Some(c) = first_choice(v) else { return };
+    f.finish_reason(s(c, "finish_reason"));
+    if let Some(t) = s(c, "text") {
+        f.content(i, t);
+    }
+}
+
+fn openai_responses_event(f: &mut Fold, i: usize, v: &Value) {
+    let out_idx = u(v, "output_index").unwrap_or(0);
+    match s(v, "type").unwrap_or("") {
+        "response.output_text.delta" | "response.refusal.delta" => {
+            if let Some(t) = s(v, "delta") {
+                f.content(i, t);
+            }
+        }
+        "response.output_item.added" => {
+            let item = v.get("item");
+            if item.and_then(|it| s(it, "type")) == Some("function_call") {
+                f.tools
+                    .name(out_idx, item.and_then(|it| s(it, "name")).unwrap_or(""));
+            }
+        }
+        "response.function_call_arguments.delta" => {
+            if let Some(t) = s(v, "delta").filter(|t| !t.is_empty()) {
+                f.tools.args(out_idx, t);
+                f.mark(i);
+            }
+        }
+        "response.completed" | "response.incomplete" | "response.failed" => {
+            if let Some(r) = v.get("response") {
+                responses_end(f, r);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Usage and stop reason of a finished Responses API `response` object.
+fn responses_end(f: &mut Fold, r: &Value) {
+    if let Some(usage) = r.get("usage").filter(|u| u.is_object()) {
+        f.usage(usage, "input_tokens", "output_tokens");
+    }
+    let calls = r
+        .get("output")
+        .and_then(Value::as_array)
+        .is_some_and(|o| o.iter().any(|it| s(it, "type") == Some("function_call")));
+    let reason = match s(r, "status") {
+        Some("completed") if calls || !f.tools.0.is_empty() => Some("tool_calls".to_string()),
+        Some("incomplete") => r
+            .get("incomplete_details")
+            .and_then(|d| s(d, "reason"))
+            .map(str::to_string),
+        other => other.map(str::to_string),
+    };
+    f.finish_reason(reason.as_deref());
+}
+
+fn anthropic_event(f: &mut Fold, i: usize, v: &Value) {
+    let idx = u(v, "index").unwrap_or(0);
+    match s(v, "type").unwrap_or("") {
+        "message_start" => {
+            if let Some(usage) = v.get("message").and_then(|m| m.get("usage")) {
+                f.usage(usage, "input_tokens", "output_tokens");
+            }
+        }
+        "content_block_start" => {
+            let b = v.get("content_block");
+            match b.and_then(|b| s(b, "type")) {
+                Some("tool_use") | Some("server_tool_use") => {
+                    let b = b.expect("checked");
+                    f.tools.name(idx, s(b, "name").unwrap_or(""));
+                    if let Some(input) = b.get("input") {
+                        f.tools.value(idx, input.clone());
+                    }
+                }
+                Some("text") => {
+                    if let Some(t) = b.and_then(|b| s(b, "text")) {
+                        f.content(i, t);
+                    }
+                }
+                _ => {}
+            }
+        }
+        "content_block_delta" => {
+            let Some(d) = v.get("delta") else { return };
+            match s(d, "type") {
+                Some("text_delta") => f.content(i, s(d, "text").unwrap_or("")),
+                Some("input_json_delta") => {
+                    let piece = s(d, "partial_json").unwrap_or("");
+                    if !piece.is_empty() {
+                        f.tools.args(idx, piece);
+                        f.mark(i);
+                    }
+                }
+                _ => {}
+            }
+        }
+        "message_delta" => {
+            f.finish_reason(v.get("delta").and_then(|d| s(d, "stop_reason")));
+            if let Some(usage) = v.get("usage") {
+                // Cumulative: the last one is the answer's count.
+                f.usage(usage, "input_tokens", "output_tokens");
+            }
+        }
+        _ => {}
+    }
+}
+
+fn ollama_event(f: &mut Fold, i: usize, v: &Value) {
+    if let Some(t) = s(v, "response") {
+        f.content(i, t);
+    }
+    if let Some(m) = v.get("message") {
+        f.content(i, s(m, "content").unwrap_or(""));
+        ollama_tools(f, m);
+        let calls = m.get("tool_calls").and_then(Value::as_array);
+        if calls.is_some_and(|c| !c.is_empty()) {
+            f.mark(i);
+        }
+    }
+    if v.get("done").and_then(Value::as_bool) == Some(true) {
+        f.finish_reason(s(v, "done_reason").or(Some("stop")));
+        f.usage(v, "prompt_eval_count", "eval_count");
+    }
+}
+
+fn ollama_tools(f: &mut Fold, m: &Value) {
+    let base = f.tools.0.len() as u64;
+    for (k, call) in m
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let Some(func) = call.get("function") else {
+            continue;
+        };
+        let idx = base + k as u64;
+        f.tools.name(idx, s(func, "name").unwrap_or(""));
+        if let Some(a) = func.get("arguments") {
+            f.tools.value(idx, a.clone());
+        }
+    }
+}
+
+fn tgi_event(f: &mut Fold, i: usize, v: &Value) {
+    if let Some(t) = v.get("token") {
+        let special = t.get("special").and_then(Value::as_bool) == Some(true);
+        if !special {
+            f.content(i, s(t, "text").unwrap_or(""));
+        }
+    }
+    if let Some(d) = v.get("details").filter(|d| d.is_object()) {
+        f.finish_reason(s(d, "finish_reason"));
+        if let Some(n) = u(d, "generated_tokens") {
+            f.a.output_tokens = Some(n);
+        }
+    }
+}
+
+/// A `[[stream]]` config entry: text pieces where it says.
+pub(super) fn custom(values: &[Option<Value>], c: &Custom) -> Answer {
+    let mut f = Fold::new(Api::Custom);
+    for (i, v) in values.iter().enumerate() {
+        let Some(v) = v else { continue };
+        if let Some(t) = (c.text)(v) {
+            f.content(i, &t);
+        }
+        if let Some(r) = (c.finish)(v) {
+            f.finish_reason(Some(&r));
+        }
+        if let Some(n) = (c.output_tokens)(v) {
+            f.a.output_tokens = Some(n);
+        }
+    }
+    f.done()
+}
+
+/// A whole (non-streamed) answer.
+pub(super) fn body(v: &Value) -> Option<Answer> {
+    let obj = s(v, "object").unwrap_or("");
+    let ty = s(v, "type").unwrap_or("");
+    if obj == "chat.completion" || first_choice(v).is_some_and(|c| c.get("message").is_some()) {
+        return Some(openai_chat_body(v));
+    }
+    if obj == "text_completion" || first_choice(v).is_some_and(|c| c.get("text").is_some()) {
+        let mut f = Fold::new(Api::OpenAiCompletions);
+        openai_completions_event(&mut f, 0, v);
+        return Some(whole(f));
+    }
+    if obj == "response" && v.get("output").is_some() {
+        return Some(openai_responses_body(v));
+    }
+    if obj == "list"
+        && v.get("data")
+            .and_then(Value::as_array)
+            .is_some_and(|d| d.iter().all(|e| e.get("embedding").is_some()))
+    {
+        return Some(openai_embeddings(v));
+    }
+    if ty == "message" && v.get("content").is_some_and(Value::is_array) {
+        return Some(anthropic_body(v));
+    }
+    if v.get("done").and_then(Value::as_bool) == Some(true)
+        && (v.get("response").is_some() || v.get("message").is_some())
+    {
+        let mut f = Fold::new(Api::Ollama);
+        ollama_event(&mut f, 0, v);
+        return Some(whole(f));
+    }
+    let tgi = match v {
+        Value::Array(a) if a.len() == 1 => a[0].get("generated_text").map(|_| &a[0]),
+        _ => v.get("generated_text").map(|_| v),
+    };
+    if let Some(t) = tgi {
+        let mut f = Fold::new(Api::Tgi);
+        f.text.push_str(s(t, "generated_text").unwrap_or(""));
+        tgi_event(&mut f, 0, t);
+        return Some(whole(f));
+    }
+    None
+}
+
+/// A whole body has no events to mark.
+fn whole(f: Fold) -> Answer {
+    let mut a = f.done();
+    a.content_events.clear();
+    a
+}
+
+fn openai_chat_body(v: &Value) -> Answer {
+    let mut f = Fold::new(Api::OpenAiChat);
+    if let Some(usage) = v.get("usage").filter(|u| u.is_object()) {
+        f.usage(usage, "prompt_tokens", "completion_tokens");
+    }
+    if let Some(c) = first_choice(v) {
+        f.finish_reason(s(c, "finish_reason"));
+        if let Some(m) = c.get("message") {
+            f.text.push_str(s(m, "content").unwrap_or(""));
+            for (k, call) in m
+                .get("tool_calls")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                let func = call.get("function");
+                f.tools
+                    .name(k as u64, func.and_then(|x| s(x, "name")).unwrap_or(""));
+                f.tools
+                    .args(k as u64, func.and_then(|x| s(x, "arguments")).unwrap_or(""));
+            }
+        }
+    }
+    whole(f)
+}
+
+fn openai_responses_body(v: &Value) -> Answer {
+    let mut f = Fold::new(Api::OpenAiResponses);
+    for (k, item) in v
+        .get("output")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        match s(item, "type") {
+            Some("message") => {
+                for part in item
+                    .get("content")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    if matches!(s(part, "type"), Some("output_text") | Some("refusal")) {
+                        let t = s(part, "text").or(s(part, "refusal")).unwrap_or("");
+                        f.text.push_str(t);
+                    }
+                }
+            }
+            Some("function_call") => {
+                f.tools.name(k as u64, s(item, "name").unwrap_or(""));
+                f.tools.args(k as u64, s(item, "arguments").unwrap_or(""));
+            }
+            _ => {}
+        }
+    }
+    responses_end(&mut f, v);
+    whole(f)
+}
+
+fn openai_embeddings(v: &Value) -> Answer {
+    let mut a = Answer::new(Api::OpenAiEmbeddings);
+    let mut data: Vec<&Value> = v["data"].as_array().into_iter().flatten().collect();
+    data.sort_by_key(|e| u(e, "index").unwrap_or(0));
+    a.embeddings = Some(data.iter().map(|e| e["embedding"].clone()).collect());
+    if let Some(usage) = v.get("usage") {
+        a.input_tokens = u(usage, "prompt_tokens");
+    }
+    a
+}
+
+fn anthropic_body(v: &Value) -> Answer {
+    let mut f = Fold::new(Api::AnthropicMessages);
+    for (k, block) in v["content"].as_array().into_iter().flatten().enumerate() {
+        match s(block, "type") {
+            Some("text") => f.text.push_str(s(block, "text").unwrap_or("")),
+            Some("tool_use") | Some("server_tool_use") => {
+                f.tools.name(k as u64, s(block, "name").unwrap_or(""));
+                f.tools
+                    .value(k as u64, block.get("input").cloned().unwrap_or(Value::Null));
+            }
+            _ => {}
+        }
+    }
+    f.finish_reason(s(v, "stop_reason"));
+    if let Some(usage) = v.get("usage") {
+        f.usage(usage, "input_tokens", "output_tokens");
+    }
+    whole(f)
+}

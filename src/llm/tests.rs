@@ -1,0 +1,103 @@
+use std::path::Path;
+
+use super::*;
+
+/// Every example answer in `testdata/llm/` assembles to its expected shape,
+/// with the documented number of content events.
+#[test]
+fn every_example_answer_assembles_as_expected() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/llm");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("body") {
+            continue;
+        }
+        let body = std::fs::read(&path).unwrap();
+        let meta = std::fs::read_to_string(path.with_extension("meta")).unwrap();
+        let field = |k: &str| {
+            meta.lines()
+                .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()))
+                .unwrap_or_else(|| panic!("{}: no {k}", path.display()))
+        };
+        let ct = field("content-type:");
+        let events: usize = field("content_events:").parse().unwrap();
+        let expected: Value =
+            serde_json::from_slice(&std::fs::read(path.with_extension("expected.json")).unwrap())
+                .unwrap();
+        let a = assemble(Some(ct.as_bytes()), &body, None)
+            .unwrap_or_else(|| panic!("{}: not recognised", path.display()));
+        assert_eq!(a.to_json(), expected, "{}", path.display());
+        if a.streamed {
+            assert_eq!(
+                a.content_events.len(),
+                events,
+                "{}: content events",
+                path.display()
+            );
+        }
+        seen += 1;
+    }
+    assert!(seen >= 12, "only {seen} examples in {}", dir.display());
+}
+
+#[test]
+fn openai_chat_stream_with_tools_and_usage() {
+    let body = concat!(
+        "data: {\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
+        ": keep-alive\n\n",
+        "data: {\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\n",
+        "data: {\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"}}]}\n\n",
+        "data: {\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"function\":{\"name\":\"b\",\"arguments\":\"{\\\"y\\\":\"}}]}}]}\n\n",
+        "data: {\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"name\":\"a\",\"arguments\":\"{}\"}}]}}]}\n\n",
+        "data: {\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"function\":{\"arguments\":\"2}\"}}]}}]}\n\n",
+        "data: {\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n",
+        "data: {\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":5}}\n\n",
+        "data: [DONE]\n\n"
+    );
+    let a = assemble(Some(b"text/event-stream"), body.as_bytes(), None).unwrap();
+    assert_eq!(a.api, Api::OpenAiChat);
+    assert_eq!(a.content_events, vec![1, 2, 3, 4, 5]);
+    assert_eq!(a.events, 9);
+    assert_eq!(
+        a.to_json(),
+        json!({
+            "text": "Hello",
+            "tool_calls": [{"name": "a", "arguments": {}}, {"name": "b", "arguments": {"y": 2}}],
+            "finish_reason": "tool_calls",
+            "usage": {"input_tokens": 9, "output_tokens": 5}
+        })
+    );
+    assert_eq!(a.output_token_count(), Some(5));
+}
+
+#[test]
+fn a_custom_stream_is_read_where_the_config_says() {
+    let body = b"{\"piece\":\"a\"}\n{\"piece\":\"b\"}\n{\"end\":\"eos\",\"n\":2}\n";
+    let text = |v: &Value| v.get("piece").and_then(Value::as_str).map(str::to_string);
+    let finish = |v: &Value| v.get("end").and_then(Value::as_str).map(str::to_string);
+    let tokens = |v: &Value| v.get("n").and_then(Value::as_u64);
+    let c = Custom {
+        text: &text,
+        finish: &finish,
+        output_tokens: &tokens,
+    };
+    assert!(assemble(Some(b"application/x-ndjson"), body, None).is_none());
+    let a = assemble(Some(b"application/x-ndjson"), body, Some(&c)).unwrap();
+    assert_eq!(
+        a.to_json(),
+        json!({"text": "ab", "finish_reason": "stop", "usage": {"output_tokens": 2}})
+    );
+}
+
+#[test]
+fn ordinary_json_is_not_an_llm_answer() {
+    assert!(assemble(
+        Some(b"application/json"),
+        br#"{"label":"cat","score":0.9}"#,
+        None
+    )
+    .is_none());
+    assert!(assemble(None, b"plain text", None).is_none());
+    assert!(assemble(None, b"", None).is_none());
+}
