@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::config::{glob, Compare, Config, Rule};
 use super::jsonpath::{field_name, Step};
+use super::doc::LazyDoc;
 use super::similarity::{cosine, numeric_close, rouge_l};
 use crate::schema::ReplayResult;
 
@@ -54,6 +55,34 @@ pub struct EndpointConfig<'c> {
     pub rules: Vec<&'c Rule>,
     /// Indexes into `Config::drift`.
     pub drift: Vec<usize>,
+    /// The `[[stream]]` entry for this endpoint, if any.
+    pub stream: Option<&'c super::config::StreamSpec>,
+    /// A rule scores similarity (rouge_l, judge): every pair is walked,
+    /// equal ones too, so the similarity distributions count them.
+    pub scores: bool,
+}
+
+/// How `compare = "judge"` rules are treated in one comparison.
+#[derive(Clone, Copy)]
+pub enum JudgeMode<'a> {
+    /// No judge configured, or none wanted now.
+    Off,
+    /// First pass: note what the judge must see; count the path as equal.
+    Collect,
+    /// Second pass: use the judgements, by exact path.
+    Score(&'a std::collections::HashMap<String, super::judge::Judgement>),
+}
+
+/// What a comparison saw besides differences.
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// (rule path, metric, similarity) for each value under a rouge_l or
+    /// judge rule.
+    pub similarities: Vec<(String, &'static str, f64)>,
+    /// Collect mode: (exact path, rule path, primary value, shadow value).
+    pub judge_wanted: Vec<(String, String, Value, Value)>,
+    /// Score mode: judgements that failed (the path counts as differing).
+    pub judge_failed: u64,
 }
 
 /// Compares answers under one config; caches what applies per endpoint so
@@ -84,6 +113,15 @@ impl<'c> Comparer<'c> {
                 drift: (0..c.drift.len())
                     .filter(|&i| glob(&c.drift[i].endpoint, endpoint))
                     .collect(),
+                stream: c.streams.iter().rev().find(|s| glob(&s.endpoint, endpoint)),
+                scores: false,
+            };
+            let applies = EndpointConfig {
+                scores: applies
+                    .rules
+                    .iter()
+                    .any(|r| matches!(r.compare, Compare::RougeL | Compare::Judge)),
+                ..applies
             };
             self.by_endpoint.insert(endpoint.to_string(), applies);
         }
@@ -93,6 +131,23 @@ impl<'c> Comparer<'c> {
     /// All differences between `p` (primary) and `s` (shadow) answers to the
     /// same request. Both must be usable answers (see `usable`).
     pub fn compare(&mut self, endpoint: &str, p: &ReplayResult, s: &ReplayResult) -> Vec<Diff> {
+        let spec = self.endpoint(endpoint).stream;
+        let (pd, sd) = (LazyDoc::new(p, spec), LazyDoc::new(s, spec));
+        let mut seen = Observed::default();
+        self.compare_docs(endpoint, &pd, &sd, JudgeMode::Off, &mut seen)
+    }
+
+    /// [`Comparer::compare`] on bodies whose documents may already be
+    /// built; similarities and judge requests go to `seen`.
+    pub fn compare_docs(
+        &mut self,
+        endpoint: &str,
+        pd: &LazyDoc,
+        sd: &LazyDoc,
+        judge: JudgeMode,
+        seen: &mut Observed,
+    ) -> Vec<Diff> {
+        let (p, s) = (pd.row, sd.row);
         if p.error_kind.is_some() || s.error_kind.is_some() {
             let name = |r: &ReplayResult| match (r.error_kind, r.status) {
                 (Some(k), _) => k.as_str().to_string(),
@@ -109,8 +164,14 @@ impl<'c> Comparer<'c> {
             return vec![diff("status", DiffKind::Changed, st(p), st(s))];
         }
         let mut out = self.compare_headers(p, s);
-        let rules = &self.endpoint(endpoint).rules;
-        compare_bodies(p, s, rules, &mut out);
+        let ec = self.endpoint(endpoint);
+        let mut walk = Walk {
+            rules: &ec.rules,
+            out: &mut out,
+            seen,
+            judge,
+        };
+        compare_bodies(pd, sd, ec.scores, &mut walk);
         out
     }
 
@@ -195,37 +256,56 @@ pub fn parse_json(body: &[u8]) -> Option<Value> {
     }
 }
 
-fn compare_bodies(p: &ReplayResult, s: &ReplayResult, rules: &[&Rule], out: &mut Vec<Diff>) {
-    let (a, b) = (decoded_body(p), decoded_body(s));
-    if a == b {
+/// The state of one walk over two documents.
+struct Walk<'a, 'w> {
+    rules: &'a [&'a Rule],
+    out: &'w mut Vec<Diff>,
+    seen: &'w mut Observed,
+    judge: JudgeMode<'w>,
+}
+
+fn compare_bodies(pd: &LazyDoc, sd: &LazyDoc, scores: bool, w: &mut Walk) {
+    let (p, s) = (pd.row, sd.row);
+    if !scores && p.response_body == s.response_body && p.response_headers.get("content-encoding") == s.response_headers.get("content-encoding") {
         return;
     }
-    match (parse_json(&a), parse_json(&b)) {
+    let (a, b) = (pd.get(), sd.get());
+    match (&a.json, &b.json) {
         (Some(x), Some(y)) => {
             let mut path = Vec::new();
-            json_diff(&x, &y, &mut path, rules, out);
+            w.json_diff(x, y, &mut path);
             return;
         }
         (Some(_), None) | (None, Some(_)) => {
-            out.push(diff(
+            w.out.push(diff(
                 "body",
                 DiffKind::TypeChanged,
-                preview(&a),
-                preview(&b),
+                preview(&decoded_body(p)),
+                preview(&decoded_body(s)),
             ));
             return;
         }
         (None, None) => {}
     }
-    let whole = rules.iter().rev().find(|r| pattern_matches(r, &[]));
+    let (a, b) = (decoded_body(p), decoded_body(s));
+    if a == b {
+        return;
+    }
+    let whole = w.rules.iter().rev().find(|r| pattern_matches(r, &[]));
     if let (Some(r), Ok(x), Ok(y)) = (whole, std::str::from_utf8(&a), std::str::from_utf8(&b)) {
         match r.compare {
             Compare::Ignore => return,
-            Compare::RougeL if rouge_l(x, y) >= r.min.unwrap_or(1.0) => return,
+            Compare::RougeL => {
+                let score = rouge_l(x, y);
+                w.seen.similarities.push((r.path.clone(), "rouge_l", score));
+                if score >= r.min.unwrap_or(1.0) {
+                    return;
+                }
+            }
             _ => {}
         }
     }
-    out.push(diff("body", DiffKind::Changed, preview(&a), preview(&b)));
+    w.out.push(diff("body", DiffKind::Changed, preview(&a), preview(&b)));
 }
 
 fn preview(body: &[u8]) -> String {
@@ -261,17 +341,19 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-fn json_diff(p: &Value, s: &Value, path: &mut Vec<Step>, rules: &[&Rule], out: &mut Vec<Diff>) {
-    if out.len() >= MAX_DIFFS {
+impl Walk<'_, '_> {
+    fn json_diff(&mut self, p: &Value, s: &Value, path: &mut Vec<Step>) {
+        let rules = self.rules;
+    if self.out.len() >= MAX_DIFFS {
         return;
     }
     let push = |out: &mut Vec<Diff>, path: &[Step], kind| {
         out.push(diff(&field_name(path), kind, short(p), short(s)));
     };
     if let Some(rule) = rule_at(rules, path) {
-        if let Some(equal) = by_rule(rule, p, s) {
+        if let Some(equal) = self.by_rule(rule, p, s, path) {
             if !equal {
-                push(out, path, DiffKind::Changed);
+                push(self.out, path, DiffKind::Changed);
             }
             return;
         }
@@ -281,9 +363,9 @@ fn json_diff(p: &Value, s: &Value, path: &mut Vec<Step>, rules: &[&Rule], out: &
             for (k, va) in a {
                 path.push(Step::Key(k.clone()));
                 match b.get(k) {
-                    Some(vb) => json_diff(va, vb, path, rules, out),
+                    Some(vb) => self.json_diff(va, vb, path),
                     None if !ignored(rules, path) => {
-                        out.push(diff(
+                        self.out.push(diff(
                             &field_name(path),
                             DiffKind::MissingInShadow,
                             short(va),
@@ -298,7 +380,7 @@ fn json_diff(p: &Value, s: &Value, path: &mut Vec<Step>, rules: &[&Rule], out: &
                 if !a.contains_key(k) {
                     path.push(Step::Key(k.clone()));
                     if !ignored(rules, path) {
-                        out.push(diff(
+                        self.out.push(diff(
                             &field_name(path),
                             DiffKind::AddedInShadow,
                             String::new(),
@@ -313,14 +395,14 @@ fn json_diff(p: &Value, s: &Value, path: &mut Vec<Step>, rules: &[&Rule], out: &
             for i in 0..a.len().max(b.len()) {
                 path.push(Step::Index(i));
                 match (a.get(i), b.get(i)) {
-                    (Some(x), Some(y)) => json_diff(x, y, path, rules, out),
-                    (Some(x), None) if !ignored(rules, path) => out.push(diff(
+                    (Some(x), Some(y)) => self.json_diff(x, y, path),
+                    (Some(x), None) if !ignored(rules, path) => self.out.push(diff(
                         &field_name(path),
                         DiffKind::MissingInShadow,
                         short(x),
                         String::new(),
                     )),
-                    (None, Some(y)) if !ignored(rules, path) => out.push(diff(
+                    (None, Some(y)) if !ignored(rules, path) => self.out.push(diff(
                         &field_name(path),
                         DiffKind::AddedInShadow,
                         String::new(),
@@ -329,60 +411,106 @@ fn json_diff(p: &Value, s: &Value, path: &mut Vec<Step>, rules: &[&Rule], out: &
                     _ => {}
                 }
                 path.pop();
-                if out.len() >= MAX_DIFFS {
+                if self.out.len() >= MAX_DIFFS {
                     return;
                 }
             }
         }
         // A value the primary had and the shadow returned as null counts as
         // missing: for a consumer it is the same loss.
-        (a, Value::Null) if !a.is_null() => push(out, path, DiffKind::MissingInShadow),
+        (a, Value::Null) if !a.is_null() => push(self.out, path, DiffKind::MissingInShadow),
         (Value::Number(a), Value::Number(b)) => {
             if a.as_f64() != b.as_f64() {
-                push(out, path, DiffKind::Changed);
+                push(self.out, path, DiffKind::Changed);
             }
         }
-        (a, b) if type_name(a) != type_name(b) => push(out, path, DiffKind::TypeChanged),
+        (a, b) if type_name(a) != type_name(b) => push(self.out, path, DiffKind::TypeChanged),
         (a, b) => {
             if a != b {
-                push(out, path, DiffKind::Changed);
+                push(self.out, path, DiffKind::Changed);
             }
         }
     }
+}
 }
 
 fn ignored(rules: &[&Rule], path: &[Step]) -> bool {
     rule_at(rules, path).is_some_and(|r| r.compare == Compare::Ignore)
 }
 
-/// Compare under a rule: `Some(equal)`, or `None` when the rule does not
-/// apply to these value types and the default comparison should run.
-fn by_rule(rule: &Rule, p: &Value, s: &Value) -> Option<bool> {
-    match rule.compare {
-        Compare::Ignore => Some(true),
-        Compare::Exact => Some(json_equal(p, s)),
-        Compare::Numeric => {
-            let (a, b) = (p.as_f64()?, s.as_f64()?);
-            Some(numeric_close(a, b, rule.abs_tolerance, rule.rel_tolerance))
-        }
-        Compare::Cosine => {
-            let (a, b) = (numbers(p)?, numbers(s)?);
-            Some(cosine(&a, &b).is_some_and(|c| c >= rule.min.unwrap_or(1.0)))
-        }
-        Compare::RougeL => {
-            let (a, b) = (p.as_str()?, s.as_str()?);
-            Some(rouge_l(a, b) >= rule.min.unwrap_or(1.0))
-        }
-        Compare::Unordered => {
-            let (a, b) = (p.as_array()?, s.as_array()?);
-            let canon = |v: &Vec<Value>| {
-                let mut c: Vec<String> = v.iter().map(Value::to_string).collect();
-                c.sort();
-                c
-            };
-            Some(canon(a) == canon(b))
+impl Walk<'_, '_> {
+    /// Compare under a rule: `Some(equal)`, or `None` when the rule does not
+    /// apply to these value types and the default comparison should run.
+    fn by_rule(&mut self, rule: &Rule, p: &Value, s: &Value, path: &[Step]) -> Option<bool> {
+        match rule.compare {
+            Compare::Ignore => Some(true),
+            Compare::Exact => Some(json_equal(p, s)),
+            Compare::Numeric => {
+                let (a, b) = (p.as_f64()?, s.as_f64()?);
+                Some(numeric_close(a, b, rule.abs_tolerance, rule.rel_tolerance))
+            }
+            Compare::Cosine => {
+                let (a, b) = (numbers(p)?, numbers(s)?);
+                Some(cosine(&a, &b).is_some_and(|c| c >= rule.min.unwrap_or(1.0)))
+            }
+            Compare::RougeL => {
+                let (a, b) = (p.as_str()?, s.as_str()?);
+                let score = rouge_l(a, b);
+                self.seen.similarities.push((rule.path.clone(), "rouge_l", score));
+                Some(score >= rule.min.unwrap_or(1.0))
+            }
+            Compare::Unordered => {
+                let (a, b) = (p.as_array()?, s.as_array()?);
+                let canon = |v: &Vec<Value>| {
+                    let mut c: Vec<String> = v.iter().map(Value::to_string).collect();
+                    c.sort();
+                    c
+                };
+                Some(canon(a) == canon(b))
+            }
+            Compare::Judge => self.judged(rule, p, s, path),
         }
     }
+
+    /// A `judge` rule: noted in the first pass, scored in the second. A
+    /// failed judgement is a difference (and counted), never a pass.
+    fn judged(&mut self, rule: &Rule, p: &Value, s: &Value, path: &[Step]) -> Option<bool> {
+        let key = exact_path(path);
+        match self.judge {
+            JudgeMode::Off => Some(json_equal(p, s)),
+            JudgeMode::Collect => {
+                self.seen
+                    .judge_wanted
+                    .push((key, rule.path.clone(), p.clone(), s.clone()));
+                Some(true)
+            }
+            JudgeMode::Score(scores) => match scores.get(&key) {
+                Some(super::judge::Judgement::Score(x)) => {
+                    self.seen.similarities.push((rule.path.clone(), "judge", *x));
+                    Some(*x >= rule.min.unwrap_or(1.0))
+                }
+                _ => {
+                    self.seen.judge_failed += 1;
+                    Some(false)
+                }
+            },
+        }
+    }
+}
+
+/// A concrete path with its indexes, as the key of one judged value.
+pub fn exact_path(path: &[Step]) -> String {
+    let mut out = String::from("$");
+    for step in path {
+        match step {
+            Step::Key(k) => {
+                out.push('.');
+                out.push_str(k);
+            }
+            Step::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
 }
 
 fn numbers(v: &Value) -> Option<Vec<f64>> {

@@ -11,7 +11,7 @@ use super::jsonpath::PathPattern;
 pub use crate::endpoint::glob;
 
 /// The whole file. Every section is optional.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -24,6 +24,56 @@ pub struct Config {
     pub drift: Vec<DriftField>,
     #[serde(default)]
     pub endpoints: Endpoints,
+    /// `[[stream]]`: how to assemble event streams of APIs not built in.
+    #[serde(default, rename = "stream")]
+    pub streams: Vec<StreamSpec>,
+    /// The external judge for `compare = "judge"` (see `docs/judge.md`).
+    #[serde(default)]
+    pub judge_command: Vec<String>,
+    /// Judge processes run side by side.
+    #[serde(default = "four")]
+    pub judge_concurrency: usize,
+    /// Seconds one judgement may take.
+    #[serde(default = "sixty")]
+    pub judge_timeout_s: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            gate: Gate::default(),
+            headers: Headers::default(),
+            rules: Vec::new(),
+            drift: Vec::new(),
+            endpoints: Endpoints::default(),
+            streams: Vec::new(),
+            judge_command: Vec::new(),
+            judge_concurrency: four(),
+            judge_timeout_s: sixty(),
+        }
+    }
+}
+
+fn four() -> usize {
+    4
+}
+
+fn sixty() -> f64 {
+    60.0
+}
+
+/// One `[[stream]]`: events of a JSON stream on matching endpoints are
+/// assembled by taking the text piece at `text_path` of each event.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSpec {
+    #[serde(default = "star")]
+    pub endpoint: String,
+    pub text_path: String,
+    pub finish_path: Option<String>,
+    pub output_tokens_path: Option<String>,
+    #[serde(skip)]
+    pub patterns: Option<[Option<PathPattern>; 3]>,
 }
 
 /// Thresholds of the go/no-go decision.
@@ -49,6 +99,15 @@ pub struct Gate {
     pub p99_latency_slack_ms: f64,
     /// Optional ceiling on the population stability index of drift fields.
     pub max_psi: Option<f64>,
+    /// LLM streams: shadow p99 time to first token over the primary's.
+    pub max_ttft_p99_ratio: f64,
+    /// LLM streams: shadow median decode speed (tokens/s) over the primary's.
+    pub min_tokens_per_second_ratio: f64,
+    /// LLM answers: mean output tokens, shadow over primary (cost guard).
+    pub max_output_tokens_ratio: f64,
+    /// Text compared by similarity: the most the median similarity to the
+    /// primary may drop below the primary's similarity to itself.
+    pub max_similarity_drop: f64,
 }
 
 impl Default for Gate {
@@ -62,6 +121,10 @@ impl Default for Gate {
             min_latency_samples: 100,
             p99_latency_slack_ms: 1.0,
             max_psi: None,
+            max_ttft_p99_ratio: 1.5,
+            min_tokens_per_second_ratio: 0.8,
+            max_output_tokens_ratio: 1.25,
+            max_similarity_drop: 0.05,
         }
     }
 }
@@ -139,6 +202,8 @@ pub enum Compare {
     RougeL,
     /// Arrays equal as multisets (order ignored).
     Unordered,
+    /// Scored 0..1 by the external `judge_command`, at least `min`.
+    Judge,
 }
 
 /// One `[[rule]]`.
@@ -236,17 +301,22 @@ impl Config {
                 return Err(format!("gate.{name} = {v}: must be between 0 and 1"));
             }
         }
-        if !(g.max_p99_latency_ratio.is_finite() && g.max_p99_latency_ratio > 0.0) {
-            return Err(format!(
-                "gate.max_p99_latency_ratio = {}: must be above 0",
-                g.max_p99_latency_ratio
-            ));
+        for (name, v) in [
+            ("max_p99_latency_ratio", g.max_p99_latency_ratio),
+            ("max_ttft_p99_ratio", g.max_ttft_p99_ratio),
+            ("min_tokens_per_second_ratio", g.min_tokens_per_second_ratio),
+            ("max_output_tokens_ratio", g.max_output_tokens_ratio),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(format!("gate.{name} = {v}: must be above 0"));
+            }
         }
         // Every other threshold is a non-negative number: a negative one is a
         // gate no shadow can pass (PSI is never below 0), NaN one never fails.
         for (name, v) in [
             ("p99_latency_slack_ms", Some(g.p99_latency_slack_ms)),
             ("max_psi", g.max_psi),
+            ("max_similarity_drop", Some(g.max_similarity_drop)),
         ] {
             if let Some(v) = v.filter(|v| !(v.is_finite() && *v >= 0.0)) {
                 return Err(format!("gate.{name} = {v}: must be 0 or more"));
@@ -255,10 +325,15 @@ impl Config {
         for (i, r) in self.rules.iter_mut().enumerate() {
             let at = format!("rule #{} (path {})", i + 1, r.path);
             r.pattern = Some(PathPattern::parse(&r.path).map_err(|e| format!("{at}: {e}"))?);
-            let needs_min = matches!(r.compare, Compare::Cosine | Compare::RougeL);
+            let needs_min = matches!(r.compare, Compare::Cosine | Compare::RougeL | Compare::Judge);
+            if r.compare == Compare::Judge && self.judge_command.is_empty() {
+                return Err(format!("{at}: compare = \"judge\" needs judge_command = [\"program\", \"args\"...]"));
+            }
             match (needs_min, r.min) {
                 (true, None) => return Err(format!("{at}: compare = {:?} needs min", r.compare)),
-                (true, Some(m)) if !(0.0..=1.0).contains(&m) && r.compare == Compare::RougeL => {
+                (true, Some(m))
+                    if !(0.0..=1.0).contains(&m) && r.compare != Compare::Cosine =>
+                {
                     return Err(format!("{at}: min must be between 0 and 1"))
                 }
                 (true, Some(m)) if !(-1.0..=1.0).contains(&m) => {
@@ -279,6 +354,25 @@ impl Config {
             if !(2..=100).contains(&d.bins) {
                 return Err(format!("drift #{}: bins must be 2..=100", i + 1));
             }
+        }
+        for (i, st) in self.streams.iter_mut().enumerate() {
+            let parse = |p: &Option<String>| -> Result<Option<PathPattern>, String> {
+                p.as_deref()
+                    .map(PathPattern::parse)
+                    .transpose()
+                    .map_err(|e| format!("stream #{}: {e}", i + 1))
+            };
+            st.patterns = Some([
+                parse(&Some(st.text_path.clone()))?,
+                parse(&st.finish_path)?,
+                parse(&st.output_tokens_path)?,
+            ]);
+        }
+        if !(self.judge_timeout_s.is_finite() && self.judge_timeout_s > 0.0) {
+            return Err(format!("judge_timeout_s = {}: must be above 0", self.judge_timeout_s));
+        }
+        if !(1..=64).contains(&self.judge_concurrency) {
+            return Err(format!("judge_concurrency = {}: must be 1..=64", self.judge_concurrency));
         }
         for t in &self.endpoints.templates {
             if !t.contains(' ') {

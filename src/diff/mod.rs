@@ -11,8 +11,11 @@
 
 pub mod compare;
 pub mod config;
+pub mod doc;
 pub mod jsonpath;
+pub mod judge;
 pub mod latency;
+mod llm;
 pub mod similarity;
 pub mod stats;
 mod summarize;
@@ -24,7 +27,8 @@ use std::path::PathBuf;
 
 use crate::report::{Difference, Example, Report};
 use crate::schema::{ErrorKind, ReplayResult, ResultsReader, SchemaError, TargetRole};
-use compare::{Comparer, Diff, DiffKind};
+use compare::{Comparer, Diff, DiffKind, JudgeMode};
+use doc::LazyDoc;
 use config::Config;
 use latency::LogHist;
 
@@ -49,6 +53,8 @@ pub enum DiffError {
     Empty,
     #[error("{0}: results without a primary (no `primary` or `recorded` rows)")]
     NoPrimary(String),
+    #[error("judge: {0}")]
+    Judge(#[from] judge::JudgeError),
     #[error("{second}: exchange {id} of target `{target}` is also in {first}: the same results given twice (or a copy); shards of one run hold different exchanges")]
     Duplicate {
         first: String,
@@ -173,6 +179,9 @@ pub(crate) struct Tally {
     pub latency_shadow: LogHist,
     /// Per drift rule: values seen on each side.
     pub drift: HashMap<usize, summarize::DriftAcc>,
+    pub llm: llm::LlmTally,
+    /// Similarity of the shadow's text to the primary's, per rule path.
+    pub similarity: llm::Similarities,
 }
 
 /// Primary-vs-primary differences on one endpoint.
@@ -180,6 +189,8 @@ pub(crate) struct Tally {
 pub(crate) struct NoiseTally {
     pub compared: u64,
     pub sigs: HashMap<u32, u64>,
+    /// Similarity of the recorded answer's text to the live primary's.
+    pub similarity: llm::Similarities,
 }
 
 /// Everything folded from the inputs.
@@ -197,6 +208,8 @@ pub(crate) struct Folded {
     pub exchanges: u64,
     pub live_primary: bool,
     pub recorded_primary: bool,
+    /// Judgements that failed, per (endpoint, shadow or `recorded`).
+    pub judge_failed: HashMap<(u32, String), u64>,
 }
 
 impl Folded {
@@ -269,9 +282,17 @@ fn diff_inner(opts: &DiffOptions) -> Result<Report, DiffError> {
         None => None,
     };
     let mut comparer = Comparer::new(&opts.config);
+    let mut pool = start_judge(&opts.config)?;
     let mut files: Vec<(String, FileIds)> = Vec::new();
     for path in &opts.inputs {
-        let ids = fold_file(path, opts, &mut comparer, &mut folded, sink.as_mut())?;
+        let mut ctx = FoldCtx {
+            opts,
+            comparer: &mut comparer,
+            folded: &mut folded,
+            sink: sink.as_mut(),
+            judge: pool.as_mut(),
+        };
+        let ids = fold_file(path, &mut ctx)?;
         let name = path.display().to_string();
         check_duplicates(&files, &name, &ids)?;
         files.push((name, ids));
@@ -279,18 +300,60 @@ fn diff_inner(opts: &DiffOptions) -> Result<Report, DiffError> {
     if folded.exchanges == 0 {
         return Err(DiffError::Empty);
     }
-    let report = summarize::report(&folded, opts, sink)?;
+    let mut report = summarize::report(&folded, opts, sink)?;
+    report.judge = pool.map(|p| p.stats().clone());
     Ok(report)
 }
 
+/// The judge processes, when a rule asks for them.
+fn start_judge(c: &Config) -> Result<Option<judge::JudgePool>, DiffError> {
+    if !c.rules.iter().any(|r| r.compare == config::Compare::Judge) {
+        return Ok(None);
+    }
+    let settings = judge::JudgeSettings {
+        command: c.judge_command.clone(),
+        concurrency: c.judge_concurrency,
+        timeout: std::time::Duration::from_secs_f64(c.judge_timeout_s),
+    };
+    Ok(Some(judge::JudgePool::start(&settings)?))
+}
+
+/// What folding needs besides the rows.
+struct FoldCtx<'a, 'c> {
+    opts: &'a DiffOptions,
+    comparer: &'a mut Comparer<'c>,
+    folded: &'a mut Folded,
+    sink: Option<&'a mut summarize::Candidates>,
+    judge: Option<&'a mut judge::JudgePool>,
+}
+
+/// Complete groups folded together: with a judge, their judgements are
+/// asked for at once, so the judge processes work side by side.
+const JUDGE_BATCH: usize = 64;
+
+impl FoldCtx<'_, '_> {
+    fn push(&mut self, batch: &mut Vec<Vec<ReplayResult>>, group: Vec<ReplayResult>) -> Result<(), DiffError> {
+        batch.push(group);
+        if self.judge.is_none() || batch.len() >= JUDGE_BATCH {
+            self.flush(batch)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, batch: &mut Vec<Vec<ReplayResult>>) -> Result<(), DiffError> {
+        let judged = match self.judge.as_deref_mut() {
+            Some(pool) => judge_batch(batch, self.opts, self.comparer, pool),
+            None => Vec::new(),
+        };
+        for (i, g) in batch.drain(..).enumerate() {
+            fold_group(g, self, judged.get(i))?;
+        }
+        Ok(())
+    }
+}
+
 /// Group the rows of one file by exchange and fold each complete group.
-fn fold_file(
-    path: &std::path::Path,
-    opts: &DiffOptions,
-    comparer: &mut Comparer,
-    folded: &mut Folded,
-    mut sink: Option<&mut summarize::Candidates>,
-) -> Result<FileIds, DiffError> {
+fn fold_file(path: &std::path::Path, ctx: &mut FoldCtx) -> Result<FileIds, DiffError> {
     let reader = ResultsReader::open(path)?;
     let mut ids = FileIds::new();
     let expected = reader.targets.as_ref().map(Vec::len);
@@ -306,6 +369,7 @@ fn fold_file(
     });
     let mut pending: HashMap<u64, Vec<ReplayResult>> = HashMap::new();
     let mut order: VecDeque<(u64, u64)> = VecDeque::new();
+    let mut ready: Vec<Vec<ReplayResult>> = Vec::new();
     let mut row_no = 0u64;
     for batch in rx {
         for row in batch? {
@@ -322,7 +386,7 @@ fn fold_file(
             group.push(row);
             if expected.is_some_and(|n| group.len() >= n) {
                 if let Some(g) = pending.remove(&id) {
-                    fold_group(g, opts, comparer, folded, sink.as_deref_mut())?;
+                    ctx.push(&mut ready, g)?;
                 }
             }
         }
@@ -333,7 +397,7 @@ fn fold_file(
             } else if row_no - first > WINDOW_ROWS {
                 order.pop_front();
                 if let Some(g) = pending.remove(&id) {
-                    fold_group(g, opts, comparer, folded, sink.as_deref_mut())?;
+                    ctx.push(&mut ready, g)?;
                 }
             } else {
                 break;
@@ -343,56 +407,152 @@ fn fold_file(
     let _ = decoder.join();
     for (_, id) in order {
         if let Some(g) = pending.remove(&id) {
-            fold_group(g, opts, comparer, folded, sink.as_deref_mut())?;
+            ctx.push(&mut ready, g)?;
         }
     }
-    if folded.exchanges == 0 && row_no > 0 {
+    ctx.flush(&mut ready)?;
+    if ctx.folded.exchanges == 0 && row_no > 0 {
         return Err(DiffError::NoPrimary(path.display().to_string()));
     }
     Ok(ids)
+}
+
+/// The rows of one exchange by role.
+struct Roles<'r> {
+    recorded: Option<&'r ReplayResult>,
+    live: Option<&'r ReplayResult>,
+    primary: &'r ReplayResult,
+    endpoint: String,
+}
+
+fn roles<'r>(rows: &'r [ReplayResult], opts: &DiffOptions) -> Option<Roles<'r>> {
+    let recorded = rows.iter().find(|r| r.role == Some(TargetRole::Recorded));
+    let live = rows.iter().find(|r| r.role == Some(TargetRole::Primary));
+    let primary = live.or(recorded)?;
+    let endpoint = config::template_for(
+        &opts.config.endpoints.templates,
+        &primary.method,
+        &primary.target,
+    )
+    .map_or_else(|| primary.endpoint.clone(), str::to_string);
+    Some(Roles {
+        recorded,
+        live,
+        primary,
+        endpoint,
+    })
+}
+
+/// Judgements of one exchange: by the other side's name (a shadow, or
+/// `recorded` for the noise pair), then by exact path.
+type GroupJudgements = HashMap<String, HashMap<String, judge::Judgement>>;
+
+/// Ask the judge about every judged value of a batch of exchanges at once.
+fn judge_batch(
+    batch: &[Vec<ReplayResult>],
+    opts: &DiffOptions,
+    comparer: &mut Comparer,
+    pool: &mut judge::JudgePool,
+) -> Vec<GroupJudgements> {
+    let mut requests = Vec::new();
+    let mut keys = Vec::new();
+    for (i, rows) in batch.iter().enumerate() {
+        let Some(r) = roles(rows, opts) else { continue };
+        let spec = comparer.endpoint(&r.endpoint).stream;
+        let pd = LazyDoc::new(r.primary, spec);
+        let request = doc::request_value(r.primary);
+        let mut pairs: Vec<(&ReplayResult, &ReplayResult, String)> = rows
+            .iter()
+            .filter(|x| x.role == Some(TargetRole::Shadow))
+            .map(|x| (r.primary, x, x.target_name.clone()))
+            .collect();
+        if let (Some(rec), Some(live)) = (r.recorded, r.live) {
+            pairs.push((rec, live, "recorded".into()));
+        }
+        for (a, b, side) in pairs {
+            if !usable(a) || !usable(b) {
+                continue;
+            }
+            let ad = if std::ptr::eq(a, r.primary) { None } else { Some(LazyDoc::new(a, spec)) };
+            let bd = LazyDoc::new(b, spec);
+            let mut seen = compare::Observed::default();
+            comparer.compare_docs(&r.endpoint, ad.as_ref().unwrap_or(&pd), &bd, JudgeMode::Collect, &mut seen);
+            for (exact, rule_path, pv, sv) in seen.judge_wanted {
+                keys.push((i, side.clone(), exact));
+                requests.push(judge::JudgeRequest {
+                    endpoint: r.endpoint.clone(),
+                    path: rule_path,
+                    request: request.clone(),
+                    primary: pv,
+                    shadow: sv,
+                });
+            }
+        }
+    }
+    let mut out: Vec<GroupJudgements> = (0..batch.len()).map(|_| HashMap::new()).collect();
+    for ((i, side, exact), j) in keys.into_iter().zip(pool.judge_all(requests)) {
+        out[i].entry(side).or_default().insert(exact, j);
+    }
+    out
 }
 
 /// Compare one exchange: every shadow against the primary, and the live
 /// primary against the recorded one (noise).
 fn fold_group(
     rows: Vec<ReplayResult>,
-    opts: &DiffOptions,
-    comparer: &mut Comparer,
-    f: &mut Folded,
-    sink: Option<&mut summarize::Candidates>,
+    ctx: &mut FoldCtx,
+    judged: Option<&GroupJudgements>,
 ) -> Result<(), DiffError> {
-    let recorded = rows.iter().find(|r| r.role == Some(TargetRole::Recorded));
-    let live = rows.iter().find(|r| r.role == Some(TargetRole::Primary));
-    let Some(primary) = live.or(recorded) else {
+    let Some(r) = roles(&rows, ctx.opts) else {
         return Ok(());
     };
-    let name = config::template_for(
-        &opts.config.endpoints.templates,
-        &primary.method,
-        &primary.target,
-    )
-    .map_or_else(|| primary.endpoint.clone(), str::to_string);
+    let (f, comparer) = (&mut *ctx.folded, &mut *ctx.comparer);
+    let name = r.endpoint.clone();
+    let primary = r.primary;
     let ep = f.endpoints.id(&name);
     f.exchanges += 1;
     *f.exchanges_per_endpoint.entry(ep).or_default() += 1;
-    f.live_primary |= live.is_some();
-    f.recorded_primary |= live.is_none();
-    if let (Some(rec), Some(live)) = (recorded, live) {
+    f.live_primary |= r.live.is_some();
+    f.recorded_primary |= r.live.is_none();
+    let spec = comparer.endpoint(&name).stream;
+    let pd = LazyDoc::new(primary, spec);
+    let mode = |side: &str| match judged {
+        Some(j) => j.get(side).map_or(JudgeMode::Off, JudgeMode::Score),
+        None => JudgeMode::Off,
+    };
+    static NO_JUDGEMENTS: std::sync::LazyLock<HashMap<String, judge::Judgement>> =
+        std::sync::LazyLock::new(HashMap::new);
+    // With a judge, a pair it was not asked about still may not pass by default.
+    let judge_mode = |side: &str| match (judged, mode(side)) {
+        (Some(_), JudgeMode::Off) => JudgeMode::Score(&NO_JUDGEMENTS),
+        (_, m) => m,
+    };
+    if let (Some(rec), Some(live)) = (r.recorded, r.live) {
         if usable(rec) && usable(live) {
-            let diffs = comparer.compare(&name, rec, live);
+            let rd = LazyDoc::new(rec, spec);
+            let mut seen = compare::Observed::default();
+            let diffs = comparer.compare_docs(&name, &rd, &pd, judge_mode("recorded"), &mut seen);
             let sig = f.signature(&diffs);
             let n = f.noise.entry(ep).or_default();
             n.compared += 1;
             *n.sigs.entry(sig).or_default() += 1;
+            for (path, metric, x) in seen.similarities {
+                n.similarity.entry((path, metric)).or_default().add(x);
+            }
+            if seen.judge_failed > 0 {
+                *f.judge_failed.entry((ep, "recorded".into())).or_default() += seen.judge_failed;
+            }
         }
     }
-    let mut sink = sink;
+    let mut sink = ctx.sink.as_deref_mut();
     for shadow in rows.iter().filter(|r| r.role == Some(TargetRole::Shadow)) {
         let sh = f.shadows.id(&shadow.target_name);
         if !usable(primary) || !usable(shadow) {
             continue;
         }
-        let diffs = comparer.compare(&name, primary, shadow);
+        let sd = LazyDoc::new(shadow, spec);
+        let mut seen = compare::Observed::default();
+        let diffs = comparer.compare_docs(&name, &pd, &sd, judge_mode(&shadow.target_name), &mut seen);
         let sig = f.signature(&diffs);
         let cell = Cell {
             sig,
@@ -403,6 +563,9 @@ fn fold_group(
             },
             size_bucket: size_bucket(primary.request_body.len()),
         };
+        if seen.judge_failed > 0 {
+            *f.judge_failed.entry((ep, shadow.target_name.clone())).or_default() += seen.judge_failed;
+        }
         let t = f.tallies.entry((ep, sh)).or_default();
         t.compared += 1;
         *t.cells.entry(cell).or_default() += 1;
@@ -421,8 +584,21 @@ fn fold_group(
         if let Some(ns) = shadow.latency_ns() {
             t.latency_shadow.record_ns(ns);
         }
+        for (path, metric, x) in seen.similarities {
+            t.similarity.entry((path, metric)).or_default().add(x);
+        }
+        if doc::maybe_llm(primary) {
+            if let Some(a) = &pd.get().answer {
+                t.llm.primary.add(primary, a);
+            }
+        }
+        if doc::maybe_llm(shadow) {
+            if let Some(a) = &sd.get().answer {
+                t.llm.shadow.add(shadow, a);
+            }
+        }
         let wanted = &comparer.endpoint(&name).drift;
-        summarize::fold_drift(&opts.config, wanted, primary, shadow, t);
+        summarize::fold_drift(&ctx.opts.config, wanted, &pd, &sd, t);
         if diffs.is_empty() {
             continue;
         }
@@ -456,7 +632,7 @@ fn fold_group(
             slot.or_default().push(example());
         }
         if let Some(s) = sink.as_deref_mut() {
-            s.write(ep, sh, sig, primary, shadow, &example())?;
+            s.write(ep, sh, sig, &pd, &sd, &example())?;
         }
     }
     Ok(())

@@ -446,6 +446,75 @@ pub fn bin_counts(values: &[f64], edges: &[f64]) -> Vec<u64> {
     counts
 }
 
+/// How far `x` sits above `y`: the Hodges-Lehmann estimate (the median of
+/// all differences x_i - y_j), its 95% confidence interval from the
+/// Mann-Whitney distribution (normal approximation), and the one-sided
+/// p-value of "x is stochastically larger than y" (U test, ties corrected).
+/// Used with x = the primary's similarity to itself, y = the shadow's
+/// similarity to the primary: the shift is how much the shadow drops.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Shift {
+    pub estimate: f64,
+    pub ci: [f64; 2],
+    pub p_value: f64,
+}
+
+pub fn hodges_lehmann(x: &[f64], y: &[f64]) -> Option<Shift> {
+    let (m, n) = (x.len(), y.len());
+    if m < 2 || n < 2 {
+        return None;
+    }
+    let mut d: Vec<f64> = Vec::with_capacity(m * n);
+    for a in x {
+        d.extend(y.iter().map(|b| a - b));
+    }
+    d.sort_unstable_by(f64::total_cmp);
+    let mn = (m * n) as f64;
+    let median = quantile_sorted(&d, 0.5)?;
+    // Ranks of the interval ends among the ordered differences.
+    let half = 1.96 * (mn * (m + n + 1) as f64 / 12.0).sqrt();
+    let k = ((mn / 2.0 - half).floor().max(0.0) as usize).min(d.len() - 1);
+    let lo = d[k];
+    let hi = d[d.len() - 1 - k];
+    Some(Shift {
+        estimate: median,
+        ci: [lo, hi],
+        p_value: mann_whitney_p(x, y),
+    })
+}
+
+/// One-sided p-value of the U test that `x` tends to be larger than `y`.
+fn mann_whitney_p(x: &[f64], y: &[f64]) -> f64 {
+    let (m, n) = (x.len() as f64, y.len() as f64);
+    let mut all: Vec<(f64, bool)> = x
+        .iter()
+        .map(|&v| (v, true))
+        .chain(y.iter().map(|&v| (v, false)))
+        .collect();
+    all.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+    let (mut rank_x, mut ties) = (0.0, 0.0);
+    let mut i = 0;
+    while i < all.len() {
+        let mut j = i;
+        while j + 1 < all.len() && all[j + 1].0 == all[i].0 {
+            j += 1;
+        }
+        let t = (j - i + 1) as f64;
+        let mid = (i + j) as f64 / 2.0 + 1.0;
+        rank_x += all[i..=j].iter().filter(|e| e.1).count() as f64 * mid;
+        ties += t * t * t - t;
+        i = j + 1;
+    }
+    let u = rank_x - m * (m + 1.0) / 2.0;
+    let total = m + n;
+    let var = m * n / 12.0 * ((total + 1.0) - ties / (total * (total - 1.0)));
+    if var <= 0.0 {
+        return 1.0; // every value equal: no evidence of a shift
+    }
+    let z = (u - m * n / 2.0 - 0.5) / var.sqrt();
+    1.0 - normal_cdf(z)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -784,5 +853,25 @@ mod tests {
         assert_eq!(bin_counts(&values, &edges), [3, 2, 3]);
         assert_eq!(bin_counts(&[5.0, 5.0, 6.0], &[5.0, 5.0]), [3]);
         assert!(bin_counts(&values, &[1.0]).is_empty());
+    }
+
+    #[test]
+    fn hodges_lehmann_finds_a_shift_and_not_noise() {
+        // Same spread, shifted by 0.1: the estimate is 0.1 and the interval
+        // holds it; the same sample against itself shifts by 0.
+        let x: Vec<f64> = (0..200).map(|i| 0.6 + (i % 20) as f64 * 0.01).collect();
+        let y: Vec<f64> = x.iter().map(|v| v - 0.1).collect();
+        let s = hodges_lehmann(&x, &y).unwrap();
+        assert!((s.estimate - 0.1).abs() < 1e-9, "{s:?}");
+        assert!(s.ci[0] < 0.1 && s.ci[1] > 0.1 && s.ci[0] > 0.05, "{s:?}");
+        assert!(s.p_value < 1e-6);
+        let same = hodges_lehmann(&x, &x).unwrap();
+        assert!(same.estimate.abs() < 1e-9 && same.ci[0] < 0.0 && same.ci[1] > 0.0);
+        assert!(same.p_value > 0.3);
+        // All ones on both sides (deterministic answers): no shift, no error.
+        let ones = vec![1.0; 50];
+        let s = hodges_lehmann(&ones, &ones).unwrap();
+        assert_eq!((s.estimate, s.ci, s.p_value), (0.0, [0.0, 0.0], 1.0));
+        assert!(hodges_lehmann(&[1.0], &ones).is_none());
     }
 }

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 
 use serde_json::{json, Value};
 
-use super::compare::{decoded_body, parse_json, DiffKind};
+use super::compare::{decoded_body, DiffKind};
+use super::doc::LazyDoc;
 use super::config::Config;
 use super::latency::{chart_edges_ms, LogHist};
 use super::stats::{
@@ -20,7 +21,6 @@ use crate::report::{
     Drift, DriftBin, EndpointReport, Errors, Example, FieldDivergence, MissingField, NoiseField,
     Report, Segment, ShadowStats,
 };
-use crate::schema::ReplayResult;
 
 /// A shadow-vs-primary rate this much more likely than the noise rate
 /// (one-sided p below this) is a regression hiding in a noisy field.
@@ -90,14 +90,14 @@ impl DriftAcc {
 pub(crate) fn fold_drift(
     config: &Config,
     wanted: &[usize],
-    primary: &ReplayResult,
-    shadow: &ReplayResult,
+    primary: &LazyDoc,
+    shadow: &LazyDoc,
     t: &mut Tally,
 ) {
     if wanted.is_empty() {
         return;
     }
-    let docs = [primary, shadow].map(|r| parse_json(&decoded_body(r)));
+    let docs = [primary, shadow].map(|d| d.get().json.as_ref());
     for &i in wanted {
         let Some(pattern) = &config.drift[i].pattern else {
             continue;
@@ -186,9 +186,14 @@ pub(crate) struct Candidates {
     w: BufWriter<std::fs::File>,
 }
 
-fn body_value(r: &ReplayResult) -> Value {
-    let body = decoded_body(r);
-    parse_json(&body).unwrap_or_else(|| Value::String(String::from_utf8_lossy(&body).into_owned()))
+/// What a divergences line shows of a body: the document compared (an
+/// LLM stream assembled), else the text.
+fn body_value(d: &LazyDoc) -> Value {
+    if let Some(v) = &d.get().json {
+        return v.clone();
+    }
+    let body = decoded_body(d.row);
+    Value::String(String::from_utf8_lossy(&body).into_owned())
 }
 
 impl Candidates {
@@ -213,10 +218,11 @@ impl Candidates {
         ep: u32,
         sh: u32,
         sig: u32,
-        primary: &ReplayResult,
-        shadow: &ReplayResult,
+        pd: &LazyDoc,
+        sd: &LazyDoc,
         ex: &Example,
     ) -> Result<(), DiffError> {
+        let (primary, shadow) = (pd.row, sd.row);
         let line = json!({
             "_key": [ep, sh, sig],
             "exchange_id": ex.exchange_id,
@@ -227,8 +233,8 @@ impl Candidates {
                 "target": primary.target,
                 "body": String::from_utf8_lossy(&primary.request_body),
             },
-            "primary": {"status": primary.status, "error": primary.error_kind.map(|k| k.as_str()), "body": body_value(primary)},
-            "shadow_answer": {"status": shadow.status, "error": shadow.error_kind.map(|k| k.as_str()), "body": body_value(shadow)},
+            "primary": {"status": primary.status, "error": primary.error_kind.map(|k| k.as_str()), "body": body_value(pd)},
+            "shadow_answer": {"status": shadow.status, "error": shadow.error_kind.map(|k| k.as_str()), "body": body_value(sd)},
             "differences": ex.differences,
         });
         let werr = |e| DiffError::Write(self.out.display().to_string(), e);
@@ -318,7 +324,25 @@ fn shadow_stats(
     let (mut lat_p, mut lat_s) = (LogHist::default(), LogHist::default());
     let mut errors = Errors::default();
     let mut drift: BTreeMap<usize, super::summarize::DriftAcc> = BTreeMap::new();
+    let mut llm = super::llm::LlmTally::default();
+    let mut sim_shadow = super::llm::Similarities::new();
+    let mut sim_noise = super::llm::Similarities::new();
+    let mut noise_seen = HashSet::new();
     for &(ep, sh, t) in parts {
+        llm.merge(&t.llm);
+        for (k, r) in &t.similarity {
+            sim_shadow.entry(k.clone()).or_default().merge(r);
+        }
+        let shadow_name = &f.shadows.names[sh as usize];
+        s.judge_failed += f.judge_failed.get(&(ep, shadow_name.clone())).copied().unwrap_or(0);
+        if noise_seen.insert(ep) {
+            s.judge_failed += f.judge_failed.get(&(ep, "recorded".into())).copied().unwrap_or(0);
+            if let Some(n) = f.noise.get(&ep) {
+                for (k, r) in &n.similarity {
+                    sim_noise.entry(k.clone()).or_default().merge(r);
+                }
+            }
+        }
         let ns = noise.get(&(ep, sh));
         s.compared += t.compared;
         for (cell, &n) in &t.cells {
@@ -406,6 +430,11 @@ fn shadow_stats(
         .iter()
         .filter_map(|(&i, acc)| drift_report(&config.drift[i].path, acc, config.drift[i].bins))
         .collect();
+    s.llm = llm.stats(edges);
+    s.similarity = super::llm::similarity_stats(
+        &sim_shadow,
+        (!sim_noise.is_empty()).then_some(&sim_noise),
+    );
     s
 }
 
@@ -605,6 +634,9 @@ pub(crate) fn report(
         })?;
     }
     let mut report = Report {
+        tokens_per_second_buckets: super::llm::tokens_per_second_edges(),
+        similarity_buckets: super::llm::similarity_edges(),
+        judge: None,
         verdict: crate::report::Verdict::Inconclusive,
         reasons: Vec::new(),
         exchanges: f.exchanges,

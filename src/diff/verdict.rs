@@ -149,6 +149,156 @@ fn latency(s: &ShadowStats, ep: Option<&str>, shadow: &str, g: &Gate) -> Option<
     ))
 }
 
+/// A ratio gate on LLM timings, with the latency gate's rules: judged only
+/// with enough answers on both sides; per endpoint, too few means not judged.
+struct RatioGate<'a> {
+    criterion: &'a str,
+    counts: (u64, u64),
+    ratio: Option<f64>,
+    limit: f64,
+    /// The ratio must stay below the limit (else above it).
+    upper: bool,
+    /// Passes anyway when the shadow is worse by no more than this (ms).
+    slack_ok: bool,
+    what: String,
+}
+
+fn ratio_gate(r: RatioGate, ep: Option<&str>, shadow: &str, g: &Gate) -> Option<Reason> {
+    let (p, s) = r.counts;
+    if p == 0 && s == 0 {
+        return None;
+    }
+    if p < g.min_latency_samples || s < g.min_latency_samples {
+        return ep.is_none().then(|| {
+            reason(
+                r.criterion,
+                None,
+                shadow,
+                r.ratio.unwrap_or(f64::NAN),
+                r.limit,
+                Outcome::Inconclusive,
+                format!(
+                    "too few LLM answers to judge {} ({p} primary, {s} shadow; need {})",
+                    r.criterion, g.min_latency_samples
+                ),
+            )
+        });
+    }
+    let ratio = r.ratio?;
+    let within = if r.upper { ratio <= r.limit } else { ratio >= r.limit };
+    let outcome = if within || r.slack_ok {
+        Outcome::Pass
+    } else {
+        Outcome::Fail
+    };
+    Some(reason(
+        r.criterion,
+        ep,
+        shadow,
+        ratio,
+        r.limit,
+        outcome,
+        format!("{}: ratio {ratio:.2}, limit {:.2}", r.what, r.limit),
+    ))
+}
+
+fn llm(s: &ShadowStats, ep: Option<&str>, shadow: &str, g: &Gate) -> Vec<Reason> {
+    let Some(l) = &s.llm else {
+        return Vec::new();
+    };
+    let (tp, ts) = (&l.ttft_ms.primary, &l.ttft_ms.shadow);
+    let (vp, vs) = (&l.tokens_per_second.primary, &l.tokens_per_second.shadow);
+    let (op, os) = (&l.output_tokens.primary, &l.output_tokens.shadow);
+    [
+        RatioGate {
+            criterion: "ttft_p99_ratio",
+            counts: (tp.count, ts.count),
+            ratio: l.ttft_p99_ratio,
+            limit: g.max_ttft_p99_ratio,
+            upper: true,
+            slack_ok: ts.p99 - tp.p99 <= g.p99_latency_slack_ms,
+            what: format!(
+                "time to first token p99 {:.1} ms shadow vs {:.1} ms primary",
+                ts.p99, tp.p99
+            ),
+        },
+        RatioGate {
+            criterion: "tokens_per_second_ratio",
+            counts: (vp.count, vs.count),
+            ratio: l.tokens_per_second_ratio,
+            limit: g.min_tokens_per_second_ratio,
+            upper: false,
+            slack_ok: false,
+            what: format!(
+                "median decode speed {:.1} tokens/s shadow vs {:.1} primary",
+                vs.p50, vp.p50
+            ),
+        },
+        RatioGate {
+            criterion: "output_tokens_ratio",
+            counts: (op.count, os.count),
+            ratio: l.output_tokens_ratio,
+            limit: g.max_output_tokens_ratio,
+            upper: true,
+            slack_ok: false,
+            what: format!(
+                "mean output tokens {:.1} shadow vs {:.1} primary",
+                os.mean, op.mean
+            ),
+        },
+    ]
+    .into_iter()
+    .filter_map(|r| ratio_gate(r, ep, shadow, g))
+    .collect()
+}
+
+/// Text judged against its own noise: fails when the shadow's similarity
+/// to the primary is lower than the primary's to itself by more than the
+/// limit (the whole 95% interval of the shift above it), passes when the
+/// whole interval is below it.
+fn similarity(s: &ShadowStats, ep: Option<&str>, shadow: &str, g: &Gate) -> Vec<Reason> {
+    let Some(ep) = ep else {
+        return Vec::new(); // per endpoint only: texts of different endpoints do not mix
+    };
+    s.similarity
+        .iter()
+        .filter_map(|x| {
+            let (drop, [lo, hi]) = (x.drop?, x.drop_ci?);
+            let outcome = by_interval(lo, hi, g.max_similarity_drop);
+            let noise = x.noise.as_ref()?;
+            Some(reason(
+                "similarity_drop",
+                Some(ep),
+                shadow,
+                drop,
+                g.max_similarity_drop,
+                outcome,
+                format!(
+                    "{} ({}): median similarity to the primary {:.3} vs the primary's own {:.3}; drop {drop:.3} (95% CI {lo:.3} to {hi:.3}), limit {:.3}",
+                    x.path, x.metric, x.shadow.p50, noise.p50, g.max_similarity_drop
+                ),
+            ))
+        })
+        .collect()
+}
+
+fn judge_failures(s: &ShadowStats, ep: Option<&str>, shadow: &str) -> Option<Reason> {
+    (s.judge_failed > 0).then(|| {
+        reason(
+            "judge_failures",
+            ep,
+            shadow,
+            s.judge_failed as f64,
+            0.0,
+            Outcome::Inconclusive,
+            format!(
+                "{} judge calls gave no score (timeouts, crashes or bad answers): those values count as differing, and the gate cannot say GO",
+                s.judge_failed
+            ),
+        )
+    })
+}
+
 fn drift(s: &ShadowStats, ep: Option<&str>, shadow: &str, g: &Gate) -> Vec<Reason> {
     let Some(max) = g.max_psi else {
         return Vec::new();
@@ -234,6 +384,8 @@ pub fn judge(report: &mut Report, g: &Gate) {
         reasons.push(divergence(s, None, name, g));
         reasons.push(errors(s, None, name, g));
         reasons.extend(latency(s, None, name, g));
+        reasons.extend(llm(s, None, name, g));
+        reasons.extend(judge_failures(s, None, name));
         reasons.extend(drift(s, None, name, g));
     }
     for ep in &report.endpoints {
@@ -245,6 +397,8 @@ pub fn judge(report: &mut Report, g: &Gate) {
             reasons.push(divergence(s, e, name, g));
             reasons.push(errors(s, e, name, g));
             reasons.extend(latency(s, e, name, g));
+            reasons.extend(llm(s, e, name, g));
+            reasons.extend(similarity(s, e, name, g));
             reasons.extend(drift(s, e, name, g));
         }
     }

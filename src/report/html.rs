@@ -1110,6 +1110,9 @@ mod tests {
                 }],
             }],
             latency_buckets_ms: vec![1.0, 5.0, 25.0, 125.0, 625.0],
+            tokens_per_second_buckets: vec![],
+            similarity_buckets: vec![],
+            judge: None,
         }
     }
 
@@ -1226,6 +1229,9 @@ mod tests {
             segments: vec![],
             top_divergences: vec![],
             latency_buckets_ms: vec![],
+            tokens_per_second_buckets: vec![],
+            similarity_buckets: vec![],
+            judge: None,
         };
         let html = render(&r);
         assert!(html.contains("v-go") && html.contains("GO"));

@@ -167,6 +167,9 @@ mod tests {
             segments: vec![],
             top_divergences: vec![],
             latency_buckets_ms: vec![],
+            tokens_per_second_buckets: vec![],
+            similarity_buckets: vec![],
+            judge: None,
         }
     }
 

@@ -769,6 +769,9 @@ mod tests {
                 }],
             }],
             latency_buckets_ms: vec![1.0, 10.0, 100.0],
+            tokens_per_second_buckets: vec![],
+            similarity_buckets: vec![],
+            judge: None,
         }
     }
 
@@ -873,6 +876,9 @@ mod tests {
             segments: vec![],
             top_divergences: vec![],
             latency_buckets_ms: vec![],
+            tokens_per_second_buckets: vec![],
+            similarity_buckets: vec![],
+            judge: None,
         };
         let md = render(&empty);
         assert!(md.contains("INCONCLUSIVE"));

@@ -184,6 +184,79 @@ pub struct ShadowStats {
     pub errors: Errors,
     pub latency_ms: LatencyPair,
     pub drift: Vec<Drift>,
+    /// LLM answers on this endpoint (null when there were none).
+    pub llm: Option<LlmStats>,
+    /// Text compared by similarity (`rouge_l`, `judge` rules), against the
+    /// primary's similarity to itself.
+    pub similarity: Vec<Similarity>,
+    /// Judge calls that gave no score (on this shadow's pairs and the noise
+    /// pairs): never a pass, so the gate cannot say GO while any remain.
+    pub judge_failed: u64,
+}
+
+/// A distribution of per-answer values (tokens per second, tokens,
+/// similarity).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Dist {
+    pub count: u64,
+    pub mean: f64,
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    /// Counts over the buckets whose upper edges the report names
+    /// (`tokens_per_second_buckets`, `similarity_buckets`); empty for token counts.
+    pub histogram: Vec<u64>,
+}
+
+/// One figure for each side.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PerSide<T> {
+    pub primary: T,
+    pub shadow: T,
+}
+
+/// What matters in LLM answers: how soon, how fast, how long, why stopped.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LlmStats {
+    /// LLM answers seen on each side, and how many of them were streamed
+    /// with event timing.
+    pub answers: PerSide<u64>,
+    pub streamed: PerSide<u64>,
+    /// Time from the request to the first event with generated content.
+    pub ttft_ms: PerSide<LatencyMs>,
+    /// Gaps between consecutive content events.
+    pub inter_token_ms: PerSide<LatencyMs>,
+    /// Per answer: output tokens after the first / time from first to last
+    /// content event.
+    pub tokens_per_second: PerSide<Dist>,
+    /// Per answer: the API's usage count, else one per content event.
+    pub output_tokens: PerSide<Dist>,
+    pub finish_reasons: PerSide<BTreeMap<String, u64>>,
+    /// shadow p99 TTFT / primary p99 TTFT.
+    pub ttft_p99_ratio: Option<f64>,
+    /// shadow median tokens/s / primary median.
+    pub tokens_per_second_ratio: Option<f64>,
+    /// shadow mean output tokens / primary mean.
+    pub output_tokens_ratio: Option<f64>,
+}
+
+/// Similarity of the shadow's text to the primary's, beside the primary's
+/// to itself (recorded against live), and the shift between the two.
+#[derive(Clone, Debug, Serialize)]
+pub struct Similarity {
+    /// The rule's path (`$.text`) and how it scores (`rouge_l`, `judge`).
+    pub path: String,
+    pub metric: String,
+    pub shadow: Dist,
+    /// Absent without a second primary observation.
+    pub noise: Option<Dist>,
+    /// Hodges-Lehmann estimate of how much lower the shadow's similarity
+    /// is than the primary's own (positive: the shadow moved away).
+    pub drop: Option<f64>,
+    /// 95% interval of `drop` (Mann-Whitney).
+    pub drop_ci: Option<[f64; 2]>,
+    /// One-sided Mann-Whitney p-value of "the shadow's similarity is lower".
+    pub p_value: Option<f64>,
 }
 
 /// Everything about one endpoint ("METHOD /path/{id}").
@@ -254,6 +327,12 @@ pub struct Report {
     pub top_divergences: Vec<Example>,
     /// Upper edges of the latency histogram buckets, in milliseconds.
     pub latency_buckets_ms: Vec<f64>,
+    /// Upper edges of the tokens-per-second histogram buckets.
+    pub tokens_per_second_buckets: Vec<f64>,
+    /// Upper edges of the similarity histogram buckets (0.1 .. 1.0).
+    pub similarity_buckets: Vec<f64>,
+    /// The external judge's work, when `compare = "judge"` is used.
+    pub judge: Option<crate::diff::judge::JudgeStats>,
 }
 
 /// Cut captured text for display: at most `max` chars, with an ellipsis.
