@@ -4,14 +4,25 @@
 //!
 //! The API: `POST /predict` {"text"} -> {"label", "score", "request_id"};
 //! `POST /embed` {"text"} -> {"embedding": [8 floats], "request_id"};
-//! `GET /items/{id}` -> {"id", "name", "price", "request_id"}.
+//! `GET /items/{id}` -> {"id", "name", "price", "request_id"};
+//! `POST /v1/chat/completions` (OpenAI shape, `stream: true`) -> a
+//! server-sent event stream of chat.completion.chunk events, one word per
+//! event, with a usage chunk and `[DONE]`.
 //! Answers are a pure function of the request, except `request_id` (a
 //! per-process counter: noise that `diff` must recognise).
 //!
 //! v2's deliberate regressions (documented in docs/demo.md):
 //! - about 8% of `/predict` inputs get the other label;
 //! - `/embed` takes 4 ms longer;
-//! - about 6% of `/items/{id}` answers lack `price`.
+//! - about 6% of `/items/{id}` answers lack `price`;
+//! - chat: the first token comes 3x later (though the rest streams twice
+//!   as fast, so the whole answer ends sooner), the wording moves away from
+//!   v1's (a quarter of the words differ, beyond v1's own sampling noise),
+//!   about 6% of answers are rewritten outright and 2% are cut short.
+//!
+//! Chat answers are sampled like a real model at temperature > 0: each
+//! answer of either version swaps about 8% of its words at random, so two
+//! answers of v1 to the same question differ too.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -38,6 +49,125 @@ fn text_of(body: &[u8]) -> String {
         .ok()
         .and_then(|v| v.get("text").and_then(|t| t.as_str()).map(str::to_string))
         .unwrap_or_default()
+}
+
+/// Words the demo's chat model answers with.
+const WORDS: &[&str] = &[
+    "the",
+    "shadow",
+    "replay",
+    "compares",
+    "every",
+    "answer",
+    "with",
+    "primary",
+    "traffic",
+    "latency",
+    "model",
+    "tokens",
+    "stream",
+    "first",
+    "quickly",
+    "careful",
+    "rollout",
+    "safe",
+    "candidate",
+    "version",
+    "differs",
+    "slightly",
+    "because",
+    "sampling",
+    "adds",
+    "noise",
+    "so",
+    "judge",
+    "against",
+    "itself",
+    "before",
+    "deciding",
+];
+/// What sampling or v2's style put in a word's place.
+const ALT_WORDS: &[&str] = &[
+    "a", "mirror", "rerun", "weighs", "each", "reply", "beside", "stable", "requests", "delay",
+    "network", "pieces", "flow", "earliest", "fast", "prudent", "launch", "sound",
+];
+
+/// A chat answer: the words, and why generation stopped.
+fn chat_answer(v: Version, prompt: &str, rid: u64) -> (Vec<&'static str>, &'static str) {
+    let ph = fnv(prompt.as_bytes());
+    let n = 24 + (ph % 12) as usize;
+    let rewritten = v == Version::V2 && (ph >> 16) % 100 < 6;
+    let cut = v == Version::V2 && (ph >> 16) % 100 >= 6 && (ph >> 16) % 100 < 8;
+    let seed = if rewritten { ph ^ 0x5bd1_e995 } else { ph };
+    let mut words: Vec<&'static str> = (0..n)
+        .map(|i| {
+            let w = fnv(&[seed.to_le_bytes(), (i as u64).to_le_bytes()].concat());
+            // v2's own style: every fourth word its own choice.
+            if v == Version::V2 && !rewritten && i % 4 == 3 {
+                return ALT_WORDS[(w % ALT_WORDS.len() as u64) as usize];
+            }
+            WORDS[(w % WORDS.len() as u64) as usize]
+        })
+        .collect();
+    for (i, w) in words.iter_mut().enumerate() {
+        let r = fnv(&[rid.to_le_bytes(), (i as u64).to_le_bytes()].concat());
+        if r % 100 < 8 {
+            *w = ALT_WORDS[((r >> 8) % ALT_WORDS.len() as u64) as usize];
+        }
+    }
+    if cut {
+        words.truncate(n / 2);
+        return (words, "length");
+    }
+    (words, "stop")
+}
+
+/// The events of a streamed chat answer, each with the pause before it.
+/// `seed` makes the sampling of this process its own.
+fn chat_stream(v: Version, body: &[u8], rid: u64, seed: u64) -> Vec<(Duration, String)> {
+    let prompt = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|b| b["messages"][0]["content"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    let (words, finish) = chat_answer(v, &prompt, rid ^ seed);
+    let (first, gap) = match v {
+        Version::V1 => (Duration::from_millis(10), Duration::from_millis(2)),
+        Version::V2 => (Duration::from_millis(30), Duration::from_millis(1)),
+    };
+    let id = format!("chatcmpl-{rid}");
+    let chunk = |delta: serde_json::Value, finish: Option<&str>| {
+        let c = serde_json::json!({
+            "id": id, "object": "chat.completion.chunk", "created": 1_700_000_000 + rid,
+            "model": "demo-chat",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        });
+        format!("data: {c}\n\n")
+    };
+    let mut out = vec![(
+        Duration::ZERO,
+        chunk(
+            serde_json::json!({"role": "assistant", "content": ""}),
+            None,
+        ),
+    )];
+    for (i, w) in words.iter().enumerate() {
+        let piece = if i == 0 {
+            w.to_string()
+        } else {
+            format!(" {w}")
+        };
+        let pause = if i == 0 { first } else { gap };
+        out.push((pause, chunk(serde_json::json!({"content": piece}), None)));
+    }
+    out.push((Duration::ZERO, chunk(serde_json::json!({}), Some(finish))));
+    let usage = serde_json::json!({
+        "id": id, "object": "chat.completion.chunk", "created": 1_700_000_000 + rid,
+        "model": "demo-chat", "choices": [],
+        "usage": {"prompt_tokens": 12, "completion_tokens": words.len(), "total_tokens": 12 + words.len()},
+    });
+    out.push((Duration::ZERO, format!("data: {usage}\n\n")));
+    out.push((Duration::ZERO, "data: [DONE]\n\n".to_string()));
+    out
 }
 
 /// (status, JSON body, extra delay) for one request.
@@ -109,6 +239,10 @@ pub fn start(v: Version, port: u16) -> std::io::Result<Service> {
     let port = listener.local_addr()?.port();
     let stop = Arc::new(AtomicBool::new(false));
     let counter = Arc::new(AtomicU64::new(1));
+    // Sampling differs from process to process, as a real model's does:
+    // two runs of v1 never give the same chat answers.
+    let seed =
+        fnv(&format!("{:?}{}", std::time::SystemTime::now(), std::process::id()).into_bytes());
     let flag = Arc::clone(&stop);
     std::thread::spawn(move || {
         for conn in listener.incoming() {
@@ -117,13 +251,19 @@ pub fn start(v: Version, port: u16) -> std::io::Result<Service> {
             }
             let Ok(conn) = conn else { continue };
             let (counter, flag) = (Arc::clone(&counter), Arc::clone(&flag));
-            std::thread::spawn(move || serve_connection(v, conn, &counter, &flag));
+            std::thread::spawn(move || serve_connection(v, conn, &counter, &flag, seed));
         }
     });
     Ok(Service { port, stop })
 }
 
-fn serve_connection(v: Version, conn: TcpStream, counter: &AtomicU64, stop: &AtomicBool) {
+fn serve_connection(
+    v: Version,
+    conn: TcpStream,
+    counter: &AtomicU64,
+    stop: &AtomicBool,
+    seed: u64,
+) {
     let _ = conn.set_nodelay(true);
     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
     let Ok(mut w) = conn.try_clone() else { return };
@@ -133,6 +273,12 @@ fn serve_connection(v: Version, conn: TcpStream, counter: &AtomicU64, stop: &Ato
             return;
         };
         let rid = counter.fetch_add(1, Ordering::Relaxed);
+        if method == "POST" && path == "/v1/chat/completions" {
+            if write_stream(v, &mut w, &body, rid, seed).is_err() || close {
+                return;
+            }
+            continue;
+        }
         let (status, body, delay) = answer(v, &method, &path, &body, rid);
         if !delay.is_zero() {
             std::thread::sleep(delay);
@@ -150,6 +296,29 @@ fn serve_connection(v: Version, conn: TcpStream, counter: &AtomicU64, stop: &Ato
             return;
         }
     }
+}
+
+/// A streamed chat answer, chunked, each event written when its pause is
+/// over (so capture and replay see real token timing).
+fn write_stream(
+    v: Version,
+    w: &mut TcpStream,
+    body: &[u8],
+    rid: u64,
+    seed: u64,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\nX-Request-Id: {rid}\r\nServer: demo-{}\r\n\r\n",
+        if v == Version::V1 { "v1" } else { "v2" }
+    );
+    w.write_all(head.as_bytes())?;
+    for (pause, event) in chat_stream(v, body, rid, seed) {
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
+        }
+        w.write_all(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes())?;
+    }
+    w.write_all(b"0\r\n\r\n")
 }
 
 /// (method, path, body, connection: close) of the next request.
@@ -190,13 +359,22 @@ fn read_request(r: &mut BufReader<TcpStream>) -> Option<(String, String, Vec<u8>
 /// The demo's request mix, deterministic: request `i` of a run.
 pub fn request(i: u64) -> (String, String, String) {
     match i % 10 {
-        0..=4 => (
+        0..=2 => (
             "POST".into(),
             "/predict".into(),
             format!(
                 r#"{{"text": "review number {} is {}"}}"#,
                 i,
                 ["great", "awful", "fine", "meh"][(i % 4) as usize]
+            ),
+        ),
+        3 | 4 => (
+            "POST".into(),
+            "/v1/chat/completions".into(),
+            format!(
+                r#"{{"model": "demo-chat", "stream": true, "stream_options": {{"include_usage": true}}, "messages": [{{"role": "user", "content": "question {} about {}"}}]}}"#,
+                i,
+                ["rollouts", "latency", "noise", "tokens"][(i % 4) as usize]
             ),
         ),
         5..=7 => (
@@ -254,11 +432,29 @@ fn read_response(r: &mut BufReader<TcpStream>) -> Option<u16> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut resp = httparse::Response::new(&mut headers);
     resp.parse(&head).ok()?;
-    let len: usize = resp
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
+    let header = |name: &str| {
+        resp.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .map(|v| v.trim().to_ascii_lowercase())
+    };
+    if header("transfer-encoding").as_deref() == Some("chunked") {
+        // Bounded by the read timeout and the chunk count.
+        for _ in 0..100_000 {
+            let mut line = String::new();
+            r.read_line(&mut line).ok()?;
+            let size = usize::from_str_radix(line.trim(), 16).ok()?;
+            let mut data = vec![0; size + 2];
+            r.read_exact(&mut data).ok()?;
+            if size == 0 {
+                return resp.code;
+            }
+        }
+        return None;
+    }
+    let len: usize = header("content-length")
+        .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let mut body = vec![0; len];
     r.read_exact(&mut body).ok()?;

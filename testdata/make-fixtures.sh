@@ -44,4 +44,22 @@ while at < len(data):
     at += 16 + incl
 open("small-be.pcap", "wb").write(b"".join(out))
 PY
+# The demo services' traffic: 1,500 requests of the demo mix sent to
+# `demo_service serve v1` (built by `cargo build --example demo_service`).
+SVC=../target/debug/examples/demo_service
+if [[ -x $SVC ]]; then
+    D=$(mktemp -d)
+    "$SVC" serve v1 "$D/v1.port" & SVC_PID=$!
+    for _ in $(seq 100); do [[ -s $D/v1.port ]] && break; sleep 0.05; done
+    PORT=$(cat "$D/v1.port")
+    tcpdump -i lo -B 65536 -s 0 -w demo-services.pcap "tcp port $PORT" 2>"$D/tcpdump.err" & DUMP_PID=$!
+    sleep 1
+    "$SVC" load "$PORT" 1500
+    sleep 0.5
+    kill -INT "$DUMP_PID"; wait "$DUMP_PID" || true
+    kill "$SVC_PID"
+    grep -q " 0 packets dropped by kernel" "$D/tcpdump.err" || { echo "kernel drops: $(cat "$D/tcpdump.err")" >&2; exit 1; }
+else
+    echo "demo-services.pcap not rebuilt: build the demo_service example first" >&2
+fi
 echo "fixtures written"

@@ -143,6 +143,34 @@ fn v2_is_no_go_with_each_seeded_regression_named() {
         .unwrap()
         .iter()
         .all(|f| f["path"] != "$.request_id"));
+    // The streamed chat: the first token comes 3x later, though the whole
+    // answer ends sooner (tokens stream faster), and the wording moves away
+    // from v1's more than v1's sampled answers move from each other.
+    let chat_ep = "POST /v1/chat/completions";
+    assert!(failed(&r, "ttft_p99_ratio", chat_ep).is_some(), "{stdout}");
+    assert!(failed(&r, "similarity_drop", chat_ep).is_some(), "{stdout}");
+    assert!(
+        failed(&r, "p99_latency_ratio", chat_ep).is_none(),
+        "{stdout}"
+    );
+    let chat = shadow_stats(&r, chat_ep);
+    let llm = &chat["llm"];
+    assert_eq!(llm["streamed"]["primary"], 300, "{llm}");
+    assert_eq!(llm["streamed"]["shadow"], 300, "{llm}");
+    assert!(
+        llm["tokens_per_second_ratio"].as_f64().unwrap() > 1.2,
+        "{llm}"
+    );
+    assert_eq!(llm["finish_reasons"]["primary"]["stop"], 300, "{llm}");
+    let sim = &chat["similarity"][0];
+    assert_eq!(sim["path"], "$.text");
+    assert!(sim["drop_ci"][0].as_f64().unwrap() > 0.05, "{sim}");
+    // Text that differs in every answer of v1 too is noise, not divergence;
+    // what is left is v2's rewrites and cut-short answers.
+    let cut: u64 = llm["finish_reasons"]["shadow"]["length"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!((1..=15).contains(&cut), "{llm}");
 }
 
 #[test]
@@ -152,4 +180,10 @@ fn v1_against_itself_is_go() {
     assert_eq!(code, Some(0), "{stdout}");
     assert_eq!(r["verdict"], "GO");
     assert_eq!(r["overall"]["v2"]["divergent"], 0, "{stdout}");
+    // Sampled chat answers differ from each other, yet v1 passes against
+    // itself: the similarity gate compares it with its own noise.
+    let chat = shadow_stats(&r, "POST /v1/chat/completions");
+    let sim = &chat["similarity"][0];
+    assert!(sim["shadow"]["p50"].as_f64().unwrap() < 0.99, "{sim}");
+    assert!(sim["drop_ci"][1].as_f64().unwrap() < 0.05, "{sim}");
 }

@@ -8,8 +8,8 @@ use std::io::Read;
 use serde_json::Value;
 
 use super::config::{glob, Compare, Config, Rule};
-use super::jsonpath::{field_name, Step};
 use super::doc::LazyDoc;
+use super::jsonpath::{field_name, Step};
 use super::similarity::{cosine, numeric_close, rouge_l};
 use crate::schema::ReplayResult;
 
@@ -266,7 +266,10 @@ struct Walk<'a, 'w> {
 
 fn compare_bodies(pd: &LazyDoc, sd: &LazyDoc, scores: bool, w: &mut Walk) {
     let (p, s) = (pd.row, sd.row);
-    if !scores && p.response_body == s.response_body && p.response_headers.get("content-encoding") == s.response_headers.get("content-encoding") {
+    if !scores
+        && p.response_body == s.response_body
+        && p.response_headers.get("content-encoding") == s.response_headers.get("content-encoding")
+    {
         return;
     }
     let (a, b) = (pd.get(), sd.get());
@@ -305,7 +308,8 @@ fn compare_bodies(pd: &LazyDoc, sd: &LazyDoc, scores: bool, w: &mut Walk) {
             _ => {}
         }
     }
-    w.out.push(diff("body", DiffKind::Changed, preview(&a), preview(&b)));
+    w.out
+        .push(diff("body", DiffKind::Changed, preview(&a), preview(&b)));
 }
 
 fn preview(body: &[u8]) -> String {
@@ -344,94 +348,94 @@ fn type_name(v: &Value) -> &'static str {
 impl Walk<'_, '_> {
     fn json_diff(&mut self, p: &Value, s: &Value, path: &mut Vec<Step>) {
         let rules = self.rules;
-    if self.out.len() >= MAX_DIFFS {
-        return;
-    }
-    let push = |out: &mut Vec<Diff>, path: &[Step], kind| {
-        out.push(diff(&field_name(path), kind, short(p), short(s)));
-    };
-    if let Some(rule) = rule_at(rules, path) {
-        if let Some(equal) = self.by_rule(rule, p, s, path) {
-            if !equal {
-                push(self.out, path, DiffKind::Changed);
-            }
+        if self.out.len() >= MAX_DIFFS {
             return;
         }
-    }
-    match (p, s) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, va) in a {
-                path.push(Step::Key(k.clone()));
-                match b.get(k) {
-                    Some(vb) => self.json_diff(va, vb, path),
-                    None if !ignored(rules, path) => {
-                        self.out.push(diff(
-                            &field_name(path),
-                            DiffKind::MissingInShadow,
-                            short(va),
-                            String::new(),
-                        ));
-                    }
-                    None => {}
+        let push = |out: &mut Vec<Diff>, path: &[Step], kind| {
+            out.push(diff(&field_name(path), kind, short(p), short(s)));
+        };
+        if let Some(rule) = rule_at(rules, path) {
+            if let Some(equal) = self.by_rule(rule, p, s, path) {
+                if !equal {
+                    push(self.out, path, DiffKind::Changed);
                 }
-                path.pop();
+                return;
             }
-            for (k, vb) in b {
-                if !a.contains_key(k) {
+        }
+        match (p, s) {
+            (Value::Object(a), Value::Object(b)) => {
+                for (k, va) in a {
                     path.push(Step::Key(k.clone()));
-                    if !ignored(rules, path) {
-                        self.out.push(diff(
-                            &field_name(path),
-                            DiffKind::AddedInShadow,
-                            String::new(),
-                            short(vb),
-                        ));
+                    match b.get(k) {
+                        Some(vb) => self.json_diff(va, vb, path),
+                        None if !ignored(rules, path) => {
+                            self.out.push(diff(
+                                &field_name(path),
+                                DiffKind::MissingInShadow,
+                                short(va),
+                                String::new(),
+                            ));
+                        }
+                        None => {}
                     }
                     path.pop();
                 }
-            }
-        }
-        (Value::Array(a), Value::Array(b)) => {
-            for i in 0..a.len().max(b.len()) {
-                path.push(Step::Index(i));
-                match (a.get(i), b.get(i)) {
-                    (Some(x), Some(y)) => self.json_diff(x, y, path),
-                    (Some(x), None) if !ignored(rules, path) => self.out.push(diff(
-                        &field_name(path),
-                        DiffKind::MissingInShadow,
-                        short(x),
-                        String::new(),
-                    )),
-                    (None, Some(y)) if !ignored(rules, path) => self.out.push(diff(
-                        &field_name(path),
-                        DiffKind::AddedInShadow,
-                        String::new(),
-                        short(y),
-                    )),
-                    _ => {}
-                }
-                path.pop();
-                if self.out.len() >= MAX_DIFFS {
-                    return;
+                for (k, vb) in b {
+                    if !a.contains_key(k) {
+                        path.push(Step::Key(k.clone()));
+                        if !ignored(rules, path) {
+                            self.out.push(diff(
+                                &field_name(path),
+                                DiffKind::AddedInShadow,
+                                String::new(),
+                                short(vb),
+                            ));
+                        }
+                        path.pop();
+                    }
                 }
             }
-        }
-        // A value the primary had and the shadow returned as null counts as
-        // missing: for a consumer it is the same loss.
-        (a, Value::Null) if !a.is_null() => push(self.out, path, DiffKind::MissingInShadow),
-        (Value::Number(a), Value::Number(b)) => {
-            if a.as_f64() != b.as_f64() {
-                push(self.out, path, DiffKind::Changed);
+            (Value::Array(a), Value::Array(b)) => {
+                for i in 0..a.len().max(b.len()) {
+                    path.push(Step::Index(i));
+                    match (a.get(i), b.get(i)) {
+                        (Some(x), Some(y)) => self.json_diff(x, y, path),
+                        (Some(x), None) if !ignored(rules, path) => self.out.push(diff(
+                            &field_name(path),
+                            DiffKind::MissingInShadow,
+                            short(x),
+                            String::new(),
+                        )),
+                        (None, Some(y)) if !ignored(rules, path) => self.out.push(diff(
+                            &field_name(path),
+                            DiffKind::AddedInShadow,
+                            String::new(),
+                            short(y),
+                        )),
+                        _ => {}
+                    }
+                    path.pop();
+                    if self.out.len() >= MAX_DIFFS {
+                        return;
+                    }
+                }
             }
-        }
-        (a, b) if type_name(a) != type_name(b) => push(self.out, path, DiffKind::TypeChanged),
-        (a, b) => {
-            if a != b {
-                push(self.out, path, DiffKind::Changed);
+            // A value the primary had and the shadow returned as null counts as
+            // missing: for a consumer it is the same loss.
+            (a, Value::Null) if !a.is_null() => push(self.out, path, DiffKind::MissingInShadow),
+            (Value::Number(a), Value::Number(b)) => {
+                if a.as_f64() != b.as_f64() {
+                    push(self.out, path, DiffKind::Changed);
+                }
+            }
+            (a, b) if type_name(a) != type_name(b) => push(self.out, path, DiffKind::TypeChanged),
+            (a, b) => {
+                if a != b {
+                    push(self.out, path, DiffKind::Changed);
+                }
             }
         }
     }
-}
 }
 
 fn ignored(rules: &[&Rule], path: &[Step]) -> bool {
@@ -456,7 +460,9 @@ impl Walk<'_, '_> {
             Compare::RougeL => {
                 let (a, b) = (p.as_str()?, s.as_str()?);
                 let score = rouge_l(a, b);
-                self.seen.similarities.push((rule.path.clone(), "rouge_l", score));
+                self.seen
+                    .similarities
+                    .push((rule.path.clone(), "rouge_l", score));
                 Some(score >= rule.min.unwrap_or(1.0))
             }
             Compare::Unordered => {
@@ -486,7 +492,9 @@ impl Walk<'_, '_> {
             }
             JudgeMode::Score(scores) => match scores.get(&key) {
                 Some(super::judge::Judgement::Score(x)) => {
-                    self.seen.similarities.push((rule.path.clone(), "judge", *x));
+                    self.seen
+                        .similarities
+                        .push((rule.path.clone(), "judge", *x));
                     Some(*x >= rule.min.unwrap_or(1.0))
                 }
                 _ => {

@@ -325,15 +325,18 @@ impl Config {
         for (i, r) in self.rules.iter_mut().enumerate() {
             let at = format!("rule #{} (path {})", i + 1, r.path);
             r.pattern = Some(PathPattern::parse(&r.path).map_err(|e| format!("{at}: {e}"))?);
-            let needs_min = matches!(r.compare, Compare::Cosine | Compare::RougeL | Compare::Judge);
+            let needs_min = matches!(
+                r.compare,
+                Compare::Cosine | Compare::RougeL | Compare::Judge
+            );
             if r.compare == Compare::Judge && self.judge_command.is_empty() {
-                return Err(format!("{at}: compare = \"judge\" needs judge_command = [\"program\", \"args\"...]"));
+                return Err(format!(
+                    "{at}: compare = \"judge\" needs judge_command = [\"program\", \"args\"...]"
+                ));
             }
             match (needs_min, r.min) {
                 (true, None) => return Err(format!("{at}: compare = {:?} needs min", r.compare)),
-                (true, Some(m))
-                    if !(0.0..=1.0).contains(&m) && r.compare != Compare::Cosine =>
-                {
+                (true, Some(m)) if !(0.0..=1.0).contains(&m) && r.compare != Compare::Cosine => {
                     return Err(format!("{at}: min must be between 0 and 1"))
                 }
                 (true, Some(m)) if !(-1.0..=1.0).contains(&m) => {
@@ -369,10 +372,16 @@ impl Config {
             ]);
         }
         if !(self.judge_timeout_s.is_finite() && self.judge_timeout_s > 0.0) {
-            return Err(format!("judge_timeout_s = {}: must be above 0", self.judge_timeout_s));
+            return Err(format!(
+                "judge_timeout_s = {}: must be above 0",
+                self.judge_timeout_s
+            ));
         }
         if !(1..=64).contains(&self.judge_concurrency) {
-            return Err(format!("judge_concurrency = {}: must be 1..=64", self.judge_concurrency));
+            return Err(format!(
+                "judge_concurrency = {}: must be 1..=64",
+                self.judge_concurrency
+            ));
         }
         for t in &self.endpoints.templates {
             if !t.contains(' ') {

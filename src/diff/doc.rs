@@ -82,7 +82,9 @@ fn build(r: &ReplayResult, spec: Option<&StreamSpec>) -> Doc {
         let values = llm::event_values(&ev)
             .into_iter()
             .zip(&ev)
-            .map(|(v, e)| v.unwrap_or_else(|| Value::String(String::from_utf8_lossy(&e.data).into())))
+            .map(|(v, e)| {
+                v.unwrap_or_else(|| Value::String(String::from_utf8_lossy(&e.data).into()))
+            })
             .collect();
         return Doc {
             json: Some(Value::Array(values)),

@@ -256,7 +256,10 @@ pub(crate) type Similarities = HashMap<(String, &'static str), Reservoir>;
 
 /// The report's similarity section for one (endpoint, shadow): the shadow's
 /// sample against the endpoint's noise sample.
-pub(crate) fn similarity_stats(shadow: &Similarities, noise: Option<&Similarities>) -> Vec<Similarity> {
+pub(crate) fn similarity_stats(
+    shadow: &Similarities,
+    noise: Option<&Similarities>,
+) -> Vec<Similarity> {
     let mut out: Vec<Similarity> = shadow
         .iter()
         .map(|((path, metric), sample)| {

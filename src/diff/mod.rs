@@ -28,8 +28,8 @@ use std::path::PathBuf;
 use crate::report::{Difference, Example, Report};
 use crate::schema::{ErrorKind, ReplayResult, ResultsReader, SchemaError, TargetRole};
 use compare::{Comparer, Diff, DiffKind, JudgeMode};
-use doc::LazyDoc;
 use config::Config;
+use doc::LazyDoc;
 use latency::LogHist;
 
 /// What `shadowctl diff` is asked to do.
@@ -332,7 +332,11 @@ struct FoldCtx<'a, 'c> {
 const JUDGE_BATCH: usize = 64;
 
 impl FoldCtx<'_, '_> {
-    fn push(&mut self, batch: &mut Vec<Vec<ReplayResult>>, group: Vec<ReplayResult>) -> Result<(), DiffError> {
+    fn push(
+        &mut self,
+        batch: &mut Vec<Vec<ReplayResult>>,
+        group: Vec<ReplayResult>,
+    ) -> Result<(), DiffError> {
         batch.push(group);
         if self.judge.is_none() || batch.len() >= JUDGE_BATCH {
             self.flush(batch)?;
@@ -473,10 +477,20 @@ fn judge_batch(
             if !usable(a) || !usable(b) {
                 continue;
             }
-            let ad = if std::ptr::eq(a, r.primary) { None } else { Some(LazyDoc::new(a, spec)) };
+            let ad = if std::ptr::eq(a, r.primary) {
+                None
+            } else {
+                Some(LazyDoc::new(a, spec))
+            };
             let bd = LazyDoc::new(b, spec);
             let mut seen = compare::Observed::default();
-            comparer.compare_docs(&r.endpoint, ad.as_ref().unwrap_or(&pd), &bd, JudgeMode::Collect, &mut seen);
+            comparer.compare_docs(
+                &r.endpoint,
+                ad.as_ref().unwrap_or(&pd),
+                &bd,
+                JudgeMode::Collect,
+                &mut seen,
+            );
             for (exact, rule_path, pv, sv) in seen.judge_wanted {
                 keys.push((i, side.clone(), exact));
                 requests.push(judge::JudgeRequest {
@@ -552,7 +566,8 @@ fn fold_group(
         }
         let sd = LazyDoc::new(shadow, spec);
         let mut seen = compare::Observed::default();
-        let diffs = comparer.compare_docs(&name, &pd, &sd, judge_mode(&shadow.target_name), &mut seen);
+        let diffs =
+            comparer.compare_docs(&name, &pd, &sd, judge_mode(&shadow.target_name), &mut seen);
         let sig = f.signature(&diffs);
         let cell = Cell {
             sig,
@@ -564,7 +579,9 @@ fn fold_group(
             size_bucket: size_bucket(primary.request_body.len()),
         };
         if seen.judge_failed > 0 {
-            *f.judge_failed.entry((ep, shadow.target_name.clone())).or_default() += seen.judge_failed;
+            *f.judge_failed
+                .entry((ep, shadow.target_name.clone()))
+                .or_default() += seen.judge_failed;
         }
         let t = f.tallies.entry((ep, sh)).or_default();
         t.compared += 1;

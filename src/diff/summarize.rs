@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use serde_json::{json, Value};
 
 use super::compare::{decoded_body, DiffKind};
-use super::doc::LazyDoc;
 use super::config::Config;
+use super::doc::LazyDoc;
 use super::latency::{chart_edges_ms, LogHist};
 use super::stats::{
     benjamini_hochberg, bin_counts, bins, chi_square, ks_two_sample, newcombe_diff, psi,
@@ -334,9 +334,17 @@ fn shadow_stats(
             sim_shadow.entry(k.clone()).or_default().merge(r);
         }
         let shadow_name = &f.shadows.names[sh as usize];
-        s.judge_failed += f.judge_failed.get(&(ep, shadow_name.clone())).copied().unwrap_or(0);
+        s.judge_failed += f
+            .judge_failed
+            .get(&(ep, shadow_name.clone()))
+            .copied()
+            .unwrap_or(0);
         if noise_seen.insert(ep) {
-            s.judge_failed += f.judge_failed.get(&(ep, "recorded".into())).copied().unwrap_or(0);
+            s.judge_failed += f
+                .judge_failed
+                .get(&(ep, "recorded".into()))
+                .copied()
+                .unwrap_or(0);
             if let Some(n) = f.noise.get(&ep) {
                 for (k, r) in &n.similarity {
                     sim_noise.entry(k.clone()).or_default().merge(r);
@@ -431,10 +439,8 @@ fn shadow_stats(
         .filter_map(|(&i, acc)| drift_report(&config.drift[i].path, acc, config.drift[i].bins))
         .collect();
     s.llm = llm.stats(edges);
-    s.similarity = super::llm::similarity_stats(
-        &sim_shadow,
-        (!sim_noise.is_empty()).then_some(&sim_noise),
-    );
+    s.similarity =
+        super::llm::similarity_stats(&sim_shadow, (!sim_noise.is_empty()).then_some(&sim_noise));
     s
 }
 

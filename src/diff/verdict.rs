@@ -185,7 +185,11 @@ fn ratio_gate(r: RatioGate, ep: Option<&str>, shadow: &str, g: &Gate) -> Option<
         });
     }
     let ratio = r.ratio?;
-    let within = if r.upper { ratio <= r.limit } else { ratio >= r.limit };
+    let within = if r.upper {
+        ratio <= r.limit
+    } else {
+        ratio >= r.limit
+    };
     let outcome = if within || r.slack_ok {
         Outcome::Pass
     } else {
