@@ -47,6 +47,7 @@ impl ValueHist {
         Dist {
             count: self.count(),
             mean: self.mean(),
+            p5: self.hist.quantile_ms(0.05),
             p50: self.hist.quantile_ms(0.5),
             p95: self.hist.quantile_ms(0.95),
             p99: self.hist.quantile_ms(0.99),
@@ -243,6 +244,7 @@ impl Reservoir {
         Dist {
             count: self.seen,
             mean: v.iter().sum::<f64>() / v.len().max(1) as f64,
+            p5: q(0.05),
             p50: q(0.5),
             p95: q(0.95),
             p99: q(0.99),

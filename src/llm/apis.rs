@@ -173,7 +173,8 @@ fn openai_chat_event(f: &mut Fold, i: usize, v: &Value) {
     let Some(c) = first_choice(v) else { return };
     f.finish_reason(s(c, "finish_reason"));
     let Some(d) = c.get("delta") else { return };
-    if let Some(t) = s(d, "content") {
+    // A refusal is what the model said instead of an answer: its text.
+    if let Some(t) = s(d, "content").or_else(|| s(d, "refusal")) {
         f.content(i, t);
     }
     for (k, call) in d
@@ -260,8 +261,11 @@ fn anthropic_event(f: &mut Fold, i: usize, v: &Value) {
     let idx = u(v, "index").unwrap_or(0);
     match s(v, "type").unwrap_or("") {
         "message_start" => {
-            if let Some(usage) = v.get("message").and_then(|m| m.get("usage")) {
-                f.usage(usage, "input_tokens", "output_tokens");
+            // Its output_tokens is a placeholder (1 to 3): the count comes
+            // with message_delta; a stream cut before it counts its events.
+            let usage = v.get("message").and_then(|m| m.get("usage"));
+            if let Some(n) = usage.and_then(|u_| u(u_, "input_tokens")) {
+                f.a.input_tokens = Some(n);
             }
         }
         "content_block_start" => {
@@ -438,7 +442,8 @@ fn openai_chat_body(v: &Value) -> Answer {
     if let Some(c) = first_choice(v) {
         f.finish_reason(s(c, "finish_reason"));
         if let Some(m) = c.get("message") {
-            f.text.push_str(s(m, "content").unwrap_or(""));
+            f.text
+                .push_str(s(m, "content").or_else(|| s(m, "refusal")).unwrap_or(""));
             for (k, call) in m
                 .get("tool_calls")
                 .and_then(Value::as_array)

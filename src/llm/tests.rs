@@ -101,3 +101,27 @@ fn ordinary_json_is_not_an_llm_answer() {
     assert!(assemble(None, b"plain text", None).is_none());
     assert!(assemble(None, b"", None).is_none());
 }
+
+/// A stream cut before `message_delta` has no output count: the
+/// placeholder of `message_start` is not taken for one.
+#[test]
+fn a_cut_anthropic_stream_counts_its_content_events() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/testdata/llm/anthropic-messages-stream.body"
+    );
+    let body = std::fs::read_to_string(path).unwrap();
+    let cut = &body[..body.find("event: message_delta").unwrap()];
+    let a = assemble(Some(b"text/event-stream"), cut.as_bytes(), None).unwrap();
+    assert_eq!(a.output_tokens, None);
+    assert!(a.input_tokens.is_some());
+    assert_eq!(a.output_token_count(), Some(a.content_events.len() as u64));
+    assert!(a.content_events.len() >= 2);
+}
+
+#[test]
+fn an_openai_refusal_is_the_answer_text() {
+    let body = br#"{"object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":null,"refusal":"I can't help with that."},"finish_reason":"stop"}]}"#;
+    let a = assemble(Some(b"application/json"), body, None).unwrap();
+    assert_eq!(a.text.as_deref(), Some("I can't help with that."));
+}

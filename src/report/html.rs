@@ -9,12 +9,11 @@
 use std::fmt::{self, Write};
 
 use super::markdown::{
-    drift_test, endpoint_rows, fixed, int, ms, num, observed, outcome_word, p99, p_value, pct,
-    pct_ci, ratio, reasons_by_severity, shadow_names, status,
+    drift_test, endpoint_rows, finish_reasons, fixed, int, judge_line, ms, num, observed,
+    outcome_word, p99, p_value, pct, pct_ci, ratio, reasons_by_severity, shadow_names,
+    similarity_drop, status,
 };
-use super::{
-    clip, Drift, EndpointReport, Example, LatencyMs, LatencyPair, Report, ShadowStats, Verdict,
-};
+use super::{clip, Drift, EndpointReport, Example, LatencyPair, Report, ShadowStats, Verdict};
 
 /// Primary is always blue and shadow always orange, in every chart and legend.
 const PRIMARY: &str = "#1f6feb";
@@ -140,6 +139,9 @@ fn banner(o: &mut String, r: &Report) -> fmt::Result {
         esc(&r.primary_source),
         if r.noise_estimated { "yes" } else { "no" },
     )?;
+    if let Some(j) = &r.judge {
+        writeln!(o, "<p>{}</p>", esc(&judge_line(j)))?;
+    }
     if !r.inputs.is_empty() {
         write!(o, "<details><summary>Inputs</summary><ul>")?;
         for i in &r.inputs {
@@ -194,6 +196,8 @@ fn shadow_section(o: &mut String, r: &Report, name: &str) -> fmt::Result {
         writeln!(o, "<h3>Endpoints</h3>")?;
         endpoints_table(o, &rows)?;
         endpoint_latency(o, r, &rows)?;
+        llm(o, r, &rows)?;
+        similarity(o, r, &rows)?;
     }
     if let Some(s) = r.overall.get(name) {
         drift(o, s)?;
@@ -286,6 +290,151 @@ fn endpoint_latency(
         writeln!(o, "</details>")?;
     }
     left_out(o, rows.len(), MAX_ENDPOINT_CHARTS, "endpoint charts")
+}
+
+/// LLM answers: a table per endpoint, then the distributions of time to
+/// first token and of decode speed.
+fn llm(o: &mut String, r: &Report, rows: &[(&EndpointReport, &ShadowStats)]) -> fmt::Result {
+    let llm: Vec<_> = rows
+        .iter()
+        .filter_map(|(e, s)| s.llm.as_ref().map(|l| (e, l)))
+        .collect();
+    if llm.is_empty() {
+        return Ok(());
+    }
+    writeln!(o, "<h3>LLM answers</h3>")?;
+    writeln!(o, "<table><thead><tr><th>Endpoint</th><th>Streamed P/S</th><th>TTFT p50 P/S (ms)</th><th>TTFT p99 P/S (ms)</th><th>Ratio</th><th>Inter-token p50 P/S (ms)</th><th>Tokens/s p50 P/S</th><th>Ratio</th><th>Output tokens P/S</th><th>Ratio</th><th>Stop reasons P / S</th></tr></thead><tbody>")?;
+    for (e, l) in llm.iter().take(MAX_ENDPOINT_ROWS) {
+        writeln!(
+            o,
+            r#"<tr><td>{}</td><td class="n">{} / {}</td><td class="n">{} / {}</td><td class="n">{} / {}</td><td class="n">{}</td><td class="n">{} / {}</td><td class="n">{} / {}</td><td class="n">{}</td><td class="n">{} / {}</td><td class="n">{}</td><td>{} / {}</td></tr>"#,
+            code(&e.endpoint, MAX_VALUE_CHARS),
+            int(l.streamed.primary),
+            int(l.streamed.shadow),
+            esc(&ms(l.ttft_ms.primary.p50)),
+            esc(&ms(l.ttft_ms.shadow.p50)),
+            esc(&ms(l.ttft_ms.primary.p99)),
+            esc(&ms(l.ttft_ms.shadow.p99)),
+            esc(&ratio(l.ttft_p99_ratio)),
+            esc(&ms(l.inter_token_ms.primary.p50)),
+            esc(&ms(l.inter_token_ms.shadow.p50)),
+            esc(&fixed(l.tokens_per_second.primary.p50, 1)),
+            esc(&fixed(l.tokens_per_second.shadow.p50, 1)),
+            esc(&ratio(l.tokens_per_second_ratio)),
+            esc(&fixed(l.output_tokens.primary.mean, 1)),
+            esc(&fixed(l.output_tokens.shadow.mean, 1)),
+            esc(&ratio(l.output_tokens_ratio)),
+            esc(&finish_reasons(&l.finish_reasons.primary)),
+            esc(&finish_reasons(&l.finish_reasons.shadow)),
+        )?;
+    }
+    writeln!(o, "</tbody></table>")?;
+    for (e, l) in llm.iter().take(MAX_ENDPOINT_CHARTS) {
+        if l.streamed.primary + l.streamed.shadow == 0 {
+            continue;
+        }
+        writeln!(
+            o,
+            "<details open><summary>{} · time to first token and decode speed</summary>",
+            code(&e.endpoint, 120)
+        )?;
+        let ttft = LatencyPair {
+            primary: l.ttft_ms.primary.clone(),
+            shadow: l.ttft_ms.shadow.clone(),
+            p99_ratio: l.ttft_p99_ratio,
+        };
+        latency_chart(
+            o,
+            &r.latency_buckets_ms,
+            &ttft,
+            &format!("Time to first token of {}", e.endpoint),
+        )?;
+        let (p, s) = (&l.tokens_per_second.primary, &l.tokens_per_second.shadow);
+        overlay_chart(
+            o,
+            &Overlay {
+                edges: &r.tokens_per_second_buckets,
+                hist: [&p.histogram, &s.histogram],
+                markers: [
+                    (p.count > 0).then(|| {
+                        (
+                            p.p50,
+                            format!("primary median {} tokens/s", fixed(p.p50, 1)),
+                        )
+                    }),
+                    (s.count > 0)
+                        .then(|| (s.p50, format!("shadow median {} tokens/s", fixed(s.p50, 1)))),
+                ],
+                legend: [
+                    format!(
+                        "primary (n={}, median {} tokens/s)",
+                        int(p.count),
+                        fixed(p.p50, 1)
+                    ),
+                    format!(
+                        "shadow (n={}, median {} tokens/s)",
+                        int(s.count),
+                        fixed(s.p50, 1)
+                    ),
+                ],
+                x_label: "decode speed (tokens per second after the first, upper edge of bucket)",
+                title: &format!("Decode speed of {}", e.endpoint),
+            },
+        )?;
+        writeln!(o, "</details>")?;
+    }
+    left_out(o, llm.len(), MAX_ENDPOINT_CHARTS, "endpoint charts")
+}
+
+/// Text compared by similarity, beside the primary's similarity to itself.
+fn similarity(o: &mut String, r: &Report, rows: &[(&EndpointReport, &ShadowStats)]) -> fmt::Result {
+    let sims: Vec<_> = rows
+        .iter()
+        .flat_map(|(e, s)| s.similarity.iter().map(move |x| (e, x)))
+        .collect();
+    if sims.is_empty() {
+        return Ok(());
+    }
+    writeln!(o, "<h3>Text similarity against the primary's own</h3>")?;
+    for (e, x) in sims.iter().take(MAX_ENDPOINT_CHARTS) {
+        writeln!(
+            o,
+            "<details open><summary>{} {} ({}) · drop {}</summary>",
+            code(&e.endpoint, 120),
+            code(&x.path, 120),
+            esc(&x.metric),
+            esc(&similarity_drop(x)),
+        )?;
+        let empty = crate::report::Dist::default();
+        let own = x.noise.as_ref().unwrap_or(&empty);
+        overlay_chart(
+            o,
+            &Overlay {
+                edges: &r.similarity_buckets,
+                hist: [&own.histogram, &x.shadow.histogram],
+                markers: [
+                    x.noise.as_ref().map(|n| {
+                        (
+                            n.p50,
+                            format!("primary to itself, median {}", fixed(n.p50, 3)),
+                        )
+                    }),
+                    Some((
+                        x.shadow.p50,
+                        format!("shadow to primary, median {}", fixed(x.shadow.p50, 3)),
+                    )),
+                ],
+                legend: [
+                    format!("primary to itself (n={})", int(own.count)),
+                    format!("shadow to primary (n={})", int(x.shadow.count)),
+                ],
+                x_label: "similarity (upper edge of bucket)",
+                title: &format!("Similarity of {} on {}", x.path, e.endpoint),
+            },
+        )?;
+        writeln!(o, "</details>")?;
+    }
+    left_out(o, sims.len(), MAX_ENDPOINT_CHARTS, "similarity charts")
 }
 
 fn drift(o: &mut String, s: &ShadowStats) -> fmt::Result {
@@ -573,12 +722,45 @@ fn edge_label(v: f64) -> String {
 /// log-spaced buckets, with dashed p99 markers.
 fn latency_chart(o: &mut String, edges: &[f64], pair: &LatencyPair, title: &str) -> fmt::Result {
     let (p, s) = (&pair.primary, &pair.shadow);
-    let n = p.histogram.len().max(s.histogram.len());
-    let any = p.histogram.iter().chain(&s.histogram).any(|&v| v > 0);
+    overlay_chart(
+        o,
+        &Overlay {
+            edges,
+            hist: [&p.histogram, &s.histogram],
+            markers: [
+                (p.count > 0).then(|| (p.p99, format!("primary p99 {} ms", ms(p.p99)))),
+                (s.count > 0).then(|| (s.p99, format!("shadow p99 {} ms", ms(s.p99)))),
+            ],
+            legend: [
+                format!("primary (n={}, p99 {} ms)", int(p.count), p99(p)),
+                format!("shadow (n={}, p99 {} ms)", int(s.count), p99(s)),
+            ],
+            x_label: "latency (ms, upper edge of log-spaced bucket)",
+            title,
+        },
+    )
+}
+
+/// Two distributions over the same buckets, drawn one over the other.
+struct Overlay<'a> {
+    edges: &'a [f64],
+    /// Counts per bucket: primary, shadow.
+    hist: [&'a [u64]; 2],
+    /// A dashed line per side at this value, with its tooltip.
+    markers: [Option<(f64, String)>; 2],
+    legend: [String; 2],
+    x_label: &'a str,
+    title: &'a str,
+}
+
+fn overlay_chart(o: &mut String, c_: &Overlay) -> fmt::Result {
+    let [hp, hs] = c_.hist;
+    let n = hp.len().max(hs.len());
+    let any = hp.iter().chain(hs).any(|&v| v > 0);
     if n == 0 || !any {
-        return writeln!(o, r#"<p class="muted">No latency histogram.</p>"#);
+        return writeln!(o, r#"<p class="muted">No histogram to draw.</p>"#);
     }
-    let (sp, ss) = (shares(&p.histogram, n), shares(&s.histogram, n));
+    let (sp, ss) = (shares(hp, n), shares(hs, n));
     let ymax = nice_ceil(sp.iter().chain(&ss).copied().fold(0.0, f64::max));
     let (w, h, left, right, top, bottom) = (760.0, 260.0, 56.0, 16.0, 40.0, 44.0);
     let (pw, ph) = (w - left - right, h - top - bottom);
@@ -587,9 +769,9 @@ fn latency_chart(o: &mut String, edges: &[f64], pair: &LatencyPair, title: &str)
     let y = |share: f64| top + ph - share / ymax * ph;
 
     writeln!(o, "<figure>")?;
-    svg_open(o, w, h, title)?;
+    svg_open(o, w, h, c_.title)?;
     y_axis(o, left, pw, top, ph, ymax)?;
-    x_axis_buckets(o, edges, n, left, top + ph, bw)?;
+    x_axis_buckets(o, c_.edges, n, left, top + ph, bw)?;
     for (shares, colour) in [(&sp, PRIMARY), (&ss, SHADOW)] {
         let mut d = format!("M{} {}", c(x(0.0)), c(y(0.0)));
         for (i, v) in shares.iter().enumerate() {
@@ -601,51 +783,45 @@ fn latency_chart(o: &mut String, edges: &[f64], pair: &LatencyPair, title: &str)
             r#"<path d="{d}" fill="{colour}" fill-opacity="0.12" stroke="{colour}" stroke-width="1.8"/>"#
         )?;
     }
-    for (side, lat, colour) in [("primary", p, PRIMARY), ("shadow", s, SHADOW)] {
-        p99_marker(o, edges, n, lat, side, colour, (x(0.0), bw, top, ph))?;
+    for (marker, colour) in c_.markers.iter().zip([PRIMARY, SHADOW]) {
+        if let Some((v, label)) = marker {
+            value_marker(o, c_.edges, n, *v, label, colour, (x(0.0), bw, top, ph))?;
+        }
     }
-    legend(
-        o,
-        left + pw - 230.0,
-        16.0,
-        &format!("primary (n={}, p99 {} ms)", int(p.count), p99(p)),
-        &format!("shadow (n={}, p99 {} ms)", int(s.count), p99(s)),
-    )?;
+    legend(o, left + pw - 230.0, 16.0, &c_.legend[0], &c_.legend[1])?;
     writeln!(
         o,
-        r#"<text x="{}" y="{}" text-anchor="middle">latency (ms, upper edge of log-spaced bucket)</text>"#,
+        r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
         c(left + pw / 2.0),
-        c(h - 6.0)
+        c(h - 6.0),
+        esc(c_.x_label)
     )?;
     y_title(o, top, ph, "share of answers")?;
     writeln!(o, "</svg></figure>")
 }
 
-/// A dashed vertical line at one side's p99.
-fn p99_marker(
+/// A dashed vertical line at `v` on the bucket axis.
+fn value_marker(
     o: &mut String,
     edges: &[f64],
     n: usize,
-    lat: &LatencyMs,
-    side: &str,
+    v: f64,
+    label: &str,
     colour: &str,
     (x0, bw, top, ph): (f64, f64, f64, f64),
 ) -> fmt::Result {
-    if lat.count == 0 {
-        return Ok(());
-    }
-    let Some(pos) = bucket_pos(edges, n, lat.p99) else {
+    let Some(pos) = bucket_pos(edges, n, v) else {
         return Ok(());
     };
     let x = x0 + pos * bw;
     writeln!(
         o,
-        r#"<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="{colour}" stroke-width="1.5" stroke-dasharray="5 3"><title>{side} p99 {} ms</title></line>"#,
+        r#"<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="{colour}" stroke-width="1.5" stroke-dasharray="5 3"><title>{}</title></line>"#,
         c(x),
         c(top),
         c(x),
         c(top + ph),
-        esc(&ms(lat.p99))
+        esc(label)
     )
 }
 
@@ -1000,6 +1176,41 @@ mod tests {
         }
     }
 
+    /// LLM figures and a similarity row, with hostile text where traffic
+    /// puts text (stop reasons, the rule's path comes from the config).
+    fn with_llm(mut s: ShadowStats) -> ShadowStats {
+        let dist = |p50: f64, histogram: Vec<u64>| crate::report::Dist {
+            count: 100,
+            mean: p50,
+            p5: p50 * 0.8,
+            p50,
+            p95: p50 * 1.2,
+            p99: p50 * 1.5,
+            histogram,
+        };
+        let mut l = crate::report::LlmStats::default();
+        l.streamed.primary = 100;
+        l.streamed.shadow = 100;
+        l.ttft_ms.primary = latency(100, 12.0, vec![0, 80, 20, 0, 0, 0]);
+        l.ttft_ms.shadow = latency(100, 30.0, vec![0, 0, 70, 30, 0, 0]);
+        l.ttft_p99_ratio = Some(2.5);
+        l.tokens_per_second.primary = dist(450.0, vec![0, 10, 90, 0]);
+        l.tokens_per_second.shadow = dist(800.0, vec![0, 0, 20, 80]);
+        l.finish_reasons.primary.insert(HOSTILE.into(), 3);
+        l.finish_reasons.shadow.insert("stop".into(), 100);
+        s.llm = Some(l);
+        s.similarity.push(crate::report::Similarity {
+            path: "$.text".into(),
+            metric: "rouge_l".into(),
+            shadow: dist(0.64, vec![0, 0, 0, 0, 0, 10, 80, 10, 0, 0]),
+            noise: Some(dist(0.84, vec![0, 0, 0, 0, 0, 0, 0, 20, 75, 5])),
+            drop: Some(0.2),
+            drop_ci: Some([0.18, 0.21]),
+            p_value: Some(1e-9),
+        });
+        s
+    }
+
     /// A report with hostile captured text in every traffic-derived field.
     fn sample_report() -> Report {
         let mut overall = stats(1000, 30);
@@ -1050,7 +1261,7 @@ mod tests {
             EndpointReport {
                 endpoint: "POST /predict".into(),
                 count: 500,
-                shadows: BTreeMap::from([("canary".to_string(), stats(500, 5))]),
+                shadows: BTreeMap::from([("canary".to_string(), with_llm(stats(500, 5)))]),
             },
         ];
         Report {
@@ -1206,8 +1417,13 @@ mod tests {
         let html = render(&sample_report());
         assert!(html.starts_with("<!DOCTYPE html>"));
         assert!(html.contains(r#"<header class="banner v-nogo"><h1>shadowctl diff: NO-GO</h1>"#));
-        // Overall latency, two endpoint latency charts, divergence bars, drift.
-        assert_eq!(html.matches("<svg").count(), 5);
+        // Overall latency, two endpoint latency charts, divergence bars,
+        // drift, time to first token, decode speed, similarity.
+        assert_eq!(html.matches("<svg").count(), 8);
+        assert!(html.contains("<title>Time to first token of POST /predict</title>"));
+        assert!(html.contains("<title>Decode speed of POST /predict</title>"));
+        assert!(html.contains("shadow median 800.0 tokens/s"));
+        assert!(html.contains("drop 0.200 (0.180 to 0.210)"));
         assert_eq!(html.matches("<svg").count(), html.matches("</svg>").count());
         assert!(html.contains(PRIMARY) && html.contains(SHADOW));
         assert!(html.contains(">limit 5.00%</text>"));
@@ -1235,7 +1451,7 @@ mod tests {
         };
         let html = render(&r);
         assert!(html.contains("v-go") && html.contains("GO"));
-        assert!(html.contains("No latency histogram."));
+        assert!(html.contains("No histogram to draw."));
         assert!(html.ends_with("</main></body></html>\n"));
     }
 

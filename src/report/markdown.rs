@@ -65,7 +65,23 @@ fn header(o: &mut String, r: &Report) -> fmt::Result {
         code(&r.primary_source),
         if r.noise_estimated { "yes" } else { "no" },
     )?;
+    if let Some(j) = &r.judge {
+        writeln!(o)?;
+        writeln!(o, "{}", judge_line(j))?;
+    }
     writeln!(o)
+}
+
+/// The external judge's work in one sentence.
+pub(super) fn judge_line(j: &crate::diff::judge::JudgeStats) -> String {
+    format!(
+        "Judge: {} calls, {} scored, {} failed ({} timeouts, {} restarts)",
+        int(j.calls),
+        int(j.scored),
+        int(j.failed),
+        int(j.timeouts),
+        int(j.restarts)
+    )
 }
 
 /// Every reason, failures first, so the rows that decided the verdict lead.
@@ -105,6 +121,8 @@ fn shadow_section(o: &mut String, r: &Report, name: &str) -> fmt::Result {
         overall_line(o, s)?;
     }
     endpoints_table(o, &endpoint_rows(r, name))?;
+    llm_table(o, &endpoint_rows(r, name))?;
+    similarity_table(o, &endpoint_rows(r, name))?;
     if let Some(s) = r.overall.get(name) {
         fields_table(o, s)?;
         noise_table(o, s)?;
@@ -163,6 +181,108 @@ fn endpoints_table(o: &mut String, rows: &[(&EndpointReport, &ShadowStats)]) -> 
     }
     left_out(o, rows.len(), MAX_ENDPOINT_ROWS, "endpoints")?;
     writeln!(o)
+}
+
+/// LLM figures per endpoint: time to first token, gaps, speed, tokens.
+fn llm_table(o: &mut String, rows: &[(&EndpointReport, &ShadowStats)]) -> fmt::Result {
+    let llm: Vec<_> = rows
+        .iter()
+        .filter_map(|(e, s)| s.llm.as_ref().map(|l| (e, l)))
+        .collect();
+    if llm.is_empty() {
+        return Ok(());
+    }
+    writeln!(o, "**LLM answers** (primary / shadow)")?;
+    writeln!(o)?;
+    writeln!(
+        o,
+        "| Endpoint | Streamed | TTFT p50 (ms) | TTFT p99 (ms) | Ratio | Inter-token p50 (ms) | Tokens/s p50 | Ratio | Output tokens mean | Ratio | Stop reasons |"
+    )?;
+    writeln!(o, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|")?;
+    for (e, l) in llm.iter().take(MAX_ENDPOINT_ROWS) {
+        writeln!(
+            o,
+            "| {} | {} / {} | {} / {} | {} / {} | {} | {} / {} | {} / {} | {} | {} / {} | {} | {} / {} |",
+            code(&clip(&e.endpoint, MAX_VALUE_CHARS)),
+            int(l.streamed.primary),
+            int(l.streamed.shadow),
+            ms(l.ttft_ms.primary.p50),
+            ms(l.ttft_ms.shadow.p50),
+            ms(l.ttft_ms.primary.p99),
+            ms(l.ttft_ms.shadow.p99),
+            ratio(l.ttft_p99_ratio),
+            ms(l.inter_token_ms.primary.p50),
+            ms(l.inter_token_ms.shadow.p50),
+            fixed(l.tokens_per_second.primary.p50, 1),
+            fixed(l.tokens_per_second.shadow.p50, 1),
+            ratio(l.tokens_per_second_ratio),
+            fixed(l.output_tokens.primary.mean, 1),
+            fixed(l.output_tokens.shadow.mean, 1),
+            ratio(l.output_tokens_ratio),
+            text(&finish_reasons(&l.finish_reasons.primary)),
+            text(&finish_reasons(&l.finish_reasons.shadow)),
+        )?;
+    }
+    left_out(o, llm.len(), MAX_ENDPOINT_ROWS, "endpoints")?;
+    writeln!(o)
+}
+
+/// Text compared by similarity, beside the primary's similarity to itself.
+fn similarity_table(o: &mut String, rows: &[(&EndpointReport, &ShadowStats)]) -> fmt::Result {
+    let sims: Vec<_> = rows
+        .iter()
+        .flat_map(|(e, s)| s.similarity.iter().map(move |x| (e, x)))
+        .collect();
+    if sims.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        o,
+        "**Text similarity** (shadow to primary, beside primary to itself)"
+    )?;
+    writeln!(o)?;
+    writeln!(
+        o,
+        "| Endpoint | Field | Metric | Shadow median | Primary's own median | Drop (95% CI) | p |"
+    )?;
+    writeln!(o, "|---|---|---|--:|--:|--:|--:|")?;
+    for (e, x) in sims.iter().take(MAX_LIST_ROWS) {
+        writeln!(
+            o,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            code(&clip(&e.endpoint, MAX_VALUE_CHARS)),
+            code(&clip(&x.path, MAX_VALUE_CHARS)),
+            text(&x.metric),
+            fixed(x.shadow.p50, 3),
+            x.noise.as_ref().map_or(NA.to_string(), |n| fixed(n.p50, 3)),
+            similarity_drop(x),
+            x.p_value.map_or(NA.to_string(), p_value),
+        )?;
+    }
+    left_out(o, sims.len(), MAX_LIST_ROWS, "similarity rows")?;
+    writeln!(o)
+}
+
+/// `0.200 (0.188 to 0.210)`, or n/a without a noise sample.
+pub(super) fn similarity_drop(x: &crate::report::Similarity) -> String {
+    match (x.drop, x.drop_ci) {
+        (Some(d), Some([lo, hi])) => {
+            format!("{} ({} to {})", fixed(d, 3), fixed(lo, 3), fixed(hi, 3))
+        }
+        _ => NA.to_string(),
+    }
+}
+
+/// Stop reasons with their counts, most frequent first.
+pub(super) fn finish_reasons(m: &std::collections::BTreeMap<String, u64>) -> String {
+    let mut v: Vec<_> = m.iter().collect();
+    v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let parts: Vec<String> = v.iter().map(|(k, n)| format!("{k} {}", int(**n))).collect();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 fn fields_table(o: &mut String, s: &ShadowStats) -> fmt::Result {
@@ -508,7 +628,12 @@ pub(super) fn outcome_word(o: Outcome) -> &'static str {
 pub(super) fn observed(criterion: &str, v: f64) -> String {
     match criterion {
         "divergence_rate" | "error_rate_increase" => pct(v),
-        "p99_latency_ratio" => ratio(Some(v)),
+        "p99_latency_ratio"
+        | "ttft_p99_ratio"
+        | "tokens_per_second_ratio"
+        | "output_tokens_ratio" => ratio(Some(v)),
+        "similarity_drop" => fixed(v, 3),
+        "judge_failures" => count(v),
         "min_exchanges" => count(v),
         "drift_psi" => fixed(v, 3),
         _ => num(v),
@@ -830,6 +955,42 @@ mod tests {
         assert!(md.contains("rate too high on &lt;script&gt;alert(1)&lt;/script&gt; \\| check it"));
         // Backticks removed, pipe escaped, inside one code span.
         assert!(md.contains("`GET /x<script>alert(1)</script>\\|y`"));
+    }
+
+    #[test]
+    fn llm_and_similarity_tables_escape_what_traffic_wrote() {
+        let mut r = sample_report();
+        let hostile = "x<script>|y";
+        let e = r.endpoints.first_mut().unwrap();
+        let s = e.shadows.values_mut().next().unwrap();
+        let mut l = crate::report::LlmStats::default();
+        l.streamed.primary = 10;
+        l.ttft_ms.primary.p50 = 12.5;
+        l.ttft_p99_ratio = Some(2.5);
+        l.finish_reasons.primary.insert(hostile.into(), 2);
+        s.llm = Some(l);
+        s.similarity.push(crate::report::Similarity {
+            path: "$.text".into(),
+            metric: "rouge_l".into(),
+            shadow: Default::default(),
+            noise: None,
+            drop: None,
+            drop_ci: None,
+            p_value: None,
+        });
+        let md = render(&r);
+        let row = md
+            .lines()
+            .find(|l| l.contains("2.50×") && l.contains("12.5 "))
+            .expect("an LLM row");
+        assert_eq!(unescaped_pipes(row), 12, "{row}");
+        assert!(!outside_code(row).contains('<'), "{row}");
+        let sim = md
+            .lines()
+            .find(|l| l.contains("`$.text`"))
+            .expect("a similarity row");
+        assert_eq!(unescaped_pipes(sim), 8, "{sim}");
+        assert!(sim.contains("| n/a |"), "{sim}");
     }
 
     /// Count `|` not preceded by an odd run of backslashes (GFM cell splits).

@@ -53,7 +53,8 @@ pub enum Outcome {
 #[derive(Clone, Debug, Serialize)]
 pub struct Reason {
     /// `min_exchanges`, `shadow_usable`, `divergence_rate`, `error_rate_increase`,
-    /// `p99_latency_ratio`, `drift_psi`.
+    /// `p99_latency_ratio`, `ttft_p99_ratio`, `tokens_per_second_ratio`,
+    /// `output_tokens_ratio`, `similarity_drop`, `judge_failures`, `drift_psi`.
     pub criterion: String,
     /// `None` means all endpoints together.
     pub endpoint: Option<String>,
@@ -200,6 +201,8 @@ pub struct ShadowStats {
 pub struct Dist {
     pub count: u64,
     pub mean: f64,
+    /// The low tail: the least similar answers, the slowest decoders.
+    pub p5: f64,
     pub p50: f64,
     pub p95: f64,
     pub p99: f64,

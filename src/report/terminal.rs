@@ -123,6 +123,42 @@ pub fn render(r: &Report, colour: bool, verbose: bool) -> String {
                 e.latency_ms.shadow.p99
             );
         }
+        for ep in r.endpoints.iter().take(25) {
+            let Some(e) = ep.shadows.get(name) else {
+                continue;
+            };
+            let endpoint = clip(&clean(&ep.endpoint), 35);
+            if let Some(l) = &e.llm {
+                let _ = writeln!(
+                    o,
+                    "  llm {endpoint}: TTFT p50 {:.1} / {:.1} ms, p99 {:.1} / {:.1} ms; tokens/s p50 {:.1} / {:.1}; output tokens {:.1} / {:.1}; stop {} / {}",
+                    l.ttft_ms.primary.p50,
+                    l.ttft_ms.shadow.p50,
+                    l.ttft_ms.primary.p99,
+                    l.ttft_ms.shadow.p99,
+                    l.tokens_per_second.primary.p50,
+                    l.tokens_per_second.shadow.p50,
+                    l.output_tokens.primary.mean,
+                    l.output_tokens.shadow.mean,
+                    clean(&super::markdown::finish_reasons(&l.finish_reasons.primary)),
+                    clean(&super::markdown::finish_reasons(&l.finish_reasons.shadow)),
+                );
+            }
+            for x in &e.similarity {
+                let own = x
+                    .noise
+                    .as_ref()
+                    .map_or("n/a".to_string(), |n| format!("{:.3}", n.p50));
+                let _ = writeln!(
+                    o,
+                    "  text {endpoint} {} ({}): median similarity {:.3} vs the primary's own {own}; drop {}",
+                    clip(&clean(&x.path), 40),
+                    x.metric,
+                    x.shadow.p50,
+                    super::markdown::similarity_drop(x),
+                );
+            }
+        }
         for f in s.fields.iter().take(5) {
             let _ = writeln!(
                 o,
@@ -161,6 +197,9 @@ pub fn render(r: &Report, colour: bool, verbose: bool) -> String {
             pct(seg.rest_rate),
             seg.p_value
         );
+    }
+    if let Some(j) = &r.judge {
+        let _ = writeln!(o, "\n{}", super::markdown::judge_line(j));
     }
     if let Some(ex) = r.top_divergences.first() {
         let _ = writeln!(

@@ -361,10 +361,10 @@ impl ExchangeReader {
                 detail: format!("kind is {kind:?}"),
             });
         }
-        // Never read back (derived from other columns when written).
-        // `malformed_detail` came with capture files of schema version 1
-        // written after 2026-11-30: older ones lack it.
-        // So did `response_event_offsets_ns`, a day later.
+        // May be absent: the first two are never read back (derived from
+        // other columns when written); `malformed_detail` and
+        // `response_event_offsets_ns` came later within schema version 1,
+        // so older capture files lack them.
         let derived = [
             "incomplete",
             "missing_response",
