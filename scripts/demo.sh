@@ -69,7 +69,7 @@ rc=0
 say "reports"
 for f in report.html report.md report.json junit.xml divergences.jsonl; do echo "  $ROOT/$OUT/$f"; done
 case $rc in
-    1) echo "verdict NO-GO, as seeded: v2 flips labels, is slower on /embed, drops price" ;;
+    1) echo "verdict NO-GO, as seeded: v2 flips labels, is slower on /embed, drops price, and its chat answers start later and move away from v1's wording" ;;
     0|3) echo "unexpected verdict (exit $rc): the seeded regressions were not all caught" >&2; exit 1 ;;
     *) exit "$rc" ;;
 esac

@@ -114,19 +114,21 @@ pub fn maybe_llm(r: &ReplayResult) -> bool {
     if r.event_offsets_ns.is_some() {
         return true;
     }
-    let ct = r.response_headers.get("content-type").unwrap_or_default();
-    if events::detect(Some(ct), b"").is_some() {
+    let ct = r.response_headers.get("content-type");
+    if ct.and_then(events::by_content_type).is_some() {
         return true;
     }
-    let body = &r.response_body;
-    [
-        &b"\"choices\""[..],
+    // Built once: making a searcher per answer cost more than the search.
+    const KEYS: [&[u8]; 6] = [
+        b"\"choices\"",
         b"\"content\"",
         b"\"generated_text\"",
         b"\"embedding\"",
         b"\"done\"",
         b"\"output\"",
-    ]
-    .iter()
-    .any(|k| memchr::memmem::find(body, k).is_some())
+    ];
+    static FINDERS: std::sync::LazyLock<Vec<memchr::memmem::Finder<'static>>> =
+        std::sync::LazyLock::new(|| KEYS.into_iter().map(memchr::memmem::Finder::new).collect());
+    let body = &r.response_body;
+    FINDERS.iter().any(|f| f.find(body).is_some())
 }

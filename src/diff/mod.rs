@@ -210,6 +210,31 @@ pub(crate) struct Folded {
     pub recorded_primary: bool,
     /// Judgements that failed, per (endpoint, shadow or `recorded`).
     pub judge_failed: HashMap<(u32, String), u64>,
+    /// Per endpoint: whether its answers are worth checking for LLM ones.
+    llm_probe: HashMap<u32, LlmProbe>,
+}
+
+/// An endpoint whose first answers hold no LLM answer is not checked
+/// again: telling costs a scan of every body, and endpoints serve one kind.
+#[derive(Default)]
+struct LlmProbe {
+    plain: u32,
+    llm: bool,
+}
+
+/// Exchanges without any LLM answer after which an endpoint is taken as
+/// plain.
+const LLM_PROBE_EXCHANGES: u32 = 100;
+
+impl LlmProbe {
+    fn wanted(&self) -> bool {
+        self.llm || self.plain < LLM_PROBE_EXCHANGES
+    }
+
+    fn saw(&mut self, llm: bool) {
+        self.llm |= llm;
+        self.plain += u32::from(!llm);
+    }
 }
 
 impl Folded {
@@ -583,6 +608,7 @@ fn fold_group(
                 .entry((ep, shadow.target_name.clone()))
                 .or_default() += seen.judge_failed;
         }
+        f.llm_probe.entry(ep).or_default();
         let t = f.tallies.entry((ep, sh)).or_default();
         t.compared += 1;
         *t.cells.entry(cell).or_default() += 1;
@@ -604,15 +630,21 @@ fn fold_group(
         for (path, metric, x) in seen.similarities {
             t.similarity.entry((path, metric)).or_default().add(x);
         }
-        if doc::maybe_llm(primary) {
-            if let Some(a) = &pd.get().answer {
-                t.llm.primary.add(primary, a);
+        if let Some(probe) = f.llm_probe.get_mut(&ep).filter(|p| p.wanted()) {
+            let mut seen_llm = false;
+            for (row, doc, side) in [
+                (primary, &pd, &mut t.llm.primary),
+                (shadow, &sd, &mut t.llm.shadow),
+            ] {
+                if let Some(a) = doc::maybe_llm(row)
+                    .then(|| doc.get().answer.as_ref())
+                    .flatten()
+                {
+                    side.add(row, a);
+                    seen_llm = true;
+                }
             }
-        }
-        if doc::maybe_llm(shadow) {
-            if let Some(a) = &sd.get().answer {
-                t.llm.shadow.add(shadow, a);
-            }
+            probe.saw(seen_llm);
         }
         let wanted = &comparer.endpoint(&name).drift;
         summarize::fold_drift(&ctx.opts.config, wanted, &pd, &sd, t);

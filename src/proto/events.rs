@@ -49,21 +49,28 @@ pub const MAX_EVENT: usize = 8 << 20;
 /// Which format a response body is, from its content type, else from its
 /// first bytes (servers label streams `text/plain` or `application/json`).
 pub fn detect(content_type: Option<&[u8]>, body: &[u8]) -> Option<Format> {
-    if let Some(ct) = content_type {
-        let ct = String::from_utf8_lossy(ct).to_ascii_lowercase();
-        let mime = ct.split(';').next().unwrap_or("").trim();
-        match mime {
-            "text/event-stream" => return Some(Format::Sse),
-            "application/x-ndjson"
-            | "application/ndjson"
-            | "application/jsonl"
-            | "application/x-jsonlines"
-            | "application/jsonlines"
-            | "application/json-lines" => return Some(Format::Ndjson),
-            _ => {}
-        }
+    content_type
+        .and_then(by_content_type)
+        .or_else(|| sniff(body))
+}
+
+/// The format a content type names, if it names one (no allocation: this
+/// runs on every answer `diff` reads).
+pub fn by_content_type(ct: &[u8]) -> Option<Format> {
+    let mime = ct.split(|&b| b == b';').next().unwrap_or(b"").trim_ascii();
+    let is = |name: &[u8]| mime.eq_ignore_ascii_case(name);
+    if is(b"text/event-stream") {
+        return Some(Format::Sse);
     }
-    sniff(body)
+    let ndjson: [&[u8]; 6] = [
+        b"application/x-ndjson",
+        b"application/ndjson",
+        b"application/jsonl",
+        b"application/x-jsonlines",
+        b"application/jsonlines",
+        b"application/json-lines",
+    ];
+    ndjson.iter().any(|n| is(n)).then_some(Format::Ndjson)
 }
 
 /// Content sniffing: an SSE body starts with a field line and has a blank
