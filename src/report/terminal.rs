@@ -131,7 +131,7 @@ pub fn render(r: &Report, colour: bool, verbose: bool) -> String {
             if let Some(l) = &e.llm {
                 let _ = writeln!(
                     o,
-                    "  llm {endpoint}: TTFT p50 {:.1} / {:.1} ms, p99 {:.1} / {:.1} ms; tokens/s p50 {:.1} / {:.1}; output tokens {:.1} / {:.1}; stop {} / {}",
+                    "  llm {endpoint}: TTFT p50 {:.1} / {:.1} ms, p99 {:.1} / {:.1} ms; tokens/s p50 {:.1} / {:.1}; output tokens {:.1} / {:.1}; stop reasons {} / {}",
                     l.ttft_ms.primary.p50,
                     l.ttft_ms.shadow.p50,
                     l.ttft_ms.primary.p99,
