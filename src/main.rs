@@ -233,7 +233,11 @@ struct CaptureArgs {
     /// Also redact the values of this header (repeatable).
     #[arg(long = "redact-header", value_name = "NAME")]
     redact_header: Vec<String>,
-    /// Keep Authorization, Cookie and other secret header values as captured.
+    /// Also redact the value of this query parameter (repeatable; api_key,
+    /// access_token, token, key, sig and signature are redacted by default).
+    #[arg(long = "redact-query", value_name = "NAME")]
+    redact_query: Vec<String>,
+    /// Keep Authorization, Cookie, API-key headers and query credentials as captured.
     #[arg(long)]
     keep_secrets: bool,
     /// Store at most this many body bytes per message (e.g. 65536, 1MiB).
@@ -372,17 +376,17 @@ fn reassembly_config(args: &CaptureArgs) -> capture::ReassemblyConfig {
     r
 }
 
-fn redaction(args: &CaptureArgs) -> Vec<String> {
-    let mut names: Vec<String> = if args.keep_secrets {
-        Vec::new()
+fn redaction(args: &CaptureArgs) -> capture::Redaction {
+    let mut r = if args.keep_secrets {
+        capture::Redaction::none()
     } else {
-        capture::DEFAULT_REDACTED
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        capture::Redaction::default()
     };
-    names.extend(args.redact_header.iter().map(|h| h.to_ascii_lowercase()));
-    names
+    r.headers
+        .extend(args.redact_header.iter().map(|h| h.to_ascii_lowercase()));
+    r.query
+        .extend(args.redact_query.iter().map(|q| q.to_ascii_lowercase()));
+    r
 }
 
 fn run_capture(args: CaptureArgs) -> anyhow::Result<u8> {

@@ -29,7 +29,7 @@ pub struct LiveOptions {
     pub sample: Option<f64>,
     pub output: OutputSpec,
     pub reassembly: ReassemblyConfig,
-    pub redact: Vec<String>,
+    pub redact: super::Redaction,
     pub writer: WriterConfig,
     /// Writer queue length in batches.
     pub queue: usize,

@@ -28,13 +28,97 @@ pub use reassembly::ReassemblyConfig;
 use source::{CaptureFile, RawPacket};
 pub use stats::CaptureStats;
 
-/// Headers whose values are secrets unless `--keep-secrets`.
-pub const DEFAULT_REDACTED: [&str; 4] = [
+/// Headers whose values are secrets unless `--keep-secrets`: credentials
+/// of the common schemes and API gateways. `Idempotency-Key` is not one:
+/// the service needs it to answer the same way.
+pub const DEFAULT_REDACTED: [&str; 11] = [
     "authorization",
     "proxy-authorization",
     "cookie",
     "set-cookie",
+    "x-api-key",
+    "api-key",
+    "x-auth-token",
+    "x-amz-security-token",
+    "x-goog-api-key",
+    "ocp-apim-subscription-key",
+    "x-csrf-token",
 ];
+
+/// Query parameters whose values are secrets unless `--keep-secrets`.
+pub const DEFAULT_REDACTED_QUERY: [&str; 6] = [
+    "api_key",
+    "access_token",
+    "token",
+    "key",
+    "sig",
+    "signature",
+];
+
+/// What capture redacts before anything is written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Redaction {
+    /// Header names (lower case) whose values become [`REDACTED`].
+    pub headers: Vec<String>,
+    /// Query parameter names (lower case) whose values become [`REDACTED`].
+    pub query: Vec<String>,
+}
+
+impl Default for Redaction {
+    fn default() -> Self {
+        let own = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        Self {
+            headers: own(&DEFAULT_REDACTED),
+            query: own(&DEFAULT_REDACTED_QUERY),
+        }
+    }
+}
+
+impl Redaction {
+    /// `--keep-secrets`: nothing unless asked by name.
+    pub fn none() -> Self {
+        Self {
+            headers: Vec::new(),
+            query: Vec::new(),
+        }
+    }
+}
+
+/// Replace the values of the named query parameters of a request target
+/// with [`REDACTED`]; the new target and how many values were replaced.
+pub fn redact_query(target: &str, names: &[String]) -> (Option<String>, u64) {
+    let Some((path, rest)) = target.split_once('?') else {
+        return (None, 0);
+    };
+    let (query, fragment) = match rest.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (rest, None),
+    };
+    let mut n = 0;
+    let parts: Vec<String> = query
+        .split('&')
+        .map(|p| match p.split_once('=') {
+            Some((k, v))
+                if !v.is_empty()
+                    && v != REDACTED
+                    && names.iter().any(|name| name.eq_ignore_ascii_case(k)) =>
+            {
+                n += 1;
+                format!("{k}={REDACTED}")
+            }
+            _ => p.to_string(),
+        })
+        .collect();
+    if n == 0 {
+        return (None, 0);
+    }
+    let mut out = format!("{path}?{}", parts.join("&"));
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    (Some(out), n)
+}
 
 /// Errors of the capture stage.
 #[derive(Debug, thiserror::Error)]
@@ -59,8 +143,7 @@ pub struct CaptureOptions {
     pub inputs: Vec<PathBuf>,
     pub out: PathBuf,
     pub reassembly: ReassemblyConfig,
-    /// Header names (lower case) whose values are replaced by [`REDACTED`].
-    pub redact: Vec<String>,
+    pub redact: Redaction,
     pub writer: WriterConfig,
     pub progress: bool,
     /// Keep this fraction of connections (`--sample`).
@@ -73,7 +156,7 @@ impl CaptureOptions {
             inputs,
             out,
             reassembly: ReassemblyConfig::default(),
-            redact: DEFAULT_REDACTED.iter().map(|s| s.to_string()).collect(),
+            redact: Redaction::default(),
             writer: WriterConfig::default(),
             progress: false,
             sample: None,
@@ -169,9 +252,17 @@ impl WriterThread {
     }
 }
 
-fn redact_all(rows: &mut [Exchange], names: &[String]) -> u64 {
+fn redact_all(rows: &mut [Exchange], redaction: &Redaction) -> u64 {
+    let (names, query) = (&redaction.headers, &redaction.query);
     let mut n = 0;
     for ex in rows {
+        if !query.is_empty() {
+            let (target, k) = redact_query(&ex.target, query);
+            if let Some(t) = target {
+                ex.target = t;
+            }
+            n += k;
+        }
         for h in [
             &mut ex.request_headers,
             &mut ex.response_headers,
@@ -211,8 +302,8 @@ pub struct Pipeline {
     next_exchange_id: u64,
     /// Keep a connection when the hash of its endpoints is below this.
     sample_below: Option<u64>,
-    /// Header names (lower case) whose values are redacted before output.
-    redact: Vec<String>,
+    /// What is redacted before output.
+    redact: Redaction,
 }
 
 impl Pipeline {
@@ -223,13 +314,13 @@ impl Pipeline {
             stats: CaptureStats::default(),
             next_exchange_id: 0,
             sample_below: None,
-            redact: DEFAULT_REDACTED.iter().map(|s| s.to_string()).collect(),
+            redact: Redaction::default(),
         }
     }
 
-    /// Redact the values of these headers (lower case) instead of the defaults.
-    pub fn redact(&mut self, names: Vec<String>) {
-        self.redact = names;
+    /// Redact these instead of the defaults.
+    pub fn redact(&mut self, redaction: Redaction) {
+        self.redact = redaction;
     }
 
     /// Keep only `fraction` of the connections, chosen by a hash of their
@@ -416,4 +507,53 @@ fn read_all(
         return Err(e);
     }
     Ok(pipeline.stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_credentials_are_redacted_by_name_whatever_their_case() {
+        let names = Redaction::default().query;
+        let (t, n) = redact_query("/v1/x?API_KEY=abc&limit=5&token=t0k#top", &names);
+        assert_eq!(
+            (t.as_deref(), n),
+            (
+                Some("/v1/x?API_KEY=[REDACTED]&limit=5&token=[REDACTED]#top"),
+                2
+            )
+        );
+        // Names that only contain a default name, empty values and targets
+        // without a query are left as they are.
+        for same in ["/a?monkey=1&tokens=2", "/a?key=", "/a", "/a?key"] {
+            assert_eq!(redact_query(same, &names), (None, 0), "{same}");
+        }
+        assert_eq!(
+            redact_query("/a?key=1", &Redaction::none().query),
+            (None, 0)
+        );
+    }
+
+    #[test]
+    fn common_api_key_headers_are_redacted_by_default_and_idempotency_keys_kept() {
+        let mut ex = Exchange {
+            target: "/pay?access_token=xyz".into(),
+            ..Default::default()
+        };
+        for (n, v) in [
+            ("X-Api-Key", "k1"),
+            ("Ocp-Apim-Subscription-Key", "k2"),
+            ("X-Goog-Api-Key", "k3"),
+            ("Idempotency-Key", "order-7"),
+        ] {
+            ex.request_headers.push(n.as_bytes(), v.as_bytes());
+        }
+        let mut rows = vec![ex];
+        assert_eq!(redact_all(&mut rows, &Redaction::default()), 4);
+        let h = &rows[0].request_headers;
+        assert_eq!(h.get("x-api-key"), Some(REDACTED.as_bytes()));
+        assert_eq!(h.get("idempotency-key"), Some(&b"order-7"[..]));
+        assert_eq!(rows[0].target, "/pay?access_token=[REDACTED]");
+    }
 }

@@ -96,6 +96,34 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// A redacted query value is never sent: its parameter is left out (like a
+/// redacted header), and counted.
+fn without_redacted_query(path: &str) -> (std::borrow::Cow<'_, str>, u32) {
+    let Some((base, rest)) = path.split_once('?') else {
+        return (path.into(), 0);
+    };
+    let (query, fragment) = match rest.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (rest, None),
+    };
+    let redacted = |p: &&str| p.split_once('=').is_some_and(|(_, v)| v == REDACTED);
+    let dropped = query.split('&').filter(redacted).count() as u32;
+    if dropped == 0 {
+        return (path.into(), 0);
+    }
+    let kept: Vec<&str> = query.split('&').filter(|p| !redacted(p)).collect();
+    let mut out = base.to_string();
+    if !kept.is_empty() {
+        out.push('?');
+        out.push_str(&kept.join("&"));
+    }
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    (out.into(), dropped)
+}
+
 /// Build the request for one destination.
 pub fn build(ex: &Exchange, dest: &Destination<'_>, rules: &RequestRules) -> Built {
     let mut out = Vec::with_capacity(256 + ex.request_body.len());
@@ -106,16 +134,15 @@ pub fn build(ex: &Exchange, dest: &Destination<'_>, rules: &RequestRules) -> Bui
     };
     out.extend_from_slice(&latin1_bytes(&ex.method));
     out.push(b' ');
-    let path = origin_form(&ex.target);
+    let (path, mut dropped_redacted) = without_redacted_query(origin_form(&ex.target));
     if !dest.base_path.is_empty() && path.starts_with('/') {
         out.extend_from_slice(dest.base_path.trim_end_matches('/').as_bytes());
     }
-    out.extend_from_slice(&latin1_bytes(path));
+    out.extend_from_slice(&latin1_bytes(&path));
     out.push(b' ');
     out.extend_from_slice(version.as_bytes());
     out.extend_from_slice(b"\r\n");
 
-    let mut dropped_redacted = 0;
     let mut set_done = vec![false; rules.set.len()];
     let mut host_seen = false;
     let mut length_sent = false;
@@ -263,5 +290,34 @@ mod tests {
             "{text}"
         );
         assert_eq!(built.dropped_redacted, 0);
+    }
+
+    #[test]
+    fn redacted_query_values_are_left_out_and_counted() {
+        let r = REDACTED.to_string();
+        let cases = [
+            ("/a?x=1", "/a?x=1", 0),
+            (&*format!("/a?api_key={r}&x=1"), "/a?x=1", 1),
+            (&*format!("/a?key={r}&sig={r}"), "/a", 2),
+            (&*format!("/a?x=1&token={r}#frag"), "/a?x=1#frag", 1),
+        ];
+        for (input, want, dropped) in cases {
+            let (got, n) = without_redacted_query(input);
+            assert_eq!((got.as_ref(), n), (want, dropped), "{input}");
+        }
+        let mut ex = exchange();
+        ex.target = format!("/v1/models?api_key={r}&limit=5");
+        let dest = Destination {
+            authority: "h:1",
+            base_path: "",
+            marker: None,
+        };
+        let built = build(&ex, &dest, &RequestRules::default());
+        let text = String::from_utf8(built.bytes).unwrap();
+        assert!(
+            text.starts_with("POST /v1/models?limit=5 HTTP/1.1\r\n"),
+            "{text}"
+        );
+        assert_eq!(built.dropped_redacted, 2, "the header and the parameter");
     }
 }
