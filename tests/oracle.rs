@@ -90,7 +90,9 @@ fn ours(pcap: &Path, out_dir: &Path) -> Vec<Row> {
     ));
     let run = assert_cmd::Command::cargo_bin("shadowctl")
         .unwrap()
-        .args(["capture", "-q", "--read"])
+        // tshark shows what was on the wire: compare with it unredacted
+        // (query credentials such as `api_key` are redacted by default).
+        .args(["capture", "-q", "--keep-secrets", "--read"])
         .arg(pcap)
         .arg("--out")
         .arg(&out)
