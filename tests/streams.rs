@@ -551,15 +551,53 @@ fn assert_near(what: &str, got: i64, want: i64) {
     );
 }
 
-/// Event times (absolute, ns since epoch) against the server's writes.
-fn assert_event_times(what: &str, times: &[i64], sent: &Sent) {
+/// Read times in replay are when the reading task woke up, not kernel
+/// times: on this 2-core VM a sleeper wakes more than 1.4 ms late for about
+/// 0.1% of its wake-ups even when idle (../shared/NOTES.md). So a replay
+/// time may exceed the tolerance up to this bound, at most
+/// [`LATE_WAKEUPS_ALLOWED`] times per test (`check_late_wakeups`).
+const LATE_BOUND_NS: i64 = 10_000_000;
+const LATE_WAKEUPS_ALLOWED: usize = 2;
+static LATE_WAKEUPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn assert_read_near(what: &str, got: i64, want: i64) {
+    let off = got - want;
+    if off.abs() <= TOLERANCE_NS {
+        return;
+    }
+    assert!(
+        off.abs() <= LATE_BOUND_NS,
+        "{what}: read at {got}, server wrote at {want} ({:.3} ms off)",
+        off as f64 / 1e6
+    );
+    eprintln!("{what}: a late wake-up, {:.3} ms off", off as f64 / 1e6);
+    LATE_WAKEUPS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// At most a few late wake-ups since the last call.
+fn check_late_wakeups() {
+    let late = LATE_WAKEUPS.swap(0, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        late <= LATE_WAKEUPS_ALLOWED,
+        "{late} replay read times beyond the tolerance (at most {LATE_WAKEUPS_ALLOWED})"
+    );
+}
+
+/// Event times (absolute, ns since epoch) against the server's writes;
+/// `read`: replay's read times (see [`assert_read_near`]), else packet times.
+fn assert_event_times(what: &str, times: &[i64], sent: &Sent, read: bool) {
     assert_eq!(
         times.len(),
         sent.event_ts.len(),
         "{what}: events recorded vs whole events the server sent"
     );
     for (i, (&got, &want)) in times.iter().zip(&sent.event_ts).enumerate() {
-        assert_near(&format!("{what}: event {i}"), got, want);
+        let what = format!("{what}: event {i}");
+        if read {
+            assert_read_near(&what, got, want);
+        } else {
+            assert_near(&what, got, want);
+        }
     }
 }
 
@@ -597,7 +635,7 @@ fn assert_answer(what: &str, content_type: Option<&[u8]>, body: &[u8], case: Cas
 fn assert_replayed(what: &str, r: &ReplayResult, case: Case, sent: &Sent) {
     assert_eq!(r.status, Some(200), "{what}");
     let sent_ts = r.sent_ts.unwrap();
-    assert_near(
+    assert_read_near(
         &format!("{what}: first byte"),
         r.first_byte_ts.unwrap(),
         sent.head_ts,
@@ -607,7 +645,7 @@ fn assert_replayed(what: &str, r: &ReplayResult, case: Case, sent: &Sent) {
         .as_deref()
         .unwrap_or_else(|| panic!("{what}: no event offsets"));
     let times: Vec<i64> = offsets.iter().map(|o| sent_ts + o).collect();
-    assert_event_times(what, &times, sent);
+    assert_event_times(what, &times, sent, true);
     assert!(
         offsets.windows(2).all(|w| w[0] <= w[1]),
         "{what}: {offsets:?}"
@@ -615,7 +653,7 @@ fn assert_replayed(what: &str, r: &ReplayResult, case: Case, sent: &Sent) {
     // The first token is the first content chunk, not the role-only one
     // (written GAP earlier).
     let first = sent.first_content_ts.unwrap();
-    assert_near(
+    assert_read_near(
         &format!("{what}: first_token_ts"),
         r.first_token_ts.unwrap(),
         first,
@@ -631,6 +669,7 @@ fn assert_replayed(what: &str, r: &ReplayResult, case: Case, sent: &Sent) {
 #[test]
 fn replayed_streams_keep_each_events_arrival_and_the_first_token() {
     let _serial = serial();
+    LATE_WAKEUPS.store(0, std::sync::atomic::Ordering::SeqCst);
     let server = Server::start();
     use Api::*;
     use Mode::*;
@@ -683,11 +722,13 @@ fn replayed_streams_keep_each_events_arrival_and_the_first_token() {
         assert_replayed(id, r, case, &sent);
         assert_eq!(server.times_asked(&target), 1, "{id}");
     }
+    check_late_wakeups();
 }
 
 #[test]
 fn a_stalled_stream_is_cut_after_the_idle_timeout_and_others_go_on() {
     let _serial = serial();
+    LATE_WAKEUPS.store(0, std::sync::atomic::Ordering::SeqCst);
     let server = Server::start();
     let stalled = Case::new(Api::OpenAi, true, Mode::Stall, 4);
     let healthy = Case::new(Api::OpenAi, true, Mode::Paced, 4);
@@ -737,6 +778,7 @@ fn a_stalled_stream_is_cut_after_the_idle_timeout_and_others_go_on() {
     // It ran while the stalled stream was open, and finished first.
     assert!(h.sent_ts.unwrap() < r.done_ts.unwrap());
     assert!(h.done_ts.unwrap() < r.done_ts.unwrap());
+    check_late_wakeups();
 }
 
 // ---- live capture ------------------------------------------------------
@@ -872,6 +914,7 @@ impl Client {
 #[test]
 fn live_capture_times_each_complete_event_from_its_packets() {
     let _serial = serial();
+    LATE_WAKEUPS.store(0, std::sync::atomic::Ordering::SeqCst);
     if skip_live() {
         return;
     }
@@ -943,7 +986,7 @@ fn live_capture_times_each_complete_event_from_its_packets() {
             .as_deref()
             .unwrap_or_else(|| panic!("{what}: no event offsets"));
         let times: Vec<i64> = offsets.iter().map(|o| start + o).collect();
-        assert_event_times(&what, &times, &sent);
+        assert_event_times(&what, &times, &sent, false);
         assert_eq!(ex.response_body, sent.body, "{what}: body");
         let ct = ex.response_headers.get("content-type");
         assert_answer(&what, ct, &ex.response_body, *case, &sent);
@@ -996,4 +1039,5 @@ fn live_capture_times_each_complete_event_from_its_packets() {
             &server.sent(target, 1),
         );
     }
+    check_late_wakeups();
 }
