@@ -61,4 +61,7 @@ class Api(BaseHTTPRequestHandler):
         pass
 
 
-ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Api).serve_forever()
+server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Api)
+# Tests wait for this line: the port is bound by this process.
+print("listening", flush=True)
+server.serve_forever()

@@ -39,20 +39,45 @@ struct Server {
 }
 
 impl Server {
+    /// Tests run side by side and a free port is only free when asked:
+    /// another test's server may take it first. A server that could not
+    /// bind has exited (while the port answers for the other one), so try
+    /// another port, a few times.
     fn start() -> Self {
+        for _ in 0..5 {
+            if let Some(server) = Self::try_start() {
+                return server;
+            }
+        }
+        panic!("fixture server did not start on any of 5 ports");
+    }
+
+    fn try_start() -> Option<Self> {
         let port = free_port();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/fixture_server.py");
-        let child = Command::new("python3")
+        let mut child = Command::new("python3")
             .arg(script)
             .arg(port.to_string())
+            .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "fixture server did not start");
-            std::thread::sleep(Duration::from_millis(50));
+        // "listening" once bound; end of output if it could not bind.
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("fixture server did not start");
+        if !line.starts_with("listening") {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
         }
-        Server { child, port }
+        Some(Server { child, port })
     }
 }
 
@@ -456,23 +481,32 @@ fn api_keys_in_headers_and_query_strings_are_redacted_by_default() {
     let dir = tempfile::tempdir().unwrap();
     let port = server.port.to_string();
     let request = b"GET /items/3?api_key=s3cr3t-q&limit=5 HTTP/1.1\r\nHost: t\r\nX-Api-Key: k-s3cr3t-h\r\nIdempotency-Key: order-77\r\n\r\n";
-    let mut outs = Vec::new();
-    for keep in [false, true] {
-        let out = dir.path().join(format!("keep-{keep}.parquet"));
-        let mut args = vec!["--port", &port, "--out", out.to_str().unwrap()];
-        if keep {
-            args.push("--keep-secrets");
-        }
-        let mut cap = start_capture(&args);
-        let mut c = Client::connect(server.port);
-        let (status, _) = c.send(request, false);
-        assert_eq!(status, 200);
-        drop(c);
-        std::thread::sleep(Duration::from_millis(500));
-        signal(&cap, libc::SIGINT);
-        let (status, _) = wait(&mut cap, Duration::from_secs(5));
+    // Two captures of the same request at once: by default and with
+    // --keep-secrets (one connection, so the server is asked once).
+    let outs: Vec<PathBuf> = [false, true]
+        .iter()
+        .map(|keep| dir.path().join(format!("keep-{keep}.parquet")))
+        .collect();
+    let mut caps: Vec<Child> = outs
+        .iter()
+        .zip([false, true])
+        .map(|(out, keep)| {
+            let mut args = vec!["--port", &port, "--out", out.to_str().unwrap()];
+            if keep {
+                args.push("--keep-secrets");
+            }
+            start_capture(&args)
+        })
+        .collect();
+    let mut c = Client::connect(server.port);
+    let (status, _) = c.send(request, false);
+    assert_eq!(status, 200);
+    drop(c);
+    std::thread::sleep(Duration::from_millis(500));
+    for cap in &mut caps {
+        signal(cap, libc::SIGINT);
+        let (status, _) = wait(cap, Duration::from_secs(5));
         assert!(status.success(), "{status:?}");
-        outs.push(out);
     }
     let redacted = &rows_in(&outs[..1])[0];
     assert_eq!(redacted.target, "/items/3?api_key=[REDACTED]&limit=5");
