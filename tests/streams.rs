@@ -1046,3 +1046,117 @@ fn live_capture_times_each_complete_event_from_its_packets() {
     }
     check_late_wakeups();
 }
+
+/// The last step: `diff` on replayed streams assembles them (answers from
+/// the same server agree, whatever their chunk ids) and reports the LLM
+/// figures the server produced.
+#[test]
+fn diff_assembles_and_times_the_replayed_streams() {
+    let _serial = serial();
+    LATE_WAKEUPS.store(0, std::sync::atomic::Ordering::SeqCst);
+    use Api::*;
+    use Mode::*;
+    let server = Server::start();
+    let cases = [
+        ("d-sse-chunked", Case::new(OpenAi, true, Paced, 4)),
+        ("d-sse-close", Case::new(OpenAi, false, Paced, 6)),
+        ("d-ndjson", Case::new(Ollama, true, Paced, 5)),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let requests: Vec<(String, i64)> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (id, c))| (c.target(id), i as i64 * 200))
+        .collect();
+    let cap = capture_file(dir.path(), &requests);
+    let results = dir.path().join("results.parquet");
+    let url = server.url();
+    let shadow = format!("v2={url}");
+    let run = |args: &[&str]| {
+        Command::cargo_bin("shadowctl")
+            .unwrap()
+            .args(args)
+            .timeout(Duration::from_secs(60))
+            .output()
+            .unwrap()
+    };
+    let replay = run(&[
+        "replay",
+        cap.to_str().unwrap(),
+        "--primary",
+        &url,
+        "--shadow",
+        &shadow,
+        "--out",
+        results.to_str().unwrap(),
+        "-q",
+    ]);
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let json = dir.path().join("report.json");
+    let diff = run(&[
+        "diff",
+        results.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+        "-q",
+    ]);
+    // Three exchanges are too few to decide (INCONCLUSIVE), never bad input.
+    assert_eq!(
+        diff.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&diff.stderr)
+    );
+    let r: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(r["exchanges"], 3);
+    assert_eq!(
+        r["overall"]["v2"]["divergent"], 0,
+        "{}",
+        r["overall"]["v2"]["fields"]
+    );
+    let llm = |endpoint: &str| {
+        let e = r["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["endpoint"] == endpoint)
+            .unwrap_or_else(|| panic!("no {endpoint} in {}", r["endpoints"]));
+        e["shadows"]["v2"]["llm"].clone()
+    };
+    let gap_ms = GAP.as_secs_f64() * 1e3;
+    for (endpoint, answers, tokens) in [
+        ("POST /v1/chat/completions", 2, (104.0 + 106.0) / 2.0),
+        ("POST /api/generate", 1, 105.0),
+    ] {
+        let l = llm(endpoint);
+        for side in ["primary", "shadow"] {
+            assert_eq!(l["streamed"][side], answers, "{endpoint} {side}: {l}");
+            assert_eq!(
+                l["finish_reasons"][side]["stop"], answers,
+                "{endpoint} {side}"
+            );
+            assert_eq!(
+                l["output_tokens"][side]["mean"], tokens,
+                "{endpoint} {side}"
+            );
+            // The server paces its content events GAP apart: the gaps diff
+            // reports are GAP, and the first token comes within a GAP or
+            // two of the request (role chunk first, then content).
+            let gap = l["inter_token_ms"][side]["p50"].as_f64().unwrap();
+            assert!(
+                (gap - gap_ms).abs() < 2.0 + 0.02 * gap_ms,
+                "{endpoint} {side}: gap {gap}"
+            );
+            let ttft = l["ttft_ms"][side]["p50"].as_f64().unwrap();
+            assert!(
+                ttft > 0.0 && ttft < 3.0 * gap_ms,
+                "{endpoint} {side}: ttft {ttft}"
+            );
+        }
+    }
+    check_late_wakeups();
+}
