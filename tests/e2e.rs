@@ -143,7 +143,9 @@ fn v2_is_no_go_with_each_seeded_regression_named() {
         .unwrap()
         .iter()
         .all(|f| f["path"] != "$.request_id"));
-    // The streamed chat: the first token comes 3x later, though the whole
+    // The streamed chat: the first token comes 4.5x later (far enough
+    // that a stall of the shared machine in both tails keeps the p99 ratio
+    // above 1.5), though the whole
     // answer ends sooner (tokens stream faster), and the wording moves away
     // from v1's more than v1's sampled answers move from each other.
     let chat_ep = "POST /v1/chat/completions";
