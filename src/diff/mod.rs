@@ -555,16 +555,12 @@ fn fold_group(
     f.recorded_primary |= r.live.is_none();
     let spec = comparer.endpoint(&name).stream;
     let pd = LazyDoc::new(primary, spec);
-    let mode = |side: &str| match judged {
-        Some(j) => j.get(side).map_or(JudgeMode::Off, JudgeMode::Score),
-        None => JudgeMode::Off,
-    };
     static NO_JUDGEMENTS: std::sync::LazyLock<HashMap<String, judge::Judgement>> =
         std::sync::LazyLock::new(HashMap::new);
     // With a judge, a pair it was not asked about still may not pass by default.
-    let judge_mode = |side: &str| match (judged, mode(side)) {
-        (Some(_), JudgeMode::Off) => JudgeMode::Score(&NO_JUDGEMENTS),
-        (_, m) => m,
+    let judge_mode = |side: &str| match judged {
+        Some(j) => JudgeMode::Score(j.get(side).unwrap_or(&NO_JUDGEMENTS)),
+        None => JudgeMode::Off,
     };
     if let (Some(rec), Some(live)) = (r.recorded, r.live) {
         if usable(rec) && usable(live) {

@@ -17,6 +17,11 @@ fn u(v: &Value, key: &str) -> Option<u64> {
     v.get(key)?.as_u64()
 }
 
+/// The elements of the array at `key` (none when absent or not an array).
+fn items<'a>(v: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
+    v.get(key).and_then(Value::as_array).into_iter().flatten()
+}
+
 /// Which API a stream speaks, from the first event that tells.
 fn stream_api(events: &[Event], values: &[Option<Value>]) -> Option<Api> {
     for (e, v) in events.iter().zip(values) {
@@ -177,13 +182,7 @@ fn openai_chat_event(f: &mut Fold, i: usize, v: &Value) {
     if let Some(t) = s(d, "content").or_else(|| s(d, "refusal")) {
         f.content(i, t);
     }
-    for (k, call) in d
-        .get("tool_calls")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
+    for (k, call) in items(d, "tool_calls").enumerate() {
         let idx = u(call, "index").unwrap_or(k as u64);
         let func = call.get("function");
         let name = func.and_then(|fu| s(fu, "name")).unwrap_or("");
@@ -331,13 +330,7 @@ fn ollama_event(f: &mut Fold, i: usize, v: &Value) {
 
 fn ollama_tools(f: &mut Fold, m: &Value) {
     let base = f.tools.0.len() as u64;
-    for (k, call) in m
-        .get("tool_calls")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
+    for (k, call) in items(m, "tool_calls").enumerate() {
         let Some(func) = call.get("function") else {
             continue;
         };
@@ -444,13 +437,7 @@ fn openai_chat_body(v: &Value) -> Answer {
         if let Some(m) = c.get("message") {
             f.text
                 .push_str(s(m, "content").or_else(|| s(m, "refusal")).unwrap_or(""));
-            for (k, call) in m
-                .get("tool_calls")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .enumerate()
-            {
+            for (k, call) in items(m, "tool_calls").enumerate() {
                 let func = call.get("function");
                 f.tools
                     .name(k as u64, func.and_then(|x| s(x, "name")).unwrap_or(""));
@@ -464,21 +451,10 @@ fn openai_chat_body(v: &Value) -> Answer {
 
 fn openai_responses_body(v: &Value) -> Answer {
     let mut f = Fold::new(Api::OpenAiResponses);
-    for (k, item) in v
-        .get("output")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
+    for (k, item) in items(v, "output").enumerate() {
         match s(item, "type") {
             Some("message") => {
-                for part in item
-                    .get("content")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
+                for part in items(item, "content") {
                     if matches!(s(part, "type"), Some("output_text") | Some("refusal")) {
                         let t = s(part, "text").or(s(part, "refusal")).unwrap_or("");
                         f.text.push_str(t);
@@ -498,7 +474,7 @@ fn openai_responses_body(v: &Value) -> Answer {
 
 fn openai_embeddings(v: &Value) -> Answer {
     let mut a = Answer::new(Api::OpenAiEmbeddings);
-    let mut data: Vec<&Value> = v["data"].as_array().into_iter().flatten().collect();
+    let mut data: Vec<&Value> = items(v, "data").collect();
     data.sort_by_key(|e| u(e, "index").unwrap_or(0));
     a.embeddings = Some(data.iter().map(|e| e["embedding"].clone()).collect());
     if let Some(usage) = v.get("usage") {
@@ -509,7 +485,7 @@ fn openai_embeddings(v: &Value) -> Answer {
 
 fn anthropic_body(v: &Value) -> Answer {
     let mut f = Fold::new(Api::AnthropicMessages);
-    for (k, block) in v["content"].as_array().into_iter().flatten().enumerate() {
+    for (k, block) in items(v, "content").enumerate() {
         match s(block, "type") {
             Some("text") => f.text.push_str(s(block, "text").unwrap_or("")),
             Some("tool_use") | Some("server_tool_use") => {
