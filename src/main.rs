@@ -53,7 +53,7 @@ enum Command {
     Capture(CaptureArgs),
     /// Send captured requests to a primary and shadows; record what each answered.
     #[command(
-        after_help = "Examples:\n  shadowctl replay exchanges.parquet --primary http://127.0.0.1:8080 --shadow http://127.0.0.1:8081 --out results.parquet\n  shadowctl replay cap/*.parquet --primary recorded --shadow v2=http://staging:8080 --speed 4 --out results.parquet\n  shadowctl replay ex.parquet --primary http://p:80 --shadow http://s:80 --rate 500 --limit 10000 --header 'Authorization: Bearer $TOKEN' --out r.parquet"
+        after_help = "Examples:\n  shadowctl replay exchanges.parquet --primary http://127.0.0.1:8080 --shadow http://127.0.0.1:8081 --out results.parquet\n  shadowctl replay cap/*.parquet --primary recorded --shadow v2=http://staging:8080 --speed 4 --out results.parquet\n  shadowctl replay ex.parquet --primary http://p:80 --shadow http://s:80 --rate 500 --limit 10000 --header-from-env Authorization=SHADOW_AUTH --out r.parquet\n  shadowctl replay ex.parquet --primary http://p:80 --header \"Authorization: Bearer $TOKEN\" --out r.parquet"
     )]
     Replay(ReplayArgs),
     /// Compare primary and shadow answers and judge GO / NO-GO / INCONCLUSIVE.
@@ -131,6 +131,10 @@ struct ReplayArgs {
     /// Set a header on every request (replaces same-name ones): 'Name: value'.
     #[arg(long = "header", value_name = "'NAME: VALUE'")]
     header: Vec<String>,
+    /// Set header NAME on every request to the value of environment variable VAR, so a
+    /// token never appears on a command line: --header-from-env Authorization=SHADOW_AUTH.
+    #[arg(long = "header-from-env", value_name = "NAME=VAR")]
+    header_from_env: Vec<String>,
     /// Remove a header from every request (repeatable).
     #[arg(long = "drop-header", value_name = "NAME")]
     drop_header: Vec<String>,
@@ -153,16 +157,21 @@ struct ReplayArgs {
     /// Requests of one recorded connection go in order over one connection per target.
     #[arg(long)]
     preserve_order: bool,
-    /// Check every target with GET PATH first; stop with a clear message if one is down.
+    /// Before replaying, wait until every target answers GET PATH with a 2xx status;
+    /// stop with the target's name and its answer if one does not within --health-timeout.
     #[arg(long, value_name = "PATH")]
     health_path: Option<String>,
+    /// How long --health-path waits for a target to become healthy (tries every 250 ms).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+    health_timeout: std::time::Duration,
     /// Trust these PEM certificates for https:// targets, besides the system's (repeatable).
     #[arg(long = "ca-cert", value_name = "PEM")]
     ca_cert: Vec<PathBuf>,
     /// Accept any certificate from https:// targets (self-signed staging hosts).
     #[arg(long)]
     insecure: bool,
-    /// Replay a disjoint part: K/N (whole connections per shard).
+    /// Replay a disjoint part K/N: split by request (by connection with --preserve-order),
+    /// the same whatever the order or grouping of the capture files.
     #[arg(long, value_name = "K/N", value_parser = parse_shard)]
     shard: Option<(u64, u64)>,
     /// Stored bytes per response body at most.
@@ -215,10 +224,10 @@ struct CaptureArgs {
     /// Live: start a new file after this many seconds.
     #[arg(long, value_name = "SECS", requires = "interface")]
     rotate_secs: Option<u64>,
-    /// Live: start a new file after this many bytes.
+    /// Live: start a new file after this many bytes (checked every 32 exchanges).
     #[arg(long, value_name = "BYTES", value_parser = parse_size, requires = "interface")]
     rotate_bytes: Option<usize>,
-    /// Live: start a new file after this many exchanges.
+    /// Live: start a new file after exactly this many exchanges.
     #[arg(long, value_name = "N", requires = "interface")]
     rotate_rows: Option<u64>,
     /// Live: stop after this many seconds.
@@ -290,6 +299,38 @@ fn parse_shard(s: &str) -> Result<(u64, u64), String> {
         return Err(bad());
     }
     Ok((k - 1, n))
+}
+
+/// `--header` values, then `--header-from-env NAME=VAR` ones read from the
+/// environment (an unset or empty variable is an error: sending a request
+/// without the credential the user meant to add would fail confusingly).
+fn headers_to_set(header: &[String], from_env: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    let mut set: Vec<(String, String)> = header
+        .iter()
+        .map(|h| parse_header("--header", h))
+        .collect::<anyhow::Result<_>>()?;
+    for spec in from_env {
+        let Some((name, var)) = spec.split_once('=') else {
+            anyhow::bail!(
+                "--header-from-env {spec:?}: expected NAME=VAR, e.g. Authorization=SHADOW_AUTH"
+            );
+        };
+        let value = std::env::var(var).map_err(|_| {
+            anyhow::anyhow!(
+                "--header-from-env {spec}: environment variable {var} is not set (or not UTF-8)"
+            )
+        })?;
+        if value.is_empty() {
+            anyhow::bail!("--header-from-env {spec}: environment variable {var} is empty");
+        }
+        // The same checks as --header, without echoing the secret value.
+        let (name, _) = parse_header("--header-from-env", &format!("{name}: x"))?;
+        if value.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
+            anyhow::bail!("--header-from-env {spec}: the value of {var} holds CR, LF or NUL, which would end the header");
+        }
+        set.push((name, value.trim_matches([' ', '\t']).to_string()));
+    }
+    Ok(set)
 }
 
 fn parse_header(flag: &str, s: &str) -> anyhow::Result<(String, String)> {
@@ -391,6 +432,15 @@ fn redaction(args: &CaptureArgs) -> capture::Redaction {
 
 fn run_capture(args: CaptureArgs) -> anyhow::Result<u8> {
     let live_dir = args.interface.is_some() && args.out.extension().is_none_or(|e| e != "parquet");
+    let rotates =
+        args.rotate_secs.is_some() || args.rotate_bytes.is_some() || args.rotate_rows.is_some();
+    if rotates && !live_dir {
+        // Silently writing one file would break whoever ships rotated files.
+        anyhow::bail!(
+            "--rotate-secs/--rotate-bytes/--rotate-rows rotate the files of a live capture (--interface) written into a directory given as --out, not the single file {}",
+            args.out.display()
+        );
+    }
     let inputs: Vec<&std::path::Path> = args.read.iter().map(PathBuf::as_path).collect();
     check_outputs(
         &[
@@ -531,15 +581,12 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<u8> {
             seed: args.seed,
             sample_by_header,
             shard: args.shard,
+            shard_by_connection: args.preserve_order,
             limit: args.limit,
         },
         rules: RequestRules {
             keep_host: args.keep_host,
-            set: args
-                .header
-                .iter()
-                .map(|h| parse_header("--header", h))
-                .collect::<anyhow::Result<_>>()?,
+            set: headers_to_set(&args.header, &args.header_from_env)?,
             drop: args
                 .drop_header
                 .iter()
@@ -557,6 +604,7 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<u8> {
         progress: !args.quiet,
         preserve_order: args.preserve_order,
         health_path: args.health_path.clone(),
+        health_timeout: args.health_timeout,
         tls: replay::tls::TlsOptions {
             ca_certs: args.ca_cert.clone(),
             insecure: args.insecure,

@@ -546,3 +546,34 @@ fn a_lost_first_response_without_handshake_is_a_gap_not_a_shift() {
         );
     }
 }
+
+#[test]
+fn rotation_without_a_directory_or_with_files_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // Live into one file: the limit could not be honoured, so it is refused
+    // before the interface is opened (no privileges needed to see it).
+    let single = Command::cargo_bin("shadowctl")
+        .unwrap()
+        .args([
+            "capture",
+            "--interface",
+            "lo",
+            "--rotate-rows",
+            "300",
+            "--out",
+        ])
+        .arg(dir.path().join("one.parquet"))
+        .output()
+        .unwrap();
+    assert_eq!(single.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&single.stderr);
+    assert!(
+        err.contains("written into a directory given as --out"),
+        "{err}"
+    );
+    // Reading files: rotation is a live-capture option.
+    let (read, _, _d) = capture(&[testdata("demo.pcap")], &["--rotate-rows", "300"]);
+    assert_eq!(read.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&read.stderr);
+    assert!(err.contains("--interface"), "{err}");
+}

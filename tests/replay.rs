@@ -282,6 +282,66 @@ fn requests_arrive_byte_exact_with_host_marker_and_secrets_handled() {
 }
 
 #[test]
+fn header_from_env_sends_the_variable_and_never_prints_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = timed_capture(dir.path(), 3, 0, |i| i);
+    let primary = Recorder::start(Behaviour::Answer("v1"));
+    let run = |var: Option<&str>| {
+        let out = dir
+            .path()
+            .join(format!("r{}.parquet", var.map_or(0, str::len)));
+        let mut cmd = Command::cargo_bin("shadowctl").unwrap();
+        cmd.args([
+            "replay",
+            cap.to_str().unwrap(),
+            "--primary",
+            &primary.url(),
+            "--max",
+            "-q",
+        ])
+        .args([
+            "--header-from-env",
+            "Authorization=SHADOWCTL_TEST_AUTH",
+            "--out",
+        ])
+        .arg(&out)
+        .env_remove("SHADOWCTL_TEST_AUTH")
+        .timeout(Duration::from_secs(60));
+        if let Some(v) = var {
+            cmd.env("SHADOWCTL_TEST_AUTH", v);
+        }
+        cmd.output().unwrap()
+    };
+    let ok = run(Some("Bearer s3cret-from-env"));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let got = primary.received();
+    assert_eq!(got.len(), 3);
+    assert!(
+        got.iter()
+            .all(|r| r.contains("\r\nAuthorization: Bearer s3cret-from-env\r\n")),
+        "{got:?}"
+    );
+    // Unset: a clear error naming the variable, and nothing sent.
+    let unset = run(None);
+    assert_eq!(unset.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&unset.stderr);
+    assert!(err.contains("SHADOWCTL_TEST_AUTH is not set"), "{err}");
+    // A value that would end the header is refused without being echoed.
+    let bad = run(Some("Bearer x\r\nX-Evil: 1"));
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("CR, LF or NUL") && !err.contains("X-Evil"),
+        "{err}"
+    );
+    assert_eq!(primary.received().len(), 3);
+}
+
+#[test]
 fn recorded_schedule_is_kept_and_scaled() {
     let dir = tempfile::tempdir().unwrap();
     let cap = timed_capture(dir.path(), 11, 100, |i| i);
@@ -428,18 +488,65 @@ fn recorded_primary_needs_no_live_primary() {
     let dir = tempfile::tempdir().unwrap();
     let cap = demo_capture(dir.path());
     let shadow = Recorder::start(Behaviour::Answer("v2"));
-    let (run, rows, _d) = replay(&[
+    let summary = dir.path().join("summary.json");
+    let (run, rows, out) = replay(&[
         cap.to_str().unwrap(),
         "--primary",
         "recorded",
         "--shadow",
         &shadow.url(),
         "--max",
+        "--summary-json",
+        summary.to_str().unwrap(),
     ]);
     assert!(run.status.success());
     assert_eq!(role(&rows, TargetRole::Recorded).len(), 45);
     assert_eq!(role(&rows, TargetRole::Shadow).len(), 45);
     assert!(role(&rows, TargetRole::Primary).is_empty());
+    // Recorded rows carry the capture's latency, but no schedule lag or
+    // latency from due: those would mix capture time with the replay's clock.
+    let file = std::fs::File::open(out.path().join("results.parquet")).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let (mut recorded, mut live) = (0, 0);
+    for batch in reader {
+        let batch = batch.unwrap();
+        let col = |name: &str| batch.column(batch.schema().index_of(name).unwrap()).clone();
+        let (role_col, lag, from_due, latency) = (
+            col("role"),
+            col("lag_ns"),
+            col("latency_from_due_ns"),
+            col("latency_ns"),
+        );
+        let roles = role_col
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
+        for i in 0..batch.num_rows() {
+            if roles.value(i) == "recorded" {
+                recorded += 1;
+                assert!(lag.is_null(i) && from_due.is_null(i), "row {i}");
+                assert!(latency.is_valid(i), "row {i}");
+            } else {
+                live += 1;
+                assert!(lag.is_valid(i) && from_due.is_valid(i), "row {i}");
+            }
+        }
+    }
+    assert_eq!((recorded, live), (45, 45));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    let rec = json["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["role"] == "recorded")
+        .unwrap()
+        .clone();
+    assert!(rec["p50_ms"].as_f64().unwrap() > 0.0, "{rec}");
+    assert_eq!(rec["p99_from_due_ms"].as_f64(), Some(0.0), "{rec}");
 }
 
 #[test]
@@ -472,6 +579,84 @@ fn shards_together_equal_the_whole() {
     }
     all.sort();
     assert_eq!(all, (0..90).collect::<Vec<_>>());
+}
+
+/// A capture file of `conns` keep-alive connections with `per_conn`
+/// requests each, targets `/c{conn}/{seq}`, client ports from `first_port`.
+fn connections_capture(
+    dir: &Path,
+    name: &str,
+    first_port: u16,
+    conns: u16,
+    per_conn: u32,
+) -> PathBuf {
+    let path = dir.join(name);
+    let mut w = ExchangeFileWriter::create(&path, WriterConfig::default()).unwrap();
+    let mut rows = Vec::new();
+    for c in 0..conns {
+        for seq in 0..per_conn {
+            let mut ex = Exchange {
+                exchange_id: rows.len() as u64,
+                flow_id: c as u64,
+                seq_in_flow: seq,
+                client: Some(std::net::SocketAddr::from(([10, 1, 0, 1], first_port + c))),
+                server: Some(std::net::SocketAddr::from(([10, 1, 0, 2], 8080))),
+                method: "GET".into(),
+                target: format!("/c{}/{seq}", first_port + c),
+                http_version: "HTTP/1.1".into(),
+                request_ts: 1_700_000_000_000_000_000 + (seq as i64 * 1000 + c as i64) * 1000,
+                status: Some(200),
+                ..Default::default()
+            };
+            ex.request_end_ts = ex.request_ts;
+            ex.request_headers.push(b"Host", b"prod.example");
+            rows.push(ex);
+        }
+    }
+    rows.sort_by_key(|e| e.request_ts);
+    w.write(&rows).unwrap();
+    w.finish(vec![]).unwrap();
+    path
+}
+
+#[test]
+fn shards_do_not_depend_on_file_order_and_split_long_connections() {
+    // Two files, two long keep-alive connections each; every shard lists
+    // the files in another order. Together the shards replay each request
+    // exactly once, and each of 4 shards gets a fair part of 4 connections.
+    let dir = tempfile::tempdir().unwrap();
+    let a = connections_capture(dir.path(), "a.parquet", 40000, 2, 100);
+    let b = connections_capture(dir.path(), "b.parquet", 50000, 2, 100);
+    let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+    let target = Recorder::start(Behaviour::Answer("p"));
+    let url = target.url();
+    let mut all = Vec::new();
+    for (k, files) in [(1, [a, b]), (2, [b, a]), (3, [a, b]), (4, [b, a])] {
+        let shard = format!("{k}/4");
+        let mut args = files.to_vec();
+        args.extend(["--primary", &url, "--max", "--shard", &shard]);
+        let (run, rows, _d) = replay(&args);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let targets: Vec<String> = role(&rows, TargetRole::Primary)
+            .iter()
+            .map(|r| r.target.clone())
+            .collect();
+        assert!(
+            (60..=140).contains(&targets.len()),
+            "shard {shard}: {} of 400",
+            targets.len()
+        );
+        all.extend(targets);
+    }
+    all.sort();
+    let before = all.len();
+    all.dedup();
+    assert_eq!(before, 400, "a request replayed twice or left out");
+    assert_eq!(all.len(), 400);
 }
 
 #[test]
@@ -578,6 +763,8 @@ fn health_check_fails_fast_on_a_down_target() {
         &format!("http://127.0.0.1:{down}"),
         "--health-path",
         "/healthz",
+        "--health-timeout",
+        "1s",
     ]);
     assert_eq!(run.status.code(), Some(2));
     let err = String::from_utf8_lossy(&run.stderr);
@@ -589,6 +776,85 @@ fn health_check_fails_fast_on_a_down_target() {
         up.received().iter().all(|r| r.starts_with("GET /healthz ")),
         "no replay traffic after a failed check"
     );
+}
+
+/// Answers every request with `status` (and a tiny body), on `listener`.
+fn fixed_status_server(listener: TcpListener, status: u16) {
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(200) {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                while read_request(&mut r).is_some() {
+                    let answer = format!("HTTP/1.1 {status} X\r\nContent-Length: 2\r\n\r\nok");
+                    if conn.write_all(answer.as_bytes()).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn health_check_requires_2xx_and_names_the_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = timed_capture(dir.path(), 3, 0, |i| i);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    fixed_status_server(listener, 404);
+    let (run, rows, _d) = replay(&[
+        cap.to_str().unwrap(),
+        "--primary",
+        &format!("http://127.0.0.1:{port}"),
+        "--health-path",
+        "/wrong",
+        "--health-timeout",
+        "600ms",
+    ]);
+    assert_eq!(run.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains("target primary") && err.contains("answered 404, not 2xx"),
+        "{err}"
+    );
+    assert!(rows.is_empty());
+}
+
+#[test]
+fn health_check_waits_for_a_target_that_is_still_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = timed_capture(dir.path(), 3, 0, |i| i);
+    // A free port that nothing listens on yet; the target binds it 700 ms in.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(700));
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            fixed_status_server(l, 200);
+        }
+    });
+    let (run, rows, _d) = replay(&[
+        cap.to_str().unwrap(),
+        "--primary",
+        &format!("http://127.0.0.1:{port}"),
+        "--health-path",
+        "/healthz",
+        "--health-timeout",
+        "20s",
+        "--max",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let live = role(&rows, TargetRole::Primary);
+    assert_eq!(live.len(), 3);
+    assert!(live.iter().all(|r| r.status == Some(200)));
 }
 
 #[test]

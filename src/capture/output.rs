@@ -18,6 +18,9 @@ pub struct Rotation {
     pub rows: Option<u64>,
 }
 
+/// Rows written between two checks of `--rotate-bytes`.
+pub const BYTES_STEP: usize = 32;
+
 /// The output of a capture run.
 #[derive(Clone, Debug)]
 pub enum OutputSpec {
@@ -124,24 +127,47 @@ impl OutputWriter {
         }
     }
 
-    pub fn write(&mut self, rows: &[Exchange]) -> Result<(), SchemaError> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        if self.open.is_none() {
-            self.open_next()?;
-        }
-        let file = self.open.as_mut().expect("opened above");
-        file.writer.write(rows)?;
-        if let Some(r) = self.rotation() {
-            let f = self.open.as_ref().expect("open");
-            let full = r.rows.is_some_and(|n| f.writer.rows() >= n)
-                || r.bytes.is_some_and(|n| f.writer.bytes() >= n);
-            if full {
+    pub fn write(&mut self, mut rows: &[Exchange]) -> Result<(), SchemaError> {
+        while !rows.is_empty() {
+            if self.open.is_none() {
+                self.open_next()?;
+            }
+            let take = self.room(rows.len());
+            let file = self.open.as_mut().expect("opened above");
+            file.writer.write(&rows[..take])?;
+            rows = &rows[take..];
+            if self.is_full() {
                 self.close_current()?;
             }
         }
         Ok(())
+    }
+
+    /// How many of `n` rows go into the open file before the rotation limits
+    /// are checked again: exactly up to `--rotate-rows`, and in pieces of
+    /// [`BYTES_STEP`] under `--rotate-bytes`, so a file overshoots its byte
+    /// limit by at most one piece.
+    fn room(&self, n: usize) -> usize {
+        let Some(r) = self.rotation() else { return n };
+        let written = self.open.as_ref().map_or(0, |f| f.writer.rows());
+        let mut room = n;
+        if let Some(limit) = r.rows {
+            room = room.min(limit.saturating_sub(written).max(1) as usize);
+        }
+        if r.bytes.is_some() {
+            room = room.min(BYTES_STEP);
+        }
+        room
+    }
+
+    fn is_full(&self) -> bool {
+        match (self.rotation(), &self.open) {
+            (Some(r), Some(f)) => {
+                r.rows.is_some_and(|n| f.writer.rows() >= n)
+                    || r.bytes.is_some_and(|n| f.writer.bytes() >= n)
+            }
+            _ => false,
+        }
     }
 
     /// Rotate by time; call now and then even when no rows come.
@@ -227,5 +253,67 @@ mod tests {
             })
             .count();
         assert_eq!(leftovers, 0);
+    }
+
+    fn rotated(rotation: Rotation, rows: &[Exchange]) -> Vec<Vec<Exchange>> {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = OutputSpec::Dir {
+            dir: dir.path().to_path_buf(),
+            rotation,
+        };
+        let mut w = OutputWriter::new(spec, WriterConfig::default(), Default::default()).unwrap();
+        w.write(rows).unwrap();
+        let files = w.finish().unwrap();
+        files
+            .iter()
+            .map(|f| crate::schema::read_exchanges(f).unwrap().0)
+            .collect()
+    }
+
+    fn many(n: u64, body: usize) -> Vec<Exchange> {
+        (0..n)
+            .map(|i| Exchange {
+                exchange_id: i,
+                method: "POST".into(),
+                request_body: vec![b'x'; body],
+                request_body_len: body as u64,
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_large_batch_rotates_exactly_at_the_row_limit() {
+        let rows = many(1000, 0);
+        let files = rotated(
+            Rotation {
+                rows: Some(300),
+                ..Default::default()
+            },
+            &rows,
+        );
+        let sizes: Vec<usize> = files.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [300, 300, 300, 100]);
+        let ids: Vec<u64> = files.iter().flatten().map(|e| e.exchange_id).collect();
+        assert_eq!(ids, (0..1000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn the_byte_limit_is_overshot_by_at_most_one_step() {
+        // 1000 bodies of 1 KiB against a 64 KiB limit: every file but the
+        // last reaches the limit and holds at most one step more.
+        let rows = many(1000, 1024);
+        let files = rotated(
+            Rotation {
+                bytes: Some(64 * 1024),
+                ..Default::default()
+            },
+            &rows,
+        );
+        assert!(files.len() >= 10, "{} files", files.len());
+        for f in &files {
+            assert!(f.len() <= 64 + BYTES_STEP, "{} rows in a file", f.len());
+        }
+        assert_eq!(files.iter().map(Vec::len).sum::<usize>(), 1000);
     }
 }

@@ -3,7 +3,8 @@
 //! connections alive per target. No redirects, proxies, decompression or
 //! retries (one exception: a request written on a pooled connection that
 //! the server had already closed, with no byte of answer, is written again
-//! on a new connection; that is a stale connection, not a target error).
+//! once on another connection, an idle pooled one or a new one; that is a
+//! stale connection, not a target error).
 
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};

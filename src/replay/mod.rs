@@ -64,6 +64,8 @@ pub struct ReplayOptions {
     pub preserve_order: bool,
     /// `--health-path`: checked on every live target before the run.
     pub health_path: Option<String>,
+    /// `--health-timeout`: how long a target may take to become healthy.
+    pub health_timeout: Duration,
     /// Trust settings for `https://` targets.
     pub tls: tls::TlsOptions,
 }
@@ -110,6 +112,8 @@ pub struct ReplaySummary {
     pub planned: u64,
     pub elapsed_s: f64,
     pub sent_per_s: f64,
+    /// `sent_per_s` over the live targets: the rate the user asked for.
+    pub sent_per_s_per_target: f64,
     pub lag_p50_ms: f64,
     pub lag_p99_ms: f64,
     pub lag_max_ms: f64,
@@ -187,23 +191,27 @@ impl ReplaySummary {
         if let Some(e) = r.error_kind {
             *t.errors.entry(e.as_str()).or_default() += 1;
         }
-        if r.role != Some(TargetRole::Recorded) {
-            if let Some(l) = r.latency_ns() {
-                t.latencies.record(l);
-            }
-            if let Some(l) = r.latency_from_due_ns() {
-                t.from_due.record(l);
-            }
-            if let Some(s) = r.sent_ts {
-                self.lags.record(s - r.due_ts);
-                self.first_sent = if self.first_sent == 0 {
-                    s
-                } else {
-                    self.first_sent.min(s)
-                };
-                self.last_sent = self.last_sent.max(s);
-            }
+        // Recorded rows: the capture's own latency (end of request to end of
+        // response); they have no schedule lag and no latency from due.
+        if let Some(l) = r.latency_ns() {
+            t.latencies.record(l);
         }
+        if let Some(l) = r.latency_from_due_ns() {
+            t.from_due.record(l);
+        }
+        if let (Some(lag), Some(s)) = (r.lag_ns(), r.sent_ts) {
+            self.lags.record(lag);
+            self.first_sent = if self.first_sent == 0 {
+                s
+            } else {
+                self.first_sent.min(s)
+            };
+            self.last_sent = self.last_sent.max(s);
+        }
+    }
+
+    fn live_targets(&self) -> usize {
+        self.targets.iter().filter(|t| t.role != "recorded").count()
     }
 
     fn close(&mut self) {
@@ -224,8 +232,8 @@ impl ReplaySummary {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "replay summary: {} requests in {:.2} s ({:.0}/s sent), schedule lag p50 {:.3} ms p99 {:.3} ms max {:.3} ms",
-            self.planned, self.elapsed_s, self.sent_per_s, self.lag_p50_ms, self.lag_p99_ms, self.lag_max_ms
+            "replay summary: {} requests in {:.2} s ({:.0}/s to each of {} target(s)), schedule lag p50 {:.3} ms p99 {:.3} ms max {:.3} ms",
+            self.planned, self.elapsed_s, self.sent_per_s_per_target, self.live_targets(), self.lag_p50_ms, self.lag_p99_ms, self.lag_max_ms
         );
         let _ = writeln!(
             s,
@@ -510,7 +518,7 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
     }
     if let Some(path) = &opts.health_path {
         for t in &targets {
-            health_check(t, path).await?;
+            health_check(t, path, opts.health_timeout).await?;
         }
     }
     let plan = Plan::open(opts.captures.clone(), opts.selection.clone())?;
@@ -685,6 +693,7 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
     } else {
         0.0
     };
+    summary.sent_per_s_per_target = summary.sent_per_s / summary.live_targets().max(1) as f64;
     summary.dropped_redacted_values = dropped;
     summary.skipped_read_only = skipped;
     summary.interrupted = interrupted;
@@ -872,33 +881,48 @@ fn prefetch(
     rx
 }
 
-/// `--health-path`: fail fast, with a clear message, when a target is down.
-async fn health_check(t: &Target, path: &str) -> Result<(), ReplayError> {
+/// `--health-path`: wait until every target answers 2xx there (a target
+/// that is still starting gets until `--health-timeout`), else stop with the
+/// target's name and its last answer, before any request is replayed.
+async fn health_check(t: &Target, path: &str, timeout: Duration) -> Result<(), ReplayError> {
     let request = format!(
         "GET {}{path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
         t.base_path, t.authority
     );
-    let a = t
-        .exchange(
-            None,
-            request.as_bytes(),
-            "GET",
-            Duration::from_secs(5),
-            64 * 1024,
-        )
-        .await;
-    let problem = match (&a.error, a.status) {
-        (Some((_, detail)), _) => detail.clone(),
-        (None, Some(s)) if s >= 500 => format!("answered {s}"),
-        (None, None) => "no answer".into(),
-        _ => return Ok(()),
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut attempts = 0u32;
+    let problem = loop {
+        attempts += 1;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let a = t
+            .exchange(
+                None,
+                request.as_bytes(),
+                "GET",
+                left.clamp(Duration::from_millis(100), Duration::from_secs(5)),
+                64 * 1024,
+            )
+            .await;
+        let problem = match (&a.error, a.status) {
+            (None, Some(s)) if (200..300).contains(&s) => return Ok(()),
+            (Some((_, detail)), _) => detail.clone(),
+            (None, Some(s)) => format!("answered {s}, not 2xx"),
+            (None, None) => "no answer".into(),
+        };
+        // Bounded: one try per 250 ms until the deadline.
+        let pause = Duration::from_millis(250);
+        if tokio::time::Instant::now() + pause >= deadline {
+            break problem;
+        }
+        tokio::time::sleep(pause).await;
     };
     Err(ReplayError::Unhealthy(format!(
-        "target {} ({}://{}{}{path}) failed its health check: {problem}; start it, fix the URL, or leave out --health-path",
+        "target {} ({}://{}{}{path}) failed its health check after {attempts} tries in {:.0} s: {problem}; start it, fix the URL or the path, raise --health-timeout, or leave out --health-path",
         t.name,
         if t.https { "https" } else { "http" },
         t.authority,
-        t.base_path
+        t.base_path,
+        timeout.as_secs_f64(),
     )))
 }
 

@@ -3,6 +3,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use crate::endpoint::{endpoint, glob};
@@ -50,6 +51,9 @@ pub struct Selection {
     pub sample_by_header: Option<String>,
     /// `--shard K/N` as (K-1, N).
     pub shard: Option<(u64, u64)>,
+    /// Shard whole connections (for `--preserve-order`) instead of single
+    /// requests.
+    pub shard_by_connection: bool,
     pub limit: Option<u64>,
 }
 
@@ -65,9 +69,31 @@ fn below(hash: u64, fraction: f64) -> bool {
     (hash as f64) < fraction * u64::MAX as f64
 }
 
+/// A connection's identity from the exchange alone: its two endpoints
+/// (the file's own flow number only when the capture had no addresses).
+/// Never the file's position on the command line, so every shard of a run
+/// agrees on it whatever order the files are listed in.
+fn connection_key(ex: &Exchange) -> (Option<SocketAddr>, Option<SocketAddr>, u64) {
+    let flow = if ex.client.is_none() { ex.flow_id } else { 0 };
+    (ex.client, ex.server, flow)
+}
+
+/// A request's identity: its connection, when it started, its place there.
+type RequestKey = ((Option<SocketAddr>, Option<SocketAddr>, u64), i64, u32, u64);
+
+fn request_key(ex: &Exchange) -> RequestKey {
+    let id = if ex.client.is_none() {
+        ex.exchange_id
+    } else {
+        0
+    };
+    (connection_key(ex), ex.request_ts, ex.seq_in_flow, id)
+}
+
 impl Selection {
-    /// Whether `ex` (from capture file number `file`) is replayed.
-    pub fn keeps(&self, file: usize, ex: &Exchange) -> bool {
+    /// Whether `ex` is replayed: a function of the exchange alone, not of
+    /// which file it came from or where that file was listed.
+    pub fn keeps(&self, ex: &Exchange) -> bool {
         let path = ex.target.split('?').next().unwrap_or("");
         if !self.include.is_empty() && !self.include.iter().any(|p| p.matches(&ex.method, path)) {
             return false;
@@ -76,15 +102,22 @@ impl Selection {
             return false;
         }
         if let Some((k, n)) = self.shard {
-            // Whole connections per shard, so --preserve-order still holds.
-            if hash_of(0, (file, ex.flow_id)) % n != k {
+            // By request, which balances shards when a few long keep-alive
+            // connections carry the traffic; by connection only when the
+            // order within a connection must hold.
+            let h = if self.shard_by_connection {
+                hash_of(0, connection_key(ex))
+            } else {
+                hash_of(0, request_key(ex))
+            };
+            if h % n != k {
                 return false;
             }
         }
         if let Some(f) = self.sample {
             let h = match &self.sample_by_header {
                 Some(name) => hash_of(self.seed, ex.request_headers.get(name).unwrap_or(b"")),
-                None => hash_of(self.seed, (file, ex.exchange_id)),
+                None => hash_of(self.seed, request_key(ex)),
             };
             if !below(h, f) {
                 return false;
@@ -150,7 +183,7 @@ impl Plan {
             match self.reader.as_mut().and_then(Iterator::next) {
                 Some(batch) => {
                     for ex in batch? {
-                        if self.selection.keeps(self.file, &ex) {
+                        if self.selection.keeps(&ex) {
                             let key = (self.file, ex.exchange_id);
                             self.heap
                                 .push(Reverse((ex.request_ts, ex.exchange_id, self.file)));
@@ -205,6 +238,82 @@ mod tests {
         assert!(Pattern::parse("post").matches("POST", "/anything"));
     }
 
+    fn conn_exchange(conn: u16, seq: u32, flow_id: u64) -> Exchange {
+        Exchange {
+            flow_id,
+            exchange_id: flow_id * 1000 + seq as u64,
+            seq_in_flow: seq,
+            client: Some(SocketAddr::from(([10, 0, 0, 1], 40000 + conn))),
+            server: Some(SocketAddr::from(([10, 0, 0, 2], 80))),
+            request_ts: 1_000_000 * seq as i64 + conn as i64,
+            method: "GET".into(),
+            target: "/".into(),
+            ..Default::default()
+        }
+    }
+
+    fn shard(k: u64, n: u64, by_connection: bool) -> Selection {
+        Selection {
+            shard: Some((k, n)),
+            shard_by_connection: by_connection,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn shards_are_a_function_of_the_exchange_not_of_its_file() {
+        // The same exchange numbered differently (another file order, another
+        // grouping of files) lands in the same shard, and sampling agrees.
+        let sample = Selection {
+            sample: Some(0.5),
+            seed: 3,
+            ..Default::default()
+        };
+        for conn in 0..20 {
+            for seq in 0..20 {
+                let a = conn_exchange(conn, seq, 5);
+                let b = conn_exchange(conn, seq, 900 + conn as u64);
+                for by_conn in [false, true] {
+                    for k in 0..4 {
+                        assert_eq!(
+                            shard(k, 4, by_conn).keeps(&a),
+                            shard(k, 4, by_conn).keeps(&b)
+                        );
+                    }
+                }
+                assert_eq!(sample.keeps(&a), sample.keeps(&b));
+            }
+        }
+    }
+
+    #[test]
+    fn shards_by_request_balance_few_long_connections() {
+        // Two keep-alive connections of 2000 requests over 8 shards: by
+        // request every shard gets its share; by connection at most two are
+        // used, and whole connections stay together.
+        let all: Vec<Exchange> = (0..2)
+            .flat_map(|c| (0..2000).map(move |s| conn_exchange(c, s, c as u64)))
+            .collect();
+        let counts = |by_conn: bool| -> Vec<usize> {
+            (0..8)
+                .map(|k| all.iter().filter(|e| shard(k, 8, by_conn).keeps(e)).count())
+                .collect()
+        };
+        let by_request = counts(false);
+        assert_eq!(by_request.iter().sum::<usize>(), 4000);
+        assert!(
+            by_request.iter().all(|&n| (400..=600).contains(&n)),
+            "{by_request:?}"
+        );
+        let by_conn = counts(true);
+        assert_eq!(by_conn.iter().sum::<usize>(), 4000);
+        assert!(
+            by_conn.iter().filter(|&&n| n > 0).count() <= 2,
+            "{by_conn:?}"
+        );
+        assert!(by_conn.iter().all(|&n| n % 2000 == 0), "{by_conn:?}");
+    }
+
     #[test]
     fn shards_partition_and_sampling_is_deterministic() {
         let ex = |flow: u64, id: u64| Exchange {
@@ -217,17 +326,14 @@ mod tests {
         let all: Vec<Exchange> = (0..300).map(|i| ex(i / 3, i)).collect();
         let mut seen = 0;
         for k in 0..3 {
-            let s = Selection {
-                shard: Some((k, 3)),
-                ..Default::default()
-            };
-            let kept: Vec<_> = all.iter().filter(|e| s.keeps(0, e)).collect();
+            let s = shard(k, 3, true);
+            let kept: Vec<_> = all.iter().filter(|e| s.keeps(e)).collect();
             // Whole flows stay together.
             for e in &kept {
                 assert!(all
                     .iter()
                     .filter(|o| o.flow_id == e.flow_id)
-                    .all(|o| s.keeps(0, o)));
+                    .all(|o| s.keeps(o)));
             }
             seen += kept.len();
         }
@@ -239,12 +345,12 @@ mod tests {
         };
         let a: Vec<u64> = all
             .iter()
-            .filter(|e| s.keeps(0, e))
+            .filter(|e| s.keeps(e))
             .map(|e| e.exchange_id)
             .collect();
         let b: Vec<u64> = all
             .iter()
-            .filter(|e| s.keeps(0, e))
+            .filter(|e| s.keeps(e))
             .map(|e| e.exchange_id)
             .collect();
         assert_eq!(a, b);

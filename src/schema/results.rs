@@ -133,8 +133,22 @@ impl ReplayResult {
     }
 
     /// Latency from the due time (corrected for coordinated omission).
+    /// None for recorded rows: their times are the capture's, their due time
+    /// the replay's schedule, and the difference means nothing.
     pub fn latency_from_due_ns(&self) -> Option<i64> {
+        if self.role == Some(TargetRole::Recorded) {
+            return None;
+        }
         Some(self.done_ts? - self.due_ts)
+    }
+
+    /// How late the request was sent after its due time (none for recorded
+    /// rows, which were not sent).
+    pub fn lag_ns(&self) -> Option<i64> {
+        if self.role == Some(TargetRole::Recorded) {
+            return None;
+        }
+        Some(self.sent_ts? - self.due_ts)
     }
 }
 
@@ -222,7 +236,7 @@ pub fn results_to_batch(rows: &[ReplayResult]) -> Result<RecordBatch, arrow::err
         ts(&|r| r.done_ts),
         int(&|r| r.latency_ns()),
         int(&|r| r.latency_from_due_ns()),
-        int(&|r| r.sent_ts.map(|s| s - r.due_ts)),
+        int(&|r| r.lag_ns()),
         Arc::new(status.finish()),
         header_column(rows.iter().map(|r| &r.response_headers), n),
         bin(&|r| &r.response_body),
