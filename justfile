@@ -9,8 +9,11 @@ demo:
     cargo build --release --quiet --bin shadowctl --example demo_service
     bash scripts/demo.sh
 
-# Every test: unit, property and integration (needs ../shared/pcaps).
+# Every test: unit, property and integration. Makes .venv (Python packages
+# the tests use) first. Tests that need ../shared/pcaps skip without it
+# unless SHADOWCTL_REQUIRE_CORPUS=1.
 test:
+    bash scripts/test-venv.sh
     cargo test --all-targets --no-fail-fast
 
 # Formatting and lints, as CI would want them.

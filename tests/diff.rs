@@ -314,13 +314,40 @@ fn slower_shadow_and_missing_fields_are_reported() {
     assert_eq!(v2["missing_fields"][0]["count"], 60);
     let ratio = v2["latency_ms"]["p99_ratio"].as_f64().unwrap();
     assert!(ratio > 5.0, "{ratio}");
-    assert!(run.report["reasons"]
+    let latency = run.report["reasons"]
         .as_array()
         .unwrap()
         .iter()
-        .any(|x| x["criterion"] == "p99_latency_ratio"
-            && x["endpoint"] == "POST /predict"
-            && x["passed"] == false));
+        .find(|x| x["criterion"] == "p99_latency_ratio" && x["endpoint"] == "POST /predict")
+        .unwrap()
+        .clone();
+    assert_eq!(latency["passed"], false);
+    // The difference is the shadow's, not the slack.
+    let detail = latency["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("ms slower (differences up to 1.0 ms pass)"),
+        "{detail}"
+    );
+    assert!(!detail.contains("shadow 1.00 ms slower"), "{detail}");
+}
+
+#[test]
+fn top_lists_as_many_examples_as_asked_or_says_why_not() {
+    // One kind of divergence (the label) in 40 exchanges: --top 20 lists 20
+    // of them, not the 3 kept per kind before.
+    let run = diff(&predict_cases(1000, 40), ISSUE_CONFIG, &["--top", "20"]);
+    let examples = run.report["top_divergences"].as_array().unwrap();
+    assert_eq!(examples.len(), 20, "{}", run.stdout);
+    assert!(run.report["examples_note"].is_null());
+    // Only 4 divergent exchanges: all 4, and the report says that is all.
+    let run = diff(&predict_cases(1000, 4), ISSUE_CONFIG, &["--top", "20"]);
+    assert_eq!(run.report["top_divergences"].as_array().unwrap().len(), 4);
+    let note = run.report["examples_note"].as_str().unwrap();
+    assert!(
+        note.contains("4 examples of the 20 asked for")
+            && note.contains("every divergent exchange"),
+        "{note}"
+    );
 }
 
 #[test]
@@ -470,4 +497,43 @@ fn bad_input_is_exit_2_with_the_file_named() {
         "{}",
         run.stderr
     );
+}
+
+#[test]
+fn a_field_differing_everywhere_without_noise_estimate_gets_the_ignore_hint() {
+    // Recorded primary only: request_id differs on every exchange and
+    // nothing can tell it is noise. diff says so, with the rule to add.
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results.parquet");
+    let rows: Vec<ReplayResult> = rows_for(&predict_cases(300, 0))
+        .into_iter()
+        .filter(|r| r.role != Some(TargetRole::Primary))
+        .collect();
+    write_results(&results, &rows, "recorded,v2");
+    let run = diff_files(dir, std::slice::from_ref(&results), ISSUE_CONFIG, &[]);
+    assert_eq!(run.report["noise_estimated"], false);
+    let hints = run.report["hints"].as_array().unwrap();
+    assert_eq!(hints.len(), 1, "{hints:?}");
+    let hint = hints[0].as_str().unwrap();
+    assert!(
+        hint.starts_with("$.request_id differs in 100% of POST /predict exchanges")
+            && hint.contains(
+                r#"[[rule]] endpoint = "POST /predict" path = "$.request_id" compare = "ignore""#
+            ),
+        "{hint}"
+    );
+    assert!(
+        run.stdout.contains("hint: $.request_id differs"),
+        "{}",
+        run.stdout
+    );
+    // With the rule the hint gives, the field is ignored and the hint gone.
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{ISSUE_CONFIG}\n[[rule]]\nendpoint = \"POST /predict\"\npath = \"$.request_id\"\ncompare = \"ignore\"\n"
+    );
+    let run = diff_files(dir, &[results], &config, &[]);
+    assert_eq!(run.report["hints"].as_array().unwrap().len(), 0);
+    let v2 = &endpoint(&run.report, "POST /predict")["shadows"]["v2"];
+    assert!(paths(&v2["fields"]).is_empty(), "{}", v2["fields"]);
 }

@@ -275,6 +275,17 @@ fn rotation_files_are_valid_and_together_hold_everything() {
         status.success() && took < Duration::from_secs(2),
         "{status:?} {took:?}"
     );
+    // The summary names the live input, not "files 0 (0.0 MB)".
+    let mut summary = String::new();
+    cap.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut summary)
+        .unwrap();
+    assert!(
+        summary.contains("input              live interface") && !summary.contains("files  "),
+        "{summary}"
+    );
     let files: Vec<PathBuf> = std::fs::read_dir(&out)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -96,26 +96,42 @@ impl Recorder {
 
     /// The same server behind TLS with a fresh self-signed certificate for
     /// `localhost`; returns the certificate's PEM too.
-    fn start_tls(b: Behaviour) -> (Self, String) {
+    /// An https server that would rather speak h2 (it offers `h2` before
+    /// `http/1.1` in ALPN); the protocols it agreed on go to the third value.
+    fn start_tls(b: Behaviour) -> (Self, String, Arc<Mutex<Vec<String>>>) {
         use tokio_rustls::rustls;
         let _ = rustls::crypto::ring::default_provider().install_default();
         let key = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
         let pem = key.cert.pem();
         let der =
             rustls::pki_types::PrivateKeyDer::try_from(key.signing_key.serialize_der()).unwrap();
-        let config = Arc::new(
-            rustls::ServerConfig::builder()
-                .with_no_client_auth()
-                .with_single_cert(vec![key.cert.der().clone()], der)
-                .unwrap(),
-        );
-        let rec = Self::start_with(b, move |conn, b, log| {
-            let Ok(session) = rustls::ServerConnection::new(Arc::clone(&config)) else {
+        let mut config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![key.cert.der().clone()], der)
+            .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let config = Arc::new(config);
+        let alpn = Arc::new(Mutex::new(Vec::new()));
+        let agreed = Arc::clone(&alpn);
+        let rec = Self::start_with(b, move |mut conn, b, log| {
+            let Ok(mut session) = rustls::ServerConnection::new(Arc::clone(&config)) else {
                 return;
             };
+            while session.is_handshaking() {
+                if session.complete_io(&mut conn).is_err() {
+                    return;
+                }
+            }
+            let proto = session
+                .alpn_protocol()
+                .map(|p| String::from_utf8_lossy(p).into_owned());
+            agreed
+                .lock()
+                .unwrap()
+                .push(proto.unwrap_or_else(|| "none".into()));
             serve(rustls::StreamOwned::new(session, conn), b, log);
         });
-        (rec, pem)
+        (rec, pem, alpn)
     }
 
     fn start_with(
@@ -858,10 +874,70 @@ fn health_check_waits_for_a_target_that_is_still_starting() {
 }
 
 #[test]
+fn idle_connections_the_server_closed_are_not_used_and_nothing_is_sent_twice() {
+    // A server with a 100 ms keep-alive timeout (nginx has 75 s, many
+    // Python servers 5 s) and requests 400 ms apart: every pooled
+    // connection is closed by the time the next request is due. Each
+    // request must reach the server once, and be answered.
+    let dir = tempfile::tempdir().unwrap();
+    let cap = timed_capture(dir.path(), 4, 400, |_| 0);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(0usize));
+    let counter = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(100) {
+            let Ok(mut conn) = conn else { return };
+            let counter = Arc::clone(&counter);
+            std::thread::spawn(move || {
+                conn.set_read_timeout(Some(Duration::from_millis(100)))
+                    .unwrap();
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                // Idle for 100 ms: the read times out and the socket closes.
+                while read_request(&mut r).is_some() {
+                    *counter.lock().unwrap() += 1;
+                    let answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    if conn.write_all(answer.as_bytes()).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let (run, rows, _d) = replay(&[
+        cap.to_str().unwrap(),
+        "--primary",
+        &format!("http://127.0.0.1:{port}"),
+        "--concurrency",
+        "4",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let live = role(&rows, TargetRole::Primary);
+    assert_eq!(live.len(), 4);
+    assert!(
+        live.iter()
+            .all(|r| r.status == Some(200) && r.error_kind.is_none()),
+        "{:?}",
+        live.iter()
+            .map(|r| (&r.status, &r.error_detail))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        4,
+        "a request reached the server twice"
+    );
+}
+
+#[test]
 fn https_targets_are_verified_and_answer() {
     let dir = tempfile::tempdir().unwrap();
     let cap = demo_capture(dir.path());
-    let (server, pem) = Recorder::start_tls(Behaviour::Answer("tls"));
+    let (server, pem, alpn) = Recorder::start_tls(Behaviour::Answer("tls"));
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, pem).unwrap();
     let url = format!("https://localhost:{}", server.port);
@@ -884,6 +960,12 @@ fn https_targets_are_verified_and_answer() {
     assert_eq!(got.len(), 45);
     let host = format!("\r\nHost: localhost:{}\r\n", server.port);
     assert!(got.iter().all(|r| r.contains(&host)));
+    // The server prefers h2; replay offers only http/1.1, so that is agreed.
+    let agreed = alpn.lock().unwrap().clone();
+    assert!(
+        !agreed.is_empty() && agreed.iter().all(|p| p == "http/1.1"),
+        "{agreed:?}"
+    );
 
     // Not trusted: each request is a `tls` error, and the run still completes.
     let mut args = common.to_vec();

@@ -119,7 +119,12 @@ impl CaptureStats {
         let mut s = String::new();
         let mb = self.input_bytes as f64 / 1e6;
         let _ = writeln!(s, "capture summary");
-        let _ = writeln!(s, "  files              {} ({mb:.1} MB)", self.files);
+        if self.files > 0 {
+            let _ = writeln!(s, "  files              {} ({mb:.1} MB)", self.files);
+        } else {
+            // Live: no input files; the packets line below says what came.
+            let _ = writeln!(s, "  input              live interface");
+        }
         let _ = writeln!(
             s,
             "  packets            {} ({} bytes, {} cut by snaplen)",

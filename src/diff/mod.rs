@@ -130,10 +130,14 @@ fn check_duplicates(
 /// (an exchange whose shadow was skipped by `--read-only`, a file without
 /// target metadata).
 const WINDOW_ROWS: u64 = 200_000;
-/// Examples kept per distinct signature (the report picks the top N).
+/// Examples kept per distinct signature at least (the report picks the top
+/// N; with `--top` above it, that many).
 const EXAMPLES_PER_SIGNATURE: usize = 3;
 /// Distinct signatures with examples, at most.
 const MAX_EXAMPLE_SIGNATURES: usize = 5_000;
+/// Examples kept in all, at most: each holds the differing values, which
+/// may be long (embeddings).
+pub(crate) const MAX_EXAMPLES_KEPT: usize = 15_000;
 
 /// Interned strings (paths, endpoints, shadow names) as small ids.
 #[derive(Default)]
@@ -205,6 +209,9 @@ pub(crate) struct Folded {
     pub tallies: HashMap<(u32, u32), Tally>,
     pub noise: HashMap<u32, NoiseTally>,
     pub examples: HashMap<(u32, u32, u32), Vec<Example>>,
+    pub examples_kept: usize,
+    /// An example was not kept for lack of room.
+    pub examples_capped: bool,
     pub exchanges: u64,
     pub live_primary: bool,
     pub recorded_primary: bool,
@@ -545,6 +552,7 @@ fn fold_group(
     let Some(r) = roles(&rows, ctx.opts) else {
         return Ok(());
     };
+    let top = ctx.opts.top;
     let (f, comparer) = (&mut *ctx.folded, &mut *ctx.comparer);
     let name = r.endpoint.clone();
     let primary = r.primary;
@@ -666,15 +674,19 @@ fn fold_group(
                 .collect(),
         };
         let slot_count = f.examples.len();
+        let room = f.examples_kept < MAX_EXAMPLES_KEPT;
         let slot = f.examples.entry((ep, sh, sig));
         let keep = match &slot {
             std::collections::hash_map::Entry::Occupied(o) => {
-                o.get().len() < EXAMPLES_PER_SIGNATURE
+                o.get().len() < EXAMPLES_PER_SIGNATURE.max(top)
             }
             std::collections::hash_map::Entry::Vacant(_) => slot_count < MAX_EXAMPLE_SIGNATURES,
         };
-        if keep {
+        if keep && room {
             slot.or_default().push(example());
+            f.examples_kept += 1;
+        } else if keep || slot_count >= MAX_EXAMPLE_SIGNATURES {
+            f.examples_capped = true;
         }
         if let Some(s) = sink.as_deref_mut() {
             s.write(ep, sh, sig, &pd, &sd, &example())?;

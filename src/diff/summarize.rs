@@ -507,6 +507,60 @@ fn segments(f: &Folded, noise: &NoiseSets) -> Vec<Segment> {
     out
 }
 
+/// Fields that differ in (nearly) every exchange while no noise estimate
+/// exists (no live primary beside the recorded one): most likely ids or
+/// timestamps that change on every call, which a live primary would have
+/// shown as noise. Said with the rule that ignores them.
+fn ignore_hints(r: &Report) -> Vec<String> {
+    const NEARLY_ALL: f64 = 0.95;
+    const MIN_EXCHANGES: u64 = 20;
+    if r.noise_estimated {
+        return Vec::new();
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for ep in &r.endpoints {
+        for s in ep.shadows.values() {
+            for f in &s.fields {
+                if f.rate < NEARLY_ALL
+                    || f.divergent < MIN_EXCHANGES
+                    || !seen.insert((&ep.endpoint, &f.path))
+                {
+                    continue;
+                }
+                out.push(format!(
+                    "{} differs in {:.0}% of {} exchanges and no noise estimate exists (no live primary beside the recorded answers): if it changes on every call (an id, a timestamp), ignore it in the config: [[rule]] endpoint = \"{}\" path = \"{}\" compare = \"ignore\"",
+                    f.path,
+                    f.rate * 100.0,
+                    ep.endpoint,
+                    ep.endpoint,
+                    f.path
+                ));
+            }
+        }
+    }
+    out.truncate(5);
+    out
+}
+
+/// Why the list is shorter than `--top`: every divergent exchange beyond
+/// noise is in it, or the memory bound on kept examples was reached.
+fn examples_note(shown: usize, top: usize, capped: bool) -> Option<String> {
+    if shown >= top {
+        return None;
+    }
+    Some(if capped {
+        format!(
+            "{shown} examples of the {top} asked for (--top): diff keeps at most {} examples in memory; --divergences FILE writes every divergent exchange",
+            super::MAX_EXAMPLES_KEPT
+        )
+    } else {
+        format!(
+            "{shown} examples of the {top} asked for (--top): that is every divergent exchange, noise fields left out"
+        )
+    })
+}
+
 fn top_examples(f: &Folded, noise: &NoiseSets, top: usize) -> Vec<Example> {
     let mut picked: Vec<(u64, Example)> = Vec::new();
     for (&(ep, sh, sig), list) in &f.examples {
@@ -663,8 +717,12 @@ pub(crate) fn report(
         endpoints,
         segments: segments(f, &noise),
         top_divergences: top_examples(f, &noise, opts.top),
+        examples_note: None,
+        hints: Vec::new(),
         latency_buckets_ms: edges,
     };
+    report.hints = ignore_hints(&report);
+    report.examples_note = examples_note(report.top_divergences.len(), opts.top, f.examples_capped);
     verdict::judge(&mut report, &opts.config.gate);
     Ok(report)
 }

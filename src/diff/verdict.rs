@@ -143,10 +143,22 @@ fn latency(s: &ShadowStats, ep: Option<&str>, shadow: &str, g: &Gate) -> Option<
         g.max_p99_latency_ratio,
         outcome,
         format!(
-            "p99 {:.2} ms shadow vs {:.2} ms primary: ratio {ratio:.2}, limit {:.2} (and {:.1} ms slower)",
-            l.shadow.p99, l.primary.p99, g.max_p99_latency_ratio, g.p99_latency_slack_ms
+            "p99 {:.2} ms shadow vs {:.2} ms primary: ratio {ratio:.2}, limit {:.2}; {}",
+            l.shadow.p99,
+            l.primary.p99,
+            g.max_p99_latency_ratio,
+            latency_difference(slower_ms, g.p99_latency_slack_ms)
         ),
     ))
+}
+
+/// The p99 difference in words, with the slack under which any ratio passes.
+fn latency_difference(slower_ms: f64, slack_ms: f64) -> String {
+    if slower_ms >= 0.0 {
+        format!("shadow {slower_ms:.2} ms slower (differences up to {slack_ms:.1} ms pass)")
+    } else {
+        format!("shadow {:.2} ms faster", -slower_ms)
+    }
 }
 
 /// A ratio gate on LLM timings, with the latency gate's rules: judged only
@@ -417,4 +429,18 @@ pub fn judge(report: &mut Report, g: &Gate) {
         Verdict::Go
     };
     report.reasons = reasons;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::latency_difference;
+
+    #[test]
+    fn latency_difference_says_which_way() {
+        assert_eq!(
+            latency_difference(6.17, 1.0),
+            "shadow 6.17 ms slower (differences up to 1.0 ms pass)"
+        );
+        assert_eq!(latency_difference(-2.5, 1.0), "shadow 2.50 ms faster");
+    }
 }

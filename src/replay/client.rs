@@ -3,8 +3,9 @@
 //! connections alive per target. No redirects, proxies, decompression or
 //! retries (one exception: a request written on a pooled connection that
 //! the server had already closed, with no byte of answer, is written again
-//! once on another connection, an idle pooled one or a new one; that is a
-//! stale connection, not a target error).
+//! once on a new connection; that is a stale connection, not a target
+//! error. Idle plain connections are checked before use, so this happens
+//! only when a close races the write, or over TLS).
 
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -395,8 +396,34 @@ fn io_kind(e: &std::io::Error) -> ErrorKind {
     }
 }
 
+/// Whether an idle pooled connection can still carry a request: a server
+/// that closed it while idle (its keep-alive timeout) has left an end of
+/// file to read. Checking costs one non-blocking read and saves writing a
+/// request into a dead socket and sending it again. TLS connections are not
+/// checked (a raw read would take bytes from the TLS layer); for them, and
+/// for a close that races the write, the resend on a fresh connection stays.
+fn still_open(conn: &Conn) -> bool {
+    let Conn::Plain(stream) = conn else {
+        return true;
+    };
+    let mut probe = [0u8; 1];
+    // Ok(0): closed; Ok(n): bytes nobody asked for, so the connection is out
+    // of step; WouldBlock: idle and open.
+    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
 /// Bytes read beyond `--max-body` before giving up on a response.
 const HARD_BODY_CAP: u64 = 256 << 20;
+
+/// Which connection an attempt uses.
+enum Via {
+    /// The one the request was already (partly) written on.
+    Present(Presend),
+    /// An idle pooled one if there is one (or the `--preserve-order` one).
+    Pool,
+    /// A newly opened one.
+    Fresh,
+}
 
 enum Attempt {
     Done(Box<Answer>),
@@ -406,10 +433,16 @@ enum Attempt {
 
 impl Target {
     async fn connection(&self) -> Result<(Conn, bool), (ErrorKind, String)> {
-        if let Some(c) = self.idle.lock().ok().and_then(|mut v| v.pop()) {
-            return Ok((c, true));
+        while let Some(c) = self.pop_idle() {
+            if still_open(&c) {
+                return Ok((c, true));
+            }
         }
         Ok((self.connect().await?, false))
+    }
+
+    fn pop_idle(&self) -> Option<Conn> {
+        self.idle.lock().ok().and_then(|mut v| v.pop())
     }
 
     async fn connect(&self) -> Result<Conn, (ErrorKind, String)> {
@@ -456,7 +489,7 @@ impl Target {
     /// bytes without blocking. The answer is then read by [`Target::exchange`]
     /// on a worker; the send time is exact whatever the workers are doing.
     pub fn try_send_now(&self, request: &[u8]) -> Option<Presend> {
-        let conn = self.idle.lock().ok()?.pop()?;
+        let conn = std::iter::from_fn(|| self.pop_idle()).find(still_open)?;
         let Conn::Plain(stream) = &conn else {
             self.recycle(conn);
             return None;
@@ -505,16 +538,15 @@ impl Target {
         // later, bounds connecting and writing.
         let deadline = tokio::time::Instant::now() + timeout;
         let run = async {
-            for _ in 0..2 {
+            let first = match pre.take() {
+                Some(p) => Via::Present(p),
+                None => Via::Pool,
+            };
+            // The resend after a stale connection goes over a new one, never
+            // another pooled one that may have gone stale the same way.
+            for via in [first, Via::Fresh] {
                 match self
-                    .attempt(
-                        pre.take(),
-                        own.as_deref_mut(),
-                        request,
-                        method,
-                        max_body,
-                        deadline,
-                    )
+                    .attempt(via, own.as_deref_mut(), request, method, max_body, deadline)
                     .await
                 {
                     Attempt::Done(a) => return *a,
@@ -545,7 +577,7 @@ impl Target {
 
     async fn attempt(
         &self,
-        pre: Option<Presend>,
+        via: Via,
         mut own: Option<&mut Option<Conn>>,
         request: &[u8],
         method: &str,
@@ -553,13 +585,14 @@ impl Target {
         deadline: tokio::time::Instant,
     ) -> Attempt {
         let mut answer = Answer::default();
-        let (mut stream, reused, sent_ts, done) = match pre {
-            Some(p) => (p.conn, true, p.sent_ts, p.written),
-            None => {
+        let (mut stream, reused, sent_ts, done) = match via {
+            Via::Present(p) => (p.conn, true, p.sent_ts, p.written),
+            Via::Pool | Via::Fresh => {
                 let held = own.as_deref_mut().and_then(Option::take);
+                let fresh = matches!(via, Via::Fresh);
                 let conn = match held {
                     Some(s) => Ok((s, true)),
-                    None if own.is_some() => self.connect().await.map(|s| (s, false)),
+                    None if own.is_some() || fresh => self.connect().await.map(|s| (s, false)),
                     None => self.connection().await,
                 };
                 match conn {

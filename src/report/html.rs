@@ -173,7 +173,11 @@ fn reasons(o: &mut String, r: &Report) -> fmt::Result {
             esc(&x.detail),
         )?;
     }
-    writeln!(o, "</tbody></table>")
+    writeln!(o, "</tbody></table>")?;
+    for hint in &r.hints {
+        writeln!(o, r#"<p class="muted">Hint: {}</p>"#, esc(hint))?;
+    }
+    Ok(())
 }
 
 /// Everything about one shadow: figures, charts, then the detail tables.
@@ -589,7 +593,11 @@ fn examples(o: &mut String, r: &Report, name: &str) -> fmt::Result {
         left_out(o, e.differences.len(), MAX_DIFFS_PER_EXAMPLE, "differences")?;
         writeln!(o, "</details>")?;
     }
-    left_out(o, ex.len(), MAX_EXAMPLES, "examples")
+    left_out(o, ex.len(), MAX_EXAMPLES, "examples")?;
+    if let Some(note) = &r.examples_note {
+        writeln!(o, r#"<p class="muted">{}</p>"#, esc(note))?;
+    }
+    Ok(())
 }
 
 /// Say how many items a capped list dropped.
@@ -1320,6 +1328,8 @@ mod tests {
                     shadow: "<SCRIPT src=https://evil.example/x.js></SCRIPT>".into(),
                 }],
             }],
+            examples_note: None,
+            hints: vec![],
             latency_buckets_ms: vec![1.0, 5.0, 25.0, 125.0, 625.0],
             tokens_per_second_buckets: vec![],
             similarity_buckets: vec![],
@@ -1444,6 +1454,8 @@ mod tests {
             endpoints: vec![],
             segments: vec![],
             top_divergences: vec![],
+            examples_note: None,
+            hints: vec![],
             latency_buckets_ms: vec![],
             tokens_per_second_buckets: vec![],
             similarity_buckets: vec![],

@@ -166,6 +166,8 @@ mod tests {
             endpoints: vec![],
             segments: vec![],
             top_divergences: vec![],
+            examples_note: None,
+            hints: vec![],
             latency_buckets_ms: vec![],
             tokens_per_second_buckets: vec![],
             similarity_buckets: vec![],

@@ -110,7 +110,12 @@ fn reasons(o: &mut String, r: &Report) -> fmt::Result {
             text(&reason.detail),
         )?;
     }
-    writeln!(o)
+    writeln!(o)?;
+    for hint in &r.hints {
+        writeln!(o, "> Hint: {}", text(hint))?;
+        writeln!(o)?;
+    }
+    Ok(())
 }
 
 /// Everything about one shadow; sections without data are left out.
@@ -454,7 +459,15 @@ fn examples(o: &mut String, r: &Report, name: &str) -> fmt::Result {
     }
     if ex.len() > MAX_EXAMPLES {
         writeln!(o)?;
-        writeln!(o, "_{} more examples not shown._", ex.len() - MAX_EXAMPLES)?;
+        writeln!(
+            o,
+            "_{} more examples in the HTML and JSON reports (a comment shows {MAX_EXAMPLES})._",
+            ex.len() - MAX_EXAMPLES
+        )?;
+    }
+    if let Some(note) = &r.examples_note {
+        writeln!(o)?;
+        writeln!(o, "_{}_", text(note))?;
     }
     writeln!(o)
 }
@@ -893,6 +906,8 @@ mod tests {
                     shadow: HOSTILE.into(),
                 }],
             }],
+            examples_note: None,
+            hints: vec![],
             latency_buckets_ms: vec![1.0, 10.0, 100.0],
             tokens_per_second_buckets: vec![],
             similarity_buckets: vec![],
@@ -1036,6 +1051,8 @@ mod tests {
             endpoints: vec![],
             segments: vec![],
             top_divergences: vec![],
+            examples_note: None,
+            hints: vec![],
             latency_buckets_ms: vec![],
             tokens_per_second_buckets: vec![],
             similarity_buckets: vec![],

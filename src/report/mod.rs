@@ -328,6 +328,11 @@ pub struct Report {
     pub endpoints: Vec<EndpointReport>,
     pub segments: Vec<Segment>,
     pub top_divergences: Vec<Example>,
+    /// Why fewer examples than `--top` asked for are listed, when they are.
+    pub examples_note: Option<String>,
+    /// Advice on the configuration, from what the data shows (a field that
+    /// differs in nearly every exchange while no noise could be estimated).
+    pub hints: Vec<String>,
     /// Upper edges of the latency histogram buckets, in milliseconds.
     pub latency_buckets_ms: Vec<f64>,
     /// Upper edges of the tokens-per-second histogram buckets.

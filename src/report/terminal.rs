@@ -51,6 +51,9 @@ pub fn render(r: &Report, colour: bool, verbose: bool) -> String {
             "not estimated (one primary observation)"
         }
     );
+    for hint in &r.hints {
+        let _ = writeln!(o, "  hint: {}", clean(hint));
+    }
     let deciding: Vec<_> = r
         .reasons
         .iter()

@@ -148,6 +148,7 @@ pub fn exchange_schema() -> SchemaRef {
         f("server", Utf8, true),
         f("method", Utf8, false),
         f("target", Utf8, false),
+        f("endpoint", Utf8, false),
         f("host", Utf8, true),
         f("http_version", Utf8, false),
         f("request_headers", header_list_type(), false),
@@ -325,6 +326,9 @@ pub fn exchanges_to_batch(rows: &[Exchange]) -> Result<RecordBatch, arrow::error
         text(&|r| addr(&r.server)),
         text_ref(&|r| &r.method),
         text_ref(&|r| &r.target),
+        // Derived, for queries over capture files (group by endpoint);
+        // never read back: replay and diff compute it again.
+        text(&|r| Some(crate::endpoint::endpoint(&r.method, &r.target))),
         text(&|r| r.host.clone()),
         text_ref(&|r| &r.http_version),
         header_column(rows.iter().map(|r| &r.request_headers), n),

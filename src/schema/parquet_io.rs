@@ -361,13 +361,14 @@ impl ExchangeReader {
                 detail: format!("kind is {kind:?}"),
             });
         }
-        // May be absent: the first two are never read back (derived from
-        // other columns when written); `malformed_detail` and
-        // `response_event_offsets_ns` came later within schema version 1,
-        // so older capture files lack them.
+        // May be absent: the first three are never read back (derived from
+        // other columns when written); `malformed_detail`,
+        // `response_event_offsets_ns` and `endpoint` came later within
+        // schema version 1, so older capture files lack them.
         let derived = [
             "incomplete",
             "missing_response",
+            "endpoint",
             "malformed_detail",
             "response_event_offsets_ns",
         ];
