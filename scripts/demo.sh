@@ -67,7 +67,9 @@ rc=0
     --json "$OUT/report.json" --markdown "$OUT/report.md" --html "$OUT/report.html" \
     --junit "$OUT/junit.xml" --divergences "$OUT/divergences.jsonl" || rc=$?
 say "reports"
-for f in report.html report.md report.json junit.xml divergences.jsonl; do echo "  $ROOT/$OUT/$f"; done
+# OUT may be absolute (OUT=/tmp/x): print it as it is, else under ROOT.
+case $OUT in /*) SHOWN=$OUT ;; *) SHOWN=$ROOT/$OUT ;; esac
+for f in report.html report.md report.json junit.xml divergences.jsonl; do echo "  $SHOWN/$f"; done
 case $rc in
     1) echo "verdict NO-GO, as seeded: v2 flips labels, is slower on /embed, drops price, and its chat answers start later and move away from v1's wording" ;;
     0|3) echo "unexpected verdict (exit $rc): the seeded regressions were not all caught" >&2; exit 1 ;;

@@ -55,7 +55,7 @@ enum Command {
     #[command(
         after_help = "Examples:\n  shadowctl replay exchanges.parquet --primary http://127.0.0.1:8080 --shadow http://127.0.0.1:8081 --out results.parquet\n  shadowctl replay cap/*.parquet --primary recorded --shadow v2=http://staging:8080 --speed 4 --out results.parquet\n  shadowctl replay ex.parquet --primary http://p:80 --shadow http://s:80 --rate 500 --limit 10000 --header-from-env Authorization=SHADOW_AUTH --out r.parquet\n  shadowctl replay ex.parquet --primary http://p:80 --header \"Authorization: Bearer $TOKEN\" --out r.parquet"
     )]
-    Replay(ReplayArgs),
+    Replay(Box<ReplayArgs>),
     /// Compare primary and shadow answers and judge GO / NO-GO / INCONCLUSIVE.
     #[command(
         after_help = "Examples:\n  shadowctl diff results.parquet\n  shadowctl diff results.parquet --config shadow.toml --markdown summary.md --html report.html --json report.json\n  shadowctl diff shard-*.parquet --config shadow.toml --junit junit.xml --divergences divergent.jsonl --top 20\n\nExit codes: 0 GO, 1 NO-GO, 3 INCONCLUSIVE, 2 bad input or usage."
@@ -183,6 +183,25 @@ struct ReplayArgs {
     /// Write the summary as JSON to this file.
     #[arg(long, value_name = "FILE")]
     summary_json: Option<PathBuf>,
+    /// Sample a target's resource use from a Prometheus endpoint (repeatable):
+    /// NAME=URL, NAME being `primary` or a shadow's name (process_*, container_*, DCGM, Triton).
+    #[arg(long = "metrics", value_name = "NAME=URL")]
+    metrics: Vec<String>,
+    /// Sample a local process and its children from /proc (repeatable): NAME=PID.
+    #[arg(long = "pid", value_name = "NAME=PID")]
+    pid: Vec<String>,
+    /// Sample a cgroup v2 directory (a container) (repeatable): NAME=PATH.
+    #[arg(long = "cgroup", value_name = "NAME=PATH")]
+    cgroup: Vec<String>,
+    /// How often resource use is sampled.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
+    metrics_interval: std::time::Duration,
+    /// Also take this metric family from --metrics endpoints (repeatable; labels kept).
+    #[arg(long = "metrics-family", value_name = "NAME")]
+    metrics_family: Vec<String>,
+    /// Where samples go [default: OUT with .metrics.parquet for .parquet].
+    #[arg(long, value_name = "FILE")]
+    metrics_out: Option<PathBuf>,
     /// Print nothing but errors.
     #[arg(short, long)]
     quiet: bool,
@@ -299,6 +318,73 @@ fn parse_shard(s: &str) -> Result<(u64, u64), String> {
         return Err(bad());
     }
     Ok((k - 1, n))
+}
+
+/// `--metrics/--pid/--cgroup NAME=...` as sampler options (None without any).
+fn metrics_options(
+    args: &ReplayArgs,
+) -> anyhow::Result<Option<shadowctl::replay::sampler::SamplerOptions>> {
+    use shadowctl::replay::sampler::{SamplerOptions, Source};
+    let named = |flag: &str, spec: &str| -> anyhow::Result<(String, String)> {
+        let (name, value) = spec
+            .split_once('=')
+            .filter(|(n, v)| !n.is_empty() && !v.is_empty() && !n.contains('/'))
+            .with_context(|| {
+                format!("{flag} {spec}: expected NAME=VALUE, NAME being primary or a shadow's name")
+            })?;
+        Ok((name.to_string(), value.to_string()))
+    };
+    let mut sources = Vec::new();
+    for spec in &args.metrics {
+        let (name, url) = named("--metrics", spec)?;
+        sources.push((name, Source::Prometheus(url)));
+    }
+    for spec in &args.pid {
+        let (name, pid) = named("--pid", spec)?;
+        let pid: u32 = pid
+            .parse()
+            .with_context(|| format!("--pid {spec}: {pid} is not a process id"))?;
+        anyhow::ensure!(
+            std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "--pid {spec}: no process {pid} (is it running, and in this PID namespace?)"
+        );
+        sources.push((name, Source::Pid(pid)));
+    }
+    for spec in &args.cgroup {
+        let (name, dir) = named("--cgroup", spec)?;
+        let dir = PathBuf::from(dir);
+        anyhow::ensure!(
+            dir.join("cpu.stat").exists(),
+            "--cgroup {spec}: {} has no cpu.stat (a cgroup v2 directory, e.g. /sys/fs/cgroup/system.slice/x.service)",
+            dir.display()
+        );
+        sources.push((name, Source::Cgroup(dir)));
+    }
+    if sources.is_empty() {
+        return Ok(None);
+    }
+    anyhow::ensure!(
+        args.metrics_interval >= std::time::Duration::from_millis(10),
+        "--metrics-interval {:?}: at least 10ms",
+        args.metrics_interval
+    );
+    let out = args.metrics_out.clone().unwrap_or_else(|| {
+        let stem = args.out.to_string_lossy();
+        PathBuf::from(match stem.strip_suffix(".parquet") {
+            Some(base) => format!("{base}.metrics.parquet"),
+            None => format!("{stem}.metrics.parquet"),
+        })
+    });
+    Ok(Some(SamplerOptions {
+        sources,
+        interval: args.metrics_interval,
+        families: args.metrics_family.clone(),
+        out,
+        tls: shadowctl::replay::tls::TlsOptions {
+            ca_certs: args.ca_cert.clone(),
+            insecure: args.insecure,
+        },
+    }))
 }
 
 /// `--header` values, then `--header-from-env NAME=VAR` ones read from the
@@ -542,6 +628,7 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<u8> {
     for c in &args.captures {
         anyhow::ensure!(c.exists(), "{}: no such capture file", c.display());
     }
+    let metrics = metrics_options(&args)?;
     let inputs: Vec<&std::path::Path> = args
         .captures
         .iter()
@@ -552,6 +639,7 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<u8> {
         &[
             ("--out", Some(args.out.as_path())),
             ("--summary-json", args.summary_json.as_deref()),
+            ("--metrics-out", metrics.as_ref().map(|m| m.out.as_path())),
         ],
         &inputs,
     )?;
@@ -609,6 +697,7 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<u8> {
             ca_certs: args.ca_cert.clone(),
             insecure: args.insecure,
         },
+        metrics,
     };
     let stop = interrupt_flag();
     let summary = replay::replay(opts, Arc::clone(&stop))?;
@@ -722,7 +811,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Capture(args) => run_capture(args),
-        Command::Replay(args) => run_replay(args),
+        Command::Replay(args) => run_replay(*args),
         Command::Diff(args) => run_diff(args, cli.verbose),
         Command::Completions { shell } => {
             use clap::CommandFactory;

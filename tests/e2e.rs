@@ -117,6 +117,18 @@ fn v2_is_no_go_with_each_seeded_regression_named() {
     );
     let predict = shadow_stats(&r, "POST /predict");
     assert_eq!(predict["fields"][0]["path"], "$.label");
+    // The flips go one way, so the label distribution drifts: a chi-square
+    // test tells it from chance, and the terminal says so.
+    let label = predict["drift"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["path"] == "$.label")
+        .unwrap();
+    let p = label["chi_square"][1].as_f64().unwrap();
+    assert!(p < 0.01, "{label}");
+    assert!(label["psi"].as_f64().unwrap() > 0.02, "{label}");
+    assert!(stdout.contains("drift $.label (categorical)"), "{stdout}");
     // A field that sometimes goes missing on GET /items/{id}.
     assert!(
         failed(&r, "divergence_rate", "GET /items/{id}").is_some(),

@@ -3,3 +3,4 @@
 //! pcap or Parquet. Meaning (what an OpenAI event says) lives in `llm`.
 
 pub mod events;
+pub mod prometheus;

@@ -11,6 +11,7 @@ pub mod client;
 pub mod plan;
 mod priority;
 pub mod request;
+pub mod sampler;
 pub mod tls;
 
 use std::path::PathBuf;
@@ -68,6 +69,8 @@ pub struct ReplayOptions {
     pub health_timeout: Duration,
     /// Trust settings for `https://` targets.
     pub tls: tls::TlsOptions,
+    /// `--metrics/--pid/--cgroup`: resource use sampled during the run.
+    pub metrics: Option<sampler::SamplerOptions>,
 }
 
 /// Errors that stop a replay before or while it runs (target errors do not).
@@ -86,6 +89,8 @@ pub enum ReplayError {
     Invalid(String),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Metrics(#[from] sampler::SamplerError),
 }
 
 /// Figures per target for the closing summary.
@@ -122,6 +127,8 @@ pub struct ReplaySummary {
     pub interrupted: bool,
     pub targets: Vec<TargetSummary>,
     pub rows: u64,
+    /// Resource sampling, when asked for.
+    pub metrics: Option<sampler::SamplerSummary>,
     #[serde(skip)]
     lags: Quantiles,
     #[serde(skip)]
@@ -267,6 +274,21 @@ impl ReplaySummary {
                 s,
                 "  {} redacted header values were not sent (give fresh ones with --header)",
                 self.dropped_redacted_values
+            );
+        }
+        if let Some(m) = &self.metrics {
+            let failed: Vec<String> = m.failures.iter().map(|(t, n)| format!("{t} {n}")).collect();
+            let _ = writeln!(
+                s,
+                "  metrics: {} samples from {} scrapes in {}; failed or late scrapes: {}",
+                m.samples,
+                m.scrapes,
+                m.path,
+                if failed.is_empty() {
+                    "none".to_string()
+                } else {
+                    failed.join(", ")
+                }
             );
         }
         if self.skipped_read_only > 0 {
@@ -420,13 +442,25 @@ pub fn replay(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummar
             path: "tokio runtime".into(),
             source: e,
         })?;
+    // Sampling starts before the first request and takes a last sample
+    // after the last answer; it runs on its own thread.
+    let sampler = opts
+        .metrics
+        .clone()
+        .map(sampler::Sampler::start)
+        .transpose()?;
     // The run itself is a task on a worker, so the request tasks it spawns
     // go to that worker's local queue instead of the slower remote queue.
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         tokio::spawn(run(opts, stop))
             .await
             .map_err(|_| ReplayError::WriterGone)?
-    })
+    });
+    // The metrics file is completed whatever became of the run.
+    let metrics = sampler.map(sampler::Sampler::finish).transpose();
+    let mut summary = result?;
+    summary.metrics = metrics?;
+    Ok(summary)
 }
 
 /// Refuse options that cannot work before anything is opened or sent.

@@ -180,6 +180,16 @@ pub fn render(r: &Report, colour: bool, verbose: bool) -> String {
                 pct(f.shadow_rate)
             );
         }
+        for d in s.drift.iter().filter(|d| notable_drift(d)).take(5) {
+            let _ = writeln!(
+                o,
+                "  drift {} ({}): PSI {:.3}, {}",
+                clip(&clean(&d.path), 60),
+                d.kind,
+                d.psi,
+                super::markdown::drift_test(d.chi_square, d.ks)
+            );
+        }
         for m in s.missing_fields.iter().take(5) {
             let _ = writeln!(
                 o,
@@ -225,4 +235,11 @@ pub fn render(r: &Report, colour: bool, verbose: bool) -> String {
         }
     }
     o
+}
+
+/// A drift worth a line: its test is significant at 5%, or its PSI is at
+/// least 0.1 (the usual "moderate shift" mark).
+fn notable_drift(d: &crate::report::Drift) -> bool {
+    let p = d.chi_square.or(d.ks).map_or(1.0, |t| t[1]);
+    p < 0.05 || d.psi >= 0.1
 }

@@ -121,7 +121,7 @@ pub(super) fn header_list_type() -> DataType {
     )))
 }
 
-fn header_fields() -> Fields {
+pub(super) fn header_fields() -> Fields {
     Fields::from(vec![
         Field::new("name", DataType::Utf8, false),
         Field::new("value", DataType::Utf8, false),

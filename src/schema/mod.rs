@@ -3,14 +3,19 @@
 
 mod exchange;
 mod headers;
+mod metrics;
 mod parquet_io;
 mod results;
 
 pub use exchange::{exchange_schema, exchanges_to_batch, Exchange, IncompleteReason};
 pub use headers::HeaderList;
+pub use metrics::{
+    metrics_schema, metrics_to_batch, read_metrics, MetricKind, MetricRow, METRICS,
+    METRICS_SCHEMA_VERSION,
+};
 pub use parquet_io::{
-    read_exchanges, ExchangeFileWriter, ExchangeReader, FileKind, Metadata, ParquetFileWriter,
-    WriterConfig,
+    file_kind, read_exchanges, ExchangeFileWriter, ExchangeReader, FileKind, Metadata,
+    ParquetFileWriter, WriterConfig,
 };
 pub use results::{
     read_results, results_schema, results_to_batch, ErrorKind, ReplayResult, ResultsReader,

@@ -134,6 +134,25 @@ pub(crate) fn check_columns(
     Ok(())
 }
 
+/// The `shadowctl.kind` a Parquet footer names, if any.
+pub(crate) fn kind_in(meta: &parquet::file::metadata::ParquetMetaData) -> Option<String> {
+    meta.file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|k| k.key == META_KIND))
+        .and_then(|k| k.value.clone())
+}
+
+/// The kind of shadowctl file at `path` (`exchanges`, `results`,
+/// `metrics`), read from its footer alone; None for other Parquet files.
+pub fn file_kind(path: &Path) -> Result<Option<String>, SchemaError> {
+    let file = File::open(path).map_err(|e| io_err(path, e))?;
+    let reader =
+        parquet::file::reader::SerializedFileReader::new(file).map_err(|e| pq_err(path, e))?;
+    Ok(kind_in(parquet::file::reader::FileReader::metadata(
+        &reader,
+    )))
+}
+
 /// What kind of shadowctl file, for its metadata.
 #[derive(Clone, Copy, Debug)]
 pub struct FileKind {
