@@ -59,7 +59,7 @@ def burn_cpu(ms):
     return x
 
 
-def leak_forever(mb_per_s):
+def leak_forever(mb_per_s, leaked_gauge):
     chunk = int(mb_per_s * 1_000_000 * LEAK_INTERVAL_S)
     if chunk <= 0:
         return
@@ -67,6 +67,8 @@ def leak_forever(mb_per_s):
     while True:
         # Multiplying a one-byte bytearray writes every byte, so the pages are resident.
         _leaked.append(bytearray(b"\x01") * chunk)
+        # The truth the tests compare diff's growth estimate with.
+        leaked_gauge.inc(chunk)
         next_tick += LEAK_INTERVAL_S
         delay = next_tick - time.monotonic()
         if delay > 0:
@@ -161,6 +163,7 @@ def main(argv=None):
     request_seconds = Histogram("model_request_seconds", "Time spent serving /predict")
     info = Gauge("model_info", "Model version being served", ["version"])
     info.labels(version=args.variant).set(1)
+    leaked = Gauge("model_leaked_bytes", "Bytes deliberately leaked so far (test truth)")
 
     def on_term(signum, frame):
         raise SystemExit(0)
@@ -170,7 +173,7 @@ def main(argv=None):
 
     server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(args, (predictions, request_seconds)))
     if args.leak_mb_per_s > 0:
-        threading.Thread(target=leak_forever, args=(args.leak_mb_per_s,), daemon=True).start()
+        threading.Thread(target=leak_forever, args=(args.leak_mb_per_s, leaked), daemon=True).start()
     sys.stdout.write(f"listening {server.server_address[1]}\n")
     sys.stdout.flush()
     try:

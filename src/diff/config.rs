@@ -108,6 +108,19 @@ pub struct Gate {
     /// Text compared by similarity: the most the median similarity to the
     /// primary may drop below the primary's similarity to itself.
     pub max_similarity_drop: f64,
+    /// Resources (with metrics files): shadow CPU time per answer over the
+    /// primary's.
+    pub max_cpu_per_request_ratio: Option<f64>,
+    /// Shadow peak memory over the primary's.
+    pub max_memory_ratio: Option<f64>,
+    /// Fails when the lower bound of the shadow's memory growth interval
+    /// (MB per hour) is above this; not judged unless set.
+    pub max_memory_growth_mb_per_hour: Option<f64>,
+    /// Shadow peak GPU memory over the primary's; not judged unless set.
+    pub max_gpu_memory_ratio: Option<f64>,
+    /// Fail when the shadow stops exposing a metric family (or label) the
+    /// primary exposes; by default parity is only reported.
+    pub require_telemetry_parity: bool,
 }
 
 impl Default for Gate {
@@ -125,6 +138,11 @@ impl Default for Gate {
             min_tokens_per_second_ratio: 0.8,
             max_output_tokens_ratio: 1.25,
             max_similarity_drop: 0.05,
+            max_cpu_per_request_ratio: Some(1.3),
+            max_memory_ratio: Some(1.5),
+            max_memory_growth_mb_per_hour: None,
+            max_gpu_memory_ratio: None,
+            require_telemetry_parity: false,
         }
     }
 }

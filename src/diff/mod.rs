@@ -16,6 +16,7 @@ pub mod jsonpath;
 pub mod judge;
 pub mod latency;
 mod llm;
+pub(crate) mod resources;
 pub mod similarity;
 pub mod stats;
 mod summarize;
@@ -210,6 +211,10 @@ pub(crate) struct Folded {
     pub noise: HashMap<u32, NoiseTally>,
     pub examples: HashMap<(u32, u32, u32), Vec<Example>>,
     pub examples_kept: usize,
+    /// Rows of the metrics files given (resource use of the targets).
+    pub metrics: Vec<crate::schema::MetricRow>,
+    /// When targets answered: collected only when metrics files are given.
+    pub times: Option<resources::AnswerTimes>,
     /// An example was not kept for lack of room.
     pub examples_capped: bool,
     pub exchanges: u64,
@@ -316,7 +321,18 @@ fn diff_inner(opts: &DiffOptions) -> Result<Report, DiffError> {
     let mut comparer = Comparer::new(&opts.config);
     let mut pool = start_judge(&opts.config)?;
     let mut files: Vec<(String, FileIds)> = Vec::new();
+    // Metrics files (told apart by their kind) are read first, so the
+    // results are folded knowing answer times are wanted.
+    let mut results = Vec::new();
     for path in &opts.inputs {
+        if crate::schema::file_kind(path)?.as_deref() == Some(crate::schema::METRICS.kind) {
+            folded.metrics.extend(crate::schema::read_metrics(path)?);
+            folded.times.get_or_insert_with(Default::default);
+        } else {
+            results.push(path);
+        }
+    }
+    for path in results {
         let mut ctx = FoldCtx {
             opts,
             comparer: &mut comparer,
@@ -549,6 +565,9 @@ fn fold_group(
     ctx: &mut FoldCtx,
     judged: Option<&GroupJudgements>,
 ) -> Result<(), DiffError> {
+    if let Some(times) = &mut ctx.folded.times {
+        times.add(&rows);
+    }
     let Some(r) = roles(&rows, ctx.opts) else {
         return Ok(());
     };

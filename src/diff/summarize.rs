@@ -719,9 +719,22 @@ pub(crate) fn report(
         top_divergences: top_examples(f, &noise, opts.top),
         examples_note: None,
         hints: Vec::new(),
+        resources: Default::default(),
+        telemetry: Default::default(),
+        resources_note: None,
         latency_buckets_ms: edges,
     };
     report.hints = ignore_hints(&report);
+    match &f.times {
+        Some(times) => {
+            (report.resources, report.telemetry) = super::resources::summarize(&f.metrics, times);
+        }
+        None => {
+            report.resources_note = Some(
+                "resources: not measured (no metrics file; replay --metrics, --pid or --cgroup writes one)".into(),
+            )
+        }
+    }
     report.examples_note = examples_note(report.top_divergences.len(), opts.top, f.examples_capped);
     verdict::judge(&mut report, &opts.config.gate);
     Ok(report)

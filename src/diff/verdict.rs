@@ -418,6 +418,11 @@ pub fn judge(report: &mut Report, g: &Gate) {
             reasons.extend(drift(s, e, name, g));
         }
     }
+    reasons.extend(super::resources::reasons(
+        &report.resources,
+        &report.telemetry,
+        g,
+    ));
     let any = |o: Outcome| reasons.iter().any(|r| r.outcome == o);
     report.verdict = if blocking {
         Verdict::Inconclusive

@@ -81,6 +81,7 @@ fn page(o: &mut String, r: &Report) -> fmt::Result {
     writeln!(o, "<style>\n{CSS}</style></head><body><main>")?;
     banner(o, r)?;
     reasons(o, r)?;
+    resources(o, r)?;
     for name in shadow_names(r) {
         shadow_section(o, r, name)?;
     }
@@ -1143,6 +1144,154 @@ fn drift_chart(o: &mut String, d: &Drift) -> fmt::Result {
     left_out(o, d.bins.len(), MAX_DRIFT_BINS, "bins")
 }
 
+/// What each target cost: a table, then CPU and memory over the replay's
+/// time, every target on one time axis.
+fn resources(o: &mut String, r: &Report) -> fmt::Result {
+    if r.resources.is_empty() {
+        return Ok(());
+    }
+    writeln!(o, "<section><h2>Resources</h2>")?;
+    writeln!(o, "<table><thead><tr><th>Target</th><th>Source</th><th>CPU cores mean / p95</th><th>CPU ms per answer</th><th>Memory peak MB</th><th>Memory growth MB/h (95% CI)</th><th>GPU util mean / p95</th><th>GPU memory peak MB</th><th>Cores at peak</th><th>Failed scrapes</th></tr></thead><tbody>")?;
+    for (name, x) in &r.resources {
+        let row = super::markdown::resource_cells(x);
+        write!(o, "<tr><td>{}</td>", esc(name))?;
+        for cell in row {
+            write!(o, r#"<td class="n">{}</td>"#, esc(&cell))?;
+        }
+        writeln!(o, "</tr>")?;
+    }
+    writeln!(o, "</tbody></table>")?;
+    if let Some(peak) = r.resources.values().find_map(|x| x.peak_requests_per_s) {
+        writeln!(
+            o,
+            r#"<p class="muted">Cores at peak: CPU per answer times the capture's busiest second ({peak:.0} requests/s).</p>"#
+        )?;
+    }
+    for (t, tel) in &r.telemetry {
+        if tel.missing_in_shadow.is_empty()
+            && tel.added_in_shadow.is_empty()
+            && tel.labels_missing_in_shadow.is_empty()
+        {
+            writeln!(o, "<p>Telemetry of <code>{}</code>: every family and label of the primary is there.</p>", esc(t))?;
+            continue;
+        }
+        writeln!(
+            o,
+            "<p>Telemetry of <code>{}</code>: missing {}; labels missing {}; new {}.</p>",
+            esc(t),
+            esc(&list_or_none(&tel.missing_in_shadow)),
+            esc(&list_or_none(&tel.labels_missing_in_shadow)),
+            esc(&list_or_none(&tel.added_in_shadow))
+        )?;
+    }
+    let cpu: Vec<(&str, &[f64], &[f64])> = r
+        .resources
+        .iter()
+        .map(|(n, x)| (n.as_str(), &x.series.t_s[..], &x.series.cpu_cores[..]))
+        .collect();
+    time_chart(o, "CPU cores over the replay", "cores", &cpu)?;
+    let mem: Vec<(&str, &[f64], &[f64])> = r
+        .resources
+        .iter()
+        .map(|(n, x)| {
+            (
+                n.as_str(),
+                &x.series.memory_t_s[..],
+                &x.series.memory_mb[..],
+            )
+        })
+        .collect();
+    time_chart(o, "Memory over the replay", "MB", &mem)?;
+    writeln!(o, "</section>")
+}
+
+fn list_or_none(v: &[String]) -> String {
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// Lines of value against seconds since sampling began, one per target
+/// (the primary in its colour, shadows in theirs).
+fn time_chart(
+    o: &mut String,
+    title: &str,
+    unit: &str,
+    lines: &[(&str, &[f64], &[f64])],
+) -> fmt::Result {
+    let xmax = lines
+        .iter()
+        .flat_map(|l| l.1.iter().copied())
+        .fold(0.0, f64::max);
+    let ymax = nice_ceil(
+        lines
+            .iter()
+            .flat_map(|l| l.2.iter().copied())
+            .fold(0.0, f64::max),
+    );
+    if xmax <= 0.0 || ymax <= 0.0 {
+        return Ok(());
+    }
+    let (w, h, left, right, top, bottom) = (760.0, 240.0, 64.0, 16.0, 40.0, 40.0);
+    let (pw, ph) = (w - left - right, h - top - bottom);
+    let x = |t: f64| left + t / xmax * pw;
+    let y = |v: f64| top + ph - v / ymax * ph;
+    writeln!(o, "<figure>")?;
+    svg_open(o, w, h, title)?;
+    for k in 0..=2 {
+        let v = ymax * k as f64 / 2.0;
+        writeln!(
+            o,
+            r#"<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="{GRID}"/><text x="{}" y="{}" text-anchor="end">{}</text>"#,
+            c(left),
+            c(y(v)),
+            c(left + pw),
+            c(y(v)),
+            c(left - 4.0),
+            c(y(v) + 4.0),
+            esc(&format!("{v:.3}"))
+        )?;
+    }
+    let palette = [SHADOW, "#2da44e", "#8250df", "#cf222e"];
+    let mut shadows = 0;
+    for (i, (name, ts, vs)) in lines.iter().enumerate() {
+        let colour = if *name == "primary" {
+            PRIMARY
+        } else {
+            shadows += 1;
+            palette[(shadows - 1) % palette.len()]
+        };
+        let points: Vec<String> = ts
+            .iter()
+            .zip(vs.iter())
+            .map(|(t, v)| format!("{},{}", c(x(*t)), c(y(*v))))
+            .collect();
+        if points.is_empty() {
+            continue;
+        }
+        writeln!(
+            o,
+            r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="1.8"/><rect x="{}" y="{}" width="10" height="10" fill="{colour}"/><text x="{}" y="{}">{}</text>"#,
+            points.join(" "),
+            c(left + pw - 150.0),
+            c(8.0 + 14.0 * i as f64),
+            c(left + pw - 136.0),
+            c(17.0 + 14.0 * i as f64),
+            esc(name)
+        )?;
+    }
+    writeln!(
+        o,
+        r#"<text x="{}" y="{}" text-anchor="middle">seconds since sampling began</text>"#,
+        c(left + pw / 2.0),
+        c(h - 6.0)
+    )?;
+    y_title(o, top, ph, unit)?;
+    writeln!(o, "</svg></figure>")
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -1330,6 +1479,9 @@ mod tests {
             }],
             examples_note: None,
             hints: vec![],
+            resources: Default::default(),
+            telemetry: Default::default(),
+            resources_note: None,
             latency_buckets_ms: vec![1.0, 5.0, 25.0, 125.0, 625.0],
             tokens_per_second_buckets: vec![],
             similarity_buckets: vec![],
@@ -1456,6 +1608,9 @@ mod tests {
             top_divergences: vec![],
             examples_note: None,
             hints: vec![],
+            resources: Default::default(),
+            telemetry: Default::default(),
+            resources_note: None,
             latency_buckets_ms: vec![],
             tokens_per_second_buckets: vec![],
             similarity_buckets: vec![],

@@ -39,6 +39,7 @@ pub fn render(r: &Report) -> String {
 fn write_report(o: &mut String, r: &Report) -> fmt::Result {
     header(o, r)?;
     reasons(o, r)?;
+    resources(o, r)?;
     for name in shadow_names(r) {
         shadow_section(o, r, name)?;
     }
@@ -781,6 +782,75 @@ pub(super) fn status(s: Option<u16>) -> String {
     s.map_or_else(|| "none".to_string(), |v| v.to_string())
 }
 
+/// The cells of one target's resources row (after its name), shared with
+/// the HTML table.
+pub(super) fn resource_cells(x: &crate::report::Resources) -> Vec<String> {
+    let opt =
+        |v: Option<f64>, digits: usize| v.map_or("–".to_string(), |v| format!("{v:.digits$}"));
+    let pair = |v: &Option<crate::report::MeanP95>, digits: usize| {
+        v.as_ref().map_or("–".to_string(), |m| {
+            format!("{:.digits$} / {:.digits$}", m.mean, m.p95)
+        })
+    };
+    vec![
+        x.source.clone().unwrap_or_else(|| "–".into()),
+        pair(&x.cpu_cores, 3),
+        opt(x.cpu_ms_per_request, 3),
+        opt(x.memory_peak_mb, 1),
+        x.memory_growth_mb_per_hour
+            .as_ref()
+            .map_or("–".to_string(), |g| {
+                format!("{:.1} ({:.1} to {:.1})", g.slope, g.ci[0], g.ci[1])
+            }),
+        pair(&x.gpu_util, 1),
+        opt(x.gpu_memory_peak_mb, 0),
+        opt(x.capacity_cores_at_peak, 2),
+        x.scrape_failures.to_string(),
+    ]
+}
+
+/// What each target cost (with metrics files), and telemetry parity.
+fn resources(o: &mut String, r: &Report) -> fmt::Result {
+    if r.resources.is_empty() {
+        return Ok(());
+    }
+    writeln!(o, "### Resources")?;
+    writeln!(o)?;
+    writeln!(
+        o,
+        "| Target | Source | CPU cores mean / p95 | CPU ms per answer | Memory peak MB | Memory growth MB/h (95% CI) | GPU util % mean / p95 | GPU memory peak MB | Cores at peak | Failed scrapes |"
+    )?;
+    writeln!(o, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|")?;
+    for (name, x) in &r.resources {
+        let cells: Vec<String> = resource_cells(x).iter().map(|c| text(c)).collect();
+        writeln!(o, "| {} | {} |", code(name), cells.join(" | "))?;
+    }
+    writeln!(o)?;
+    for (t, tel) in &r.telemetry {
+        let lost: Vec<&String> = tel
+            .missing_in_shadow
+            .iter()
+            .chain(&tel.labels_missing_in_shadow)
+            .collect();
+        if lost.is_empty() {
+            writeln!(
+                o,
+                "Telemetry of {}: every family and label of the primary is there.",
+                code(t)
+            )?;
+        } else {
+            let names: Vec<String> = lost.iter().map(|s| code(s)).collect();
+            writeln!(o, "Telemetry of {}: missing {}.", code(t), names.join(", "))?;
+        }
+        if !tel.added_in_shadow.is_empty() {
+            let names: Vec<String> = tel.added_in_shadow.iter().map(|s| code(s)).collect();
+            writeln!(o, "New in {}: {}.", code(t), names.join(", "))?;
+        }
+        writeln!(o)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -908,6 +978,9 @@ mod tests {
             }],
             examples_note: None,
             hints: vec![],
+            resources: Default::default(),
+            telemetry: Default::default(),
+            resources_note: None,
             latency_buckets_ms: vec![1.0, 10.0, 100.0],
             tokens_per_second_buckets: vec![],
             similarity_buckets: vec![],
@@ -1053,6 +1126,9 @@ mod tests {
             top_divergences: vec![],
             examples_note: None,
             hints: vec![],
+            resources: Default::default(),
+            telemetry: Default::default(),
+            resources_note: None,
             latency_buckets_ms: vec![],
             tokens_per_second_buckets: vec![],
             similarity_buckets: vec![],

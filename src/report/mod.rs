@@ -310,6 +310,69 @@ pub struct Example {
     pub differences: Vec<Difference>,
 }
 
+/// A mean and 95th percentile over sampling intervals.
+#[derive(Clone, Debug, Serialize)]
+pub struct MeanP95 {
+    pub mean: f64,
+    pub p95: f64,
+}
+
+/// Memory growth: least-squares slope in MB per hour after the warm-up,
+/// with its 95% interval.
+#[derive(Clone, Debug, Serialize)]
+pub struct Growth {
+    pub slope: f64,
+    pub ci: [f64; 2],
+    /// Samples the slope was fitted to.
+    pub samples: u64,
+}
+
+/// The points the HTML report draws: CPU cores per interval (at the end of
+/// each interval) and memory per reading, in seconds since sampling began.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ResourceSeries {
+    pub t_s: Vec<f64>,
+    pub cpu_cores: Vec<f64>,
+    pub memory_t_s: Vec<f64>,
+    pub memory_mb: Vec<f64>,
+}
+
+/// What one target cost while it was replayed to (from metrics files).
+#[derive(Clone, Debug, Serialize)]
+pub struct Resources {
+    /// `primary`, `shadow`, or `unknown` (a name not in the results).
+    pub role: String,
+    /// Where CPU and memory came from: `pid`, `cgroup` or `prometheus`.
+    pub source: Option<String>,
+    pub samples: u64,
+    pub scrape_failures: u64,
+    pub first_failure: Option<String>,
+    /// Cores used per sampling interval.
+    pub cpu_cores: Option<MeanP95>,
+    /// CPU seconds over the sampled window / answers in it, in ms.
+    pub cpu_ms_per_request: Option<f64>,
+    pub answers_in_window: u64,
+    pub memory_peak_mb: Option<f64>,
+    pub memory_growth_mb_per_hour: Option<Growth>,
+    /// GPU utilisation in percent.
+    pub gpu_util: Option<MeanP95>,
+    pub gpu_memory_peak_mb: Option<f64>,
+    /// Requests in the capture's busiest second.
+    pub peak_requests_per_s: Option<f64>,
+    /// Cores this version would need at that rate.
+    pub capacity_cores_at_peak: Option<f64>,
+    pub series: ResourceSeries,
+}
+
+/// Metric families of the primary the shadow does not expose, and new ones.
+#[derive(Clone, Debug, Serialize)]
+pub struct Telemetry {
+    pub missing_in_shadow: Vec<String>,
+    pub added_in_shadow: Vec<String>,
+    /// `family{label}`: a label the primary's family has and the shadow's lacks.
+    pub labels_missing_in_shadow: Vec<String>,
+}
+
 /// The whole report.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -333,6 +396,12 @@ pub struct Report {
     /// Advice on the configuration, from what the data shows (a field that
     /// differs in nearly every exchange while no noise could be estimated).
     pub hints: Vec<String>,
+    /// Per target (from metrics files): what it cost while replayed to.
+    pub resources: BTreeMap<String, Resources>,
+    /// Per shadow: metric families of the primary it does not expose.
+    pub telemetry: BTreeMap<String, Telemetry>,
+    /// Why no resource figures are given, when none are.
+    pub resources_note: Option<String>,
     /// Upper edges of the latency histogram buckets, in milliseconds.
     pub latency_buckets_ms: Vec<f64>,
     /// Upper edges of the tokens-per-second histogram buckets.

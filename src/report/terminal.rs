@@ -211,6 +211,7 @@ pub fn render(r: &Report, colour: bool, verbose: bool) -> String {
             seg.p_value
         );
     }
+    resources(&mut o, r);
     if let Some(j) = &r.judge {
         let _ = writeln!(o, "\n{}", super::markdown::judge_line(j));
     }
@@ -242,4 +243,80 @@ pub fn render(r: &Report, colour: bool, verbose: bool) -> String {
 fn notable_drift(d: &crate::report::Drift) -> bool {
     let p = d.chi_square.or(d.ks).map_or(1.0, |t| t[1]);
     p < 0.05 || d.psi >= 0.1
+}
+
+/// One line per sampled target, then telemetry parity per shadow.
+fn resources(o: &mut String, r: &Report) {
+    if r.resources.is_empty() {
+        if let Some(note) = &r.resources_note {
+            let _ = writeln!(o, "\n{note}");
+        }
+        return;
+    }
+    let _ = writeln!(o, "\nresources:");
+    for (name, x) in &r.resources {
+        let mut parts = Vec::new();
+        if let Some(c) = &x.cpu_cores {
+            parts.push(format!("CPU {:.3} cores (p95 {:.3})", c.mean, c.p95));
+        }
+        if let Some(ms) = x.cpu_ms_per_request {
+            parts.push(format!("{ms:.3} ms CPU per answer"));
+        }
+        if let Some(m) = x.memory_peak_mb {
+            parts.push(format!("memory peak {m:.1} MB"));
+        }
+        if let Some(g) = &x.memory_growth_mb_per_hour {
+            parts.push(format!(
+                "growth {:.1} MB/h ({:.1} to {:.1})",
+                g.slope, g.ci[0], g.ci[1]
+            ));
+        }
+        if let Some(g) = &x.gpu_util {
+            parts.push(format!("GPU {:.1}% (p95 {:.1}%)", g.mean, g.p95));
+        }
+        if let Some(g) = x.gpu_memory_peak_mb {
+            parts.push(format!("GPU memory peak {g:.0} MB"));
+        }
+        if let (Some(c), Some(p)) = (x.capacity_cores_at_peak, x.peak_requests_per_s) {
+            parts.push(format!("{c:.2} cores at the capture's peak {p:.0}/s"));
+        }
+        if x.scrape_failures > 0 {
+            parts.push(format!(
+                "{} failed scrapes ({})",
+                x.scrape_failures,
+                clip(&clean(x.first_failure.as_deref().unwrap_or("")), 60)
+            ));
+        }
+        let _ = writeln!(
+            o,
+            "  {} ({}, {}): {}",
+            clean(name),
+            x.role,
+            x.source.as_deref().unwrap_or("no samples"),
+            if parts.is_empty() {
+                "nothing measured".to_string()
+            } else {
+                parts.join("; ")
+            }
+        );
+    }
+    for (t, tel) in &r.telemetry {
+        let mut lost: Vec<&str> = tel.missing_in_shadow.iter().map(String::as_str).collect();
+        lost.extend(tel.labels_missing_in_shadow.iter().map(String::as_str));
+        let _ = writeln!(
+            o,
+            "  telemetry {}: {}{}",
+            clean(t),
+            if lost.is_empty() {
+                "nothing of the primary's missing".to_string()
+            } else {
+                format!("missing {}", clean(&lost.join(", ")))
+            },
+            if tel.added_in_shadow.is_empty() {
+                String::new()
+            } else {
+                format!("; new {}", clean(&tel.added_in_shadow.join(", ")))
+            }
+        );
+    }
 }

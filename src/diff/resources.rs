@@ -1,0 +1,623 @@
+//! What each target cost while it was replayed to, from the metrics files
+//! `replay --metrics/--pid/--cgroup` wrote: CPU (cores, and CPU time per
+//! answer), memory (peak, and growth with its interval, so a leak shows),
+//! GPU, the cores needed at the capture's busiest second, and which metric
+//! families the shadow stopped (or started) exposing.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use super::config::Gate;
+use crate::report::{Growth, MeanP95, Outcome, Reason, ResourceSeries, Resources, Telemetry};
+use crate::schema::{MetricKind, MetricRow, ReplayResult, TargetRole};
+
+/// Width of the buckets answers are counted in, to find those inside a
+/// sampling window (10 ms: a window's edges are off by at most that).
+const ANSWER_BUCKET_NS: i64 = 10_000_000;
+/// The first part of the sampled time left out of the memory slope: start-up
+/// allocations and warming caches are not a leak.
+const WARM_UP_FRACTION: f64 = 0.2;
+/// Samples (after warm-up) a slope needs.
+const MIN_SLOPE_SAMPLES: usize = 5;
+
+/// Families that measure the same thing, in order of preference, and how
+/// their values combine across label sets and convert to the report's unit.
+struct Measure {
+    families: &'static [(&'static str, f64)],
+    /// Several label sets (GPUs, containers): summed, or averaged.
+    sum: bool,
+}
+
+const CPU: Measure = Measure {
+    families: &[
+        ("process_cpu_seconds_total", 1.0),
+        ("container_cpu_usage_seconds_total", 1.0),
+    ],
+    sum: true,
+};
+/// In MB (10^6 bytes).
+const MEMORY: Measure = Measure {
+    families: &[
+        ("process_resident_memory_bytes", 1e-6),
+        ("container_memory_working_set_bytes", 1e-6),
+    ],
+    sum: true,
+};
+/// In percent.
+const GPU_UTIL: Measure = Measure {
+    families: &[("DCGM_FI_DEV_GPU_UTIL", 1.0), ("nv_gpu_utilization", 100.0)],
+    sum: false,
+};
+/// In MB: DCGM reports MiB.
+const GPU_MEMORY: Measure = Measure {
+    families: &[
+        ("DCGM_FI_DEV_FB_USED", 1.048_576),
+        ("nv_gpu_memory_used_bytes", 1e-6),
+    ],
+    sum: true,
+};
+
+/// Sources in order of preference for one target measured several ways: a
+/// process tree and a cgroup are read directly; an endpoint reports on
+/// itself.
+const SOURCES: [&str; 3] = ["pid", "cgroup", "prometheus"];
+
+/// When the replayed targets answered, and how busy the capture was:
+/// collected while `diff` folds the results (only with metrics files).
+#[derive(Default)]
+pub(crate) struct AnswerTimes {
+    /// Per target: answers by 10 ms bucket of their last byte.
+    answers: HashMap<String, BTreeMap<i64, u32>>,
+    /// Requests per second of the capture (recorded rows' request times),
+    /// else of the primary's schedule.
+    capture_seconds: BTreeMap<i64, u32>,
+    schedule_seconds: BTreeMap<i64, u32>,
+    pub roles: BTreeMap<String, &'static str>,
+}
+
+impl AnswerTimes {
+    pub fn add(&mut self, rows: &[ReplayResult]) {
+        for r in rows {
+            let role = r.role.map_or("primary", TargetRole::as_str);
+            if !self.roles.contains_key(&r.target_name) {
+                self.roles.insert(r.target_name.clone(), role);
+            }
+            match r.role {
+                Some(TargetRole::Recorded) => {
+                    if let Some(t) = r.sent_ts {
+                        *self
+                            .capture_seconds
+                            .entry(t.div_euclid(1_000_000_000))
+                            .or_default() += 1;
+                    }
+                }
+                _ => {
+                    if r.role == Some(TargetRole::Primary) || r.role.is_none() {
+                        *self
+                            .schedule_seconds
+                            .entry(r.due_ts.div_euclid(1_000_000_000))
+                            .or_default() += 1;
+                    }
+                    if let (Some(done), Some(_)) = (r.done_ts, r.status) {
+                        *self
+                            .answers
+                            .entry(r.target_name.clone())
+                            .or_default()
+                            .entry(done.div_euclid(ANSWER_BUCKET_NS))
+                            .or_default() += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    fn answers_between(&self, target: &str, from: i64, to: i64) -> u64 {
+        self.answers.get(target).map_or(0, |b| {
+            b.range(from.div_euclid(ANSWER_BUCKET_NS)..=to.div_euclid(ANSWER_BUCKET_NS))
+                .map(|(_, &n)| u64::from(n))
+                .sum()
+        })
+    }
+
+    /// Requests in the busiest second of the capture (of the replay's
+    /// schedule when the capture's own times are not in the results).
+    fn peak_per_second(&self) -> Option<f64> {
+        let seconds = if self.capture_seconds.is_empty() {
+            &self.schedule_seconds
+        } else {
+            &self.capture_seconds
+        };
+        seconds.values().max().map(|&n| f64::from(n))
+    }
+}
+
+/// A time series: (ns, value) in time order.
+type Series = Vec<(i64, f64)>;
+
+/// The series of one measure for one target, from the preferred source
+/// that has it: label sets combined per reading.
+fn series(rows: &[&MetricRow], m: &Measure) -> Option<(String, Series)> {
+    for source in SOURCES {
+        for &(family, scale) in m.families {
+            let mut by_ts: BTreeMap<i64, (f64, u32)> = BTreeMap::new();
+            for r in rows.iter().filter(|r| {
+                r.kind == MetricKind::Sample && r.source == source && r.family == family
+            }) {
+                if let Some(v) = r.value.filter(|v| v.is_finite()) {
+                    let e = by_ts.entry(r.ts).or_default();
+                    e.0 += v * scale;
+                    e.1 += 1;
+                }
+            }
+            if !by_ts.is_empty() {
+                let points = by_ts
+                    .into_iter()
+                    .map(|(t, (sum, n))| (t, if m.sum { sum } else { sum / f64::from(n) }))
+                    .collect();
+                return Some((source.to_string(), points));
+            }
+        }
+    }
+    None
+}
+
+/// Increments of a counter between readings, a reset (a restart) counting
+/// from zero: (end time, seconds elapsed, increase).
+fn increments(points: &Series) -> Vec<(i64, f64, f64)> {
+    points
+        .windows(2)
+        .filter_map(|w| {
+            let dt = (w[1].0 - w[0].0) as f64 / 1e9;
+            let d = if w[1].1 >= w[0].1 {
+                w[1].1 - w[0].1
+            } else {
+                w[1].1
+            };
+            (dt > 0.0).then_some((w[1].0, dt, d))
+        })
+        .collect()
+}
+
+fn quantile(mut v: Vec<f64>, q: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() as f64 - 1.0) * q).round() as usize;
+    v.get(i).copied().unwrap_or(0.0)
+}
+
+fn mean_p95(v: Vec<f64>) -> Option<MeanP95> {
+    if v.is_empty() {
+        return None;
+    }
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    Some(MeanP95 {
+        mean,
+        p95: quantile(v, 0.95),
+    })
+}
+
+/// Two-sided 95% quantile of Student's t with `df` degrees of freedom
+/// (Cornish-Fisher expansion around the normal; within 0.1% from df = 3).
+pub(crate) fn t_975(df: f64) -> f64 {
+    let z: f64 = 1.959_963_985;
+    let (z3, z5, z7) = (z.powi(3), z.powi(5), z.powi(7));
+    z + (z3 + z) / (4.0 * df)
+        + (5.0 * z5 + 16.0 * z3 + 3.0 * z) / (96.0 * df * df)
+        + (3.0 * z7 + 19.0 * z5 + 17.0 * z3 - 15.0 * z) / (384.0 * df.powi(3))
+}
+
+/// Least-squares slope of memory (MB) against time (hours) after the
+/// warm-up, with its 95% interval from the residuals (t distribution).
+pub(crate) fn growth(points: &Series) -> Option<Growth> {
+    let (first, last) = (points.first()?.0, points.last()?.0);
+    let cut = first + ((last - first) as f64 * WARM_UP_FRACTION) as i64;
+    let kept: Vec<(f64, f64)> = points
+        .iter()
+        .filter(|(t, _)| *t >= cut)
+        .map(|&(t, v)| ((t - cut) as f64 / 3.6e12, v))
+        .collect();
+    let n = kept.len();
+    if n < MIN_SLOPE_SAMPLES {
+        return None;
+    }
+    let nf = n as f64;
+    let (mx, my) = (
+        kept.iter().map(|p| p.0).sum::<f64>() / nf,
+        kept.iter().map(|p| p.1).sum::<f64>() / nf,
+    );
+    let sxx: f64 = kept.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    if sxx <= 0.0 {
+        return None;
+    }
+    let sxy: f64 = kept.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let slope = sxy / sxx;
+    let sse: f64 = kept
+        .iter()
+        .map(|p| (p.1 - my - slope * (p.0 - mx)).powi(2))
+        .sum();
+    let se = (sse / (nf - 2.0) / sxx).sqrt();
+    let half = t_975(nf - 2.0) * se;
+    Some(Growth {
+        slope,
+        ci: [slope - half, slope + half],
+        samples: n as u64,
+    })
+}
+
+/// Everything about one target's resource use.
+fn target_resources(
+    name: &str,
+    rows: &[&MetricRow],
+    times: &AnswerTimes,
+    peak: Option<f64>,
+) -> Resources {
+    let cpu = series(rows, &CPU);
+    let memory = series(rows, &MEMORY);
+    let gpu = series(rows, &GPU_UTIL);
+    let gpu_memory = series(rows, &GPU_MEMORY);
+    let incs = cpu.as_ref().map(|(_, s)| increments(s)).unwrap_or_default();
+    let cpu_seconds: f64 = incs.iter().map(|i| i.2).sum();
+    let answers = cpu
+        .as_ref()
+        .filter(|(_, s)| s.len() >= 2)
+        .map_or(0, |(_, s)| {
+            times.answers_between(name, s[0].0, s[s.len() - 1].0)
+        });
+    let cpu_ms_per_request =
+        (answers > 0 && incs.len() >= 2).then(|| cpu_seconds * 1e3 / answers as f64);
+    let peak_memory = memory
+        .as_ref()
+        .map(|(_, s)| s.iter().map(|p| p.1).fold(f64::MIN, f64::max));
+    let start = rows.iter().map(|r| r.ts).min().unwrap_or(0);
+    Resources {
+        role: times
+            .roles
+            .get(name)
+            .copied()
+            .unwrap_or("unknown")
+            .to_string(),
+        source: cpu.as_ref().or(memory.as_ref()).map(|(s, _)| s.clone()),
+        samples: rows.iter().filter(|r| r.kind == MetricKind::Sample).count() as u64,
+        scrape_failures: rows.iter().filter(|r| r.kind == MetricKind::Error).count() as u64,
+        first_failure: rows
+            .iter()
+            .find(|r| r.kind == MetricKind::Error)
+            .and_then(|r| r.detail.clone()),
+        cpu_cores: mean_p95(incs.iter().map(|i| i.2 / i.1).collect()),
+        cpu_ms_per_request,
+        answers_in_window: answers,
+        memory_peak_mb: peak_memory,
+        memory_growth_mb_per_hour: memory.as_ref().and_then(|(_, s)| growth(s)),
+        gpu_util: gpu.and_then(|(_, s)| mean_p95(s.iter().map(|p| p.1).collect())),
+        gpu_memory_peak_mb: gpu_memory.map(|(_, s)| s.iter().map(|p| p.1).fold(f64::MIN, f64::max)),
+        peak_requests_per_s: peak,
+        capacity_cores_at_peak: cpu_ms_per_request.zip(peak).map(|(ms, rps)| ms / 1e3 * rps),
+        series: ResourceSeries {
+            t_s: incs.iter().map(|i| (i.0 - start) as f64 / 1e9).collect(),
+            cpu_cores: incs.iter().map(|i| i.2 / i.1).collect(),
+            memory_t_s: memory
+                .as_ref()
+                .map(|(_, s)| s.iter().map(|p| (p.0 - start) as f64 / 1e9).collect())
+                .unwrap_or_default(),
+            memory_mb: memory
+                .map(|(_, s)| s.iter().map(|p| p.1).collect())
+                .unwrap_or_default(),
+        },
+    }
+}
+
+/// The families (with label names) a target's endpoint exposed, from its
+/// first and last scrape.
+fn exposed(rows: &[&MetricRow]) -> Option<BTreeMap<String, BTreeSet<String>>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r.kind == MetricKind::Family) {
+        let labels = r
+            .detail
+            .as_deref()
+            .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+            .and_then(|v| {
+                v["labels"].as_array().map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .unwrap_or_default();
+        out.entry(r.family.clone()).or_default().extend(labels);
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Families (and label names) the primary exposes and the shadow does not,
+/// and new ones in the shadow.
+fn parity(
+    primary: &BTreeMap<String, BTreeSet<String>>,
+    shadow: &BTreeMap<String, BTreeSet<String>>,
+) -> Telemetry {
+    let missing_in_shadow = primary
+        .keys()
+        .filter(|f| !shadow.contains_key(*f))
+        .cloned()
+        .collect();
+    let added_in_shadow = shadow
+        .keys()
+        .filter(|f| !primary.contains_key(*f))
+        .cloned()
+        .collect();
+    let mut labels_missing_in_shadow = Vec::new();
+    for (family, labels) in primary {
+        if let Some(theirs) = shadow.get(family) {
+            for l in labels.difference(theirs) {
+                labels_missing_in_shadow.push(format!("{family}{{{l}}}"));
+            }
+        }
+    }
+    Telemetry {
+        missing_in_shadow,
+        added_in_shadow,
+        labels_missing_in_shadow,
+    }
+}
+
+/// Resources per target and telemetry parity per shadow.
+pub(crate) fn summarize(
+    rows: &[MetricRow],
+    times: &AnswerTimes,
+) -> (BTreeMap<String, Resources>, BTreeMap<String, Telemetry>) {
+    let mut by_target: BTreeMap<&str, Vec<&MetricRow>> = BTreeMap::new();
+    for r in rows {
+        by_target.entry(r.target.as_str()).or_default().push(r);
+    }
+    let peak = times.peak_per_second();
+    let resources: BTreeMap<String, Resources> = by_target
+        .iter()
+        .map(|(name, rows)| (name.to_string(), target_resources(name, rows, times, peak)))
+        .collect();
+    let mut telemetry = BTreeMap::new();
+    if let Some(primary) = by_target.get("primary").and_then(|r| exposed(r)) {
+        for (name, rows) in &by_target {
+            if times.roles.get(*name) != Some(&"shadow") {
+                continue;
+            }
+            if let Some(shadow) = exposed(rows) {
+                telemetry.insert(name.to_string(), parity(&primary, &shadow));
+            }
+        }
+    }
+    (resources, telemetry)
+}
+
+/// The resource criteria for each shadow against the primary. Without
+/// metrics files none is judged (the report says so instead).
+pub(crate) fn reasons(
+    resources: &BTreeMap<String, Resources>,
+    telemetry: &BTreeMap<String, Telemetry>,
+    g: &Gate,
+) -> Vec<Reason> {
+    let Some(primary) = resources.get("primary") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (name, s) in resources.iter().filter(|(_, r)| r.role == "shadow") {
+        if let Some(limit) = g.max_cpu_per_request_ratio {
+            out.push(ratio_reason(
+                "cpu_per_request_ratio",
+                name,
+                s.cpu_ms_per_request,
+                primary.cpu_ms_per_request,
+                limit,
+                "CPU per answer",
+                "ms",
+            ));
+        }
+        if let Some(limit) = g.max_memory_ratio {
+            out.push(ratio_reason(
+                "memory_ratio",
+                name,
+                s.memory_peak_mb,
+                primary.memory_peak_mb,
+                limit,
+                "peak memory",
+                "MB",
+            ));
+        }
+        if let (Some(limit), Some(_)) = (
+            g.max_gpu_memory_ratio,
+            s.gpu_memory_peak_mb.or(primary.gpu_memory_peak_mb),
+        ) {
+            out.push(ratio_reason(
+                "gpu_memory_ratio",
+                name,
+                s.gpu_memory_peak_mb,
+                primary.gpu_memory_peak_mb,
+                limit,
+                "peak GPU memory",
+                "MB",
+            ));
+        }
+        if let Some(limit) = g.max_memory_growth_mb_per_hour {
+            out.push(growth_reason(
+                name,
+                s.memory_growth_mb_per_hour.as_ref(),
+                limit,
+            ));
+        }
+        if g.require_telemetry_parity {
+            out.push(parity_reason(name, telemetry.get(name)));
+        }
+    }
+    out
+}
+
+fn ratio_reason(
+    criterion: &str,
+    shadow: &str,
+    mine: Option<f64>,
+    theirs: Option<f64>,
+    limit: f64,
+    what: &str,
+    unit: &str,
+) -> Reason {
+    let (observed, outcome, detail) = match (mine, theirs) {
+        (Some(m), Some(p)) if p > 0.0 => {
+            let ratio = m / p;
+            let outcome = if ratio <= limit { Outcome::Pass } else { Outcome::Fail };
+            (
+                ratio,
+                outcome,
+                format!("{what} {m:.3} {unit} shadow vs {p:.3} {unit} primary: ratio {ratio:.2}, limit {limit:.2}"),
+            )
+        }
+        _ => (
+            f64::NAN,
+            Outcome::Inconclusive,
+            format!("{what} not measured on both sides (shadow {mine:?}, primary {theirs:?}): sample both with --metrics, --pid or --cgroup"),
+        ),
+    };
+    Reason {
+        criterion: criterion.into(),
+        endpoint: None,
+        shadow: Some(shadow.into()),
+        observed,
+        threshold: limit,
+        passed: outcome == Outcome::Pass,
+        outcome,
+        detail,
+    }
+}
+
+fn growth_reason(shadow: &str, g: Option<&Growth>, limit: f64) -> Reason {
+    let (observed, outcome, detail) = match g {
+        Some(g) => {
+            let outcome = if g.ci[0] > limit {
+                Outcome::Fail
+            } else if g.ci[1] <= limit {
+                Outcome::Pass
+            } else {
+                Outcome::Inconclusive
+            };
+            (
+                g.slope,
+                outcome,
+                format!(
+                    "memory grows {:.1} MB/h (95% CI {:.1} to {:.1}, {} samples after warm-up), limit {limit:.1} MB/h",
+                    g.slope, g.ci[0], g.ci[1], g.samples
+                ),
+            )
+        }
+        None => (
+            f64::NAN,
+            Outcome::Inconclusive,
+            format!(
+                "too few memory samples for a growth rate (need {MIN_SLOPE_SAMPLES} after warm-up)"
+            ),
+        ),
+    };
+    Reason {
+        criterion: "memory_growth".into(),
+        endpoint: None,
+        shadow: Some(shadow.into()),
+        observed,
+        threshold: limit,
+        passed: outcome == Outcome::Pass,
+        outcome,
+        detail,
+    }
+}
+
+fn parity_reason(shadow: &str, t: Option<&Telemetry>) -> Reason {
+    let (observed, outcome, detail) = match t {
+        Some(t) => {
+            let lost = t.missing_in_shadow.len() + t.labels_missing_in_shadow.len();
+            let detail = if lost == 0 {
+                "every metric family and label of the primary is exposed by the shadow".to_string()
+            } else {
+                let mut all: Vec<&str> = t.missing_in_shadow.iter().map(String::as_str).collect();
+                all.extend(t.labels_missing_in_shadow.iter().map(String::as_str));
+                format!("missing in the shadow: {}", all.join(", "))
+            };
+            (
+                lost as f64,
+                if lost == 0 {
+                    Outcome::Pass
+                } else {
+                    Outcome::Fail
+                },
+                detail,
+            )
+        }
+        None => (
+            f64::NAN,
+            Outcome::Inconclusive,
+            "no metric families from both primary and shadow (--metrics on both)".to_string(),
+        ),
+    };
+    Reason {
+        criterion: "telemetry_parity".into(),
+        endpoint: None,
+        shadow: Some(shadow.into()),
+        observed,
+        threshold: 0.0,
+        passed: outcome == Outcome::Pass,
+        outcome,
+        detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn points(step_s: f64, values: &[f64]) -> Series {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| ((i as f64 * step_s * 1e9) as i64, v))
+            .collect()
+    }
+
+    #[test]
+    fn t_quantiles_match_tables() {
+        for (df, want) in [(3.0, 3.182), (10.0, 2.228), (30.0, 2.042), (1000.0, 1.962)] {
+            assert!((t_975(df) - want).abs() < 0.01, "df {df}: {}", t_975(df));
+        }
+    }
+
+    #[test]
+    fn a_steady_leak_has_its_rate_inside_the_interval_and_flat_memory_does_not() {
+        // 3.6 MB per hour is 0.001 MB per second: 100 readings a second
+        // apart, with a little noise.
+        let noisy: Vec<f64> = (0..100)
+            .map(|i| 500.0 + 0.001 * i as f64 + [0.0003, -0.0002, 0.0001, -0.0004][i % 4])
+            .collect();
+        let g = growth(&points(1.0, &noisy)).unwrap();
+        assert!(g.ci[0] < 3.6 && 3.6 < g.ci[1], "{g:?}");
+        assert!(g.ci[0] > 0.0, "{g:?}");
+        let flat: Vec<f64> = (0..100)
+            .map(|i| 500.0 + [0.3, -0.2, 0.1, -0.4][i % 4])
+            .collect();
+        let g = growth(&points(1.0, &flat)).unwrap();
+        assert!(g.ci[0] < 0.0 && g.ci[1] > 0.0, "{g:?}");
+        assert!(growth(&points(1.0, &[1.0, 2.0, 3.0])).is_none());
+    }
+
+    #[test]
+    fn counter_resets_count_from_zero() {
+        let s = points(1.0, &[10.0, 10.5, 11.0, 0.2, 0.7]);
+        let total: f64 = increments(&s).iter().map(|i| i.2).sum();
+        assert!((total - 2.2).abs() < 1e-9, "{total}");
+    }
+
+    #[test]
+    fn telemetry_parity_names_families_and_labels() {
+        let set = |v: &[(&str, &[&str])]| -> BTreeMap<String, BTreeSet<String>> {
+            v.iter()
+                .map(|(f, l)| (f.to_string(), l.iter().map(|s| s.to_string()).collect()))
+                .collect()
+        };
+        let p = set(&[("a", &["x", "y"]), ("b", &[]), ("c", &[])]);
+        let s = set(&[("a", &["x"]), ("c", &[]), ("d", &[])]);
+        let t = parity(&p, &s);
+        assert_eq!(t.missing_in_shadow, ["b"]);
+        assert_eq!(t.added_in_shadow, ["d"]);
+        assert_eq!(t.labels_missing_in_shadow, ["a{y}"]);
+    }
+}
