@@ -60,8 +60,12 @@ def burn_cpu(ms):
 
 
 def leak_forever(mb_per_s, leaked_gauge):
-    chunk = int(mb_per_s * 1_000_000 * LEAK_INTERVAL_S)
-    if chunk <= 0:
+    # Whole pages less a little room for the allocator's and the object's
+    # headers, so the resident memory grows by exactly that many pages per
+    # chunk whether the allocator maps each chunk or takes it from its heap.
+    pages = max(1, round(mb_per_s * 1_000_000 * LEAK_INTERVAL_S / 4096))
+    chunk = pages * 4096 - 64
+    if mb_per_s <= 0:
         return
     next_tick = time.monotonic()
     while True:

@@ -204,8 +204,22 @@ pub(crate) fn t_975(df: f64) -> f64 {
         + (3.0 * z7 + 19.0 * z5 + 17.0 * z3 - 15.0 * z) / (384.0 * df.powi(3))
 }
 
+/// Newey-West long-run variance of the sum of `scores` (Bartlett weights,
+/// the usual lag 4(n/100)^(2/9)), scaled by n/(n-2) for the two fitted
+/// parameters.
+fn newey_west(scores: &[f64], n: f64) -> f64 {
+    let lags = (4.0 * (n / 100.0).powf(2.0 / 9.0)).floor() as usize;
+    let mut v: f64 = scores.iter().map(|s| s * s).sum();
+    for l in 1..=lags.min(scores.len().saturating_sub(1)) {
+        let w = 1.0 - l as f64 / (lags as f64 + 1.0);
+        let c: f64 = scores[l..].iter().zip(scores).map(|(a, b)| a * b).sum();
+        v += 2.0 * w * c;
+    }
+    v.max(0.0) * n / (n - 2.0)
+}
+
 /// Least-squares slope of memory (MB) against time (hours) after the
-/// warm-up, with its 95% interval from the residuals (t distribution).
+/// warm-up, with its 95% interval (Newey-West standard error, t quantile).
 pub(crate) fn growth(points: &Series) -> Option<Growth> {
     let (first, last) = (points.first()?.0, points.last()?.0);
     let cut = first + ((last - first) as f64 * WARM_UP_FRACTION) as i64;
@@ -229,11 +243,14 @@ pub(crate) fn growth(points: &Series) -> Option<Growth> {
     }
     let sxy: f64 = kept.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
     let slope = sxy / sxx;
-    let sse: f64 = kept
+    // Memory readings are autocorrelated (an allocation pattern drifts
+    // against the sampling ticks), and the plain least-squares error would
+    // then be too small: Newey-West's estimate allows for it.
+    let scores: Vec<f64> = kept
         .iter()
-        .map(|p| (p.1 - my - slope * (p.0 - mx)).powi(2))
-        .sum();
-    let se = (sse / (nf - 2.0) / sxx).sqrt();
+        .map(|p| (p.0 - mx) * (p.1 - my - slope * (p.0 - mx)))
+        .collect();
+    let se = newey_west(&scores, nf).sqrt() / sxx;
     let half = t_975(nf - 2.0) * se;
     Some(Growth {
         slope,

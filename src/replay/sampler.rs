@@ -302,8 +302,15 @@ async fn scrape(
             64 << 20,
         )
         .await;
-    if let Some((_, detail)) = &a.error {
-        return Err(format!("scrape failed: {detail}"));
+    match &a.error {
+        Some((crate::schema::ErrorKind::Timeout, _)) => {
+            return Err(format!(
+                "scrape failed: no answer within {:?} (a scrape may take one --metrics-interval)",
+                opts.interval
+            ))
+        }
+        Some((_, detail)) => return Err(format!("scrape failed: {detail}")),
+        None => {}
     }
     if a.status != Some(200) {
         return Err(format!("scrape answered {:?}, not 200", a.status));
