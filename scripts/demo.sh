@@ -59,11 +59,13 @@ fi
 
 say "replaying against v1 and v2"
 "$SC" replay "$CAP" --primary "http://127.0.0.1:$V1" --shadow "v2=http://127.0.0.1:$V2" \
-    --rate 1000 --out "$OUT/results.parquet" -q
+    --rate 1000 --out "$OUT/results.parquet" -q \
+    --metrics "primary=http://127.0.0.1:$V1/metrics" --metrics "v2=http://127.0.0.1:$V2/metrics" \
+    --metrics-interval 100ms
 
 say "diff"
 rc=0
-"$SC" diff "$OUT/results.parquet" --config testdata/demo-shadow.toml \
+"$SC" diff "$OUT/results.parquet" "$OUT/results.metrics.parquet" --config testdata/demo-shadow.toml \
     --json "$OUT/report.json" --markdown "$OUT/report.md" --html "$OUT/report.html" \
     --junit "$OUT/junit.xml" --divergences "$OUT/divergences.jsonl" || rc=$?
 say "reports"
@@ -71,7 +73,7 @@ say "reports"
 case $OUT in /*) SHOWN=$OUT ;; *) SHOWN=$ROOT/$OUT ;; esac
 for f in report.html report.md report.json junit.xml divergences.jsonl; do echo "  $SHOWN/$f"; done
 case $rc in
-    1) echo "verdict NO-GO, as seeded: v2 flips labels, is slower on /embed, drops price, and its chat answers start later and move away from v1's wording" ;;
+    1) echo "verdict NO-GO, as seeded: v2 flips labels, is slower on /embed, drops price, spends 2.5x the CPU per inference, and its chat answers start later and move away from v1's wording" ;;
     0|3) echo "unexpected verdict (exit $rc): the seeded regressions were not all caught" >&2; exit 1 ;;
     *) exit "$rc" ;;
 esac

@@ -62,6 +62,12 @@ fn pipeline(dir: &Path, shadow: Version) -> (Option<i32>, Value, String) {
         "--out",
         results.to_str().unwrap(),
         "-q",
+        "--metrics",
+        &format!("primary=http://127.0.0.1:{}/metrics", v1.port),
+        "--metrics",
+        &format!("v2=http://127.0.0.1:{}/metrics", v2.port),
+        "--metrics-interval",
+        "100ms",
     ]);
     assert!(
         out.status.success(),
@@ -69,9 +75,11 @@ fn pipeline(dir: &Path, shadow: Version) -> (Option<i32>, Value, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     let json = dir.join("report.json");
+    let metrics = dir.join("results.metrics.parquet");
     let out = shadowctl(&[
         "diff",
         results.to_str().unwrap(),
+        metrics.to_str().unwrap(),
         "--config",
         &testdata("demo-shadow.toml"),
         "--json",
@@ -110,6 +118,22 @@ fn v2_is_no_go_with_each_seeded_regression_named() {
     assert_eq!(code, Some(1), "{stdout}");
     assert_eq!(r["verdict"], "NO-GO");
     assert_eq!(r["exchanges"], 1500);
+    // 2.5 times the CPU per inference, measured through the services' own
+    // /metrics; and a metric family v2 forgot.
+    let cpu = |t: &str| r["resources"][t]["cpu_ms_per_request"].as_f64().unwrap();
+    assert!(cpu("v2") / cpu("primary") > 1.5, "{}", r["resources"]);
+    assert!(
+        r["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["criterion"] == "cpu_per_request_ratio" && x["outcome"] == "fail"),
+        "{stdout}"
+    );
+    assert_eq!(
+        r["telemetry"]["v2"]["missing_in_shadow"],
+        serde_json::json!(["demo_model_load_seconds"])
+    );
     // Changed labels on POST /predict.
     assert!(
         failed(&r, "divergence_rate", "POST /predict").is_some(),
@@ -194,6 +218,17 @@ fn v1_against_itself_is_go() {
     assert_eq!(code, Some(0), "{stdout}");
     assert_eq!(r["verdict"], "GO");
     assert_eq!(r["overall"]["v2"]["divergent"], 0, "{stdout}");
+    // The same code costs the same: the CPU gate passes, no family missing.
+    let cpu = |t: &str| r["resources"][t]["cpu_ms_per_request"].as_f64().unwrap();
+    assert!(
+        (cpu("v2") / cpu("primary") - 1.0).abs() < 0.3,
+        "{}",
+        r["resources"]
+    );
+    assert_eq!(
+        r["telemetry"]["v2"]["missing_in_shadow"],
+        serde_json::json!([])
+    );
     // Sampled chat answers differ from each other, yet v1 passes against
     // itself: the similarity gate compares it with its own noise.
     let chat = shadow_stats(&r, "POST /v1/chat/completions");

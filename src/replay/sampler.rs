@@ -401,6 +401,23 @@ fn read_process_tree(root: u32) -> Result<Vec<Reading>, String> {
     ])
 }
 
+/// CPU seconds and resident bytes of one process (no children), from
+/// /proc: what a service reports about itself on `/metrics`.
+pub fn own_usage(pid: u32) -> Option<(f64, f64)> {
+    let s = proc_stat(pid)?;
+    // SAFETY: sysconf has no preconditions.
+    let (ticks, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK).max(1) as f64,
+            libc::sysconf(libc::_SC_PAGESIZE).max(1) as f64,
+        )
+    };
+    Some((
+        (s.utime + s.stime) as f64 / ticks,
+        s.rss_pages as f64 * page,
+    ))
+}
+
 struct ProcStat {
     ppid: u32,
     utime: u64,
