@@ -61,6 +61,21 @@ open(sys.argv[1], "w").write(s + "\n")
 PY
     # 64 KiB of not-very-compressible bytes.
     head -c 65536 /dev/urandom > "$dir/html/big.bin"
+    # A Prometheus exposition of a typical size (process families and a
+    # labelled latency histogram, ~10 KB) for replay's resource sampling.
+    python3 - "$dir/html/metrics" <<'PY'
+import sys
+lines = ["# TYPE process_cpu_seconds_total counter", "process_cpu_seconds_total 12.5",
+         "# TYPE process_resident_memory_bytes gauge", "process_resident_memory_bytes 5.24288e+07",
+         "# TYPE process_open_fds gauge", "process_open_fds 42",
+         "# TYPE http_request_duration_seconds histogram"]
+for route in ("/predict", "/embed", "/items", "/health"):
+    for le in ("0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "+Inf"):
+        lines.append(f'http_request_duration_seconds_bucket{{route="{route}",method="POST",le="{le}"}} 1234')
+    lines.append(f'http_request_duration_seconds_sum{{route="{route}",method="POST"}} 56.7')
+    lines.append(f'http_request_duration_seconds_count{{route="{route}",method="POST"}} 1234')
+open(sys.argv[1], "w").write("\n".join(lines) + "\n")
+PY
 
     cat > "$dir/nginx.conf" <<EOF
 daemon off;
@@ -93,6 +108,7 @@ http {
         root $dir/html;
         location = /small.json { }
         location = /big.bin { }
+        location = /metrics { default_type text/plain; }
         # POST: nginx reads (and discards) the whole request body from the
         # client, then answers 200 with a small JSON document.
         location /post {

@@ -11,7 +11,13 @@
 #       results Parquet, schedule lag and latency p99, against
 #       oha -q 10000 -z 10s -c 64;
 #   (c) memory: peak RSS of the (a) replay (N requests) against the same
-#       replay of 10*N requests (the capture file given 10 times).
+#       replay of 10*N requests (the capture file given 10 times);
+#   (d) cost of resource sampling: the (a) replay without sampling and with
+#       four sources sampled every 100 ms (both nginx /metrics endpoints and
+#       both nginx process trees), alternated SAMPLING_RUNS times (default 3);
+#       ratio of the medians (target >= 0.97).
+# STEPS (default abcd) picks the parts to run, e.g. STEPS=d; oha is needed
+# only for a and b.
 #
 # Targets are two private nginx instances (lib-nginx.sh: own config in a temp
 # dir, listening ONLY on 127.0.0.1 on free ports) serving a ~200-byte JSON
@@ -35,6 +41,8 @@ REPEAT=${REPEAT:-10}      # (c): the capture given this many times
 CONC=${CONC:-64}
 RATE=${RATE:-10000}       # (b)
 STEP_TIMEOUT=${STEP_TIMEOUT:-300}  # seconds, per command
+STEPS=${STEPS:-abcd}
+SAMPLING_RUNS=${SAMPLING_RUNS:-3}  # (d)
 START_TIME=$SECONDS
 
 log() { echo "[replay-bench] $*" >&2; }
@@ -51,7 +59,9 @@ need wrk wrk
 need python3 python3
 need curl curl
 [[ -x /usr/bin/time ]] || { log "installing time"; apt_install time || { log "cannot install time"; exit 1; }; }
-command -v oha >/dev/null || { log "oha not found (cargo install oha --locked)"; exit 1; }
+if [[ $STEPS == *a* || $STEPS == *b* ]]; then
+    command -v oha >/dev/null || { log "oha not found (cargo install oha --locked)"; exit 1; }
+fi
 python3 -c 'import pyarrow.parquet' 2>/dev/null || {
     log "installing pyarrow"
     timeout 300 python3 -m pip install -q pyarrow >/dev/null || { log "cannot install pyarrow"; exit 1; }
@@ -132,35 +142,57 @@ log "capture: $ROWS exchanges in $CAP"
 (( ROWS >= N )) || { log "capture has $ROWS < $N exchanges"; exit 1; }
 
 # ---------------------------------------------------------------- (a) throughput
+if [[ $STEPS == *a* ]]; then
 log "(a) shadowctl replay --max, $N requests x 2 targets"
 timed a_shadowctl "$SHADOWCTL" replay "$CAP" --primary "$PRIMARY" --shadow "$SHADOW" --max \
     --concurrency "$CONC" --limit "$N" --out "$OUT/a.parquet" --summary-json "$OUT/a.json" -q
 log "(a) oha -n $((2 * N)) -c $CONC"
 timed a_oha oha -n $((2 * N)) -c "$CONC" --no-tui --output-format json "$PRIMARY/small.json"
+fi
 
 # ---------------------------------------------------------------- (b) accuracy
+if [[ $STEPS == *b* ]]; then
 log "(b) shadowctl replay --rate $RATE --limit $N (primary only)"
 timed b_shadowctl "$SHADOWCTL" replay "$CAP" --primary "$PRIMARY" --rate "$RATE" --limit "$N" \
     --concurrency "$CONC" --out "$OUT/b.parquet" --summary-json "$OUT/b.json" -q
 DUR_S=$(( (N + RATE - 1) / RATE ))
 log "(b) oha -q $RATE -z ${DUR_S}s -c $CONC"
 timed b_oha oha -q "$RATE" -z "${DUR_S}s" -c "$CONC" --no-tui --output-format json "$PRIMARY/small.json"
+fi
 
 # ---------------------------------------------------------------- (c) memory
+if [[ $STEPS == *c* ]]; then
 CAPS=()
 for _ in $(seq "$REPEAT"); do CAPS+=("$CAP"); done
 log "(c) shadowctl replay --max, $((REPEAT * N)) requests (capture given $REPEAT times) x 2 targets"
 timed c_shadowctl "$SHADOWCTL" replay "${CAPS[@]}" --primary "$PRIMARY" --shadow "$SHADOW" --max \
     --concurrency "$CONC" --limit $((REPEAT * N)) --out "$OUT/c.parquet" --summary-json "$OUT/c.json" -q
+fi
+
+# ---------------------------------------------------------------- (d) sampling cost
+if [[ $STEPS == *d* ]]; then
+SAMPLING=(--metrics "primary=$PRIMARY/metrics" --metrics "shadow=$SHADOW/metrics"
+          --pid "nginx-primary=${NGINX_PIDS[0]}" --pid "nginx-shadow=${NGINX_PIDS[1]}"
+          --metrics-interval 100ms)
+for i in $(seq "$SAMPLING_RUNS"); do
+    log "(d) run $i: --max without sampling, then with 4 sources every 100 ms"
+    timed "d_plain_$i" "$SHADOWCTL" replay "$CAP" --primary "$PRIMARY" --shadow "$SHADOW" --max \
+        --concurrency "$CONC" --limit "$N" --out "$OUT/d_plain.parquet" --summary-json "$OUT/d_plain_$i.json" -q
+    timed "d_sampled_$i" "$SHADOWCTL" replay "$CAP" --primary "$PRIMARY" --shadow "$SHADOW" --max \
+        --concurrency "$CONC" --limit "$N" --out "$OUT/d_sampled.parquet" --summary-json "$OUT/d_sampled_$i.json" -q \
+        "${SAMPLING[@]}"
+done
+fi
 
 # ---------------------------------------------------------------- report
-python3 - "$OUT" "$N" "$REPEAT" "$RATE" <<'PY' | tee "$OUT/table.txt"
+python3 - "$OUT" "$N" "$REPEAT" "$RATE" "$STEPS" "$SAMPLING_RUNS" <<'PY' | tee "$OUT/table.txt"
 import json, os, sys
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 out, n, repeat, rate = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+steps, sampling_runs = sys.argv[5], int(sys.argv[6])
 notes = []
 
 def timefile(name):
@@ -214,36 +246,58 @@ def target(s, name):
     return next((t for t in s.get("targets", []) if t["name"] == name), {})
 
 rows = []
-# (a)
-a = load(f"{out}/a.json"); sc_problems("a", a)
-aw, arss = timefile("a_shadowctl")
-a_total = 2 * n / aw
-o_rps, o_p99, o_ok = oha("a_oha")
-rows.append(("(a) throughput, --max c=64", "shadowctl req/s (2 targets)", f"{a_total:,.0f}",
-             "oha req/s (1 target)", f"{o_rps:,.0f}", f"ratio {a_total / o_rps:.2f} (>=0.8)"))
-notes.append(f"a: shadowctl wall {aw:.2f} s, summary elapsed {a.get('elapsed_s', 0):.2f} s, "
-             f"sent_per_s {a.get('sent_per_s', 0):,.0f}, primary p50/p99 {target(a, 'primary').get('p50_ms', 0):.2f}/"
-             f"{target(a, 'primary').get('p99_ms', 0):.2f} ms; oha {o_ok} 2xx, p99 {o_p99:.2f} ms")
-# (b)
-b = load(f"{out}/b.json"); sc_problems("b", b)
-rows_b, sent_b, span = primary_sent(f"{out}/b.parquet")
-b_rate = sent_b / span
-bp = target(b, "primary")
-q_rps, q_p99, q_ok = oha("b_oha")
-rows.append((f"(b) accuracy, --rate {rate:.0f}", "shadowctl achieved/s", f"{b_rate:,.0f}",
-             "oha achieved/s", f"{q_rps:,.0f}", f"ratio {b_rate / rate:.3f} / {q_rps / rate:.3f} of target"))
-rows.append(("", "shadowctl p99 ms (from due)", f"{bp.get('p99_ms', 0):.2f} ({bp.get('p99_from_due_ms', 0):.2f})",
-             "oha p99 ms", f"{q_p99:.2f}", ""))
-rows.append(("", "sc lag p50/p99/max ms", f"{b.get('lag_p50_ms', 0):.2f}/{b.get('lag_p99_ms', 0):.2f}/{b.get('lag_max_ms', 0):.2f}",
-             "sc sent_per_s (summary)", f"{b.get('sent_per_s', 0):,.0f}", ""))
-notes.append(f"b: {rows_b} primary rows, {sent_b} with sent_ts, first..last sent {span:.3f} s; oha {q_ok} 2xx")
-# (c)
-c = load(f"{out}/c.json"); sc_problems("c", c)
-cw, crss = timefile("c_shadowctl")
-rows.append((f"(c) peak RSS, --max 2 targets", f"{n // 1000}k requests MB", f"{arss / 1024:.1f}",
-             f"{n * repeat // 1000}k requests MB", f"{crss / 1024:.1f}", f"ratio {crss / max(arss, 1):.2f}"))
-notes.append(f"c: {c.get('planned')} planned, {c.get('rows')} rows, wall {cw:.1f} s "
-             f"({2 * n * repeat / cw:,.0f} req/s total), lag max {c.get('lag_max_ms', 0):.0f} ms")
+arss = 0
+if "a" in steps:
+    a = load(f"{out}/a.json"); sc_problems("a", a)
+    aw, arss = timefile("a_shadowctl")
+    a_total = 2 * n / aw
+    o_rps, o_p99, o_ok = oha("a_oha")
+    rows.append(("(a) throughput, --max c=64", "shadowctl req/s (2 targets)", f"{a_total:,.0f}",
+                 "oha req/s (1 target)", f"{o_rps:,.0f}", f"ratio {a_total / o_rps:.2f} (>=0.8)"))
+    notes.append(f"a: shadowctl wall {aw:.2f} s, summary elapsed {a.get('elapsed_s', 0):.2f} s, "
+                 f"sent_per_s {a.get('sent_per_s', 0):,.0f}, primary p50/p99 {target(a, 'primary').get('p50_ms', 0):.2f}/"
+                 f"{target(a, 'primary').get('p99_ms', 0):.2f} ms; oha {o_ok} 2xx, p99 {o_p99:.2f} ms")
+if "b" in steps:
+    b = load(f"{out}/b.json"); sc_problems("b", b)
+    rows_b, sent_b, span = primary_sent(f"{out}/b.parquet")
+    b_rate = sent_b / span
+    bp = target(b, "primary")
+    q_rps, q_p99, q_ok = oha("b_oha")
+    rows.append((f"(b) accuracy, --rate {rate:.0f}", "shadowctl achieved/s", f"{b_rate:,.0f}",
+                 "oha achieved/s", f"{q_rps:,.0f}", f"ratio {b_rate / rate:.3f} / {q_rps / rate:.3f} of target"))
+    rows.append(("", "shadowctl p99 ms (from due)", f"{bp.get('p99_ms', 0):.2f} ({bp.get('p99_from_due_ms', 0):.2f})",
+                 "oha p99 ms", f"{q_p99:.2f}", ""))
+    rows.append(("", "sc lag p50/p99/max ms", f"{b.get('lag_p50_ms', 0):.2f}/{b.get('lag_p99_ms', 0):.2f}/{b.get('lag_max_ms', 0):.2f}",
+                 "sc sent_per_s (summary)", f"{b.get('sent_per_s', 0):,.0f}", ""))
+    notes.append(f"b: {rows_b} primary rows, {sent_b} with sent_ts, first..last sent {span:.3f} s; oha {q_ok} 2xx")
+if "c" in steps:
+    c = load(f"{out}/c.json"); sc_problems("c", c)
+    cw, crss = timefile("c_shadowctl")
+    rows.append((f"(c) peak RSS, --max 2 targets", f"{n // 1000}k requests MB", f"{arss / 1024:.1f}",
+                 f"{n * repeat // 1000}k requests MB", f"{crss / 1024:.1f}", f"ratio {crss / max(arss, 1):.2f}"))
+    notes.append(f"c: {c.get('planned')} planned, {c.get('rows')} rows, wall {cw:.1f} s "
+                 f"({2 * n * repeat / cw:,.0f} req/s total), lag max {c.get('lag_max_ms', 0):.0f} ms")
+if "d" in steps:
+    import statistics
+    def rps(kind):
+        walls = [timefile(f"d_{kind}_{k}")[0] for k in range(1, sampling_runs + 1)]
+        return [2 * n / w for w in walls if w == w and w > 0]
+    plain, sampled = rps("plain"), rps("sampled")
+    for k in range(1, sampling_runs + 1):
+        for kind in ("plain", "sampled"):
+            d = load(f"{out}/d_{kind}_{k}.json")
+            for t in d.get("targets", []):
+                if t.get("errors"):
+                    notes.append(f"d_{kind}_{k}: target {t['name']} errors {t['errors']}")
+            if rc(f"d_{kind}_{k}") != 0:
+                notes.append(f"d_{kind}_{k}: shadowctl exit code {rc(f'd_{kind}_{k}')}")
+        m = d.get("metrics") or {}
+        notes.append(f"d run {k}: sampled {m.get('samples')} samples in {m.get('scrapes')} readings, failures {m.get('failures')}")
+    if plain and sampled:
+        mp, ms = statistics.median(plain), statistics.median(sampled)
+        rows.append((f"(d) sampling cost, --max c=64", "no sampling req/s (median)", f"{mp:,.0f}",
+                     "4 sources every 100 ms req/s", f"{ms:,.0f}", f"ratio {ms / mp:.3f} (>=0.97)"))
+        notes.append("d runs req/s: plain " + ", ".join(f"{x:,.0f}" for x in plain) + "; sampled " + ", ".join(f"{x:,.0f}" for x in sampled))
 
 w = [max(len(r[i]) for r in rows) for i in range(6)]
 for r in rows:

@@ -73,7 +73,7 @@ say "reports"
 case $OUT in /*) SHOWN=$OUT ;; *) SHOWN=$ROOT/$OUT ;; esac
 for f in report.html report.md report.json junit.xml divergences.jsonl; do echo "  $SHOWN/$f"; done
 case $rc in
-    1) echo "verdict NO-GO, as seeded: v2 flips labels, is slower on /embed, drops price, spends 2.5x the CPU per inference, and its chat answers start later and move away from v1's wording" ;;
+    1) echo "verdict NO-GO, as seeded: v2 flips labels, is slower on /embed, drops price, spends 4x the CPU per inference, and its chat answers start later and move away from v1's wording" ;;
     0|3) echo "unexpected verdict (exit $rc): the seeded regressions were not all caught" >&2; exit 1 ;;
     *) exit "$rc" ;;
 esac

@@ -722,7 +722,8 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<u8> {
 
 #[derive(Args)]
 struct DiffArgs {
-    /// Results files written by `shadowctl replay` (several = shards of one run).
+    /// Results files written by `shadowctl replay` (several = shards of one run), and
+    /// the metrics files it wrote beside them (RESULTS.metrics.parquet), in any order.
     #[arg(required = true, value_name = "RESULTS.parquet")]
     results: Vec<PathBuf>,
     /// Gate thresholds and comparison rules (see docs/config.md).

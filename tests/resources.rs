@@ -336,3 +336,60 @@ fn a_hanging_or_garbage_metrics_endpoint_never_stops_the_replay() {
         "{out}"
     );
 }
+
+/// A cgroup v2 directory with CPU accounting on this machine: the unified
+/// hierarchy's root (or its hybrid mount). Containers see their own.
+fn cgroup_v2_dir() -> Option<PathBuf> {
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|d| d.join("cpu.stat").exists())
+}
+
+#[test]
+fn a_cgroup_is_sampled_from_its_files() {
+    let Some(python) = common::python_with(&["prometheus_client"]) else {
+        return;
+    };
+    let Some(cgroup) = cgroup_v2_dir() else {
+        eprintln!("skipped: no cgroup v2 cpu.stat on this machine");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let capture = predict_capture(dir.path(), 100);
+    let p = App::start(&python, &["--variant", "primary"]);
+    let s = App::start(&python, &["--variant", "shadow"]);
+    let sampling = [format!("--cgroup=primary={}", cgroup.display())];
+    let (results, metrics, _) = replay(dir.path(), &capture, &p, &s, &sampling);
+    let cpu: Vec<f64> = read_metrics(&metrics)
+        .unwrap()
+        .iter()
+        .filter(|r| r.family == "container_cpu_usage_seconds_total")
+        .map(|r| r.value.unwrap())
+        .collect();
+    // Two seconds of 100 ms readings of a counter that only grows (the
+    // services burn CPU meanwhile).
+    assert!(cpu.len() >= 10, "{cpu:?}");
+    assert!(
+        cpu.windows(2).all(|w| w[1] >= w[0]) && cpu[cpu.len() - 1] > cpu[0],
+        "{cpu:?}"
+    );
+    let (_, report, out) = diff(dir.path(), &[&results, &metrics], CONFIG);
+    let primary = &report["resources"]["primary"];
+    assert_eq!(primary["source"], "cgroup", "{out}");
+    assert!(
+        primary["cpu_cores"]["mean"].as_f64().unwrap() > 0.0,
+        "{primary}"
+    );
+    // Only the primary was sampled: the CPU gate cannot compare, and says so.
+    assert!(report["resources"].get("v2").is_none());
+    let cpu = reason(&report, "cpu_per_request_ratio");
+    assert_eq!(cpu["outcome"], "inconclusive", "{cpu}");
+    assert!(
+        cpu["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not measured on both sides"),
+        "{cpu}"
+    );
+}

@@ -324,6 +324,15 @@ impl Config {
             ("max_ttft_p99_ratio", g.max_ttft_p99_ratio),
             ("min_tokens_per_second_ratio", g.min_tokens_per_second_ratio),
             ("max_output_tokens_ratio", g.max_output_tokens_ratio),
+            (
+                "max_cpu_per_request_ratio",
+                g.max_cpu_per_request_ratio.unwrap_or(1.0),
+            ),
+            ("max_memory_ratio", g.max_memory_ratio.unwrap_or(1.0)),
+            (
+                "max_gpu_memory_ratio",
+                g.max_gpu_memory_ratio.unwrap_or(1.0),
+            ),
         ] {
             if !(v.is_finite() && v > 0.0) {
                 return Err(format!("gate.{name} = {v}: must be above 0"));
@@ -335,6 +344,10 @@ impl Config {
             ("p99_latency_slack_ms", Some(g.p99_latency_slack_ms)),
             ("max_psi", g.max_psi),
             ("max_similarity_drop", Some(g.max_similarity_drop)),
+            (
+                "max_memory_growth_mb_per_hour",
+                g.max_memory_growth_mb_per_hour,
+            ),
         ] {
             if let Some(v) = v.filter(|v| !(v.is_finite() && *v >= 0.0)) {
                 return Err(format!("gate.{name} = {v}: must be 0 or more"));

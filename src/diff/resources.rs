@@ -160,17 +160,19 @@ fn series(rows: &[&MetricRow], m: &Measure) -> Option<(String, Series)> {
     None
 }
 
-/// Increments of a counter between readings, a reset (a restart) counting
-/// from zero: (end time, seconds elapsed, increase).
-fn increments(points: &Series) -> Vec<(i64, f64, f64)> {
+/// Increments of a counter between readings: (end time, seconds elapsed,
+/// increase). A drop is a restart of an endpoint or a cgroup's counter
+/// (counting from zero); summed over a process tree (`pid`), a drop is a
+/// child leaving the tree with its time, and counts as no increase.
+fn increments(points: &Series, source: &str) -> Vec<(i64, f64, f64)> {
     points
         .windows(2)
         .filter_map(|w| {
             let dt = (w[1].0 - w[0].0) as f64 / 1e9;
-            let d = if w[1].1 >= w[0].1 {
-                w[1].1 - w[0].1
-            } else {
-                w[1].1
+            let d = match (w[1].1 >= w[0].1, source) {
+                (true, _) => w[1].1 - w[0].1,
+                (false, "pid") => 0.0,
+                (false, _) => w[1].1,
             };
             (dt > 0.0).then_some((w[1].0, dt, d))
         })
@@ -271,7 +273,10 @@ fn target_resources(
     let memory = series(rows, &MEMORY);
     let gpu = series(rows, &GPU_UTIL);
     let gpu_memory = series(rows, &GPU_MEMORY);
-    let incs = cpu.as_ref().map(|(_, s)| increments(s)).unwrap_or_default();
+    let incs = cpu
+        .as_ref()
+        .map(|(src, s)| increments(s, src))
+        .unwrap_or_default();
     let cpu_seconds: f64 = incs.iter().map(|i| i.2).sum();
     let answers = cpu
         .as_ref()
@@ -408,13 +413,19 @@ pub(crate) fn summarize(
 pub(crate) fn reasons(
     resources: &BTreeMap<String, Resources>,
     telemetry: &BTreeMap<String, Telemetry>,
+    shadows: &[String],
     g: &Gate,
 ) -> Vec<Reason> {
-    let Some(primary) = resources.get("primary") else {
+    if resources.is_empty() {
         return Vec::new();
-    };
+    }
+    // A side that was not sampled is judged on nothing: its figures are
+    // absent and each criterion says so (inconclusive).
+    let unmeasured = Resources::unmeasured();
+    let primary = resources.get("primary").unwrap_or(&unmeasured);
     let mut out = Vec::new();
-    for (name, s) in resources.iter().filter(|(_, r)| r.role == "shadow") {
+    for name in shadows {
+        let s = resources.get(name).unwrap_or(&unmeasured);
         if let Some(limit) = g.max_cpu_per_request_ratio {
             out.push(ratio_reason(
                 "cpu_per_request_ratio",
@@ -630,9 +641,13 @@ mod tests {
     #[test]
     fn counter_resets_count_from_zero() {
         let s = points(1.0, &[10.0, 10.5, 11.0, 0.2, 0.7]);
-        let total: f64 = increments(&s).iter().map(|i| i.2).sum();
+        let total: f64 = increments(&s, "prometheus").iter().map(|i| i.2).sum();
         // 0.5 + 0.5, then the restart's 0.2 from zero, then 0.5.
         assert!((total - 1.7).abs() < 1e-9, "{total}");
+        // A process tree whose child left with 3 s of its time: no restart.
+        let s = points(1.0, &[10.0, 10.5, 7.5, 8.0]);
+        let total: f64 = increments(&s, "pid").iter().map(|i| i.2).sum();
+        assert!((total - 1.0).abs() < 1e-9, "{total}");
     }
 
     #[test]
@@ -648,5 +663,91 @@ mod tests {
         assert_eq!(t.missing_in_shadow, ["b"]);
         assert_eq!(t.added_in_shadow, ["d"]);
         assert_eq!(t.labels_missing_in_shadow, ["a{y}"]);
+    }
+
+    fn row(
+        target: &str,
+        family: &str,
+        ts_s: f64,
+        labels: &[(&str, &str)],
+        value: f64,
+    ) -> MetricRow {
+        MetricRow {
+            ts: (ts_s * 1e9) as i64,
+            target: target.into(),
+            source: "prometheus".into(),
+            kind: MetricKind::Sample,
+            family: family.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            value: Some(value),
+            detail: None,
+            scrape_ms: None,
+        }
+    }
+
+    #[test]
+    fn gpus_are_averaged_for_utilisation_and_summed_for_memory_and_capacity_uses_the_busiest_second(
+    ) {
+        let mut rows = Vec::new();
+        for t in 0..5 {
+            let ts = t as f64;
+            for (gpu, util, mib) in [("0", 80.0, 1000.0), ("1", 40.0, 3000.0)] {
+                rows.push(row(
+                    "primary",
+                    "DCGM_FI_DEV_GPU_UTIL",
+                    ts,
+                    &[("gpu", gpu)],
+                    util,
+                ));
+                rows.push(row(
+                    "primary",
+                    "DCGM_FI_DEV_FB_USED",
+                    ts,
+                    &[("gpu", gpu)],
+                    mib,
+                ));
+            }
+            // 0.5 CPU seconds per second.
+            rows.push(row(
+                "primary",
+                "process_cpu_seconds_total",
+                ts,
+                &[],
+                10.0 + 0.5 * ts,
+            ));
+        }
+        let mut times = AnswerTimes::default();
+        // 100 answers a second over the window, and a capture whose
+        // busiest second had 250 requests.
+        let answers: Vec<ReplayResult> = (0..400)
+            .map(|i| ReplayResult {
+                target_name: "primary".into(),
+                role: Some(TargetRole::Primary),
+                status: Some(200),
+                done_ts: Some(i * 10_000_000 + 5_000_000),
+                due_ts: i * 10_000_000,
+                ..Default::default()
+            })
+            .chain((0..250).map(|i| ReplayResult {
+                target_name: "recorded".into(),
+                role: Some(TargetRole::Recorded),
+                sent_ts: Some(1_000_000_000_000 + i * 1_000_000),
+                ..Default::default()
+            }))
+            .collect();
+        times.add(&answers);
+        let (res, _) = summarize(&rows, &times);
+        let p = &res["primary"];
+        assert_eq!(p.gpu_util.as_ref().unwrap().mean, 60.0);
+        assert!((p.gpu_memory_peak_mb.unwrap() - 4000.0 * 1.048_576).abs() < 1e-6);
+        assert!((p.cpu_cores.as_ref().unwrap().mean - 0.5).abs() < 1e-9);
+        // 2 CPU seconds over 400 answers: 5 ms each; at 250/s, 1.25 cores.
+        assert_eq!(p.answers_in_window, 400);
+        assert!((p.cpu_ms_per_request.unwrap() - 5.0).abs() < 1e-9);
+        assert_eq!(p.peak_requests_per_s, Some(250.0));
+        assert!((p.capacity_cores_at_peak.unwrap() - 1.25).abs() < 1e-9);
     }
 }

@@ -728,6 +728,14 @@ pub(crate) fn report(
     match &f.times {
         Some(times) => {
             (report.resources, report.telemetry) = super::resources::summarize(&f.metrics, times);
+            for (name, r) in &report.resources {
+                if r.role == "unknown" {
+                    report.hints.push(format!(
+                        "the metrics file samples a target named {name}, which is not in the results (targets: primary, {}): name it as in replay's --primary/--shadow",
+                        report.shadow_names.join(", ")
+                    ));
+                }
+            }
         }
         None => {
             report.resources_note = Some(

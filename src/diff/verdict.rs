@@ -421,6 +421,7 @@ pub fn judge(report: &mut Report, g: &Gate) {
     reasons.extend(super::resources::reasons(
         &report.resources,
         &report.telemetry,
+        &report.shadow_names,
         g,
     ));
     let any = |o: Outcome| reasons.iter().any(|r| r.outcome == o);

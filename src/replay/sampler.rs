@@ -305,15 +305,17 @@ async fn scrape(
     match &a.error {
         Some((crate::schema::ErrorKind::Timeout, _)) => {
             return Err(format!(
-                "scrape failed: no answer within {:?} (a scrape may take one --metrics-interval)",
-                opts.interval
+                "scrape failed: no answer within {:?} (a scrape may take one --metrics-interval, at least 50ms)",
+                opts.interval.max(Duration::from_millis(50))
             ))
         }
         Some((_, detail)) => return Err(format!("scrape failed: {detail}")),
         None => {}
     }
-    if a.status != Some(200) {
-        return Err(format!("scrape answered {:?}, not 200", a.status));
+    match a.status {
+        Some(200) => {}
+        Some(s) => return Err(format!("scrape answered {s}, not 200")),
+        None => return Err("scrape got no status".into()),
     }
     let gzip = a
         .headers

@@ -812,6 +812,10 @@ pub(super) fn resource_cells(x: &crate::report::Resources) -> Vec<String> {
 /// What each target cost (with metrics files), and telemetry parity.
 fn resources(o: &mut String, r: &Report) -> fmt::Result {
     if r.resources.is_empty() {
+        if let Some(note) = &r.resources_note {
+            writeln!(o, "_{}_", text(note))?;
+            writeln!(o)?;
+        }
         return Ok(());
     }
     writeln!(o, "### Resources")?;

@@ -54,7 +54,9 @@ pub enum Outcome {
 pub struct Reason {
     /// `min_exchanges`, `shadow_usable`, `divergence_rate`, `error_rate_increase`,
     /// `p99_latency_ratio`, `ttft_p99_ratio`, `tokens_per_second_ratio`,
-    /// `output_tokens_ratio`, `similarity_drop`, `judge_failures`, `drift_psi`.
+    /// `output_tokens_ratio`, `similarity_drop`, `judge_failures`, `drift_psi`,
+    /// and with metrics files `cpu_per_request_ratio`, `memory_ratio`,
+    /// `memory_growth`, `gpu_memory_ratio`, `telemetry_parity`.
     pub criterion: String,
     /// `None` means all endpoints together.
     pub endpoint: Option<String>,
@@ -362,6 +364,29 @@ pub struct Resources {
     /// Cores this version would need at that rate.
     pub capacity_cores_at_peak: Option<f64>,
     pub series: ResourceSeries,
+}
+
+impl Resources {
+    /// A target no metrics file says anything about.
+    pub fn unmeasured() -> Self {
+        Self {
+            role: "unknown".into(),
+            source: None,
+            samples: 0,
+            scrape_failures: 0,
+            first_failure: None,
+            cpu_cores: None,
+            cpu_ms_per_request: None,
+            answers_in_window: 0,
+            memory_peak_mb: None,
+            memory_growth_mb_per_hour: None,
+            gpu_util: None,
+            gpu_memory_peak_mb: None,
+            peak_requests_per_s: None,
+            capacity_cores_at_peak: None,
+            series: ResourceSeries::default(),
+        }
+    }
 }
 
 /// Metric families of the primary the shadow does not expose, and new ones.
