@@ -26,7 +26,7 @@ mod exit {
 /// `--version`: the tool and the Parquet schema versions it reads and writes.
 const LONG_VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
-    "\ncapture (exchanges) schema 1\nresults schema 1"
+    "\ncapture (exchanges) schema 1\nresults schema 1\nmetrics schema 1"
 );
 
 #[derive(Parser)]
@@ -46,7 +46,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Turn pcap/pcapng captures into a Parquet file of HTTP exchanges.
+    /// Capture HTTP exchanges live from a network interface, or read them from pcap/pcapng
+    /// files, into Parquet.
     #[command(
         after_help = "Examples:\n  shadowctl capture --read traffic.pcap --out exchanges.parquet\n  shadowctl capture --read a.pcapng --read b.pcapng --out ex.parquet --max-body 1MiB --stats-json stats.json\n  shadowctl capture --read t.pcap --out ex.parquet --redact-header x-api-key"
     )]

@@ -537,3 +537,41 @@ fn a_field_differing_everywhere_without_noise_estimate_gets_the_ignore_hint() {
     let v2 = &endpoint(&run.report, "POST /predict")["shadows"]["v2"];
     assert!(paths(&v2["fields"]).is_empty(), "{}", v2["fields"]);
 }
+
+#[test]
+fn an_undecided_divergence_says_how_many_more_exchanges_would_decide() {
+    // 14 of 400 (3.5%) against a 5% limit: the interval straddles it.
+    let run = diff(&predict_cases(400, 14), ISSUE_CONFIG, &[]);
+    assert_eq!(run.code, Some(3), "{}", run.stdout);
+    let r = run.report["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["criterion"] == "divergence_rate" && r["endpoint"] == "POST /predict")
+        .unwrap()
+        .clone();
+    assert_eq!(r["outcome"], "inconclusive");
+    let more = r["needed_exchanges"].as_u64().unwrap();
+    assert!(more > 0 && more < 5000, "{r}");
+    let detail = r["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!(
+            "about {more} more exchanges of POST /predict would decide"
+        )),
+        "{detail}"
+    );
+    assert!(
+        run.stdout
+            .contains("more exchanges of POST /predict would decide"),
+        "{}",
+        run.stdout
+    );
+    // A decided criterion carries no such number.
+    let decided = diff(&predict_cases(1000, 100), ISSUE_CONFIG, &[]);
+    assert!(decided.report["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["outcome"] != "inconclusive")
+        .all(|r| r["needed_exchanges"].is_null()));
+}

@@ -502,6 +502,7 @@ fn ratio_reason(
         ),
     };
     Reason {
+        needed_exchanges: None,
         criterion: criterion.into(),
         endpoint: None,
         shadow: Some(shadow.into()),
@@ -541,6 +542,7 @@ fn growth_reason(shadow: &str, g: Option<&Growth>, limit: f64) -> Reason {
         ),
     };
     Reason {
+        needed_exchanges: None,
         criterion: "memory_growth".into(),
         endpoint: None,
         shadow: Some(shadow.into()),
@@ -580,6 +582,7 @@ fn parity_reason(shadow: &str, t: Option<&Telemetry>) -> Reason {
         ),
     };
     Reason {
+        needed_exchanges: None,
         criterion: "telemetry_parity".into(),
         endpoint: None,
         shadow: Some(shadow.into()),

@@ -7,6 +7,7 @@
 use crate::report::{Outcome, Reason, Report, ShadowStats, Verdict};
 
 use super::config::Gate;
+use super::stats;
 
 fn pct(x: f64) -> String {
     format!("{:.2}%", x * 100.0)
@@ -22,6 +23,7 @@ fn reason(
     detail: String,
 ) -> Reason {
     Reason {
+        needed_exchanges: None,
         criterion: criterion.into(),
         endpoint: endpoint.map(str::to_string),
         shadow: Some(shadow.to_string()),
@@ -57,7 +59,10 @@ fn divergence(s: &ShadowStats, ep: Option<&str>, shadow: &str, g: &Gate) -> Reas
         Outcome::Fail => "above",
         Outcome::Inconclusive => "too few exchanges to tell against",
     };
-    reason(
+    let needed = (outcome == Outcome::Inconclusive)
+        .then(|| stats::wilson_needed(s.divergent, s.compared, g.max_divergence_rate))
+        .flatten();
+    let mut r = reason(
         "divergence_rate",
         ep,
         shadow,
@@ -65,15 +70,33 @@ fn divergence(s: &ShadowStats, ep: Option<&str>, shadow: &str, g: &Gate) -> Reas
         g.max_divergence_rate,
         outcome,
         format!(
-            "{} of {} exchanges diverge ({}, 95% CI {}–{}), {verb} the limit {}{top}",
+            "{} of {} exchanges diverge ({}, 95% CI {}–{}), {verb} the limit {}{top}{}",
             s.divergent,
             s.compared,
             pct(s.divergence_rate),
             pct(lo),
             pct(hi),
-            pct(g.max_divergence_rate)
+            pct(g.max_divergence_rate),
+            needed_words(needed, outcome, ep)
         ),
-    )
+    );
+    r.needed_exchanges = needed;
+    r
+}
+
+/// "; about N more exchanges of E would decide" for an undecided criterion.
+fn needed_words(needed: Option<u64>, outcome: Outcome, ep: Option<&str>) -> String {
+    let scope = ep.map_or_else(|| "in all".to_string(), |e| format!("of {e}"));
+    match (outcome, needed) {
+        (Outcome::Inconclusive, Some(n)) => {
+            format!("; about {n} more exchanges {scope} would decide if the observed rates held")
+        }
+        (Outcome::Inconclusive, None) => {
+            "; at the observed rate no number of exchanges would decide (it sits on the limit)"
+                .into()
+        }
+        _ => String::new(),
+    }
 }
 
 fn errors(s: &ShadowStats, ep: Option<&str>, shadow: &str, g: &Gate) -> Reason {
@@ -85,7 +108,10 @@ fn errors(s: &ShadowStats, ep: Option<&str>, shadow: &str, g: &Gate) -> Reason {
     if ep.is_some() && outcome == Outcome::Inconclusive {
         outcome = Outcome::Pass;
     }
-    reason(
+    let needed = (outcome == Outcome::Inconclusive)
+        .then(|| stats::newcombe_needed(e.primary, e.shadow, s.compared, g.max_error_rate_increase))
+        .flatten();
+    let mut r = reason(
         "error_rate_increase",
         ep,
         shadow,
@@ -93,7 +119,7 @@ fn errors(s: &ShadowStats, ep: Option<&str>, shadow: &str, g: &Gate) -> Reason {
         g.max_error_rate_increase,
         outcome,
         format!(
-            "shadow errors {} ({}) vs primary {} ({}): increase {} (95% CI {} to {}), limit {}",
+            "shadow errors {} ({}) vs primary {} ({}): increase {} (95% CI {} to {}), limit {}{}",
             e.shadow,
             pct(e.shadow_rate),
             e.primary,
@@ -101,9 +127,12 @@ fn errors(s: &ShadowStats, ep: Option<&str>, shadow: &str, g: &Gate) -> Reason {
             pct(e.difference),
             pct(lo),
             pct(hi),
-            pct(g.max_error_rate_increase)
+            pct(g.max_error_rate_increase),
+            needed_words(needed, outcome, ep)
         ),
-    )
+    );
+    r.needed_exchanges = needed;
+    r
 }
 
 fn latency(s: &ShadowStats, ep: Option<&str>, shadow: &str, g: &Gate) -> Option<Reason> {
@@ -114,7 +143,10 @@ fn latency(s: &ShadowStats, ep: Option<&str>, shadow: &str, g: &Gate) -> Option<
         // Per endpoint, too few samples means "not judged" (no reason);
         // overall it means the gate cannot say.
         return ep.is_none().then(|| {
-            reason(
+            let short = g
+                .min_latency_samples
+                .saturating_sub(l.primary.count.min(l.shadow.count));
+            let mut r = reason(
                 "p99_latency_ratio",
                 None,
                 shadow,
@@ -122,10 +154,12 @@ fn latency(s: &ShadowStats, ep: Option<&str>, shadow: &str, g: &Gate) -> Option<
                 g.max_p99_latency_ratio,
                 Outcome::Inconclusive,
                 format!(
-                    "too few answers for a p99 ({} primary, {} shadow; need {})",
+                    "too few answers for a p99 ({} primary, {} shadow; need {}): about {short} more answered exchanges in all would do",
                     l.primary.count, l.shadow.count, g.min_latency_samples
                 ),
-            )
+            );
+            r.needed_exchanges = Some(short);
+            r
         });
     }
     let ratio = l.p99_ratio?;
@@ -346,6 +380,7 @@ pub fn judge(report: &mut Report, g: &Gate) {
     let mut blocking = false; // an INCONCLUSIVE that outranks failures
     let enough = report.exchanges >= g.min_exchanges;
     reasons.push(Reason {
+        needed_exchanges: (!enough).then(|| g.min_exchanges - report.exchanges),
         criterion: "min_exchanges".into(),
         endpoint: None,
         shadow: None,
@@ -366,6 +401,7 @@ pub fn judge(report: &mut Report, g: &Gate) {
     if report.shadow_names.is_empty() {
         blocking = true;
         reasons.push(Reason {
+            needed_exchanges: None,
             criterion: "shadow_usable".into(),
             endpoint: None,
             shadow: None,

@@ -1425,6 +1425,7 @@ mod tests {
             verdict: Verdict::NoGo,
             reasons: vec![
                 Reason {
+                    needed_exchanges: None,
                     criterion: "divergence_rate".into(),
                     endpoint: Some(format!("GET /{HOSTILE}")),
                     shadow: Some("canary".into()),
@@ -1435,6 +1436,7 @@ mod tests {
                     detail: format!("see {HOSTILE}"),
                 },
                 Reason {
+                    needed_exchanges: None,
                     criterion: "p99_latency_ratio".into(),
                     endpoint: None,
                     shadow: Some("canary".into()),

@@ -137,6 +137,7 @@ mod tests {
 
     fn reason(criterion: &str, endpoint: Option<&str>, outcome: Outcome) -> Reason {
         Reason {
+            needed_exchanges: None,
             criterion: criterion.into(),
             endpoint: endpoint.map(Into::into),
             shadow: Some(format!("canary{HOSTILE}")),

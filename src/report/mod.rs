@@ -69,6 +69,9 @@ pub struct Reason {
     pub outcome: Outcome,
     /// One sentence a person can act on.
     pub detail: String,
+    /// Undecided criteria: how many more exchanges (of the endpoint, or in
+    /// all) would decide it if the observed rates held (docs/diff.md).
+    pub needed_exchanges: Option<u64>,
 }
 
 /// Percentiles of one latency distribution, in milliseconds.
