@@ -361,6 +361,19 @@ fn metrics_options(
         );
         sources.push((name, Source::Cgroup(dir)));
     }
+    // Two sources of one kind for one name would interleave two counters in
+    // one series (every switch a false restart): one each.
+    for (i, (name, source)) in sources.iter().enumerate() {
+        let kind = std::mem::discriminant(source);
+        if sources[..i]
+            .iter()
+            .any(|(n, s)| n == name && std::mem::discriminant(s) == kind)
+        {
+            anyhow::bail!(
+                "{name} is sampled twice the same way (--metrics, --pid or --cgroup): give each target one source of each kind"
+            );
+        }
+    }
     if sources.is_empty() {
         return Ok(None);
     }
@@ -397,7 +410,7 @@ fn headers_to_set(header: &[String], from_env: &[String]) -> anyhow::Result<Vec<
         .map(|h| parse_header("--header", h))
         .collect::<anyhow::Result<_>>()?;
     for spec in from_env {
-        let Some((name, var)) = spec.split_once('=') else {
+        let Some((name, var)) = spec.split_once('=').filter(|(n, _)| !n.contains(':')) else {
             anyhow::bail!(
                 "--header-from-env {spec:?}: expected NAME=VAR, e.g. Authorization=SHADOW_AUTH"
             );
@@ -407,7 +420,7 @@ fn headers_to_set(header: &[String], from_env: &[String]) -> anyhow::Result<Vec<
                 "--header-from-env {spec}: environment variable {var} is not set (or not UTF-8)"
             )
         })?;
-        if value.is_empty() {
+        if value.trim_matches([' ', '\t']).is_empty() {
             anyhow::bail!("--header-from-env {spec}: environment variable {var} is empty");
         }
         // The same checks as --header, without echoing the secret value.

@@ -367,9 +367,9 @@ fn a_cgroup_is_sampled_from_its_files() {
         .filter(|r| r.family == "container_cpu_usage_seconds_total")
         .map(|r| r.value.unwrap())
         .collect();
-    // Two seconds of 100 ms readings of a counter that only grows (the
-    // services burn CPU meanwhile).
-    assert!(cpu.len() >= 10, "{cpu:?}");
+    // Two seconds of 200 ms readings of a counter that only grows (the
+    // services burn CPU meanwhile); a busy machine may skip a few ticks.
+    assert!(cpu.len() >= 6, "{cpu:?}");
     assert!(
         cpu.windows(2).all(|w| w[1] >= w[0]) && cpu[cpu.len() - 1] > cpu[0],
         "{cpu:?}"

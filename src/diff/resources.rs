@@ -16,6 +16,8 @@ const ANSWER_BUCKET_NS: i64 = 10_000_000;
 /// The first part of the sampled time left out of the memory slope: start-up
 /// allocations and warming caches are not a leak.
 const WARM_UP_FRACTION: f64 = 0.2;
+/// Readings kept before the first and after the last answer of a target.
+const WINDOW_MARGIN_NS: i64 = 1_000_000_000;
 /// Samples (after warm-up) a slope needs.
 const MIN_SLOPE_SAMPLES: usize = 5;
 
@@ -75,6 +77,15 @@ pub(crate) struct AnswerTimes {
 }
 
 impl AnswerTimes {
+    /// The first and last answer of `target` (ns), if it answered.
+    fn answering(&self, target: &str) -> Option<(i64, i64)> {
+        let b = self.answers.get(target)?;
+        Some((
+            b.keys().next()? * ANSWER_BUCKET_NS,
+            (b.keys().next_back()? + 1) * ANSWER_BUCKET_NS,
+        ))
+    }
+
     pub fn add(&mut self, rows: &[ReplayResult]) {
         for r in rows {
             let role = r.role.map_or("primary", TargetRole::as_str);
@@ -284,8 +295,10 @@ fn target_resources(
         .map_or(0, |(_, s)| {
             times.answers_between(name, s[0].0, s[s.len() - 1].0)
         });
-    let cpu_ms_per_request =
-        (answers > 0 && incs.len() >= 2).then(|| cpu_seconds * 1e3 / answers as f64);
+    // No CPU at all while answering means the source does not see the
+    // serving process (a wrapper pid, a sidecar's endpoint): not measured.
+    let cpu_ms_per_request = (answers > 0 && incs.len() >= 2 && cpu_seconds > 0.0)
+        .then(|| cpu_seconds * 1e3 / answers as f64);
     let peak_memory = memory
         .as_ref()
         .map(|(_, s)| s.iter().map(|p| p.1).fold(f64::MIN, f64::max));
@@ -344,9 +357,22 @@ fn exposed(rows: &[&MetricRow]) -> Option<BTreeMap<String, BTreeSet<String>>> {
                 })
             })
             .unwrap_or_default();
-        out.entry(r.family.clone()).or_default().extend(labels);
+        out.entry(family_name(&r.family))
+            .or_default()
+            .extend(labels);
     }
     (!out.is_empty()).then_some(out)
+}
+
+/// One name for a family whichever exposition format was negotiated: the
+/// text format types a counter as `x_total` (its `x_created` apart), while
+/// OpenMetrics names the family `x`.
+fn family_name(name: &str) -> String {
+    ["_total", "_created"]
+        .iter()
+        .find_map(|s| name.strip_suffix(s))
+        .unwrap_or(name)
+        .to_string()
 }
 
 /// Families (and label names) the primary exposes and the shadow does not,
@@ -392,10 +418,28 @@ pub(crate) fn summarize(
     let peak = times.peak_per_second();
     let resources: BTreeMap<String, Resources> = by_target
         .iter()
-        .map(|(name, rows)| (name.to_string(), target_resources(name, rows, times, peak)))
+        .map(|(name, rows)| {
+            // Readings from while the target was answering: the start-up a
+            // shadow spends loading its model before --health-path lets the
+            // replay begin is not a cost of serving.
+            let kept: Vec<&MetricRow> = match times.answering(name) {
+                Some((first, last)) => rows
+                    .iter()
+                    .copied()
+                    .filter(|r| r.ts >= first - WINDOW_MARGIN_NS && r.ts <= last + WINDOW_MARGIN_NS)
+                    .collect(),
+                None => rows.clone(),
+            };
+            (name.to_string(), target_resources(name, &kept, times, peak))
+        })
         .collect();
     let mut telemetry = BTreeMap::new();
-    if let Some(primary) = by_target.get("primary").and_then(|r| exposed(r)) {
+    let primary_name = times
+        .roles
+        .iter()
+        .find(|(_, &r)| r == "primary")
+        .map_or("primary", |(n, _)| n.as_str());
+    if let Some(primary) = by_target.get(primary_name).and_then(|r| exposed(r)) {
         for (name, rows) in &by_target {
             if times.roles.get(*name) != Some(&"shadow") {
                 continue;
@@ -422,10 +466,37 @@ pub(crate) fn reasons(
     // A side that was not sampled is judged on nothing: its figures are
     // absent and each criterion says so (inconclusive).
     let unmeasured = Resources::unmeasured();
-    let primary = resources.get("primary").unwrap_or(&unmeasured);
+    let primary = resources
+        .values()
+        .find(|r| r.role == "primary")
+        .unwrap_or(&unmeasured);
     let mut out = Vec::new();
     for name in shadows {
         let s = resources.get(name).unwrap_or(&unmeasured);
+        let start = out.len();
+        push_ratios(&mut out, name, s, primary, g);
+        // A process tree, a cgroup and an endpoint's report on itself do
+        // not measure the same thing: such ratios are not judged.
+        if let (Some(mine), Some(theirs)) = (&s.source, &primary.source) {
+            if mine != theirs {
+                for r in &mut out[start..] {
+                    r.outcome = Outcome::Inconclusive;
+                    r.passed = false;
+                    r.detail = format!(
+                        "{}; not comparable: the primary was sampled by {theirs}, the shadow by {mine} (sample both the same way)",
+                        r.detail
+                    );
+                }
+            }
+        }
+        push_others(&mut out, name, s, telemetry, g);
+    }
+    out
+}
+
+/// The ratio criteria of one shadow against the primary.
+fn push_ratios(out: &mut Vec<Reason>, name: &str, s: &Resources, primary: &Resources, g: &Gate) {
+    {
         if let Some(limit) = g.max_cpu_per_request_ratio {
             out.push(ratio_reason(
                 "cpu_per_request_ratio",
@@ -462,6 +533,18 @@ pub(crate) fn reasons(
                 "MB",
             ));
         }
+    }
+}
+
+/// The growth and telemetry criteria of one shadow.
+fn push_others(
+    out: &mut Vec<Reason>,
+    name: &str,
+    s: &Resources,
+    telemetry: &BTreeMap<String, Telemetry>,
+    g: &Gate,
+) {
+    {
         if let Some(limit) = g.max_memory_growth_mb_per_hour {
             out.push(growth_reason(
                 name,
@@ -473,7 +556,6 @@ pub(crate) fn reasons(
             out.push(parity_reason(name, telemetry.get(name)));
         }
     }
-    out
 }
 
 fn ratio_reason(
@@ -654,6 +736,59 @@ mod tests {
     }
 
     #[test]
+    fn ratios_of_targets_sampled_differently_are_not_judged() {
+        let measured = |source: &str, ms: f64| Resources {
+            role: "shadow".into(),
+            source: Some(source.into()),
+            cpu_ms_per_request: Some(ms),
+            memory_peak_mb: Some(100.0),
+            ..Resources::unmeasured()
+        };
+        let mut res = BTreeMap::new();
+        res.insert(
+            "primary".to_string(),
+            Resources {
+                role: "primary".into(),
+                ..measured("pid", 5.0)
+            },
+        );
+        res.insert("v2".to_string(), measured("prometheus", 4.0));
+        let shadows = ["v2".to_string()];
+        let r = reasons(&res, &BTreeMap::new(), &shadows, &Gate::default());
+        let cpu = r
+            .iter()
+            .find(|r| r.criterion == "cpu_per_request_ratio")
+            .unwrap();
+        assert_eq!(cpu.outcome, Outcome::Inconclusive, "{}", cpu.detail);
+        assert!(cpu.detail.contains("not comparable"), "{}", cpu.detail);
+        // Sampled alike, the same figures are judged.
+        res.insert("v2".to_string(), measured("pid", 4.0));
+        let r = reasons(&res, &BTreeMap::new(), &shadows, &Gate::default());
+        assert!(r.iter().all(|r| r.outcome == Outcome::Pass), "{r:?}");
+        // A shadow not sampled at all: inconclusive, never a pass.
+        res.remove("v2");
+        let r = reasons(&res, &BTreeMap::new(), &shadows, &Gate::default());
+        assert!(
+            r.iter().all(|r| r.outcome == Outcome::Inconclusive),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn counter_families_match_across_exposition_formats() {
+        assert_eq!(family_name("model_predictions_total"), "model_predictions");
+        assert_eq!(
+            family_name("model_predictions_created"),
+            "model_predictions"
+        );
+        assert_eq!(family_name("model_predictions"), "model_predictions");
+        assert_eq!(
+            family_name("process_resident_memory_bytes"),
+            "process_resident_memory_bytes"
+        );
+    }
+
+    #[test]
     fn telemetry_parity_names_families_and_labels() {
         let set = |v: &[(&str, &[&str])]| -> BTreeMap<String, BTreeSet<String>> {
             v.iter()
@@ -722,6 +857,9 @@ mod tests {
                 10.0 + 0.5 * ts,
             ));
         }
+        // Start-up, 5 s before the first answer: 10 CPU seconds loading a
+        // model, not a cost of serving (left out).
+        rows.push(row("primary", "process_cpu_seconds_total", -5.0, &[], 0.0));
         let mut times = AnswerTimes::default();
         // 100 answers a second over the window, and a capture whose
         // busiest second had 250 requests.

@@ -129,6 +129,8 @@ pub struct ReplaySummary {
     pub rows: u64,
     /// Resource sampling, when asked for.
     pub metrics: Option<sampler::SamplerSummary>,
+    /// Why the metrics file could not be completed, if so.
+    pub metrics_error: Option<String>,
     #[serde(skip)]
     lags: Quantiles,
     #[serde(skip)]
@@ -274,6 +276,12 @@ impl ReplaySummary {
                 s,
                 "  {} redacted header values were not sent (give fresh ones with --header)",
                 self.dropped_redacted_values
+            );
+        }
+        if let Some(e) = &self.metrics_error {
+            let _ = writeln!(
+                s,
+                "  metrics: sampling failed: {e} (the results are complete)"
             );
         }
         if let Some(m) = &self.metrics {
@@ -459,7 +467,12 @@ pub fn replay(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummar
     // The metrics file is completed whatever became of the run.
     let metrics = sampler.map(sampler::Sampler::finish).transpose();
     let mut summary = result?;
-    summary.metrics = metrics?;
+    // The results are complete: a metrics file that could not be finished
+    // is said, not a reason to lose the run.
+    match metrics {
+        Ok(m) => summary.metrics = m,
+        Err(e) => summary.metrics_error = Some(e.to_string()),
+    }
     Ok(summary)
 }
 

@@ -178,11 +178,12 @@ async fn run(
     let mut first = true;
     loop {
         // The first tick is at once; a stop cuts the wait short.
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => {}
-        }
-        let last = *stop.borrow();
+        // A dropped sender (the replay unwound) also means: last sample.
+        let gone = tokio::select! {
+            _ = tick.tick() => false,
+            changed = stop.changed() => changed.is_err(),
+        };
+        let last = gone || *stop.borrow();
         let at = if first { "first" } else { "last" };
         let rounds = probes
             .iter()
@@ -322,10 +323,14 @@ async fn scrape(
         .get("content-encoding")
         .is_some_and(|v| v.eq_ignore_ascii_case(b"gzip"));
     let body = if gzip {
-        let mut out = String::new();
-        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&a.body[..]), &mut out)
-            .map_err(|e| format!("gzip body: {e}"))?;
-        out
+        // Bounded: a body that inflates beyond 256 MiB is cut there.
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(flate2::read::GzDecoder::new(&a.body[..]), 256 << 20),
+            &mut out,
+        )
+        .map_err(|e| format!("gzip body: {e}"))?;
+        String::from_utf8_lossy(&out).into_owned()
     } else {
         String::from_utf8_lossy(&a.body).into_owned()
     };
@@ -373,11 +378,11 @@ fn wanted(name: &str, extra: &[String]) -> bool {
 }
 
 /// A process and all its descendants, from /proc: CPU time (with the time
-/// of children that ended and were waited for), resident memory, threads
+/// of children that ended and were waited for by a member), resident memory, threads
 /// and open files, summed. Pre-fork servers (gunicorn, uvicorn workers)
 /// are counted whole.
 fn read_process_tree(root: u32) -> Result<Vec<Reading>, String> {
-    let root_stat = proc_stat(root).ok_or_else(|| format!("process {root} is gone"))?;
+    proc_stat(root).ok_or_else(|| format!("process {root} is gone"))?;
     let tree = descendants(root);
     // SAFETY: sysconf has no preconditions.
     let (ticks, page) = unsafe {
@@ -386,11 +391,14 @@ fn read_process_tree(root: u32) -> Result<Vec<Reading>, String> {
             libc::sysconf(libc::_SC_PAGESIZE).max(1) as f64,
         )
     };
-    let mut cpu = (root_stat.cutime + root_stat.cstime) as f64;
-    let (mut rss, mut threads, mut fds) = (0.0, 0.0, 0.0);
+    let (mut cpu, mut rss, mut threads, mut fds) = (0.0, 0.0, 0.0, 0.0);
     for pid in std::iter::once(root).chain(tree) {
         let Some(s) = proc_stat(pid) else { continue };
-        cpu += (s.utime + s.stime) as f64;
+        // Each member's own time and that of the children it waited for:
+        // a grandchild reaped by a worker stays counted (in the worker's
+        // cutime), and once the worker is reaped its whole time moves to
+        // its parent's, counted once.
+        cpu += (s.utime + s.stime + s.cutime + s.cstime) as f64;
         rss += s.rss_pages as f64 * page;
         threads += s.threads as f64;
         fds += std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count()) as f64;
