@@ -15,7 +15,7 @@
 //! - about 12% of `/predict` inputs get the other label, always positive
 //!   to negative, so the label distribution drifts (60/40 to about 48/52);
 //! - `/embed` takes 4 ms longer;
-//! - `/predict` and `/embed` spend 4 times the CPU (0.8 ms against 0.2);
+//! - `/predict` and `/embed` spend 4 times the CPU (0.4 ms against 0.1);
 //! - its `/metrics` lacks v1's `demo_model_load_seconds`;
 //! - about 6% of `/items/{id}` answers lack `price`;
 //! - chat: the first token comes 4.5x later (though the rest streams 2.5x
@@ -305,9 +305,9 @@ fn serve_connection(
         if method == "POST" && (path == "/predict" || path == "/embed") {
             // The "model": v2 needs 4 times the CPU per inference.
             burn_cpu(Duration::from_micros(if v == Version::V2 {
-                800
+                400
             } else {
-                200
+                100
             }));
         }
         if method == "POST" && path == "/v1/chat/completions" {

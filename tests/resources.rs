@@ -18,6 +18,15 @@ use shadowctl::schema::{
     read_metrics, Exchange, ExchangeFileWriter, MetricKind, MetricRow, WriterConfig,
 };
 
+/// The tests here run one at a time: each runs two services that burn CPU
+/// on purpose, and two such pairs at once would overload a 2-core machine
+/// and measure the overload.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn turn() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A running metrics_app.py, killed when dropped.
 struct App {
     child: Child,
@@ -198,6 +207,7 @@ fn cpu_leak_and_missing_telemetry_through_prometheus_endpoints() {
     let Some(python) = common::python_with(&["prometheus_client"]) else {
         return;
     };
+    let _turn = turn();
     let dir = tempfile::tempdir().unwrap();
     let capture = predict_capture(dir.path(), 400);
     let p = App::start(&python, &["--variant", "primary"]);
@@ -256,6 +266,7 @@ fn cpu_and_leak_through_the_process_tree() {
     let Some(python) = common::python_with(&["prometheus_client"]) else {
         return;
     };
+    let _turn = turn();
     let dir = tempfile::tempdir().unwrap();
     let capture = predict_capture(dir.path(), 400);
     let p = App::start(&python, &["--variant", "primary"]);
@@ -286,6 +297,7 @@ fn a_hanging_or_garbage_metrics_endpoint_never_stops_the_replay() {
     let Some(python) = common::python_with(&["prometheus_client"]) else {
         return;
     };
+    let _turn = turn();
     let dir = tempfile::tempdir().unwrap();
     let capture = predict_capture(dir.path(), 100);
     let p = App::start(
@@ -351,6 +363,7 @@ fn a_cgroup_is_sampled_from_its_files() {
     let Some(python) = common::python_with(&["prometheus_client"]) else {
         return;
     };
+    let _turn = turn();
     let Some(cgroup) = cgroup_v2_dir() else {
         eprintln!("skipped: no cgroup v2 cpu.stat on this machine");
         return;
