@@ -111,10 +111,41 @@ fn shadow_stats<'a>(r: &'a Value, endpoint: &str) -> &'a Value {
     &e["shadows"]["v2"]
 }
 
+/// Whether the machine, not the code, was slow during a run: the primary
+/// (v1, unchanged) answered `/embed` (seeded well under 5 ms) or its first
+/// chat token (seeded at 10 ms) three times slower than seeded at p99. The
+/// latency checks below would then measure the stall; such a run is
+/// repeated, at most three times in all.
+fn stalled(r: &Value) -> bool {
+    let embed = shadow_stats(r, "POST /embed")["latency_ms"]["primary"]["p99"]
+        .as_f64()
+        .unwrap_or(0.0);
+    let ttft = shadow_stats(r, "POST /v1/chat/completions")["llm"]["ttft_ms"]["primary"]["p99"]
+        .as_f64()
+        .unwrap_or(0.0);
+    embed > 15.0 || ttft > 30.0
+}
+
 #[test]
 fn v2_is_no_go_with_each_seeded_regression_named() {
-    let dir = tempfile::tempdir().unwrap();
-    let (code, r, stdout) = pipeline(dir.path(), Version::V2);
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let run = pipeline(dir.path(), Version::V2);
+        let calm = !stalled(&run.1);
+        runs.push(run);
+        if calm {
+            break;
+        }
+        eprintln!(
+            "the machine stalled during this run (primary p99 far above its seeded latency): again"
+        );
+    }
+    let (code, r, stdout) = runs.pop().unwrap();
+    assert!(
+        !stalled(&r),
+        "the machine stalled in three runs in a row:\n{stdout}"
+    );
     assert_eq!(code, Some(1), "{stdout}");
     assert_eq!(r["verdict"], "NO-GO");
     assert_eq!(r["exchanges"], 1500);
