@@ -826,14 +826,22 @@ fn health_check_fails_fast_on_a_down_target() {
     );
 }
 
-/// Answers every request with `status` (and a tiny body), on `listener`.
-fn fixed_status_server(listener: TcpListener, status: u16) {
+/// Answers every request with `status` (and a tiny body), on `listener`;
+/// with `idle`, closes a connection that sends nothing for that long (a
+/// keep-alive timeout). Returns the count of requests received.
+fn small_server(listener: TcpListener, status: u16, idle: Option<Duration>) -> Arc<Mutex<usize>> {
+    let seen = Arc::new(Mutex::new(0usize));
+    let counter = Arc::clone(&seen);
     std::thread::spawn(move || {
         for conn in listener.incoming().take(200) {
             let Ok(mut conn) = conn else { return };
+            let counter = Arc::clone(&counter);
             std::thread::spawn(move || {
+                conn.set_read_timeout(idle).unwrap();
                 let mut r = BufReader::new(conn.try_clone().unwrap());
+                // A read that times out (idle) ends the loop and closes.
                 while read_request(&mut r).is_some() {
+                    *counter.lock().unwrap() += 1;
                     let answer = format!("HTTP/1.1 {status} X\r\nContent-Length: 2\r\n\r\nok");
                     if conn.write_all(answer.as_bytes()).is_err() {
                         break;
@@ -842,6 +850,7 @@ fn fixed_status_server(listener: TcpListener, status: u16) {
             });
         }
     });
+    seen
 }
 
 #[test]
@@ -850,7 +859,7 @@ fn health_check_requires_2xx_and_names_the_answer() {
     let cap = timed_capture(dir.path(), 3, 0, |i| i);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    fixed_status_server(listener, 404);
+    small_server(listener, 404, None);
     let (run, rows, _d) = replay(&[
         cap.to_str().unwrap(),
         "--primary",
@@ -882,7 +891,7 @@ fn health_check_waits_for_a_target_that_is_still_starting() {
     std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(700));
         if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
-            fixed_status_server(l, 200);
+            small_server(l, 200, None);
         }
     });
     let (run, rows, _d) = replay(&[
@@ -915,27 +924,7 @@ fn idle_connections_the_server_closed_are_not_used_and_nothing_is_sent_twice() {
     let cap = timed_capture(dir.path(), 4, 400, |_| 0);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let seen = Arc::new(Mutex::new(0usize));
-    let counter = Arc::clone(&seen);
-    std::thread::spawn(move || {
-        for conn in listener.incoming().take(100) {
-            let Ok(mut conn) = conn else { return };
-            let counter = Arc::clone(&counter);
-            std::thread::spawn(move || {
-                conn.set_read_timeout(Some(Duration::from_millis(100)))
-                    .unwrap();
-                let mut r = BufReader::new(conn.try_clone().unwrap());
-                // Idle for 100 ms: the read times out and the socket closes.
-                while read_request(&mut r).is_some() {
-                    *counter.lock().unwrap() += 1;
-                    let answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-                    if conn.write_all(answer.as_bytes()).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
+    let seen = small_server(listener, 200, Some(Duration::from_millis(100)));
     let (run, rows, _d) = replay(&[
         cap.to_str().unwrap(),
         "--primary",

@@ -496,43 +496,41 @@ pub(crate) fn reasons(
 
 /// The ratio criteria of one shadow against the primary.
 fn push_ratios(out: &mut Vec<Reason>, name: &str, s: &Resources, primary: &Resources, g: &Gate) {
-    {
-        if let Some(limit) = g.max_cpu_per_request_ratio {
-            out.push(ratio_reason(
-                "cpu_per_request_ratio",
-                name,
-                s.cpu_ms_per_request,
-                primary.cpu_ms_per_request,
-                limit,
-                "CPU per answer",
-                "ms",
-            ));
-        }
-        if let Some(limit) = g.max_memory_ratio {
-            out.push(ratio_reason(
-                "memory_ratio",
-                name,
-                s.memory_peak_mb,
-                primary.memory_peak_mb,
-                limit,
-                "peak memory",
-                "MB",
-            ));
-        }
-        if let (Some(limit), Some(_)) = (
-            g.max_gpu_memory_ratio,
-            s.gpu_memory_peak_mb.or(primary.gpu_memory_peak_mb),
-        ) {
-            out.push(ratio_reason(
-                "gpu_memory_ratio",
-                name,
-                s.gpu_memory_peak_mb,
-                primary.gpu_memory_peak_mb,
-                limit,
-                "peak GPU memory",
-                "MB",
-            ));
-        }
+    if let Some(limit) = g.max_cpu_per_request_ratio {
+        out.push(ratio_reason(
+            "cpu_per_request_ratio",
+            name,
+            s.cpu_ms_per_request,
+            primary.cpu_ms_per_request,
+            limit,
+            "CPU per answer",
+            "ms",
+        ));
+    }
+    if let Some(limit) = g.max_memory_ratio {
+        out.push(ratio_reason(
+            "memory_ratio",
+            name,
+            s.memory_peak_mb,
+            primary.memory_peak_mb,
+            limit,
+            "peak memory",
+            "MB",
+        ));
+    }
+    if let (Some(limit), Some(_)) = (
+        g.max_gpu_memory_ratio,
+        s.gpu_memory_peak_mb.or(primary.gpu_memory_peak_mb),
+    ) {
+        out.push(ratio_reason(
+            "gpu_memory_ratio",
+            name,
+            s.gpu_memory_peak_mb,
+            primary.gpu_memory_peak_mb,
+            limit,
+            "peak GPU memory",
+            "MB",
+        ));
     }
 }
 
@@ -544,17 +542,15 @@ fn push_others(
     telemetry: &BTreeMap<String, Telemetry>,
     g: &Gate,
 ) {
-    {
-        if let Some(limit) = g.max_memory_growth_mb_per_hour {
-            out.push(growth_reason(
-                name,
-                s.memory_growth_mb_per_hour.as_ref(),
-                limit,
-            ));
-        }
-        if g.require_telemetry_parity {
-            out.push(parity_reason(name, telemetry.get(name)));
-        }
+    if let Some(limit) = g.max_memory_growth_mb_per_hour {
+        out.push(growth_reason(
+            name,
+            s.memory_growth_mb_per_hour.as_ref(),
+            limit,
+        ));
+    }
+    if g.require_telemetry_parity {
+        out.push(parity_reason(name, telemetry.get(name)));
     }
 }
 
@@ -583,17 +579,7 @@ fn ratio_reason(
             format!("{what} not measured on both sides (shadow {mine:?}, primary {theirs:?}): sample both with --metrics, --pid or --cgroup"),
         ),
     };
-    Reason {
-        needed_exchanges: None,
-        criterion: criterion.into(),
-        endpoint: None,
-        shadow: Some(shadow.into()),
-        observed,
-        threshold: limit,
-        passed: outcome == Outcome::Pass,
-        outcome,
-        detail,
-    }
+    super::verdict::reason(criterion, None, shadow, observed, limit, outcome, detail)
 }
 
 fn growth_reason(shadow: &str, g: Option<&Growth>, limit: f64) -> Reason {
@@ -623,17 +609,15 @@ fn growth_reason(shadow: &str, g: Option<&Growth>, limit: f64) -> Reason {
             ),
         ),
     };
-    Reason {
-        needed_exchanges: None,
-        criterion: "memory_growth".into(),
-        endpoint: None,
-        shadow: Some(shadow.into()),
+    super::verdict::reason(
+        "memory_growth",
+        None,
+        shadow,
         observed,
-        threshold: limit,
-        passed: outcome == Outcome::Pass,
+        limit,
         outcome,
         detail,
-    }
+    )
 }
 
 fn parity_reason(shadow: &str, t: Option<&Telemetry>) -> Reason {
@@ -663,17 +647,15 @@ fn parity_reason(shadow: &str, t: Option<&Telemetry>) -> Reason {
             "no metric families from both primary and shadow (--metrics on both)".to_string(),
         ),
     };
-    Reason {
-        needed_exchanges: None,
-        criterion: "telemetry_parity".into(),
-        endpoint: None,
-        shadow: Some(shadow.into()),
+    super::verdict::reason(
+        "telemetry_parity",
+        None,
+        shadow,
         observed,
-        threshold: 0.0,
-        passed: outcome == Outcome::Pass,
+        0.0,
         outcome,
         detail,
-    }
+    )
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ fn pct(x: f64) -> String {
     format!("{:.2}%", x * 100.0)
 }
 
-fn reason(
+pub(super) fn reason(
     criterion: &str,
     endpoint: Option<&str>,
     shadow: &str,

@@ -236,6 +236,16 @@ pub(super) fn header_column<'a>(
         }
         offsets.push(n);
     }
+    pairs_list(names, values, offsets)
+}
+
+/// A list<struct<name, value>> column from its names, values and row
+/// offsets (header lists, metric labels).
+pub(super) fn pairs_list(
+    mut names: StringBuilder,
+    mut values: StringBuilder,
+    offsets: Vec<i32>,
+) -> ArrayRef {
     let entries = StructArray::new(
         header_fields(),
         vec![Arc::new(names.finish()), Arc::new(values.finish())],

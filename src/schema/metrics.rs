@@ -6,13 +6,12 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, Float64Builder, ListArray, RecordBatch, StringArray, StringBuilder,
-    StructArray, TimestampNanosecondBuilder,
+    Array, ArrayRef, AsArray, Float64Builder, RecordBatch, StringArray, StringBuilder,
+    TimestampNanosecondBuilder,
 };
-use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampNanosecondType};
 
-use super::exchange::{header_fields, header_list_type, ts_type};
+use super::exchange::{header_list_type, pairs_list, ts_type};
 use super::{FileKind, SchemaError};
 
 pub const METRICS_SCHEMA_VERSION: &str = "1";
@@ -125,18 +124,7 @@ fn labels_column(rows: &[MetricRow]) -> ArrayRef {
         }
         offsets.push(offsets.last().copied().unwrap_or(0) + r.labels.len() as i32);
     }
-    let entries = StructArray::new(
-        header_fields(),
-        vec![Arc::new(names.finish()), Arc::new(values.finish())],
-        None,
-    );
-    let field = Arc::new(Field::new("item", DataType::Struct(header_fields()), false));
-    Arc::new(ListArray::new(
-        field,
-        OffsetBuffer::new(offsets.into()),
-        Arc::new(entries),
-        None,
-    ))
+    pairs_list(names, values, offsets)
 }
 
 /// Read a whole metrics file (they are small: a row per family and target
