@@ -69,7 +69,7 @@ pub struct SamplerOptions {
 /// Why sampling could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SamplerError {
-    #[error("--metrics {0}: {1}")]
+    #[error("--metrics: {1}")]
     Url(String, String),
     #[error(transparent)]
     Schema(#[from] SchemaError),
