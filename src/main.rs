@@ -203,6 +203,17 @@ struct ReplayArgs {
     /// Where samples go [default: OUT with .metrics.parquet for .parquet].
     #[arg(long, value_name = "FILE")]
     metrics_out: Option<PathBuf>,
+    /// Evaluate the gate of --config as answers come in, and stop sending as soon as
+    /// the verdict is decided (a failure, or every criterion passed); exits like diff
+    /// (0 GO, 1 NO-GO, 3 INCONCLUSIVE). Requests go in a random order; needs --rate or --max.
+    #[arg(long)]
+    until_decided: bool,
+    /// The gate for --until-decided (see docs/config.md; defaults without it).
+    #[arg(long, value_name = "FILE", requires = "until_decided")]
+    config: Option<PathBuf>,
+    /// Stop sending after this long (e.g. 10m).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    max_duration: Option<std::time::Duration>,
     /// Print nothing but errors.
     #[arg(short, long)]
     quiet: bool,
@@ -685,6 +696,7 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<u8> {
             shard: args.shard,
             shard_by_connection: args.preserve_order,
             limit: args.limit,
+            shuffled: args.until_decided,
         },
         rules: RequestRules {
             keep_host: args.keep_host,
@@ -712,6 +724,12 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<u8> {
             insecure: args.insecure,
         },
         metrics,
+        until_decided: match (args.until_decided, &args.config) {
+            (false, _) => None,
+            (true, None) => Some(Default::default()),
+            (true, Some(path)) => Some(shadowctl::diff::config::Config::load(path)?),
+        },
+        max_duration: args.max_duration,
     };
     let stop = interrupt_flag();
     let summary = replay::replay(opts, Arc::clone(&stop))?;
@@ -727,10 +745,11 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<u8> {
             args.out.display()
         );
     }
-    Ok(if summary.interrupted {
-        exit::INTERRUPTED
-    } else {
-        exit::OK
+    Ok(match &summary.until_decided {
+        _ if summary.interrupted => exit::INTERRUPTED,
+        // --until-decided ends like `diff`: 0 GO, 1 NO-GO, 3 INCONCLUSIVE.
+        Some(d) => d.exit_code() as u8,
+        None => exit::OK,
     })
 }
 

@@ -93,6 +93,18 @@ fn pipeline(dir: &Path, shadow: Version) -> (Option<i32>, Value, String) {
     )
 }
 
+/// A latency regression is named: failed, or (300 answers bound a p99 from
+/// above only loosely) undecided with its ratio over the limit and the
+/// number of exchanges that would decide it.
+fn latency_named(r: &Value, criterion: &str, endpoint: &str) -> bool {
+    failed(r, criterion, endpoint).is_some_and(|x| {
+        x["outcome"] == "fail"
+            || x["outcome"] == "inconclusive"
+                && x["observed"].as_f64().unwrap_or(0.0) > x["threshold"].as_f64().unwrap()
+                && x["needed_exchanges"].as_u64().is_some()
+    })
+}
+
 fn failed<'a>(r: &'a Value, criterion: &str, endpoint: &str) -> Option<&'a Value> {
     r["reasons"]
         .as_array()
@@ -193,7 +205,7 @@ fn v2_is_no_go_with_each_seeded_regression_named() {
     assert_eq!(items["missing_fields"][0]["path"], "$.price");
     // Slower on POST /embed, and only there.
     assert!(
-        failed(&r, "p99_latency_ratio", "POST /embed").is_some(),
+        latency_named(&r, "p99_latency_ratio", "POST /embed"),
         "{stdout}"
     );
     assert!(failed(&r, "divergence_rate", "POST /embed").is_none());
@@ -216,10 +228,10 @@ fn v2_is_no_go_with_each_seeded_regression_named() {
     // answer ends sooner (tokens stream faster), and the wording moves away
     // from v1's more than v1's sampled answers move from each other.
     let chat_ep = "POST /v1/chat/completions";
-    assert!(failed(&r, "ttft_p99_ratio", chat_ep).is_some(), "{stdout}");
+    assert!(latency_named(&r, "ttft_p99_ratio", chat_ep), "{stdout}");
     assert!(failed(&r, "similarity_drop", chat_ep).is_some(), "{stdout}");
     assert!(
-        failed(&r, "p99_latency_ratio", chat_ep).is_none(),
+        failed(&r, "p99_latency_ratio", chat_ep).is_none_or(|x| x["outcome"] != "fail"),
         "{stdout}"
     );
     let chat = shadow_stats(&r, chat_ep);
@@ -246,8 +258,30 @@ fn v2_is_no_go_with_each_seeded_regression_named() {
 fn v1_against_itself_is_go() {
     let dir = tempfile::tempdir().unwrap();
     let (code, r, stdout) = pipeline(dir.path(), Version::V1);
-    assert_eq!(code, Some(0), "{stdout}");
-    assert_eq!(r["verdict"], "GO");
+    // Nothing fails. 300 answers per endpoint bound a p99 from above only
+    // by their slowest few, so a latency gate may still be undecided (with
+    // the exchanges that would decide it); anything else undecided is not.
+    let open: Vec<&Value> = r["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["outcome"] != "pass")
+        .collect();
+    for x in &open {
+        assert_eq!(x["outcome"], "inconclusive", "{stdout}");
+        assert!(
+            ["p99_latency_ratio", "ttft_p99_ratio"].contains(&x["criterion"].as_str().unwrap())
+                && x["needed_exchanges"].as_u64().is_some(),
+            "{stdout}"
+        );
+    }
+    let (want_code, want) = if open.is_empty() {
+        (0, "GO")
+    } else {
+        (3, "INCONCLUSIVE")
+    };
+    assert_eq!(code, Some(want_code), "{stdout}");
+    assert_eq!(r["verdict"], want);
     assert_eq!(r["overall"]["v2"]["divergent"], 0, "{stdout}");
     // The same code costs the same: the CPU gate passes, no family missing.
     let cpu = |t: &str| r["resources"][t]["cpu_ms_per_request"].as_f64().unwrap();

@@ -1071,3 +1071,119 @@ fn ctrl_c_under_max_with_a_hanging_target_respects_the_drain_timeout() {
         .all(|r| r.error_kind == Some(ErrorKind::Interrupted)));
     assert_eq!(role(&rows, TargetRole::Primary).len(), 4);
 }
+
+/// `--until-decided` against identical and different shadows: it stops as
+/// soon as the gate is decided (GO, then NO-GO), exits like `diff`, sends a
+/// uniform sample of the whole capture (not its first part), and `diff` of
+/// the results it wrote gives the same verdict.
+#[test]
+fn until_decided_stops_when_decided_on_a_uniform_sample_and_diff_agrees() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = timed_capture(dir.path(), 3000, 1, |i| i);
+    let config = dir.path().join("gate.toml");
+    // Latency is not the subject here (a p99 needs hundreds of answers).
+    std::fs::write(
+        &config,
+        "[gate]\nmax_divergence_rate = 0.05\nmax_error_rate_increase = 0.05\nmax_p99_latency_ratio = inf\n",
+    )
+    .unwrap();
+    let primary = Recorder::start(Behaviour::Answer("a"));
+    let same = Recorder::start(Behaviour::Answer("a"));
+    let other = Recorder::start(Behaviour::Answer("b"));
+    for (shadow, code, verdict) in [(&same, 0, "GO"), (&other, 1, "NO-GO")] {
+        let summary = dir.path().join(format!("{verdict}.json"));
+        let (run, rows, d) = replay(&[
+            cap.to_str().unwrap(),
+            "--primary",
+            &primary.url(),
+            "--shadow",
+            &format!("v2={}", shadow.url()),
+            "--rate",
+            "2000",
+            "--until-decided",
+            "--config",
+            config.to_str().unwrap(),
+            "--summary-json",
+            summary.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(code), "{stderr}");
+        let s: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+        let u = &s["until_decided"];
+        assert_eq!(u["verdict"], verdict, "{u}");
+        assert_eq!(u["stopped"], "decided", "{u}");
+        assert!(u["decided_after"].as_u64().unwrap() >= 200, "{u}"); // min_exchanges
+                                                                     // Stopped early: far fewer than the 3,000 captured were sent.
+        let ids: Vec<u64> = role(&rows, TargetRole::Primary)
+            .iter()
+            .map(|r| r.exchange_id)
+            .collect();
+        assert!((200..2000).contains(&ids.len()), "{} sent", ids.len());
+        // ...and those spread over the whole capture: in every tenth of it.
+        let mut tenths = [0usize; 10];
+        for id in &ids {
+            tenths[(*id as usize * 10 / 3000).min(9)] += 1;
+        }
+        let even = ids.len() as f64 / 10.0;
+        assert!(
+            tenths.iter().all(|&n| (n as f64) > even * 0.4),
+            "{tenths:?}"
+        );
+        // A later diff of the same file says the same, with the same method.
+        let json = d.path().join("report.json");
+        let out = Command::cargo_bin("shadowctl")
+            .unwrap()
+            .arg("diff")
+            .arg(d.path().join("results.parquet"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--json")
+            .arg(&json)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(code));
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(r["verdict"], verdict);
+        assert_eq!(r["method"]["intervals"], "sequential");
+        assert_eq!(r["exchanges"], u["exchanges"]);
+    }
+}
+
+#[test]
+fn until_decided_refuses_recorded_timing_and_says_when_the_capture_ran_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = timed_capture(dir.path(), 50, 1, |i| i);
+    let primary = Recorder::start(Behaviour::Answer("a"));
+    let (run, _, _d) = replay(&[
+        cap.to_str().unwrap(),
+        "--primary",
+        &primary.url(),
+        "--shadow",
+        &primary.url(),
+        "--until-decided",
+    ]);
+    assert_eq!(run.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("--rate R or --max"));
+    // 50 exchanges cannot reach min_exchanges: the capture runs out,
+    // INCONCLUSIVE (exit 3), and the summary says so.
+    let summary = dir.path().join("s.json");
+    let (run, rows, _d) = replay(&[
+        cap.to_str().unwrap(),
+        "--primary",
+        &primary.url(),
+        "--shadow",
+        &primary.url(),
+        "--until-decided",
+        "--max",
+        "--summary-json",
+        summary.to_str().unwrap(),
+    ]);
+    assert_eq!(run.status.code(), Some(3));
+    assert_eq!(role(&rows, TargetRole::Primary).len(), 50);
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    assert_eq!(s["until_decided"]["stopped"], "capture exhausted");
+    assert_eq!(s["until_decided"]["verdict"], "INCONCLUSIVE");
+}

@@ -121,6 +121,34 @@ pub struct Gate {
     /// Fail when the shadow stops exposing a metric family (or label) the
     /// primary exposes; by default parity is only reported.
     pub require_telemetry_parity: bool,
+    /// How the per-endpoint judgements are corrected for being many:
+    /// `holm` (default), `bonferroni` or `none` (each at 95% on its own).
+    pub family_wise: FamilyWise,
+}
+
+/// Family-wise error control over the per-endpoint judgements.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FamilyWise {
+    /// Holm's step-down: the smallest p-value is judged at α/m, the next at
+    /// α/(m−1), ...; stops at the first that is not decided.
+    #[default]
+    Holm,
+    /// Every judgement at α/m.
+    Bonferroni,
+    /// Every judgement at α on its own (the chance of some false decision
+    /// grows with the number of endpoints).
+    None,
+}
+
+impl FamilyWise {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FamilyWise::Holm => "holm",
+            FamilyWise::Bonferroni => "bonferroni",
+            FamilyWise::None => "none",
+        }
+    }
 }
 
 impl Default for Gate {
@@ -143,6 +171,7 @@ impl Default for Gate {
             max_memory_growth_mb_per_hour: None,
             max_gpu_memory_ratio: None,
             require_telemetry_parity: false,
+            family_wise: FamilyWise::Holm,
         }
     }
 }
@@ -334,7 +363,10 @@ impl Config {
                 g.max_gpu_memory_ratio.unwrap_or(1.0),
             ),
         ] {
-            if !(v.is_finite() && v > 0.0) {
+            // `inf` switches a latency ratio gate off (docs/config.md).
+            let off = v == f64::INFINITY
+                && matches!(name, "max_p99_latency_ratio" | "max_ttft_p99_ratio");
+            if !(off || v.is_finite() && v > 0.0) {
                 return Err(format!("gate.{name} = {v}: must be above 0"));
             }
         }

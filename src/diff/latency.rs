@@ -74,6 +74,28 @@ impl LogHist {
         self.max_us / 1e3
     }
 
+    /// The value of the answer at `rank` (1-based, fractional ranks round
+    /// up) as the edges of its bucket in ms: a lower bound that is at or
+    /// below it and an upper bound at or above it (2% apart).
+    pub fn rank_bounds_ms(&self, rank: f64) -> Option<(f64, f64)> {
+        if self.total == 0 {
+            return None;
+        }
+        let rank = (rank.ceil().max(1.0) as u64).min(self.total);
+        let mut seen = 0u64;
+        for (i, &c) in self.counts.iter().enumerate() {
+            seen += u64::from(c);
+            if seen >= rank {
+                let low = if i == 0 { 0.0 } else { upper_edge(i - 1) };
+                return Some((
+                    low.min(self.max_us) / 1e3,
+                    upper_edge(i).min(self.max_us) / 1e3,
+                ));
+            }
+        }
+        Some((self.max_us / 1e3, self.max_us / 1e3))
+    }
+
     /// Counts over the chart buckets whose upper edges are `edges_ms`.
     pub fn chart(&self, edges_ms: &[f64]) -> Vec<u64> {
         let mut out = vec![0u64; edges_ms.len()];
@@ -132,5 +154,9 @@ mod tests {
         assert_eq!(m.count(), 2000);
         assert_eq!(h.chart(&chart_edges_ms()).iter().sum::<u64>(), 1000);
         assert_eq!(LogHist::default().quantile_ms(0.5), 0.0);
+        // The 990th answer is 990 ms: its bucket's edges bracket it.
+        let (lo, hi) = h.rank_bounds_ms(990.0).unwrap();
+        assert!(lo <= 990.0 && hi >= 990.0 && hi / lo < 1.021, "{lo} {hi}");
+        assert_eq!(h.rank_bounds_ms(5000.0).unwrap().1, 1000.0);
     }
 }

@@ -75,7 +75,7 @@ pub fn similarity_edges() -> Vec<f64> {
 pub(crate) struct SideTally {
     answers: u64,
     streamed: u64,
-    ttft: LogHist,
+    pub ttft: LogHist,
     gaps: LogHist,
     tps: ValueHist,
     tokens: ValueHist,

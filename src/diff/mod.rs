@@ -12,15 +12,17 @@
 pub mod compare;
 pub mod config;
 pub mod doc;
+pub mod intervals;
 pub mod jsonpath;
 pub mod judge;
 pub mod latency;
 mod llm;
 pub(crate) mod resources;
 pub mod similarity;
+pub mod simulation;
 pub mod stats;
 mod summarize;
-mod verdict;
+pub(crate) mod verdict;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufWriter, Write};
@@ -178,6 +180,9 @@ pub(crate) struct Tally {
     pub cells: HashMap<Cell, u64>,
     pub primary_errors: u64,
     pub shadow_errors: u64,
+    /// Exchanges where one side erred and the other did not.
+    pub primary_only_errors: u64,
+    pub shadow_only_errors: u64,
     pub shadow_usable: u64,
     pub shadow_error_kinds: HashMap<String, u64>,
     pub latency_primary: LogHist,
@@ -220,6 +225,9 @@ pub(crate) struct Folded {
     pub exchanges: u64,
     pub live_primary: bool,
     pub recorded_primary: bool,
+    /// Some input came from `replay --until-decided`: the gate then uses
+    /// time-uniform intervals, as the run did.
+    pub sequential: bool,
     /// Judgements that failed, per (endpoint, shadow or `recorded`).
     pub judge_failed: HashMap<(u32, String), u64>,
     /// Per endpoint: whether its answers are worth checking for LLM ones.
@@ -250,6 +258,15 @@ impl LlmProbe {
 }
 
 impl Folded {
+    /// Which intervals the gate uses for these results.
+    pub fn method(&self) -> intervals::Method {
+        if self.sequential {
+            intervals::Method::Sequential
+        } else {
+            intervals::Method::Fixed
+        }
+    }
+
     fn signature(&mut self, diffs: &[Diff]) -> u32 {
         let mut sig: Signature = diffs
             .iter()
@@ -407,6 +424,7 @@ impl FoldCtx<'_, '_> {
 /// Group the rows of one file by exchange and fold each complete group.
 fn fold_file(path: &std::path::Path, ctx: &mut FoldCtx) -> Result<FileIds, DiffError> {
     let reader = ResultsReader::open(path)?;
+    ctx.folded.sequential |= reader.until_decided;
     let mut ids = FileIds::new();
     let expected = reader.targets.as_ref().map(Vec::len);
     // Decoding Parquet and comparing take about the same time: decode on a
@@ -636,6 +654,8 @@ fn fold_group(
         t.compared += 1;
         *t.cells.entry(cell).or_default() += 1;
         t.primary_errors += u64::from(is_error(primary));
+        t.primary_only_errors += u64::from(is_error(primary) && !is_error(shadow));
+        t.shadow_only_errors += u64::from(is_error(shadow) && !is_error(primary));
         if is_error(shadow) {
             t.shadow_errors += 1;
             *t.shadow_error_kinds.entry(error_name(shadow)).or_default() += 1;
@@ -739,4 +759,83 @@ pub(crate) fn filter_lines(
     w.flush().map_err(werr)?;
     let _ = std::fs::remove_file(tmp);
     Ok(n)
+}
+
+/// Results folded as a replay writes them (`replay --until-decided`): the
+/// same grouping and comparison as `diff`, and a verdict at any moment from
+/// what was folded so far, with time-uniform intervals.
+pub struct Live<'a> {
+    opts: &'a DiffOptions,
+    comparer: Comparer<'a>,
+    folded: Folded,
+    expected: usize,
+    pending: HashMap<u64, Vec<ReplayResult>>,
+    order: VecDeque<(u64, u64)>,
+    rows: u64,
+}
+
+impl<'a> Live<'a> {
+    /// `expected`: rows per exchange (every target of the run, `recorded` too).
+    pub fn new(opts: &'a DiffOptions, expected: usize) -> Self {
+        let folded = Folded {
+            sequential: true,
+            ..Default::default()
+        };
+        Self {
+            opts,
+            comparer: Comparer::new(&opts.config),
+            folded,
+            expected,
+            pending: HashMap::new(),
+            order: VecDeque::new(),
+            rows: 0,
+        }
+    }
+
+    /// One row as written; an exchange is compared once all its rows are in
+    /// (or, like in `diff`, once it is too old to be completed).
+    pub fn add(&mut self, row: ReplayResult) -> Result<(), DiffError> {
+        self.rows += 1;
+        let id = row.exchange_id;
+        let group = self.pending.entry(id).or_default();
+        if group.is_empty() {
+            self.order.push_back((self.rows, id));
+        }
+        group.push(row);
+        let mut ready = Vec::new();
+        if group.len() >= self.expected {
+            ready.extend(self.pending.remove(&id));
+        }
+        while let Some(&(first, id)) = self.order.front() {
+            if !self.pending.contains_key(&id) {
+                self.order.pop_front();
+            } else if self.rows - first > WINDOW_ROWS {
+                self.order.pop_front();
+                ready.extend(self.pending.remove(&id));
+            } else {
+                break;
+            }
+        }
+        for g in ready {
+            let mut ctx = FoldCtx {
+                opts: self.opts,
+                comparer: &mut self.comparer,
+                folded: &mut self.folded,
+                sink: None,
+                judge: None,
+            };
+            fold_group(g, &mut ctx, None)?;
+        }
+        Ok(())
+    }
+
+    /// Exchanges compared so far.
+    pub fn exchanges(&self) -> u64 {
+        self.folded.exchanges
+    }
+
+    /// The verdict on what was folded so far.
+    pub fn report(&self) -> Result<Report, DiffError> {
+        summarize::report(&self.folded, self.opts, None)
+    }
 }

@@ -11,15 +11,15 @@ use serde_json::{json, Value};
 use super::compare::{decoded_body, DiffKind};
 use super::config::Config;
 use super::doc::LazyDoc;
+use super::intervals::{error_increase, error_pairs, rate};
 use super::latency::{chart_edges_ms, LogHist};
 use super::stats::{
-    benjamini_hochberg, bin_counts, bins, chi_square, ks_two_sample, newcombe_diff, psi,
-    two_proportion_p, wilson,
+    benjamini_hochberg, bin_counts, bins, chi_square, ks_two_sample, psi, two_proportion_p,
 };
 use super::{verdict, DiffError, DiffOptions, Folded, Tally};
 use crate::report::{
     Drift, DriftBin, EndpointReport, Errors, Example, FieldDivergence, MissingField, NoiseField,
-    Report, Segment, ShadowStats,
+    PerSide, Report, Segment, ShadowStats,
 };
 
 /// A shadow-vs-primary rate this much more likely than the noise rate
@@ -389,6 +389,8 @@ fn shadow_stats(
         }
         errors.primary += t.primary_errors;
         errors.shadow += t.shadow_errors;
+        errors.primary_only += t.primary_only_errors;
+        errors.shadow_only += t.shadow_only_errors;
         for (k, v) in &t.shadow_error_kinds {
             *errors.shadow_by_kind.entry(k.clone()).or_default() += v;
         }
@@ -400,7 +402,9 @@ fn shadow_stats(
     }
     let n = s.compared.max(1) as f64;
     s.divergence_rate = s.divergent as f64 / n;
-    s.divergence_ci = wilson(s.divergent, s.compared).map_or([0.0, 1.0], |i| [i.low, i.high]);
+    let method = f.method();
+    s.divergence_ci = rate(method, s.divergent as f64, s.compared as f64, 0.05)
+        .map_or([0.0, 1.0], |(lo, hi)| [lo, hi]);
     let mut fields: Vec<FieldDivergence> = field_counts
         .into_iter()
         .map(|(path, c)| FieldDivergence {
@@ -426,8 +430,8 @@ fn shadow_stats(
     errors.primary_rate = errors.primary as f64 / n;
     errors.shadow_rate = errors.shadow as f64 / n;
     errors.difference = errors.shadow_rate - errors.primary_rate;
-    errors.difference_ci = newcombe_diff(errors.primary, s.compared, errors.shadow, s.compared)
-        .map_or([-1.0, 1.0], |i| [i.low, i.high]);
+    errors.difference_ci = error_increase(method, error_pairs(s.compared, &errors), 0.05)
+        .map_or([-1.0, 1.0], |(lo, hi)| [lo, hi]);
     s.errors = errors;
     s.latency_ms.primary = lat_p.summary(edges);
     s.latency_ms.shadow = lat_s.summary(edges);
@@ -439,6 +443,14 @@ fn shadow_stats(
         .filter_map(|(&i, acc)| drift_report(&config.drift[i].path, acc, config.drift[i].bins))
         .collect();
     s.llm = llm.stats(edges);
+    s.hists.ttft = PerSide {
+        primary: llm.primary.ttft.clone(),
+        shadow: llm.shadow.ttft.clone(),
+    };
+    s.hists.latency = PerSide {
+        primary: lat_p,
+        shadow: lat_s,
+    };
     s.similarity =
         super::llm::similarity_stats(&sim_shadow, (!sim_noise.is_empty()).then_some(&sim_noise));
     s
@@ -694,6 +706,11 @@ pub(crate) fn report(
         })?;
     }
     let mut report = Report {
+        method: crate::report::GateMethod {
+            intervals: f.method(),
+            family_wise: opts.config.gate.family_wise,
+            ..Default::default()
+        },
         tokens_per_second_buckets: super::llm::tokens_per_second_edges(),
         similarity_buckets: super::llm::similarity_edges(),
         judge: None,

@@ -6,8 +6,10 @@
 
 use crate::report::{Outcome, Reason, Report, ShadowStats, Verdict};
 
-use super::config::Gate;
-use super::stats;
+use super::config::{FamilyWise, Gate};
+use super::intervals::{self, Bounds, Method};
+use super::latency::LogHist;
+use crate::report::PerSide;
 
 fn pct(x: f64) -> String {
     format!("{:.2}%", x * 100.0)
@@ -46,9 +48,218 @@ fn by_interval(low: f64, high: f64, threshold: f64) -> Outcome {
     }
 }
 
-fn divergence(s: &ShadowStats, ep: Option<&str>, shadow: &str, g: &Gate) -> Reason {
-    let [lo, hi] = s.divergence_ci;
-    let outcome = by_interval(lo, hi, g.max_divergence_rate);
+/// The interval kind and error level a criterion is judged at.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Level {
+    pub method: Method,
+    pub alpha: f64,
+}
+
+impl Level {
+    /// "95% CI", "99.58% confidence sequence".
+    fn words(self) -> String {
+        let pct = format!("{:.3}", (1.0 - self.alpha) * 100.0);
+        let pct = pct.trim_end_matches('0').trim_end_matches('.');
+        match self.method {
+            Method::Fixed => format!("{pct}% CI"),
+            Method::Sequential => format!("{pct}% confidence sequence"),
+        }
+    }
+}
+
+/// Criteria decided by an interval, whose level the family-wise
+/// correction sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Test {
+    Divergence,
+    Errors,
+    Latency,
+    Ttft,
+}
+
+/// p99 of each side bracketed, then the ratio and the difference.
+struct QuantileBounds {
+    shadow: Bounds,
+    primary: Bounds,
+    ratio: Bounds,
+    diff_ms: Bounds,
+}
+
+/// Share of a decision's error given to the upper bound of a p99: a lower
+/// bound of a p99 is cheap (most answers lie below it), an upper one needs
+/// hundreds of answers, so it gets most of the error allowed.
+const UPPER_SHARE: f64 = 0.9;
+
+/// Bounds on both sides' p99 at `lv`, with the sample scaled by `f` (f = 1:
+/// as read). A pass rests on the shadow's upper bound and the primary's
+/// lower one, a fail on the other two; each pair together errs at most
+/// alpha/2 (shared 0.9 : 0.1), so the three-way decision errs at most alpha.
+fn p99_bounds(h: &PerSide<LogHist>, lv: Level, f: f64) -> Option<QuantileBounds> {
+    let half = lv.alpha / 2.0;
+    let (low_tail, high_tail) = ((1.0 - UPPER_SHARE) * half, UPPER_SHARE * half);
+    let side = |hist: &LogHist| -> Option<Bounds> {
+        let n = hist.count() as f64;
+        let (lo, hi) = intervals::quantile_ranks(lv.method, n * f, 0.99, low_tail, high_tail);
+        let low = match lo {
+            Some(fr) => hist.rank_bounds_ms(fr * n)?.0,
+            None => 0.0,
+        };
+        let high = match hi {
+            Some(fr) => hist.rank_bounds_ms(fr * n)?.1,
+            None => f64::INFINITY,
+        };
+        Some((low, high))
+    };
+    let (p, s) = (side(&h.primary)?, side(&h.shadow)?);
+    let div = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::INFINITY };
+    Some(QuantileBounds {
+        ratio: (
+            if p.1.is_finite() { div(s.0, p.1) } else { 0.0 },
+            div(s.1, p.0),
+        ),
+        diff_ms: (s.0 - p.1, s.1 - p.0),
+        shadow: s,
+        primary: p,
+    })
+}
+
+/// Pass when the shadow's p99 is surely within the ratio (or the slack),
+/// fail when it is surely beyond both.
+fn p99_outcome(b: &QuantileBounds, limit: f64, slack_ms: f64) -> Outcome {
+    if b.ratio.1 <= limit || b.diff_ms.1 <= slack_ms {
+        Outcome::Pass
+    } else if b.ratio.0 > limit && b.diff_ms.0 > slack_ms {
+        Outcome::Fail
+    } else {
+        Outcome::Inconclusive
+    }
+}
+
+impl Test {
+    pub fn criterion(self) -> &'static str {
+        match self {
+            Test::Divergence => "divergence_rate",
+            Test::Errors => "error_rate_increase",
+            Test::Latency => "p99_latency_ratio",
+            Test::Ttft => "ttft_p99_ratio",
+        }
+    }
+
+    fn hists(self, s: &ShadowStats) -> &PerSide<LogHist> {
+        if self == Test::Ttft {
+            &s.hists.ttft
+        } else {
+            &s.hists.latency
+        }
+    }
+
+    fn limit(self, g: &Gate) -> f64 {
+        match self {
+            Test::Divergence => g.max_divergence_rate,
+            Test::Errors => g.max_error_rate_increase,
+            Test::Latency => g.max_p99_latency_ratio,
+            Test::Ttft => g.max_ttft_p99_ratio,
+        }
+    }
+
+    /// Whether it is judged at all: quantiles need enough answers.
+    pub fn applies(self, s: &ShadowStats, g: &Gate) -> bool {
+        match self {
+            Test::Divergence | Test::Errors => s.compared > 0,
+            Test::Latency | Test::Ttft => {
+                let h = self.hists(s);
+                self.limit(g).is_finite()
+                    && h.primary.count() >= g.min_latency_samples
+                    && h.shadow.count() >= g.min_latency_samples
+            }
+        }
+    }
+
+    /// The outcome at `lv` with the sample scaled by `f`.
+    pub fn outcome(self, s: &ShadowStats, g: &Gate, lv: Level, f: f64) -> Outcome {
+        let limit = self.limit(g);
+        let n = s.compared as f64 * f;
+        match self {
+            Test::Divergence => intervals::rate(lv.method, s.divergent as f64 * f, n, lv.alpha)
+                .map_or(Outcome::Inconclusive, |(lo, hi)| by_interval(lo, hi, limit)),
+            Test::Errors => intervals::error_increase(
+                lv.method,
+                intervals::scaled_pairs(intervals::error_pairs(s.compared, &s.errors), f),
+                lv.alpha,
+            )
+            .map_or(Outcome::Inconclusive, |(lo, hi)| by_interval(lo, hi, limit)),
+            Test::Latency | Test::Ttft => p99_bounds(self.hists(s), lv, f)
+                .map_or(Outcome::Inconclusive, |b| {
+                    p99_outcome(&b, limit, g.p99_latency_slack_ms)
+                }),
+        }
+    }
+
+    /// The smallest error level at which it is decided either way.
+    pub fn p_value(self, s: &ShadowStats, g: &Gate, method: Method) -> f64 {
+        intervals::p_value(|alpha| {
+            self.outcome(s, g, Level { method, alpha }, 1.0) != Outcome::Inconclusive
+        })
+    }
+
+    /// More exchanges (or answers) that would decide it if what was seen
+    /// held: the sample grown by the smallest factor that decides.
+    fn needed(self, s: &ShadowStats, g: &Gate, lv: Level) -> Option<u64> {
+        let base = match self {
+            Test::Divergence | Test::Errors => s.compared,
+            Test::Latency | Test::Ttft => {
+                let h = self.hists(s);
+                h.primary.count().min(h.shadow.count())
+            }
+        } as f64;
+        let f = intervals::scale_to_decide(|f| self.outcome(s, g, lv, f) != Outcome::Inconclusive)?;
+        Some((base * f - base).ceil().max(1.0) as u64)
+    }
+
+    /// The reason, judged at `lv`.
+    pub fn reason(
+        self,
+        s: &ShadowStats,
+        ep: Option<&str>,
+        shadow: &str,
+        g: &Gate,
+        lv: Level,
+    ) -> Reason {
+        let mut outcome = self.outcome(s, g, lv, 1.0);
+        let needed = (outcome == Outcome::Inconclusive)
+            .then(|| self.needed(s, g, lv))
+            .flatten();
+        let limit = self.limit(g);
+        let (observed, mut detail) = match self {
+            Test::Divergence => divergence_words(s, g, lv, outcome),
+            Test::Errors => error_words(s, g, lv),
+            Test::Latency | Test::Ttft => p99_words(self, s, g, lv),
+        };
+        // Per endpoint, only a clear error increase counts: small endpoints
+        // cannot prove the absence of one, and the overall figure covers them.
+        let per_endpoint_errors = self == Test::Errors && ep.is_some();
+        if per_endpoint_errors && outcome == Outcome::Inconclusive {
+            outcome = Outcome::Pass;
+        } else {
+            detail.push_str(&needed_words(needed, outcome, ep));
+        }
+        let mut r = reason(
+            self.criterion(),
+            ep,
+            shadow,
+            observed,
+            limit,
+            outcome,
+            detail,
+        );
+        r.needed_exchanges = needed.filter(|_| outcome == Outcome::Inconclusive);
+        r
+    }
+}
+
+fn divergence_words(s: &ShadowStats, g: &Gate, lv: Level, outcome: Outcome) -> (f64, String) {
+    let (lo, hi) = intervals::rate(lv.method, s.divergent as f64, s.compared as f64, lv.alpha)
+        .unwrap_or((0.0, 1.0));
     let top = s
         .fields
         .first()
@@ -59,29 +270,92 @@ fn divergence(s: &ShadowStats, ep: Option<&str>, shadow: &str, g: &Gate) -> Reas
         Outcome::Fail => "above",
         Outcome::Inconclusive => "too few exchanges to tell against",
     };
-    let needed = (outcome == Outcome::Inconclusive)
-        .then(|| stats::wilson_needed(s.divergent, s.compared, g.max_divergence_rate))
-        .flatten();
-    let mut r = reason(
-        "divergence_rate",
-        ep,
-        shadow,
+    (
         s.divergence_rate,
-        g.max_divergence_rate,
-        outcome,
         format!(
-            "{} of {} exchanges diverge ({}, 95% CI {}–{}), {verb} the limit {}{top}{}",
+            "{} of {} exchanges diverge ({}, {} {}–{}), {verb} the limit {}{top}",
             s.divergent,
             s.compared,
             pct(s.divergence_rate),
+            lv.words(),
             pct(lo),
             pct(hi),
             pct(g.max_divergence_rate),
-            needed_words(needed, outcome, ep)
         ),
-    );
-    r.needed_exchanges = needed;
-    r
+    )
+}
+
+fn error_words(s: &ShadowStats, g: &Gate, lv: Level) -> (f64, String) {
+    let e = &s.errors;
+    let (lo, hi) =
+        intervals::error_increase(lv.method, intervals::error_pairs(s.compared, e), lv.alpha)
+            .unwrap_or((-1.0, 1.0));
+    (
+        e.difference,
+        format!(
+            "shadow errors {} ({}) vs primary {} ({}): increase {} ({} {} to {}), limit {}",
+            e.shadow,
+            pct(e.shadow_rate),
+            e.primary,
+            pct(e.primary_rate),
+            pct(e.difference),
+            lv.words(),
+            pct(lo),
+            pct(hi),
+            pct(g.max_error_rate_increase),
+        ),
+    )
+}
+
+fn ms_bound(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.2}")
+    } else {
+        "∞".into()
+    }
+}
+
+fn p99_words(t: Test, s: &ShadowStats, g: &Gate, lv: Level) -> (f64, String) {
+    let (ps, ss, ratio, what) = match (t, &s.llm) {
+        (Test::Ttft, Some(l)) => (
+            l.ttft_ms.primary.p99,
+            l.ttft_ms.shadow.p99,
+            l.ttft_p99_ratio,
+            "time to first token p99",
+        ),
+        _ => (
+            s.latency_ms.primary.p99,
+            s.latency_ms.shadow.p99,
+            s.latency_ms.p99_ratio,
+            "p99",
+        ),
+    };
+    let ratio = ratio.unwrap_or(f64::NAN);
+    let limit = t.limit(g);
+    let bounds = match p99_bounds(t.hists(s), lv, 1.0) {
+        Some(b) => format!(
+            " ({}: shadow {}–{} ms, primary {}–{} ms, ratio {:.2}–{})",
+            lv.words(),
+            ms_bound(b.shadow.0),
+            ms_bound(b.shadow.1),
+            ms_bound(b.primary.0),
+            ms_bound(b.primary.1),
+            b.ratio.0,
+            if b.ratio.1.is_finite() {
+                format!("{:.2}", b.ratio.1)
+            } else {
+                "∞".into()
+            }
+        ),
+        None => String::new(),
+    };
+    (
+        ratio,
+        format!(
+            "{what} {ss:.2} ms shadow vs {ps:.2} ms primary: ratio {ratio:.2}, limit {limit:.2}; {}{bounds}",
+            latency_difference(ss - ps, g.p99_latency_slack_ms)
+        ),
+    )
 }
 
 /// "; about N more exchanges of E would decide" for an undecided criterion.
@@ -99,91 +373,33 @@ fn needed_words(needed: Option<u64>, outcome: Outcome, ep: Option<&str>) -> Stri
     }
 }
 
-fn errors(s: &ShadowStats, ep: Option<&str>, shadow: &str, g: &Gate) -> Reason {
-    let e = &s.errors;
-    let [lo, hi] = e.difference_ci;
-    let mut outcome = by_interval(lo, hi, g.max_error_rate_increase);
-    // Per endpoint, only a clear increase counts: small endpoints cannot
-    // prove the absence of one, and the overall figure covers them.
-    if ep.is_some() && outcome == Outcome::Inconclusive {
-        outcome = Outcome::Pass;
+/// Too few answers for a p99 at all (overall only; per endpoint it is
+/// simply not judged).
+fn too_few_for_p99(t: Test, s: &ShadowStats, shadow: &str, g: &Gate) -> Option<Reason> {
+    let h = t.hists(s);
+    let (p, sh) = (h.primary.count(), h.shadow.count());
+    if t == Test::Ttft && p == 0 && sh == 0 || t.limit(g).is_infinite() {
+        return None;
     }
-    let needed = (outcome == Outcome::Inconclusive)
-        .then(|| stats::newcombe_needed(e.primary, e.shadow, s.compared, g.max_error_rate_increase))
-        .flatten();
+    let short = g.min_latency_samples.saturating_sub(p.min(sh));
+    let observed = match t {
+        Test::Ttft => s.llm.as_ref().and_then(|l| l.ttft_p99_ratio),
+        _ => s.latency_ms.p99_ratio,
+    };
     let mut r = reason(
-        "error_rate_increase",
-        ep,
+        t.criterion(),
+        None,
         shadow,
-        e.difference,
-        g.max_error_rate_increase,
-        outcome,
+        observed.unwrap_or(f64::NAN),
+        t.limit(g),
+        Outcome::Inconclusive,
         format!(
-            "shadow errors {} ({}) vs primary {} ({}): increase {} (95% CI {} to {}), limit {}{}",
-            e.shadow,
-            pct(e.shadow_rate),
-            e.primary,
-            pct(e.primary_rate),
-            pct(e.difference),
-            pct(lo),
-            pct(hi),
-            pct(g.max_error_rate_increase),
-            needed_words(needed, outcome, ep)
+            "too few answers for a p99 ({p} primary, {sh} shadow; need {}): about {short} more answered exchanges in all would do",
+            g.min_latency_samples
         ),
     );
-    r.needed_exchanges = needed;
-    r
-}
-
-fn latency(s: &ShadowStats, ep: Option<&str>, shadow: &str, g: &Gate) -> Option<Reason> {
-    let l = &s.latency_ms;
-    let enough =
-        l.primary.count >= g.min_latency_samples && l.shadow.count >= g.min_latency_samples;
-    if !enough {
-        // Per endpoint, too few samples means "not judged" (no reason);
-        // overall it means the gate cannot say.
-        return ep.is_none().then(|| {
-            let short = g
-                .min_latency_samples
-                .saturating_sub(l.primary.count.min(l.shadow.count));
-            let mut r = reason(
-                "p99_latency_ratio",
-                None,
-                shadow,
-                l.p99_ratio.unwrap_or(f64::NAN),
-                g.max_p99_latency_ratio,
-                Outcome::Inconclusive,
-                format!(
-                    "too few answers for a p99 ({} primary, {} shadow; need {}): about {short} more answered exchanges in all would do",
-                    l.primary.count, l.shadow.count, g.min_latency_samples
-                ),
-            );
-            r.needed_exchanges = Some(short);
-            r
-        });
-    }
-    let ratio = l.p99_ratio?;
-    let slower_ms = l.shadow.p99 - l.primary.p99;
-    let outcome = if ratio <= g.max_p99_latency_ratio || slower_ms <= g.p99_latency_slack_ms {
-        Outcome::Pass
-    } else {
-        Outcome::Fail
-    };
-    Some(reason(
-        "p99_latency_ratio",
-        ep,
-        shadow,
-        ratio,
-        g.max_p99_latency_ratio,
-        outcome,
-        format!(
-            "p99 {:.2} ms shadow vs {:.2} ms primary: ratio {ratio:.2}, limit {:.2}; {}",
-            l.shadow.p99,
-            l.primary.p99,
-            g.max_p99_latency_ratio,
-            latency_difference(slower_ms, g.p99_latency_slack_ms)
-        ),
-    ))
+    r.needed_exchanges = Some(short);
+    Some(r)
 }
 
 /// The p99 difference in words, with the slack under which any ratio passes.
@@ -195,7 +411,7 @@ fn latency_difference(slower_ms: f64, slack_ms: f64) -> String {
     }
 }
 
-/// A ratio gate on LLM timings, with the latency gate's rules: judged only
+/// A ratio gate on LLM figures, with the latency gate's rules: judged only
 /// with enough answers on both sides; per endpoint, too few means not judged.
 struct RatioGate<'a> {
     criterion: &'a str,
@@ -256,22 +472,9 @@ fn llm(s: &ShadowStats, ep: Option<&str>, shadow: &str, g: &Gate) -> Vec<Reason>
     let Some(l) = &s.llm else {
         return Vec::new();
     };
-    let (tp, ts) = (&l.ttft_ms.primary, &l.ttft_ms.shadow);
     let (vp, vs) = (&l.tokens_per_second.primary, &l.tokens_per_second.shadow);
     let (op, os) = (&l.output_tokens.primary, &l.output_tokens.shadow);
     [
-        RatioGate {
-            criterion: "ttft_p99_ratio",
-            counts: (tp.count, ts.count),
-            ratio: l.ttft_p99_ratio,
-            limit: g.max_ttft_p99_ratio,
-            upper: true,
-            slack_ok: ts.p99 - tp.p99 <= g.p99_latency_slack_ms,
-            what: format!(
-                "time to first token p99 {:.1} ms shadow vs {:.1} ms primary",
-                ts.p99, tp.p99
-            ),
-        },
         RatioGate {
             criterion: "tokens_per_second_ratio",
             counts: (vp.count, vs.count),
@@ -374,8 +577,48 @@ fn drift(s: &ShadowStats, ep: Option<&str>, shadow: &str, g: &Gate) -> Vec<Reaso
         .collect()
 }
 
+/// The error allowed: for each overall criterion, and for the family of
+/// per-endpoint ones together (unless `family_wise = "none"`).
+pub(crate) const ALPHA: f64 = 0.05;
+
+/// Every criterion decided by an interval, in the order reported.
+const TESTS: [Test; 4] = [Test::Divergence, Test::Errors, Test::Latency, Test::Ttft];
+
+/// The level each of m judgements is held to, from their p-values.
+///
+/// Holm: sorted by p-value, the i-th smallest (from 0) is decided at
+/// alpha/(m − i) as long as every smaller one was decided; from the first
+/// that is not, the rest are held to that step's level (which none of
+/// them meets). Bonferroni: all at alpha/m. None: all at alpha.
+pub(crate) fn family_levels(p: &[f64], fw: FamilyWise, alpha: f64) -> Vec<f64> {
+    let m = p.len();
+    match fw {
+        FamilyWise::None => vec![alpha; m],
+        FamilyWise::Bonferroni => vec![alpha / m.max(1) as f64; m],
+        FamilyWise::Holm => {
+            let mut order: Vec<usize> = (0..m).collect();
+            order.sort_by(|&a, &b| p[a].total_cmp(&p[b]));
+            let mut levels = vec![alpha; m];
+            let mut stopped: Option<f64> = None;
+            for (step, &i) in order.iter().enumerate() {
+                let level = stopped.unwrap_or(alpha / (m - step) as f64);
+                levels[i] = level;
+                if stopped.is_none() && p[i] > level {
+                    stopped = Some(level);
+                }
+            }
+            levels
+        }
+    }
+}
+
 /// Fill in `report.reasons` and `report.verdict`.
 pub fn judge(report: &mut Report, g: &Gate) {
+    let method = report.method.intervals;
+    let overall = Level {
+        method,
+        alpha: ALPHA,
+    };
     let mut reasons = Vec::new();
     let mut blocking = false; // an INCONCLUSIVE that outranks failures
     let enough = report.exchanges >= g.min_exchanges;
@@ -433,22 +676,47 @@ pub fn judge(report: &mut Report, g: &Gate) {
                 if ok { "" } else { ": the shadow looks down" }
             ),
         ));
-        reasons.push(divergence(s, None, name, g));
-        reasons.push(errors(s, None, name, g));
-        reasons.extend(latency(s, None, name, g));
+        for t in TESTS {
+            if t.applies(s, g) {
+                reasons.push(t.reason(s, None, name, g, overall));
+            } else if matches!(t, Test::Latency | Test::Ttft) {
+                reasons.extend(too_few_for_p99(t, s, name, g));
+            }
+        }
         reasons.extend(llm(s, None, name, g));
         reasons.extend(judge_failures(s, None, name));
         reasons.extend(drift(s, None, name, g));
     }
-    for ep in &report.endpoints {
-        for (name, s) in &ep.shadows {
-            if s.compared < g.min_endpoint_exchanges {
-                continue;
+    // Per-endpoint judgements: first their p-values, then each one's level
+    // under the correction chosen.
+    let judged = |s: &ShadowStats| s.compared >= g.min_endpoint_exchanges;
+    let mut family = Vec::new();
+    for (i, ep) in report.endpoints.iter().enumerate() {
+        for (name, s) in ep.shadows.iter().filter(|(_, s)| judged(s)) {
+            for t in TESTS.into_iter().filter(|t| t.applies(s, g)) {
+                family.push(((i, name.as_str(), t), t.p_value(s, g, method)));
             }
+        }
+    }
+    // One family per criterion: its judgements over every endpoint and
+    // shadow, so more endpoints cannot make a false decision likelier.
+    let mut levels = std::collections::HashMap::new();
+    for t in TESTS {
+        let members: Vec<_> = family.iter().filter(|((_, _, x), _)| *x == t).collect();
+        let p: Vec<f64> = members.iter().map(|(_, p)| *p).collect();
+        let alphas = family_levels(&p, g.family_wise, ALPHA);
+        levels.extend(members.iter().map(|(k, _)| *k).zip(alphas));
+        report.method.family_size = report.method.family_size.max(members.len());
+    }
+    report.method.alpha = ALPHA;
+    for (i, ep) in report.endpoints.iter().enumerate() {
+        for (name, s) in ep.shadows.iter().filter(|(_, s)| judged(s)) {
             let e = Some(ep.endpoint.as_str());
-            reasons.push(divergence(s, e, name, g));
-            reasons.push(errors(s, e, name, g));
-            reasons.extend(latency(s, e, name, g));
+            for t in TESTS {
+                if let Some(&alpha) = levels.get(&(i, name.as_str(), t)) {
+                    reasons.push(t.reason(s, e, name, g, Level { method, alpha }));
+                }
+            }
             reasons.extend(llm(s, e, name, g));
             reasons.extend(similarity(s, e, name, g));
             reasons.extend(drift(s, e, name, g));

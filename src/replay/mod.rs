@@ -8,6 +8,7 @@
 //! behind gets `not_sent_in_time` results instead of an ever-growing queue.
 
 pub mod client;
+pub mod decide;
 pub mod plan;
 mod priority;
 pub mod request;
@@ -22,6 +23,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::diff::DiffOptions;
 use crate::schema::{
     results_to_batch, ErrorKind, Exchange, ParquetFileWriter, ReplayResult, SchemaError,
     TargetRole, WriterConfig, RESULTS,
@@ -71,6 +73,11 @@ pub struct ReplayOptions {
     pub tls: tls::TlsOptions,
     /// `--metrics/--pid/--cgroup`: resource use sampled during the run.
     pub metrics: Option<sampler::SamplerOptions>,
+    /// `--until-decided`: the gate (from `--config`) evaluated while
+    /// sending, which stops once the verdict is decided.
+    pub until_decided: Option<crate::diff::config::Config>,
+    /// `--max-duration`: stop sending after this long.
+    pub max_duration: Option<Duration>,
 }
 
 /// Errors that stop a replay before or while it runs (target errors do not).
@@ -131,6 +138,8 @@ pub struct ReplaySummary {
     pub metrics: Option<sampler::SamplerSummary>,
     /// Why the metrics file could not be completed, if so.
     pub metrics_error: Option<String>,
+    /// `--until-decided`: the verdict and why sending stopped.
+    pub until_decided: Option<decide::Decision>,
     #[serde(skip)]
     lags: Quantiles,
     #[serde(skip)]
@@ -306,6 +315,23 @@ impl ReplaySummary {
                 self.skipped_read_only
             );
         }
+        if let Some(d) = &self.until_decided {
+            let when = match d.decided_after {
+                Some(n) => format!(", decided after {n} exchanges"),
+                None => String::new(),
+            };
+            let _ = writeln!(
+                s,
+                "until decided: {} on {} exchanges; stopped: {}{when} ({} looks at the gate)",
+                d.verdict, d.exchanges, d.stopped, d.looks
+            );
+            if let Some(e) = &d.error {
+                let _ = writeln!(s, "  no verdict: {e}");
+            }
+            for r in &d.reasons {
+                let _ = writeln!(s, "  {r}");
+            }
+        }
         s
     }
 }
@@ -457,6 +483,8 @@ pub fn replay(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummar
         .clone()
         .map(sampler::Sampler::start)
         .transpose()?;
+    let gate = opts.until_decided.clone();
+    let results_path = opts.out.clone();
     // The run itself is a task on a worker, so the request tasks it spawns
     // go to that worker's local queue instead of the slower remote queue.
     let result = runtime.block_on(async move {
@@ -472,6 +500,15 @@ pub fn replay(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummar
     match metrics {
         Ok(m) => summary.metrics = m,
         Err(e) => summary.metrics_error = Some(e.to_string()),
+    }
+    if let (Some(config), Some(d)) = (gate, summary.until_decided.take()) {
+        let metrics = summary.metrics.as_ref().map(|m| PathBuf::from(&m.path));
+        summary.until_decided = Some(decide::final_verdict(
+            &results_path,
+            metrics.as_deref(),
+            &config,
+            d,
+        ));
     }
     Ok(summary)
 }
@@ -491,6 +528,23 @@ fn validate(opts: &ReplayOptions) -> Result<(), ReplayError> {
     for (name, value) in opts.rules.set.iter().chain(opts.marker.as_ref()) {
         request::parse_header_field("--header/--marker", &format!("{name}: {value}"))
             .map_err(ReplayError::Invalid)?;
+    }
+    if let Some(c) = &opts.until_decided {
+        if let Timing::Speed(_) = opts.timing {
+            return bad("--until-decided sends requests in a random order (a uniform sample at every moment), so recorded timing means nothing: give --rate R or --max".into());
+        }
+        if opts.preserve_order {
+            return bad("--until-decided and --preserve-order: a random order cannot keep connections in order".into());
+        }
+        if c.rules
+            .iter()
+            .any(|r| r.compare == crate::diff::config::Compare::Judge)
+        {
+            return bad("--until-decided with compare = \"judge\" rules: the judge is not run while replaying; replay, then diff".into());
+        }
+    }
+    if opts.max_duration.is_some_and(|d| d.is_zero()) {
+        return bad("--max-duration 0: nothing could be sent".into());
     }
     for name in &opts.rules.drop {
         if !request::is_token(name) {
@@ -568,7 +622,10 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
             health_check(t, path, opts.health_timeout).await?;
         }
     }
-    let plan = Plan::open(opts.captures.clone(), opts.selection.clone())?;
+    let mut selection = opts.selection.clone();
+    // A stop at any moment must leave a uniform sample of the capture.
+    selection.shuffled |= opts.until_decided.is_some();
+    let plan = Plan::open(opts.captures.clone(), selection)?;
     if opts.timing != Timing::Max && !opts.preserve_order {
         // One connection per permit (bounded): with fewer, a burst after a
         // stall found no idle connection and its requests waited for a
@@ -587,6 +644,23 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
         .chain(targets.iter().map(|t| t.name.clone()))
         .collect();
     let targets_meta = (crate::schema::META_TARGETS.to_string(), names.join(","));
+    let mut meta = vec![targets_meta];
+    if opts.until_decided.is_some() {
+        meta.push((
+            crate::schema::META_UNTIL_DECIDED.to_string(),
+            "true".to_string(),
+        ));
+    }
+    // --until-decided: the writer folds every row and looks at the gate.
+    let gate = opts.until_decided.clone().map(|config| DiffOptions {
+        inputs: vec![opts.out.clone()],
+        config,
+        top: 0,
+        divergences: None,
+    });
+    let rows_per_exchange = names.len();
+    let decided = Arc::new(AtomicBool::new(false));
+    let (decided_w, stop_w) = (Arc::clone(&decided), Arc::clone(&stop));
     let writer_bg = Arc::new(priority::Background::default());
     let (bg, may_idle) = (Arc::clone(&writer_bg), opts.timing != Timing::Max);
     // Set when the run fails: the results file is then dropped unfinished
@@ -603,12 +677,19 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
         )?;
         let mut summary = ReplaySummary::default();
         let mut batch = Vec::with_capacity(512);
+        let mut looker = gate
+            .as_ref()
+            .map(|o| decide::Looker::new(o, rows_per_exchange));
         // Polled rather than parked on: a parked receiver must be woken (a
         // futex call) by every request task and by the scheduler, per row.
         loop {
             match rx.try_recv() {
                 Ok(r) => {
                     summary.add(&r);
+                    if looker.as_mut().is_some_and(|l| l.add(&r)) {
+                        decided_w.store(true, Ordering::Relaxed);
+                        stop_w.store(true, Ordering::Relaxed);
+                    }
                     batch.push(r);
                     if batch.len() >= 512 {
                         write_rows(&mut file, &mut batch)?;
@@ -626,8 +707,13 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
             return Ok(summary);
         }
         write_rows(&mut file, &mut batch)?;
-        file.finish(vec![targets_meta])?;
+        file.finish(meta)?;
         summary.close();
+        summary.until_decided = looker.map(|l| decide::Decision {
+            looks: l.looks,
+            decided_after: l.decided_after,
+            ..Default::default()
+        });
         Ok(summary)
     });
     let counters = Arc::new(Counters::default());
@@ -665,6 +751,16 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
     );
     let started = std::time::Instant::now();
     let drain_timeout = opts.drain_timeout;
+    let timed_out = Arc::new(AtomicBool::new(false));
+    let timer = opts.max_duration.map(|d| {
+        let (stop, timed_out) = (Arc::clone(&stop), Arc::clone(&timed_out));
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            timed_out.store(true, Ordering::Relaxed);
+            stop.store(true, Ordering::Relaxed);
+        })
+    });
+    let limit = opts.selection.limit;
     let outcome: Result<(u64, u64, u64, bool), ReplayError> =
         if opts.timing == Timing::Max && !opts.preserve_order {
             // Workers finish their request before noticing Ctrl-C: give them
@@ -741,9 +837,31 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
         0.0
     };
     summary.sent_per_s_per_target = summary.sent_per_s / summary.live_targets().max(1) as f64;
+    if let Some(t) = timer {
+        t.abort();
+    }
+    let (decided, timed_out) = (
+        decided.load(Ordering::Relaxed),
+        timed_out.load(Ordering::Relaxed),
+    );
     summary.dropped_redacted_values = dropped;
     summary.skipped_read_only = skipped;
-    summary.interrupted = interrupted;
+    // Stopping because the gate decided or time was up is not an interruption.
+    summary.interrupted = interrupted && !decided && !timed_out;
+    if let Some(d) = &mut summary.until_decided {
+        d.stopped = if decided {
+            "decided"
+        } else if timed_out {
+            "--max-duration reached"
+        } else if interrupted {
+            "interrupted"
+        } else if limit.is_some_and(|l| planned >= l) {
+            "--limit reached"
+        } else {
+            "capture exhausted"
+        }
+        .into();
+    }
     Ok(summary)
 }
 

@@ -55,6 +55,9 @@ pub struct Selection {
     /// requests.
     pub shard_by_connection: bool,
     pub limit: Option<u64>,
+    /// `--until-decided`: requests in a uniformly random order over the
+    /// whole capture (seeded by `seed`), so any prefix is a uniform sample.
+    pub shuffled: bool,
 }
 
 fn hash_of(seed: u64, value: impl Hash) -> u64 {
@@ -134,6 +137,70 @@ pub struct Planned {
     pub endpoint: String,
 }
 
+/// A request's place in the shuffled order: a keyed hash of its identity,
+/// with a key apart from `--sample`'s.
+fn shuffle_rank(seed: u64, ex: &Exchange) -> u64 {
+    hash_of(seed ^ 0x7368_7566_666c_6521, request_key(ex))
+}
+
+/// Exchanges of the first wave of the shuffled order; each next wave
+/// covers twice the hash range, up to `WAVE_MAX` exchanges.
+const WAVE_FIRST: f64 = 4096.0;
+const WAVE_MAX: f64 = 65_536.0;
+
+/// The shuffled order, read in waves: wave w holds the exchanges whose
+/// rank falls in its slice of the hash range, sorted by rank. Each wave is
+/// one pass over the files and holds only its own exchanges, so memory
+/// stays bounded while the order is uniform over the whole capture (not
+/// just its first hour): every prefix of it is a uniform random sample.
+struct Waves {
+    /// Start of the next wave's slice of the hash range; None when done.
+    next_from: Option<u64>,
+    /// Fraction of the hash range the next wave covers.
+    width: f64,
+    max_width: f64,
+    /// The current wave, highest rank first (popped from the end).
+    wave: Vec<(u64, usize, Exchange)>,
+}
+
+impl Waves {
+    fn new(total: u64) -> Self {
+        let total = total.max(1) as f64;
+        Self {
+            next_from: Some(0),
+            width: (WAVE_FIRST / total).min(1.0),
+            max_width: (WAVE_MAX / total).min(1.0),
+            wave: Vec::new(),
+        }
+    }
+
+    /// Read the next wave that holds anything; false when none is left.
+    fn refill(&mut self, files: &[PathBuf], selection: &Selection) -> Result<bool, SchemaError> {
+        while self.wave.is_empty() {
+            let Some(from) = self.next_from else {
+                return Ok(false);
+            };
+            let span = (self.width * u64::MAX as f64) as u64;
+            let to = from.saturating_add(span.max(1));
+            self.next_from = (to < u64::MAX).then_some(to);
+            self.width = (self.width * 2.0).min(self.max_width);
+            for (i, path) in files.iter().enumerate() {
+                for batch in ExchangeReader::open(path)? {
+                    for ex in batch? {
+                        let rank = shuffle_rank(selection.seed, &ex);
+                        let inside = rank >= from && (rank < to || to == u64::MAX);
+                        if inside && selection.keeps(&ex) {
+                            self.wave.push((rank, i, ex));
+                        }
+                    }
+                }
+            }
+            self.wave.sort_unstable_by_key(|w| std::cmp::Reverse(w.0));
+        }
+        Ok(true)
+    }
+}
+
 /// Streams selected exchanges from capture files in request order.
 ///
 /// Capture files are written in completion order, which is request order
@@ -149,6 +216,8 @@ pub struct Plan {
     emitted: u64,
     /// Selected requests in total, when known up front (for progress).
     pub total_hint: u64,
+    /// The shuffled order, when asked for.
+    waves: Option<Waves>,
 }
 
 /// Exchanges held to restore request order.
@@ -167,6 +236,7 @@ impl Plan {
             heap: BinaryHeap::new(),
             pending: Default::default(),
             total_hint: selection.limit.map_or(total, |l| l.min(total)),
+            waves: selection.shuffled.then(|| Waves::new(total)),
             selection,
             emitted: 0,
         })
@@ -205,14 +275,28 @@ impl Plan {
         if self.selection.limit.is_some_and(|l| self.emitted >= l) {
             return Ok(None);
         }
-        self.fill()?;
-        let Some(Reverse((_, id, file))) = self.heap.pop() else {
-            return Ok(None);
+        let (file, exchange) = match &mut self.waves {
+            Some(w) => {
+                if !w.refill(&self.files, &self.selection)? {
+                    return Ok(None);
+                }
+                let Some((_, file, ex)) = w.wave.pop() else {
+                    return Ok(None);
+                };
+                (file, ex)
+            }
+            None => {
+                self.fill()?;
+                let Some(Reverse((_, id, file))) = self.heap.pop() else {
+                    return Ok(None);
+                };
+                let ex = self
+                    .pending
+                    .remove(&(file, id))
+                    .expect("queued with its key");
+                (file, ex)
+            }
         };
-        let exchange = self
-            .pending
-            .remove(&(file, id))
-            .expect("queued with its key");
         self.emitted += 1;
         Ok(Some(Planned {
             file,

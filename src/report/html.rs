@@ -80,6 +80,7 @@ fn page(o: &mut String, r: &Report) -> fmt::Result {
     writeln!(o, "<title>shadowctl diff: {}</title>", r.verdict.as_str())?;
     writeln!(o, "<style>\n{CSS}</style></head><body><main>")?;
     banner(o, r)?;
+    writeln!(o, "<p>{}</p>", esc(&r.method.describe()))?;
     reasons(o, r)?;
     resources(o, r)?;
     for name in shadow_names(r) {
@@ -1422,6 +1423,7 @@ mod tests {
             },
         ];
         Report {
+            method: Default::default(),
             verdict: Verdict::NoGo,
             reasons: vec![
                 Reason {
@@ -1597,6 +1599,7 @@ mod tests {
     #[test]
     fn empty_report_renders() {
         let r = Report {
+            method: Default::default(),
             verdict: Verdict::Go,
             reasons: vec![],
             exchanges: 0,

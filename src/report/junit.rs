@@ -151,6 +151,7 @@ mod tests {
 
     fn sample_report() -> Report {
         Report {
+            method: Default::default(),
             verdict: Verdict::NoGo,
             reasons: vec![
                 reason("min_exchanges", None, Outcome::Pass),

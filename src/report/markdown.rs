@@ -66,6 +66,8 @@ fn header(o: &mut String, r: &Report) -> fmt::Result {
         code(&r.primary_source),
         if r.noise_estimated { "yes" } else { "no" },
     )?;
+    writeln!(o)?;
+    writeln!(o, "{}", r.method.describe())?;
     if let Some(j) = &r.judge {
         writeln!(o)?;
         writeln!(o, "{}", judge_line(j))?;
@@ -943,6 +945,7 @@ mod tests {
             })
             .collect();
         Report {
+            method: Default::default(),
             verdict: Verdict::NoGo,
             reasons: vec![
                 reason("divergence_rate", None, Outcome::Pass),
@@ -1118,6 +1121,7 @@ mod tests {
         let md = render(&sample_report());
         assert!(md.contains("| n/a |"), "NaN PSI printed as n/a");
         let empty = Report {
+            method: Default::default(),
             verdict: Verdict::Inconclusive,
             reasons: vec![],
             exchanges: 0,

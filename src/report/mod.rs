@@ -109,6 +109,10 @@ pub struct Errors {
     pub difference_ci: [f64; 2],
     /// Shadow errors by kind (`timeout`, `reset`, `http_5xx`, ...).
     pub shadow_by_kind: BTreeMap<String, u64>,
+    /// Exchanges where only the primary erred, and only the shadow: the
+    /// paired counts the time-uniform interval of the increase uses.
+    pub primary_only: u64,
+    pub shadow_only: u64,
 }
 
 /// How often one field (or `status`, `error`, `header:NAME`, `body`) differed.
@@ -198,6 +202,71 @@ pub struct ShadowStats {
     /// Judge calls that gave no score (on this shadow's pairs and the noise
     /// pairs): never a pass, so the gate cannot say GO while any remain.
     pub judge_failed: u64,
+    /// The latency and first-token distributions themselves, from which
+    /// the gate computes quantile intervals at the level it needs.
+    #[serde(skip)]
+    pub(crate) hists: QuantileHists,
+}
+
+/// Latency distributions kept for the gate (not serialised).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct QuantileHists {
+    pub latency: PerSide<crate::diff::latency::LogHist>,
+    pub ttft: PerSide<crate::diff::latency::LogHist>,
+}
+
+/// How the gate turned figures into decisions.
+#[derive(Clone, Debug, Serialize)]
+pub struct GateMethod {
+    /// `fixed`: intervals valid at the sample size read (a plain replay);
+    /// `sequential`: confidence sequences, valid however often the data
+    /// were looked at (results of `replay --until-decided`).
+    pub intervals: crate::diff::intervals::Method,
+    /// `holm`, `bonferroni` or `none`: how the per-endpoint judgements are
+    /// corrected for being many.
+    pub family_wise: crate::diff::config::FamilyWise,
+    /// Judgements in the largest family: each criterion's per-endpoint
+    /// judgements (endpoints × shadows) form one family.
+    pub family_size: usize,
+    /// The error allowed for the family (and for each overall criterion).
+    pub alpha: f64,
+}
+
+impl GateMethod {
+    /// One line for every report: which intervals, which correction.
+    pub fn describe(&self) -> String {
+        let intervals = match self.intervals {
+            crate::diff::intervals::Method::Fixed => "fixed-sample intervals",
+            crate::diff::intervals::Method::Sequential => {
+                "confidence sequences (valid at every look: replay --until-decided)"
+            }
+        };
+        let correction = match self.family_wise {
+            crate::diff::config::FamilyWise::None => {
+                "per-endpoint judgements each at their own level (family_wise = \"none\")".to_string()
+            }
+            fw => format!(
+                "per-endpoint judgements corrected by {} over each criterion's endpoints (largest family {})",
+                if fw == crate::diff::config::FamilyWise::Holm { "Holm" } else { "Bonferroni" },
+                self.family_size
+            ),
+        };
+        format!(
+            "method: {intervals}, error {:.0}% per criterion; {correction}",
+            self.alpha * 100.0
+        )
+    }
+}
+
+impl Default for GateMethod {
+    fn default() -> Self {
+        Self {
+            intervals: crate::diff::intervals::Method::Fixed,
+            family_wise: Default::default(),
+            family_size: 0,
+            alpha: 0.05,
+        }
+    }
 }
 
 /// A distribution of per-answer values (tokens per second, tokens,
@@ -406,6 +475,8 @@ pub struct Telemetry {
 pub struct Report {
     pub verdict: Verdict,
     pub reasons: Vec<Reason>,
+    /// Which intervals and which family-wise correction decided.
+    pub method: GateMethod,
     /// Exchanges read (all endpoints), and results files merged.
     pub exchanges: u64,
     pub inputs: Vec<String>,

@@ -51,6 +51,7 @@ pub fn render(r: &Report, colour: bool, verbose: bool) -> String {
             "not estimated (one primary observation)"
         }
     );
+    let _ = writeln!(o, "  {}", r.method.describe());
     for hint in &r.hints {
         let _ = writeln!(o, "  hint: {}", clean(hint));
     }
@@ -72,7 +73,7 @@ pub fn render(r: &Report, colour: bool, verbose: bool) -> String {
     for x in deciding.iter().take(shown) {
         let mark = match x.outcome {
             Outcome::Fail => p.wrap("31", "FAIL"),
-            Outcome::Inconclusive => p.wrap("33", "????"),
+            Outcome::Inconclusive => p.wrap("33", "UNDECIDED"),
             Outcome::Pass => p.wrap("32", "pass"),
         };
         let _ = writeln!(

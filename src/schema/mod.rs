@@ -33,6 +33,10 @@ pub const META_CAPTURE_STATS: &str = "shadowctl.capture_stats";
 /// Results metadata key: the comma-separated target names of the run
 /// (`recorded` first), so readers know how many rows each exchange has.
 pub const META_TARGETS: &str = "shadowctl.targets";
+/// Results metadata key, present (`true`) when the run was
+/// `replay --until-decided`: it looked at the data as it came and stopped
+/// when decided, so its verdict needs time-uniform intervals.
+pub const META_UNTIL_DECIDED: &str = "shadowctl.until_decided";
 /// What a secret header value is replaced with. Replay never sends it as a value.
 pub const REDACTED: &str = "[REDACTED]";
 

@@ -259,6 +259,8 @@ pub struct ResultsReader {
     pub rows: u64,
     /// Target names of the run (`recorded` first), when the file says.
     pub targets: Option<Vec<String>>,
+    /// Written by `replay --until-decided`.
+    pub until_decided: bool,
 }
 
 impl ResultsReader {
@@ -285,6 +287,7 @@ impl ResultsReader {
                 .and_then(|k| k.value.clone())
         };
         let kind = meta(super::META_KIND);
+        let until_decided = meta(super::META_UNTIL_DECIDED).as_deref() == Some("true");
         let targets =
             meta(super::META_TARGETS).map(|t| t.split(',').map(str::to_string).collect::<Vec<_>>());
         if kind.as_deref() != Some(RESULTS.kind) {
@@ -314,6 +317,7 @@ impl ResultsReader {
             path: name,
             rows,
             targets,
+            until_decided,
         })
     }
 }
