@@ -11,8 +11,8 @@ use shadowctl::schema::{
     TargetRole, WriterConfig, META_TARGETS, RESULTS,
 };
 
-/// The config file from the issue, verbatim.
-const ISSUE_CONFIG: &str = include_str!("../testdata/issue-shadow.toml");
+/// The model API example of docs/config.md.
+const EXAMPLE_CONFIG: &str = include_str!("../testdata/model-api-shadow.toml");
 
 /// One answer: `body` as JSON, answered in `latency_ms`.
 fn row(
@@ -190,7 +190,7 @@ fn paths(list: &Value) -> Vec<String> {
 
 #[test]
 fn small_divergence_is_go_and_noise_is_named_not_counted() {
-    let run = diff(&predict_cases(1000, 20), ISSUE_CONFIG, &[]);
+    let run = diff(&predict_cases(1000, 20), EXAMPLE_CONFIG, &[]);
     assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
     let r = &run.report;
     assert_eq!(r["verdict"], "GO");
@@ -239,7 +239,7 @@ fn small_divergence_is_go_and_noise_is_named_not_counted() {
 
 #[test]
 fn large_divergence_is_no_go_naming_endpoint_and_field() {
-    let run = diff(&predict_cases(1000, 200), ISSUE_CONFIG, &[]);
+    let run = diff(&predict_cases(1000, 200), EXAMPLE_CONFIG, &[]);
     assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
     let r = &run.report;
     assert_eq!(r["verdict"], "NO-GO");
@@ -280,14 +280,14 @@ fn large_divergence_is_no_go_naming_endpoint_and_field() {
 
 #[test]
 fn too_few_exchanges_or_a_dead_shadow_is_inconclusive() {
-    let run = diff(&predict_cases(50, 0), ISSUE_CONFIG, &[]);
+    let run = diff(&predict_cases(50, 0), EXAMPLE_CONFIG, &[]);
     assert_eq!(run.code, Some(3), "{}", run.stdout);
     assert_eq!(run.report["verdict"], "INCONCLUSIVE");
     let mut dead = predict_cases(500, 0);
     for c in &mut dead {
         c.shadow = None;
     }
-    let run = diff(&dead, ISSUE_CONFIG, &[]);
+    let run = diff(&dead, EXAMPLE_CONFIG, &[]);
     assert_eq!(run.code, Some(3), "{}", run.stdout);
     assert!(run.report["reasons"]
         .as_array()
@@ -307,7 +307,7 @@ fn slower_shadow_and_missing_fields_are_reported() {
             }
         }
     }
-    let run = diff(&cases, ISSUE_CONFIG, &[]);
+    let run = diff(&cases, EXAMPLE_CONFIG, &[]);
     assert_eq!(run.code, Some(1), "{}", run.stdout);
     let v2 = &endpoint(&run.report, "POST /predict")["shadows"]["v2"];
     assert_eq!(paths(&v2["missing_fields"]), ["$.score"]);
@@ -335,12 +335,12 @@ fn slower_shadow_and_missing_fields_are_reported() {
 fn top_lists_as_many_examples_as_asked_or_says_why_not() {
     // One kind of divergence (the label) in 40 exchanges: --top 20 lists 20
     // of them, not the 3 kept per kind before.
-    let run = diff(&predict_cases(1000, 40), ISSUE_CONFIG, &["--top", "20"]);
+    let run = diff(&predict_cases(1000, 40), EXAMPLE_CONFIG, &["--top", "20"]);
     let examples = run.report["top_divergences"].as_array().unwrap();
     assert_eq!(examples.len(), 20, "{}", run.stdout);
     assert!(run.report["examples_note"].is_null());
     // Only 4 divergent exchanges: all 4, and the report says that is all.
-    let run = diff(&predict_cases(1000, 4), ISSUE_CONFIG, &["--top", "20"]);
+    let run = diff(&predict_cases(1000, 4), EXAMPLE_CONFIG, &["--top", "20"]);
     assert_eq!(run.report["top_divergences"].as_array().unwrap().len(), 4);
     let note = run.report["examples_note"].as_str().unwrap();
     assert!(
@@ -368,8 +368,8 @@ fn shards_merge_to_the_same_numbers_as_the_whole() {
         write_results(&p, &part, "recorded,primary,v2");
         shards.push(p);
     }
-    let a = diff_files(tempfile::tempdir().unwrap(), &[whole], ISSUE_CONFIG, &[]);
-    let b = diff_files(dir, &shards, ISSUE_CONFIG, &[]);
+    let a = diff_files(tempfile::tempdir().unwrap(), &[whole], EXAMPLE_CONFIG, &[]);
+    let b = diff_files(dir, &shards, EXAMPLE_CONFIG, &[]);
     assert_eq!(a.code, b.code);
     assert_eq!(a.report["exchanges"], 900);
     assert_eq!(a.report["endpoints"], b.report["endpoints"]);
@@ -386,13 +386,13 @@ fn hostile_content_stays_inert_in_every_report() {
         c.primary = json!({"label": "ok", "n": i});
         c.recorded = c.primary.clone();
     }
-    let run = diff(&cases, ISSUE_CONFIG, &[]);
+    let run = diff(&cases, EXAMPLE_CONFIG, &[]);
     let d = run.dir.path().to_path_buf();
     let (html, md, xml) = (d.join("r.html"), d.join("r.md"), d.join("r.xml"));
     let run2 = diff_files(
         run.dir,
         &[d.join("results.parquet")],
-        ISSUE_CONFIG,
+        EXAMPLE_CONFIG,
         &[
             "--html",
             html.to_str().unwrap(),
@@ -432,7 +432,7 @@ fn divergences_file_holds_each_divergent_exchange_without_noise() {
     let jsonl = dir.path().join("div.jsonl");
     let run = diff(
         &predict_cases(400, 10),
-        ISSUE_CONFIG,
+        EXAMPLE_CONFIG,
         &["--divergences", jsonl.to_str().unwrap()],
     );
     assert_eq!(run.code, Some(0), "{}", run.stdout);
@@ -467,7 +467,7 @@ fn divergence_concentrated_in_long_inputs_is_found() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("r.parquet");
     write_results(&p, &rows, "recorded,primary,v2");
-    let run = diff_files(dir, &[p], ISSUE_CONFIG, &[]);
+    let run = diff_files(dir, &[p], EXAMPLE_CONFIG, &[]);
     let seg = run.report["segments"].as_array().unwrap();
     assert!(
         seg.iter()
@@ -510,7 +510,7 @@ fn a_field_differing_everywhere_without_noise_estimate_gets_the_ignore_hint() {
         .filter(|r| r.role != Some(TargetRole::Primary))
         .collect();
     write_results(&results, &rows, "recorded,v2");
-    let run = diff_files(dir, std::slice::from_ref(&results), ISSUE_CONFIG, &[]);
+    let run = diff_files(dir, std::slice::from_ref(&results), EXAMPLE_CONFIG, &[]);
     assert_eq!(run.report["noise_estimated"], false);
     let hints = run.report["hints"].as_array().unwrap();
     assert_eq!(hints.len(), 1, "{hints:?}");
@@ -530,7 +530,7 @@ fn a_field_differing_everywhere_without_noise_estimate_gets_the_ignore_hint() {
     // With the rule the hint gives, the field is ignored and the hint gone.
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
-        "{ISSUE_CONFIG}\n[[rule]]\nendpoint = \"POST /predict\"\npath = \"$.request_id\"\ncompare = \"ignore\"\n"
+        "{EXAMPLE_CONFIG}\n[[rule]]\nendpoint = \"POST /predict\"\npath = \"$.request_id\"\ncompare = \"ignore\"\n"
     );
     let run = diff_files(dir, &[results], &config, &[]);
     assert_eq!(run.report["hints"].as_array().unwrap().len(), 0);
@@ -541,7 +541,7 @@ fn a_field_differing_everywhere_without_noise_estimate_gets_the_ignore_hint() {
 #[test]
 fn an_undecided_divergence_says_how_many_more_exchanges_would_decide() {
     // 14 of 400 (3.5%) against a 5% limit: the interval straddles it.
-    let run = diff(&predict_cases(400, 14), ISSUE_CONFIG, &[]);
+    let run = diff(&predict_cases(400, 14), EXAMPLE_CONFIG, &[]);
     assert_eq!(run.code, Some(3), "{}", run.stdout);
     let r = run.report["reasons"]
         .as_array()
@@ -567,7 +567,7 @@ fn an_undecided_divergence_says_how_many_more_exchanges_would_decide() {
         run.stdout
     );
     // A decided criterion carries no such number.
-    let decided = diff(&predict_cases(1000, 100), ISSUE_CONFIG, &[]);
+    let decided = diff(&predict_cases(1000, 100), EXAMPLE_CONFIG, &[]);
     assert!(decided.report["reasons"]
         .as_array()
         .unwrap()

@@ -479,8 +479,8 @@ pub fn template_for<'a>(templates: &'a [String], method: &str, path: &str) -> Op
 mod tests {
     use super::*;
 
-    /// The file from the issue, verbatim.
-    const ISSUE_CONFIG: &str = include_str!("../../testdata/issue-shadow.toml");
+    /// The model API example of docs/config.md.
+    const EXAMPLE_CONFIG: &str = include_str!("../../testdata/model-api-shadow.toml");
 
     #[test]
     fn every_gate_threshold_is_validated_alike() {
@@ -489,8 +489,10 @@ mod tests {
             "max_psi = nan",
             "max_psi = inf",
             "p99_latency_slack_ms = -0.5",
-            "max_p99_latency_ratio = inf",
+            "max_p99_latency_ratio = -inf",
             "max_p99_latency_ratio = nan",
+            "max_output_tokens_ratio = inf",
+            "family_wise = \"sometimes\"",
             "max_divergence_rate = nan",
             "max_error_rate_increase = -0.1",
         ] {
@@ -505,14 +507,22 @@ mod tests {
             "[[rule]]\npath = '$.a'\ncompare = 'numeric'\nabs_tolerance = nan\n"
         )
         .is_err());
-        for good in ["max_psi = 0", "max_psi = 0.25", "p99_latency_slack_ms = 0"] {
+        for good in [
+            "max_psi = 0",
+            "max_psi = 0.25",
+            "p99_latency_slack_ms = 0",
+            // The p99 gates can be switched off.
+            "max_p99_latency_ratio = inf",
+            "max_ttft_p99_ratio = inf",
+            "family_wise = \"bonferroni\"",
+        ] {
             Config::parse(&format!("[gate]\n{good}\n")).unwrap();
         }
     }
 
     #[test]
-    fn the_issue_config_parses() {
-        let c = Config::parse(ISSUE_CONFIG).unwrap();
+    fn the_model_api_example_parses() {
+        let c = Config::parse(EXAMPLE_CONFIG).unwrap();
         assert_eq!(c.gate.max_divergence_rate, 0.05);
         assert_eq!(c.gate.min_exchanges, 200);
         assert_eq!(c.rules.len(), 4);
