@@ -575,3 +575,66 @@ fn an_undecided_divergence_says_how_many_more_exchanges_would_decide() {
         .filter(|r| r["outcome"] != "inconclusive")
         .all(|r| r["needed_exchanges"].is_null()));
 }
+
+/// Five endpoints of 400 exchanges; one diverges in 30 (7.5%) against a 5%
+/// limit, the others never. At 95% alone that endpoint fails; Bonferroni
+/// holds each of the five at 99%, where it is undecided; Holm decides the
+/// four clean endpoints first and then judges it at 95% again, so it fails.
+/// The report names the correction in every case.
+#[test]
+fn family_wise_correction_is_applied_and_named() {
+    const ENDPOINTS: [&str; 5] = ["POST /a", "POST /b", "POST /c", "POST /d", "POST /e"];
+    let cases: Vec<Case> = (0..2000)
+        .map(|i| {
+            let endpoint = ENDPOINTS[i % 5];
+            let body = json!({"label": "cat", "trace_id": format!("t{i}")});
+            let shadow = if endpoint == "POST /a" && i / 5 < 30 {
+                json!({"label": "dog", "trace_id": format!("t{i}")})
+            } else {
+                body.clone()
+            };
+            Case {
+                endpoint,
+                recorded: body.clone(),
+                primary: body,
+                shadow: Some(shadow),
+                shadow_ms: 2.0,
+            }
+        })
+        .collect();
+    let config = |fw: &str| {
+        format!("{EXAMPLE_CONFIG}\n").replacen(
+            "[gate]\n",
+            &format!("[gate]\nfamily_wise = \"{fw}\"\n"),
+            1,
+        )
+    };
+    for (fw, code, outcome, level) in [
+        ("none", 1, "fail", "95% CI"),
+        ("bonferroni", 3, "inconclusive", "99% CI"),
+        ("holm", 1, "fail", "95% CI"),
+    ] {
+        let run = diff(&cases, &config(fw), &[]);
+        assert_eq!(run.code, Some(code), "{fw}: {}", run.stdout);
+        assert_eq!(run.report["method"]["family_wise"], fw);
+        assert_eq!(run.report["method"]["family_size"], 5);
+        let a = run.report["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["criterion"] == "divergence_rate" && x["endpoint"] == "POST /a")
+            .unwrap()
+            .clone();
+        assert_eq!(a["outcome"], outcome, "{fw}: {a}");
+        assert!(a["detail"].as_str().unwrap().contains(level), "{fw}: {a}");
+        assert!(run.stdout.contains("method: fixed-sample intervals"));
+        if fw == "bonferroni" {
+            assert!(a["needed_exchanges"].as_u64().unwrap() > 0, "{a}");
+            assert!(
+                run.stdout.contains("UNDECIDED divergence_rate [POST /a]"),
+                "{}",
+                run.stdout
+            );
+        }
+    }
+}

@@ -743,7 +743,87 @@ pub fn judge(report: &mut Report, g: &Gate) {
 
 #[cfg(test)]
 mod tests {
-    use super::latency_difference;
+    use super::*;
+
+    #[test]
+    fn holm_steps_down_and_stops_at_the_first_undecided() {
+        let p = [0.001, 0.04, 0.013, 0.5];
+        let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-12);
+        // Sorted: 0.001 at 0.05/4 (decided), 0.013 at 0.05/3 (decided),
+        // 0.04 at 0.05/2 (not: stop), 0.5 held to that same 0.025.
+        let holm = family_levels(&p, FamilyWise::Holm, 0.05);
+        assert!(
+            close(&holm, &[0.0125, 0.025, 0.05 / 3.0, 0.025]),
+            "{holm:?}"
+        );
+        assert!(close(
+            &family_levels(&p, FamilyWise::Bonferroni, 0.05),
+            &[0.0125; 4]
+        ));
+        assert!(close(
+            &family_levels(&p, FamilyWise::None, 0.05),
+            &[0.05; 4]
+        ));
+        assert!(family_levels(&[], FamilyWise::Holm, 0.05).is_empty());
+    }
+
+    #[test]
+    fn the_level_is_named_in_words() {
+        let fixed = |alpha| Level {
+            method: Method::Fixed,
+            alpha,
+        };
+        assert_eq!(fixed(0.05).words(), "95% CI");
+        assert_eq!(fixed(0.0125).words(), "98.75% CI");
+        assert_eq!(fixed(0.05 / 3.0).words(), "98.333% CI");
+        let seq = Level {
+            method: Method::Sequential,
+            alpha: 0.05,
+        };
+        assert_eq!(seq.words(), "95% confidence sequence");
+    }
+
+    #[test]
+    fn a_p99_needs_hundreds_of_answers_to_be_bounded_above() {
+        let hist = |n: u64, ms: i64| {
+            let mut h = LogHist::default();
+            for i in 0..n as i64 {
+                h.record_ns((ms * 1_000_000) + i * 1000);
+            }
+            h
+        };
+        let lv = Level {
+            method: Method::Fixed,
+            alpha: 0.05,
+        };
+        // 300 a side: no upper bound, so neither a pass nor a fail.
+        let small = PerSide {
+            primary: hist(300, 10),
+            shadow: hist(300, 40),
+        };
+        let b = p99_bounds(&small, lv, 1.0).unwrap();
+        assert!(b.shadow.1.is_infinite() && b.primary.1.is_infinite());
+        assert_eq!(p99_outcome(&b, 1.5, 1.0), Outcome::Inconclusive);
+        // 1000 a side: 4x slower fails, the same passes.
+        let slow = PerSide {
+            primary: hist(1000, 10),
+            shadow: hist(1000, 40),
+        };
+        let b = p99_bounds(&slow, lv, 1.0).unwrap();
+        assert_eq!(p99_outcome(&b, 1.5, 1.0), Outcome::Fail, "{:?}", b.ratio);
+        let same = PerSide {
+            primary: hist(1000, 10),
+            shadow: hist(1000, 10),
+        };
+        let b = p99_bounds(&same, lv, 1.0).unwrap();
+        assert_eq!(p99_outcome(&b, 1.5, 1.0), Outcome::Pass, "{:?}", b.ratio);
+        // Grown by the factor the "needed" figure uses, 300 decides too.
+        let f = intervals::scale_to_decide(|f| {
+            p99_bounds(&small, lv, f).map(|b| p99_outcome(&b, 1.5, 1.0)) == Some(Outcome::Fail)
+        })
+        .unwrap();
+        assert!(f > 1.2 && f < 3.0, "{f}");
+    }
 
     #[test]
     fn latency_difference_says_which_way() {

@@ -15,9 +15,10 @@ use crate::diff::{self, config::Config, DiffOptions};
 use crate::report::{Outcome, Report, Verdict};
 use crate::schema::ReplayResult;
 
-/// Time between looks: each costs a report over what was folded (endpoints
-/// × signatures), not over the exchanges, but need not run per row.
-const LOOK_EVERY: Duration = Duration::from_millis(200);
+/// Time between looks at most: each costs a report over what was folded
+/// (endpoints × signatures, well under a millisecond), not over the
+/// exchanges; looking often keeps what is sent after the decision small.
+const LOOK_EVERY: Duration = Duration::from_millis(20);
 
 /// Deciding reasons listed in the summary at most.
 const REASONS_SHOWN: usize = 12;
@@ -55,6 +56,8 @@ impl Decision {
 pub struct Looker<'a> {
     live: diff::Live<'a>,
     last: Instant,
+    /// Exchanges folded at the last look: no new one, no new look.
+    seen: u64,
     pub looks: u64,
     pub decided_after: Option<u64>,
     failed: Option<String>,
@@ -65,6 +68,7 @@ impl<'a> Looker<'a> {
         Self {
             live: diff::Live::new(opts, rows_per_exchange),
             last: Instant::now(),
+            seen: 0,
             looks: 0,
             decided_after: None,
             failed: None,
@@ -81,10 +85,11 @@ impl<'a> Looker<'a> {
             self.failed = Some(e.to_string());
             return false;
         }
-        if self.last.elapsed() < LOOK_EVERY || self.live.exchanges() == 0 {
+        if self.last.elapsed() < LOOK_EVERY || self.live.exchanges() == self.seen {
             return false;
         }
         self.last = Instant::now();
+        self.seen = self.live.exchanges();
         self.looks += 1;
         match self.live.report() {
             Ok(r) if decided(&r) => {
