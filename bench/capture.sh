@@ -6,9 +6,12 @@
 # shadowctl/tshark throughput and RSS ratios, and shadowctl's peak RSS on the
 # first ~25% of the file (to show memory stays flat as the input grows).
 #
-# Without PCAP it uses bench-out/capture-1g.pcap, creating it first with
-# bench/make-capture-pcap.sh (1000 MB of loopback HTTP traffic). That script
-# sends traffic only to a private nginx on 127.0.0.1; this one sends none.
+# Without PCAP it runs two request mixes, each on a pcap created first with
+# bench/make-capture-pcap.sh (1000 MB of loopback HTTP traffic): the large-body
+# mix (bench-out/capture-1g.pcap) and the small-request mix of an API
+# (bench-out/capture-small.pcap, small GETs and POSTs on keep-alive, over a
+# million requests). That script sends traffic only to a private nginx on
+# 127.0.0.1; this one sends none.
 #
 # Uses the prebuilt target/release/shadowctl (or $SHADOWCTL); it never builds.
 set -euo pipefail
@@ -31,12 +34,9 @@ for c in tshark tcpdump python3; do
     command -v "$c" >/dev/null || { log "$c missing (bench/make-capture-pcap.sh installs it)"; exit 1; }
 done
 
-PCAP=${1:-$OUTDIR/capture-1g.pcap}
-if [[ ! -s $PCAP ]]; then
-    if [[ $# -ge 1 ]]; then log "no such pcap: $PCAP"; exit 1; fi
-    log "creating $PCAP"
-    "$HERE/make-capture-pcap.sh" "$PCAP" 1000
-fi
+bench_pcap() { # bench_pcap PCAP LABEL
+local PCAP=$1 LABEL=$2
+echo "== $LABEL"
 BYTES=$(stat -L -c %s -- "$PCAP")
 MB=$(python3 -c "print(f'{$BYTES / 1e6:.1f}')")
 log "input: $PCAP ($MB MB)"
@@ -121,3 +121,28 @@ print(f"peak RSS ratio   shadowctl/tshark: {sr / tr:.3f}")
 print(f"shadowctl peak RSS: {q_rss / 1024:.1f} MB on {small / 1e6:.1f} MB ({q_reqs} exchanges, {q_secs:.2f} s), "
       f"{sr / 1024:.1f} MB on {size / 1e6:.1f} MB")
 PY
+}
+
+# With PCAP: that file only. Without: both request mixes (MIXES, default
+# "large small"), each pcap made once by bench/make-capture-pcap.sh:
+#   large: bench-out/capture-1g.pcap, 1000 MB, small API calls with 64 KiB
+#     bodies mixed in;
+#   small: bench-out/capture-small.pcap, 1000 MB, small GETs and POSTs only
+#     on keep-alive connections (over a million requests).
+if [[ $# -ge 1 ]]; then
+    [[ -s $1 ]] || { log "no such pcap: $1"; exit 1; }
+    bench_pcap "$1" "$1"
+    exit 0
+fi
+for mix in ${MIXES:-large small}; do
+    case $mix in
+        large) pcap=$OUTDIR/capture-1g.pcap ;;
+        small) pcap=$OUTDIR/capture-small.pcap ;;
+        *) log "unknown mix $mix (large, small)"; exit 2 ;;
+    esac
+    if [[ ! -s $pcap ]]; then
+        log "creating $pcap ($mix mix)"
+        MIX=$mix "$HERE/make-capture-pcap.sh" "$pcap" 1000
+    fi
+    bench_pcap "$pcap" "$mix request mix: $pcap"
+done

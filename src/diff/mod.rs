@@ -25,6 +25,10 @@ mod summarize;
 pub(crate) mod verdict;
 
 use std::collections::{HashMap, VecDeque};
+
+// Integer-keyed maps touched per row use Fx hashing (SipHash showed in the
+// profile); maps keyed by text from traffic keep the default, seeded hasher.
+use rustc_hash::FxHashMap;
 use std::io::{BufRead, BufWriter, Write};
 use std::path::PathBuf;
 
@@ -72,7 +76,7 @@ pub enum DiffError {
 /// takes a few hundred kilobytes, not one entry per exchange.
 #[derive(Default)]
 pub(crate) struct IdSet {
-    chunks: HashMap<u64, Box<[u64; 1024]>>,
+    chunks: FxHashMap<u64, Box<[u64; 1024]>>,
 }
 
 impl IdSet {
@@ -147,16 +151,25 @@ pub(crate) const MAX_EXAMPLES_KEPT: usize = 15_000;
 pub(crate) struct Interner {
     ids: HashMap<String, u32>,
     pub names: Vec<String>,
+    last: Option<u32>,
 }
 
 impl Interner {
     pub fn id(&mut self, s: &str) -> u32 {
+        // Rows come in runs of one endpoint and one shadow: try the last.
+        if let Some(&last) = self.last.as_ref() {
+            if self.names[last as usize] == s {
+                return last;
+            }
+        }
         if let Some(&i) = self.ids.get(s) {
+            self.last = Some(i);
             return i;
         }
         let i = self.names.len() as u32;
         self.ids.insert(s.to_string(), i);
         self.names.push(s.to_string());
+        self.last = Some(i);
         i
     }
 }
@@ -177,7 +190,7 @@ pub(crate) struct Cell {
 #[derive(Default)]
 pub(crate) struct Tally {
     pub compared: u64,
-    pub cells: HashMap<Cell, u64>,
+    pub cells: FxHashMap<Cell, u64>,
     pub primary_errors: u64,
     pub shadow_errors: u64,
     /// Exchanges where one side erred and the other did not.
@@ -198,7 +211,7 @@ pub(crate) struct Tally {
 #[derive(Default)]
 pub(crate) struct NoiseTally {
     pub compared: u64,
-    pub sigs: HashMap<u32, u64>,
+    pub sigs: FxHashMap<u32, u64>,
     /// Similarity of the recorded answer's text to the live primary's.
     pub similarity: llm::Similarities,
 }
@@ -211,10 +224,10 @@ pub(crate) struct Folded {
     pub shadows: Interner,
     pub sigs: Vec<Signature>,
     sig_ids: HashMap<Signature, u32>,
-    pub exchanges_per_endpoint: HashMap<u32, u64>,
-    pub tallies: HashMap<(u32, u32), Tally>,
-    pub noise: HashMap<u32, NoiseTally>,
-    pub examples: HashMap<(u32, u32, u32), Vec<Example>>,
+    pub exchanges_per_endpoint: FxHashMap<u32, u64>,
+    pub tallies: FxHashMap<(u32, u32), Tally>,
+    pub noise: FxHashMap<u32, NoiseTally>,
+    pub examples: FxHashMap<(u32, u32, u32), Vec<Example>>,
     pub examples_kept: usize,
     /// Rows of the metrics files given (resource use of the targets).
     pub metrics: Vec<crate::schema::MetricRow>,
@@ -231,7 +244,7 @@ pub(crate) struct Folded {
     /// Judgements that failed, per (endpoint, shadow or `recorded`).
     pub judge_failed: HashMap<(u32, String), u64>,
     /// Per endpoint: whether its answers are worth checking for LLM ones.
-    llm_probe: HashMap<u32, LlmProbe>,
+    llm_probe: FxHashMap<u32, LlmProbe>,
 }
 
 /// An endpoint whose first answers hold no LLM answer is not checked
@@ -423,7 +436,7 @@ impl FoldCtx<'_, '_> {
 
 /// Group the rows of one file by exchange and fold each complete group.
 fn fold_file(path: &std::path::Path, ctx: &mut FoldCtx) -> Result<FileIds, DiffError> {
-    let reader = ResultsReader::open(path)?;
+    let reader = ResultsReader::open_without(path, &["request_headers"])?;
     ctx.folded.sequential |= reader.until_decided;
     let mut ids = FileIds::new();
     let expected = reader.targets.as_ref().map(Vec::len);
@@ -437,7 +450,7 @@ fn fold_file(path: &std::path::Path, ctx: &mut FoldCtx) -> Result<FileIds, DiffE
             }
         }
     });
-    let mut pending: HashMap<u64, Vec<ReplayResult>> = HashMap::new();
+    let mut pending: FxHashMap<u64, Vec<ReplayResult>> = FxHashMap::default();
     let mut order: VecDeque<(u64, u64)> = VecDeque::new();
     let mut ready: Vec<Vec<ReplayResult>> = Vec::new();
     let mut row_no = 0u64;
@@ -492,10 +505,11 @@ struct Roles<'r> {
     recorded: Option<&'r ReplayResult>,
     live: Option<&'r ReplayResult>,
     primary: &'r ReplayResult,
-    endpoint: String,
+    /// Borrowed: a template's name or the row's own, never copied per row.
+    endpoint: &'r str,
 }
 
-fn roles<'r>(rows: &'r [ReplayResult], opts: &DiffOptions) -> Option<Roles<'r>> {
+fn roles<'r>(rows: &'r [ReplayResult], opts: &'r DiffOptions) -> Option<Roles<'r>> {
     let recorded = rows.iter().find(|r| r.role == Some(TargetRole::Recorded));
     let live = rows.iter().find(|r| r.role == Some(TargetRole::Primary));
     let primary = live.or(recorded)?;
@@ -504,7 +518,7 @@ fn roles<'r>(rows: &'r [ReplayResult], opts: &DiffOptions) -> Option<Roles<'r>> 
         &primary.method,
         &primary.target,
     )
-    .map_or_else(|| primary.endpoint.clone(), str::to_string);
+    .unwrap_or(primary.endpoint.as_str());
     Some(Roles {
         recorded,
         live,
@@ -528,7 +542,7 @@ fn judge_batch(
     let mut keys = Vec::new();
     for (i, rows) in batch.iter().enumerate() {
         let Some(r) = roles(rows, opts) else { continue };
-        let spec = comparer.endpoint(&r.endpoint).stream;
+        let spec = comparer.endpoint(r.endpoint).stream;
         let pd = LazyDoc::new(r.primary, spec);
         let request = doc::request_value(r.primary);
         let mut pairs: Vec<(&ReplayResult, &ReplayResult, String)> = rows
@@ -551,7 +565,7 @@ fn judge_batch(
             let bd = LazyDoc::new(b, spec);
             let mut seen = compare::Observed::default();
             comparer.compare_docs(
-                &r.endpoint,
+                r.endpoint,
                 ad.as_ref().unwrap_or(&pd),
                 &bd,
                 JudgeMode::Collect,
@@ -560,7 +574,7 @@ fn judge_batch(
             for (exact, rule_path, pv, sv) in seen.judge_wanted {
                 keys.push((i, side.clone(), exact));
                 requests.push(judge::JudgeRequest {
-                    endpoint: r.endpoint.clone(),
+                    endpoint: r.endpoint.to_string(),
                     path: rule_path,
                     request: request.clone(),
                     primary: pv,
@@ -591,14 +605,14 @@ fn fold_group(
     };
     let top = ctx.opts.top;
     let (f, comparer) = (&mut *ctx.folded, &mut *ctx.comparer);
-    let name = r.endpoint.clone();
+    let name = r.endpoint;
     let primary = r.primary;
-    let ep = f.endpoints.id(&name);
+    let ep = f.endpoints.id(name);
     f.exchanges += 1;
     *f.exchanges_per_endpoint.entry(ep).or_default() += 1;
     f.live_primary |= r.live.is_some();
     f.recorded_primary |= r.live.is_none();
-    let spec = comparer.endpoint(&name).stream;
+    let spec = comparer.endpoint(name).stream;
     let pd = LazyDoc::new(primary, spec);
     static NO_JUDGEMENTS: std::sync::LazyLock<HashMap<String, judge::Judgement>> =
         std::sync::LazyLock::new(HashMap::new);
@@ -611,7 +625,7 @@ fn fold_group(
         if usable(rec) && usable(live) {
             let rd = LazyDoc::new(rec, spec);
             let mut seen = compare::Observed::default();
-            let diffs = comparer.compare_docs(&name, &rd, &pd, judge_mode("recorded"), &mut seen);
+            let diffs = comparer.compare_docs(name, &rd, &pd, judge_mode("recorded"), &mut seen);
             let sig = f.signature(&diffs);
             let n = f.noise.entry(ep).or_default();
             n.compared += 1;
@@ -633,7 +647,7 @@ fn fold_group(
         let sd = LazyDoc::new(shadow, spec);
         let mut seen = compare::Observed::default();
         let diffs =
-            comparer.compare_docs(&name, &pd, &sd, judge_mode(&shadow.target_name), &mut seen);
+            comparer.compare_docs(name, &pd, &sd, judge_mode(&shadow.target_name), &mut seen);
         let sig = f.signature(&diffs);
         let cell = Cell {
             sig,
@@ -689,7 +703,7 @@ fn fold_group(
             }
             probe.saw(seen_llm);
         }
-        let wanted = &comparer.endpoint(&name).drift;
+        let wanted = &comparer.endpoint(name).drift;
         summarize::fold_drift(&ctx.opts.config, wanted, &pd, &sd, t);
         if diffs.is_empty() {
             continue;
@@ -697,7 +711,7 @@ fn fold_group(
         let example = || Example {
             exchange_id: shadow.exchange_id,
             shadow: shadow.target_name.clone(),
-            endpoint: name.clone(),
+            endpoint: name.to_string(),
             method: primary.method.clone(),
             target: primary.target.clone(),
             primary_status: primary.status,
@@ -769,7 +783,7 @@ pub struct Live<'a> {
     comparer: Comparer<'a>,
     folded: Folded,
     expected: usize,
-    pending: HashMap<u64, Vec<ReplayResult>>,
+    pending: FxHashMap<u64, Vec<ReplayResult>>,
     order: VecDeque<(u64, u64)>,
     rows: u64,
 }
@@ -786,7 +800,7 @@ impl<'a> Live<'a> {
             comparer: Comparer::new(&opts.config),
             folded,
             expected,
-            pending: HashMap::new(),
+            pending: FxHashMap::default(),
             order: VecDeque::new(),
             rows: 0,
         }

@@ -14,7 +14,7 @@ use crate::text::latin1;
 
 /// Why a head is not what RFC 9112 allows, if it is not.
 pub fn head_problem(role: Role, head: &[u8]) -> Option<String> {
-    let mut lines = head.split(|&b| b == b'\n').enumerate();
+    let mut lines = lines_of(head).enumerate();
     let (_, first) = lines.next()?;
     let first = first.strip_suffix(b"\r").unwrap_or(first);
     if let Some(at) = memchr::memchr(b'\r', first) {
@@ -91,11 +91,57 @@ fn field_line_problem(line: &[u8]) -> Option<&'static str> {
     if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
         return Some("field name is not a token");
     }
-    let value = &line[colon + 1..];
-    if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+    if has_control(&line[colon + 1..]) {
         return Some("control character in the value");
     }
     None
+}
+
+/// The lines of a head split at LF (found with memchr, not byte by byte),
+/// the part after the last LF included, like `split(|b| b == b'\n')`.
+fn lines_of(head: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut start = 0;
+    let mut ends = memchr::memchr_iter(b'\n', head);
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        match ends.next() {
+            Some(end) => {
+                let line = &head[start..end];
+                start = end + 1;
+                Some(line)
+            }
+            None => {
+                done = true;
+                Some(&head[start..])
+            }
+        }
+    })
+}
+
+/// Whether a field value holds a control character other than HTAB (or
+/// DEL). Eight bytes at a time: a word with no byte below 0x20 and none
+/// equal to 0x7f is clean, and most are; only a word that might hold one
+/// is looked at byte by byte (HTAB is below 0x20, so it lands there too).
+fn has_control(value: &[u8]) -> bool {
+    const LOW: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let bad = |b: u8| (b < 0x20 && b != b'\t') || b == 0x7f;
+    let mut words = value.chunks_exact(8);
+    for w in &mut words {
+        let x = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+        // Some byte below 0x20 (exact for thresholds up to 0x80), or some
+        // byte equal to 0x7f (a zero byte in x ^ 0x7f..).
+        let below = x.wrapping_sub(LOW * 0x20) & !x & HIGH;
+        let del = x ^ (LOW * 0x7f);
+        let has_del = del.wrapping_sub(LOW) & !del & HIGH;
+        if (below | has_del) != 0 && w.iter().any(|&b| bad(b)) {
+            return true;
+        }
+    }
+    words.remainder().iter().any(|&b| bad(b))
 }
 
 /// Why the body framing headers cannot be trusted (RFC 9112 section 6),
@@ -201,6 +247,37 @@ mod tests {
 
     fn req(h: &str) -> Option<String> {
         head_problem(Role::Request, h.as_bytes())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_word_scan_finds_what_the_byte_scan_finds(v in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            let slow = v.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f);
+            proptest::prop_assert_eq!(has_control(&v), slow);
+        }
+
+        #[test]
+        fn lines_split_like_the_slice_split(v in proptest::collection::vec(proptest::sample::select(vec![b'a', b'\n', b'\r', b' ']), 0..40)) {
+            let want: Vec<&[u8]> = v.split(|&b| b == b'\n').collect();
+            let got: Vec<&[u8]> = lines_of(&v).collect();
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn control_characters_are_found_in_any_position() {
+        for n in 0..20 {
+            for bad in [0u8, 0x0b, 0x1f, 0x7f] {
+                let mut v = vec![b'x'; n + 1];
+                v[n] = bad;
+                assert!(has_control(&v), "{bad:#x} at {n}");
+            }
+            let mut v = vec![b'x'; n + 1];
+            v[n] = b'\t';
+            assert!(!has_control(&v));
+            v[n] = 0x80;
+            assert!(!has_control(&v), "obs-text is allowed");
+        }
     }
 
     #[test]
