@@ -74,14 +74,14 @@ impl LogHist {
         self.max_us / 1e3
     }
 
-    /// The value of the answer at `rank` (1-based, fractional ranks round
-    /// up) as the edges of its bucket in ms: a lower bound that is at or
-    /// below it and an upper bound at or above it (2% apart).
-    pub fn rank_bounds_ms(&self, rank: f64) -> Option<(f64, f64)> {
+    /// The value of the answer at `rank` (1-based) as the edges of its
+    /// bucket in ms: a lower bound that is at or below it and an upper
+    /// bound at or above it (2% apart).
+    pub fn rank_bounds_ms(&self, rank: u64) -> Option<(f64, f64)> {
         if self.total == 0 {
             return None;
         }
-        let rank = (rank.ceil().max(1.0) as u64).min(self.total);
+        let rank = rank.clamp(1, self.total);
         let mut seen = 0u64;
         for (i, &c) in self.counts.iter().enumerate() {
             seen += u64::from(c);
@@ -155,8 +155,8 @@ mod tests {
         assert_eq!(h.chart(&chart_edges_ms()).iter().sum::<u64>(), 1000);
         assert_eq!(LogHist::default().quantile_ms(0.5), 0.0);
         // The 990th answer is 990 ms: its bucket's edges bracket it.
-        let (lo, hi) = h.rank_bounds_ms(990.0).unwrap();
+        let (lo, hi) = h.rank_bounds_ms(990).unwrap();
         assert!(lo <= 990.0 && hi >= 990.0 && hi / lo < 1.021, "{lo} {hi}");
-        assert_eq!(h.rank_bounds_ms(5000.0).unwrap().1, 1000.0);
+        assert_eq!(h.rank_bounds_ms(5000).unwrap().1, 1000.0);
     }
 }

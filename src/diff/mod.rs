@@ -776,21 +776,21 @@ pub(crate) fn filter_lines(
 }
 
 /// Results folded as a replay writes them (`replay --until-decided`): the
-/// same grouping and comparison as `diff`, and a verdict at any moment from
-/// what was folded so far, with time-uniform intervals.
+/// same comparison as `diff`, on the exchanges in the order they were sent,
+/// each once all its rows are in, and a verdict at any moment from what was
+/// folded so far, with time-uniform intervals.
 pub struct Live<'a> {
     opts: &'a DiffOptions,
     comparer: Comparer<'a>,
     folded: Folded,
-    expected: usize,
+    /// Exchanges in sending order, with the rows each will have.
+    sent: std::sync::mpsc::Receiver<(u64, usize)>,
+    order: VecDeque<(u64, usize)>,
     pending: FxHashMap<u64, Vec<ReplayResult>>,
-    order: VecDeque<(u64, u64)>,
-    rows: u64,
 }
 
 impl<'a> Live<'a> {
-    /// `expected`: rows per exchange (every target of the run, `recorded` too).
-    pub fn new(opts: &'a DiffOptions, expected: usize) -> Self {
+    pub fn new(opts: &'a DiffOptions, sent: std::sync::mpsc::Receiver<(u64, usize)>) -> Self {
         let folded = Folded {
             sequential: true,
             ..Default::default()
@@ -799,38 +799,28 @@ impl<'a> Live<'a> {
             opts,
             comparer: Comparer::new(&opts.config),
             folded,
-            expected,
-            pending: FxHashMap::default(),
+            sent,
             order: VecDeque::new(),
-            rows: 0,
+            pending: FxHashMap::default(),
         }
     }
 
-    /// One row as written; an exchange is compared once all its rows are in
-    /// (or, like in `diff`, once it is too old to be completed).
+    /// One row as written. Exchanges are folded from the front of the
+    /// sending order while the front one is complete: so what is folded is
+    /// always a prefix of that order, and slow answers still in flight hold
+    /// back the ones sent after them instead of being left out.
     pub fn add(&mut self, row: ReplayResult) -> Result<(), DiffError> {
-        self.rows += 1;
-        let id = row.exchange_id;
-        let group = self.pending.entry(id).or_default();
-        if group.is_empty() {
-            self.order.push_back((self.rows, id));
-        }
-        group.push(row);
-        let mut ready = Vec::new();
-        if group.len() >= self.expected {
-            ready.extend(self.pending.remove(&id));
-        }
-        while let Some(&(first, id)) = self.order.front() {
-            if !self.pending.contains_key(&id) {
-                self.order.pop_front();
-            } else if self.rows - first > WINDOW_ROWS {
-                self.order.pop_front();
-                ready.extend(self.pending.remove(&id));
-            } else {
+        // Sent before any of its rows was made: draining now finds it.
+        self.order.extend(self.sent.try_iter());
+        self.pending.entry(row.exchange_id).or_default().push(row);
+        while let Some(&(id, rows)) = self.order.front() {
+            if self.pending.get(&id).is_none_or(|g| g.len() < rows) {
                 break;
             }
-        }
-        for g in ready {
+            self.order.pop_front();
+            let Some(g) = self.pending.remove(&id) else {
+                break;
+            };
             let mut ctx = FoldCtx {
                 opts: self.opts,
                 comparer: &mut self.comparer,

@@ -100,12 +100,15 @@ fn p99_bounds(h: &PerSide<LogHist>, lv: Level, f: f64) -> Option<QuantileBounds>
     let side = |hist: &LogHist| -> Option<Bounds> {
         let n = hist.count() as f64;
         let (lo, hi) = intervals::quantile_ranks(lv.method, n * f, 0.99, low_tail, high_tail);
+        // Ranks back from fractions, each rounded the safe way (a lower
+        // bound from the rank at or below, an upper from the one at or
+        // above), with room for the round trip through f64.
         let low = match lo {
-            Some(fr) => hist.rank_bounds_ms(fr * n)?.0,
+            Some(fr) => hist.rank_bounds_ms((fr * n + 1e-6).floor() as u64)?.0,
             None => 0.0,
         };
         let high = match hi {
-            Some(fr) => hist.rank_bounds_ms(fr * n)?.1,
+            Some(fr) => hist.rank_bounds_ms((fr * n - 1e-6).ceil() as u64)?.1,
             None => f64::INFINITY,
         };
         Some((low, high))

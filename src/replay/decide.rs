@@ -64,9 +64,10 @@ pub struct Looker<'a> {
 }
 
 impl<'a> Looker<'a> {
-    pub fn new(opts: &'a DiffOptions, rows_per_exchange: usize) -> Self {
+    /// `sent`: each exchange as it was sent, with the rows it will have.
+    pub fn new(opts: &'a DiffOptions, sent: std::sync::mpsc::Receiver<(u64, usize)>) -> Self {
         Self {
-            live: diff::Live::new(opts, rows_per_exchange),
+            live: diff::Live::new(opts, sent),
             last: Instant::now(),
             seen: 0,
             looks: 0,
@@ -75,7 +76,10 @@ impl<'a> Looker<'a> {
         }
     }
 
-    /// Fold one row; true once a look has decided (GO or NO-GO).
+    /// Take one row; true once a look has decided (GO or NO-GO). Exchanges
+    /// are folded in the order they were sent, each once all its rows are
+    /// in: a look sees a prefix of the (shuffled) sending order, never the
+    /// fast answers ahead of slow ones still in flight.
     pub fn add(&mut self, row: &ReplayResult) -> bool {
         if self.decided_after.is_some() || self.failed.is_some() {
             return self.decided_after.is_some();
@@ -115,13 +119,28 @@ const ANYTIME: [&str; 4] = [
     "ttft_p99_ratio",
 ];
 
-/// A look decides on a GO, or on a failure of an anytime-valid criterion.
+/// Criteria that say whether the data can be judged at all, not how the
+/// shadow compares: they hold at any look.
+const STRUCTURAL: [&str; 2] = ["min_exchanges", "shadow_usable"];
+
+/// A look decides on a failure of an anytime-valid criterion, or on a GO
+/// that rests on anytime-valid criteria only: a point estimate (token
+/// ratios, drift) or a fixed-sample interval (similarity) that passes at
+/// some look may not at the next, so with any of those the run goes on to
+/// its end and `diff` judges them there.
 fn decided(r: &Report) -> bool {
-    r.verdict == Verdict::Go
-        || (r.verdict == Verdict::NoGo
-            && r.reasons
-                .iter()
-                .any(|x| x.outcome == Outcome::Fail && ANYTIME.contains(&x.criterion.as_str())))
+    decides(r.verdict, &r.reasons)
+}
+
+fn decides(verdict: Verdict, reasons: &[crate::report::Reason]) -> bool {
+    let anytime = |c: &str| ANYTIME.contains(&c) || STRUCTURAL.contains(&c);
+    match verdict {
+        Verdict::Go => reasons.iter().all(|x| anytime(&x.criterion)),
+        Verdict::NoGo => reasons
+            .iter()
+            .any(|x| x.outcome == Outcome::Fail && ANYTIME.contains(&x.criterion.as_str())),
+        Verdict::Inconclusive => false,
+    }
 }
 
 /// The final verdict, by `diff` on the files written.
@@ -173,4 +192,94 @@ fn deciding_reasons(r: &Report) -> Vec<String> {
         .chain(of(Outcome::Inconclusive).map(|x| line(x, "UNDECIDED")))
         .take(REASONS_SHOWN)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::Reason;
+    use crate::schema::TargetRole;
+
+    fn reason(criterion: &str, outcome: Outcome) -> Reason {
+        Reason {
+            criterion: criterion.into(),
+            endpoint: None,
+            shadow: Some("v2".into()),
+            observed: 0.0,
+            threshold: 0.0,
+            passed: outcome == Outcome::Pass,
+            outcome,
+            detail: String::new(),
+            needed_exchanges: None,
+        }
+    }
+
+    #[test]
+    fn only_anytime_valid_criteria_stop_a_run() {
+        let pass = |c| reason(c, Outcome::Pass);
+        let fail = |c| reason(c, Outcome::Fail);
+        let base = [
+            pass("min_exchanges"),
+            pass("divergence_rate"),
+            pass("p99_latency_ratio"),
+        ];
+        assert!(decides(Verdict::Go, &base));
+        // A token ratio passing at one look may not at the next: no stop.
+        let mut llm = base.to_vec();
+        llm.push(pass("output_tokens_ratio"));
+        assert!(!decides(Verdict::Go, &llm));
+        // A failure stops only when its interval is anytime-valid.
+        assert!(decides(Verdict::NoGo, &[fail("divergence_rate")]));
+        assert!(!decides(Verdict::NoGo, &[fail("similarity_drop")]));
+        assert!(!decides(Verdict::Inconclusive, &base));
+    }
+
+    fn row(id: u64, name: &str, role: TargetRole) -> ReplayResult {
+        ReplayResult {
+            exchange_id: id,
+            target_name: name.into(),
+            role: Some(role),
+            method: "GET".into(),
+            target: "/".into(),
+            endpoint: "GET /".into(),
+            status: Some(200),
+            sent_ts: Some(1),
+            done_ts: Some(2),
+            response_body: b"{}".to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn exchanges_are_folded_in_sending_order() {
+        let opts = DiffOptions {
+            inputs: vec![],
+            config: Config::default(),
+            top: 0,
+            divergences: None,
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut live = diff::Live::new(&opts, rx);
+        for id in [1, 2] {
+            tx.send((id, 3)).unwrap();
+        }
+        // Exchange 2 answers first: it waits for exchange 1, sent before it.
+        for (name, role) in [
+            ("recorded", TargetRole::Recorded),
+            ("primary", TargetRole::Primary),
+            ("v2", TargetRole::Shadow),
+        ] {
+            live.add(row(2, name, role)).unwrap();
+        }
+        assert_eq!(live.exchanges(), 0);
+        for (name, role) in [
+            ("recorded", TargetRole::Recorded),
+            ("primary", TargetRole::Primary),
+        ] {
+            live.add(row(1, name, role)).unwrap();
+        }
+        assert_eq!(live.exchanges(), 0, "exchange 1 still lacks its shadow row");
+        live.add(row(1, "v2", TargetRole::Shadow)).unwrap();
+        assert_eq!(live.exchanges(), 2);
+    }
 }

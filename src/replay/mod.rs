@@ -452,6 +452,28 @@ struct Shared {
     results: mpsc::Sender<ReplayResult>,
     /// The results writer's priority (see [`priority::Background`]).
     writer: Arc<priority::Background>,
+    /// `--until-decided`: each exchange as it is sent, with the rows it will
+    /// have, so the gate is looked at on a prefix of the sending order.
+    dispatched: Option<std::sync::mpsc::Sender<(u64, usize)>>,
+}
+
+impl Shared {
+    /// Say that `p` is being sent: the recorded row plus one per target
+    /// that gets it (`--read-only` keeps unsafe methods from shadows).
+    fn dispatch(&self, p: &Planned) {
+        let Some(tx) = &self.dispatched else {
+            return;
+        };
+        let unsafe_method = !SAFE_METHODS.contains(&p.exchange.method.as_str());
+        let rows = 1 + self
+            .targets
+            .iter()
+            .filter(|(t, _)| {
+                !(t.role == TargetRole::Shadow && self.opts.read_only && unsafe_method)
+            })
+            .count();
+        let _ = tx.send((p.exchange.exchange_id, rows));
+    }
 }
 
 /// The parts of the options the request tasks need.
@@ -658,7 +680,13 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
         top: 0,
         divergences: None,
     });
-    let rows_per_exchange = names.len();
+    let (dispatch_tx, dispatch_rx) = match gate {
+        Some(_) => {
+            let (tx, rx) = std::sync::mpsc::channel();
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
     let decided = Arc::new(AtomicBool::new(false));
     let (decided_w, stop_w) = (Arc::clone(&decided), Arc::clone(&stop));
     let writer_bg = Arc::new(priority::Background::default());
@@ -679,7 +707,8 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
         let mut batch = Vec::with_capacity(512);
         let mut looker = gate
             .as_ref()
-            .map(|o| decide::Looker::new(o, rows_per_exchange));
+            .zip(dispatch_rx)
+            .map(|(o, rx)| decide::Looker::new(o, rx));
         // Polled rather than parked on: a parked receiver must be woken (a
         // futex call) by every request task and by the scheduler, per row.
         loop {
@@ -738,6 +767,7 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
         counters: Arc::clone(&counters),
         results: tx,
         writer: writer_bg,
+        dispatched: dispatch_tx,
     };
     let bar = crate::progress::bar(
         plan.total_hint,
@@ -906,6 +936,7 @@ async fn closed_loop(
                 };
                 tally[0].fetch_add(1, Ordering::Relaxed);
                 let p = Arc::new(p);
+                shared.dispatch(&p);
                 let due_ts = now_ns();
                 if shared
                     .results
@@ -1165,6 +1196,7 @@ async fn schedule(
         }
         n += 1;
         let p = Arc::new(p);
+        shared.dispatch(&p);
         for (ti, (target, waiting)) in shared.targets.iter().enumerate() {
             if target.role == TargetRole::Shadow
                 && shared.opts.read_only

@@ -183,18 +183,29 @@ impl Waves {
             let span = (self.width * u64::MAX as f64) as u64;
             let to = from.saturating_add(span.max(1));
             self.next_from = (to < u64::MAX).then_some(to);
-            self.width = (self.width * 2.0).min(self.max_width);
+            let mut selected = 0u64;
             for (i, path) in files.iter().enumerate() {
                 for batch in ExchangeReader::open(path)? {
                     for ex in batch? {
+                        if !selection.keeps(&ex) {
+                            continue;
+                        }
+                        selected += 1;
                         let rank = shuffle_rank(selection.seed, &ex);
-                        let inside = rank >= from && (rank < to || to == u64::MAX);
-                        if inside && selection.keeps(&ex) {
+                        if rank >= from && (rank < to || to == u64::MAX) {
                             self.wave.push((rank, i, ex));
                         }
                     }
                 }
             }
+            // Sized by what the selection keeps (known after the first
+            // pass), not by the files' rows: a 1% sample of a large capture
+            // takes as few passes as a small capture.
+            let kept = selected.max(1) as f64;
+            self.max_width = (WAVE_MAX / kept).min(1.0);
+            self.width = (self.width * 2.0)
+                .max(WAVE_FIRST / kept)
+                .min(self.max_width);
             self.wave.sort_unstable_by_key(|w| std::cmp::Reverse(w.0));
         }
         Ok(true)
