@@ -20,6 +20,7 @@ pub const METRICS: FileKind = FileKind {
     kind: "metrics",
     version: METRICS_SCHEMA_VERSION,
     bulky_columns: &[],
+    unique_columns: &[],
 };
 
 /// What a metrics row records.

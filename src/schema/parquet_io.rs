@@ -160,6 +160,10 @@ pub struct FileKind {
     pub version: &'static str,
     /// Large unique columns: no statistics, no dictionary.
     pub bulky_columns: &'static [&'static str],
+    /// Small columns whose every value is new (ids, timestamps): no
+    /// dictionary (interning each value into a dictionary that is then
+    /// dropped showed in the capture profile); statistics kept.
+    pub unique_columns: &'static [&'static str],
 }
 
 impl ParquetFileWriter {
@@ -209,6 +213,9 @@ impl ParquetFileWriter {
             props = props
                 .set_column_statistics_enabled(c.clone(), EnabledStatistics::None)
                 .set_column_dictionary_enabled(c, false);
+        }
+        for col in kind.unique_columns {
+            props = props.set_column_dictionary_enabled(ColumnPath::from(*col), false);
         }
         let writer = ArrowWriter::try_new(ChunkedFile(file), schema, Some(props.build()))
             .map_err(|e| pq_err(&tmp, e))?;
@@ -296,6 +303,13 @@ const EXCHANGES: FileKind = FileKind {
     kind: "exchanges",
     version: EXCHANGE_SCHEMA_VERSION,
     bulky_columns: &["request_body", "response_body"],
+    unique_columns: &[
+        "exchange_id",
+        "request_ts",
+        "request_end_ts",
+        "response_ts",
+        "response_end_ts",
+    ],
 };
 
 /// Writes capture files (see [`ParquetFileWriter`]).

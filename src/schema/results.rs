@@ -21,6 +21,7 @@ pub const RESULTS: FileKind = FileKind {
     kind: "results",
     version: RESULTS_SCHEMA_VERSION,
     bulky_columns: &["request_body", "response_body"],
+    unique_columns: &[],
 };
 
 /// What a target is in a replay.
