@@ -346,36 +346,35 @@ fn header_from_env_sends_the_variable_and_never_prints_it() {
     assert_eq!(unset.status.code(), Some(2));
     let err = String::from_utf8_lossy(&unset.stderr);
     assert!(err.contains("SHADOWCTL_TEST_AUTH is not set"), "{err}");
+    // A replay of the capture to the primary with `extra` flags.
+    let with = |extra: &[&str], out: &str| {
+        Command::cargo_bin("shadowctl")
+            .unwrap()
+            .args([
+                "replay",
+                cap.to_str().unwrap(),
+                "--primary",
+                &primary.url(),
+                "-q",
+            ])
+            .args(extra)
+            .arg("--out")
+            .arg(dir.path().join(out))
+            .env("SHADOWCTL_TEST_AUTH", "Bearer y")
+            .output()
+            .unwrap()
+    };
     // A name that is not a header name (here with a colon) is refused.
-    let odd = Command::cargo_bin("shadowctl")
-        .unwrap()
-        .args([
-            "replay",
-            cap.to_str().unwrap(),
-            "--primary",
-            &primary.url(),
-            "-q",
-        ])
-        .args(["--header-from-env", "Auth:x=SHADOWCTL_TEST_AUTH", "--out"])
-        .arg(dir.path().join("odd.parquet"))
-        .env("SHADOWCTL_TEST_AUTH", "Bearer y")
-        .output()
-        .unwrap();
+    let odd = with(
+        &["--header-from-env", "Auth:x=SHADOWCTL_TEST_AUTH"],
+        "odd.parquet",
+    );
     assert_eq!(odd.status.code(), Some(2));
     // The same target sampled twice the same way is refused.
-    let twice = Command::cargo_bin("shadowctl")
-        .unwrap()
-        .args([
-            "replay",
-            cap.to_str().unwrap(),
-            "--primary",
-            &primary.url(),
-            "-q",
-        ])
-        .args(["--pid", "primary=1", "--pid", "primary=1", "--out"])
-        .arg(dir.path().join("twice.parquet"))
-        .output()
-        .unwrap();
+    let twice = with(
+        &["--pid", "primary=1", "--pid", "primary=1"],
+        "twice.parquet",
+    );
     assert_eq!(twice.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&twice.stderr).contains("sampled twice the same way"));
     // A value that would end the header is refused without being echoed.

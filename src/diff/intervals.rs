@@ -20,7 +20,7 @@
 //! Every function takes real-valued counts, so "how many more exchanges
 //! would decide" can scale a sample by any factor.
 
-use super::stats::{ln_gamma, normal_cdf};
+use super::stats::{self, ln_gamma, normal_cdf};
 
 /// How intervals are computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -49,16 +49,6 @@ pub fn z_for(alpha: f64) -> f64 {
         }
     }
     hi
-}
-
-/// Wilson score interval of the rate k/n at z.
-fn wilson(k: f64, n: f64, z: f64) -> Bounds {
-    let p = k / n;
-    let z2 = z * z;
-    let denom = 1.0 + z2 / n;
-    let centre = (p + z2 / (2.0 * n)) / denom;
-    let half = z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).max(0.0).sqrt() / denom;
-    ((centre - half).max(0.0), (centre + half).min(1.0))
 }
 
 /// ln of the Beta(½, ½) mixture martingale for k successes in n at rate p.
@@ -112,7 +102,10 @@ pub fn rate(method: Method, k: f64, n: f64, alpha: f64) -> Option<Bounds> {
         return None;
     }
     Some(match method {
-        Method::Fixed => wilson(k, n, z_for(alpha)),
+        Method::Fixed => {
+            let w = stats::wilson(k, n, z_for(alpha))?;
+            (w.low, w.high)
+        }
         Method::Sequential => mixture_cs(k, n, alpha),
     })
 }
@@ -140,7 +133,8 @@ pub fn error_pairs(n: u64, e: &crate::report::Errors) -> ErrorPairs {
 }
 
 impl ErrorPairs {
-    fn scaled(self, f: f64) -> Self {
+    /// Every count grown by `f` (the rates held).
+    pub fn scaled(self, f: f64) -> Self {
         Self {
             n: self.n * f,
             primary: self.primary * f,
@@ -163,15 +157,8 @@ pub fn error_increase(method: Method, e: ErrorPairs, alpha: f64) -> Option<Bound
     }
     match method {
         Method::Fixed => {
-            let z = z_for(alpha);
-            let (p1, p2) = (e.primary / e.n, e.shadow / e.n);
-            let (l1, h1) = wilson(e.primary, e.n, z);
-            let (l2, h2) = wilson(e.shadow, e.n, z);
-            let d = p2 - p1;
-            Some((
-                (d - (p2 - l2).hypot(h1 - p1)).max(-1.0),
-                (d + (h2 - p2).hypot(p1 - l1)).min(1.0),
-            ))
+            let d = stats::newcombe_diff(e.primary, e.n, e.shadow, e.n, z_for(alpha))?;
+            Some((d.low, d.high))
         }
         Method::Sequential => {
             let (ls, hs) = mixture_cs(e.shadow_only, e.n, alpha / 2.0);
@@ -341,11 +328,6 @@ pub fn scale_to_decide(decided: impl Fn(f64) -> bool) -> Option<f64> {
     Some(hi)
 }
 
-/// The error pairs scaled by f, for `scale_to_decide`.
-pub fn scaled_pairs(e: ErrorPairs, f: f64) -> ErrorPairs {
-    e.scaled(f)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,9 +341,10 @@ mod tests {
 
     #[test]
     fn fixed_rate_is_wilson() {
-        let (lo, hi) = rate(Method::Fixed, 10.0, 100.0, 0.05).unwrap();
-        let w = super::super::stats::wilson(10, 100).unwrap();
-        assert!((lo - w.low).abs() < 1e-9 && (hi - w.high).abs() < 1e-9);
+        // statsmodels proportion_confint(81, 263, method="wilson")
+        let (lo, hi) = rate(Method::Fixed, 81.0, 263.0, 0.05).unwrap();
+        assert!((lo - 0.2552885198782742).abs() < 1e-9, "{lo}");
+        assert!((hi - 0.36620957698280004).abs() < 1e-9, "{hi}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! value) instead of panicking on empty input or NaN.
 
 /// z for a two-sided 95% interval, i.e. the 0.975 quantile of N(0, 1).
+#[cfg(test)]
 const Z95: f64 = 1.959963984540054;
 
 /// Smallest proportion used by [`psi`], so empty bins give a finite term.
@@ -36,35 +37,38 @@ fn proportion(k: u64, n: u64) -> Option<f64> {
     Some(k as f64 / n as f64)
 }
 
-/// 95% Wilson score interval for a binomial proportion `k / n`.
+/// Wilson score interval for a binomial proportion `k / n` at `z` (1.96
+/// for 95%). Counts are real so a sample can be scaled ("how many more
+/// would decide", see `intervals`).
 ///
 /// Wilson rather than the textbook normal (Wald) interval because it keeps
 /// its coverage for rare events and never collapses to zero width at
 /// `k == 0`, which is exactly the case of "the shadow had no errors".
-/// `None` when `n == 0` (or `k > n`).
-pub fn wilson(k: u64, n: u64) -> Option<Interval> {
-    let p = proportion(k, n)?;
-    let n = n as f64;
-    let z2 = Z95 * Z95;
+/// `None` when `n` is not positive or `k` is outside `0..=n`.
+pub fn wilson(k: f64, n: f64, z: f64) -> Option<Interval> {
+    if n.is_nan() || n <= 0.0 || k.is_nan() || k < 0.0 || k > n {
+        return None;
+    }
+    let p = k / n;
+    let z2 = z * z;
     let denom = 1.0 + z2 / n;
     let centre = (p + z2 / (2.0 * n)) / denom;
-    let half = Z95 * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt() / denom;
+    let half = z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).max(0.0).sqrt() / denom;
     Some(Interval {
         low: (centre - half).clamp(0.0, 1.0),
         high: (centre + half).clamp(0.0, 1.0),
     })
 }
 
-/// 95% interval for the difference `p2 - p1` of two independent proportions
+/// Interval at `z` for the difference `p2 - p1` of two proportions
 /// (Newcombe 1998, method 10: hybrid score from the two Wilson intervals).
 ///
 /// Chosen over the Wald difference interval for the same reason as
 /// [`wilson`]: it behaves at 0% and 100% rates. `None` if a group is empty.
-pub fn newcombe_diff(k1: u64, n1: u64, k2: u64, n2: u64) -> Option<Interval> {
-    let p1 = proportion(k1, n1)?;
-    let p2 = proportion(k2, n2)?;
-    let w1 = wilson(k1, n1)?;
-    let w2 = wilson(k2, n2)?;
+pub fn newcombe_diff(k1: f64, n1: f64, k2: f64, n2: f64, z: f64) -> Option<Interval> {
+    let w1 = wilson(k1, n1, z)?;
+    let w2 = wilson(k2, n2, z)?;
+    let (p1, p2) = (k1 / n1, k2 / n2);
     let d = p2 - p1;
     let below = (p2 - w2.low).hypot(w1.high - p1);
     let above = (w2.high - p2).hypot(p1 - w1.low);
@@ -547,7 +551,7 @@ mod tests {
             (5, 10, 0.23659309051256394, 0.7634069094874361),
         ];
         for (k, n, low, high) in cases {
-            let w = wilson(k, n).expect("non-empty");
+            let w = wilson(k as f64, n as f64, Z95).expect("non-empty");
             assert_close!(w.low, low, 1e-12);
             assert_close!(w.high, high, 1e-12);
         }
@@ -555,8 +559,8 @@ mod tests {
 
     #[test]
     fn wilson_rejects_empty_and_impossible() {
-        assert_eq!(wilson(0, 0), None);
-        assert_eq!(wilson(3, 2), None);
+        assert_eq!(wilson(0.0, 0.0, Z95), None);
+        assert_eq!(wilson(3.0, 2.0, Z95), None);
     }
 
     #[test]
@@ -570,12 +574,13 @@ mod tests {
             (0, 20, 10, 10, 0.6790860371419145, 1.0),
         ];
         for (k1, n1, k2, n2, low, high) in cases {
-            let ci = newcombe_diff(k1, n1, k2, n2).expect("non-empty");
+            let ci =
+                newcombe_diff(k1 as f64, n1 as f64, k2 as f64, n2 as f64, Z95).expect("non-empty");
             assert_close!(ci.low, low, 1e-12);
             assert_close!(ci.high, high, 1e-12);
         }
-        assert_eq!(newcombe_diff(1, 0, 1, 2), None);
-        assert_eq!(newcombe_diff(1, 2, 1, 0), None);
+        assert_eq!(newcombe_diff(1.0, 0.0, 1.0, 2.0, Z95), None);
+        assert_eq!(newcombe_diff(1.0, 2.0, 1.0, 0.0, Z95), None);
     }
 
     #[test]

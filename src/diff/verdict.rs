@@ -187,7 +187,7 @@ impl Test {
                 .map_or(Outcome::Inconclusive, |(lo, hi)| by_interval(lo, hi, limit)),
             Test::Errors => intervals::error_increase(
                 lv.method,
-                intervals::scaled_pairs(intervals::error_pairs(s.compared, &s.errors), f),
+                intervals::error_pairs(s.compared, &s.errors).scaled(f),
                 lv.alpha,
             )
             .map_or(Outcome::Inconclusive, |(lo, hi)| by_interval(lo, hi, limit)),
@@ -586,6 +586,12 @@ pub(crate) const ALPHA: f64 = 0.05;
 
 /// Every criterion decided by an interval, in the order reported.
 const TESTS: [Test; 4] = [Test::Divergence, Test::Errors, Test::Latency, Test::Ttft];
+
+/// Whether `criterion` is decided by an interval that has a time-uniform
+/// form (`replay --until-decided` may stop on it).
+pub(crate) fn anytime_valid(criterion: &str) -> bool {
+    TESTS.iter().any(|t| t.criterion() == criterion)
+}
 
 /// The level each of m judgements is held to, from their p-values.
 ///

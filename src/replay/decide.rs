@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::diff::{self, config::Config, DiffOptions};
+use crate::diff::{self, config::Config, verdict, DiffOptions};
 use crate::report::{Outcome, Report, Verdict};
 use crate::schema::ReplayResult;
 
@@ -109,16 +109,6 @@ impl<'a> Looker<'a> {
     }
 }
 
-/// Criteria whose intervals are confidence sequences, so a failure seen at
-/// any look is a failure: only these stop a run as NO-GO. The others (PSI,
-/// token ratios, similarity) are judged on whatever the run ended with.
-const ANYTIME: [&str; 4] = [
-    "divergence_rate",
-    "error_rate_increase",
-    "p99_latency_ratio",
-    "ttft_p99_ratio",
-];
-
 /// Criteria that say whether the data can be judged at all, not how the
 /// shadow compares: they hold at any look.
 const STRUCTURAL: [&str; 2] = ["min_exchanges", "shadow_usable"];
@@ -133,12 +123,14 @@ fn decided(r: &Report) -> bool {
 }
 
 fn decides(verdict: Verdict, reasons: &[crate::report::Reason]) -> bool {
-    let anytime = |c: &str| ANYTIME.contains(&c) || STRUCTURAL.contains(&c);
+    // Only criteria with confidence sequences may stop a run: a failure
+    // seen at any look is then a failure.
+    let anytime = |c: &str| verdict::anytime_valid(c) || STRUCTURAL.contains(&c);
     match verdict {
         Verdict::Go => reasons.iter().all(|x| anytime(&x.criterion)),
         Verdict::NoGo => reasons
             .iter()
-            .any(|x| x.outcome == Outcome::Fail && ANYTIME.contains(&x.criterion.as_str())),
+            .any(|x| x.outcome == Outcome::Fail && verdict::anytime_valid(&x.criterion)),
         Verdict::Inconclusive => false,
     }
 }
