@@ -3,11 +3,11 @@
 
 use std::net::SocketAddr;
 
-use super::http::{
+use super::pairing::Pairing;
+use crate::proto::http1::{
     looks_like_request_line, looks_like_status_line, memchr, request_framing, response_framing,
     End, Framing, Head, Looks, MessageParser, Role, Sink, StartLine,
 };
-use super::pairing::Pairing;
 use crate::schema::{Exchange, HeaderList, IncompleteReason};
 use crate::text::latin1;
 

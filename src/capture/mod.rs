@@ -5,7 +5,6 @@
 //! queue, so the two use both cores and memory stays bounded.
 
 pub mod flow;
-pub mod http;
 pub mod link;
 pub mod live;
 pub mod net;

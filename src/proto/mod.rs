@@ -3,4 +3,6 @@
 //! pcap or Parquet. Meaning (what an OpenAI event says) lives in `llm`.
 
 pub mod events;
+pub mod h2;
+pub mod http1;
 pub mod prometheus;

@@ -17,7 +17,7 @@ use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
 use super::tls::Conn;
-use crate::capture::http::{
+use crate::proto::http1::{
     response_framing, End, Framing, Head, MessageParser, Role, Sink, StartLine,
 };
 use crate::schema::{ErrorKind, HeaderList, TargetRole};
