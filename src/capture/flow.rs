@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 
+use super::h2::{H2Conn, H2Counters};
 use super::pairing::Pairing;
 use crate::proto::http1::{
     looks_like_request_line, looks_like_status_line, memchr, request_framing, response_framing,
@@ -47,7 +48,13 @@ struct Ctx<'a> {
     budget: &'a mut Budget,
 }
 
-fn append(body: &mut Vec<u8>, truncated: &mut bool, data: &[u8], max: usize, budget: &mut Budget) {
+pub(super) fn append(
+    body: &mut Vec<u8>,
+    truncated: &mut bool,
+    data: &[u8],
+    max: usize,
+    budget: &mut Budget,
+) {
     let room = max.saturating_sub(body.len());
     let mut take = data.len().min(room);
     if budget.held + take > budget.max {
@@ -256,9 +263,19 @@ fn response_head(p: &mut Pairing, head: Head, ts: i64, off: u64, budget: &mut Bu
     }
     if framing == Framing::Tunnel {
         ex.upgraded = true;
+        let h2c = status == 101 && upgrades_to_h2c(&ex.response_headers);
         p.tunnel = true;
+        p.h2c = h2c;
     }
     framing
+}
+
+/// Whether a 101 switches to HTTP/2 in cleartext (`Upgrade: h2c`).
+fn upgrades_to_h2c(headers: &HeaderList) -> bool {
+    headers.get_all("upgrade").any(|v| {
+        v.split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"))
+    })
 }
 
 /// Which kind of start line comes first in `data` (looking at line starts
@@ -304,6 +321,11 @@ pub struct HttpFlow {
     fed: [u64; 2],
     /// The acknowledgement carried by each direction's latest bytes.
     last_ack: [Option<u64>; 2],
+    /// The connection speaks HTTP/2 (from its start, after an h2c upgrade,
+    /// or since it was picked up).
+    h2: Option<Box<H2Conn>>,
+    /// Roles came from the TCP handshake, not a guess.
+    roles_known: bool,
 }
 
 impl HttpFlow {
@@ -317,6 +339,8 @@ impl HttpFlow {
             fed: [0, 0],
             last_ack: [None, None],
             non_http: false,
+            h2: None,
+            roles_known: false,
         }
     }
 
@@ -324,6 +348,7 @@ impl HttpFlow {
     pub fn set_client(&mut self, side: usize) {
         if self.client_side.is_none() {
             self.assign(side);
+            self.roles_known = true;
         }
     }
 
@@ -340,15 +365,27 @@ impl HttpFlow {
 
     /// Whether the connection carries no more HTTP (non-HTTP or upgraded).
     pub fn is_finished(&self) -> bool {
-        self.non_http || self.pairing.tunnel
+        self.h2.is_none() && (self.non_http || self.pairing.tunnel)
     }
 
     pub fn has_http(&self) -> bool {
-        self.heads() > 0
+        self.heads() > 0 || self.h2.as_ref().is_some_and(|h| h.has_http())
     }
 
     pub fn counters(&self) -> FlowCounters {
-        self.pairing.counters
+        let mut c = self.pairing.counters;
+        if let Some(h2) = &self.h2 {
+            let (_, f) = h2.counters();
+            c.orphan_responses += f.orphan_responses;
+            c.lost_responses += f.lost_responses;
+            c.lost_requests += f.lost_requests;
+        }
+        c
+    }
+
+    /// HTTP/2 figures, when the connection speaks it.
+    pub fn h2_counters(&self) -> Option<H2Counters> {
+        self.h2.as_ref().map(|h| h.counters().0)
     }
 
     /// Heads over the size limit, in both directions.
@@ -360,13 +397,15 @@ impl HttpFlow {
             .sum()
     }
 
-    /// Bytes held in partial heads.
+    /// Bytes held in partial heads (and HTTP/2 frames and tables).
     pub fn buffered(&self) -> usize {
-        self.parsers
+        let h1: usize = self
+            .parsers
             .iter()
             .flatten()
             .map(MessageParser::buffered)
-            .sum()
+            .sum();
+        h1 + self.h2.as_ref().map_or(0, |h| h.buffered())
     }
 
     fn heads(&self) -> u64 {
@@ -416,7 +455,16 @@ impl HttpFlow {
         peer_ack: Option<u64>,
         budget: &mut Budget,
     ) {
+        if let Some(h2) = &mut self.h2 {
+            h2.data(side, data, ts, budget);
+            self.fed[side] += data.len() as u64;
+            return;
+        }
         if self.is_finished() {
+            return;
+        }
+        if self.fed[side] == 0 && self.heads() == 0 && H2Conn::looks_like_h2(data) {
+            self.start_h2(side, data, ts, budget);
             return;
         }
         if self.client_side.is_none() {
@@ -425,13 +473,81 @@ impl HttpFlow {
         self.pairing.peer_ack = peer_ack;
         self.pairing.server_seen = self.fed[1 - side];
         self.last_ack[side] = peer_ack;
+        let before = self.fed[side];
         self.with_parser(side, budget, |p, ctx| p.feed(data, ts, ctx));
         self.fed[side] += data.len() as u64;
+        if self.pairing.h2c {
+            self.after_h2c_upgrade(side, data, before, ts, budget);
+        }
         self.after_input();
+    }
+
+    /// The connection opened as HTTP/2 (prior knowledge, or picked up
+    /// mid-way at a frame boundary).
+    fn start_h2(&mut self, side: usize, data: &[u8], ts: i64, budget: &mut Budget) {
+        let client = self.roles_known.then_some(self.client_side).flatten();
+        let mut h2 = H2Conn::new(
+            self.pairing.flow_id,
+            self.endpoints,
+            client,
+            self.pairing.limits,
+        );
+        h2.data(side, data, ts, budget);
+        self.fed[side] += data.len() as u64;
+        self.h2 = Some(Box::new(h2));
+    }
+
+    /// A 101 switched to h2c: the upgrading request becomes stream 1, and
+    /// the server's bytes after the 101 are HTTP/2 frames.
+    fn after_h2c_upgrade(
+        &mut self,
+        side: usize,
+        data: &[u8],
+        before: u64,
+        ts: i64,
+        budget: &mut Budget,
+    ) {
+        let Some(client) = self.client_side else {
+            return;
+        };
+        let server = 1 - client;
+        let Some(at) = self.parsers[server]
+            .as_ref()
+            .and_then(MessageParser::stopped_at)
+        else {
+            return;
+        };
+        self.pairing.drain(budget);
+        let mut h2 = H2Conn::new(
+            self.pairing.flow_id,
+            self.endpoints,
+            Some(client),
+            self.pairing.limits,
+        );
+        if let Some(i) = self.pairing.done.iter().rposition(|e| e.upgraded) {
+            let ex = self.pairing.done.remove(i);
+            h2.upgraded_request(ex, budget);
+        }
+        if side == server {
+            let skip = at.saturating_sub(before) as usize;
+            if let Some(rest) = data.get(skip..).filter(|r| !r.is_empty()) {
+                h2.data(server, rest, ts, budget);
+            }
+        }
+        self.parsers
+            .iter_mut()
+            .flatten()
+            .for_each(MessageParser::kill);
+        self.h2 = Some(Box::new(h2));
     }
 
     /// `len` bytes of `side`'s stream were not captured.
     pub fn gap(&mut self, side: usize, len: u64, ts: i64, budget: &mut Budget) {
+        if let Some(h2) = &mut self.h2 {
+            h2.gap(side, len, ts);
+            self.fed[side] += len;
+            return;
+        }
         if self.is_finished() || self.client_side.is_none() {
             self.fed[side] += len;
             return;
@@ -450,6 +566,10 @@ impl HttpFlow {
 
     /// `side`'s stream ended.
     pub fn end(&mut self, side: usize, ts: i64, budget: &mut Budget) {
+        if self.h2.is_some() {
+            // Streams still open are cut when the connection is finished.
+            return;
+        }
         if self.client_side.is_none() || self.parsers[side].is_none() {
             return;
         }
@@ -521,10 +641,16 @@ impl HttpFlow {
             }
         }
         self.pairing.drain(budget);
+        if let Some(h2) = &mut self.h2 {
+            h2.finish(ts, budget);
+        }
     }
 
     /// Exchanges completed since the last call.
     pub fn take_done(&mut self, out: &mut Vec<Exchange>) {
         out.append(&mut self.pairing.done);
+        if let Some(h2) = &mut self.h2 {
+            h2.take_done(out);
+        }
     }
 }

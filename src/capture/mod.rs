@@ -5,6 +5,7 @@
 //! queue, so the two use both cores and memory stays bounded.
 
 pub mod flow;
+pub mod h2;
 pub mod link;
 pub mod live;
 pub mod net;

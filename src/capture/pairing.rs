@@ -114,6 +114,8 @@ pub(super) struct Pairing {
     /// stream offset (client's for responses, server's for requests).
     pub peer_ack: Option<u64>,
     pub tunnel: bool,
+    /// The tunnel is HTTP/2 (101 with `Upgrade: h2c`).
+    pub h2c: bool,
     pub done: Vec<Exchange>,
     pub counters: FlowCounters,
     pub limits: FlowLimits,
@@ -174,6 +176,7 @@ impl Pairing {
             answered_since_request: false,
             peer_ack: None,
             tunnel: false,
+            h2c: false,
             done: Vec::new(),
             counters: FlowCounters::default(),
             limits,
@@ -815,7 +818,7 @@ fn detach(ex: &mut Exchange, budget: &mut Budget) {
 
 /// An event-stream response gets the arrival time of each event (from the
 /// packets that carried it), relative to its first byte.
-fn event_offsets(ex: &mut Exchange, end_ts: i64) {
+pub(super) fn event_offsets(ex: &mut Exchange, end_ts: i64) {
     let arrivals = std::mem::take(&mut ex.response_arrivals);
     let Some(start) = ex.response_ts else {
         return;

@@ -14,7 +14,7 @@ use super::HeaderList;
 use crate::text::latin1;
 
 /// Why an exchange is flagged incomplete.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum IncompleteReason {
     /// Bytes of the request were never captured (a TCP gap).
     RequestGap,
@@ -32,6 +32,15 @@ pub enum IncompleteReason {
     /// order) does not prove which request this response answers, or
     /// whether this request's response is the one lost.
     PairingUncertain,
+    /// HTTP/2: a header block refers to HPACK table entries the capture
+    /// never saw (it began mid-connection, or lost a block); the fields that
+    /// could be decoded are kept.
+    HpackUnknown,
+    /// HTTP/2: the stream was reset (`RST_STREAM`; the code is in
+    /// `malformed_detail`).
+    StreamReset,
+    /// HTTP/2: a `GOAWAY` said the stream was not (or not fully) processed.
+    GoAway,
 }
 
 impl IncompleteReason {
@@ -45,6 +54,9 @@ impl IncompleteReason {
             RequestCut,
             ResponseCut,
             PairingUncertain,
+            HpackUnknown,
+            StreamReset,
+            GoAway,
         ]
         .into_iter()
         .find(|r| r.as_str() == s)
@@ -59,6 +71,9 @@ impl IncompleteReason {
             Self::RequestCut => "request_cut",
             Self::ResponseCut => "response_cut",
             Self::PairingUncertain => "pairing_uncertain",
+            Self::HpackUnknown => "hpack_unknown",
+            Self::StreamReset => "stream_reset",
+            Self::GoAway => "goaway",
         }
     }
 }
@@ -70,6 +85,8 @@ pub struct Exchange {
     pub flow_id: u64,
     /// 0-based position of the request within its TCP connection.
     pub seq_in_flow: u32,
+    /// HTTP/2 stream identifier; None for HTTP/1.
+    pub stream_id: Option<u32>,
     pub client: Option<SocketAddr>,
     pub server: Option<SocketAddr>,
     /// Capture time of the first and last byte of the request (ns since epoch).
@@ -175,6 +192,7 @@ pub fn exchange_schema() -> SchemaRef {
         f("upgraded", Boolean, false),
         f("malformed_detail", Utf8, true),
         f("response_event_offsets_ns", offsets_type(), true),
+        f("stream_id", UInt32, true),
     ]))
 }
 
@@ -319,6 +337,9 @@ pub fn exchanges_to_batch(rows: &[Exchange]) -> Result<RecordBatch, arrow::error
     rows.iter().for_each(|r| seq.append_value(r.seq_in_flow));
     let mut status = UInt16Builder::with_capacity(n);
     rows.iter().for_each(|r| status.append_option(r.status));
+    let mut stream_ids = UInt32Builder::with_capacity(n);
+    rows.iter()
+        .for_each(|r| stream_ids.append_option(r.stream_id));
     let answered = |r: &Exchange| r.status.is_some();
     let mut resp_len = UInt64Builder::with_capacity(n);
     rows.iter()
@@ -361,6 +382,7 @@ pub fn exchanges_to_batch(rows: &[Exchange]) -> Result<RecordBatch, arrow::error
         flag(&|r| r.upgraded),
         text(&|r| r.malformed_detail.clone()),
         offsets_column(rows.iter().map(|r| r.response_event_offsets_ns.as_deref())),
+        Arc::new(stream_ids.finish()),
     ];
     RecordBatch::try_new(exchange_schema(), columns)
 }

@@ -485,12 +485,17 @@ fn batch_to_exchanges(b: &RecordBatch, out: &mut Vec<Exchange>) {
     let event_offsets = b
         .column_by_name("response_event_offsets_ns")
         .and_then(|c| c.as_any().downcast_ref::<ListArray>());
+    // Absent from files written before HTTP/2 capture.
+    let stream_ids = b
+        .column_by_name("stream_id")
+        .and_then(|c| c.as_any().downcast_ref::<UInt32Array>());
     for i in 0..b.num_rows() {
         let answered = status.is_valid(i);
         out.push(Exchange {
             exchange_id: u64c("exchange_id").value(i),
             flow_id: u64c("flow_id").value(i),
             seq_in_flow: seq.value(i),
+            stream_id: stream_ids.and_then(|c| c.is_valid(i).then(|| c.value(i))),
             client: opt_s(s("client"), i).and_then(|a| a.parse().ok()),
             server: opt_s(s("server"), i).and_then(|a| a.parse().ok()),
             request_ts: ts("request_ts").value(i),

@@ -153,6 +153,8 @@ pub struct MessageParser {
     pub oversize_heads: u64,
     /// A lone CR came before the next start line.
     lead_problem: bool,
+    /// Where the stream stopped carrying HTTP/1 (after a 101 or CONNECT).
+    stopped_at: Option<u64>,
 }
 
 impl MessageParser {
@@ -174,7 +176,13 @@ impl MessageParser {
             damaged: false,
             oversize_heads: 0,
             lead_problem: false,
+            stopped_at: None,
         }
+    }
+
+    /// The stream offset after the message that opened a tunnel.
+    pub fn stopped_at(&self) -> Option<u64> {
+        self.stopped_at
     }
 
     /// Keep the bytes of bodies whose framing breaks, in the message.
@@ -384,7 +392,11 @@ impl MessageParser {
             let rest = &input[at..];
             self.cursor = self.offset + at as u64;
             let used = match self.state {
-                State::Dead => return input.len(),
+                State::Dead => {
+                    // After a tunnel opened: what follows is not HTTP/1.
+                    self.stopped_at.get_or_insert(self.offset + at as u64);
+                    return input.len();
+                }
                 _ if rest.is_empty() => return at,
                 State::Start { resync: true } => self.resync(rest),
                 State::Start { resync: false } => self.start(rest, ts, sink),

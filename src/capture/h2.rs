@@ -1,0 +1,610 @@
+//! One TCP connection seen as HTTP/2 (cleartext: prior knowledge, an
+//! `Upgrade: h2c`, or picked up mid-connection): each stream becomes one
+//! [`Exchange`], its request from the client's HEADERS (pseudo-headers
+//! kept), its response from the server's, bodies from DATA, trailers from
+//! the last HEADERS.
+//!
+//! Pairing is by stream id, so unlike HTTP/1 a loss never moves an answer
+//! to another request: after lost bytes the direction looks for the next
+//! frame boundary, its HPACK table is forgotten (later blocks that refer
+//! to it are `hpack_unknown`), and the streams it was carrying are marked.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use super::flow::{append, Budget, FlowCounters, FlowLimits};
+use crate::proto::h2::hpack::{self, Decoder, Field, Text};
+use crate::proto::h2::{error_name, starts_with_frames, Frame, FrameReader, PREFACE};
+use crate::schema::{Exchange, HeaderList, IncompleteReason};
+use crate::text::latin1;
+
+/// How one direction finds its frames.
+#[derive(Debug)]
+enum Sync {
+    /// Not yet at a frame boundary: each segment is tried as a start (the
+    /// client preface, or plausible frames).
+    Searching,
+    Reading(FrameReader),
+}
+
+/// A stream being recorded.
+#[derive(Debug)]
+struct Stream {
+    ex: Exchange,
+    req_done: bool,
+    resp_done: bool,
+    /// The final (non-1xx) response head was seen: later HEADERS are trailers.
+    final_seen: bool,
+}
+
+/// What a frame did, for the connection's owner.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct H2Counters {
+    /// Streams answered whose request was never seen (started before the
+    /// capture, or in lost bytes).
+    pub unseen_requests: u64,
+    /// Header blocks with fields from HPACK entries never seen.
+    pub hpack_unknown_blocks: u64,
+    /// Bytes skipped looking for a frame boundary.
+    pub skipped_bytes: u64,
+    /// Frames read.
+    pub frames: u64,
+}
+
+/// The state frames update (apart from the readers, so a reader can feed it).
+struct State {
+    flow_id: u64,
+    endpoints: [SocketAddr; 2],
+    client_side: Option<usize>,
+    hpack: [Decoder; 2],
+    streams: BTreeMap<u32, Stream>,
+    next_seq: u32,
+    limits: FlowLimits,
+    done: Vec<Exchange>,
+    counters: H2Counters,
+    flow_counters: FlowCounters,
+}
+
+/// An HTTP/2 connection being recorded.
+pub struct H2Conn {
+    sync: [Sync; 2],
+    st: State,
+}
+
+impl H2Conn {
+    /// `client_side`: known from the TCP handshake or an HTTP/1 upgrade;
+    /// None when picked up mid-way (then the first request or response
+    /// head tells).
+    pub fn new(
+        flow_id: u64,
+        endpoints: [SocketAddr; 2],
+        client_side: Option<usize>,
+        limits: FlowLimits,
+    ) -> Self {
+        Self {
+            sync: [Sync::Searching, Sync::Searching],
+            st: State {
+                flow_id,
+                endpoints,
+                client_side,
+                hpack: [Decoder::new(), Decoder::new()],
+                streams: BTreeMap::new(),
+                next_seq: 0,
+                limits,
+                done: Vec::new(),
+                counters: H2Counters::default(),
+                flow_counters: FlowCounters::default(),
+            },
+        }
+    }
+
+    /// Whether bytes that open a direction look like HTTP/2: the client
+    /// preface, or frames.
+    pub fn looks_like_h2(data: &[u8]) -> bool {
+        let n = data.len().min(PREFACE.len());
+        (n >= 4 && data[..n] == PREFACE[..n]) || starts_with_frames(data)
+    }
+
+    /// An HTTP/1.1 request that upgraded the connection (`Upgrade: h2c`,
+    /// answered 101): it is stream 1, answered over HTTP/2.
+    pub fn upgraded_request(&mut self, mut ex: Exchange, budget: &mut Budget) {
+        // Its body was released when HTTP/1 let go of it; it is held again.
+        budget.held += ex.request_body.len();
+        ex.status = None;
+        ex.reason = None;
+        ex.response_version = None;
+        ex.response_ts = None;
+        ex.response_end_ts = None;
+        ex.response_headers = HeaderList::new();
+        ex.upgraded = true;
+        ex.stream_id = Some(1);
+        self.st.next_seq = ex.seq_in_flow + 1;
+        self.st.streams.insert(
+            1,
+            Stream {
+                ex,
+                req_done: true,
+                resp_done: false,
+                final_seen: false,
+            },
+        );
+    }
+
+    pub fn counters(&self) -> (H2Counters, FlowCounters) {
+        let mut c = self.st.counters;
+        c.frames = self
+            .sync
+            .iter()
+            .map(|s| match s {
+                Sync::Reading(r) => r.frames,
+                Sync::Searching => 0,
+            })
+            .sum();
+        (c, self.st.flow_counters)
+    }
+
+    pub fn has_http(&self) -> bool {
+        self.st.next_seq > 0
+    }
+
+    /// Bytes held: partial frames, header blocks and HPACK tables.
+    pub fn buffered(&self) -> usize {
+        let readers: usize = self
+            .sync
+            .iter()
+            .map(|s| match s {
+                Sync::Reading(r) => r.buffered(),
+                Sync::Searching => 0,
+            })
+            .sum();
+        readers + self.st.hpack.iter().map(Decoder::held).sum::<usize>()
+    }
+
+    /// Bytes of `side`'s stream, in order.
+    pub fn data(&mut self, side: usize, data: &[u8], ts: i64, budget: &mut Budget) {
+        if let Sync::Searching = self.sync[side] {
+            let n = data.len().min(PREFACE.len());
+            if n >= 4 && data[..n] == PREFACE[..n] {
+                self.sync[side] = Sync::Reading(FrameReader::new(true));
+                if self.st.client_side.is_none() {
+                    self.st.client_side = Some(side);
+                }
+            } else if starts_with_frames(data) {
+                self.sync[side] = Sync::Reading(FrameReader::new(false));
+            } else {
+                self.st.counters.skipped_bytes += data.len() as u64;
+                return;
+            }
+        }
+        let Sync::Reading(reader) = &mut self.sync[side] else {
+            return;
+        };
+        let st = &mut self.st;
+        let r = reader.feed(data, &mut |f| st.frame(side, f, ts, budget));
+        if let Err(detail) = r {
+            // A protocol error: the framing can no longer be trusted.
+            self.lost(side, ts, Some(detail));
+        }
+    }
+
+    /// `len` bytes of `side`'s stream were not captured.
+    pub fn gap(&mut self, side: usize, _len: u64, ts: i64) {
+        self.lost(side, ts, None);
+    }
+
+    /// Frames of `side` were lost (a gap, or bytes that broke the framing):
+    /// look for the next boundary, forget the HPACK table, mark its streams.
+    fn lost(&mut self, side: usize, _ts: i64, detail: Option<String>) {
+        self.sync[side] = Sync::Searching;
+        self.st.hpack[side].clear();
+        let client = self.st.client_side == Some(side);
+        let reason = match (client, &detail) {
+            (true, None) => IncompleteReason::RequestGap,
+            (false, None) => IncompleteReason::ResponseGap,
+            (true, Some(_)) => IncompleteReason::RequestMalformed,
+            (false, Some(_)) => IncompleteReason::ResponseMalformed,
+        };
+        for s in self.st.streams.values_mut() {
+            let open = if client { !s.req_done } else { !s.resp_done };
+            if open {
+                s.ex.incomplete.get_or_insert(reason);
+                if let Some(d) = &detail {
+                    s.ex.malformed_detail.get_or_insert_with(|| d.clone());
+                }
+            }
+        }
+    }
+
+    /// The connection is over: every stream still open is emitted, cut.
+    pub fn finish(&mut self, ts: i64, budget: &mut Budget) {
+        let streams = std::mem::take(&mut self.st.streams);
+        for (_, mut s) in streams {
+            if !s.req_done {
+                s.ex.request_end_ts = s.ex.request_end_ts.max(s.ex.request_ts);
+                s.ex.incomplete.get_or_insert(IncompleteReason::RequestCut);
+            }
+            if !s.resp_done {
+                s.ex.incomplete.get_or_insert(IncompleteReason::ResponseCut);
+                if s.ex.response_ts.is_some() {
+                    s.ex.response_end_ts = Some(ts);
+                    super::pairing::event_offsets(&mut s.ex, ts);
+                }
+            }
+            self.st.release(s.ex, budget);
+        }
+    }
+
+    /// Exchanges completed since the last call.
+    pub fn take_done(&mut self, out: &mut Vec<Exchange>) {
+        out.append(&mut self.st.done);
+    }
+}
+
+impl State {
+    fn frame(&mut self, side: usize, f: Frame<'_>, ts: i64, budget: &mut Budget) {
+        match f {
+            Frame::Headers {
+                stream,
+                block,
+                end_stream,
+            } => self.headers(side, stream, block, end_stream, ts, budget),
+            Frame::PushPromise {
+                promised, block, ..
+            } => self.push_promise(side, promised, block, ts, budget),
+            Frame::Data {
+                stream,
+                data,
+                end_stream,
+            } => self.data(side, stream, data, end_stream, ts, budget),
+            Frame::RstStream { stream, code } => self.reset(side, stream, code, ts, budget),
+            Frame::GoAway { last_stream, code } => self.goaway(side, last_stream, code, ts, budget),
+            // The table size a side allows is for the blocks it receives.
+            Frame::HeaderTableSize(n) => self.hpack[1 - side].set_limit(n as usize),
+            Frame::Other => {}
+        }
+    }
+
+    fn decode(&mut self, side: usize, block: &[u8]) -> Decoded {
+        match self.hpack[side].decode(block) {
+            Ok(fields) => {
+                let unknown = fields
+                    .iter()
+                    .filter(|f| f.name == Text::Unknown || f.value == Text::Unknown)
+                    .count();
+                if unknown > 0 {
+                    self.counters.hpack_unknown_blocks += 1;
+                }
+                Decoded {
+                    fields,
+                    unknown,
+                    error: None,
+                }
+            }
+            Err(e) => Decoded {
+                fields: Vec::new(),
+                unknown: 0,
+                error: Some(e),
+            },
+        }
+    }
+
+    fn headers(
+        &mut self,
+        side: usize,
+        id: u32,
+        block: &[u8],
+        end: bool,
+        ts: i64,
+        budget: &mut Budget,
+    ) {
+        let d = self.decode(side, block);
+        if self.client_side.is_none() {
+            // Picked up mid-way: the first head that says what it is tells.
+            self.client_side = match () {
+                _ if d.has(":method") => Some(side),
+                _ if d.has(":status") => Some(1 - side),
+                _ => return,
+            };
+        }
+        if self.client_side == Some(side) {
+            self.request_headers(id, d, end, ts, budget);
+        } else {
+            self.response_headers(id, d, end, ts, budget);
+        }
+    }
+
+    fn request_headers(&mut self, id: u32, d: Decoded, end: bool, ts: i64, budget: &mut Budget) {
+        if let Some(s) = self.streams.get_mut(&id) {
+            // A second block from the client: its trailers.
+            if !s.req_done {
+                s.ex.request_trailers = d.list();
+                d.flag(&mut s.ex, IncompleteReason::RequestMalformed);
+                if end {
+                    s.req_done = true;
+                    s.ex.request_end_ts = ts;
+                }
+            }
+            self.emit_if_done(id, budget);
+            return;
+        }
+        let mut ex = self.new_exchange(&d, ts);
+        ex.stream_id = Some(id);
+        d.flag(&mut ex, IncompleteReason::RequestMalformed);
+        self.open(id, ex, end, budget);
+    }
+
+    fn new_exchange(&mut self, d: &Decoded, ts: i64) -> Exchange {
+        let pseudo = |n: &str| d.get(n).map(|v| latin1(v).into_owned());
+        let method = pseudo(":method").unwrap_or_default();
+        let authority = pseudo(":authority");
+        let target = match pseudo(":path") {
+            Some(p) => p,
+            // CONNECT names its authority instead of a path.
+            None => authority.clone().unwrap_or_default(),
+        };
+        let client = self.client_side.map(|c| self.endpoints[c]);
+        let server = self.client_side.map(|c| self.endpoints[1 - c]);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        Exchange {
+            flow_id: self.flow_id,
+            seq_in_flow: seq,
+            client,
+            server,
+            request_ts: ts,
+            request_end_ts: ts,
+            method,
+            target,
+            http_version: "HTTP/2".into(),
+            host: authority.or_else(|| d.get("host").map(|v| latin1(v).into_owned())),
+            request_headers: d.list(),
+            ..Default::default()
+        }
+    }
+
+    fn open(&mut self, id: u32, ex: Exchange, end: bool, budget: &mut Budget) {
+        self.streams.insert(
+            id,
+            Stream {
+                ex,
+                req_done: end,
+                resp_done: false,
+                final_seen: false,
+            },
+        );
+        // Bounded: past the limit the oldest open stream is given up.
+        if self.streams.len() > self.limits.max_pending {
+            let oldest = *self.streams.keys().next().expect("not empty");
+            if let Some(mut s) = self.streams.remove(&oldest) {
+                self.flow_counters.lost_responses += 1;
+                s.ex.incomplete.get_or_insert(if s.req_done {
+                    IncompleteReason::ResponseCut
+                } else {
+                    IncompleteReason::RequestCut
+                });
+                self.release(s.ex, budget);
+            }
+        }
+    }
+
+    fn response_headers(&mut self, id: u32, d: Decoded, end: bool, ts: i64, budget: &mut Budget) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            self.flow_counters.orphan_responses += 1;
+            self.counters.unseen_requests += 1;
+            return;
+        };
+        if s.final_seen {
+            s.ex.response_trailers = d.list();
+        } else {
+            let status = d
+                .get(":status")
+                .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u16>().ok());
+            match status {
+                Some(st) if (100..200).contains(&st) => {
+                    s.ex.interim_statuses.push(st);
+                    d.flag(&mut s.ex, IncompleteReason::ResponseMalformed);
+                    return;
+                }
+                _ => {}
+            }
+            s.final_seen = true;
+            s.ex.status = status;
+            s.ex.response_version = Some("HTTP/2".into());
+            s.ex.response_ts = Some(ts);
+            s.ex.response_end_ts = Some(ts);
+            s.ex.response_headers = d.list();
+            if status.is_none() && d.unknown == 0 && d.error.is_none() {
+                s.ex.incomplete
+                    .get_or_insert(IncompleteReason::ResponseMalformed);
+                s.ex.malformed_detail
+                    .get_or_insert_with(|| "response without :status".into());
+            }
+        }
+        d.flag(&mut s.ex, IncompleteReason::ResponseMalformed);
+        if end {
+            self.end_response(id, ts);
+        }
+        self.emit_if_done(id, budget);
+    }
+
+    fn push_promise(
+        &mut self,
+        side: usize,
+        promised: u32,
+        block: &[u8],
+        ts: i64,
+        budget: &mut Budget,
+    ) {
+        // Decoded in any case: the block changes the server's table.
+        let d = self.decode(side, block);
+        if self.client_side != Some(1 - side) {
+            return;
+        }
+        let mut ex = self.new_exchange(&d, ts);
+        ex.stream_id = Some(promised);
+        d.flag(&mut ex, IncompleteReason::RequestMalformed);
+        self.open(promised, ex, true, budget);
+    }
+
+    fn data(&mut self, side: usize, id: u32, data: &[u8], end: bool, ts: i64, budget: &mut Budget) {
+        let client = self.client_side == Some(side);
+        let max = self.limits.max_body;
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let ex = &mut s.ex;
+        if client && !s.req_done {
+            ex.request_body_len += data.len() as u64;
+            append(
+                &mut ex.request_body,
+                &mut ex.request_body_truncated,
+                data,
+                max,
+                budget,
+            );
+            if end {
+                s.req_done = true;
+                ex.request_end_ts = ts;
+            }
+        } else if !client && s.final_seen && !s.resp_done {
+            ex.response_body_len += data.len() as u64;
+            append(
+                &mut ex.response_body,
+                &mut ex.response_body_truncated,
+                data,
+                max,
+                budget,
+            );
+            let stored = ex.response_body.len() as u64;
+            crate::proto::events::note_arrival(&mut ex.response_arrivals, stored, ts);
+            ex.response_end_ts = Some(ts);
+            if end {
+                self.end_response(id, ts);
+            }
+        }
+        self.emit_if_done(id, budget);
+    }
+
+    fn end_response(&mut self, id: u32, ts: i64) {
+        if let Some(s) = self.streams.get_mut(&id) {
+            s.resp_done = true;
+            s.ex.response_end_ts = Some(ts);
+            super::pairing::event_offsets(&mut s.ex, ts);
+        }
+    }
+
+    fn reset(&mut self, side: usize, id: u32, code: u32, ts: i64, budget: &mut Budget) {
+        let who = if self.client_side == Some(side) {
+            "client"
+        } else {
+            "server"
+        };
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        // RFC 9113 section 8.1: a server may reset with NO_ERROR a request
+        // it no longer needs once its answer is complete.
+        if !(code == 0 && s.resp_done) {
+            s.ex.incomplete.get_or_insert(IncompleteReason::StreamReset);
+            s.ex.malformed_detail
+                .get_or_insert_with(|| format!("RST_STREAM {} from the {who}", error_name(code)));
+        }
+        if !s.req_done {
+            s.req_done = true;
+            s.ex.request_end_ts = ts;
+        }
+        if !s.resp_done {
+            self.end_response(id, ts);
+        }
+        self.emit_if_done(id, budget);
+    }
+
+    fn goaway(&mut self, side: usize, last: u32, code: u32, ts: i64, budget: &mut Budget) {
+        // Streams the other side opened above `last` were not processed.
+        let opened_by_peer = |id: u32| (id % 2 == 1) == (self.client_side != Some(side));
+        let unprocessed: Vec<u32> = self
+            .streams
+            .keys()
+            .copied()
+            .filter(|&id| id > last && opened_by_peer(id))
+            .collect();
+        for id in unprocessed {
+            if let Some(s) = self.streams.get_mut(&id) {
+                s.ex.incomplete.get_or_insert(IncompleteReason::GoAway);
+                s.ex.malformed_detail.get_or_insert_with(|| {
+                    format!(
+                        "GOAWAY {} with last stream {last}: not processed",
+                        error_name(code)
+                    )
+                });
+                s.req_done = true;
+            }
+            self.end_response(id, ts);
+            self.emit_if_done(id, budget);
+        }
+    }
+
+    fn emit_if_done(&mut self, id: u32, budget: &mut Budget) {
+        if self
+            .streams
+            .get(&id)
+            .is_some_and(|s| s.req_done && s.resp_done)
+        {
+            let s = self.streams.remove(&id).expect("present");
+            self.release(s.ex, budget);
+        }
+    }
+
+    fn release(&mut self, ex: Exchange, budget: &mut Budget) {
+        budget.held = budget
+            .held
+            .saturating_sub(ex.request_body.len() + ex.response_body.len());
+        self.done.push(ex);
+    }
+}
+
+/// A decoded header block.
+struct Decoded {
+    fields: Vec<Field>,
+    /// Fields with a name or value from HPACK entries never seen.
+    unknown: usize,
+    error: Option<hpack::HpackError>,
+}
+
+impl Decoded {
+    fn get(&self, name: &str) -> Option<&[u8]> {
+        self.fields.iter().find_map(|f| match (&f.name, &f.value) {
+            (Text::Known(n), Text::Known(v)) if n == name.as_bytes() => Some(v.as_slice()),
+            _ => None,
+        })
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// The fields known in full, in order (pseudo-headers included).
+    fn list(&self) -> HeaderList {
+        let mut out = HeaderList::new();
+        for f in &self.fields {
+            if let (Text::Known(n), Text::Known(v)) = (&f.name, &f.value) {
+                out.push(n, v);
+            }
+        }
+        out
+    }
+
+    /// Mark the exchange for what this block could not give.
+    fn flag(&self, ex: &mut Exchange, malformed: IncompleteReason) {
+        if let Some(e) = &self.error {
+            ex.incomplete.get_or_insert(malformed);
+            ex.malformed_detail.get_or_insert_with(|| e.to_string());
+        } else if self.unknown > 0 {
+            ex.incomplete.get_or_insert(IncompleteReason::HpackUnknown);
+            let n = self.unknown;
+            ex.malformed_detail.get_or_insert_with(|| {
+                format!("{n} header field(s) from HPACK table entries the capture never saw")
+            });
+        }
+    }
+}
