@@ -158,6 +158,14 @@ struct ReplayArgs {
     /// Requests of one recorded connection go in order over one connection per target.
     #[arg(long)]
     preserve_order: bool,
+    /// Send every request over HTTP/1.1, including those captured as HTTP/2.
+    #[arg(long, conflicts_with = "http2")]
+    http1: bool,
+    /// Send every request over HTTP/2 (h2c with prior knowledge for http://,
+    /// ALPN h2 for https://), including those captured as HTTP/1. Without
+    /// either flag each request goes as it was captured.
+    #[arg(long)]
+    http2: bool,
     /// Before replaying, wait until every target answers GET PATH with a 2xx status;
     /// stop with the target's name and its answer if one does not within --health-timeout.
     #[arg(long, value_name = "PATH")]
@@ -717,6 +725,11 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<u8> {
         drain_timeout: args.drain_timeout,
         progress: !args.quiet,
         preserve_order: args.preserve_order,
+        http: match (args.http1, args.http2) {
+            (true, _) => replay::HttpChoice::Http1,
+            (_, true) => replay::HttpChoice::Http2,
+            _ => replay::HttpChoice::AsCaptured,
+        },
         health_path: args.health_path.clone(),
         health_timeout: args.health_timeout,
         tls: replay::tls::TlsOptions {

@@ -34,7 +34,11 @@ pub struct Target {
     /// `https://`: connections are wrapped in TLS with this connector.
     pub https: bool,
     tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// The same with ALPN `h2`, for requests sent over HTTP/2.
+    pub(super) tls_h2: Option<(TlsConnector, ServerName<'static>)>,
     idle: Mutex<Vec<Conn>>,
+    /// HTTP/2 connections (opened when a request needs one).
+    pub(super) h2: super::h2::H2Pool,
     /// Requests in flight at most (`--concurrency`).
     pub permits: Semaphore,
     /// Answers with an error so far (for the progress bar).
@@ -112,7 +116,9 @@ impl Target {
             base_path: base.trim_end_matches('/').to_string(),
             https,
             tls: None,
+            tls_h2: None,
             idle: Mutex::new(Vec::new()),
+            h2: super::h2::H2Pool::new(concurrency),
             permits: Semaphore::new(concurrency.max(1)),
             errors: Default::default(),
             stream_idle: Duration::from_secs(30),
@@ -122,10 +128,15 @@ impl Target {
 
 impl Target {
     /// Give an https target the TLS connector (shared by all targets).
-    pub fn set_tls(&mut self, connector: TlsConnector) -> Result<(), TargetError> {
+    pub fn set_tls(
+        &mut self,
+        connector: TlsConnector,
+        h2: TlsConnector,
+    ) -> Result<(), TargetError> {
         let name = ServerName::try_from(self.host.clone())
             .map_err(|e| TargetError(format!("{}: not a TLS server name: {e}", self.authority)))?;
-        self.tls = Some((connector, name));
+        self.tls = Some((connector, name.clone()));
+        self.tls_h2 = Some((h2, name));
         Ok(())
     }
 }
@@ -160,6 +171,7 @@ pub struct Answer {
     pub done_ts: Option<i64>,
     pub status: Option<u16>,
     pub headers: HeaderList,
+    pub trailers: HeaderList,
     pub body: Vec<u8>,
     pub body_len: u64,
     pub truncated: bool,
@@ -187,6 +199,7 @@ struct Collect<'a> {
     close_after: bool,
     /// (stored body length, read time) as the body came: event timing.
     arrivals: Vec<(u64, i64)>,
+    trailers: HeaderList,
 }
 
 impl Sink for Collect<'_> {
@@ -223,7 +236,9 @@ impl Sink for Collect<'_> {
 
     fn body_gap(&mut self, _: Role, _: u64) {}
 
-    fn trailers(&mut self, _: Role, _: HeaderList) {}
+    fn trailers(&mut self, _: Role, trailers: HeaderList) {
+        self.trailers = trailers;
+    }
 
     fn end(&mut self, _: Role, _: i64, how: End) {
         if self.interim_open {
@@ -272,6 +287,7 @@ impl<'a> ResponseReader<'a> {
                 end: None,
                 close_after: false,
                 arrivals: Vec::new(),
+                trailers: HeaderList::new(),
             },
         }
     }
@@ -310,6 +326,7 @@ impl<'a> ResponseReader<'a> {
             }
             answer.headers = head.headers;
         }
+        answer.trailers = std::mem::take(&mut sink.trailers);
         answer.truncated = sink.body_len > sink.body.len() as u64;
         answer.body_len = sink.body_len;
         answer.body = std::mem::take(&mut sink.body);
@@ -339,7 +356,7 @@ impl<'a> ResponseReader<'a> {
 
 /// An event-stream answer: when each event arrived (after the send) and
 /// when the first one with generated content did.
-fn stream_timing(answer: &mut Answer, arrivals: &[(u64, i64)]) {
+pub(super) fn stream_timing(answer: &mut Answer, arrivals: &[(u64, i64)]) {
     let (Some(sent), Some(&(_, last))) = (answer.sent_ts, arrivals.last()) else {
         return;
     };
@@ -384,7 +401,7 @@ pub fn parse_response(chunks: &[&[u8]], method: &str, max_body: usize) -> Answer
     answer
 }
 
-fn io_kind(e: &std::io::Error) -> ErrorKind {
+pub(super) fn io_kind(e: &std::io::Error) -> ErrorKind {
     use std::io::ErrorKind as K;
     match e.kind() {
         K::ConnectionRefused => ErrorKind::ConnectRefused,
@@ -413,7 +430,7 @@ fn still_open(conn: &Conn) -> bool {
 }
 
 /// Bytes read beyond `--max-body` before giving up on a response.
-const HARD_BODY_CAP: u64 = 256 << 20;
+pub(super) const HARD_BODY_CAP: u64 = 256 << 20;
 
 /// Which connection an attempt uses.
 enum Via {

@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod decide;
+pub mod h2;
 pub mod plan;
 mod priority;
 pub mod request;
@@ -78,6 +79,51 @@ pub struct ReplayOptions {
     pub until_decided: Option<crate::diff::config::Config>,
     /// `--max-duration`: stop sending after this long.
     pub max_duration: Option<Duration>,
+    /// `--http1` / `--http2`: one protocol for every request, instead of
+    /// the one each was captured with.
+    pub http: HttpChoice,
+}
+
+/// Which HTTP version a request is sent with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HttpChoice {
+    /// As captured: HTTP/2 streams (and h2c upgrades) over HTTP/2, the rest
+    /// over HTTP/1.1.
+    #[default]
+    AsCaptured,
+    Http1,
+    Http2,
+}
+
+impl HttpChoice {
+    fn http2_for(self, ex: &Exchange) -> bool {
+        match self {
+            Self::Http1 => false,
+            Self::Http2 => true,
+            Self::AsCaptured => {
+                ex.http_version == "HTTP/2"
+                    || (ex.upgraded && ex.response_version.as_deref() == Some("HTTP/2"))
+            }
+        }
+    }
+}
+
+/// A request as it goes out.
+enum Outgoing {
+    Http1(Vec<u8>),
+    Http2(Box<h2::H2Request>),
+}
+
+/// Build one request for one target; returns it and the count of redacted
+/// values left out.
+fn outgoing(shared: &Shared, target: &Target, ex: &Exchange) -> (Outgoing, u32) {
+    let dest = destination(shared, target);
+    if shared.opts.http.http2_for(ex) {
+        let (req, dropped) = request::build_h2(ex, &dest, &shared.opts.rules, target.https);
+        return (Outgoing::Http2(Box::new(req)), dropped);
+    }
+    let built = build(ex, &dest, &shared.opts.rules);
+    (Outgoing::Http1(built.bytes), built.dropped_redacted)
 }
 
 /// Errors that stop a replay before or while it runs (target errors do not).
@@ -372,6 +418,7 @@ fn result_row(p: &Planned, target: &Target, due_ts: i64, a: client::Answer) -> R
         done_ts: a.done_ts,
         status: a.status,
         response_headers: a.headers,
+        response_trailers: a.trailers,
         response_body: a.body,
         response_body_len: a.body_len,
         response_body_truncated: a.truncated,
@@ -421,6 +468,7 @@ fn recorded_row(p: &Planned, due_ts: i64, max_body: usize) -> ReplayResult {
         done_ts: ex.response_end_ts,
         status: ex.status,
         response_headers: ex.response_headers.clone(),
+        response_trailers: ex.response_trailers.clone(),
         response_body_truncated: ex.response_body_truncated || body.len() < ex.response_body.len(),
         response_body: body,
         response_body_len: ex.response_body_len,
@@ -486,6 +534,7 @@ struct ReplayOptionsCore {
     shadow_timeout: Duration,
     concurrency: usize,
     closed_loop: bool,
+    http: HttpChoice,
 }
 
 /// Run a replay. `stop` (Ctrl-C) ends scheduling; in-flight requests get
@@ -635,8 +684,9 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
     }
     if targets.iter().any(|t| t.https) {
         let connector = tls::connector(&opts.tls)?;
+        let connector_h2 = tls::connector_h2(&opts.tls)?;
         for t in targets.iter_mut().filter(|t| t.https) {
-            t.set_tls(connector.clone())?;
+            t.set_tls(connector.clone(), connector_h2.clone())?;
         }
     }
     if let Some(path) = &opts.health_path {
@@ -763,6 +813,7 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
             shadow_timeout: opts.shadow_timeout,
             concurrency: opts.concurrency,
             closed_loop: opts.timing == Timing::Max,
+            http: opts.http,
         }),
         counters: Arc::clone(&counters),
         results: tx,
@@ -957,17 +1008,13 @@ async fn closed_loop(
                             tally[2].fetch_add(1, Ordering::Relaxed);
                             return None;
                         }
-                        let built = build(
-                            &p.exchange,
-                            &destination(&shared, target),
-                            &shared.opts.rules,
-                        );
-                        tally[1].fetch_add(u64::from(built.dropped_redacted), Ordering::Relaxed);
+                        let (request, dropped) = outgoing(&shared, target, &p.exchange);
+                        tally[1].fetch_add(u64::from(dropped), Ordering::Relaxed);
                         let job = Job {
                             p: Arc::clone(&p),
                             target: Arc::clone(target),
                             waiting: Arc::clone(waiting),
-                            bytes: built.bytes,
+                            request,
                             due_ts,
                             pre: None,
                         };
@@ -1205,12 +1252,8 @@ async fn schedule(
                 skipped += 1;
                 continue;
             }
-            let built = build(
-                &p.exchange,
-                &destination(shared, target),
-                &shared.opts.rules,
-            );
-            dropped += u64::from(built.dropped_redacted);
+            let (request, dropped_here) = outgoing(shared, target, &p.exchange);
+            dropped += u64::from(dropped_here);
             let mut due_ts = due_ts;
             if shared.opts.closed_loop {
                 // As fast as allowed: wait here for a permit (closed model);
@@ -1231,19 +1274,21 @@ async fn schedule(
                 let _ = shared.results.send(row).await;
                 continue;
             }
-            let pre = if opts.preserve_order
-                || shared.opts.closed_loop
-                || p.exchange.request_body_truncated
-            {
-                None
-            } else {
-                presend(target, &built.bytes)
+            let pre = match &request {
+                Outgoing::Http1(bytes)
+                    if !(opts.preserve_order
+                        || shared.opts.closed_loop
+                        || p.exchange.request_body_truncated) =>
+                {
+                    presend(target, bytes)
+                }
+                _ => None,
             };
             let job = Job {
                 p: Arc::clone(&p),
                 target: Arc::clone(target),
                 waiting: Arc::clone(waiting),
-                bytes: built.bytes,
+                request,
                 due_ts,
                 pre,
             };
@@ -1298,7 +1343,7 @@ struct Job {
     p: Arc<Planned>,
     target: Arc<Target>,
     waiting: Arc<AtomicU64>,
-    bytes: Vec<u8>,
+    request: Outgoing,
     due_ts: i64,
     /// Already sent by the scheduler (holding one of the target's permits).
     pre: Option<client::Presend>,
@@ -1329,7 +1374,7 @@ impl TaskCtx {
             p,
             target,
             waiting,
-            bytes,
+            request,
             due_ts,
             pre,
         } = job;
@@ -1357,9 +1402,16 @@ impl TaskCtx {
                 opts.timeout
             };
             counters.sent.fetch_add(1, Ordering::Relaxed);
-            let answer = target
-                .exchange_after(pre, own, &bytes, &p.exchange.method, timeout, opts.max_body)
-                .await;
+            let answer = match &request {
+                Outgoing::Http1(bytes) => {
+                    target
+                        .exchange_after(pre, own, bytes, &p.exchange.method, timeout, opts.max_body)
+                        .await
+                }
+                // Streams share connections: `--preserve-order` keeps the
+                // order of sending, not a connection per recorded one.
+                Outgoing::Http2(req) => target.exchange_h2(req, timeout, opts.max_body).await,
+            };
             target.permits.add_permits(1);
             answer
         };

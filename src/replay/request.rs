@@ -5,6 +5,7 @@
 //! add headers of their own, so neither can send back what was captured
 //! byte for byte (see docs/decisions/0001-raw-http-client.md).
 
+use super::h2::H2Request;
 use crate::schema::{Exchange, REDACTED};
 use crate::text::latin1_bytes;
 
@@ -213,6 +214,109 @@ pub fn build(ex: &Exchange, dest: &Destination<'_>, rules: &RequestRules) -> Bui
         bytes: out,
         dropped_redacted,
     }
+}
+
+/// Build the request for one destination as an HTTP/2 stream: `:method`,
+/// `:path` and `:authority` (rewritten like Host, or kept with
+/// `--keep-host`) from the capture, headers in their order with names in
+/// lower case as HTTP/2 requires, without connection-specific fields (RFC
+/// 9113 section 8.2.2; `te: trailers` stays, gRPC needs it) and without
+/// captured pseudo-headers, which the head carries.
+pub fn build_h2(
+    ex: &Exchange,
+    dest: &Destination<'_>,
+    rules: &RequestRules,
+    https: bool,
+) -> (H2Request, u32) {
+    let (path, mut dropped) = without_redacted_query(origin_form(&ex.target));
+    let mut full_path = String::new();
+    if !dest.base_path.is_empty() && path.starts_with('/') {
+        full_path.push_str(dest.base_path.trim_end_matches('/'));
+    }
+    full_path.push_str(&path);
+    let captured_authority = ex.host.as_deref().unwrap_or(dest.authority);
+    let authority = if rules.keep_host {
+        captured_authority
+    } else {
+        dest.authority
+    };
+    let scheme = if https { "https" } else { "http" };
+    let uri = http::Uri::builder()
+        .scheme(scheme)
+        .authority(authority)
+        .path_and_query(full_path.as_str())
+        .build()
+        .or_else(|_| {
+            http::Uri::builder()
+                .scheme(scheme)
+                .authority(dest.authority)
+                .path_and_query("/")
+                .build()
+        })
+        .expect("a target authority is a valid URI authority");
+    let method = http::Method::from_bytes(ex.method.as_bytes()).unwrap_or(http::Method::GET);
+    let mut head = http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .version(http::Version::HTTP_2)
+        .body(())
+        .expect("method and URI are valid");
+    let h = head.headers_mut();
+    let mut set_done = vec![false; rules.set.len()];
+    let mut length_sent = false;
+    let push = |h: &mut http::HeaderMap, n: &[u8], v: &[u8]| {
+        let name = http::HeaderName::from_bytes(&n.to_ascii_lowercase());
+        if let (Ok(name), Ok(value)) = (name, http::HeaderValue::from_bytes(v)) {
+            h.append(name, value);
+        }
+    };
+    for (name, value) in ex.request_headers.iter() {
+        if name.first() == Some(&b':') {
+            continue;
+        }
+        let lower = String::from_utf8_lossy(name).to_ascii_lowercase();
+        let te_trailers = lower == "te" && value.eq_ignore_ascii_case(b"trailers");
+        if rules.drop.contains(&lower)
+            || (HOP_BY_HOP.contains(&lower.as_str()) && !te_trailers)
+            || lower == "host"
+            || lower == "http2-settings"
+        {
+            continue;
+        }
+        if let Some(i) = rules
+            .set
+            .iter()
+            .position(|(n, _)| n.eq_ignore_ascii_case(&lower))
+        {
+            if !set_done[i] {
+                set_done[i] = true;
+                push(h, name, rules.set[i].1.as_bytes());
+            }
+            continue;
+        }
+        if value == REDACTED.as_bytes() {
+            dropped += 1;
+            continue;
+        }
+        if lower == "content-length" {
+            if !length_sent {
+                length_sent = true;
+                push(h, name, ex.request_body.len().to_string().as_bytes());
+            }
+            continue;
+        }
+        push(h, name, value);
+    }
+    for (i, (n, v)) in rules.set.iter().enumerate() {
+        if !set_done[i] {
+            push(h, n.as_bytes(), v.as_bytes());
+        }
+    }
+    if let Some((n, v)) = dest.marker {
+        push(h, n.as_bytes(), v.as_bytes());
+    }
+    let body = bytes::Bytes::copy_from_slice(&ex.request_body);
+    (H2Request { head, body }, dropped)
 }
 
 #[cfg(test)]

@@ -159,7 +159,7 @@ fn scrape_client(url: &str, tls: &super::tls::TlsOptions) -> Result<Target, Samp
     if t.https {
         let connector =
             super::tls::connector(tls).map_err(|e| SamplerError::Url(url.into(), e.to_string()))?;
-        t.set_tls(connector)
+        t.set_tls(connector.clone(), connector)
             .map_err(|e| SamplerError::Url(url.into(), e.to_string()))?;
     }
     Ok(t)

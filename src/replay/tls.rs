@@ -42,6 +42,15 @@ pub enum TlsError {
 
 /// Build the one client configuration all https targets share.
 pub fn connector(opts: &TlsOptions) -> Result<TlsConnector, TlsError> {
+    connector_for(opts, b"http/1.1")
+}
+
+/// The same, offering HTTP/2 by ALPN (requests captured as HTTP/2).
+pub fn connector_h2(opts: &TlsOptions) -> Result<TlsConnector, TlsError> {
+    connector_for(opts, b"h2")
+}
+
+fn connector_for(opts: &TlsOptions, alpn: &[u8]) -> Result<TlsConnector, TlsError> {
     let provider = Arc::new(ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -56,8 +65,9 @@ pub fn connector(opts: &TlsOptions) -> Result<TlsConnector, TlsError> {
             .with_root_certificates(roots(&opts.ca_certs)?)
             .with_no_client_auth()
     };
-    // Replay speaks HTTP/1.1 only: say so, so a server never picks h2.
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // One protocol offered, so the server never picks another: HTTP/1.1
+    // connections and HTTP/2 connections are separate pools.
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(TlsConnector::from(Arc::new(config)))
 }
 

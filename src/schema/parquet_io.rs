@@ -396,14 +396,15 @@ impl ExchangeReader {
         }
         // May be absent: the first three are never read back (derived from
         // other columns when written); `malformed_detail`,
-        // `response_event_offsets_ns` and `endpoint` came later within
-        // schema version 1, so older capture files lack them.
+        // `response_event_offsets_ns`, `endpoint` and `stream_id` came later
+        // within schema version 1, so older capture files lack them.
         let derived = [
             "incomplete",
             "missing_response",
             "endpoint",
             "malformed_detail",
             "response_event_offsets_ns",
+            "stream_id",
         ];
         check_columns(
             &path.display().to_string(),

@@ -73,6 +73,15 @@ pub enum ErrorKind {
     Interrupted,
     /// The answer started but then no byte came for `--stream-idle-timeout`.
     StreamIdle,
+    /// HTTP/2: the server reset the stream (`RST_STREAM`; the code is in
+    /// the detail).
+    StreamReset,
+    /// HTTP/2: the server refused the stream (`REFUSED_STREAM`): it was not
+    /// processed and could be retried.
+    RefusedStream,
+    /// HTTP/2: the server closed the connection with `GOAWAY` before
+    /// answering.
+    GoAway,
 }
 
 impl ErrorKind {
@@ -90,6 +99,9 @@ impl ErrorKind {
             Self::RequestTruncated => "request_truncated",
             Self::Interrupted => "interrupted",
             Self::StreamIdle => "stream_idle",
+            Self::StreamReset => "stream_reset",
+            Self::RefusedStream => "refused_stream",
+            Self::GoAway => "goaway",
         }
     }
 }
@@ -115,6 +127,8 @@ pub struct ReplayResult {
     pub done_ts: Option<i64>,
     pub status: Option<u16>,
     pub response_headers: HeaderList,
+    /// Trailers (HTTP/2, and HTTP/1 chunked): gRPC's status is here.
+    pub response_trailers: HeaderList,
     pub response_body: Vec<u8>,
     pub response_body_len: u64,
     pub response_body_truncated: bool,
@@ -183,6 +197,7 @@ pub fn results_schema() -> SchemaRef {
         f("error_detail", Utf8, true),
         f("first_token_ts", ts_type(), true),
         f("event_offsets_ns", offsets_type(), true),
+        f("response_trailers", header_list_type(), false),
     ]))
 }
 
@@ -247,6 +262,7 @@ pub fn results_to_batch(rows: &[ReplayResult]) -> Result<RecordBatch, arrow::err
         text(&|r| r.error_detail.as_deref()),
         ts(&|r| r.first_token_ts),
         offsets_column(rows.iter().map(|r| r.event_offsets_ns.as_deref())),
+        header_column(rows.iter().map(|r| &r.response_trailers), n),
     ];
     RecordBatch::try_new(results_schema(), columns)
 }
@@ -320,6 +336,7 @@ impl ResultsReader {
             "lag_ns",
             "first_token_ts",
             "event_offsets_ns",
+            "response_trailers",
         ];
         super::parquet_io::check_columns(&name, &results_schema(), builder.schema(), &derived)?;
         let rows = builder.metadata().file_metadata().num_rows() as u64;
@@ -445,9 +462,11 @@ fn batch_to_results(
             st.column(1).as_string::<i32>().clone(),
         )
     };
-    let (req_h, resp_h) = (
+    let (req_h, resp_h, resp_t) = (
         header_column("request_headers"),
         header_column("response_headers"),
+        // Absent from files written before HTTP/2 replay: empty lists.
+        header_column("response_trailers"),
     );
     let headers = |col: &(
         Vec<i32>,
@@ -491,6 +510,7 @@ fn batch_to_results(
             done_ts: opt_ts(&done, i),
             status: status.is_valid(i).then(|| status.value(i)),
             response_headers: headers(&resp_h, i),
+            response_trailers: headers(&resp_t, i),
             response_body: resp_body.value(i).to_vec(),
             response_body_len: lens.value(i),
             response_body_truncated: trunc.value(i),
@@ -522,6 +542,9 @@ impl ErrorKind {
             RequestTruncated,
             Interrupted,
             StreamIdle,
+            StreamReset,
+            RefusedStream,
+            GoAway,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)

@@ -1,0 +1,323 @@
+//! Replay over HTTP/2 with the `h2` crate (docs/decisions/0002-http2-replay.md):
+//! h2c with prior knowledge for `http://` targets, ALPN `h2` for `https://`.
+//! A few connections per target carry many concurrent streams each; `h2`
+//! keeps to the server's SETTINGS (concurrent streams, flow-control
+//! windows), and we give back receive window as bodies are read.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use tokio::net::TcpStream;
+
+use super::client::{now_ns, stream_timing, Answer, Target, HARD_BODY_CAP};
+use super::tls::Conn;
+use crate::proto::h2::error_name;
+use crate::schema::{ErrorKind, HeaderList};
+
+/// Streams per connection we aim for before opening another (servers
+/// commonly allow 100 or more).
+const STREAMS_PER_CONNECTION: usize = 64;
+const MAX_CONNECTIONS: usize = 16;
+
+/// A request ready for `h2`: head without body, and the body.
+pub struct H2Request {
+    pub head: http::Request<()>,
+    pub body: Bytes,
+}
+
+/// One target's HTTP/2 connections.
+pub struct H2Pool {
+    slots: Vec<tokio::sync::Mutex<Slot>>,
+    next: AtomicUsize,
+    /// Connections opened so far (a server that closes them shows here).
+    pub opened: AtomicU64,
+}
+
+#[derive(Default)]
+struct Slot {
+    send: Option<SendRequest<Bytes>>,
+    generation: u64,
+}
+
+impl H2Pool {
+    pub fn new(concurrency: usize) -> Self {
+        let n = concurrency
+            .div_ceil(STREAMS_PER_CONNECTION)
+            .clamp(1, MAX_CONNECTIONS);
+        Self {
+            slots: (0..n).map(|_| Default::default()).collect(),
+            next: AtomicUsize::new(0),
+            opened: AtomicU64::new(0),
+        }
+    }
+}
+
+/// How an `h2` error is recorded.
+fn classify(e: &h2::Error) -> (ErrorKind, String) {
+    if let Some(io) = e.get_io() {
+        return (
+            super::client::io_kind(io),
+            format!("HTTP/2 connection: {io}"),
+        );
+    }
+    let reason = e
+        .reason()
+        .map_or_else(|| "?".to_string(), |r| error_name(u32::from(r)));
+    if e.is_go_away() {
+        return (
+            ErrorKind::GoAway,
+            format!("GOAWAY {reason} from the server"),
+        );
+    }
+    match e.reason() {
+        Some(h2::Reason::REFUSED_STREAM) => (
+            ErrorKind::RefusedStream,
+            "RST_STREAM REFUSED_STREAM: the server did not process it".into(),
+        ),
+        Some(_) if e.is_remote() => (
+            ErrorKind::StreamReset,
+            format!("RST_STREAM {reason} from the server"),
+        ),
+        _ => (ErrorKind::MalformedResponse, format!("HTTP/2: {e}")),
+    }
+}
+
+/// Whether the connection an error came from is done for.
+fn connection_lost(e: &h2::Error) -> bool {
+    e.is_io() || e.is_go_away() || (e.reason().is_some() && !e.is_reset())
+}
+
+impl Target {
+    /// A connection's sender: an open one, or a new connection.
+    async fn h2_sender(&self) -> Result<(SendRequest<Bytes>, usize, u64), (ErrorKind, String)> {
+        let pool = &self.h2;
+        let i = pool.next.fetch_add(1, Ordering::Relaxed) % pool.slots.len();
+        let mut slot = pool.slots[i].lock().await;
+        if let Some(s) = &slot.send {
+            return Ok((s.clone(), i, slot.generation));
+        }
+        let io = self.connect_h2().await?;
+        let (send, connection) = h2::client::Builder::new()
+            // Large windows: a replay reads every answer at once, and the
+            // 64 KiB defaults would pace big answers by round trips.
+            .initial_window_size(1 << 20)
+            .initial_connection_window_size(16 << 20)
+            .enable_push(false)
+            .handshake::<_, Bytes>(io)
+            .await
+            .map_err(|e| classify(&e))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        pool.opened.fetch_add(1, Ordering::Relaxed);
+        slot.generation += 1;
+        slot.send = Some(send.clone());
+        Ok((send, i, slot.generation))
+    }
+
+    /// Forget a broken connection (unless a newer one already took its slot).
+    async fn h2_drop(&self, i: usize, generation: u64) {
+        let mut slot = self.h2.slots[i].lock().await;
+        if slot.generation == generation {
+            slot.send = None;
+        }
+    }
+
+    async fn connect_h2(&self) -> Result<Conn, (ErrorKind, String)> {
+        let stream = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| {
+                (
+                    super::client::io_kind(&e),
+                    format!("connect to {}: {e}", self.authority),
+                )
+            })?;
+        let _ = stream.set_nodelay(true);
+        if !self.https {
+            return Ok(Conn::Plain(stream));
+        }
+        let Some((connector, name)) = &self.tls_h2 else {
+            return Err((ErrorKind::Tls, "https target without TLS settings".into()));
+        };
+        let tls = connector
+            .connect(name.clone(), stream)
+            .await
+            .map_err(|e| (ErrorKind::Tls, format!("TLS handshake: {e}")))?;
+        if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+            return Err((
+                ErrorKind::Tls,
+                format!(
+                    "{} did not agree to HTTP/2 (ALPN h2); replay it with --http1",
+                    self.authority
+                ),
+            ));
+        }
+        Ok(Conn::Tls(Box::new(tls)))
+    }
+
+    /// Send one request as an HTTP/2 stream and read its answer, within
+    /// `timeout` in all (reads keep what came by then).
+    pub async fn exchange_h2(&self, req: &H2Request, timeout: Duration, max_body: usize) -> Answer {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut answer = Answer::default();
+        let started = now_ns();
+        let run = self.stream(req, max_body, deadline, &mut answer);
+        if tokio::time::timeout(timeout + Duration::from_millis(250), run)
+            .await
+            .is_err()
+        {
+            answer.sent_ts.get_or_insert(started);
+            answer.error = Some((
+                ErrorKind::Timeout,
+                format!("no complete answer within {timeout:?}"),
+            ));
+        }
+        answer
+    }
+
+    async fn stream(
+        &self,
+        req: &H2Request,
+        max_body: usize,
+        deadline: tokio::time::Instant,
+        answer: &mut Answer,
+    ) {
+        let (send, slot, generation) = match self.h2_sender().await {
+            Ok(s) => s,
+            Err(e) => {
+                answer.error = Some(e);
+                return;
+            }
+        };
+        let fail = |e: h2::Error| {
+            let lost = connection_lost(&e);
+            (classify(&e), lost)
+        };
+        // Waits while the server's concurrent-stream limit is reached.
+        let ready = tokio::time::timeout_at(deadline, send.ready()).await;
+        let mut send = match ready {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                let (err, lost) = fail(e);
+                if lost {
+                    self.h2_drop(slot, generation).await;
+                }
+                answer.error = Some(err);
+                return;
+            }
+            Err(_) => {
+                answer.error = Some((
+                    ErrorKind::Timeout,
+                    "no HTTP/2 stream free before --timeout".into(),
+                ));
+                return;
+            }
+        };
+        answer.sent_ts = Some(now_ns());
+        let end = req.body.is_empty();
+        let (response, mut body_tx) = match send.send_request(req.head.clone(), end) {
+            Ok(x) => x,
+            Err(e) => {
+                let (err, lost) = fail(e);
+                if lost {
+                    self.h2_drop(slot, generation).await;
+                }
+                answer.error = Some(err);
+                return;
+            }
+        };
+        if !end {
+            // Held by `h2` until the server's window lets it out.
+            if let Err(e) = body_tx.send_data(req.body.clone(), true) {
+                answer.error = Some(classify(&e));
+                return;
+            }
+        }
+        let response = match tokio::time::timeout_at(deadline, response).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                let (err, lost) = fail(e);
+                if lost {
+                    self.h2_drop(slot, generation).await;
+                }
+                answer.error = Some(err);
+                return;
+            }
+            Err(_) => {
+                answer.error = Some((ErrorKind::Timeout, "no answer within --timeout".into()));
+                return;
+            }
+        };
+        answer.first_byte_ts = Some(now_ns());
+        let (head, mut body) = response.into_parts();
+        answer.status = Some(head.status.as_u16());
+        answer.headers = header_list(Some(head.status.as_str()), &head.headers);
+        let mut arrivals = Vec::new();
+        loop {
+            let until = deadline.min(tokio::time::Instant::now() + self.stream_idle);
+            let chunk = match tokio::time::timeout_at(until, body.data()).await {
+                Ok(Some(Ok(c))) => c,
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    answer.error = Some(classify(&e));
+                    break;
+                }
+                Err(_) => {
+                    answer.error = Some(if tokio::time::Instant::now() >= deadline {
+                        (
+                            ErrorKind::Timeout,
+                            "no complete answer within --timeout".into(),
+                        )
+                    } else {
+                        (
+                            ErrorKind::StreamIdle,
+                            format!("the answer stalled: no byte for {:?}", self.stream_idle),
+                        )
+                    });
+                    break;
+                }
+            };
+            let _ = body.flow_control().release_capacity(chunk.len());
+            answer.body_len += chunk.len() as u64;
+            let room = max_body.saturating_sub(answer.body.len());
+            answer
+                .body
+                .extend_from_slice(&chunk[..chunk.len().min(room)]);
+            arrivals.push((answer.body.len() as u64, now_ns()));
+            if answer.body_len > HARD_BODY_CAP {
+                answer.error = Some((
+                    ErrorKind::OversizeBody,
+                    format!("body over {HARD_BODY_CAP} bytes"),
+                ));
+                break;
+            }
+        }
+        if answer.error.is_none() {
+            match tokio::time::timeout_at(deadline, body.trailers()).await {
+                Ok(Ok(Some(t))) => answer.trailers = header_list(None, &t),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => answer.error = Some(classify(&e)),
+                Err(_) => {
+                    answer.error = Some((ErrorKind::Timeout, "no trailers within --timeout".into()))
+                }
+            }
+        }
+        answer.truncated = answer.body_len > answer.body.len() as u64;
+        answer.done_ts = Some(now_ns());
+        stream_timing(answer, &arrivals);
+    }
+}
+
+/// Header fields as captured rows hold them: `:status` first, as sent.
+fn header_list(status: Option<&str>, map: &http::HeaderMap) -> HeaderList {
+    let mut out = HeaderList::new();
+    if let Some(s) = status {
+        out.push(b":status", s.as_bytes());
+    }
+    for (n, v) in map {
+        out.push(n.as_str().as_bytes(), v.as_bytes());
+    }
+    out
+}
