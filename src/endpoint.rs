@@ -26,6 +26,15 @@ pub fn endpoint(method: &str, target: &str) -> String {
     out
 }
 
+/// The endpoint of a request given its content type: a gRPC call is named
+/// by its method, `gRPC package.Service/Method` (its path holds no ids).
+pub fn endpoint_of(method: &str, target: &str, content_type: Option<&[u8]>) -> String {
+    if method == "POST" && crate::proto::h2::grpc::is_grpc(content_type) {
+        return format!("gRPC {}", path_of(target).trim_start_matches('/'));
+    }
+    endpoint(method, target)
+}
+
 /// The path of a request-target: origin form as is, absolute form without
 /// scheme and authority, `*` and authority form unchanged; never the query.
 fn path_of(target: &str) -> &str {
@@ -100,6 +109,18 @@ mod tests {
             "GET /blob/{id}"
         );
         assert_eq!(endpoint("GET", "/v1/models"), "GET /v1/models");
+        assert_eq!(
+            endpoint_of(
+                "POST",
+                "/inference.GRPCInferenceService/ModelInfer",
+                Some(b"application/grpc")
+            ),
+            "gRPC inference.GRPCInferenceService/ModelInfer"
+        );
+        assert_eq!(
+            endpoint_of("POST", "/v1/items/7", Some(b"application/json")),
+            "POST /v1/items/{id}"
+        );
         assert_eq!(endpoint("POST", "/predict"), "POST /predict");
         assert_eq!(endpoint("GET", "http://bro.org/a/7"), "GET /a/{id}");
         assert_eq!(endpoint("GET", "HTTP://bro.org"), "GET /");

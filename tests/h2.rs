@@ -260,3 +260,212 @@ fn lost_packets_mark_streams_and_forget_the_hpack_table_but_never_mix_streams() 
         "{reasons:?}"
     );
 }
+
+mod common;
+
+struct Child(std::process::Child, u16);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Wait until something accepts connections on `port`.
+fn wait_listening(port: u16) {
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "nothing listens on {port}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The hyper-h2 server of the fixtures: it echoes each request's fields.
+fn echo_server(python: &Path) -> Child {
+    let port = free_port();
+    let child = Command::new(python)
+        .arg(fixture("h2c_upgrade_server.py"))
+        .arg(port.to_string())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_listening(port);
+    Child(child, port)
+}
+
+fn replay(capture: &Path, args: &[&str]) -> Vec<shadowctl::schema::ReplayResult> {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("results.parquet");
+    let st = Command::new(env!("CARGO_BIN_EXE_shadowctl"))
+        .arg("replay")
+        .arg(capture)
+        .args(args)
+        .arg("--out")
+        .arg(&out)
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    shadowctl::schema::read_results(&out).unwrap()
+}
+
+fn captured(pcap: &str, dir: &Path) -> PathBuf {
+    let out = dir.join(format!("{pcap}.parquet"));
+    let st = Command::new(env!("CARGO_BIN_EXE_shadowctl"))
+        .args(["capture", "--read"])
+        .arg(fixture(pcap))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+    out
+}
+
+#[test]
+fn h2_replay_sends_the_captured_fields_with_authority_rewritten_and_the_marker_on_shadows() {
+    let Some(python) = common::python_with(&["h2"]) else {
+        return;
+    };
+    let (primary, shadow) = (echo_server(&python), echo_server(&python));
+    let dir = tempfile::tempdir().unwrap();
+    let capture = captured("upgrade.pcap", dir.path());
+    let by_id: HashMap<u64, Exchange> = read_exchanges(&capture)
+        .unwrap()
+        .0
+        .into_iter()
+        .map(|e| (e.exchange_id, e))
+        .collect();
+    let rows = replay(
+        &capture,
+        &[
+            "--primary",
+            &format!("http://127.0.0.1:{}", primary.1),
+            "--shadow",
+            &format!("http://127.0.0.1:{}", shadow.1),
+        ],
+    );
+    let live: Vec<_> = rows
+        .iter()
+        .filter(|r| r.target_name != "recorded")
+        .collect();
+    assert_eq!(live.len(), 244, "122 streams to two targets");
+    for r in live {
+        assert!(r.error_kind.is_none(), "{r:?}");
+        assert_eq!(r.status, Some(200));
+        assert_eq!(
+            header(&r.response_headers, ":status").as_deref(),
+            Some("200")
+        );
+        let body: serde_json::Value = serde_json::from_slice(&r.response_body).unwrap();
+        let sent: Vec<(String, String)> = body["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| (f[0].as_str().unwrap().into(), f[1].as_str().unwrap().into()))
+            .collect();
+        let ex = &by_id[&r.exchange_id];
+        let port = if r.target_name == "shadow" {
+            shadow.1
+        } else {
+            primary.1
+        };
+        let mut want = vec![
+            (":method".to_string(), ex.method.clone()),
+            (":scheme".into(), "http".into()),
+            (":authority".into(), format!("127.0.0.1:{port}")),
+            (":path".into(), ex.target.clone()),
+        ];
+        // The captured fields in order, lower case, without pseudo-headers
+        // and what HTTP/2 forbids (the upgrading request's Upgrade,
+        // Connection, HTTP2-Settings, and Host, which :authority carries).
+        for (n, v) in ex.request_headers.iter() {
+            let n = String::from_utf8_lossy(n).to_ascii_lowercase();
+            if n.starts_with(':')
+                || ["host", "upgrade", "connection", "http2-settings"].contains(&n.as_str())
+            {
+                continue;
+            }
+            want.push((n, String::from_utf8_lossy(v).into_owned()));
+        }
+        if r.target_name == "shadow" {
+            want.push(("x-shadow-replay".into(), "1".into()));
+        }
+        let mut pseudo_first = sent.clone();
+        pseudo_first.sort_by_key(|(n, _)| !n.starts_with(':'));
+        let (sent_pseudo, sent_rest) = pseudo_first.split_at(4);
+        let mut got_pseudo = sent_pseudo.to_vec();
+        got_pseudo.sort();
+        let mut want_pseudo = want[..4].to_vec();
+        want_pseudo.sort();
+        assert_eq!(got_pseudo, want_pseudo, "{}", r.target);
+        assert_eq!(sent_rest, &want[4..], "{}", r.target);
+    }
+}
+
+#[test]
+fn nghttp2_capture_replays_to_nghttpd_with_the_recorded_statuses() {
+    if Command::new("nghttpd").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("SHADOWCTL_REQUIRE_PYTHON").is_none(),
+            "nghttpd missing (./bootstrap installs nghttp2-server)"
+        );
+        eprintln!("skipped: nghttpd missing");
+        return;
+    }
+    let www = tempfile::tempdir().unwrap();
+    std::fs::write(
+        www.path().join("a.json"),
+        "{\"model\":\"resnet\",\"ok\":true}\n",
+    )
+    .unwrap();
+    std::fs::write(www.path().join("index.html"), "hello\n").unwrap();
+    std::fs::write(www.path().join("big.txt"), "x".repeat(27_000)).unwrap();
+    let port = free_port();
+    let server = Child(
+        Command::new("nghttpd")
+            .args(["--no-tls", "-d"])
+            .arg(www.path())
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+        port,
+    );
+    wait_listening(server.1);
+    let dir = tempfile::tempdir().unwrap();
+    let capture = captured("nghttp.pcap", dir.path());
+    for extra in [&[][..], &["--preserve-order"][..], &["--rate", "500"][..]] {
+        let mut args = vec!["--primary".to_string(), format!("http://127.0.0.1:{port}")];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let rows = replay(&capture, &args);
+        let recorded: HashMap<u64, Option<u16>> = rows
+            .iter()
+            .filter(|r| r.target_name == "recorded")
+            .map(|r| (r.exchange_id, r.status))
+            .collect();
+        let live: Vec<_> = rows.iter().filter(|r| r.target_name == "primary").collect();
+        assert_eq!(live.len(), 108, "{extra:?}");
+        for r in live {
+            assert!(r.error_kind.is_none(), "{extra:?} {r:?}");
+            assert_eq!(r.status, recorded[&r.exchange_id], "{extra:?} {}", r.target);
+        }
+    }
+}

@@ -55,8 +55,8 @@ pub struct EndpointConfig<'c> {
     pub rules: Vec<&'c Rule>,
     /// Indexes into `Config::drift`.
     pub drift: Vec<usize>,
-    /// The `[[stream]]` entry for this endpoint, if any.
-    pub stream: Option<&'c super::config::StreamSpec>,
+    /// How its bodies are read (`[[stream]]`, protobuf descriptors).
+    pub doc: super::doc::DocSpec<'c>,
     /// A rule scores similarity (rouge_l, judge): every pair is walked,
     /// equal ones too, so the similarity distributions count them.
     pub scores: bool,
@@ -143,14 +143,17 @@ impl<'c> Comparer<'c> {
             drift: (0..c.drift.len())
                 .filter(|&i| glob(&c.drift[i].endpoint, endpoint))
                 .collect(),
-            stream: c.streams.iter().rev().find(|s| glob(&s.endpoint, endpoint)),
+            doc: super::doc::DocSpec {
+                stream: c.streams.iter().rev().find(|s| glob(&s.endpoint, endpoint)),
+                protos: c.descriptors.as_deref(),
+            },
         }
     }
 
     /// All differences between `p` (primary) and `s` (shadow) answers to the
     /// same request. Both must be usable answers (see `usable`).
     pub fn compare(&mut self, endpoint: &str, p: &ReplayResult, s: &ReplayResult) -> Vec<Diff> {
-        let spec = self.endpoint(endpoint).stream;
+        let spec = self.endpoint(endpoint).doc;
         let (pd, sd) = (LazyDoc::new(p, spec), LazyDoc::new(s, spec));
         let mut seen = Observed::default();
         self.compare_docs(endpoint, &pd, &sd, JudgeMode::Off, &mut seen)
@@ -181,6 +184,17 @@ impl<'c> Comparer<'c> {
         if p.status != s.status {
             let st = |r: &ReplayResult| r.status.map_or("none".into(), |s| s.to_string());
             return vec![diff("status", DiffKind::Changed, st(p), st(s))];
+        }
+        // gRPC carries its status apart from HTTP's (which is 200 either way).
+        let grpc =
+            |r: &ReplayResult| super::grpc::status(&r.response_headers, &r.response_trailers);
+        if grpc(p) != grpc(s) {
+            let st = |r: &ReplayResult| {
+                grpc(r).map_or("none".into(), |c| {
+                    format!("{c} {}", super::grpc::code_name(c))
+                })
+            };
+            return vec![diff("grpc-status", DiffKind::Changed, st(p), st(s))];
         }
         let mut out = self.compare_headers(p, s);
         let ec = self.endpoint(endpoint);

@@ -36,6 +36,14 @@ pub struct Config {
     /// Seconds one judgement may take.
     #[serde(default = "sixty")]
     pub judge_timeout_s: f64,
+    /// `FileDescriptorSet` files (`protoc --descriptor_set_out
+    /// --include_imports`) for decoding gRPC messages; relative to the
+    /// config file.
+    #[serde(default)]
+    pub proto_descriptors: Vec<std::path::PathBuf>,
+    /// The descriptors, loaded by [`Config::load`].
+    #[serde(skip)]
+    pub descriptors: Option<std::sync::Arc<super::grpc::Descriptors>>,
 }
 
 impl Default for Config {
@@ -50,6 +58,8 @@ impl Default for Config {
             judge_command: Vec::new(),
             judge_concurrency: four(),
             judge_timeout_s: sixty(),
+            proto_descriptors: Vec::new(),
+            descriptors: None,
         }
     }
 }
@@ -325,10 +335,21 @@ impl Config {
             path: name.clone(),
             source,
         })?;
-        Self::parse(&text).map_err(|message| ConfigError::Invalid {
-            path: name,
+        let mut c = Self::parse(&text).map_err(|message| ConfigError::Invalid {
+            path: name.clone(),
             message,
-        })
+        })?;
+        if !c.proto_descriptors.is_empty() {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            let files: Vec<_> = c.proto_descriptors.iter().map(|p| dir.join(p)).collect();
+            let d =
+                super::grpc::Descriptors::load(&files).map_err(|message| ConfigError::Invalid {
+                    path: name,
+                    message,
+                })?;
+            c.descriptors = Some(std::sync::Arc::new(d));
+        }
+        Ok(c)
     }
 
     /// Parse config text; the error says which key is wrong.

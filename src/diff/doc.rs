@@ -23,15 +23,24 @@ pub struct Doc {
     pub answer: Option<Answer>,
 }
 
+/// What the config says about reading one endpoint's bodies.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DocSpec<'r> {
+    /// The `[[stream]]` entry for this endpoint, if any.
+    pub stream: Option<&'r StreamSpec>,
+    /// Protobuf descriptors for gRPC answers (`proto_descriptors`).
+    pub protos: Option<&'r super::grpc::Descriptors>,
+}
+
 /// A body's [`Doc`], made on first use.
 pub struct LazyDoc<'r> {
     pub row: &'r ReplayResult,
-    spec: Option<&'r StreamSpec>,
+    spec: DocSpec<'r>,
     doc: OnceCell<Doc>,
 }
 
 impl<'r> LazyDoc<'r> {
-    pub fn new(row: &'r ReplayResult, spec: Option<&'r StreamSpec>) -> Self {
+    pub fn new(row: &'r ReplayResult, spec: DocSpec<'r>) -> Self {
         Self {
             row,
             spec,
@@ -49,7 +58,14 @@ fn first_str(p: &Option<super::jsonpath::PathPattern>, v: &Value) -> Option<Stri
     found.first()?.as_str().map(str::to_string)
 }
 
-fn build(r: &ReplayResult, spec: Option<&StreamSpec>) -> Doc {
+fn build(r: &ReplayResult, doc_spec: DocSpec<'_>) -> Doc {
+    if super::grpc::is_grpc(r) {
+        return Doc {
+            json: super::grpc::body_json(r, doc_spec.protos),
+            answer: None,
+        };
+    }
+    let spec = doc_spec.stream;
     let body = decoded_body(r);
     let ct = r.response_headers.get("content-type");
     if let Some(format) = events::detect(ct, &body) {

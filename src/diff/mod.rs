@@ -12,6 +12,7 @@
 pub mod compare;
 pub mod config;
 pub mod doc;
+pub mod grpc;
 pub mod intervals;
 pub mod jsonpath;
 pub mod judge;
@@ -309,15 +310,21 @@ fn usable(r: &ReplayResult) -> bool {
     }
 }
 
-/// Transport errors and 5xx answers count as errors.
+/// Transport errors, 5xx answers and gRPC statuses that are the server's
+/// failure (UNAVAILABLE, INTERNAL, ...) count as errors.
 fn is_error(r: &ReplayResult) -> bool {
-    r.error_kind.is_some() || r.status.is_some_and(|s| s >= 500)
+    r.error_kind.is_some() || r.status.is_some_and(|s| s >= 500) || grpc_failure(r).is_some()
+}
+
+fn grpc_failure(r: &ReplayResult) -> Option<u32> {
+    grpc::status(&r.response_headers, &r.response_trailers).filter(|&c| grpc::is_server_error(c))
 }
 
 fn error_name(r: &ReplayResult) -> String {
-    match (r.error_kind, r.status) {
-        (Some(k), _) => k.as_str().to_string(),
-        (None, Some(s)) => format!("http_{}xx", s / 100),
+    match (r.error_kind, r.status, grpc_failure(r)) {
+        (Some(k), _, _) => k.as_str().to_string(),
+        (None, _, Some(c)) => format!("grpc_{}", grpc::code_name(c)),
+        (None, Some(s), None) => format!("http_{}xx", s / 100),
         _ => "none".into(),
     }
 }
@@ -542,7 +549,7 @@ fn judge_batch(
     let mut keys = Vec::new();
     for (i, rows) in batch.iter().enumerate() {
         let Some(r) = roles(rows, opts) else { continue };
-        let spec = comparer.endpoint(r.endpoint).stream;
+        let spec = comparer.endpoint(r.endpoint).doc;
         let pd = LazyDoc::new(r.primary, spec);
         let request = doc::request_value(r.primary);
         let mut pairs: Vec<(&ReplayResult, &ReplayResult, String)> = rows
@@ -612,7 +619,7 @@ fn fold_group(
     *f.exchanges_per_endpoint.entry(ep).or_default() += 1;
     f.live_primary |= r.live.is_some();
     f.recorded_primary |= r.live.is_none();
-    let spec = comparer.endpoint(name).stream;
+    let spec = comparer.endpoint(name).doc;
     let pd = LazyDoc::new(primary, spec);
     static NO_JUDGEMENTS: std::sync::LazyLock<HashMap<String, judge::Judgement>> =
         std::sync::LazyLock::new(HashMap::new);

@@ -6,7 +6,7 @@ use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::endpoint::{endpoint, glob};
+use crate::endpoint::glob;
 use crate::schema::{Exchange, ExchangeReader, SchemaError};
 
 /// A `METHOD /path*` pattern: optional method, then a glob over the path
@@ -311,7 +311,11 @@ impl Plan {
         self.emitted += 1;
         Ok(Some(Planned {
             file,
-            endpoint: endpoint(&exchange.method, &exchange.target),
+            endpoint: crate::endpoint::endpoint_of(
+                &exchange.method,
+                &exchange.target,
+                exchange.request_headers.get("content-type"),
+            ),
             exchange,
         }))
     }

@@ -149,6 +149,11 @@ pub fn build(ex: &Exchange, dest: &Destination<'_>, rules: &RequestRules) -> Bui
     let mut length_sent = false;
     let length = ex.request_body.len().to_string();
     for (name, value) in ex.request_headers.iter() {
+        // Pseudo-headers of a request captured as HTTP/2 (sent as HTTP/1.1
+        // with --http1): the request line and Host carry them.
+        if name.first() == Some(&b':') {
+            continue;
+        }
         let lower = String::from_utf8_lossy(name).to_ascii_lowercase();
         if rules.drop.contains(&lower) || HOP_BY_HOP.contains(&lower.as_str()) {
             continue;

@@ -359,7 +359,10 @@ pub fn exchanges_to_batch(rows: &[Exchange]) -> Result<RecordBatch, arrow::error
         text_ref(&|r| &r.target),
         // Derived, for queries over capture files (group by endpoint);
         // never read back: replay and diff compute it again.
-        text(&|r| Some(crate::endpoint::endpoint(&r.method, &r.target))),
+        text(&|r| {
+            let ct = r.request_headers.get("content-type");
+            Some(crate::endpoint::endpoint_of(&r.method, &r.target, ct))
+        }),
         text(&|r| r.host.clone()),
         text_ref(&|r| &r.http_version),
         header_column(rows.iter().map(|r| &r.request_headers), n),

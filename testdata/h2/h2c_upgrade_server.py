@@ -1,9 +1,11 @@
-"""An HTTP/2 server reached by `Upgrade: h2c` (hyper-h2), for the capture
-fixtures: `python3 h2c_upgrade_server.py PORT`. Answers every stream with a
-small JSON body naming its path and a served id, which is also sent as a new
-`x-served-id` header: hyper-h2 indexes it, so a long connection fills the
-4 KiB HPACK table and evicts (the test checks header against body on every
-row). Prints "listening PORT"."""
+"""An HTTP/2 server (hyper-h2) reached by `Upgrade: h2c` or with prior
+knowledge, for the capture fixtures and replay tests: `python3
+h2c_upgrade_server.py PORT`. Answers every stream with a small JSON body
+naming its path, the request's header fields as received, in order, and a
+served id, which is also sent as a new `x-served-id` header: hyper-h2
+indexes it, so a long connection fills the 4 KiB HPACK table and evicts (the
+capture test checks header against body on every row). Prints "listening
+PORT"."""
 import json
 import socket
 import sys
@@ -17,39 +19,65 @@ import h2.events
 SERVED = iter(range(1, 1 << 30))
 
 
-def answer(conn, stream_id, path):
+def answer(conn, stream_id, path, fields=()):
     served = f"{next(SERVED):05d}-" + "s" * 60
-    body = json.dumps({"path": path, "stream": stream_id, "served_id": served}).encode()
+    body = json.dumps({"path": path, "stream": stream_id, "served_id": served,
+                       "fields": [[n, v] for n, v in fields]}).encode()
     conn.send_headers(stream_id, [(":status", "200"), ("content-type", "application/json"),
                                   ("content-length", str(len(body))), ("x-served-id", served)])
     conn.send_data(stream_id, body, end_stream=True)
 
 
-def serve(sock):
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def read_start(sock):
+    """The connection preface, or an HTTP/1.1 head asking to upgrade."""
     head = b""
-    while b"\r\n\r\n" not in head:
+    while True:
+        if head.startswith(PREFACE):
+            return head
+        if b"\r\n\r\n" in head and not head.startswith(b"PRI "):
+            return head
         chunk = sock.recv(65536)
         if not chunk:
-            return
+            return None
         head += chunk
-    lines = head.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
-    path = lines[0].split()[1]
-    fields = {k.strip().lower(): v.strip() for k, v in (l.split(":", 1) for l in lines[1:])}
-    sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+
+
+def serve(sock):
+    head = read_start(sock)
+    if head is None:
+        return
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
-    conn.initiate_upgrade_connection(fields["http2-settings"])
-    answer(conn, 1, path)
+    if head.startswith(PREFACE):
+        # Prior knowledge: the bytes read are the start of HTTP/2.
+        conn.initiate_connection()
+        pending = head
+    else:
+        lines = head.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+        path = lines[0].split()[1]
+        fields = {k.strip().lower(): v.strip() for k, v in (l.split(":", 1) for l in lines[1:])}
+        sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+        conn.initiate_upgrade_connection(fields["http2-settings"])
+        answer(conn, 1, path)
+        pending = b""
     sock.sendall(conn.data_to_send())
-    paths = {}
+    requests = {}
     while True:
-        data = sock.recv(65536)
+        data = pending or sock.recv(65536)
+        pending = b""
         if not data:
             return
         for ev in conn.receive_data(data):
             if isinstance(ev, h2.events.RequestReceived):
-                paths[ev.stream_id] = dict(ev.headers).get(b":path", b"/").decode()
-            if isinstance(ev, h2.events.StreamEnded) and ev.stream_id in paths:
-                answer(conn, ev.stream_id, paths.pop(ev.stream_id))
+                fields = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in ev.headers]
+                requests[ev.stream_id] = (dict(fields).get(":path", "/"), fields)
+            if isinstance(ev, h2.events.DataReceived):
+                conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            if isinstance(ev, h2.events.StreamEnded) and ev.stream_id in requests:
+                path, fields = requests.pop(ev.stream_id)
+                answer(conn, ev.stream_id, path, fields)
         sock.sendall(conn.data_to_send())
 
 

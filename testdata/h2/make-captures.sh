@@ -13,6 +13,7 @@
 #                  the same connections with their first packets cut off,
 #                  as a capture started mid-connection sees them
 #   grpc-lossy.pcap  grpc.pcap with two packets from the middle dropped
+#   grpc-primary.pcap  grpc.pcap's connections to the primary only
 # and X.tshark.tsv for each full capture. Needs root (tcpdump), nghttp2-client,
 # nghttp2-server, curl, tshark, editcap and ../../.venv (grpcio, grpcio-tools, h2).
 set -euo pipefail
@@ -75,6 +76,9 @@ record grpc.pcap "tcp port $P_PRIMARY or tcp port $P_SHADOW"
 "$PY" ../grpc/grpc_client.py "$P_PRIMARY" 60
 "$PY" ../grpc/grpc_client.py "$P_SHADOW" 60
 stop_recording
+
+# What a capture on the primary's host holds: its connections only.
+tshark -r grpc.pcap -Y "tcp.port == $P_PRIMARY" -F pcap -w grpc-primary.pcap
 
 # Mid-connection: drop the packets that carried the preface, SETTINGS and the
 # first requests (whose header blocks filled the HPACK tables).
