@@ -128,17 +128,20 @@ PY
 #   large: bench-out/capture-1g.pcap, 1000 MB, small API calls with 64 KiB
 #     bodies mixed in;
 #   small: bench-out/capture-small.pcap, 1000 MB, small GETs and POSTs only
-#     on keep-alive connections (over a million requests).
+#     on keep-alive connections (over a million requests);
+#   h2: bench-out/capture-h2.pcap, a million h2c streams from h2load to
+#     nghttpd, against tshark's http2 dissector (bench/h2.sh capture).
 if [[ $# -ge 1 ]]; then
     [[ -s $1 ]] || { log "no such pcap: $1"; exit 1; }
     bench_pcap "$1" "$1"
     exit 0
 fi
-for mix in ${MIXES:-large small}; do
+for mix in ${MIXES:-large small h2}; do
     case $mix in
+        h2) bash "$HERE/h2.sh" capture; continue ;;
         large) pcap=$OUTDIR/capture-1g.pcap ;;
         small) pcap=$OUTDIR/capture-small.pcap ;;
-        *) log "unknown mix $mix (large, small)"; exit 2 ;;
+        *) log "unknown mix $mix (large, small, h2)"; exit 2 ;;
     esac
     if [[ ! -s $pcap ]]; then
         log "creating $pcap ($mix mix)"

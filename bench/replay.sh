@@ -16,7 +16,9 @@
 #       four sources sampled every 100 ms (both nginx /metrics endpoints and
 #       both nginx process trees), alternated SAMPLING_RUNS times (default 3);
 #       ratio of the medians (target >= 0.97).
-# STEPS (default abcd) picks the parts to run, e.g. STEPS=d; oha is needed
+#   (h) HTTP/2: replay --max --http2 against h2load at the same concurrency to
+#       the same nghttpd (bench/h2.sh replay; target >= 0.8x h2load).
+# STEPS (default abcdh) picks the parts to run, e.g. STEPS=d; oha is needed
 # only for a and b.
 #
 # Targets are two private nginx instances (lib-nginx.sh: own config in a temp
@@ -41,9 +43,11 @@ REPEAT=${REPEAT:-10}      # (c): the capture given this many times
 CONC=${CONC:-64}
 RATE=${RATE:-10000}       # (b)
 STEP_TIMEOUT=${STEP_TIMEOUT:-300}  # seconds, per command
-STEPS=${STEPS:-abcd}
+STEPS=${STEPS:-abcdh}
 SAMPLING_RUNS=${SAMPLING_RUNS:-3}  # (d)
 START_TIME=$SECONDS
+# Only the HTTP/2 case: no nginx, oha or wrk needed.
+if [[ $STEPS == h ]]; then exec bash "$(dirname -- "${BASH_SOURCE[0]}")/h2.sh" replay; fi
 
 log() { echo "[replay-bench] $*" >&2; }
 
@@ -306,3 +310,4 @@ for x in notes:
     print("  " + x)
 PY
 log "done in $((SECONDS - START_TIME))s"
+if [[ $STEPS == *h* ]]; then bash "$HERE/h2.sh" replay; fi

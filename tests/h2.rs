@@ -173,6 +173,41 @@ fn h2c_upgrade_keeps_the_first_request_and_evicted_hpack_entries_decode_right() 
     assert_eq!(nghttp.len(), 120);
 }
 
+#[test]
+fn continuation_and_padded_frames_are_joined_and_unpadded() {
+    let rows = capture(&fixture("nghttp.pcap"));
+    let mut flows: Vec<u64> = rows.iter().map(|r| r.flow_id).collect();
+    flows.sort_unstable();
+    flows.dedup();
+    let in_flow = |rank: usize| -> Vec<&Exchange> {
+        let mut v: Vec<_> = rows.iter().filter(|r| r.flow_id == flows[rank]).collect();
+        v.sort_by_key(|r| r.stream_id);
+        v
+    };
+    // nghttp's third connection sent a 30 KB header: more than one 16 KiB
+    // frame, so HEADERS and CONTINUATION.
+    let big = in_flow(2);
+    assert_eq!(big.len(), 1);
+    assert_eq!(
+        header(&big[0].request_headers, "x-big").map(|v| v.len()),
+        Some(30_000)
+    );
+    // The fourth ran with --padding 17: every frame padded. Its answers are
+    // the same bytes as the first connection's, unpadded.
+    let padded = in_flow(3);
+    let plain = in_flow(0);
+    assert_eq!(padded.len(), 2);
+    for p in padded {
+        let twin = plain
+            .iter()
+            .find(|r| r.target == p.target)
+            .expect("the same file fetched unpadded");
+        assert!(!p.response_body.is_empty());
+        assert_eq!(p.response_body, twin.response_body, "{}", p.target);
+        assert_eq!(p.status, Some(200));
+    }
+}
+
 /// Capture with packets removed never gives a row data that the whole
 /// capture does not have: fields it could not decode are absent and the
 /// row says why, never replaced by another stream's.

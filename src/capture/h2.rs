@@ -608,3 +608,220 @@ impl Decoded {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        out.push(kind);
+        out.push(flags);
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// A header block of literal fields without indexing (no table use).
+    fn block(fields: &[(&str, &str)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (n, v) in fields {
+            out.push(0);
+            out.push(n.len() as u8);
+            out.extend_from_slice(n.as_bytes());
+            out.push(v.len() as u8);
+            out.extend_from_slice(v.as_bytes());
+        }
+        out
+    }
+
+    const END_STREAM: u8 = 1;
+    const END_HEADERS: u8 = 4;
+
+    fn request(stream: u32, end: bool) -> Vec<u8> {
+        let b = block(&[
+            (":method", "POST"),
+            (":path", "/m"),
+            (":scheme", "http"),
+            (":authority", "a"),
+        ]);
+        frame(
+            1,
+            END_HEADERS | if end { END_STREAM } else { 0 },
+            stream,
+            &b,
+        )
+    }
+
+    fn response(stream: u32, status: &str, end: bool) -> Vec<u8> {
+        frame(
+            1,
+            END_HEADERS | if end { END_STREAM } else { 0 },
+            stream,
+            &block(&[(":status", status)]),
+        )
+    }
+
+    struct Conn {
+        c: H2Conn,
+        budget: Budget,
+        ts: i64,
+    }
+
+    impl Conn {
+        fn new() -> Self {
+            let a: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+            let b: SocketAddr = "127.0.0.1:50051".parse().unwrap();
+            let limits = FlowLimits {
+                max_body: 1 << 20,
+                max_pending: 16,
+            };
+            let mut c = H2Conn::new(7, [a, b], Some(0), limits);
+            let mut budget = Budget {
+                held: 0,
+                max: 1 << 30,
+                memory_truncated: 0,
+            };
+            c.data(0, crate::proto::h2::PREFACE, 1, &mut budget);
+            Self { c, budget, ts: 1 }
+        }
+
+        fn client(&mut self, bytes: &[u8]) {
+            self.ts += 1;
+            self.c.data(0, bytes, self.ts, &mut self.budget);
+        }
+
+        fn server(&mut self, bytes: &[u8]) {
+            self.ts += 1;
+            self.c.data(1, bytes, self.ts, &mut self.budget);
+        }
+
+        fn done(&mut self) -> Vec<Exchange> {
+            let mut out = Vec::new();
+            self.c.take_done(&mut out);
+            out
+        }
+    }
+
+    #[test]
+    fn a_stream_with_interim_body_and_trailers() {
+        let mut c = Conn::new();
+        c.client(&request(1, false));
+        c.client(&frame(0, END_STREAM, 1, b"req"));
+        let mut s = response(1, "100", false);
+        s.extend(response(1, "200", false));
+        s.extend(frame(0, 0, 1, b"hello "));
+        s.extend(frame(0, 0, 1, b"world"));
+        s.extend(frame(
+            1,
+            END_HEADERS | END_STREAM,
+            1,
+            &block(&[("grpc-status", "0")]),
+        ));
+        c.server(&s);
+        let out = c.done();
+        assert_eq!(out.len(), 1);
+        let ex = &out[0];
+        assert_eq!(
+            (ex.method.as_str(), ex.target.as_str(), ex.host.as_deref()),
+            ("POST", "/m", Some("a"))
+        );
+        assert_eq!(ex.interim_statuses, vec![100]);
+        assert_eq!(ex.status, Some(200));
+        assert_eq!(ex.request_body, b"req");
+        assert_eq!(ex.response_body, b"hello world");
+        assert_eq!(ex.response_trailers.get("grpc-status"), Some(&b"0"[..]));
+        assert_eq!(ex.stream_id, Some(1));
+        assert!(ex.incomplete.is_none());
+        assert_eq!(c.budget.held, 0, "bodies released when emitted");
+    }
+
+    #[test]
+    fn resets_and_goaway_mark_the_streams_they_end() {
+        let mut c = Conn::new();
+        c.client(&request(1, true));
+        c.client(&request(3, true));
+        c.client(&request(5, true));
+        // The client gives up on 1; the server answers 3 fully, then resets
+        // it with NO_ERROR (allowed, not a failure); GOAWAY says 5 was not
+        // processed.
+        c.client(&frame(3, 0, 1, &8u32.to_be_bytes()));
+        let mut s = response(3, "200", true);
+        s.extend(frame(3, 0, 3, &0u32.to_be_bytes()));
+        let mut goaway = 3u32.to_be_bytes().to_vec();
+        goaway.extend_from_slice(&0u32.to_be_bytes());
+        s.extend(frame(7, 0, 0, &goaway));
+        c.server(&s);
+        let mut out = c.done();
+        out.sort_by_key(|e| e.stream_id);
+        let reasons: Vec<_> = out
+            .iter()
+            .map(|e| {
+                (
+                    e.stream_id.unwrap(),
+                    e.incomplete,
+                    e.malformed_detail.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![
+                (
+                    1,
+                    Some(IncompleteReason::StreamReset),
+                    Some("RST_STREAM CANCEL from the client".into())
+                ),
+                (3, None, None),
+                (
+                    5,
+                    Some(IncompleteReason::GoAway),
+                    Some("GOAWAY NO_ERROR with last stream 3: not processed".into())
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn unanswered_streams_are_cut_at_the_end_and_open_streams_are_bounded() {
+        let mut c = Conn::new();
+        for id in (1..=41).step_by(2) {
+            c.client(&request(id, true));
+        }
+        // 21 requests, 16 may wait: the five oldest were given up.
+        let given_up = c.done();
+        assert_eq!(given_up.len(), 5);
+        assert!(given_up
+            .iter()
+            .all(|e| e.incomplete == Some(IncompleteReason::ResponseCut)));
+        assert_eq!(c.c.counters().1.lost_responses, 5);
+        c.server(&response(41, "200", false));
+        c.c.finish(100, &mut c.budget);
+        let rest = c.done();
+        assert_eq!(rest.len(), 16);
+        let last = rest.iter().find(|e| e.stream_id == Some(41)).unwrap();
+        assert_eq!(last.status, Some(200));
+        assert_eq!(last.incomplete, Some(IncompleteReason::ResponseCut));
+    }
+
+    #[test]
+    fn a_protocol_error_marks_open_streams_and_reading_resumes_at_a_frame_boundary() {
+        let mut c = Conn::new();
+        c.client(&request(1, true));
+        // A CONTINUATION out of place: the server's framing is broken.
+        c.server(&frame(9, END_HEADERS, 1, b""));
+        // The next segment starts with frames again.
+        let mut s = response(1, "200", true);
+        s.extend(frame(6, 0, 0, &[0; 8]));
+        c.server(&s);
+        let out = c.done();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].status, Some(200));
+        assert_eq!(out[0].incomplete, Some(IncompleteReason::ResponseMalformed));
+        assert!(out[0]
+            .malformed_detail
+            .as_deref()
+            .unwrap()
+            .contains("CONTINUATION"));
+    }
+}

@@ -252,6 +252,27 @@ impl WriterThread {
     }
 }
 
+/// Query credentials in an HTTP/2 `:path` field, like in the target.
+fn redact_path_field(headers: &mut crate::schema::HeaderList, query: &[String]) {
+    let mut out = crate::schema::HeaderList::new();
+    let mut changed = false;
+    for (name, value) in headers.iter() {
+        let redacted = (name == b":path")
+            .then(|| redact_query(&String::from_utf8_lossy(value), query).0)
+            .flatten();
+        match redacted {
+            Some(v) => {
+                changed = true;
+                out.push(name, v.as_bytes());
+            }
+            None => out.push(name, value),
+        }
+    }
+    if changed {
+        *headers = out;
+    }
+}
+
 fn redact_all(rows: &mut [Exchange], redaction: &Redaction) -> u64 {
     let (names, query) = (&redaction.headers, &redaction.query);
     let mut n = 0;
@@ -262,6 +283,10 @@ fn redact_all(rows: &mut [Exchange], redaction: &Redaction) -> u64 {
                 ex.target = t;
             }
             n += k;
+            // HTTP/2 keeps the target in its `:path` field too.
+            if ex.request_headers.get(":path").is_some() {
+                redact_path_field(&mut ex.request_headers, query);
+            }
         }
         for h in [
             &mut ex.request_headers,
@@ -512,6 +537,31 @@ fn read_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http2_path_fields_and_lower_case_secrets_are_redacted() {
+        let mut h = crate::schema::HeaderList::new();
+        h.push(b":method", b"GET");
+        h.push(b":path", b"/m?token=s3cret&x=1");
+        h.push(b"authorization", b"Bearer s3cret");
+        let mut rows = vec![Exchange {
+            target: "/m?token=s3cret&x=1".into(),
+            request_headers: h,
+            ..Default::default()
+        }];
+        let n = redact_all(&mut rows, &Redaction::default());
+        assert_eq!(n, 2, "the query value (counted once) and the header");
+        let ex = &rows[0];
+        assert_eq!(ex.target, "/m?token=[REDACTED]&x=1");
+        assert_eq!(
+            ex.request_headers.get(":path"),
+            Some(&b"/m?token=[REDACTED]&x=1"[..])
+        );
+        assert_eq!(
+            ex.request_headers.get("authorization"),
+            Some(&b"[REDACTED]"[..])
+        );
+    }
 
     #[test]
     fn query_credentials_are_redacted_by_name_whatever_their_case() {

@@ -74,6 +74,13 @@ pub struct CaptureStats {
     pub sampled_out_segments: u64,
     /// Output files written (live capture with rotation may write several).
     pub output_files: Vec<String>,
+    /// Connections that spoke HTTP/2.
+    pub http2_connections: u64,
+    /// HTTP/2 header blocks with fields from HPACK entries never seen.
+    pub hpack_unknown_blocks: u64,
+    /// HTTP/2 bytes skipped looking for a frame boundary (mid-connection
+    /// start, after loss).
+    pub http2_skipped_bytes: u64,
 }
 
 impl CaptureStats {
@@ -88,6 +95,11 @@ impl CaptureStats {
         self.responses_lost += c.lost_responses;
         self.requests_lost += c.lost_requests;
         self.oversize_heads += flow.oversize_heads();
+        if let Some(h) = flow.h2_counters() {
+            self.http2_connections += 1;
+            self.hpack_unknown_blocks += h.hpack_unknown_blocks;
+            self.http2_skipped_bytes += h.skipped_bytes;
+        }
         if flow.has_http() {
             self.http_connections += 1;
         } else if flow.is_non_http() {
@@ -138,6 +150,13 @@ impl CaptureStats {
             self.non_http_connections,
             self.silent_connections
         );
+        if self.http2_connections > 0 {
+            let _ = writeln!(
+                s,
+                "  http/2             {} connections, {} header blocks with unknown HPACK entries, {} bytes skipped to a frame boundary",
+                self.http2_connections, self.hpack_unknown_blocks, self.http2_skipped_bytes
+            );
+        }
         let _ = writeln!(s, "  exchanges          {}", self.exchanges);
         let _ = writeln!(s, "  incomplete         {}", self.incomplete_exchanges);
         if self.malformed_exchanges + self.pairing_uncertain_exchanges + self.oversize_heads > 0 {

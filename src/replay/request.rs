@@ -198,7 +198,13 @@ pub fn build(ex: &Exchange, dest: &Destination<'_>, rules: &RequestRules) -> Bui
         push_header(&mut out, name, value);
     }
     if !host_seen && version == "HTTP/1.1" {
-        push_header(&mut out, b"Host", dest.authority.as_bytes());
+        // An HTTP/2 request carried its host in `:authority`.
+        let captured = ex.host.as_deref().filter(|_| rules.keep_host);
+        push_header(
+            &mut out,
+            b"Host",
+            captured.unwrap_or(dest.authority).as_bytes(),
+        );
     }
     for (i, (n, v)) in rules.set.iter().enumerate() {
         if !set_done[i] {
