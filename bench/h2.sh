@@ -95,7 +95,7 @@ print(f"== HTTP/2 (h2c) capture: {size / 1e6:.1f} MB, {st['packets']} packets")
 print(f"{'tool':<10} {'seconds':>8} {'streams':>10} {'streams/s':>10} {'peak RSS MB':>12}")
 print(f"{'tshark':<10} {ts:>8.2f} {tn:>10} {tn / ts:>10.0f} {tr / 1024:>12.1f}")
 print(f"{'shadowctl':<10} {ss:>8.2f} {sn:>10} {sn / ss:>10.0f} {sr / 1024:>12.1f}")
-print(f"throughput ratio shadowctl/tshark: {ts / ss:.1f}x (incomplete rows: {st['incomplete']})")
+print(f"throughput ratio shadowctl/tshark: {ts / ss:.1f}x (incomplete rows: {st['incomplete_exchanges']})")
 PY
 }
 

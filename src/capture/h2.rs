@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use super::flow::{append, Budget, FlowCounters, FlowLimits};
-use crate::proto::h2::hpack::{self, Decoder, Field, Text};
+use crate::proto::h2::hpack::{self, Decoder};
 use crate::proto::h2::{error_name, starts_with_frames, Frame, FrameReader, PREFACE};
 use crate::schema::{Exchange, HeaderList, IncompleteReason};
 use crate::text::latin1;
@@ -265,23 +265,23 @@ impl State {
     }
 
     fn decode(&mut self, side: usize, block: &[u8]) -> Decoded {
-        match self.hpack[side].decode(block) {
-            Ok(fields) => {
-                let unknown = fields
-                    .iter()
-                    .filter(|f| f.name == Text::Unknown || f.value == Text::Unknown)
-                    .count();
-                if unknown > 0 {
-                    self.counters.hpack_unknown_blocks += 1;
-                }
-                Decoded {
-                    fields,
-                    unknown,
-                    error: None,
-                }
-            }
+        let mut list = HeaderList::new();
+        let mut unknown = 0;
+        let r = self.hpack[side].decode_with(block, |n, v| match (n, v) {
+            (Some(n), Some(v)) => list.push(n, v),
+            _ => unknown += 1,
+        });
+        if unknown > 0 {
+            self.counters.hpack_unknown_blocks += 1;
+        }
+        match r {
+            Ok(()) => Decoded {
+                list,
+                unknown,
+                error: None,
+            },
             Err(e) => Decoded {
-                fields: Vec::new(),
+                list: HeaderList::new(),
                 unknown: 0,
                 error: Some(e),
             },
@@ -313,11 +313,18 @@ impl State {
         }
     }
 
-    fn request_headers(&mut self, id: u32, d: Decoded, end: bool, ts: i64, budget: &mut Budget) {
+    fn request_headers(
+        &mut self,
+        id: u32,
+        mut d: Decoded,
+        end: bool,
+        ts: i64,
+        budget: &mut Budget,
+    ) {
         if let Some(s) = self.streams.get_mut(&id) {
             // A second block from the client: its trailers.
             if !s.req_done {
-                s.ex.request_trailers = d.list();
+                s.ex.request_trailers = d.take_list();
                 d.flag(&mut s.ex, IncompleteReason::RequestMalformed);
                 if end {
                     s.req_done = true;
@@ -327,13 +334,13 @@ impl State {
             self.emit_if_done(id, budget);
             return;
         }
-        let mut ex = self.new_exchange(&d, ts);
+        let mut ex = self.new_exchange(&mut d, ts);
         ex.stream_id = Some(id);
         d.flag(&mut ex, IncompleteReason::RequestMalformed);
         self.open(id, ex, end, budget);
     }
 
-    fn new_exchange(&mut self, d: &Decoded, ts: i64) -> Exchange {
+    fn new_exchange(&mut self, d: &mut Decoded, ts: i64) -> Exchange {
         let pseudo = |n: &str| d.get(n).map(|v| latin1(v).into_owned());
         let method = pseudo(":method").unwrap_or_default();
         let authority = pseudo(":authority");
@@ -357,7 +364,7 @@ impl State {
             target,
             http_version: "HTTP/2".into(),
             host: authority.or_else(|| d.get("host").map(|v| latin1(v).into_owned())),
-            request_headers: d.list(),
+            request_headers: d.take_list(),
             ..Default::default()
         }
     }
@@ -387,14 +394,21 @@ impl State {
         }
     }
 
-    fn response_headers(&mut self, id: u32, d: Decoded, end: bool, ts: i64, budget: &mut Budget) {
+    fn response_headers(
+        &mut self,
+        id: u32,
+        mut d: Decoded,
+        end: bool,
+        ts: i64,
+        budget: &mut Budget,
+    ) {
         let Some(s) = self.streams.get_mut(&id) else {
             self.flow_counters.orphan_responses += 1;
             self.counters.unseen_requests += 1;
             return;
         };
         if s.final_seen {
-            s.ex.response_trailers = d.list();
+            s.ex.response_trailers = d.take_list();
         } else {
             let status = d
                 .get(":status")
@@ -412,7 +426,7 @@ impl State {
             s.ex.response_version = Some("HTTP/2".into());
             s.ex.response_ts = Some(ts);
             s.ex.response_end_ts = Some(ts);
-            s.ex.response_headers = d.list();
+            s.ex.response_headers = d.take_list();
             if status.is_none() && d.unknown == 0 && d.error.is_none() {
                 s.ex.incomplete
                     .get_or_insert(IncompleteReason::ResponseMalformed);
@@ -436,11 +450,11 @@ impl State {
         budget: &mut Budget,
     ) {
         // Decoded in any case: the block changes the server's table.
-        let d = self.decode(side, block);
+        let mut d = self.decode(side, block);
         if self.client_side != Some(1 - side) {
             return;
         }
-        let mut ex = self.new_exchange(&d, ts);
+        let mut ex = self.new_exchange(&mut d, ts);
         ex.stream_id = Some(promised);
         d.flag(&mut ex, IncompleteReason::RequestMalformed);
         self.open(promised, ex, true, budget);
@@ -565,7 +579,8 @@ impl State {
 
 /// A decoded header block.
 struct Decoded {
-    fields: Vec<Field>,
+    /// The fields known in full, in order (pseudo-headers included).
+    list: HeaderList,
     /// Fields with a name or value from HPACK entries never seen.
     unknown: usize,
     error: Option<hpack::HpackError>,
@@ -573,25 +588,15 @@ struct Decoded {
 
 impl Decoded {
     fn get(&self, name: &str) -> Option<&[u8]> {
-        self.fields.iter().find_map(|f| match (&f.name, &f.value) {
-            (Text::Known(n), Text::Known(v)) if n == name.as_bytes() => Some(v.as_slice()),
-            _ => None,
-        })
+        self.list.get(name)
     }
 
     fn has(&self, name: &str) -> bool {
         self.get(name).is_some()
     }
 
-    /// The fields known in full, in order (pseudo-headers included).
-    fn list(&self) -> HeaderList {
-        let mut out = HeaderList::new();
-        for f in &self.fields {
-            if let (Text::Known(n), Text::Known(v)) = (&f.name, &f.value) {
-                out.push(n, v);
-            }
-        }
-        out
+    fn take_list(&mut self) -> HeaderList {
+        std::mem::take(&mut self.list)
     }
 
     /// Mark the exchange for what this block could not give.

@@ -119,15 +119,6 @@ pub struct Field {
     pub value: Text,
 }
 
-impl Field {
-    fn known(name: &[u8], value: &[u8]) -> Self {
-        Self {
-            name: Text::Known(name.to_vec()),
-            value: Text::Known(value.to_vec()),
-        }
-    }
-}
-
 #[derive(Clone, Debug)]
 struct Entry {
     name: Option<Vec<u8>>,
@@ -142,6 +133,13 @@ impl Entry {
         self.name.as_ref().map_or(0, Vec::len) + self.value.len() + 32
     }
 }
+
+/// A field as decoded, borrowed: name and value, None where they come from
+/// an entry never seen.
+pub type FieldRef<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
+/// Where decoded fields go.
+type FieldSink<'s> = dyn FnMut(Option<&[u8]>, Option<&[u8]>) + 's;
 
 /// One direction's HPACK decoder.
 #[derive(Debug)]
@@ -189,20 +187,44 @@ impl Decoder {
 
     /// Decode one complete header block. On error the table is cleared.
     pub fn decode(&mut self, block: &[u8]) -> Result<Vec<Field>, HpackError> {
-        let r = self.decode_inner(block);
+        let mut out = Vec::new();
+        let text = |t: Option<&[u8]>| t.map_or(Text::Unknown, |b| Text::Known(b.to_vec()));
+        self.decode_with(block, |n, v| {
+            out.push(Field {
+                name: text(n),
+                value: text(v),
+            })
+        })?;
+        Ok(out)
+    }
+
+    /// Decode one complete header block, giving each field to `f` as it is
+    /// decoded, borrowed (None: from an entry never seen). On error the
+    /// table is cleared.
+    pub fn decode_with(
+        &mut self,
+        block: &[u8],
+        mut f: impl FnMut(Option<&[u8]>, Option<&[u8]>),
+    ) -> Result<(), HpackError> {
+        let r = self.decode_inner(block, &mut f);
         if r.is_err() {
             self.clear();
         }
         r
     }
 
-    fn decode_inner(&mut self, mut b: &[u8]) -> Result<Vec<Field>, HpackError> {
-        let mut out = Vec::new();
+    fn decode_inner(
+        &mut self,
+        mut b: &[u8],
+        f: &mut FieldSink<'_>,
+    ) -> Result<(), HpackError> {
         let mut decoded = 0usize;
         while let Some(&first) = b.first() {
-            let field = if first & 0x80 != 0 {
+            let size = if first & 0x80 != 0 {
                 let i = int(&mut b, 7)?;
-                self.lookup(i)?
+                let (n, v) = self.lookup(i)?;
+                f(n, v);
+                n.map_or(0, <[u8]>::len) + v.map_or(0, <[u8]>::len)
             } else if first & 0xe0 == 0x20 {
                 let size = int(&mut b, 5)?;
                 if size > self.limit {
@@ -220,51 +242,39 @@ impl Decoder {
                     (4, false)
                 };
                 let i = int(&mut b, prefix)?;
-                let name = if i == 0 {
-                    Text::Known(string(&mut b)?)
+                let name: Option<Vec<u8>> = if i == 0 {
+                    Some(string(&mut b)?.into_owned())
                 } else {
-                    self.lookup(i)?.name
+                    self.lookup(i)?.0.map(<[u8]>::to_vec)
                 };
                 let value = string(&mut b)?;
+                f(name.as_deref(), Some(&value));
+                let size = name.as_ref().map_or(0, Vec::len) + value.len();
                 if index {
-                    self.insert(Entry {
-                        name: match &name {
-                            Text::Known(n) => Some(n.clone()),
-                            Text::Unknown => None,
-                        },
-                        value: value.clone(),
-                    });
+                    let value = value.into_owned();
+                    self.insert(Entry { name, value });
                 }
-                Field {
-                    name,
-                    value: Text::Known(value),
-                }
+                size
             };
-            decoded += text_len(&field.name) + text_len(&field.value);
+            decoded += size;
             if decoded > MAX_DECODED {
                 return Err(HpackError::TooLarge);
             }
-            out.push(field);
         }
-        Ok(out)
+        Ok(())
     }
 
-    fn lookup(&self, i: usize) -> Result<Field, HpackError> {
+    /// Name and value of an index (None: an entry never seen).
+    fn lookup(&self, i: usize) -> Result<FieldRef<'_>, HpackError> {
         match i {
             0 => Err(HpackError::ZeroIndex),
             1..=61 => {
                 let (n, v) = STATIC[i - 1];
-                Ok(Field::known(n.as_bytes(), v.as_bytes()))
+                Ok((Some(n.as_bytes()), Some(v.as_bytes())))
             }
             _ => Ok(match self.table.get(i - 62) {
-                Some(e) => Field {
-                    name: e.name.clone().map_or(Text::Unknown, Text::Known),
-                    value: Text::Known(e.value.clone()),
-                },
-                None => Field {
-                    name: Text::Unknown,
-                    value: Text::Unknown,
-                },
+                Some(e) => (e.name.as_deref(), Some(e.value.as_slice())),
+                None => (None, None),
             }),
         }
     }
@@ -294,13 +304,6 @@ impl Decoder {
     }
 }
 
-fn text_len(t: &Text) -> usize {
-    match t {
-        Text::Known(v) => v.len(),
-        Text::Unknown => 0,
-    }
-}
-
 /// An integer with an N-bit prefix (RFC 7541 section 5.1).
 fn int(b: &mut &[u8], prefix: u32) -> Result<usize, HpackError> {
     let mask = (1u32 << prefix) - 1;
@@ -327,8 +330,9 @@ fn int(b: &mut &[u8], prefix: u32) -> Result<usize, HpackError> {
     }
 }
 
-/// A string literal (RFC 7541 section 5.2).
-fn string(b: &mut &[u8]) -> Result<Vec<u8>, HpackError> {
+/// A string literal (RFC 7541 section 5.2): borrowed from the block, or
+/// Huffman-decoded.
+fn string<'a>(b: &mut &'a [u8]) -> Result<std::borrow::Cow<'a, [u8]>, HpackError> {
     let huffman = b.first().ok_or(HpackError::Truncated)? & 0x80 != 0;
     let len = int(b, 7)?;
     if len > b.len() {
@@ -337,12 +341,12 @@ fn string(b: &mut &[u8]) -> Result<Vec<u8>, HpackError> {
     let (raw, rest) = b.split_at(len);
     *b = rest;
     if !huffman {
-        return Ok(raw.to_vec());
+        return Ok(raw.into());
     }
     let mut out = Vec::with_capacity(len * 8 / 5);
     httlib_huffman::decode(raw, &mut out, httlib_huffman::DecoderSpeed::FourBits)
         .map_err(|_| HpackError::Huffman)?;
-    Ok(out)
+    Ok(out.into())
 }
 
 #[cfg(test)]
