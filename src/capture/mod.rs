@@ -284,7 +284,7 @@ fn redact_all(rows: &mut [Exchange], redaction: &Redaction) -> u64 {
             }
             n += k;
             // HTTP/2 keeps the target in its `:path` field too.
-            if ex.request_headers.get(":path").is_some() {
+            if k > 0 && ex.http_version == "HTTP/2" {
                 redact_path_field(&mut ex.request_headers, query);
             }
         }
@@ -546,6 +546,7 @@ mod tests {
         h.push(b"authorization", b"Bearer s3cret");
         let mut rows = vec![Exchange {
             target: "/m?token=s3cret&x=1".into(),
+            http_version: "HTTP/2".into(),
             request_headers: h,
             ..Default::default()
         }];

@@ -213,11 +213,7 @@ impl Decoder {
         r
     }
 
-    fn decode_inner(
-        &mut self,
-        mut b: &[u8],
-        f: &mut FieldSink<'_>,
-    ) -> Result<(), HpackError> {
+    fn decode_inner(&mut self, mut b: &[u8], f: &mut FieldSink<'_>) -> Result<(), HpackError> {
         let mut decoded = 0usize;
         while let Some(&first) = b.first() {
             let size = if first & 0x80 != 0 {
