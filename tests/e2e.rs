@@ -259,8 +259,10 @@ fn v1_against_itself_is_go() {
     let dir = tempfile::tempdir().unwrap();
     let (code, r, stdout) = pipeline(dir.path(), Version::V1);
     // Nothing fails. 300 answers per endpoint bound a p99 from above only
-    // by their slowest few, so a latency gate may still be undecided (with
-    // the exchanges that would decide it); anything else undecided is not.
+    // by their slowest few, so a latency gate may still be undecided;
+    // anything else undecided is not. It says how many exchanges would
+    // decide it, unless one slow answer (a busy CI machine) put the
+    // observed ratio beyond the limit: then it says no count would.
     let open: Vec<&Value> = r["reasons"]
         .as_array()
         .unwrap()
@@ -270,8 +272,13 @@ fn v1_against_itself_is_go() {
     for x in &open {
         assert_eq!(x["outcome"], "inconclusive", "{stdout}");
         assert!(
-            ["p99_latency_ratio", "ttft_p99_ratio"].contains(&x["criterion"].as_str().unwrap())
-                && x["needed_exchanges"].as_u64().is_some(),
+            ["p99_latency_ratio", "ttft_p99_ratio"].contains(&x["criterion"].as_str().unwrap()),
+            "{stdout}"
+        );
+        let detail = x["detail"].as_str().unwrap();
+        assert!(
+            x["needed_exchanges"].as_u64().is_some()
+                || detail.contains("no number of exchanges would decide"),
             "{stdout}"
         );
     }
