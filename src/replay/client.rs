@@ -463,6 +463,14 @@ impl Target {
     }
 
     async fn connect(&self) -> Result<Conn, (ErrorKind, String)> {
+        self.open(&self.tls).await
+    }
+
+    /// A new connection, wrapped in TLS with `tls` for an https target.
+    pub(super) async fn open(
+        &self,
+        tls: &Option<(TlsConnector, ServerName<'static>)>,
+    ) -> Result<Conn, (ErrorKind, String)> {
         let stream = TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| (io_kind(&e), e.to_string()))?;
@@ -470,7 +478,7 @@ impl Target {
         if !self.https {
             return Ok(Conn::Plain(stream));
         }
-        let Some((connector, name)) = &self.tls else {
+        let Some((connector, name)) = tls else {
             return Err((ErrorKind::Tls, "https target without TLS settings".into()));
         };
         let tls = connector

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use h2::client::SendRequest;
-use tokio::net::TcpStream;
 
 use super::client::{now_ns, stream_timing, Answer, Target, HARD_BODY_CAP};
 use super::tls::Conn;
@@ -117,34 +116,26 @@ impl Target {
         Ok((send, i, slot.generation))
     }
 
-    /// Forget a broken connection (unless a newer one already took its slot).
-    async fn h2_drop(&self, i: usize, generation: u64) {
-        let mut slot = self.h2.slots[i].lock().await;
-        if slot.generation == generation {
-            slot.send = None;
+    /// An error's record; a connection it broke is forgotten (unless a
+    /// newer one already took its slot), so the next request opens another.
+    async fn h2_failed(&self, e: h2::Error, i: usize, generation: u64) -> (ErrorKind, String) {
+        if connection_lost(&e) {
+            let mut slot = self.h2.slots[i].lock().await;
+            if slot.generation == generation {
+                slot.send = None;
+            }
         }
+        classify(&e)
     }
 
     async fn connect_h2(&self) -> Result<Conn, (ErrorKind, String)> {
-        let stream = TcpStream::connect((self.host.as_str(), self.port))
+        let conn = self
+            .open(&self.tls_h2)
             .await
-            .map_err(|e| {
-                (
-                    super::client::io_kind(&e),
-                    format!("connect to {}: {e}", self.authority),
-                )
-            })?;
-        let _ = stream.set_nodelay(true);
-        if !self.https {
-            return Ok(Conn::Plain(stream));
-        }
-        let Some((connector, name)) = &self.tls_h2 else {
-            return Err((ErrorKind::Tls, "https target without TLS settings".into()));
+            .map_err(|(k, d)| (k, format!("connect to {}: {d}", self.authority)))?;
+        let Conn::Tls(tls) = &conn else {
+            return Ok(conn);
         };
-        let tls = connector
-            .connect(name.clone(), stream)
-            .await
-            .map_err(|e| (ErrorKind::Tls, format!("TLS handshake: {e}")))?;
         if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
             return Err((
                 ErrorKind::Tls,
@@ -154,12 +145,12 @@ impl Target {
                 ),
             ));
         }
-        Ok(Conn::Tls(Box::new(tls)))
+        Ok(conn)
     }
 
     /// Send one request as an HTTP/2 stream and read its answer, within
     /// `timeout` in all (reads keep what came by then).
-    pub async fn exchange_h2(&self, req: &H2Request, timeout: Duration, max_body: usize) -> Answer {
+    pub async fn exchange_h2(&self, req: H2Request, timeout: Duration, max_body: usize) -> Answer {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut answer = Answer::default();
         let started = now_ns();
@@ -179,7 +170,7 @@ impl Target {
 
     async fn stream(
         &self,
-        req: &H2Request,
+        req: H2Request,
         max_body: usize,
         deadline: tokio::time::Instant,
         answer: &mut Answer,
@@ -191,20 +182,12 @@ impl Target {
                 return;
             }
         };
-        let fail = |e: h2::Error| {
-            let lost = connection_lost(&e);
-            (classify(&e), lost)
-        };
         // Waits while the server's concurrent-stream limit is reached.
         let ready = tokio::time::timeout_at(deadline, send.ready()).await;
         let mut send = match ready {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                let (err, lost) = fail(e);
-                if lost {
-                    self.h2_drop(slot, generation).await;
-                }
-                answer.error = Some(err);
+                answer.error = Some(self.h2_failed(e, slot, generation).await);
                 return;
             }
             Err(_) => {
@@ -217,20 +200,16 @@ impl Target {
         };
         answer.sent_ts = Some(now_ns());
         let end = req.body.is_empty();
-        let (response, mut body_tx) = match send.send_request(req.head.clone(), end) {
+        let (response, mut body_tx) = match send.send_request(req.head, end) {
             Ok(x) => x,
             Err(e) => {
-                let (err, lost) = fail(e);
-                if lost {
-                    self.h2_drop(slot, generation).await;
-                }
-                answer.error = Some(err);
+                answer.error = Some(self.h2_failed(e, slot, generation).await);
                 return;
             }
         };
         if !end {
             // Held by `h2` until the server's window lets it out.
-            if let Err(e) = body_tx.send_data(req.body.clone(), true) {
+            if let Err(e) = body_tx.send_data(req.body, true) {
                 answer.error = Some(classify(&e));
                 return;
             }
@@ -238,11 +217,7 @@ impl Target {
         let response = match tokio::time::timeout_at(deadline, response).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
-                let (err, lost) = fail(e);
-                if lost {
-                    self.h2_drop(slot, generation).await;
-                }
-                answer.error = Some(err);
+                answer.error = Some(self.h2_failed(e, slot, generation).await);
                 return;
             }
             Err(_) => {

@@ -1402,15 +1402,22 @@ impl TaskCtx {
                 opts.timeout
             };
             counters.sent.fetch_add(1, Ordering::Relaxed);
-            let answer = match &request {
+            let answer = match request {
                 Outgoing::Http1(bytes) => {
                     target
-                        .exchange_after(pre, own, bytes, &p.exchange.method, timeout, opts.max_body)
+                        .exchange_after(
+                            pre,
+                            own,
+                            &bytes,
+                            &p.exchange.method,
+                            timeout,
+                            opts.max_body,
+                        )
                         .await
                 }
                 // Streams share connections: `--preserve-order` keeps the
                 // order of sending, not a connection per recorded one.
-                Outgoing::Http2(req) => target.exchange_h2(req, timeout, opts.max_body).await,
+                Outgoing::Http2(req) => target.exchange_h2(*req, timeout, opts.max_body).await,
             };
             target.permits.add_permits(1);
             answer

@@ -125,6 +125,64 @@ fn without_redacted_query(path: &str) -> (std::borrow::Cow<'_, str>, u32) {
     (out.into(), dropped)
 }
 
+/// The captured request's header fields as they go out, for either
+/// protocol: in order, without pseudo-headers (the request line or the
+/// HTTP/2 head carries them), `--drop-header` fields and what the protocol
+/// does not send (`skip`); `--header` values in place of the first
+/// same-name field (later ones dropped, unmatched ones at the end);
+/// redacted values left out; Content-Length set to the body sent. Each
+/// field goes to `push(lower-cased name, name, value, captured)`, where
+/// `captured` is false for values the rules set. Returns the redacted
+/// values left out.
+fn send_fields(
+    ex: &Exchange,
+    rules: &RequestRules,
+    skip: impl Fn(&str, &[u8]) -> bool,
+    mut push: impl FnMut(&str, &[u8], &[u8], bool),
+) -> u32 {
+    let mut set_done = vec![false; rules.set.len()];
+    let mut length_sent = false;
+    let mut dropped = 0;
+    let length = ex.request_body.len().to_string();
+    for (name, value) in ex.request_headers.iter() {
+        if name.first() == Some(&b':') {
+            continue;
+        }
+        let lower = String::from_utf8_lossy(name).to_ascii_lowercase();
+        if rules.drop.contains(&lower) || skip(&lower, value) {
+            continue;
+        }
+        if let Some(i) = rules
+            .set
+            .iter()
+            .position(|(n, _)| n.eq_ignore_ascii_case(&lower))
+        {
+            if !std::mem::replace(&mut set_done[i], true) {
+                push(&lower, name, rules.set[i].1.as_bytes(), false);
+            }
+            continue;
+        }
+        if value == REDACTED.as_bytes() {
+            dropped += 1;
+            continue;
+        }
+        if lower == "content-length" {
+            // In place, with the length of the (de-chunked) body we send.
+            if !std::mem::replace(&mut length_sent, true) {
+                push(&lower, name, length.as_bytes(), false);
+            }
+            continue;
+        }
+        push(&lower, name, value, true);
+    }
+    for (i, (n, v)) in rules.set.iter().enumerate() {
+        if !set_done[i] {
+            push(&n.to_ascii_lowercase(), n.as_bytes(), v.as_bytes(), false);
+        }
+    }
+    dropped
+}
+
 /// Build the request for one destination.
 pub fn build(ex: &Exchange, dest: &Destination<'_>, rules: &RequestRules) -> Built {
     let mut out = Vec::with_capacity(256 + ex.request_body.len());
@@ -144,59 +202,25 @@ pub fn build(ex: &Exchange, dest: &Destination<'_>, rules: &RequestRules) -> Bui
     out.extend_from_slice(version.as_bytes());
     out.extend_from_slice(b"\r\n");
 
-    let mut set_done = vec![false; rules.set.len()];
-    let mut host_seen = false;
-    let mut length_sent = false;
-    let length = ex.request_body.len().to_string();
-    for (name, value) in ex.request_headers.iter() {
-        // Pseudo-headers of a request captured as HTTP/2 (sent as HTTP/1.1
-        // with --http1): the request line and Host carry them.
-        if name.first() == Some(&b':') {
-            continue;
-        }
-        let lower = String::from_utf8_lossy(name).to_ascii_lowercase();
-        if rules.drop.contains(&lower) || HOP_BY_HOP.contains(&lower.as_str()) {
-            continue;
-        }
-        if let Some(i) = rules
-            .set
-            .iter()
-            .position(|(n, _)| n.eq_ignore_ascii_case(&lower))
-        {
-            // Replace in place (first occurrence), drop later duplicates.
-            if !set_done[i] {
-                set_done[i] = true;
-                push_header(&mut out, name, rules.set[i].1.as_bytes());
+    let (mut host_seen, mut length_sent) = (false, false);
+    let hop_by_hop = |lower: &str, _: &[u8]| HOP_BY_HOP.contains(&lower);
+    dropped_redacted += send_fields(ex, rules, hop_by_hop, |lower, name, value, captured| {
+        if captured && lower == "host" {
+            // The first Host, rewritten to the target unless --keep-host.
+            if std::mem::replace(&mut host_seen, true) {
+                return;
             }
-            continue;
-        }
-        if value == REDACTED.as_bytes() {
-            dropped_redacted += 1;
-            continue;
-        }
-        if lower == "content-length" {
-            // In place, with the length of the (de-chunked) body we send.
-            if !length_sent {
-                length_sent = true;
-                push_header(&mut out, name, length.as_bytes());
-            }
-            continue;
-        }
-        if lower == "host" {
-            if host_seen {
-                continue;
-            }
-            host_seen = true;
             let v = if rules.keep_host {
                 value
             } else {
                 dest.authority.as_bytes()
             };
-            push_header(&mut out, name, v);
-            continue;
+            return push_header(&mut out, name, v);
         }
+        host_seen |= lower == "host";
+        length_sent |= lower == "content-length";
         push_header(&mut out, name, value);
-    }
+    });
     if !host_seen && version == "HTTP/1.1" {
         // An HTTP/2 request carried its host in `:authority`.
         let captured = ex.host.as_deref().filter(|_| rules.keep_host);
@@ -206,17 +230,13 @@ pub fn build(ex: &Exchange, dest: &Destination<'_>, rules: &RequestRules) -> Bui
             captured.unwrap_or(dest.authority).as_bytes(),
         );
     }
-    for (i, (n, v)) in rules.set.iter().enumerate() {
-        if !set_done[i] {
-            push_header(&mut out, n.as_bytes(), v.as_bytes());
-        }
-    }
     if let Some((n, v)) = dest.marker {
         push_header(&mut out, n.as_bytes(), v.as_bytes());
     }
     // The body is stored de-chunked: a chunked request is sent with a length.
     let had_chunked = ex.request_headers.get("transfer-encoding").is_some();
     if !length_sent && (!ex.request_body.is_empty() || had_chunked) {
+        let length = ex.request_body.len().to_string();
         push_header(&mut out, b"Content-Length", length.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
@@ -273,58 +293,21 @@ pub fn build_h2(
         .body(())
         .expect("method and URI are valid");
     let h = head.headers_mut();
-    let mut set_done = vec![false; rules.set.len()];
-    let mut length_sent = false;
-    let push = |h: &mut http::HeaderMap, n: &[u8], v: &[u8]| {
+    let mut push = |n: &[u8], v: &[u8]| {
         let name = http::HeaderName::from_bytes(&n.to_ascii_lowercase());
         if let (Ok(name), Ok(value)) = (name, http::HeaderValue::from_bytes(v)) {
             h.append(name, value);
         }
     };
-    for (name, value) in ex.request_headers.iter() {
-        if name.first() == Some(&b':') {
-            continue;
-        }
-        let lower = String::from_utf8_lossy(name).to_ascii_lowercase();
+    let forbidden = |lower: &str, value: &[u8]| {
         let te_trailers = lower == "te" && value.eq_ignore_ascii_case(b"trailers");
-        if rules.drop.contains(&lower)
-            || (HOP_BY_HOP.contains(&lower.as_str()) && !te_trailers)
+        (HOP_BY_HOP.contains(&lower) && !te_trailers)
             || lower == "host"
             || lower == "http2-settings"
-        {
-            continue;
-        }
-        if let Some(i) = rules
-            .set
-            .iter()
-            .position(|(n, _)| n.eq_ignore_ascii_case(&lower))
-        {
-            if !set_done[i] {
-                set_done[i] = true;
-                push(h, name, rules.set[i].1.as_bytes());
-            }
-            continue;
-        }
-        if value == REDACTED.as_bytes() {
-            dropped += 1;
-            continue;
-        }
-        if lower == "content-length" {
-            if !length_sent {
-                length_sent = true;
-                push(h, name, ex.request_body.len().to_string().as_bytes());
-            }
-            continue;
-        }
-        push(h, name, value);
-    }
-    for (i, (n, v)) in rules.set.iter().enumerate() {
-        if !set_done[i] {
-            push(h, n.as_bytes(), v.as_bytes());
-        }
-    }
+    };
+    dropped += send_fields(ex, rules, forbidden, |_, n, v, _| push(n, v));
     if let Some((n, v)) = dest.marker {
-        push(h, n.as_bytes(), v.as_bytes());
+        push(n.as_bytes(), v.as_bytes());
     }
     let body = bytes::Bytes::copy_from_slice(&ex.request_body);
     (H2Request { head, body }, dropped)
