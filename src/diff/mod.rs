@@ -12,6 +12,7 @@
 pub mod compare;
 pub mod config;
 pub mod doc;
+mod fast;
 pub mod grpc;
 pub mod intervals;
 pub mod jsonpath;
@@ -38,6 +39,7 @@ use crate::schema::{ErrorKind, ReplayResult, ResultsReader, SchemaError, TargetR
 use compare::{Comparer, Diff, DiffKind, JudgeMode};
 use config::Config;
 use doc::LazyDoc;
+use fast::RowRef;
 use latency::LogHist;
 
 /// What `shadowctl diff` is asked to do.
@@ -108,8 +110,9 @@ impl IdSet {
     }
 }
 
-/// Exchange ids per target name, of one file.
-type FileIds = HashMap<String, IdSet>;
+/// Exchange ids per target name, of one file (names of the run's targets,
+/// not text from traffic: Fx hashing, looked up per row).
+type FileIds = FxHashMap<String, IdSet>;
 
 /// The same exchange answered by the same target in two files means the
 /// same results were given twice: counting them twice would double every
@@ -246,6 +249,8 @@ pub(crate) struct Folded {
     pub judge_failed: HashMap<(u32, String), u64>,
     /// Per endpoint: whether its answers are worth checking for LLM ones.
     llm_probe: FxHashMap<u32, LlmProbe>,
+    /// Exchanges folded in place (see `fast`).
+    pub fast_folded: u64,
 }
 
 /// An endpoint whose first answers hold no LLM answer is not checked
@@ -310,22 +315,73 @@ fn usable(r: &ReplayResult) -> bool {
     }
 }
 
+/// What the tallies read of an answer: from an owned row, or in place from
+/// the columns (`fast`).
+pub(crate) trait Answer {
+    fn status(&self) -> Option<u16>;
+    fn error_kind(&self) -> Option<ErrorKind>;
+    fn grpc_status(&self) -> Option<u32>;
+    fn latency_ns(&self) -> Option<i64>;
+}
+
+impl Answer for ReplayResult {
+    fn status(&self) -> Option<u16> {
+        self.status
+    }
+
+    fn error_kind(&self) -> Option<ErrorKind> {
+        self.error_kind
+    }
+
+    fn grpc_status(&self) -> Option<u32> {
+        grpc::status(&self.response_headers, &self.response_trailers)
+    }
+
+    fn latency_ns(&self) -> Option<i64> {
+        ReplayResult::latency_ns(self)
+    }
+}
+
 /// Transport errors, 5xx answers and gRPC statuses that are the server's
 /// failure (UNAVAILABLE, INTERNAL, ...) count as errors.
-fn is_error(r: &ReplayResult) -> bool {
-    r.error_kind.is_some() || r.status.is_some_and(|s| s >= 500) || grpc_failure(r).is_some()
+fn is_error(r: &impl Answer) -> bool {
+    r.error_kind().is_some() || r.status().is_some_and(|s| s >= 500) || grpc_failure(r).is_some()
 }
 
-fn grpc_failure(r: &ReplayResult) -> Option<u32> {
-    grpc::status(&r.response_headers, &r.response_trailers).filter(|&c| grpc::is_server_error(c))
+fn grpc_failure(r: &impl Answer) -> Option<u32> {
+    r.grpc_status().filter(|&c| grpc::is_server_error(c))
 }
 
-fn error_name(r: &ReplayResult) -> String {
-    match (r.error_kind, r.status, grpc_failure(r)) {
+fn error_name(r: &impl Answer) -> String {
+    match (r.error_kind(), r.status(), grpc_failure(r)) {
         (Some(k), _, _) => k.as_str().to_string(),
         (None, _, Some(c)) => format!("grpc_{}", grpc::code_name(c)),
         (None, Some(s), None) => format!("http_{}xx", s / 100),
         _ => "none".into(),
+    }
+}
+
+/// Counts and latencies of one shadow's answer against the primary's.
+fn tally_answers(t: &mut Tally, primary: &impl Answer, shadow: &impl Answer, cell: Cell) {
+    let (p_err, s_err) = (is_error(primary), is_error(shadow));
+    t.compared += 1;
+    *t.cells.entry(cell).or_default() += 1;
+    t.primary_errors += u64::from(p_err);
+    t.primary_only_errors += u64::from(p_err && !s_err);
+    t.shadow_only_errors += u64::from(s_err && !p_err);
+    if s_err {
+        t.shadow_errors += 1;
+        *t.shadow_error_kinds.entry(error_name(shadow)).or_default() += 1;
+    } else {
+        t.shadow_usable += 1;
+    }
+    // With `--primary recorded` this is the latency the capture saw in
+    // production (request end to response end).
+    if let Some(ns) = primary.latency_ns() {
+        t.latency_primary.record_ns(ns);
+    }
+    if let Some(ns) = shadow.latency_ns() {
+        t.latency_shadow.record_ns(ns);
     }
 }
 
@@ -376,6 +432,7 @@ fn diff_inner(opts: &DiffOptions) -> Result<Report, DiffError> {
             folded: &mut folded,
             sink: sink.as_mut(),
             judge: pool.as_mut(),
+            in_place: true,
         };
         let ids = fold_file(path, &mut ctx)?;
         let name = path.display().to_string();
@@ -410,6 +467,8 @@ struct FoldCtx<'a, 'c> {
     folded: &'a mut Folded,
     sink: Option<&'a mut summarize::Candidates>,
     judge: Option<&'a mut judge::JudgePool>,
+    /// Fold exchanges whose answers are all equal in place (`fast`).
+    in_place: bool,
 }
 
 /// Complete groups folded together: with a judge, their judgements are
@@ -417,6 +476,20 @@ struct FoldCtx<'a, 'c> {
 const JUDGE_BATCH: usize = 64;
 
 impl FoldCtx<'_, '_> {
+    /// A complete group read in place: folded there when it can be,
+    /// otherwise copied out into owned rows for the full comparison.
+    fn push_refs(
+        &mut self,
+        batch: &mut Vec<Vec<ReplayResult>>,
+        group: Vec<RowRef>,
+    ) -> Result<(), DiffError> {
+        if self.in_place && fast::fold_identical(&group, self) {
+            self.folded.fast_folded += 1;
+            return Ok(());
+        }
+        self.push(batch, group.iter().map(RowRef::to_row).collect())
+    }
+
     fn push(
         &mut self,
         batch: &mut Vec<Vec<ReplayResult>>,
@@ -445,41 +518,53 @@ impl FoldCtx<'_, '_> {
 fn fold_file(path: &std::path::Path, ctx: &mut FoldCtx) -> Result<FileIds, DiffError> {
     let reader = ResultsReader::open_without(path, &["request_headers"])?;
     ctx.folded.sequential |= reader.until_decided;
-    let mut ids = FileIds::new();
+    let mut ids = FileIds::default();
     let expected = reader.targets.as_ref().map(Vec::len);
     // Decoding Parquet and comparing take about the same time: decode on a
     // second thread, a few batches ahead (bounded, so memory stays flat).
     let (tx, rx) = std::sync::mpsc::sync_channel(4);
     let decoder = std::thread::spawn(move || {
-        for batch in reader {
-            if tx.send(batch).is_err() {
+        let mut reader = reader;
+        while let Some(batch) = reader.next_columns() {
+            if tx.send(batch.map(std::sync::Arc::new)).is_err() {
                 return;
             }
         }
     });
-    let mut pending: FxHashMap<u64, Vec<ReplayResult>> = FxHashMap::default();
+    let mut pending: FxHashMap<u64, Vec<RowRef>> = FxHashMap::default();
     let mut order: VecDeque<(u64, u64)> = VecDeque::new();
     let mut ready: Vec<Vec<ReplayResult>> = Vec::new();
     let mut row_no = 0u64;
+    let mut recent = fast::Recent::default();
     for batch in rx {
-        for row in batch? {
+        let cols = batch?;
+        recent.read(&cols);
+        for i in 0..cols.len() {
             row_no += 1;
-            let id = row.exchange_id;
-            match ids.get_mut(&row.target_name) {
+            let id = cols.exchange_id(i);
+            let name = cols.target_name(i);
+            match ids.get_mut(name) {
                 Some(set) => set.insert(id),
-                None => ids.entry(row.target_name.clone()).or_default().insert(id),
+                None => ids.entry(name.to_string()).or_default().insert(id),
             }
             let group = pending.entry(id).or_default();
             if group.is_empty() {
                 order.push_back((row_no, id));
             }
-            group.push(row);
+            group.push(RowRef::new(&cols, i));
             if expected.is_some_and(|n| group.len() >= n) {
                 if let Some(g) = pending.remove(&id) {
-                    ctx.push(&mut ready, g)?;
+                    ctx.push_refs(&mut ready, g)?;
                 }
             }
         }
+        recent
+            .release(&mut pending)
+            .map_err(|detail| SchemaError::WrongKind {
+                path: path.display().to_string(),
+                expected: "results",
+                detail,
+            })?;
         // Old incomplete groups: compare with what is there.
         while let Some(&(first, id)) = order.front() {
             if !pending.contains_key(&id) {
@@ -487,7 +572,7 @@ fn fold_file(path: &std::path::Path, ctx: &mut FoldCtx) -> Result<FileIds, DiffE
             } else if row_no - first > WINDOW_ROWS {
                 order.pop_front();
                 if let Some(g) = pending.remove(&id) {
-                    ctx.push(&mut ready, g)?;
+                    ctx.push_refs(&mut ready, g)?;
                 }
             } else {
                 break;
@@ -497,7 +582,7 @@ fn fold_file(path: &std::path::Path, ctx: &mut FoldCtx) -> Result<FileIds, DiffE
     let _ = decoder.join();
     for (_, id) in order {
         if let Some(g) = pending.remove(&id) {
-            ctx.push(&mut ready, g)?;
+            ctx.push_refs(&mut ready, g)?;
         }
     }
     ctx.flush(&mut ready)?;
@@ -672,25 +757,7 @@ fn fold_group(
         }
         f.llm_probe.entry(ep).or_default();
         let t = f.tallies.entry((ep, sh)).or_default();
-        t.compared += 1;
-        *t.cells.entry(cell).or_default() += 1;
-        t.primary_errors += u64::from(is_error(primary));
-        t.primary_only_errors += u64::from(is_error(primary) && !is_error(shadow));
-        t.shadow_only_errors += u64::from(is_error(shadow) && !is_error(primary));
-        if is_error(shadow) {
-            t.shadow_errors += 1;
-            *t.shadow_error_kinds.entry(error_name(shadow)).or_default() += 1;
-        } else {
-            t.shadow_usable += 1;
-        }
-        // With `--primary recorded` this is the latency the capture saw in
-        // production (request end to response end).
-        if let Some(ns) = primary.latency_ns() {
-            t.latency_primary.record_ns(ns);
-        }
-        if let Some(ns) = shadow.latency_ns() {
-            t.latency_shadow.record_ns(ns);
-        }
+        tally_answers(t, primary, shadow, cell);
         for (path, metric, x) in seen.similarities {
             t.similarity.entry((path, metric)).or_default().add(x);
         }
@@ -834,6 +901,7 @@ impl<'a> Live<'a> {
                 folded: &mut self.folded,
                 sink: None,
                 judge: None,
+                in_place: false,
             };
             fold_group(g, &mut ctx, None)?;
         }

@@ -5,6 +5,7 @@ mod exchange;
 mod headers;
 mod metrics;
 mod parquet_io;
+mod result_columns;
 mod results;
 
 pub use exchange::{exchange_schema, exchanges_to_batch, Exchange, IncompleteReason};
@@ -17,6 +18,7 @@ pub use parquet_io::{
     file_kind, read_exchanges, ExchangeFileWriter, ExchangeReader, FileKind, Metadata,
     ParquetFileWriter, WriterConfig,
 };
+pub use result_columns::ResultColumns;
 pub use results::{
     read_results, results_schema, results_to_batch, ErrorKind, ReplayResult, ResultsReader,
     TargetRole, RESULTS, RESULTS_SCHEMA_VERSION,

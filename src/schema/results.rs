@@ -9,9 +9,8 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
-use super::exchange::{
-    header_column, header_list_type, offsets_at, offsets_column, offsets_type, ts_type,
-};
+use super::exchange::{header_column, header_list_type, offsets_column, offsets_type, ts_type};
+use super::result_columns::ResultColumns;
 use super::{FileKind, HeaderList};
 
 /// Version of the results schema.
@@ -367,10 +366,9 @@ impl ResultsReader {
     }
 }
 
-impl Iterator for ResultsReader {
-    type Item = Result<Vec<ReplayResult>, super::SchemaError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+impl ResultsReader {
+    /// The next batch, read in place (see [`ResultColumns`]).
+    pub fn next_columns(&mut self) -> Option<Result<ResultColumns, super::SchemaError>> {
         let batch = self.inner.next()?;
         Some(
             batch
@@ -379,7 +377,7 @@ impl Iterator for ResultsReader {
                     source,
                 })
                 .and_then(|b| {
-                    batch_to_results(&b, self.skip).map_err(|detail| {
+                    ResultColumns::new(&b, self.skip).map_err(|detail| {
                         super::SchemaError::WrongKind {
                             path: self.path.clone(),
                             expected: "results",
@@ -391,137 +389,22 @@ impl Iterator for ResultsReader {
     }
 }
 
+impl Iterator for ResultsReader {
+    type Item = Result<Vec<ReplayResult>, super::SchemaError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        Some(
+            self.next_columns()?
+                .map(|c| (0..c.len()).map(|i| c.row(i)).collect()),
+        )
+    }
+}
+
 /// Read a whole results file (small files and tests; `diff` streams).
 pub fn read_results(path: &std::path::Path) -> Result<Vec<ReplayResult>, super::SchemaError> {
     let mut out = Vec::new();
     for batch in ResultsReader::open(path)? {
         out.extend(batch?);
-    }
-    Ok(out)
-}
-
-fn batch_to_results(
-    b: &arrow::array::RecordBatch,
-    skipped: &[&str],
-) -> Result<Vec<ReplayResult>, String> {
-    use arrow::array::{Array, AsArray};
-    use arrow::datatypes::{TimestampNanosecondType, UInt16Type, UInt32Type, UInt64Type};
-    if let Some(missing) = results_schema().fields().iter().find(|f| {
-        b.column_by_name(f.name()).is_none()
-            && !skipped.contains(&f.name().as_str())
-            && !f.name().ends_with("_ns")
-            && f.name() != "first_token_ts"
-    }) {
-        return Err(format!("column {} is missing", missing.name()));
-    }
-    let mut out = Vec::with_capacity(b.num_rows());
-    let c = |n: &str| b.column_by_name(n).expect("results column");
-    let s = |n: &str| c(n).as_string::<i32>().clone();
-    let ts = |n: &str| c(n).as_primitive::<TimestampNanosecondType>().clone();
-    let u64c = |n: &str| c(n).as_primitive::<UInt64Type>().clone();
-    let (names, roles, methods, targets, endpoints) = (
-        s("target_name"),
-        s("role"),
-        s("method"),
-        s("target"),
-        s("endpoint"),
-    );
-    let (errors, details) = (s("error_kind"), s("error_detail"));
-    let (due, sent, first, done) = (
-        ts("due_ts"),
-        ts("sent_ts"),
-        ts("first_byte_ts"),
-        ts("done_ts"),
-    );
-    let status = c("status").as_primitive::<UInt16Type>().clone();
-    let seq = c("seq_in_flow").as_primitive::<UInt32Type>().clone();
-    let (ids, flows, lens) = (
-        u64c("exchange_id"),
-        u64c("flow_id"),
-        u64c("response_body_len"),
-    );
-    let req_body = c("request_body").as_binary::<i32>().clone();
-    let resp_body = c("response_body").as_binary::<i32>().clone();
-    let trunc = c("response_body_truncated").as_boolean().clone();
-    // Header lists are read through their offsets: slicing the list array
-    // per row cost more than the whole comparison in `diff`.
-    let header_column = |n: &str| {
-        let Some(col) = b.column_by_name(n) else {
-            // Left out on purpose: every row gets an empty list.
-            return (
-                vec![0; b.num_rows() + 1],
-                arrow::array::StringArray::from(Vec::<&str>::new()),
-                arrow::array::StringArray::from(Vec::<&str>::new()),
-            );
-        };
-        let list = col.as_list::<i32>();
-        let st = list.values().as_struct();
-        (
-            list.value_offsets().to_vec(),
-            st.column(0).as_string::<i32>().clone(),
-            st.column(1).as_string::<i32>().clone(),
-        )
-    };
-    let (req_h, resp_h, resp_t) = (
-        header_column("request_headers"),
-        header_column("response_headers"),
-        // Absent from files written before HTTP/2 replay: empty lists.
-        header_column("response_trailers"),
-    );
-    let headers = |col: &(
-        Vec<i32>,
-        arrow::array::StringArray,
-        arrow::array::StringArray,
-    ),
-                   i: usize| {
-        let (offsets, hn, hv) = col;
-        let mut h = HeaderList::new();
-        for j in offsets[i] as usize..offsets[i + 1] as usize {
-            h.push(
-                &crate::text::latin1_bytes(hn.value(j)),
-                &crate::text::latin1_bytes(hv.value(j)),
-            );
-        }
-        h
-    };
-    let opt_ts =
-        |a: &arrow::array::TimestampNanosecondArray, i: usize| a.is_valid(i).then(|| a.value(i));
-    let first_token = b
-        .column_by_name("first_token_ts")
-        .map(|c| c.as_primitive::<TimestampNanosecondType>().clone());
-    let event_offsets = b
-        .column_by_name("event_offsets_ns")
-        .map(|c| c.as_list::<i32>().clone());
-    for i in 0..b.num_rows() {
-        out.push(ReplayResult {
-            exchange_id: ids.value(i),
-            flow_id: flows.value(i),
-            seq_in_flow: seq.value(i),
-            target_name: names.value(i).to_string(),
-            role: TargetRole::parse(roles.value(i)),
-            method: methods.value(i).to_string(),
-            target: targets.value(i).to_string(),
-            endpoint: endpoints.value(i).to_string(),
-            request_headers: headers(&req_h, i),
-            request_body: req_body.value(i).to_vec(),
-            due_ts: due.value(i),
-            sent_ts: opt_ts(&sent, i),
-            first_byte_ts: opt_ts(&first, i),
-            done_ts: opt_ts(&done, i),
-            status: status.is_valid(i).then(|| status.value(i)),
-            response_headers: headers(&resp_h, i),
-            response_trailers: headers(&resp_t, i),
-            response_body: resp_body.value(i).to_vec(),
-            response_body_len: lens.value(i),
-            response_body_truncated: trunc.value(i),
-            error_kind: errors
-                .is_valid(i)
-                .then(|| ErrorKind::parse(errors.value(i)))
-                .flatten(),
-            error_detail: details.is_valid(i).then(|| details.value(i).to_string()),
-            first_token_ts: first_token.as_ref().and_then(|a| opt_ts(a, i)),
-            event_offsets_ns: offsets_at(event_offsets.as_ref(), i),
-        });
     }
     Ok(out)
 }

@@ -1,0 +1,307 @@
+//! The common case, folded in place: every answer of an exchange is the
+//! primary's, byte for byte (status, headers, trailers, body).
+//!
+//! The full comparison of such an exchange finds nothing, so all it adds to
+//! the tallies is counts and latencies; those are read straight from the
+//! Arrow columns, and no owned row is built. Anything else (a difference, an
+//! error, an endpoint whose rules look at equal answers too: similarity
+//! scores, drift, LLM answers, a judge, answer times for resources) goes the
+//! full way, so this path changes no figure; `tests` checks that by folding
+//! the same rows both ways.
+
+use std::sync::Arc;
+
+use super::{config, size_bucket, tally_answers, Answer, Cell, FoldCtx};
+use crate::schema::{ErrorKind, ResultColumns, TargetRole};
+
+/// A row of a decoded batch, not yet copied out.
+#[derive(Clone)]
+pub(super) struct RowRef {
+    pub cols: Arc<ResultColumns>,
+    pub i: usize,
+    /// Read once: an exchange's rows are searched by role several times.
+    role: Option<TargetRole>,
+}
+
+impl RowRef {
+    pub fn new(cols: &Arc<ResultColumns>, i: usize) -> Self {
+        Self {
+            cols: cols.clone(),
+            i,
+            role: cols.role(i),
+        }
+    }
+
+    pub fn to_row(&self) -> crate::schema::ReplayResult {
+        self.cols.row(self.i)
+    }
+
+    fn role(&self) -> Option<TargetRole> {
+        self.role
+    }
+
+    /// An answer the full comparison takes as a plain answer: a status and
+    /// no error of any kind.
+    fn plain(&self) -> bool {
+        self.cols.status(self.i).is_some() && !self.cols.has_error_text(self.i)
+    }
+
+    fn same_answer(&self, other: &RowRef) -> bool {
+        self.cols.same_answer(self.i, &other.cols, other.i)
+    }
+}
+
+impl Answer for RowRef {
+    fn status(&self) -> Option<u16> {
+        self.cols.status(self.i)
+    }
+
+    fn error_kind(&self) -> Option<ErrorKind> {
+        self.cols.error_kind(self.i)
+    }
+
+    fn grpc_status(&self) -> Option<u32> {
+        self.cols
+            .trailer_or_header(self.i, "grpc-status")
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    fn latency_ns(&self) -> Option<i64> {
+        self.cols.latency_ns(self.i)
+    }
+}
+
+/// Batches a row waiting for the rest of its exchange may hold before it
+/// is copied out on its own.
+const HELD_BATCHES: usize = 2;
+
+/// The last batches read: a row still waiting once its batch is older than
+/// [`HELD_BATCHES`] is copied out, so a few exchanges that never complete
+/// hold their own rows, not every batch they were read in.
+#[derive(Default)]
+pub(super) struct Recent {
+    batches: std::collections::VecDeque<Arc<ResultColumns>>,
+}
+
+impl Recent {
+    pub fn read(&mut self, cols: &Arc<ResultColumns>) {
+        self.batches.push_back(cols.clone());
+    }
+
+    pub fn release(
+        &mut self,
+        pending: &mut rustc_hash::FxHashMap<u64, Vec<RowRef>>,
+    ) -> Result<(), String> {
+        while self.batches.len() > HELD_BATCHES {
+            let Some(old) = self.batches.pop_front() else {
+                break;
+            };
+            // Only this list holds it: nothing waits on it.
+            if Arc::strong_count(&old) == 1 {
+                continue;
+            }
+            for i in 0..old.len() {
+                let Some(group) = pending.get_mut(&old.exchange_id(i)) else {
+                    continue;
+                };
+                for r in group.iter_mut() {
+                    if r.i == i && Arc::ptr_eq(&r.cols, &old) {
+                        *r = RowRef::new(&Arc::new(old.detach(i)?), 0);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Fold the exchange if all its answers equal the primary's and nothing
+/// else needs its rows; `false` (nothing folded) otherwise.
+pub(super) fn fold_identical(rows: &[RowRef], ctx: &mut FoldCtx) -> bool {
+    if ctx.judge.is_some() || ctx.folded.times.is_some() {
+        return false;
+    }
+    let find = |role| rows.iter().find(|r| r.role() == Some(role));
+    let (recorded, live) = (find(TargetRole::Recorded), find(TargetRole::Primary));
+    let Some(primary) = live.or(recorded) else {
+        return false;
+    };
+    let noise = recorded.filter(|_| live.is_some());
+    let shadows = || rows.iter().filter(|r| r.role() == Some(TargetRole::Shadow));
+    if !primary.plain()
+        || !noise
+            .into_iter()
+            .chain(shadows())
+            .all(|r| r.plain() && r.same_answer(primary))
+    {
+        return false;
+    }
+    let (c, i) = (&primary.cols, primary.i);
+    let name = config::template_for(
+        &ctx.opts.config.endpoints.templates,
+        c.method(i),
+        c.target(i),
+    )
+    .unwrap_or(c.endpoint(i));
+    let ec = ctx.comparer.endpoint(name);
+    if ec.scores || !ec.drift.is_empty() {
+        return false;
+    }
+    let f = &mut *ctx.folded;
+    let ep = f.endpoints.id(name);
+    if f.llm_probe.get(&ep).is_none_or(|p| p.wanted()) {
+        return false;
+    }
+    f.exchanges += 1;
+    *f.exchanges_per_endpoint.entry(ep).or_default() += 1;
+    f.live_primary |= live.is_some();
+    f.recorded_primary |= live.is_none();
+    let sig = f.signature(&[]);
+    if noise.is_some() {
+        let n = f.noise.entry(ep).or_default();
+        n.compared += 1;
+        *n.sigs.entry(sig).or_default() += 1;
+    }
+    let cell = Cell {
+        sig,
+        status_class: primary.status().map_or(0, |s| (s / 100).min(5) as u8),
+        size_bucket: size_bucket(c.request_body_len(i)),
+    };
+    for shadow in shadows() {
+        let sh = f.shadows.id(shadow.cols.target_name(shadow.i));
+        let t = f.tallies.entry((ep, sh)).or_default();
+        tally_answers(t, primary, shadow, cell);
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diff::{compare::Comparer, summarize, DiffOptions, Folded};
+    use crate::schema::{results_to_batch, HeaderList, ReplayResult};
+
+    fn row(id: u64, name: &str, role: TargetRole, status: u16, body: &str) -> ReplayResult {
+        let mut h = HeaderList::new();
+        h.push(b"content-type", b"application/json");
+        ReplayResult {
+            exchange_id: id,
+            target_name: name.into(),
+            role: Some(role),
+            method: "POST".into(),
+            target: format!("/m{}", id % 3),
+            endpoint: format!("POST /m{}", id % 3),
+            request_body: vec![b'x'; (id % 2000) as usize],
+            due_ts: 1,
+            sent_ts: Some(100),
+            done_ts: Some(100 + 1_000 * (id as i64 % 97) + 10 * status as i64),
+            status: Some(status),
+            response_headers: h,
+            response_body: body.as_bytes().to_vec(),
+            ..Default::default()
+        }
+    }
+
+    /// Recorded, primary and two shadows per exchange, most answers equal,
+    /// some not: 5xx, gRPC failures, errors, different bodies.
+    fn sample() -> Vec<ReplayResult> {
+        let mut rows = Vec::new();
+        for id in 0..600u64 {
+            let status = if id % 50 == 7 { 503 } else { 200 };
+            let body = format!("{{\"label\":\"{}\",\"score\":0.5}}", id % 5);
+            let mut p = row(id, "v1", TargetRole::Primary, status, &body);
+            if id % 40 == 3 {
+                p.response_trailers.push(b"grpc-status", b"14");
+            }
+            let mut rec = row(id, "recorded", TargetRole::Recorded, status, &body);
+            rec.response_trailers = p.response_trailers.clone();
+            if id % 31 == 0 {
+                rec.response_body =
+                    format!("{{\"label\":\"{}\",\"score\":0.9}}", id % 5).into_bytes();
+            }
+            let mut a = p.clone();
+            a.target_name = "v2".into();
+            a.role = Some(TargetRole::Shadow);
+            a.done_ts = Some(200 + id as i64);
+            if id % 17 == 0 {
+                a.response_body = b"{\"label\":\"x\",\"score\":0.5}".to_vec();
+            }
+            let mut b = a.clone();
+            b.target_name = "v3".into();
+            if id % 23 == 0 {
+                b.status = None;
+                b.error_kind = Some(ErrorKind::Timeout);
+                b.done_ts = None;
+            }
+            rows.extend([rec, p, a, b]);
+        }
+        rows
+    }
+
+    /// The JSON report of the rows folded in groups of four, and how many
+    /// exchanges were folded in place.
+    fn report(rows: &[ReplayResult], in_place: bool) -> (u64, serde_json::Value) {
+        let opts = DiffOptions {
+            inputs: vec![],
+            config: Default::default(),
+            top: 5,
+            divergences: None,
+        };
+        let batch = results_to_batch(rows).unwrap();
+        let cols = Arc::new(ResultColumns::new(&batch, &[]).unwrap());
+        let mut comparer = Comparer::new(&opts.config);
+        let mut folded = Folded::default();
+        let mut ctx = FoldCtx {
+            opts: &opts,
+            comparer: &mut comparer,
+            folded: &mut folded,
+            sink: None,
+            judge: None,
+            in_place,
+        };
+        let mut ready = Vec::new();
+        for g in (0..cols.len()).collect::<Vec<_>>().chunks(4) {
+            let refs = g.iter().map(|&i| RowRef::new(&cols, i)).collect();
+            ctx.push_refs(&mut ready, refs).unwrap();
+        }
+        ctx.flush(&mut ready).unwrap();
+        let report = summarize::report(&folded, &opts, None).unwrap();
+        (folded.fast_folded, serde_json::to_value(&report).unwrap())
+    }
+
+    #[test]
+    fn folding_in_place_gives_the_report_of_the_full_comparison() {
+        let rows = sample();
+        let ((fast, in_place), (none, full)) = (report(&rows, true), report(&rows, false));
+        // The first 100 of each endpoint go the full way (LLM probe), and
+        // unequal or failed answers always do.
+        assert!(fast > 250, "{fast} folded in place");
+        assert_eq!(none, 0);
+        assert_eq!(in_place, full);
+        assert_eq!(full["exchanges"], 600);
+        let v2 = &full["overall"]["v2"];
+        assert!(v2["divergent"].as_u64().unwrap() > 0, "{v2}");
+        assert!(v2["errors"]["primary"].as_u64().unwrap() > 0, "{v2}");
+    }
+
+    #[test]
+    fn a_row_left_waiting_is_copied_out_and_its_batch_let_go() {
+        let rows = sample();
+        let batch = results_to_batch(&rows).unwrap();
+        let mut recent = Recent::default();
+        let mut pending: rustc_hash::FxHashMap<u64, Vec<RowRef>> = Default::default();
+        let first = Arc::new(ResultColumns::new(&batch.slice(0, 8), &[]).unwrap());
+        recent.read(&first);
+        // Exchange 1 waits; exchange 0 completed and was folded.
+        pending.insert(1, vec![RowRef::new(&first, 5)]);
+        for k in 1..=HELD_BATCHES {
+            let next = Arc::new(ResultColumns::new(&batch.slice(8 * k, 8), &[]).unwrap());
+            recent.read(&next);
+            recent.release(&mut pending).unwrap();
+        }
+        assert_eq!(Arc::strong_count(&first), 1, "the batch is let go");
+        let held = &pending[&1][0];
+        assert_eq!(held.cols.len(), 1);
+        assert_eq!(format!("{:?}", held.to_row()), format!("{:?}", rows[5]));
+    }
+}
