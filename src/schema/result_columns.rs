@@ -375,4 +375,20 @@ mod tests {
         assert_eq!(alone.len(), 1);
         assert_eq!(format!("{:?}", alone.row(0)), format!("{:?}", rows[5]));
     }
+
+    #[test]
+    fn a_batch_from_before_trailers_were_written_reads_with_none() {
+        let rows: Vec<ReplayResult> = (0..3).map(sample).collect();
+        let batch = results_to_batch(&rows).unwrap();
+        let keep: Vec<usize> = (0..batch.num_columns())
+            .filter(|&k| batch.schema().field(k).name() != "response_trailers")
+            .collect();
+        let old = batch.project(&keep).unwrap();
+        let cols = ResultColumns::new(&old, &[]).unwrap();
+        assert!(cols.row(0).response_trailers.is_empty());
+        assert_eq!(cols.row(1).response_body, rows[1].response_body);
+        let fewer = old.project(&[0, 1]).unwrap();
+        let err = ResultColumns::new(&fewer, &[]).err().unwrap();
+        assert!(err.contains("is missing"), "{err}");
+    }
 }
