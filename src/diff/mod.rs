@@ -251,6 +251,8 @@ pub(crate) struct Folded {
     llm_probe: FxHashMap<u32, LlmProbe>,
     /// Exchanges folded in place (see `fast`).
     pub fast_folded: u64,
+    /// The signature of "no differences", once seen.
+    no_diffs: Option<u32>,
 }
 
 /// An endpoint whose first answers hold no LLM answer is not checked
@@ -287,6 +289,13 @@ impl Folded {
     }
 
     fn signature(&mut self, diffs: &[Diff]) -> u32 {
+        // Most exchanges differ nowhere: their id is kept at hand rather
+        // than hashed each time.
+        if diffs.is_empty() {
+            if let Some(id) = self.no_diffs {
+                return id;
+            }
+        }
         let mut sig: Signature = diffs
             .iter()
             .map(|d| (self.paths.id(&d.path), d.kind))
@@ -297,6 +306,9 @@ impl Folded {
             return id;
         }
         let id = self.sigs.len() as u32;
+        if sig.is_empty() {
+            self.no_diffs = Some(id);
+        }
         self.sigs.push(sig.clone());
         self.sig_ids.insert(sig, id);
         id
