@@ -100,13 +100,25 @@ impl Recent {
             if Arc::strong_count(&old) == 1 {
                 continue;
             }
-            for i in 0..old.len() {
-                let Some(group) = pending.get_mut(&old.exchange_id(i)) else {
-                    continue;
-                };
-                for r in group.iter_mut() {
-                    if r.i == i && Arc::ptr_eq(&r.cols, &old) {
-                        *r = RowRef::new(&Arc::new(old.detach(i)?), 0);
+            let held = |r: &RowRef, i: usize| r.i == i && Arc::ptr_eq(&r.cols, &old);
+            let waiting: Vec<usize> = (0..old.len())
+                .filter(|&i| {
+                    pending
+                        .get(&old.exchange_id(i))
+                        .is_some_and(|g| g.iter().any(|r| held(r, i)))
+                })
+                .collect();
+            if waiting.is_empty() {
+                continue;
+            }
+            // One copy for all of the batch's waiting rows: without the
+            // run's target list no exchange completes early, and every row
+            // waits.
+            let copy = Arc::new(old.detach(&waiting)?);
+            for (k, &i) in waiting.iter().enumerate() {
+                if let Some(group) = pending.get_mut(&old.exchange_id(i)) {
+                    for r in group.iter_mut().filter(|r| held(r, i)) {
+                        *r = RowRef::new(&copy, k);
                     }
                 }
             }
@@ -292,16 +304,19 @@ mod tests {
         let mut pending: rustc_hash::FxHashMap<u64, Vec<RowRef>> = Default::default();
         let first = Arc::new(ResultColumns::new(&batch.slice(0, 8), &[]).unwrap());
         recent.read(&first);
-        // Exchange 1 waits; exchange 0 completed and was folded.
+        // One row each of exchanges 1 and 0 waits for the rest.
         pending.insert(1, vec![RowRef::new(&first, 5)]);
+        pending.insert(0, vec![RowRef::new(&first, 2)]);
         for k in 1..=HELD_BATCHES {
             let next = Arc::new(ResultColumns::new(&batch.slice(8 * k, 8), &[]).unwrap());
             recent.read(&next);
             recent.release(&mut pending).unwrap();
         }
         assert_eq!(Arc::strong_count(&first), 1, "the batch is let go");
-        let held = &pending[&1][0];
-        assert_eq!(held.cols.len(), 1);
-        assert_eq!(format!("{:?}", held.to_row()), format!("{:?}", rows[5]));
+        let (a, b) = (&pending[&1][0], &pending[&0][0]);
+        assert!(Arc::ptr_eq(&a.cols, &b.cols), "one copy for the batch");
+        assert_eq!(a.cols.len(), 2);
+        assert_eq!(format!("{:?}", a.to_row()), format!("{:?}", rows[5]));
+        assert_eq!(format!("{:?}", b.to_row()), format!("{:?}", rows[2]));
     }
 }

@@ -196,14 +196,13 @@ impl ResultColumns {
         })
     }
 
-    /// Row `i` alone, copied: holding it no longer holds the whole batch.
-    pub fn detach(&self, i: usize) -> Result<Self, String> {
-        let one = arrow::compute::take_record_batch(
-            &self.batch,
-            &arrow::array::UInt32Array::from(vec![i as u32]),
-        )
-        .map_err(|e| e.to_string())?;
-        Self::new(&one, self.skipped)
+    /// Rows `rows` alone, copied in one go (row `rows[k]` becomes row
+    /// `k`): holding them no longer holds the whole batch.
+    pub fn detach(&self, rows: &[usize]) -> Result<Self, String> {
+        let indices: arrow::array::UInt32Array = rows.iter().map(|&i| i as u32).collect();
+        let some =
+            arrow::compute::take_record_batch(&self.batch, &indices).map_err(|e| e.to_string())?;
+        Self::new(&some, self.skipped)
     }
 
     pub fn len(&self) -> usize {
@@ -395,9 +394,10 @@ mod tests {
         twin.response_headers.push(b"x-extra", b"1");
         let b3 = results_to_batch(&[twin]).unwrap();
         assert!(!cols.same_answer(3, &ResultColumns::new(&b3, &[]).unwrap(), 0));
-        let alone = cols.detach(5).unwrap();
-        assert_eq!(alone.len(), 1);
-        assert_eq!(format!("{:?}", alone.row(0)), format!("{:?}", rows[5]));
+        let some = cols.detach(&[5, 2]).unwrap();
+        assert_eq!(some.len(), 2);
+        assert_eq!(format!("{:?}", some.row(0)), format!("{:?}", rows[5]));
+        assert_eq!(format!("{:?}", some.row(1)), format!("{:?}", rows[2]));
     }
 
     #[test]
