@@ -63,7 +63,7 @@ impl Answer for RowRef {
     fn grpc_status(&self) -> Option<u32> {
         self.cols
             .trailer_or_header(self.i, "grpc-status")
-            .and_then(|v| v.trim().parse().ok())
+            .and_then(|v| super::grpc::parse_status(v.as_bytes()))
     }
 
     fn latency_ns(&self) -> Option<i64> {

@@ -51,6 +51,11 @@ pub fn status(headers: &HeaderList, trailers: &HeaderList) -> Option<u32> {
     let v = trailers
         .get("grpc-status")
         .or_else(|| headers.get("grpc-status"))?;
+    parse_status(v)
+}
+
+/// A `grpc-status` value as a code.
+pub fn parse_status(v: &[u8]) -> Option<u32> {
     std::str::from_utf8(v).ok()?.trim().parse().ok()
 }
 

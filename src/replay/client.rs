@@ -401,6 +401,26 @@ pub fn parse_response(chunks: &[&[u8]], method: &str, max_body: usize) -> Answer
     answer
 }
 
+/// Why no byte came before `until`: the whole answer's `--timeout` ran
+/// out, or (before it) the answer went idle for `--stream-idle-timeout`.
+pub(super) fn stalled(
+    deadline: tokio::time::Instant,
+    idle: Duration,
+    after: &str,
+) -> (ErrorKind, String) {
+    if tokio::time::Instant::now() >= deadline {
+        (
+            ErrorKind::Timeout,
+            "no complete answer within --timeout".into(),
+        )
+    } else {
+        (
+            ErrorKind::StreamIdle,
+            format!("the answer stalled: no byte for {idle:?}{after}"),
+        )
+    }
+}
+
 pub(super) fn io_kind(e: &std::io::Error) -> ErrorKind {
     use std::io::ErrorKind as K;
     match e.kind() {
@@ -660,21 +680,8 @@ impl Target {
             let read = match tokio::time::timeout_at(until, stream.read_buf(&mut buf)).await {
                 Ok(r) => r,
                 Err(_) => {
-                    answer.error = Some(if tokio::time::Instant::now() >= deadline {
-                        (
-                            ErrorKind::Timeout,
-                            "no complete answer within --timeout".into(),
-                        )
-                    } else {
-                        (
-                            ErrorKind::StreamIdle,
-                            format!(
-                                "the answer stalled: no byte for {:?} after {} body bytes",
-                                self.stream_idle,
-                                reader.body_len()
-                            ),
-                        )
-                    });
+                    let after = format!(" after {} body bytes", reader.body_len());
+                    answer.error = Some(stalled(deadline, self.stream_idle, &after));
                     break;
                 }
             };

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use h2::client::SendRequest;
 
-use super::client::{now_ns, stream_timing, Answer, Target, HARD_BODY_CAP};
+use super::client::{now_ns, stalled, stream_timing, Answer, Target, HARD_BODY_CAP};
 use super::tls::Conn;
 use crate::proto::h2::error_name;
 use crate::schema::{ErrorKind, HeaderList};
@@ -240,17 +240,7 @@ impl Target {
                     break;
                 }
                 Err(_) => {
-                    answer.error = Some(if tokio::time::Instant::now() >= deadline {
-                        (
-                            ErrorKind::Timeout,
-                            "no complete answer within --timeout".into(),
-                        )
-                    } else {
-                        (
-                            ErrorKind::StreamIdle,
-                            format!("the answer stalled: no byte for {:?}", self.stream_idle),
-                        )
-                    });
+                    answer.error = Some(stalled(deadline, self.stream_idle, ""));
                     break;
                 }
             };

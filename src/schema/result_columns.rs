@@ -108,7 +108,6 @@ fn same_run(
 pub struct ResultColumns {
     batch: RecordBatch,
     skipped: &'static [&'static str],
-    rows: usize,
     names: StringArray,
     roles: StringArray,
     methods: StringArray,
@@ -164,7 +163,6 @@ impl ResultColumns {
         Ok(Self {
             batch: b.clone(),
             skipped,
-            rows: b.num_rows(),
             names: s("target_name"),
             roles: s("role"),
             methods: s("method"),
@@ -206,11 +204,11 @@ impl ResultColumns {
     }
 
     pub fn len(&self) -> usize {
-        self.rows
+        self.batch.num_rows()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rows == 0
+        self.len() == 0
     }
 
     /// Row `i` as an owned result.
@@ -291,18 +289,9 @@ impl ResultColumns {
         self.req_body.value_length(i) as usize
     }
 
-    pub fn response_body(&self, i: usize) -> &[u8] {
-        self.resp_body.value(i)
-    }
-
     /// From the actual send to the last byte, as [`ReplayResult::latency_ns`].
     pub fn latency_ns(&self, i: usize) -> Option<i64> {
         Some(opt_ts(&self.done, i)? - opt_ts(&self.sent, i)?)
-    }
-
-    /// A streamed answer: it has event times.
-    pub fn has_events(&self, i: usize) -> bool {
-        self.event_offsets.as_ref().is_some_and(|a| a.is_valid(i))
     }
 
     /// The first value of a response header or trailer (trailers first, as
@@ -380,7 +369,6 @@ mod tests {
                 cols.trailer_or_header(i, "GRPC-STATUS").map(str::as_bytes),
                 r.response_trailers.get("grpc-status")
             );
-            assert_eq!(cols.has_events(i), r.event_offsets_ns.is_some());
         }
         // Rows 0 and 4 have different bodies.
         assert!(!cols.same_answer(0, &cols, 4));
