@@ -277,7 +277,7 @@ impl Target {
 
 /// Header fields as captured rows hold them: `:status` first, as sent.
 fn header_list(status: Option<&str>, map: &http::HeaderMap) -> HeaderList {
-    let mut out = HeaderList::new();
+    let mut out = HeaderList::with_capacity(map.len() + 1, 64 * (map.len() + 1));
     if let Some(s) = status {
         out.push(b":status", s.as_bytes());
     }

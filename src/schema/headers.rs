@@ -14,6 +14,15 @@ impl HeaderList {
         Self::default()
     }
 
+    /// Room for `fields` fields of `bytes` bytes in all: a list filled
+    /// from a parsed head or a column grows once, not field by field.
+    pub fn with_capacity(fields: usize, bytes: usize) -> Self {
+        Self {
+            bytes: Vec::with_capacity(bytes),
+            spans: Vec::with_capacity(fields),
+        }
+    }
+
     pub fn push(&mut self, name: &[u8], value: &[u8]) {
         let a = self.bytes.len() as u32;
         self.bytes.extend_from_slice(name);
@@ -25,6 +34,11 @@ impl HeaderList {
 
     pub fn len(&self) -> usize {
         self.spans.len()
+    }
+
+    /// Bytes of all names and values together.
+    pub fn byte_len(&self) -> usize {
+        self.bytes.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -454,32 +454,51 @@ fn col<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> &'a T {
 }
 
 fn headers_at(list: &ListArray, row: usize) -> HeaderList {
-    let mut h = HeaderList::new();
-    let entries = list.value(row);
-    let s: &StructArray = entries.as_struct();
+    let (start, end) = (
+        list.value_offsets()[row] as usize,
+        list.value_offsets()[row + 1] as usize,
+    );
+    let s: &StructArray = list.values().as_struct();
     let names = s.column(0).as_string::<i32>();
     let values = s.column(1).as_string::<i32>();
-    for i in 0..s.len() {
-        h.push(
-            &latin1_bytes(names.value(i)),
-            &latin1_bytes(values.value(i)),
-        );
+    let span = |a: &arrow::array::StringArray| {
+        let o = a.value_offsets();
+        o[start] as usize..o[end] as usize
+    };
+    let (name_bytes, value_bytes) = (span(names), span(values));
+    let mut h = HeaderList::with_capacity(end - start, name_bytes.len() + value_bytes.len());
+    // Header text is nearly always ASCII: then the stored bytes are the
+    // wire bytes and no field needs mapping back from Latin-1.
+    let ascii =
+        names.value_data()[name_bytes].is_ascii() && values.value_data()[value_bytes].is_ascii();
+    for i in start..end {
+        let (n, v) = (names.value(i), values.value(i));
+        if ascii {
+            h.push(n.as_bytes(), v.as_bytes());
+        } else {
+            h.push(&latin1_bytes(n), &latin1_bytes(v));
+        }
     }
     h
 }
 
 fn batch_to_exchanges(b: &RecordBatch, out: &mut Vec<Exchange>) {
+    // Columns are found by name once per batch, not once per row.
     let u64c = |n| col::<UInt64Array>(b, n);
     let ts = |n| col::<TimestampNanosecondArray>(b, n);
     let s = |n| col::<StringArray>(b, n);
     let opt_s = |a: &StringArray, i: usize| a.is_valid(i).then(|| a.value(i).to_string());
     let opt_ts = |a: &TimestampNanosecondArray, i: usize| a.is_valid(i).then(|| a.value(i));
-    let flag = |n, i| col::<BooleanArray>(b, n).value(i);
+    let flag = |n| col::<BooleanArray>(b, n);
     let bin = |n| col::<BinaryArray>(b, n);
     let lists = |n| col::<ListArray>(b, n);
     let status = col::<UInt16Array>(b, "status");
     let seq = col::<UInt32Array>(b, "seq_in_flow");
     let interim = lists("interim_statuses");
+    let interim_values = interim
+        .values()
+        .as_primitive::<arrow::datatypes::UInt16Type>()
+        .values();
     let detail = b
         .column_by_name("malformed_detail")
         .and_then(|c| c.as_any().downcast_ref::<StringArray>());
@@ -490,51 +509,77 @@ fn batch_to_exchanges(b: &RecordBatch, out: &mut Vec<Exchange>) {
     let stream_ids = b
         .column_by_name("stream_id")
         .and_then(|c| c.as_any().downcast_ref::<UInt32Array>());
+    let (exchange_id, flow_id) = (u64c("exchange_id"), u64c("flow_id"));
+    let (client, server) = (s("client"), s("server"));
+    let (request_ts, request_end_ts) = (ts("request_ts"), ts("request_end_ts"));
+    let (response_ts, response_end_ts) = (ts("response_ts"), ts("response_end_ts"));
+    let (method, target, http_version, host) =
+        (s("method"), s("target"), s("http_version"), s("host"));
+    let (request_headers, request_trailers) = (lists("request_headers"), lists("request_trailers"));
+    let (response_headers, response_trailers) =
+        (lists("response_headers"), lists("response_trailers"));
+    let (request_body, response_body) = (bin("request_body"), bin("response_body"));
+    let (request_body_len, response_body_len) =
+        (u64c("request_body_len"), u64c("response_body_len"));
+    let (request_truncated, response_truncated) = (
+        flag("request_body_truncated"),
+        flag("response_body_truncated"),
+    );
+    let (reason, response_version) = (s("reason"), s("response_version"));
+    let (incomplete, upgraded) = (s("incomplete_reason"), flag("upgraded"));
+    out.reserve(b.num_rows());
     for i in 0..b.num_rows() {
         let answered = status.is_valid(i);
         out.push(Exchange {
-            exchange_id: u64c("exchange_id").value(i),
-            flow_id: u64c("flow_id").value(i),
+            exchange_id: exchange_id.value(i),
+            flow_id: flow_id.value(i),
             seq_in_flow: seq.value(i),
             stream_id: stream_ids.and_then(|c| c.is_valid(i).then(|| c.value(i))),
-            client: opt_s(s("client"), i).and_then(|a| a.parse().ok()),
-            server: opt_s(s("server"), i).and_then(|a| a.parse().ok()),
-            request_ts: ts("request_ts").value(i),
-            request_end_ts: ts("request_end_ts").value(i),
-            response_ts: opt_ts(ts("response_ts"), i),
-            response_end_ts: opt_ts(ts("response_end_ts"), i),
-            method: s("method").value(i).to_string(),
-            target: s("target").value(i).to_string(),
-            http_version: s("http_version").value(i).to_string(),
-            host: opt_s(s("host"), i),
-            request_headers: headers_at(lists("request_headers"), i),
-            request_trailers: headers_at(lists("request_trailers"), i),
-            request_body: bin("request_body").value(i).to_vec(),
-            request_body_len: u64c("request_body_len").value(i),
-            request_body_truncated: flag("request_body_truncated", i),
+            client: client
+                .is_valid(i)
+                .then(|| client.value(i).parse().ok())
+                .flatten(),
+            server: server
+                .is_valid(i)
+                .then(|| server.value(i).parse().ok())
+                .flatten(),
+            request_ts: request_ts.value(i),
+            request_end_ts: request_end_ts.value(i),
+            response_ts: opt_ts(response_ts, i),
+            response_end_ts: opt_ts(response_end_ts, i),
+            method: method.value(i).to_string(),
+            target: target.value(i).to_string(),
+            http_version: http_version.value(i).to_string(),
+            host: opt_s(host, i),
+            request_headers: headers_at(request_headers, i),
+            request_trailers: headers_at(request_trailers, i),
+            request_body: request_body.value(i).to_vec(),
+            request_body_len: request_body_len.value(i),
+            request_body_truncated: request_truncated.value(i),
             status: answered.then(|| status.value(i)),
-            reason: opt_s(s("reason"), i),
-            response_version: opt_s(s("response_version"), i),
-            interim_statuses: interim
-                .value(i)
-                .as_primitive::<arrow::datatypes::UInt16Type>()
-                .values()
+            reason: opt_s(reason, i),
+            response_version: opt_s(response_version, i),
+            interim_statuses: interim_values
+                [interim.value_offsets()[i] as usize..interim.value_offsets()[i + 1] as usize]
                 .to_vec(),
-            response_headers: headers_at(lists("response_headers"), i),
-            response_trailers: headers_at(lists("response_trailers"), i),
+            response_headers: headers_at(response_headers, i),
+            response_trailers: headers_at(response_trailers, i),
             response_body: if answered {
-                bin("response_body").value(i).to_vec()
+                response_body.value(i).to_vec()
             } else {
                 Vec::new()
             },
             response_body_len: if answered {
-                u64c("response_body_len").value(i)
+                response_body_len.value(i)
             } else {
                 0
             },
-            response_body_truncated: flag("response_body_truncated", i),
-            incomplete: opt_s(s("incomplete_reason"), i).and_then(|r| IncompleteReason::parse(&r)),
-            upgraded: flag("upgraded", i),
+            response_body_truncated: response_truncated.value(i),
+            incomplete: incomplete
+                .is_valid(i)
+                .then(|| IncompleteReason::parse(incomplete.value(i)))
+                .flatten(),
+            upgraded: upgraded.value(i),
             malformed_detail: detail.and_then(|d| opt_s(d, i)),
             response_event_offsets_ns: super::exchange::offsets_at(event_offsets, i),
             response_arrivals: Vec::new(),

@@ -1047,7 +1047,7 @@ fn parse_head_strict(role: Role, head: &[u8]) -> Option<(Head, usize)> {
             (line, used, &*resp.headers)
         }
     };
-    let mut list = HeaderList::new();
+    let mut list = HeaderList::with_capacity(parsed.len(), used);
     for h in parsed {
         list.push(h.name.as_bytes(), h.value);
     }
