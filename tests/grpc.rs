@@ -209,6 +209,73 @@ fn grpc_capture_replays_over_h2c_and_diff_finds_the_known_differences() {
     );
 }
 
+/// A shadow that answers with gzip-compressed messages (grpcio's server
+/// compression, for clients that accept it, as the recorded ones do): the
+/// diff decodes them and finds the same differences as against the plain
+/// shadow, no more.
+#[test]
+fn gzip_compressed_grpc_answers_are_decoded_and_compared_like_plain_ones() {
+    let Some(python) = common::python_with(&["grpc", "grpc_tools"]) else {
+        return;
+    };
+    // Long labels on both sides, so that gzip makes Predict's answers
+    // smaller and grpcio does compress them.
+    let (primary, shadow) = (
+        server(&python, "primary-long"),
+        server(&python, "shadow-gzip"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let capture = primary_capture(dir.path());
+    let results = dir.path().join("results.parquet");
+    let (code, err) = run(shadowctl()
+        .arg("replay")
+        .arg(&capture)
+        .args(["--primary", &format!("http://127.0.0.1:{}", primary.1)])
+        .args(["--shadow", &format!("http://127.0.0.1:{}", shadow.1)])
+        .arg("--out")
+        .arg(&results)
+        .arg("--quiet"));
+    assert_eq!(code, 0, "{err}");
+    let rows = shadowctl::schema::read_results(&results).unwrap();
+    // The shadow's answers that carry messages say gzip. grpcio sends a
+    // message uncompressed when gzip would not make it smaller (Generate's
+    // short tokens), so the first message's compressed flag is checked on
+    // Predict's answers only.
+    let answered: Vec<_> = rows
+        .iter()
+        .filter(|r| r.target_name == "shadow" && !r.response_body.is_empty())
+        .collect();
+    assert_eq!(answered.len(), 60 - 12 + 15, "Predict answered, Generate");
+    for r in &answered {
+        assert_eq!(
+            r.response_headers.get("grpc-encoding"),
+            Some(&b"gzip"[..]),
+            "{r:?}"
+        );
+        if r.endpoint.ends_with("Predict") {
+            assert_eq!(r.response_body[0], 1, "compressed flag: {r:?}");
+        }
+    }
+    for r in rows.iter().filter(|r| r.target_name == "primary") {
+        assert!(
+            r.response_body.is_empty() || r.response_body[0] == 0,
+            "{r:?}"
+        );
+    }
+    let report = diff_json(
+        &results,
+        &root().join("testdata/grpc/shadow.toml"),
+        dir.path(),
+    );
+    let predict = endpoint(&report, "gRPC shadowtest.v1.Model/Predict");
+    assert_eq!(field_paths(predict), vec!["$.model_version", "grpc-status"]);
+    assert_eq!(predict["shadows"]["shadow"]["divergent"], 60);
+    assert_eq!(predict["shadows"]["shadow"]["errors"]["shadow"], 12);
+    let generate = endpoint(&report, "gRPC shadowtest.v1.Model/Generate");
+    assert_eq!(field_paths(generate), vec!["$[*].text"]);
+    assert_eq!(generate["shadows"]["shadow"]["divergent"], 8, "{generate}");
+}
+
 #[test]
 fn grpc_is_captured_live_on_loopback() {
     // SAFETY: geteuid has no preconditions.

@@ -454,15 +454,16 @@ fn h2_replay_sends_the_captured_fields_with_authority_rewritten_and_the_marker_o
     }
 }
 
-#[test]
-fn nghttp2_capture_replays_to_nghttpd_with_the_recorded_statuses() {
+/// nghttpd serving a few files from a fresh directory, on 127.0.0.1: in
+/// cleartext, or over TLS with `(key, cert)`; None when nghttpd is missing.
+fn nghttpd(tls: Option<(&Path, &Path)>) -> Option<(Child, tempfile::TempDir)> {
     if Command::new("nghttpd").arg("--version").output().is_err() {
         assert!(
             std::env::var_os("SHADOWCTL_REQUIRE_PYTHON").is_none(),
             "nghttpd missing (./bootstrap installs nghttp2-server)"
         );
         eprintln!("skipped: nghttpd missing");
-        return;
+        return None;
     }
     let www = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -473,34 +474,171 @@ fn nghttp2_capture_replays_to_nghttpd_with_the_recorded_statuses() {
     std::fs::write(www.path().join("index.html"), "hello\n").unwrap();
     std::fs::write(www.path().join("big.txt"), "x".repeat(27_000)).unwrap();
     let port = free_port();
+    let mut cmd = Command::new("nghttpd");
+    cmd.args(["--address", "127.0.0.1", "-d"])
+        .arg(www.path())
+        .arg(port.to_string());
+    match tls {
+        Some((key, cert)) => cmd.arg(key).arg(cert),
+        None => cmd.arg("--no-tls"),
+    };
     let server = Child(
-        Command::new("nghttpd")
-            .args(["--no-tls", "-d"])
-            .arg(www.path())
-            .arg(port.to_string())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
+        cmd.stdout(std::process::Stdio::null()).spawn().unwrap(),
         port,
     );
     wait_listening(server.1);
+    Some((server, www))
+}
+
+/// Every live answer of a replay of nghttp.pcap has the recorded status.
+fn assert_recorded_statuses(rows: &[shadowctl::schema::ReplayResult], case: &str) {
+    let recorded: HashMap<u64, Option<u16>> = rows
+        .iter()
+        .filter(|r| r.target_name == "recorded")
+        .map(|r| (r.exchange_id, r.status))
+        .collect();
+    let live: Vec<_> = rows.iter().filter(|r| r.target_name == "primary").collect();
+    assert_eq!(live.len(), 108, "{case}");
+    for r in live {
+        assert!(r.error_kind.is_none(), "{case} {r:?}");
+        assert_eq!(r.status, recorded[&r.exchange_id], "{case} {}", r.target);
+    }
+}
+
+#[test]
+fn nghttp2_capture_replays_to_nghttpd_with_the_recorded_statuses() {
+    let Some((server, _www)) = nghttpd(None) else {
+        return;
+    };
+    let port = server.1;
     let dir = tempfile::tempdir().unwrap();
     let capture = captured("nghttp.pcap", dir.path());
     for extra in [&[][..], &["--preserve-order"][..], &["--rate", "500"][..]] {
         let mut args = vec!["--primary".to_string(), format!("http://127.0.0.1:{port}")];
         args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let rows = replay(&capture, &args);
-        let recorded: HashMap<u64, Option<u16>> = rows
-            .iter()
-            .filter(|r| r.target_name == "recorded")
-            .map(|r| (r.exchange_id, r.status))
-            .collect();
-        let live: Vec<_> = rows.iter().filter(|r| r.target_name == "primary").collect();
-        assert_eq!(live.len(), 108, "{extra:?}");
-        for r in live {
-            assert!(r.error_kind.is_none(), "{extra:?} {r:?}");
-            assert_eq!(r.status, recorded[&r.exchange_id], "{extra:?} {}", r.target);
+        assert_recorded_statuses(&replay(&capture, &args), &format!("{extra:?}"));
+    }
+}
+
+/// A fresh self-signed certificate for `localhost`: (key, cert) PEM files.
+fn localhost_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (k, c) = (dir.join("key.pem"), dir.join("cert.pem"));
+    std::fs::write(&k, key.signing_key.serialize_pem()).unwrap();
+    std::fs::write(&c, key.cert.pem()).unwrap();
+    (k, c)
+}
+
+#[test]
+fn https_targets_get_http2_through_alpn_h2() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert) = localhost_cert(dir.path());
+    // nghttpd over TLS speaks only h2, and only to a client that asks for
+    // it in ALPN: every answer coming back shows the negotiation worked.
+    let Some((server, _www)) = nghttpd(Some((&key, &cert))) else {
+        return;
+    };
+    let capture = captured("nghttp.pcap", dir.path());
+    let url = format!("https://localhost:{}", server.1);
+    let cert = cert.to_str().unwrap();
+    let rows = replay(&capture, &["--primary", &url, "--ca-cert", cert]);
+    assert_recorded_statuses(&rows, "https");
+    // An HTTP/1 capture forced onto HTTP/2 over TLS, likewise.
+    let demo = dir.path().join("demo.parquet");
+    let st = Command::new(env!("CARGO_BIN_EXE_shadowctl"))
+        .args(["capture", "-q", "--read"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/demo.pcap"))
+        .arg("--out")
+        .arg(&demo)
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+    let rows = replay(
+        &demo,
+        &["--primary", &url, "--ca-cert", cert, "--http2", "--max"],
+    );
+    let live: Vec<_> = rows.iter().filter(|r| r.target_name == "primary").collect();
+    assert!(!live.is_empty());
+    for r in live {
+        // nghttpd 1.52 sends its 404 page's DATA after HEADERS even to a
+        // HEAD request, which `h2` (like nghttp itself) refuses as a
+        // protocol error: recorded as malformed, never as an answer.
+        if r.method == "HEAD" && r.error_kind.is_some() {
+            assert_eq!(
+                r.error_kind,
+                Some(shadowctl::schema::ErrorKind::MalformedResponse),
+                "{r:?}"
+            );
+            continue;
         }
+        assert!(r.error_kind.is_none(), "{r:?}");
+        // nghttpd has none of the demo's paths: a 404 or 405 from it,
+        // spoken over h2, is the answer.
+        assert!(matches!(r.status, Some(404 | 405)), "{r:?}");
+        assert!(r.response_headers.get(":status").is_some(), "{r:?}");
+    }
+}
+
+/// An https server that offers only `http/1.1` in ALPN: replay over HTTP/2
+/// records a TLS error that says what to do, for every request.
+#[test]
+fn an_https_target_without_h2_is_a_tls_error_that_names_http1() {
+    use std::io::{Read, Write};
+    use tokio_rustls::rustls;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert = dir.path().join("cert.pem");
+    std::fs::write(&cert, key.cert.pem()).unwrap();
+    let der = rustls::pki_types::PrivateKeyDer::try_from(key.signing_key.serialize_der()).unwrap();
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![key.cert.der().clone()], der)
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = std::sync::Arc::new(config);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(1000) {
+            let (Ok(mut conn), Ok(mut tls)) = (conn, rustls::ServerConnection::new(config.clone()))
+            else {
+                continue;
+            };
+            std::thread::spawn(move || {
+                while tls.is_handshaking() {
+                    if tls.complete_io(&mut conn).is_err() {
+                        return;
+                    }
+                }
+                // Whatever comes (an h2 preface should not), answer once.
+                let mut s = rustls::Stream::new(&mut tls, &mut conn);
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+            });
+        }
+    });
+    let capture = captured("nghttp.pcap", dir.path());
+    let url = format!("https://localhost:{port}");
+    let rows = replay(
+        &capture,
+        &["--primary", &url, "--ca-cert", cert.to_str().unwrap()],
+    );
+    let live: Vec<_> = rows.iter().filter(|r| r.target_name == "primary").collect();
+    assert_eq!(live.len(), 108);
+    for r in live {
+        assert_eq!(
+            r.error_kind,
+            Some(shadowctl::schema::ErrorKind::Tls),
+            "{r:?}"
+        );
+        let detail = r.error_detail.as_deref().unwrap_or_default();
+        assert!(
+            detail.contains("did not agree to HTTP/2") && detail.contains("--http1"),
+            "{detail}"
+        );
+        assert_eq!(r.status, None);
     }
 }

@@ -228,8 +228,11 @@ pub const DEFAULT_IGNORED_HEADERS: &[&str] = &[
     "x-amzn-trace-id",
     "x-runtime",
     "x-response-time",
-    // Bodies are compared decoded, so how they were encoded does not matter.
+    // Bodies are compared decoded, so how they were encoded does not matter;
+    // likewise gRPC messages (grpc-encoding) and what a server accepts.
     "content-encoding",
+    "grpc-encoding",
+    "grpc-accept-encoding",
 ];
 
 impl Headers {

@@ -483,13 +483,15 @@ impl Target {
     }
 
     async fn connect(&self) -> Result<Conn, (ErrorKind, String)> {
-        self.open(&self.tls).await
+        self.open(&self.tls, Alpn::Http1).await
     }
 
-    /// A new connection, wrapped in TLS with `tls` for an https target.
+    /// A new connection, wrapped in TLS with `tls` (which offers `alpn`)
+    /// for an https target.
     pub(super) async fn open(
         &self,
         tls: &Option<(TlsConnector, ServerName<'static>)>,
+        alpn: Alpn,
     ) -> Result<Conn, (ErrorKind, String)> {
         let stream = TcpStream::connect((self.host.as_str(), self.port))
             .await
@@ -504,7 +506,7 @@ impl Target {
         let tls = connector
             .connect(name.clone(), stream)
             .await
-            .map_err(|e| (ErrorKind::Tls, format!("TLS handshake: {e}")))?;
+            .map_err(|e| (ErrorKind::Tls, handshake_failed(&e, alpn)))?;
         Ok(Conn::Tls(Box::new(tls)))
     }
 
@@ -731,6 +733,33 @@ impl Target {
             }
         }
         Attempt::Done(Box::new(answer))
+    }
+}
+
+/// The one protocol a connection offers in ALPN.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Alpn {
+    Http1,
+    H2,
+}
+
+/// Why a TLS handshake failed. A server that refuses the protocol offered
+/// in ALPN (a fatal `no_application_protocol` alert, as strict servers
+/// send) is told apart, with the flag that offers the other one.
+fn handshake_failed(e: &std::io::Error, alpn: Alpn) -> String {
+    use tokio_rustls::rustls;
+    let refused = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
+        == Some(&rustls::Error::AlertReceived(
+            rustls::AlertDescription::NoApplicationProtocol,
+        ));
+    match (refused, alpn) {
+        (true, Alpn::H2) => {
+            format!("the server did not agree to HTTP/2 (ALPN h2: {e}); replay it with --http1")
+        }
+        (true, Alpn::Http1) => format!(
+            "the server did not agree to HTTP/1.1 (ALPN http/1.1: {e}); replay it with --http2"
+        ),
+        (false, _) => format!("TLS handshake: {e}"),
     }
 }
 

@@ -130,7 +130,7 @@ impl Target {
 
     async fn connect_h2(&self) -> Result<Conn, (ErrorKind, String)> {
         let conn = self
-            .open(&self.tls_h2)
+            .open(&self.tls_h2, super::client::Alpn::H2)
             .await
             .map_err(|(k, d)| (k, format!("connect to {}: {d}", self.authority)))?;
         let Conn::Tls(tls) = &conn else {
