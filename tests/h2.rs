@@ -642,3 +642,71 @@ fn an_https_target_without_h2_is_a_tls_error_that_names_http1() {
         assert_eq!(r.status, None);
     }
 }
+
+/// A hyper-h2 server that refuses, resets and GOAWAYs streams as real
+/// servers do (testdata/h2/reset_server.py, which logs what it did to each
+/// request): replay records each as its own error kind, opens a new
+/// connection after a GOAWAY, and every other request is answered.
+#[test]
+fn streams_refused_reset_or_cut_by_goaway_are_recorded_as_such() {
+    let Some(python) = common::python_with(&["h2"]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let port = free_port();
+    let server = Child(
+        Command::new(python)
+            .arg(fixture("reset_server.py"))
+            .arg(port.to_string())
+            .arg(&log)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+        port,
+    );
+    wait_listening(server.1);
+    let capture = captured("nghttp.pcap", dir.path());
+    // One request at a time, so the server's numbering is the sending order.
+    let rows = replay(
+        &capture,
+        &[
+            "--primary",
+            &format!("http://127.0.0.1:{port}"),
+            "--http2",
+            "--max",
+            "--concurrency",
+            "1",
+        ],
+    );
+    let live: Vec<_> = rows.iter().filter(|r| r.target_name == "primary").collect();
+    assert_eq!(live.len(), 108);
+    let mut ours: HashMap<String, usize> = HashMap::new();
+    for r in &live {
+        let kind = r.error_kind.map_or("ok", |k| k.as_str()).to_string();
+        let detail = r.error_detail.as_deref().unwrap_or_default();
+        match kind.as_str() {
+            "ok" => assert_eq!(r.status, Some(200), "{r:?}"),
+            "refused_stream" => assert!(detail.contains("REFUSED_STREAM"), "{detail}"),
+            "stream_reset" => assert!(detail.contains("INTERNAL_ERROR"), "{detail}"),
+            "goaway" => assert!(detail.contains("GOAWAY NO_ERROR"), "{detail}"),
+            other => panic!("unexpected error kind {other}: {r:?}"),
+        }
+        *ours.entry(kind).or_default() += 1;
+    }
+    let mut theirs: HashMap<String, usize> = HashMap::new();
+    for line in std::fs::read_to_string(&log).unwrap().lines() {
+        let outcome = line.split_whitespace().nth(1).unwrap().to_string();
+        *theirs.entry(outcome).or_default() += 1;
+    }
+    assert_eq!(
+        ours, theirs,
+        "what replay recorded against what the server did"
+    );
+    // 108 requests: 11 refused (3, 13, .. 103), 11 reset (6, .. 106), 10
+    // cut by GOAWAY (9, .. 99), each on a new connection after the last.
+    assert_eq!(theirs["refused_stream"], 11);
+    assert_eq!(theirs["stream_reset"], 11);
+    assert_eq!(theirs["goaway"], 10);
+    assert_eq!(theirs["ok"], 108 - 32);
+}
