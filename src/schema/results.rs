@@ -298,9 +298,9 @@ impl ResultsReader {
         Self::open_without(path, &[])
     }
 
-    /// Open leaving out the listed columns (only `request_headers` may be
-    /// left out; its rows then hold no request headers): `diff` never
-    /// looks at request headers, and decoding them was a tenth of its time.
+    /// Open leaving out the listed columns: `request_headers` (its rows
+    /// then hold no request headers) and the derived latency columns, which
+    /// rows compute from their timestamps anyway.
     pub fn open_without(
         path: &std::path::Path,
         skip: &'static [&'static str],
