@@ -273,8 +273,8 @@ mod tests {
         };
         let mut ready = Vec::new();
         for g in (0..cols.len()).collect::<Vec<_>>().chunks(4) {
-            let refs = g.iter().map(|&i| RowRef::new(&cols, i)).collect();
-            ctx.push_refs(&mut ready, refs).unwrap();
+            let refs: Vec<RowRef> = g.iter().map(|&i| RowRef::new(&cols, i)).collect();
+            ctx.push_refs(&mut ready, &refs).unwrap();
         }
         ctx.flush(&mut ready).unwrap();
         let report = summarize::report(&folded, &opts, None).unwrap();
@@ -294,6 +294,68 @@ mod tests {
         let v2 = &full["overall"]["v2"];
         assert!(v2["divergent"].as_u64().unwrap() > 0, "{v2}");
         assert!(v2["errors"]["primary"].as_u64().unwrap() > 0, "{v2}");
+    }
+
+    /// `diff`'s report on `rows` written to a results file in their order,
+    /// with or without the run's target list.
+    fn report_of_file(rows: &[ReplayResult], with_targets: bool) -> serde_json::Value {
+        use crate::schema::{ParquetFileWriter, WriterConfig, META_TARGETS, RESULTS};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.parquet");
+        let mut file = ParquetFileWriter::create(
+            &path,
+            crate::schema::results_schema(),
+            RESULTS,
+            WriterConfig::default(),
+        )
+        .unwrap();
+        for chunk in rows.chunks(700) {
+            file.write_batch(&results_to_batch(chunk).unwrap()).unwrap();
+        }
+        let meta = if with_targets {
+            vec![(META_TARGETS.to_string(), "recorded,v1,v2,v3".to_string())]
+        } else {
+            vec![]
+        };
+        file.finish(meta).unwrap();
+        let opts = DiffOptions {
+            inputs: vec![path],
+            config: Default::default(),
+            top: 5,
+            divergences: None,
+        };
+        let mut report = serde_json::to_value(crate::diff::diff(&opts).unwrap()).unwrap();
+        report.as_object_mut().unwrap().remove("inputs");
+        report
+    }
+
+    /// Rows of an exchange side by side (read as one run), spread over
+    /// batches, or interleaved with another exchange's: the same report.
+    #[test]
+    fn the_order_of_rows_in_the_file_does_not_change_the_report() {
+        let rows = sample();
+        let adjacent = report_of_file(&rows, true);
+        assert_eq!(adjacent["exchanges"], 600);
+        // Every role together: an exchange's rows 600 apart, over batches.
+        let mut by_role = rows.clone();
+        by_role.sort_by_key(|r| (r.role.map(TargetRole::as_str), r.exchange_id));
+        // Two exchanges at a time, their rows alternating.
+        let mut pairs = rows.clone();
+        pairs.sort_by_key(|r| {
+            (
+                r.exchange_id / 2,
+                r.role.map(TargetRole::as_str),
+                r.exchange_id,
+            )
+        });
+        for (name, order, targets) in [
+            ("by role", &by_role, true),
+            ("pairs", &pairs, true),
+            ("no target list", &rows, false),
+            ("by role, no target list", &by_role, false),
+        ] {
+            assert_eq!(report_of_file(order, targets), adjacent, "{name}");
+        }
     }
 
     #[test]
