@@ -158,8 +158,25 @@ impl ResultColumns {
         }
         let c = |n: &str| b.column_by_name(n).expect("results column");
         let s = |n: &str| c(n).as_string::<i32>().clone();
-        let ts = |n: &str| c(n).as_primitive::<TimestampNanosecondType>().clone();
-        let u64c = |n: &str| c(n).as_primitive::<UInt64Type>().clone();
+        // Columns left out on purpose read as nulls or zeros (checked above:
+        // only those may be missing).
+        let rows = b.num_rows();
+        let ts = |n: &str| {
+            b.column_by_name(n).map_or_else(
+                || TimestampNanosecondArray::new_null(rows),
+                |c| c.as_primitive::<TimestampNanosecondType>().clone(),
+            )
+        };
+        let u64c = |n: &str| {
+            b.column_by_name(n).map_or_else(
+                || UInt64Array::from(vec![0; rows]),
+                |c| c.as_primitive::<UInt64Type>().clone(),
+            )
+        };
+        let seq = b.column_by_name("seq_in_flow").map_or_else(
+            || UInt32Array::from(vec![0; rows]),
+            |c| c.as_primitive::<UInt32Type>().clone(),
+        );
         Ok(Self {
             batch: b.clone(),
             skipped,
@@ -175,7 +192,7 @@ impl ResultColumns {
             first: ts("first_byte_ts"),
             done: ts("done_ts"),
             status: c("status").as_primitive::<UInt16Type>().clone(),
-            seq: c("seq_in_flow").as_primitive::<UInt32Type>().clone(),
+            seq,
             ids: u64c("exchange_id"),
             flows: u64c("flow_id"),
             lens: u64c("response_body_len"),
