@@ -83,6 +83,23 @@ fn primary_capture(dir: &Path) -> PathBuf {
     out
 }
 
+/// The primary's capture replayed to a primary and a shadow server; the
+/// results file.
+fn replay_capture(dir: &Path, primary: &Server, shadow: &Server) -> PathBuf {
+    let capture = primary_capture(dir);
+    let results = dir.join("results.parquet");
+    let (code, err) = run(shadowctl()
+        .arg("replay")
+        .arg(&capture)
+        .args(["--primary", &format!("http://127.0.0.1:{}", primary.1)])
+        .args(["--shadow", &format!("http://127.0.0.1:{}", shadow.1)])
+        .arg("--out")
+        .arg(&results)
+        .arg("--quiet"));
+    assert_eq!(code, 0, "{err}");
+    results
+}
+
 fn diff_json(results: &Path, config: &Path, dir: &Path) -> Value {
     let report = dir.join(format!(
         "{}.json",
@@ -124,17 +141,7 @@ fn grpc_capture_replays_over_h2c_and_diff_finds_the_known_differences() {
     };
     let (primary, shadow) = (server(&python, "primary"), server(&python, "shadow"));
     let dir = tempfile::tempdir().unwrap();
-    let capture = primary_capture(dir.path());
-    let results = dir.path().join("results.parquet");
-    let (code, err) = run(shadowctl()
-        .arg("replay")
-        .arg(&capture)
-        .args(["--primary", &format!("http://127.0.0.1:{}", primary.1)])
-        .args(["--shadow", &format!("http://127.0.0.1:{}", shadow.1)])
-        .arg("--out")
-        .arg(&results)
-        .arg("--quiet"));
-    assert_eq!(code, 0, "{err}");
+    let results = replay_capture(dir.path(), &primary, &shadow);
     let rows = shadowctl::schema::read_results(&results).unwrap();
     // 60 Predict and 15 Generate calls in the capture, to two live targets.
     let live: Vec<_> = rows
@@ -225,17 +232,7 @@ fn gzip_compressed_grpc_answers_are_decoded_and_compared_like_plain_ones() {
         server(&python, "shadow-gzip"),
     );
     let dir = tempfile::tempdir().unwrap();
-    let capture = primary_capture(dir.path());
-    let results = dir.path().join("results.parquet");
-    let (code, err) = run(shadowctl()
-        .arg("replay")
-        .arg(&capture)
-        .args(["--primary", &format!("http://127.0.0.1:{}", primary.1)])
-        .args(["--shadow", &format!("http://127.0.0.1:{}", shadow.1)])
-        .arg("--out")
-        .arg(&results)
-        .arg("--quiet"));
-    assert_eq!(code, 0, "{err}");
+    let results = replay_capture(dir.path(), &primary, &shadow);
     let rows = shadowctl::schema::read_results(&results).unwrap();
     // The shadow's answers that carry messages say gzip. grpcio sends a
     // message uncompressed when gzip would not make it smaller (Generate's

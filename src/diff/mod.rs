@@ -26,6 +26,7 @@ pub mod stats;
 mod summarize;
 pub(crate) mod verdict;
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 
 // Integer-keyed maps touched per row use Fx hashing (SipHash showed in the
@@ -605,12 +606,10 @@ fn fold_file(path: &std::path::Path, ctx: &mut FoldCtx) -> Result<FileIds, DiffE
             }
             let row = RowRef::new(&cols, i);
             if run.rows.is_empty() || run.id != id {
-                if let Some(group) = pending.get_mut(&id) {
-                    group.push(row);
-                    if expected.is_some_and(|n| group.len() >= n) {
-                        if let Some(g) = pending.remove(&id) {
-                            ctx.push_refs(&mut ready, &g)?;
-                        }
+                if let Entry::Occupied(mut group) = pending.entry(id) {
+                    group.get_mut().push(row);
+                    if expected.is_some_and(|n| group.get().len() >= n) {
+                        ctx.push_refs(&mut ready, &group.remove())?;
                     }
                     continue;
                 }

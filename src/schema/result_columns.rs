@@ -143,6 +143,18 @@ fn may_lack(name: &str, skipped: &[&str]) -> bool {
         || name == "response_trailers"
 }
 
+/// A primitive column; one left out on purpose (checked by the caller:
+/// only those may be missing) reads as nulls, whose values are zeros.
+fn or_nulls<T: arrow::datatypes::ArrowPrimitiveType>(
+    b: &RecordBatch,
+    name: &str,
+) -> arrow::array::PrimitiveArray<T> {
+    b.column_by_name(name).map_or_else(
+        || arrow::array::PrimitiveArray::new_null(b.num_rows()),
+        |c| c.as_primitive::<T>().clone(),
+    )
+}
+
 fn opt_ts(a: &TimestampNanosecondArray, i: usize) -> Option<i64> {
     a.is_valid(i).then(|| a.value(i))
 }
@@ -158,25 +170,8 @@ impl ResultColumns {
         }
         let c = |n: &str| b.column_by_name(n).expect("results column");
         let s = |n: &str| c(n).as_string::<i32>().clone();
-        // Columns left out on purpose read as nulls or zeros (checked above:
-        // only those may be missing).
-        let rows = b.num_rows();
-        let ts = |n: &str| {
-            b.column_by_name(n).map_or_else(
-                || TimestampNanosecondArray::new_null(rows),
-                |c| c.as_primitive::<TimestampNanosecondType>().clone(),
-            )
-        };
-        let u64c = |n: &str| {
-            b.column_by_name(n).map_or_else(
-                || UInt64Array::from(vec![0; rows]),
-                |c| c.as_primitive::<UInt64Type>().clone(),
-            )
-        };
-        let seq = b.column_by_name("seq_in_flow").map_or_else(
-            || UInt32Array::from(vec![0; rows]),
-            |c| c.as_primitive::<UInt32Type>().clone(),
-        );
+        let ts = |n: &str| or_nulls::<TimestampNanosecondType>(b, n);
+        let u64c = |n: &str| or_nulls::<UInt64Type>(b, n);
         Ok(Self {
             batch: b.clone(),
             skipped,
@@ -192,7 +187,7 @@ impl ResultColumns {
             first: ts("first_byte_ts"),
             done: ts("done_ts"),
             status: c("status").as_primitive::<UInt16Type>().clone(),
-            seq,
+            seq: or_nulls::<UInt32Type>(b, "seq_in_flow"),
             ids: u64c("exchange_id"),
             flows: u64c("flow_id"),
             lens: u64c("response_body_len"),
