@@ -401,6 +401,38 @@ pub fn parse_response(chunks: &[&[u8]], method: &str, max_body: usize) -> Answer
     answer
 }
 
+/// A request's deadline timer, reused from one request to the next by a
+/// closed-loop worker (see [`Clock::within`]).
+pub struct Clock(std::pin::Pin<Box<tokio::time::Sleep>>);
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self(Box::pin(tokio::time::sleep(Duration::ZERO)))
+    }
+}
+
+impl Clock {
+    /// `work`'s output, or None if `at` comes first. Tokio puts a timer in
+    /// its shared wheel, under a lock, when the timer is first waited on,
+    /// and takes the lock again when it is dropped; moving a timer that is
+    /// already in the wheel to a later time takes no lock. Under `--max`,
+    /// a new timer per wait made the workers contend for that lock (about
+    /// one futex call per request); one timer per worker, moved forward
+    /// from request to request, avoids it.
+    pub async fn within<F: std::future::Future>(
+        &mut self,
+        at: tokio::time::Instant,
+        work: F,
+    ) -> Option<F::Output> {
+        self.0.as_mut().reset(at);
+        tokio::select! {
+            biased;
+            out = work => Some(out),
+            _ = self.0.as_mut() => None,
+        }
+    }
+}
+
 /// Why no byte came before `until`: the whole answer's `--timeout` ran
 /// out, or (before it) the answer went idle for `--stream-idle-timeout`.
 pub(super) fn stalled(
@@ -460,6 +492,32 @@ enum Via {
     Pool,
     /// A newly opened one.
     Fresh,
+}
+
+/// One request's settings across its attempts.
+struct Call<'a> {
+    request: &'a [u8],
+    method: &'a str,
+    max_body: usize,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+    /// When the first attempt began (the send time of one that never got
+    /// a connection or never finished writing).
+    started: i64,
+}
+
+impl Call<'_> {
+    /// Connecting or writing outlasted the deadline.
+    fn timed_out(&self) -> Attempt {
+        Attempt::Done(Box::new(Answer {
+            sent_ts: Some(self.started),
+            error: Some((
+                ErrorKind::Timeout,
+                format!("no complete answer within {:?}", self.timeout),
+            )),
+            ..Default::default()
+        }))
+    }
 }
 
 enum Attempt {
@@ -565,8 +623,17 @@ impl Target {
         timeout: Duration,
         max_body: usize,
     ) -> Answer {
-        self.exchange_after(None, own.take(), request, method, timeout, max_body)
-            .await
+        let mut clock = Clock::default();
+        self.exchange_after(
+            None,
+            own.take(),
+            request,
+            method,
+            timeout,
+            max_body,
+            &mut clock,
+        )
+        .await
     }
 
     /// [`Target::exchange`], continuing a request already (partly) sent by
@@ -579,46 +646,41 @@ impl Target {
         method: &str,
         timeout: Duration,
         max_body: usize,
+        clock: &mut Clock,
     ) -> Answer {
-        // Reads stop at the deadline and keep what came (a long stream cut
-        // by --timeout still shows its events); the outer timeout, a little
-        // later, bounds connecting and writing.
+        // Connecting, writing and each read wait on `clock` until the
+        // deadline; reads then stop and keep what came (a long stream cut by
+        // --timeout still shows its events).
         let deadline = tokio::time::Instant::now() + timeout;
-        let run = async {
-            let first = match pre.take() {
-                Some(p) => Via::Present(p),
-                None => Via::Pool,
-            };
-            // The resend after a stale connection goes over a new one, never
-            // another pooled one that may have gone stale the same way.
-            for via in [first, Via::Fresh] {
-                match self
-                    .attempt(via, own.as_deref_mut(), request, method, max_body, deadline)
-                    .await
-                {
-                    Attempt::Done(a) => return *a,
-                    Attempt::Stale => continue,
-                }
-            }
-            Answer {
-                error: Some((
-                    ErrorKind::Reset,
-                    "connection closed before any answer".into(),
-                )),
-                ..Default::default()
-            }
+        let first = match pre.take() {
+            Some(p) => Via::Present(p),
+            None => Via::Pool,
         };
-        let started = now_ns();
-        match tokio::time::timeout(timeout + Duration::from_millis(250), run).await {
-            Ok(a) => a,
-            Err(_) => Answer {
-                sent_ts: Some(started),
-                error: Some((
-                    ErrorKind::Timeout,
-                    format!("no complete answer within {timeout:?}"),
-                )),
-                ..Default::default()
-            },
+        let mut call = Call {
+            request,
+            method,
+            max_body,
+            deadline,
+            timeout,
+            started: now_ns(),
+        };
+        // The resend after a stale connection goes over a new one, never
+        // another pooled one that may have gone stale the same way.
+        for via in [first, Via::Fresh] {
+            match self
+                .attempt(via, own.as_deref_mut(), &mut call, clock)
+                .await
+            {
+                Attempt::Done(a) => return *a,
+                Attempt::Stale => continue,
+            }
+        }
+        Answer {
+            error: Some((
+                ErrorKind::Reset,
+                "connection closed before any answer".into(),
+            )),
+            ..Default::default()
         }
     }
 
@@ -626,11 +688,16 @@ impl Target {
         &self,
         via: Via,
         mut own: Option<&mut Option<Conn>>,
-        request: &[u8],
-        method: &str,
-        max_body: usize,
-        deadline: tokio::time::Instant,
+        call: &mut Call<'_>,
+        clock: &mut Clock,
     ) -> Attempt {
+        let &mut Call {
+            request,
+            method,
+            max_body,
+            deadline,
+            ..
+        } = call;
         let mut answer = Answer::default();
         let (mut stream, reused, sent_ts, done) = match via {
             Via::Present(p) => (p.conn, true, p.sent_ts, p.written),
@@ -639,8 +706,16 @@ impl Target {
                 let fresh = matches!(via, Via::Fresh);
                 let conn = match held {
                     Some(s) => Ok((s, true)),
-                    None if own.is_some() || fresh => self.connect().await.map(|s| (s, false)),
-                    None => self.connection().await,
+                    None if own.is_some() || fresh => {
+                        match clock.within(deadline, self.connect()).await {
+                            Some(c) => c.map(|s| (s, false)),
+                            None => return call.timed_out(),
+                        }
+                    }
+                    None => match clock.within(deadline, self.connection()).await {
+                        Some(c) => c,
+                        None => return call.timed_out(),
+                    },
                 };
                 match conn {
                     Ok((s, reused)) => (s, reused, now_ns(), 0),
@@ -653,9 +728,14 @@ impl Target {
             }
         };
         answer.sent_ts = Some(sent_ts);
-        let written = match stream.write_all(&request[done.min(request.len())..]).await {
-            Ok(()) => stream.flush().await,
-            Err(e) => Err(e),
+        let write = async {
+            stream
+                .write_all(&request[done.min(request.len())..])
+                .await?;
+            stream.flush().await
+        };
+        let Some(written) = clock.within(deadline, write).await else {
+            return call.timed_out();
         };
         if let Err(e) = written {
             if reused {
@@ -679,9 +759,9 @@ impl Target {
             } else {
                 deadline
             };
-            let read = match tokio::time::timeout_at(until, stream.read_buf(&mut buf)).await {
-                Ok(r) => r,
-                Err(_) => {
+            let read = match clock.within(until, stream.read_buf(&mut buf)).await {
+                Some(r) => r,
+                None => {
                     let after = format!(" after {} body bytes", reader.body_len());
                     answer.error = Some(stalled(deadline, self.stream_idle, &after));
                     break;

@@ -485,6 +485,9 @@ const SAFE_METHODS: [&str; 3] = ["GET", "HEAD", "OPTIONS"];
 /// Requests waiting for a permit, per target, before new ones are given up.
 const MAX_WAITING_FACTOR: u64 = 16;
 
+/// Rows the results writer turns into one Arrow batch.
+const WRITE_BATCH: usize = 2048;
+
 /// How long the results writer sleeps when it has caught up (the queue holds
 /// 4096 rows: about 140 ms of 10,000 requests/s to two targets, three rows
 /// per request with the recorded one).
@@ -754,7 +757,7 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
             WriterConfig::default(),
         )?;
         let mut summary = ReplaySummary::default();
-        let mut batch = Vec::with_capacity(512);
+        let mut batch = Vec::with_capacity(WRITE_BATCH);
         let mut looker = gate
             .as_ref()
             .zip(dispatch_rx)
@@ -770,7 +773,7 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
                         stop_w.store(true, Ordering::Relaxed);
                     }
                     batch.push(r);
-                    if batch.len() >= 512 {
+                    if batch.len() >= WRITE_BATCH {
                         write_rows(&mut file, &mut batch)?;
                     }
                 }
@@ -1041,9 +1044,7 @@ async fn closed_loop(
 
 /// The next request for a closed-loop worker; None when the plan is done.
 /// When the decoder is behind, the worker waits a tick and tries again.
-async fn next_planned(
-    queue: &std::sync::Mutex<mpsc::Receiver<Result<Planned, ReplayError>>>,
-) -> Option<Result<Planned, ReplayError>> {
+async fn next_planned(queue: &std::sync::Mutex<PlanQueue>) -> Option<Result<Planned, ReplayError>> {
     loop {
         let got = match queue.lock() {
             Ok(mut q) => q.try_recv(),
@@ -1098,30 +1099,70 @@ fn wait_until(due: Instant, stop: &AtomicBool) -> Option<bool> {
 /// `bg` is the thread's priority; the consumer makes it urgent when the
 /// queue runs low, the thread itself lets it rest once the queue is nearly
 /// full again.
-fn prefetch(
-    mut plan: Plan,
-    bg: Arc<priority::Background>,
-    may_idle: bool,
-) -> mpsc::Receiver<Result<Planned, ReplayError>> {
-    let (tx, rx) = mpsc::channel(4096);
+fn prefetch(mut plan: Plan, bg: Arc<priority::Background>, may_idle: bool) -> PlanQueue {
+    let (tx, rx) = mpsc::channel(PLAN_AHEAD / PLAN_CHUNK);
     std::thread::spawn(move || {
         let _entered = bg.enter(may_idle);
         loop {
             if tx.capacity() * 8 < tx.max_capacity() {
                 bg.set_urgent(false);
             }
-            let next = match plan.next_planned() {
-                Ok(Some(p)) => Ok(p),
-                Ok(None) => return,
-                Err(e) => Err(e.into()),
-            };
-            let failed = next.is_err();
-            if tx.blocking_send(next).is_err() || failed {
+            let mut chunk = Vec::with_capacity(PLAN_CHUNK);
+            let mut end = false;
+            while chunk.len() < PLAN_CHUNK && !end {
+                match plan.next_planned() {
+                    Ok(Some(p)) => chunk.push(Ok(p)),
+                    Ok(None) => end = true,
+                    Err(e) => {
+                        chunk.push(Err(e.into()));
+                        end = true;
+                    }
+                }
+            }
+            if (!chunk.is_empty() && tx.blocking_send(chunk).is_err()) || end {
                 return;
             }
         }
     });
-    rx
+    PlanQueue {
+        rx,
+        chunk: Vec::new().into_iter(),
+    }
+}
+
+/// Requests decoded ahead of sending, at most.
+const PLAN_AHEAD: usize = 4096;
+
+/// Requests the prefetch thread sends at a time.
+const PLAN_CHUNK: usize = 64;
+
+/// The planned requests, as the prefetch thread sends them: in chunks, so
+/// the channel is used (and that thread, waiting for room, is woken) once
+/// per chunk rather than once per request. Per request, that wake-up was
+/// half of the futex calls of a `--max` replay.
+struct PlanQueue {
+    rx: mpsc::Receiver<Vec<Result<Planned, ReplayError>>>,
+    chunk: std::vec::IntoIter<Result<Planned, ReplayError>>,
+}
+
+impl PlanQueue {
+    async fn recv(&mut self) -> Option<Result<Planned, ReplayError>> {
+        loop {
+            if let Some(p) = self.chunk.next() {
+                return Some(p);
+            }
+            self.chunk = self.rx.recv().await?.into_iter();
+        }
+    }
+
+    fn try_recv(&mut self) -> Result<Result<Planned, ReplayError>, mpsc::error::TryRecvError> {
+        loop {
+            if let Some(p) = self.chunk.next() {
+                return Ok(p);
+            }
+            self.chunk = self.rx.try_recv()?.into_iter();
+        }
+    }
 }
 
 /// `--health-path`: wait until every target answers 2xx there (a target
@@ -1187,7 +1228,7 @@ fn write_rows(
 /// Walk the plan and dispatch every request to every target at its due time.
 /// Returns (planned, dropped redacted values, skipped read-only, interrupted).
 async fn schedule(
-    mut queue: mpsc::Receiver<Result<Planned, ReplayError>>,
+    mut queue: PlanQueue,
     plan_bg: &priority::Background,
     opts: &ReplayOptions,
     shared: &Shared,
@@ -1197,7 +1238,7 @@ async fn schedule(
     // row groups while the first requests go out made those requests late.
     let mut next = queue.recv().await;
     let ready_by = Instant::now() + Duration::from_millis(500);
-    while queue.capacity() > 0 && !queue.is_closed() && Instant::now() < ready_by {
+    while queue.rx.capacity() > 0 && !queue.rx.is_closed() && Instant::now() < ready_by {
         std::thread::sleep(Duration::from_millis(1));
     }
     let start = Instant::now() + Duration::from_millis(20);
@@ -1317,7 +1358,7 @@ async fn schedule(
         }
         // The bulk threads are called to the front before we would wait
         // for them (see priority::Background).
-        if queue.len() * 4 < queue.max_capacity() {
+        if queue.rx.len() * 4 < queue.rx.max_capacity() {
             plan_bg.set_urgent(true);
         }
         if shared.results.capacity() * 2 < shared.results.max_capacity() {
@@ -1350,12 +1391,13 @@ struct Job {
 }
 
 /// What a request task needs from the run.
-#[derive(Clone)]
 struct TaskCtx {
     opts: Arc<ReplayOptionsCore>,
     counters: Arc<Counters>,
     results: mpsc::Sender<ReplayResult>,
     cancel: tokio::sync::watch::Receiver<bool>,
+    /// The deadline timer, kept from one request to the next.
+    clock: client::Clock,
 }
 
 impl TaskCtx {
@@ -1365,6 +1407,7 @@ impl TaskCtx {
             counters: Arc::clone(&shared.counters),
             results: shared.results.clone(),
             cancel: shared.cancel.clone(),
+            clock: client::Clock::default(),
         }
     }
 
@@ -1378,7 +1421,13 @@ impl TaskCtx {
             due_ts,
             pre,
         } = job;
-        let (opts, counters) = (&self.opts, &self.counters);
+        let TaskCtx {
+            opts,
+            counters,
+            results,
+            cancel,
+            clock,
+        } = self;
         let work = async {
             if !opts.closed_loop && pre.is_none() {
                 if let Ok(permit) = target.permits.acquire().await {
@@ -1412,6 +1461,7 @@ impl TaskCtx {
                             &p.exchange.method,
                             timeout,
                             opts.max_body,
+                            clock,
                         )
                         .await
                 }
@@ -1424,7 +1474,7 @@ impl TaskCtx {
         };
         let answer = tokio::select! {
             a = work => a,
-            _ = self.cancel.wait_for(|c| *c) => client::Answer {
+            _ = cancel.wait_for(|c| *c) => client::Answer {
                 error: Some((ErrorKind::Interrupted, "stopped before the answer came (--drain-timeout)".into())),
                 ..Default::default()
             },
@@ -1439,7 +1489,7 @@ impl TaskCtx {
             target.errors.fetch_add(1, Ordering::Relaxed);
         }
         let row = result_row(&p, &target, due_ts, answer);
-        let _ = self.results.send(row).await;
+        let _ = results.send(row).await;
         counters.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -11,7 +11,6 @@ use arrow::buffer::{NullBuffer, OffsetBuffer};
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 
 use super::HeaderList;
-use crate::text::latin1;
 
 /// Why an exchange is flagged incomplete.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -253,9 +252,9 @@ pub(super) fn header_column<'a>(
     offsets.push(0i32);
     let mut n = 0i32;
     for list in lists {
-        for (name, value) in list.iter() {
-            names.append_value(latin1(name));
-            values.append_value(latin1(value));
+        for (name, value) in list.iter_text() {
+            names.append_value(name);
+            values.append_value(value);
             n += 1;
         }
         offsets.push(n);
