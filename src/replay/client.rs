@@ -494,6 +494,16 @@ enum Via {
     Fresh,
 }
 
+/// What to send to a target and how long to wait for its answer.
+pub struct Ask<'a> {
+    pub request: &'a [u8],
+    /// The request's method (a HEAD answer has no body).
+    pub method: &'a str,
+    pub timeout: Duration,
+    /// Body bytes kept at most.
+    pub max_body: usize,
+}
+
 /// One request's settings across its attempts.
 struct Call<'a> {
     request: &'a [u8],
@@ -623,17 +633,14 @@ impl Target {
         timeout: Duration,
         max_body: usize,
     ) -> Answer {
-        let mut clock = Clock::default();
-        self.exchange_after(
-            None,
-            own.take(),
+        let ask = Ask {
             request,
             method,
             timeout,
             max_body,
-            &mut clock,
-        )
-        .await
+        };
+        self.exchange_after(None, own.take(), ask, &mut Clock::default())
+            .await
     }
 
     /// [`Target::exchange`], continuing a request already (partly) sent by
@@ -642,12 +649,15 @@ impl Target {
         &self,
         mut pre: Option<Presend>,
         mut own: Option<&mut Option<Conn>>,
-        request: &[u8],
-        method: &str,
-        timeout: Duration,
-        max_body: usize,
+        ask: Ask<'_>,
         clock: &mut Clock,
     ) -> Answer {
+        let Ask {
+            request,
+            method,
+            timeout,
+            max_body,
+        } = ask;
         // Connecting, writing and each read wait on `clock` until the
         // deadline; reads then stop and keep what came (a long stream cut by
         // --timeout still shows its events).

@@ -1453,17 +1453,13 @@ impl TaskCtx {
             counters.sent.fetch_add(1, Ordering::Relaxed);
             let answer = match request {
                 Outgoing::Http1(bytes) => {
-                    target
-                        .exchange_after(
-                            pre,
-                            own,
-                            &bytes,
-                            &p.exchange.method,
-                            timeout,
-                            opts.max_body,
-                            clock,
-                        )
-                        .await
+                    let ask = client::Ask {
+                        request: &bytes,
+                        method: &p.exchange.method,
+                        timeout,
+                        max_body: opts.max_body,
+                    };
+                    target.exchange_after(pre, own, ask, clock).await
                 }
                 // Streams share connections: `--preserve-order` keeps the
                 // order of sending, not a connection per recorded one.
