@@ -858,6 +858,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_reused_clock_cuts_each_wait_at_its_own_deadline() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let at = |ms| tokio::time::Instant::now() + Duration::from_millis(ms);
+            let never = std::future::pending::<()>;
+            let mut clock = Clock::default();
+            assert_eq!(clock.within(at(5_000), async { 1 }).await, Some(1));
+            // Moved later, then cut there.
+            let t = std::time::Instant::now();
+            assert_eq!(clock.within(at(30), never()).await, None);
+            assert!(t.elapsed() >= Duration::from_millis(25));
+            // Moved earlier than the time it was last set to: still on time.
+            clock.within(at(60_000), async {}).await;
+            let t = std::time::Instant::now();
+            assert_eq!(clock.within(at(30), never()).await, None);
+            assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+            // After firing, it waits again.
+            assert_eq!(clock.within(at(5_000), async { 2 }).await, Some(2));
+        });
+    }
+
+    #[test]
     fn responses_split_anywhere_read_the_same() {
         let raw: &[u8] =
             b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
