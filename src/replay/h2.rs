@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use h2::client::SendRequest;
 
-use super::client::{now_ns, stalled, stream_timing, Answer, Target, HARD_BODY_CAP};
+use super::client::{now_ns, stalled, stream_timing, Answer, Clock, Target, HARD_BODY_CAP};
 use super::tls::Conn;
 use crate::proto::h2::error_name;
 use crate::schema::{ErrorKind, HeaderList};
@@ -28,7 +28,10 @@ pub struct H2Request {
 
 /// One target's HTTP/2 connections.
 pub struct H2Pool {
-    slots: Vec<tokio::sync::Mutex<Slot>>,
+    /// Taken only to clone or replace a sender, never across an await.
+    slots: Vec<std::sync::Mutex<Slot>>,
+    /// Held while a slot's connection is opened, so one opens at a time.
+    opening: Vec<tokio::sync::Mutex<()>>,
     next: AtomicUsize,
     /// Connections opened so far (a server that closes them shows here).
     pub opened: AtomicU64,
@@ -47,6 +50,7 @@ impl H2Pool {
             .clamp(1, MAX_CONNECTIONS);
         Self {
             slots: (0..n).map(|_| Default::default()).collect(),
+            opening: (0..n).map(|_| Default::default()).collect(),
             next: AtomicUsize::new(0),
             opened: AtomicU64::new(0),
         }
@@ -89,13 +93,24 @@ fn connection_lost(e: &h2::Error) -> bool {
 }
 
 impl Target {
+    /// The open sender of slot `i`, if any. A plain lock held for a clone:
+    /// an async lock per request queued the 64 workers on it, and every
+    /// release woke the next one.
+    fn open_sender(&self, i: usize) -> Option<(SendRequest<Bytes>, usize, u64)> {
+        let slot = self.h2.slots[i].lock().unwrap_or_else(|p| p.into_inner());
+        slot.send.as_ref().map(|s| (s.clone(), i, slot.generation))
+    }
+
     /// A connection's sender: an open one, or a new connection.
     async fn h2_sender(&self) -> Result<(SendRequest<Bytes>, usize, u64), (ErrorKind, String)> {
         let pool = &self.h2;
         let i = pool.next.fetch_add(1, Ordering::Relaxed) % pool.slots.len();
-        let mut slot = pool.slots[i].lock().await;
-        if let Some(s) = &slot.send {
-            return Ok((s.clone(), i, slot.generation));
+        if let Some(open) = self.open_sender(i) {
+            return Ok(open);
+        }
+        let _opening = pool.opening[i].lock().await;
+        if let Some(open) = self.open_sender(i) {
+            return Ok(open); // opened while this request waited
         }
         let io = self.connect_h2().await?;
         let (send, connection) = h2::client::Builder::new()
@@ -111,6 +126,7 @@ impl Target {
             let _ = connection.await;
         });
         pool.opened.fetch_add(1, Ordering::Relaxed);
+        let mut slot = pool.slots[i].lock().unwrap_or_else(|p| p.into_inner());
         slot.generation += 1;
         slot.send = Some(send.clone());
         Ok((send, i, slot.generation))
@@ -118,9 +134,9 @@ impl Target {
 
     /// An error's record; a connection it broke is forgotten (unless a
     /// newer one already took its slot), so the next request opens another.
-    async fn h2_failed(&self, e: h2::Error, i: usize, generation: u64) -> (ErrorKind, String) {
+    fn h2_failed(&self, e: h2::Error, i: usize, generation: u64) -> (ErrorKind, String) {
         if connection_lost(&e) {
-            let mut slot = self.h2.slots[i].lock().await;
+            let mut slot = self.h2.slots[i].lock().unwrap_or_else(|p| p.into_inner());
             if slot.generation == generation {
                 slot.send = None;
             }
@@ -150,47 +166,53 @@ impl Target {
 
     /// Send one request as an HTTP/2 stream and read its answer, within
     /// `timeout` in all (reads keep what came by then).
-    pub async fn exchange_h2(&self, req: H2Request, timeout: Duration, max_body: usize) -> Answer {
+    /// Every wait is on the worker's `clock` (see [`Clock::within`]).
+    pub async fn exchange_h2(
+        &self,
+        req: H2Request,
+        timeout: Duration,
+        max_body: usize,
+        clock: &mut Clock,
+    ) -> Answer {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut answer = Answer::default();
         let started = now_ns();
-        let run = self.stream(req, max_body, deadline, &mut answer);
-        if tokio::time::timeout(timeout + Duration::from_millis(250), run)
-            .await
-            .is_err()
-        {
-            answer.sent_ts.get_or_insert(started);
+        let Some(sender) = clock.within(deadline, self.h2_sender()).await else {
+            answer.sent_ts = Some(started);
             answer.error = Some((
                 ErrorKind::Timeout,
                 format!("no complete answer within {timeout:?}"),
             ));
+            return answer;
+        };
+        match sender {
+            Ok(sender) => {
+                self.stream(sender, req, max_body, deadline, clock, &mut answer)
+                    .await
+            }
+            Err(e) => answer.error = Some(e),
         }
         answer
     }
 
     async fn stream(
         &self,
+        (send, slot, generation): (SendRequest<Bytes>, usize, u64),
         req: H2Request,
         max_body: usize,
         deadline: tokio::time::Instant,
+        clock: &mut Clock,
         answer: &mut Answer,
     ) {
-        let (send, slot, generation) = match self.h2_sender().await {
-            Ok(s) => s,
-            Err(e) => {
-                answer.error = Some(e);
-                return;
-            }
-        };
         // Waits while the server's concurrent-stream limit is reached.
-        let ready = tokio::time::timeout_at(deadline, send.ready()).await;
+        let ready = clock.within(deadline, send.ready()).await;
         let mut send = match ready {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                answer.error = Some(self.h2_failed(e, slot, generation).await);
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                answer.error = Some(self.h2_failed(e, slot, generation));
                 return;
             }
-            Err(_) => {
+            None => {
                 answer.error = Some((
                     ErrorKind::Timeout,
                     "no HTTP/2 stream free before --timeout".into(),
@@ -203,7 +225,7 @@ impl Target {
         let (response, mut body_tx) = match send.send_request(req.head, end) {
             Ok(x) => x,
             Err(e) => {
-                answer.error = Some(self.h2_failed(e, slot, generation).await);
+                answer.error = Some(self.h2_failed(e, slot, generation));
                 return;
             }
         };
@@ -214,13 +236,13 @@ impl Target {
                 return;
             }
         }
-        let response = match tokio::time::timeout_at(deadline, response).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                answer.error = Some(self.h2_failed(e, slot, generation).await);
+        let response = match clock.within(deadline, response).await {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => {
+                answer.error = Some(self.h2_failed(e, slot, generation));
                 return;
             }
-            Err(_) => {
+            None => {
                 answer.error = Some((ErrorKind::Timeout, "no answer within --timeout".into()));
                 return;
             }
@@ -232,14 +254,14 @@ impl Target {
         let mut arrivals = Vec::new();
         loop {
             let until = deadline.min(tokio::time::Instant::now() + self.stream_idle);
-            let chunk = match tokio::time::timeout_at(until, body.data()).await {
-                Ok(Some(Ok(c))) => c,
-                Ok(None) => break,
-                Ok(Some(Err(e))) => {
+            let chunk = match clock.within(until, body.data()).await {
+                Some(Some(Ok(c))) => c,
+                Some(None) => break,
+                Some(Some(Err(e))) => {
                     answer.error = Some(classify(&e));
                     break;
                 }
-                Err(_) => {
+                None => {
                     answer.error = Some(stalled(deadline, self.stream_idle, ""));
                     break;
                 }
@@ -260,11 +282,11 @@ impl Target {
             }
         }
         if answer.error.is_none() {
-            match tokio::time::timeout_at(deadline, body.trailers()).await {
-                Ok(Ok(Some(t))) => answer.trailers = header_list(None, &t),
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => answer.error = Some(classify(&e)),
-                Err(_) => {
+            match clock.within(deadline, body.trailers()).await {
+                Some(Ok(Some(t))) => answer.trailers = header_list(None, &t),
+                Some(Ok(None)) => {}
+                Some(Err(e)) => answer.error = Some(classify(&e)),
+                None => {
                     answer.error = Some((ErrorKind::Timeout, "no trailers within --timeout".into()))
                 }
             }

@@ -1466,7 +1466,11 @@ impl TaskCtx {
                 }
                 // Streams share connections: `--preserve-order` keeps the
                 // order of sending, not a connection per recorded one.
-                Outgoing::Http2(req) => target.exchange_h2(*req, timeout, opts.max_body).await,
+                Outgoing::Http2(req) => {
+                    target
+                        .exchange_h2(*req, timeout, opts.max_body, clock)
+                        .await
+                }
             };
             target.permits.add_permits(1);
             answer
