@@ -10,7 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use h2::client::SendRequest;
 
-use super::client::{now_ns, stalled, stream_timing, Answer, Clock, Target, HARD_BODY_CAP};
+use super::client::{
+    now_ns, stalled, stream_timing, timed_out, Answer, Clock, Target, HARD_BODY_CAP,
+};
 use super::tls::Conn;
 use crate::proto::h2::error_name;
 use crate::schema::{ErrorKind, HeaderList};
@@ -93,11 +95,16 @@ fn connection_lost(e: &h2::Error) -> bool {
 }
 
 impl Target {
-    /// The open sender of slot `i`, if any. A plain lock held for a clone:
-    /// an async lock per request queued the 64 workers on it, and every
-    /// release woke the next one.
+    /// Slot `i`, under a plain lock held for a clone or a swap: an async
+    /// lock per request queued the 64 workers on it, and every release woke
+    /// the next one.
+    fn slot(&self, i: usize) -> std::sync::MutexGuard<'_, Slot> {
+        self.h2.slots[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The open sender of slot `i`, if any.
     fn open_sender(&self, i: usize) -> Option<(SendRequest<Bytes>, usize, u64)> {
-        let slot = self.h2.slots[i].lock().unwrap_or_else(|p| p.into_inner());
+        let slot = self.slot(i);
         slot.send.as_ref().map(|s| (s.clone(), i, slot.generation))
     }
 
@@ -126,7 +133,7 @@ impl Target {
             let _ = connection.await;
         });
         pool.opened.fetch_add(1, Ordering::Relaxed);
-        let mut slot = pool.slots[i].lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = self.slot(i);
         slot.generation += 1;
         slot.send = Some(send.clone());
         Ok((send, i, slot.generation))
@@ -136,7 +143,7 @@ impl Target {
     /// newer one already took its slot), so the next request opens another.
     fn h2_failed(&self, e: h2::Error, i: usize, generation: u64) -> (ErrorKind, String) {
         if connection_lost(&e) {
-            let mut slot = self.h2.slots[i].lock().unwrap_or_else(|p| p.into_inner());
+            let mut slot = self.slot(i);
             if slot.generation == generation {
                 slot.send = None;
             }
@@ -175,16 +182,11 @@ impl Target {
         clock: &mut Clock,
     ) -> Answer {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut answer = Answer::default();
         let started = now_ns();
         let Some(sender) = clock.within(deadline, self.h2_sender()).await else {
-            answer.sent_ts = Some(started);
-            answer.error = Some((
-                ErrorKind::Timeout,
-                format!("no complete answer within {timeout:?}"),
-            ));
-            return answer;
+            return timed_out(started, timeout);
         };
+        let mut answer = Answer::default();
         match sender {
             Ok(sender) => {
                 self.stream(sender, req, max_body, deadline, clock, &mut answer)
