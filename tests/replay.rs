@@ -24,6 +24,8 @@ enum Behaviour {
     Reset,
     /// 200 with a body of this many bytes.
     Big(usize),
+    /// Answer like `Answer("late")`, this long after the request.
+    Late(Duration),
 }
 
 /// A raw HTTP/1.1 server on 127.0.0.1 recording every request's bytes.
@@ -72,6 +74,11 @@ fn serve<S: Read + Write>(conn: S, b: Behaviour, log: &Mutex<Vec<Vec<u8>>>) {
                 let _ = w.flush();
             }
             Behaviour::Hang => std::thread::sleep(Duration::from_secs(5)),
+            Behaviour::Late(after) => {
+                std::thread::sleep(after);
+                let _ = write!(w, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                let _ = w.flush();
+            }
             Behaviour::Reset => return,
             Behaviour::Big(n) => {
                 let _ = write!(w, "HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n");
@@ -527,6 +534,59 @@ fn misbehaving_targets_are_data_and_the_run_goes_on() {
         assert_eq!(r.response_body.len(), 1 << 20);
         assert_eq!(r.response_body_len, 10 << 20);
         assert!(r.response_body_truncated && r.error_kind.is_none());
+    }
+}
+
+/// Under `--rate` each request is written by the scheduler on an idle
+/// connection whose own task reads the answer. The timeout still counts
+/// from the moment the request was written, for an answer that comes late
+/// and for one that never comes, and an answer within it is kept whole.
+#[test]
+fn timeouts_count_from_the_send_on_connections_waiting_for_their_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = timed_capture(dir.path(), 6, 1, |i| i);
+    let good = Recorder::start(Behaviour::Answer("ok"));
+    let slow = Recorder::start(Behaviour::Late(Duration::from_millis(120)));
+    let late = Recorder::start(Behaviour::Late(Duration::from_millis(700)));
+    let hang = Recorder::start(Behaviour::Hang);
+    let (run, rows, _d) = replay(&[
+        cap.to_str().unwrap(),
+        "--primary",
+        &good.url(),
+        "--shadow",
+        &format!("slow={}", slow.url()),
+        "--shadow",
+        &format!("late={}", late.url()),
+        "--shadow",
+        &format!("hang={}", hang.url()),
+        "--rate",
+        "50",
+        "--timeout",
+        "400ms",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let by = |name: &str| {
+        rows.iter()
+            .filter(|r| r.target_name == name)
+            .collect::<Vec<_>>()
+    };
+    let waited = |r: &ReplayResult| (r.done_ts.unwrap() - r.sent_ts.unwrap()) / 1_000_000;
+    assert_eq!(by("slow").len(), 6);
+    for r in by("slow") {
+        assert_eq!(r.status, Some(200), "{r:?}");
+        assert!(r.error_kind.is_none(), "{r:?}");
+        assert!((115..400).contains(&waited(r)), "{} ms", waited(r));
+    }
+    for name in ["late", "hang"] {
+        assert_eq!(by(name).len(), 6);
+        for r in by(name) {
+            assert_eq!(r.error_kind.map(|k| k.as_str()), Some("timeout"), "{r:?}");
+            assert!((395..650).contains(&waited(r)), "{name}: {} ms", waited(r));
+        }
     }
 }
 

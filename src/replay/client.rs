@@ -160,7 +160,26 @@ fn split_host_port(authority: &str, default_port: u16) -> Option<(String, u16)> 
 pub struct Presend {
     conn: Conn,
     sent_ts: i64,
+    /// The same moment on the monotonic clock: `--timeout` counts from it.
+    sent_at: tokio::time::Instant,
     written: usize,
+}
+
+impl Presend {
+    /// `written` bytes of a request written on `conn` at `sent_ts`
+    /// (`sent_at`).
+    pub(super) fn new(
+        conn: Conn,
+        (sent_ts, sent_at): (i64, tokio::time::Instant),
+        written: usize,
+    ) -> Self {
+        Self {
+            conn,
+            sent_ts,
+            sent_at,
+            written,
+        }
+    }
 }
 
 /// What a target answered (or why it did not).
@@ -471,7 +490,7 @@ pub(super) fn io_kind(e: &std::io::Error) -> ErrorKind {
 /// request into a dead socket and sending it again. TLS connections are not
 /// checked (a raw read would take bytes from the TLS layer); for them, and
 /// for a close that races the write, the resend on a fresh connection stays.
-fn still_open(conn: &Conn) -> bool {
+pub(super) fn still_open(conn: &Conn) -> bool {
     let Conn::Plain(stream) = conn else {
         return true;
     };
@@ -594,6 +613,23 @@ impl Target {
         }
     }
 
+    /// The idle plain connections, taken out of the pool (TLS ones stay).
+    pub(super) fn take_idle_plain(&self) -> Vec<TcpStream> {
+        let Ok(mut idle) = self.idle.lock() else {
+            return Vec::new();
+        };
+        let (plain, tls): (Vec<Conn>, Vec<Conn>) =
+            idle.drain(..).partition(|c| matches!(c, Conn::Plain(_)));
+        *idle = tls;
+        plain
+            .into_iter()
+            .filter_map(|c| match c {
+                Conn::Plain(s) => Some(s),
+                Conn::Tls(_) => None,
+            })
+            .collect()
+    }
+
     fn recycle(&self, stream: Conn) {
         if let Ok(mut v) = self.idle.lock() {
             if v.len() < 1024 {
@@ -615,13 +651,9 @@ impl Target {
             self.recycle(conn);
             return None;
         };
-        let sent_ts = now_ns();
+        let sent = (now_ns(), tokio::time::Instant::now());
         match stream.try_write(request) {
-            Ok(written) => Some(Presend {
-                conn,
-                sent_ts,
-                written,
-            }),
+            Ok(written) => Some(Presend::new(conn, sent, written)),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 self.recycle(conn);
                 None
@@ -667,7 +699,12 @@ impl Target {
         // Connecting, writing and each read wait on `clock` until the
         // deadline; reads then stop and keep what came (a long stream cut by
         // --timeout still shows its events).
-        let deadline = tokio::time::Instant::now() + timeout;
+        // A request already written (by the scheduler) has been waiting
+        // for its answer since then.
+        let deadline = pre
+            .as_ref()
+            .map_or_else(tokio::time::Instant::now, |p| p.sent_at)
+            + timeout;
         let first = match pre.take() {
             Some(p) => Via::Present(p),
             None => Via::Pool,

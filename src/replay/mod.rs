@@ -10,6 +10,7 @@
 pub mod client;
 pub mod decide;
 pub mod h2;
+mod parked;
 pub mod plan;
 mod priority;
 pub mod request;
@@ -506,6 +507,8 @@ struct Shared {
     results: mpsc::Sender<ReplayResult>,
     /// The results writer's priority (see [`priority::Background`]).
     writer: Arc<priority::Background>,
+    /// Idle connections parked on their own tasks, per target (same order).
+    parked: Arc<Vec<parked::Parking>>,
     /// `--until-decided`: each exchange as it is sent, with the rows it will
     /// have, so the gate is looked at on a prefix of the sending order.
     dispatched: Option<std::sync::mpsc::Sender<(u64, usize)>>,
@@ -804,6 +807,7 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
     let counters = Arc::new(Counters::default());
     let (cancel_tx, cancel) = tokio::sync::watch::channel(false);
     let cancel_tx = Arc::new(cancel_tx);
+    let parked = Arc::new(targets.iter().map(|_| parked::Parking::default()).collect());
     let shared = Shared {
         cancel,
         targets: targets
@@ -824,6 +828,7 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
         counters: Arc::clone(&counters),
         results: tx,
         writer: writer_bg,
+        parked,
         dispatched: dispatch_tx,
     };
     let bar = crate::progress::bar(
@@ -864,6 +869,9 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
             watchdog.abort();
             outcome
         } else {
+            if !opts.preserve_order {
+                parked::start_all(&shared);
+            }
             let sched_shared = shared.clone();
             let handle = tokio::runtime::Handle::current();
             // The schedule runs on a thread of its own (a blocking-pool thread)
@@ -1318,29 +1326,31 @@ async fn schedule(
                 let _ = shared.results.send(row).await;
                 continue;
             }
-            let pre = match &request {
-                Outgoing::Http1(bytes)
-                    if !(opts.preserve_order
-                        || shared.opts.closed_loop
-                        || p.exchange.request_body_truncated) =>
-                {
-                    presend(target, bytes)
-                }
-                _ => None,
-            };
+            // Written here, at its due time, unless it must wait its turn
+            // (`--preserve-order`, the closed model) or cannot be sent.
+            let now = !(opts.preserve_order
+                || shared.opts.closed_loop
+                || p.exchange.request_body_truncated);
             let job = Job {
                 p: Arc::clone(&p),
                 target: Arc::clone(target),
                 waiting: Arc::clone(waiting),
                 request,
                 due_ts,
-                pre,
+                pre: None,
             };
             if opts.preserve_order {
                 let key = (p.file, p.exchange.flow_id, ti);
                 let tx = lanes.entry(key).or_insert_with(|| lane(shared));
                 count_in(&job, &shared.counters);
                 let _ = tx.send(job);
+            } else if now {
+                if let Some(mut job) = parked::post(shared, ti, job) {
+                    if let Outgoing::Http1(bytes) = &job.request {
+                        job.pre = presend(target, bytes);
+                    }
+                    spawn_request(shared, job);
+                }
             } else {
                 spawn_request(shared, job);
             }
