@@ -35,6 +35,8 @@ struct Stream {
     resp_done: bool,
     /// The final (non-1xx) response head was seen: later HEADERS are trailers.
     final_seen: bool,
+    /// Decoded header bytes counted for it (see [`State::account`]).
+    heads: usize,
 }
 
 /// What a frame did, for the connection's owner.
@@ -49,7 +51,19 @@ pub struct H2Counters {
     pub skipped_bytes: u64,
     /// Frames read.
     pub frames: u64,
+    /// Header blocks for no stream the capture holds that do not start a
+    /// request (trailers of a stream already closed, or opened before the
+    /// capture), and promises of a stream id already in use: dropped.
+    pub stray_blocks: u64,
+    /// Open streams given up because their decoded headers passed the
+    /// per-connection cap or the total memory cap.
+    pub streams_over_memory: u64,
 }
+
+/// Decoded header bytes the open streams of one connection may hold (a
+/// header block can decode to about 1 MiB from a few hundred bytes by
+/// referring to a large table entry over and over).
+const MAX_HEAD_BYTES: usize = 16 << 20;
 
 /// The state frames update (apart from the readers, so a reader can feed it).
 struct State {
@@ -63,6 +77,8 @@ struct State {
     done: Vec<Exchange>,
     counters: H2Counters,
     flow_counters: FlowCounters,
+    /// Decoded header bytes held by the open streams (also in the budget).
+    head_bytes: usize,
 }
 
 /// An HTTP/2 connection being recorded.
@@ -94,6 +110,7 @@ impl H2Conn {
                 done: Vec::new(),
                 counters: H2Counters::default(),
                 flow_counters: FlowCounters::default(),
+                head_bytes: 0,
             },
         }
     }
@@ -126,8 +143,10 @@ impl H2Conn {
                 req_done: true,
                 resp_done: false,
                 final_seen: false,
+                heads: 0,
             },
         );
+        self.st.account(1, budget);
     }
 
     pub fn counters(&self) -> (H2Counters, FlowCounters) {
@@ -207,6 +226,12 @@ impl H2Conn {
         for s in self.st.streams.values_mut() {
             let open = if client { !s.req_done } else { !s.resp_done };
             if open {
+                // Its body may lack what was lost: never replayed as whole.
+                if client {
+                    s.ex.request_body_truncated = true;
+                } else if s.final_seen {
+                    s.ex.response_body_truncated = true;
+                }
                 s.ex.incomplete.get_or_insert(reason);
                 if let Some(d) = &detail {
                     s.ex.malformed_detail.get_or_insert_with(|| d.clone());
@@ -230,7 +255,7 @@ impl H2Conn {
                     super::pairing::event_offsets(&mut s.ex, ts);
                 }
             }
-            self.st.release(s.ex, budget);
+            self.st.release(s, budget);
         }
     }
 
@@ -331,7 +356,15 @@ impl State {
                     s.ex.request_end_ts = ts;
                 }
             }
+            self.account(id, budget);
             self.emit_if_done(id, budget);
+            return;
+        }
+        if !d.has(":method") && d.unknown == 0 && d.error.is_none() {
+            // Read in full and not a request: the trailers of a stream
+            // already emitted (say after the server's RST_STREAM NO_ERROR)
+            // or opened before the capture. It is no new exchange.
+            self.counters.stray_blocks += 1;
             return;
         }
         let mut ex = self.new_exchange(&mut d, ts);
@@ -346,8 +379,12 @@ impl State {
         let authority = pseudo(":authority");
         let target = match pseudo(":path") {
             Some(p) => p,
-            // CONNECT names its authority instead of a path.
-            None => authority.clone().unwrap_or_default(),
+            // CONNECT names its authority instead of a path. Any other
+            // request without a readable :path (an HPACK entry never seen)
+            // keeps an empty target: a made-up one would file it under
+            // another endpoint.
+            None if method == "CONNECT" => authority.clone().unwrap_or_default(),
+            None => String::new(),
         };
         let client = self.client_side.map(|c| self.endpoints[c]);
         let server = self.client_side.map(|c| self.endpoints[1 - c]);
@@ -370,6 +407,12 @@ impl State {
     }
 
     fn open(&mut self, id: u32, ex: Exchange, end: bool, budget: &mut Budget) {
+        if self.streams.contains_key(&id) {
+            // A promise of an id in use (a faulty or hostile server): the
+            // stream that has it keeps it.
+            self.counters.stray_blocks += 1;
+            return;
+        }
         self.streams.insert(
             id,
             Stream {
@@ -377,8 +420,10 @@ impl State {
                 req_done: end,
                 resp_done: false,
                 final_seen: false,
+                heads: 0,
             },
         );
+        self.account(id, budget);
         // Bounded: past the limit the oldest open stream is given up.
         if self.streams.len() > self.limits.max_pending {
             let oldest = *self.streams.keys().next().expect("not empty");
@@ -389,7 +434,7 @@ impl State {
                 } else {
                     IncompleteReason::RequestCut
                 });
-                self.release(s.ex, budget);
+                self.release(s, budget);
             }
         }
     }
@@ -417,6 +462,16 @@ impl State {
                 Some(st) if (100..200).contains(&st) => {
                     s.ex.interim_statuses.push(st);
                     d.flag(&mut s.ex, IncompleteReason::ResponseMalformed);
+                    if end {
+                        // No final answer can follow (RFC 9113 8.1: malformed).
+                        s.ex.incomplete
+                            .get_or_insert(IncompleteReason::ResponseMalformed);
+                        s.ex.malformed_detail
+                            .get_or_insert_with(|| format!("{st} response with END_STREAM"));
+                        self.end_response(id, ts);
+                    }
+                    self.account(id, budget);
+                    self.emit_if_done(id, budget);
                     return;
                 }
                 _ => {}
@@ -438,6 +493,7 @@ impl State {
         if end {
             self.end_response(id, ts);
         }
+        self.account(id, budget);
         self.emit_if_done(id, budget);
     }
 
@@ -565,15 +621,63 @@ impl State {
             .is_some_and(|s| s.req_done && s.resp_done)
         {
             let s = self.streams.remove(&id).expect("present");
-            self.release(s.ex, budget);
+            self.release(s, budget);
         }
     }
 
-    fn release(&mut self, ex: Exchange, budget: &mut Budget) {
+    fn release(&mut self, s: Stream, budget: &mut Budget) {
+        let ex = s.ex;
         budget.held = budget
             .held
-            .saturating_sub(ex.request_body.len() + ex.response_body.len());
+            .saturating_sub(ex.request_body.len() + ex.response_body.len() + s.heads);
+        self.head_bytes = self.head_bytes.saturating_sub(s.heads);
         self.done.push(ex);
+    }
+
+    /// Count stream `id`'s decoded headers in the connection's and the
+    /// total memory, and keep both within bounds: past the total cap the
+    /// stream is given up, past the connection's the oldest streams are.
+    fn account(&mut self, id: u32, budget: &mut Budget) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let ex = &s.ex;
+        let now = ex.request_headers.heap_bytes()
+            + ex.request_trailers.heap_bytes()
+            + ex.response_headers.heap_bytes()
+            + ex.response_trailers.heap_bytes();
+        let before = std::mem::replace(&mut s.heads, now);
+        budget.held = (budget.held + now).saturating_sub(before);
+        self.head_bytes = (self.head_bytes + now).saturating_sub(before);
+        if now > before && budget.held > budget.max {
+            self.give_up(id, budget);
+        }
+        while self.head_bytes > MAX_HEAD_BYTES {
+            let Some(&oldest) = self.streams.keys().next() else {
+                break;
+            };
+            self.give_up(oldest, budget);
+        }
+    }
+
+    /// Emit stream `id` now, cut, because its headers would take more
+    /// memory than allowed.
+    fn give_up(&mut self, id: u32, budget: &mut Budget) {
+        let Some(mut s) = self.streams.remove(&id) else {
+            return;
+        };
+        self.counters.streams_over_memory += 1;
+        self.flow_counters.lost_responses += u64::from(!s.resp_done);
+        s.ex.incomplete.get_or_insert(if s.req_done {
+            IncompleteReason::ResponseCut
+        } else {
+            IncompleteReason::RequestCut
+        });
+        s.ex.malformed_detail.get_or_insert_with(|| {
+            "given up: decoded headers over the memory cap (16 MiB a connection, or --max-buffer-bytes)"
+                .into()
+        });
+        self.release(s, budget);
     }
 }
 
@@ -828,5 +932,151 @@ mod tests {
             .as_deref()
             .unwrap()
             .contains("CONTINUATION"));
+    }
+
+    /// An HPACK integer with a 7-bit prefix (RFC 7541 5.1), `high` the
+    /// pattern's top bit.
+    fn int7(high: u8, mut n: usize) -> Vec<u8> {
+        if n < 127 {
+            return vec![high | n as u8];
+        }
+        let mut out = vec![high | 127];
+        n -= 127;
+        while n >= 128 {
+            out.push((n % 128) as u8 | 128);
+            n /= 128;
+        }
+        out.push(n as u8);
+        out
+    }
+
+    #[test]
+    fn trailers_after_a_finished_stream_are_no_new_exchange() {
+        let mut c = Conn::new();
+        c.client(&request(1, false));
+        c.client(&frame(0, 0, 1, b"part"));
+        // The server answers in full and resets with NO_ERROR; the client's
+        // trailers were already on their way.
+        let mut s = response(1, "200", true);
+        s.extend(frame(3, 0, 1, &0u32.to_be_bytes()));
+        c.server(&s);
+        c.client(&frame(
+            1,
+            END_HEADERS | END_STREAM,
+            1,
+            &block(&[("x-checksum", "9")]),
+        ));
+        c.c.finish(100, &mut c.budget);
+        let out = c.done();
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!((out[0].method.as_str(), out[0].status), ("POST", Some(200)));
+        assert_eq!(c.c.counters().0.stray_blocks, 1);
+    }
+
+    #[test]
+    fn a_path_from_an_unseen_table_entry_is_left_empty_not_made_up() {
+        let mut c = Conn::new();
+        // :path refers to dynamic entry 62, which this capture never saw.
+        let mut b = block(&[(":method", "POST"), (":authority", "model.svc:8080")]);
+        b.push(0x80 | 62);
+        c.client(&frame(1, END_HEADERS | END_STREAM, 1, &b));
+        c.server(&response(1, "200", true));
+        let out = c.done();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].target, "");
+        assert_eq!(out[0].host.as_deref(), Some("model.svc:8080"));
+        assert_eq!(out[0].incomplete, Some(IncompleteReason::HpackUnknown));
+    }
+
+    #[test]
+    fn a_gap_marks_the_bodies_it_may_have_cut() {
+        let mut c = Conn::new();
+        c.client(&request(1, false));
+        c.client(&frame(0, 0, 1, b"first half "));
+        c.c.gap(0, 1000, 50);
+        c.c.finish(100, &mut c.budget);
+        let out = c.done();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].request_body, b"first half ");
+        assert!(out[0].request_body_truncated, "never replayed as whole");
+        assert_eq!(out[0].incomplete, Some(IncompleteReason::RequestGap));
+    }
+
+    #[test]
+    fn a_promise_of_an_id_in_use_does_not_replace_its_stream() {
+        let mut c = Conn::new();
+        c.client(&request(1, true));
+        let promise = |path: &str| {
+            let mut p = 2u32.to_be_bytes().to_vec();
+            p.extend(block(&[
+                (":method", "GET"),
+                (":path", path),
+                (":scheme", "http"),
+                (":authority", "a"),
+            ]));
+            frame(5, END_HEADERS, 1, &p)
+        };
+        let mut s = promise("/style.css");
+        s.extend(promise("/other.js"));
+        s.extend(response(2, "200", false));
+        s.extend(frame(0, END_STREAM, 2, b"css"));
+        s.extend(response(1, "200", true));
+        c.server(&s);
+        let mut out = c.done();
+        out.sort_by_key(|e| e.stream_id);
+        let got: Vec<_> = out
+            .iter()
+            .map(|e| (e.stream_id, e.target.as_str(), e.response_body.as_slice()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Some(1), "/m", &b""[..]),
+                (Some(2), "/style.css", &b"css"[..])
+            ]
+        );
+        assert_eq!(c.c.counters().0.stray_blocks, 1);
+    }
+
+    #[test]
+    fn decoded_headers_are_counted_and_capped_per_connection() {
+        let mut c = Conn::new();
+        c.c.st.limits.max_pending = 4096;
+        // One 4,000-byte value enters the client's table; each request then
+        // names it 200 times: 800 KB decoded from a 250-byte block.
+        let big = "v".repeat(4000);
+        let mut first = block(&[
+            (":method", "GET"),
+            (":path", "/"),
+            (":scheme", "http"),
+            (":authority", "a"),
+        ]);
+        first.push(0x40);
+        first.extend(int7(0, 5));
+        first.extend_from_slice(b"x-big");
+        first.extend(int7(0, big.len()));
+        first.extend_from_slice(big.as_bytes());
+        c.client(&frame(1, END_HEADERS | END_STREAM, 1, &first));
+        let mut id = 3;
+        for _ in 0..40 {
+            let mut b = block(&[
+                (":method", "GET"),
+                (":path", "/"),
+                (":scheme", "http"),
+                (":authority", "a"),
+            ]);
+            b.extend(std::iter::repeat_n(0x80 | 62, 200));
+            c.client(&frame(1, END_HEADERS | END_STREAM, id, &b));
+            id += 2;
+            assert!(c.c.st.head_bytes <= MAX_HEAD_BYTES);
+            assert!(c.budget.held <= MAX_HEAD_BYTES + (1 << 20));
+        }
+        let given_up = c.done();
+        assert!(given_up.len() >= 15, "{}", given_up.len());
+        assert!(given_up.iter().all(|e| e.incomplete.is_some()));
+        assert_eq!(c.c.counters().0.streams_over_memory, given_up.len() as u64);
+        c.c.finish(100, &mut c.budget);
+        assert_eq!(c.budget.held, 0, "all of it released once emitted");
+        assert_eq!(c.c.st.head_bytes, 0);
     }
 }

@@ -81,6 +81,11 @@ pub struct CaptureStats {
     /// HTTP/2 bytes skipped looking for a frame boundary (mid-connection
     /// start, after loss).
     pub http2_skipped_bytes: u64,
+    /// HTTP/2 header blocks for no known stream that start no request, and
+    /// promises of an id in use (dropped).
+    pub http2_stray_blocks: u64,
+    /// HTTP/2 streams given up because their headers passed a memory cap.
+    pub http2_streams_over_memory: u64,
 }
 
 impl CaptureStats {
@@ -99,6 +104,8 @@ impl CaptureStats {
             self.http2_connections += 1;
             self.hpack_unknown_blocks += h.hpack_unknown_blocks;
             self.http2_skipped_bytes += h.skipped_bytes;
+            self.http2_stray_blocks += h.stray_blocks;
+            self.http2_streams_over_memory += h.streams_over_memory;
         }
         if flow.has_http() {
             self.http_connections += 1;
@@ -153,8 +160,12 @@ impl CaptureStats {
         if self.http2_connections > 0 {
             let _ = writeln!(
                 s,
-                "  http/2             {} connections, {} header blocks with unknown HPACK entries, {} bytes skipped to a frame boundary",
-                self.http2_connections, self.hpack_unknown_blocks, self.http2_skipped_bytes
+                "  http/2             {} connections, {} header blocks with unknown HPACK entries, {} bytes skipped to a frame boundary, {} stray header blocks dropped, {} streams given up over the header memory cap",
+                self.http2_connections,
+                self.hpack_unknown_blocks,
+                self.http2_skipped_bytes,
+                self.http2_stray_blocks,
+                self.http2_streams_over_memory
             );
         }
         let _ = writeln!(s, "  exchanges          {}", self.exchanges);
