@@ -499,6 +499,40 @@ fn bad_input_is_exit_2_with_the_file_named() {
     );
 }
 
+/// Rows given twice in one file would count every figure twice; a later
+/// file with no primary would be dropped unseen. Both are exit 2, named.
+#[test]
+fn repeated_rows_and_a_later_file_without_primary_are_errors() {
+    let rows = rows_for(&predict_cases(20, 0));
+    let dir = tempfile::tempdir().unwrap();
+    let twice = dir.path().join("twice.parquet");
+    let doubled: Vec<ReplayResult> = rows.iter().chain(rows.iter()).cloned().collect();
+    write_results(&twice, &doubled, "primary,shadow");
+    let run = diff_files(tempfile::tempdir().unwrap(), &[twice], "", &[]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("has two rows"), "{}", run.stderr);
+
+    let whole = dir.path().join("whole.parquet");
+    write_results(&whole, &rows, "primary,shadow");
+    let shadow_only = dir.path().join("shadow-only.parquet");
+    let mut late: Vec<ReplayResult> = rows
+        .iter()
+        .filter(|r| r.role == Some(TargetRole::Shadow))
+        .cloned()
+        .collect();
+    for r in &mut late {
+        r.exchange_id += 1000;
+    }
+    write_results(&shadow_only, &late, "shadow");
+    let run = diff_files(tempfile::tempdir().unwrap(), &[whole, shadow_only], "", &[]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("shadow-only.parquet") && run.stderr.contains("without a primary"),
+        "{}",
+        run.stderr
+    );
+}
+
 #[test]
 fn a_field_differing_everywhere_without_noise_estimate_gets_the_ignore_hint() {
     // Recorded primary only: request_id differs on every exchange and

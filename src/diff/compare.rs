@@ -197,6 +197,18 @@ impl<'c> Comparer<'c> {
             return vec![diff("grpc-status", DiffKind::Changed, st(p), st(s))];
         }
         let mut out = self.compare_headers(p, s);
+        // Cut bodies (`--max-body`) hold only a prefix: answers of other
+        // lengths differ even when the prefixes agree.
+        if (p.response_body_truncated || s.response_body_truncated)
+            && p.response_body_len != s.response_body_len
+        {
+            out.push(diff(
+                "body_length",
+                DiffKind::Changed,
+                p.response_body_len.to_string(),
+                s.response_body_len.to_string(),
+            ));
+        }
         let ec = self.endpoint(endpoint);
         let mut walk = Walk {
             rules: &ec.rules,
@@ -390,7 +402,7 @@ impl Walk<'_, '_> {
             return;
         }
         let push = |out: &mut Vec<Diff>, path: &[Step], kind| {
-            out.push(diff(&field_name(path), kind, short(p), short(s)));
+            add(out, diff(&field_name(path), kind, short(p), short(s)));
         };
         if let Some(rule) = rule_at(rules, path) {
             if let Some(equal) = self.by_rule(rule, p, s, path) {
@@ -407,12 +419,13 @@ impl Walk<'_, '_> {
                     match b.get(k) {
                         Some(vb) => self.json_diff(va, vb, path),
                         None if !ignored(rules, path) => {
-                            self.out.push(diff(
+                            let d = diff(
                                 &field_name(path),
                                 DiffKind::MissingInShadow,
                                 short(va),
                                 String::new(),
-                            ));
+                            );
+                            add(self.out, d);
                         }
                         None => {}
                     }
@@ -422,12 +435,13 @@ impl Walk<'_, '_> {
                     if !a.contains_key(k) {
                         path.push(Step::Key(k.clone()));
                         if !ignored(rules, path) {
-                            self.out.push(diff(
+                            let d = diff(
                                 &field_name(path),
                                 DiffKind::AddedInShadow,
                                 String::new(),
                                 short(vb),
-                            ));
+                            );
+                            add(self.out, d);
                         }
                         path.pop();
                     }
@@ -438,18 +452,24 @@ impl Walk<'_, '_> {
                     path.push(Step::Index(i));
                     match (a.get(i), b.get(i)) {
                         (Some(x), Some(y)) => self.json_diff(x, y, path),
-                        (Some(x), None) if !ignored(rules, path) => self.out.push(diff(
-                            &field_name(path),
-                            DiffKind::MissingInShadow,
-                            short(x),
-                            String::new(),
-                        )),
-                        (None, Some(y)) if !ignored(rules, path) => self.out.push(diff(
-                            &field_name(path),
-                            DiffKind::AddedInShadow,
-                            String::new(),
-                            short(y),
-                        )),
+                        (Some(x), None) if !ignored(rules, path) => add(
+                            self.out,
+                            diff(
+                                &field_name(path),
+                                DiffKind::MissingInShadow,
+                                short(x),
+                                String::new(),
+                            ),
+                        ),
+                        (None, Some(y)) if !ignored(rules, path) => add(
+                            self.out,
+                            diff(
+                                &field_name(path),
+                                DiffKind::AddedInShadow,
+                                String::new(),
+                                short(y),
+                            ),
+                        ),
                         _ => {}
                     }
                     path.pop();
@@ -462,7 +482,7 @@ impl Walk<'_, '_> {
             // missing: for a consumer it is the same loss.
             (a, Value::Null) if !a.is_null() => push(self.out, path, DiffKind::MissingInShadow),
             (Value::Number(a), Value::Number(b)) => {
-                if a.as_f64() != b.as_f64() {
+                if !same_number(a, b) {
                     push(self.out, path, DiffKind::Changed);
                 }
             }
@@ -506,7 +526,7 @@ impl Walk<'_, '_> {
             Compare::Unordered => {
                 let (a, b) = (p.as_array()?, s.as_array()?);
                 let canon = |v: &Vec<Value>| {
-                    let mut c: Vec<String> = v.iter().map(Value::to_string).collect();
+                    let mut c: Vec<String> = v.iter().map(canonical).collect();
                     c.sort();
                     c
                 };
@@ -563,9 +583,59 @@ fn numbers(v: &Value) -> Option<Vec<f64>> {
     v.as_array()?.iter().map(Value::as_f64).collect()
 }
 
+/// Record `d` unless the same field already differs the same way: a
+/// field that differs in every element of an array is one entry, so the
+/// cap on entries never hides the fields after it.
+fn add(out: &mut Vec<Diff>, d: Diff) {
+    if !out.iter().any(|e| e.kind == d.kind && e.path == d.path) {
+        out.push(d);
+    }
+}
+
+/// Integers compare exactly (ids above 2^53, and gRPC's negative numbers
+/// read as 64-bit varints, are not equal just because their nearest
+/// doubles are); any other pair as doubles, so 1 and 1.0 are the same.
+fn same_number(a: &serde_json::Number, b: &serde_json::Number) -> bool {
+    let int = |n: &serde_json::Number| {
+        n.as_i64()
+            .map(i128::from)
+            .or_else(|| n.as_u64().map(i128::from))
+    };
+    match (int(a), int(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => a.as_f64() == b.as_f64(),
+    }
+}
+
+/// A value's text with numbers in one form (`1.0` as `1`), for comparing
+/// arrays as multisets the way values compare elsewhere.
+fn canonical(v: &Value) -> String {
+    match v {
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15 => {
+                format!("{}", f as i64)
+            }
+            _ => n.to_string(),
+        },
+        Value::Array(a) => {
+            let items: Vec<String> = a.iter().map(canonical).collect();
+            format!("[{}]", items.join(","))
+        }
+        Value::Object(o) => {
+            let mut items: Vec<String> = o
+                .iter()
+                .map(|(k, v)| format!("{}:{}", Value::String(k.clone()), canonical(v)))
+                .collect();
+            items.sort();
+            format!("{{{}}}", items.join(","))
+        }
+        other => other.to_string(),
+    }
+}
+
 fn json_equal(a: &Value, b: &Value) -> bool {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Number(x), Value::Number(y)) => same_number(x, y),
         (Value::Array(x), Value::Array(y)) => {
             x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_equal(a, b))
         }
@@ -634,6 +704,59 @@ mod tests {
                 ("$.new".into(), DiffKind::AddedInShadow),
             ]
         );
+    }
+
+    #[test]
+    fn integers_compare_exactly_and_unordered_arrays_like_values() {
+        // Two ids above 2^53 that share their nearest double.
+        let p = json_answer(r#"{"id":1152921504606846976,"n":-1}"#);
+        let s = json_answer(r#"{"id":1152921504606846977,"n":-1}"#);
+        assert_eq!(
+            run("", "GET /x", &p, &s),
+            vec![("$.id".into(), DiffKind::Changed)]
+        );
+        // gRPC without descriptors: -1 and -2 as 64-bit varints.
+        let p = json_answer(r#"{"1":18446744073709551615}"#);
+        let s = json_answer(r#"{"1":18446744073709551614}"#);
+        assert_eq!(run("", "GET /x", &p, &s).len(), 1);
+        let exact = "[[rule]]\npath = \"$\"\ncompare = \"exact\"\n";
+        assert_eq!(run(exact, "GET /x", &p, &s).len(), 1);
+        // 1 and 1.0 stay equal, in place and as members of a multiset.
+        let cfg = "[[rule]]\npath = \"$.tags\"\ncompare = \"unordered\"\n";
+        let p = json_answer(r#"{"tags":[1,2,{"w":3}],"v":1}"#);
+        let s = json_answer(r#"{"tags":[{"w":3.0},2.0,1],"v":1.0}"#);
+        assert_eq!(run(cfg, "GET /x", &p, &s), vec![]);
+    }
+
+    #[test]
+    fn a_field_differing_in_every_element_does_not_hide_the_fields_after_it() {
+        let items = |t: usize| -> String {
+            let v: Vec<String> = (0..80).map(|i| format!(r#"{{"ts":{}}}"#, i + t)).collect();
+            v.join(",")
+        };
+        let p = json_answer(&format!(r#"{{"items":[{}],"total":100}}"#, items(0)));
+        let s = json_answer(&format!(r#"{{"items":[{}],"total":999}}"#, items(1)));
+        assert_eq!(
+            run("", "GET /x", &p, &s),
+            vec![
+                ("$.items[*].ts".into(), DiffKind::Changed),
+                ("$.total".into(), DiffKind::Changed),
+            ]
+        );
+    }
+
+    #[test]
+    fn cut_bodies_of_other_lengths_differ_though_their_prefixes_agree() {
+        let mut p = answer(200, &[], b"same prefix");
+        let mut s = answer(200, &[], b"same prefix");
+        (p.response_body_truncated, s.response_body_truncated) = (true, true);
+        (p.response_body_len, s.response_body_len) = (20 << 20, 35 << 20);
+        assert_eq!(
+            run("", "GET /x", &p, &s),
+            vec![("body_length".into(), DiffKind::Changed)]
+        );
+        s.response_body_len = 20 << 20;
+        assert_eq!(run("", "GET /x", &p, &s), vec![]);
     }
 
     #[test]

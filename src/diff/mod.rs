@@ -73,6 +73,12 @@ pub enum DiffError {
         target: String,
         id: u64,
     },
+    #[error("{path}: exchange {id} of target `{target}` has two rows: the same results appended twice, or one capture given twice to replay; every figure would count it twice")]
+    Repeated {
+        path: String,
+        target: String,
+        id: u64,
+    },
 }
 
 /// Exchange ids of one target in one file, as bitmaps of 65,536 ids: ids
@@ -84,13 +90,17 @@ pub(crate) struct IdSet {
 }
 
 impl IdSet {
-    fn insert(&mut self, id: u64) {
+    /// Add `id`; false when it was there already.
+    fn insert(&mut self, id: u64) -> bool {
         let chunk = self
             .chunks
             .entry(id >> 16)
             .or_insert_with(|| Box::new([0; 1024]));
         let bit = id & 0xffff;
-        chunk[(bit >> 6) as usize] |= 1 << (bit & 63);
+        let (word, mask) = (&mut chunk[(bit >> 6) as usize], 1u64 << (bit & 63));
+        let fresh = *word & mask == 0;
+        *word |= mask;
+        fresh
     }
 
     /// An id in both sets, if any.
@@ -570,6 +580,9 @@ impl Run {
 fn fold_file(path: &std::path::Path, ctx: &mut FoldCtx) -> Result<FileIds, DiffError> {
     let reader = ResultsReader::open_without(path, DIFF_SKIPS)?;
     ctx.folded.sequential |= reader.until_decided;
+    // A file none of whose rows has a primary is an error whichever place
+    // it has among the inputs (its rows would be dropped unseen).
+    let exchanges_before = ctx.folded.exchanges;
     let mut ids = FileIds::default();
     let expected = reader.targets.as_ref().map(Vec::len);
     // Decoding Parquet and comparing take about the same time: decode on a
@@ -600,9 +613,16 @@ fn fold_file(path: &std::path::Path, ctx: &mut FoldCtx) -> Result<FileIds, DiffE
             row_no += 1;
             let id = cols.exchange_id(i);
             let name = cols.target_name(i);
-            match ids.get_mut(name) {
+            let fresh = match ids.get_mut(name) {
                 Some(set) => set.insert(id),
                 None => ids.entry(name.to_string()).or_default().insert(id),
+            };
+            if !fresh {
+                return Err(DiffError::Repeated {
+                    path: path.display().to_string(),
+                    target: name.to_string(),
+                    id,
+                });
             }
             let row = RowRef::new(&cols, i);
             if run.rows.is_empty() || run.id != id {
@@ -653,7 +673,7 @@ fn fold_file(path: &std::path::Path, ctx: &mut FoldCtx) -> Result<FileIds, DiffE
         }
     }
     ctx.flush(&mut ready)?;
-    if ctx.folded.exchanges == 0 && row_no > 0 {
+    if ctx.folded.exchanges == exchanges_before && row_no > 0 {
         return Err(DiffError::NoPrimary(path.display().to_string()));
     }
     Ok(ids)

@@ -318,6 +318,7 @@ impl ResultColumns {
     /// `other`, known byte for byte.
     pub fn same_answer(&self, i: usize, other: &Self, j: usize) -> bool {
         self.status(i) == other.status(j)
+            && self.lens.value(i) == other.lens.value(j)
             && self.resp_body.value(i) == other.resp_body.value(j)
             && self.resp_h.same(i, &other.resp_h, j)
             && self.resp_t.same(i, &other.resp_t, j)
