@@ -590,6 +590,66 @@ fn timeouts_count_from_the_send_on_connections_waiting_for_their_answer() {
     }
 }
 
+/// Capture files number their exchanges from 0: replayed together, their
+/// ids are made distinct (the capture's id stays in the low 40 bits), so
+/// `diff` never pairs one file's request with another's answer. The same
+/// file given twice keeps its clash, and `diff` refuses it by name.
+#[test]
+fn several_captures_replayed_together_keep_their_exchanges_apart() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (cap_a, cap_b) = (
+        timed_capture(a.path(), 5, 1, |i| i),
+        timed_capture(b.path(), 7, 2, |i| i),
+    );
+    let args = |caps: &[&Path]| {
+        let mut v: Vec<String> = caps.iter().map(|c| c.display().to_string()).collect();
+        v.extend(["--primary", "recorded", "--max"].map(String::from));
+        v
+    };
+    let ids = |rows: &[ReplayResult]| {
+        let mut v: Vec<u64> = rows.iter().map(|r| r.exchange_id).collect();
+        v.sort();
+        v
+    };
+    let run_with = |caps: &[&Path]| {
+        let a = args(caps);
+        replay(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let (run, rows, dir) = run_with(&[&cap_a, &cap_b]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let got = ids(&rows);
+    assert_eq!(got.len(), 12);
+    assert!(got.windows(2).all(|w| w[0] != w[1]), "{got:?}");
+    let mut low: Vec<u64> = got.iter().map(|i| i & ((1 << 40) - 1)).collect();
+    low.sort();
+    assert_eq!(low, vec![0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 6]);
+    // The other order on the command line gives the same ids (shards).
+    let (_, again, _d) = run_with(&[&cap_b, &cap_a]);
+    assert_eq!(ids(&again), got);
+    let diff = |results: &Path| {
+        Command::cargo_bin("shadowctl")
+            .unwrap()
+            .args(["diff", results.to_str().unwrap(), "-q"])
+            .output()
+            .unwrap()
+    };
+    let out = diff(&dir.path().join("results.parquet"));
+    assert_ne!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, _, twice) = run_with(&[&cap_a, &cap_a]);
+    let out = diff(&twice.path().join("results.parquet"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has two rows"));
+}
+
 #[test]
 fn recorded_primary_needs_no_live_primary() {
     let dir = tempfile::tempdir().unwrap();

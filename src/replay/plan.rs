@@ -228,6 +228,29 @@ pub struct Plan {
     pub total_hint: u64,
     /// The shuffled order, when asked for.
     waves: Option<Waves>,
+    /// With several capture files, a number per file put above the low
+    /// [`ID_BITS`] of its exchange ids (see [`file_salts`]).
+    salts: Vec<u64>,
+}
+
+/// Bits of a capture's own exchange id kept when several capture files are
+/// replayed together (ids count from 0 in each file: over a trillion).
+pub const ID_BITS: u32 = 40;
+
+/// Each capture file numbers its exchanges from 0, so two files replayed
+/// together share ids, and `diff`, which pairs rows by id, would compare
+/// one file's request with another's. Above the low [`ID_BITS`], each
+/// file's ids get a number drawn from the file itself (not its place on
+/// the command line: shards listing the files in another order agree). The
+/// same file given twice gets the same number, and `diff` says so.
+fn file_salts(files: &[PathBuf]) -> Result<Vec<u64>, SchemaError> {
+    if files.len() < 2 {
+        return Ok(Vec::new());
+    }
+    files
+        .iter()
+        .map(|f| Ok(1 + crate::schema::file_identity(f)? % ((1 << (63 - ID_BITS)) - 1)))
+        .collect()
 }
 
 /// Exchanges held to restore request order.
@@ -269,6 +292,7 @@ impl Plan {
             total += ExchangeReader::open(f)?.rows;
         }
         Ok(Self {
+            salts: file_salts(&files)?,
             files,
             file: 0,
             reader: None,
@@ -314,7 +338,7 @@ impl Plan {
         if self.selection.limit.is_some_and(|l| self.emitted >= l) {
             return Ok(None);
         }
-        let (file, exchange) = match &mut self.waves {
+        let (file, mut exchange) = match &mut self.waves {
             Some(w) => {
                 if !w.refill(&self.files, &self.selection)? {
                     return Ok(None);
@@ -333,6 +357,9 @@ impl Plan {
             }
         };
         self.emitted += 1;
+        if let Some(salt) = self.salts.get(file) {
+            exchange.exchange_id = salt << ID_BITS | (exchange.exchange_id & ((1 << ID_BITS) - 1));
+        }
         Ok(Some(Planned {
             file,
             endpoint: crate::endpoint::endpoint_of(

@@ -153,6 +153,27 @@ pub fn file_kind(path: &Path) -> Result<Option<String>, SchemaError> {
     )))
 }
 
+/// A number for the file at `path` from what it holds (its length, rows
+/// and footer metadata, where capture writes its statistics), not from
+/// its name or place on a command line: the same file gives the same
+/// number in every shard of a run.
+pub fn file_identity(path: &Path) -> Result<u64, SchemaError> {
+    use std::hash::Hasher;
+    let file = File::open(path).map_err(|e| io_err(path, e))?;
+    let len = file.metadata().map_err(|e| io_err(path, e))?.len();
+    let reader =
+        parquet::file::reader::SerializedFileReader::new(file).map_err(|e| pq_err(path, e))?;
+    let meta = parquet::file::reader::FileReader::metadata(&reader).file_metadata();
+    let mut h = rustc_hash::FxHasher::default();
+    h.write_u64(len);
+    h.write_i64(meta.num_rows());
+    for kv in meta.key_value_metadata().into_iter().flatten() {
+        h.write(kv.key.as_bytes());
+        h.write(kv.value.as_deref().unwrap_or("").as_bytes());
+    }
+    Ok(h.finish())
+}
+
 /// What kind of shadowctl file, for its metadata.
 #[derive(Clone, Copy, Debug)]
 pub struct FileKind {
