@@ -343,6 +343,10 @@ fn write_results(path: &Path, exchanges: &[Exchange]) {
     } else {
         "primary,v2"
     };
+    write_rows(path, &rows, targets);
+}
+
+fn write_rows(path: &Path, rows: &[ReplayResult], targets: &str) {
     let mut w = ParquetFileWriter::create(path, results_schema(), RESULTS, WriterConfig::default())
         .unwrap();
     for chunk in rows.chunks(500) {
@@ -496,6 +500,50 @@ fn chat_streams(shadow_words: usize, shadow_timing: Timing) -> Vec<Exchange> {
             }
         })
         .collect()
+}
+
+/// A model that answers 503 while it loads: those first answers say
+/// nothing about the endpoint's kind, and its LLM figures (here a shadow
+/// three times slower to its first token) are still gathered and judged.
+#[test]
+fn warm_up_errors_do_not_turn_an_endpoint_s_llm_figures_off() {
+    let slow_first = Timing {
+        ttft: 30 * MS,
+        gap: MS,
+    };
+    let streams = chat_streams(10, slow_first);
+    let overloaded = Answer {
+        content_type: "application/json",
+        body: r#"{"error":"overloaded"}"#.into(),
+        offsets: None,
+        first_token: None,
+        latency: MS,
+    };
+    let mut rows = Vec::new();
+    for i in 0..150u64 {
+        for (name, role) in [("primary", TargetRole::Primary), ("v2", TargetRole::Shadow)] {
+            let mut r = row(i, name, role, &streams[0], &overloaded);
+            r.status = Some(503);
+            rows.push(r);
+        }
+    }
+    for (i, x) in streams.iter().enumerate() {
+        let id = 150 + i as u64;
+        rows.push(row(id, "primary", TargetRole::Primary, x, &x.primary));
+        rows.push(row(id, "v2", TargetRole::Shadow, x, &x.shadow));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results.parquet");
+    write_rows(&results, &rows, "primary,v2");
+    let run = run_diff(dir.path(), &results, "");
+    let llm = &run.shadow(CHAT)["llm"];
+    assert_eq!(
+        llm["answers"],
+        json!({"primary": 400, "shadow": 400}),
+        "{llm:#}"
+    );
+    near("ttft p99 ratio", &llm["ttft_p99_ratio"], 3.0, 0.03);
+    assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
 }
 
 #[test]

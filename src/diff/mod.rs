@@ -862,7 +862,17 @@ fn fold_group(
                     seen_llm = true;
                 }
             }
-            probe.saw(seen_llm);
+            // Only a plain answer that succeeded tells that the endpoint is
+            // no LLM endpoint: warm-up errors (a 503 before the model is
+            // loaded) say nothing, and must not turn its LLM figures off.
+            let told = |r: &ReplayResult| {
+                r.error_kind.is_none()
+                    && r.status.is_some_and(|s| (200..300).contains(&s))
+                    && !r.response_body.is_empty()
+            };
+            if seen_llm || (told(primary) && told(shadow)) {
+                probe.saw(seen_llm);
+            }
         }
         let wanted = &comparer.endpoint(name).drift;
         summarize::fold_drift(&ctx.opts.config, wanted, &pd, &sd, t);
