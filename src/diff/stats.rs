@@ -431,6 +431,36 @@ pub fn bins(values: &[f64], n_bins: usize) -> Vec<f64> {
     edges
 }
 
+/// Bin edges for comparing `primary` with `shadow`. When the two sides
+/// together take at most `n_bins` distinct values (a flag, a class label,
+/// a constant), each value is a bin of its own: the primary's quantile
+/// edges would give a single bin there, into which every shadow value is
+/// clamped, and PSI would read 0 for any shift. Otherwise [`bins`] of the
+/// primary, or of both sides pooled when the primary's own edges make a
+/// single bin (a constant primary beside a spread shadow).
+pub fn drift_bins(primary: &[f64], shadow: &[f64], n_bins: usize) -> Vec<f64> {
+    let mut distinct: Vec<f64> = Vec::new();
+    for &x in primary.iter().chain(shadow).filter(|x| x.is_finite()) {
+        if let Err(at) = distinct.binary_search_by(|v| v.total_cmp(&x)) {
+            if distinct.len() == n_bins {
+                distinct.clear();
+                break;
+            }
+            distinct.insert(at, x);
+        }
+    }
+    if let (true, Some(&last)) = (distinct.len() > 1, distinct.last()) {
+        distinct.push(last);
+        return distinct;
+    }
+    let edges = bins(primary, n_bins);
+    if edges.len() > 2 || shadow.is_empty() {
+        return edges;
+    }
+    let pooled: Vec<f64> = primary.iter().chain(shadow).copied().collect();
+    bins(&pooled, n_bins)
+}
+
 /// Count `values` into the bins `[e0, e1), [e1, e2), ..., [e_{k-1}, e_k]`.
 ///
 /// Values outside the edges are clamped into the first or last bin, so the
@@ -843,6 +873,21 @@ mod tests {
     fn bins_are_quantile_edges_deduplicated() {
         let values: Vec<f64> = (0..=100).map(f64::from).collect();
         assert_eq!(bins(&values, 4), [0.0, 25.0, 50.0, 75.0, 100.0]);
+        // Few distinct values: a bin each, so a shift between them shows.
+        let flag_p: Vec<f64> = (0..100).map(|i| f64::from(u8::from(i >= 95))).collect();
+        let flag_s: Vec<f64> = (0..100).map(|i| f64::from(u8::from(i >= 5))).collect();
+        let e = drift_bins(&flag_p, &flag_s, 10);
+        assert_eq!(e, [0.0, 1.0, 1.0]);
+        let (cp, cs) = (bin_counts(&flag_p, &e), bin_counts(&flag_s, &e));
+        assert_eq!((cp, cs.clone()), (vec![95, 5], vec![5, 95]));
+        assert!(psi(&[95, 5], &cs) > 1.0);
+        let constant = vec![0.0; 50];
+        let spread: Vec<f64> = (0..50).map(f64::from).collect();
+        let e = drift_bins(&constant, &spread, 10);
+        assert!(e.len() > 2, "{e:?}");
+        assert!(psi(&bin_counts(&constant, &e), &bin_counts(&spread, &e)) > 1.0);
+        // Many distinct values: the primary's quantile edges, as before.
+        assert_eq!(drift_bins(&values, &values, 4), bins(&values, 4));
         // Heavy ties collapse edges.
         let tied = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0, 3.0];
         assert_eq!(bins(&tied, 4), [1.0, 1.25, 3.0]);

@@ -14,7 +14,7 @@ use super::doc::LazyDoc;
 use super::intervals::{error_increase, error_pairs, rate};
 use super::latency::{chart_edges_ms, LogHist};
 use super::stats::{
-    benjamini_hochberg, bin_counts, bins, chi_square, ks_two_sample, psi, two_proportion_p,
+    benjamini_hochberg, bin_counts, chi_square, drift_bins, ks_two_sample, psi, two_proportion_p,
 };
 use super::{verdict, DiffError, DiffOptions, Folded, Tally};
 use crate::report::{
@@ -125,7 +125,7 @@ fn drift_report(path: &str, acc: &DriftAcc, n_bins: usize) -> Option<Drift> {
         if p.is_empty() && s.is_empty() {
             return None;
         }
-        let edges = bins(&p, n_bins);
+        let edges = drift_bins(&p, &s, n_bins);
         let (cp, cs) = (bin_counts(&p, &edges), bin_counts(&s, &edges));
         let ks = ks_two_sample(&mut p, &mut s).map(|(d, pv)| [d, pv]);
         let labels = edges.windows(2).map(|w| format!("{:.4}–{:.4}", w[0], w[1]));
