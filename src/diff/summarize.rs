@@ -541,17 +541,34 @@ fn ignore_hints(r: &Report) -> Vec<String> {
                     continue;
                 }
                 out.push(format!(
-                    "{} differs in {:.0}% of {} exchanges and no noise estimate exists (no live primary beside the recorded answers): if it changes on every call (an id, a timestamp), ignore it in the config: [[rule]] endpoint = \"{}\" path = \"{}\" compare = \"ignore\"",
+                    "{} differs in {:.0}% of {} exchanges and no noise estimate exists (no live primary beside the recorded answers): if it changes on every call (an id, a timestamp), ignore it in the config: [[rule]] endpoint = {} path = {} compare = \"ignore\"",
                     f.path,
                     f.rate * 100.0,
                     ep.endpoint,
-                    ep.endpoint,
-                    f.path
+                    toml_string(&ep.endpoint),
+                    toml_string(&f.path)
                 ));
             }
         }
     }
     out.truncate(5);
+    out
+}
+
+/// `s` as a TOML basic string, so the hint can be pasted as it is (gRPC
+/// field paths such as `$["1"]` hold quotes).
+fn toml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
     out
 }
 
@@ -763,4 +780,17 @@ pub(crate) fn report(
     report.examples_note = examples_note(report.top_divergences.len(), opts.top, f.examples_capped);
     verdict::judge(&mut report, &opts.config.gate);
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::toml_string;
+
+    #[test]
+    fn hint_strings_paste_into_the_config_as_they_are() {
+        for s in [r#"$["1"]"#, r"$.a\b", "POST /v1", "tab\there"] {
+            let doc: toml::Table = toml::from_str(&format!("x = {}", toml_string(s))).unwrap();
+            assert_eq!(doc["x"].as_str(), Some(s));
+        }
+    }
 }
