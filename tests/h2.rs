@@ -279,6 +279,30 @@ fn a_capture_started_mid_connection_decodes_what_it_can_and_marks_the_rest() {
     assert!(reasons.values().sum::<usize>() >= 100, "{reasons:?}");
 }
 
+/// Picked up inside a DATA frame on both sides: the first segments hold
+/// no frame boundary, the later ones do (testdata/h2/make-midframe.py).
+#[test]
+fn a_connection_picked_up_mid_frame_on_both_sides_is_read_from_its_next_frame() {
+    let rows = capture(&fixture("midframe-both.pcap"));
+    let got: Vec<_> = rows
+        .iter()
+        .map(|e| {
+            (
+                e.stream_id,
+                e.method.as_str(),
+                e.target.as_str(),
+                e.status,
+                e.response_body.as_slice(),
+                e.incomplete,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![(Some(3), "POST", "/three", Some(200), &b"three"[..], None)]
+    );
+}
+
 #[test]
 fn lost_packets_mark_streams_and_forget_the_hpack_table_but_never_mix_streams() {
     let reasons = never_wrong("grpc-lossy.pcap", "grpc.pcap");

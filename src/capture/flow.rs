@@ -463,7 +463,11 @@ impl HttpFlow {
         if self.is_finished() {
             return;
         }
-        if self.fed[side] == 0 && self.heads() == 0 && H2Conn::looks_like_h2(data) {
+        // Not only a direction's first segment: a capture started in the
+        // middle of a large DATA frame on both sides meets its first frame
+        // boundary later. Until an HTTP/1 head is read, and while the
+        // bytes may still be HTTP at all.
+        if self.heads() == 0 && !self.is_non_http() && H2Conn::looks_like_h2(data) {
             self.start_h2(side, data, ts, budget);
             return;
         }
