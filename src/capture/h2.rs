@@ -1079,4 +1079,24 @@ mod tests {
         assert_eq!(c.budget.held, 0, "all of it released once emitted");
         assert_eq!(c.c.st.head_bytes, 0);
     }
+
+    #[test]
+    fn an_interim_answer_that_ends_the_stream_ends_it_marked() {
+        let mut c = Conn::new();
+        c.client(&request(1, true));
+        c.server(&response(1, "103", true));
+        let out = c.done();
+        assert_eq!(
+            out.len(),
+            1,
+            "emitted at once, not at the end of the capture"
+        );
+        assert_eq!(out[0].interim_statuses, vec![103]);
+        assert_eq!(out[0].status, None);
+        assert_eq!(out[0].incomplete, Some(IncompleteReason::ResponseMalformed));
+        assert_eq!(
+            out[0].malformed_detail.as_deref(),
+            Some("103 response with END_STREAM")
+        );
+    }
 }
