@@ -240,6 +240,11 @@ fn role(rows: &[ReplayResult], r: TargetRole) -> Vec<&ReplayResult> {
     rows.iter().filter(|x| x.role == Some(r)).collect()
 }
 
+/// The rows of the target called `name`.
+fn named<'a>(rows: &'a [ReplayResult], name: &str) -> Vec<&'a ReplayResult> {
+    rows.iter().filter(|x| x.target_name == name).collect()
+}
+
 #[test]
 fn requests_arrive_byte_exact_with_host_marker_and_secrets_handled() {
     let dir = tempfile::tempdir().unwrap();
@@ -514,11 +519,7 @@ fn misbehaving_targets_are_data_and_the_run_goes_on() {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
-    let by = |name: &str| {
-        rows.iter()
-            .filter(|r| r.target_name == name)
-            .collect::<Vec<_>>()
-    };
+    let by = |name: &str| named(&rows, name);
     assert!(by("primary").iter().all(|r| r.status == Some(200)));
     let kind = |name: &str| {
         by(name)
@@ -569,11 +570,7 @@ fn timeouts_count_from_the_send_on_connections_waiting_for_their_answer() {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
-    let by = |name: &str| {
-        rows.iter()
-            .filter(|r| r.target_name == name)
-            .collect::<Vec<_>>()
-    };
+    let by = |name: &str| named(&rows, name);
     let waited = |r: &ReplayResult| (r.done_ts.unwrap() - r.sent_ts.unwrap()) / 1_000_000;
     assert_eq!(by("slow").len(), 6);
     for r in by("slow") {

@@ -427,16 +427,22 @@ impl State {
         // Bounded: past the limit the oldest open stream is given up.
         if self.streams.len() > self.limits.max_pending {
             let oldest = *self.streams.keys().next().expect("not empty");
-            if let Some(mut s) = self.streams.remove(&oldest) {
-                self.flow_counters.lost_responses += 1;
-                s.ex.incomplete.get_or_insert(if s.req_done {
-                    IncompleteReason::ResponseCut
-                } else {
-                    IncompleteReason::RequestCut
-                });
+            if let Some(s) = self.cut(oldest) {
                 self.release(s, budget);
             }
         }
+    }
+
+    /// Take stream `id` out, marked cut: it is given up before its end.
+    fn cut(&mut self, id: u32) -> Option<Stream> {
+        let mut s = self.streams.remove(&id)?;
+        self.flow_counters.lost_responses += 1;
+        s.ex.incomplete.get_or_insert(if s.req_done {
+            IncompleteReason::ResponseCut
+        } else {
+            IncompleteReason::RequestCut
+        });
+        Some(s)
     }
 
     fn response_headers(
@@ -663,19 +669,15 @@ impl State {
     /// Emit stream `id` now, cut, because its headers would take more
     /// memory than allowed.
     fn give_up(&mut self, id: u32, budget: &mut Budget) {
-        let Some(mut s) = self.streams.remove(&id) else {
+        let Some(mut s) = self.cut(id) else {
             return;
         };
         self.counters.streams_over_memory += 1;
-        self.flow_counters.lost_responses += u64::from(!s.resp_done);
-        s.ex.incomplete.get_or_insert(if s.req_done {
-            IncompleteReason::ResponseCut
-        } else {
-            IncompleteReason::RequestCut
-        });
         s.ex.malformed_detail.get_or_insert_with(|| {
-            "given up: decoded headers over the memory cap (16 MiB a connection, or --max-buffer-bytes)"
-                .into()
+            format!(
+                "given up: decoded headers over the memory cap ({} MiB a connection, or --max-buffer-bytes)",
+                MAX_HEAD_BYTES >> 20
+            )
         });
         self.release(s, budget);
     }

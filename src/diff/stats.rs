@@ -449,8 +449,8 @@ pub fn drift_bins(primary: &[f64], shadow: &[f64], n_bins: usize) -> Vec<f64> {
             distinct.insert(at, x);
         }
     }
-    if let (true, Some(&last)) = (distinct.len() > 1, distinct.last()) {
-        distinct.push(last);
+    if distinct.len() > 1 {
+        distinct.push(distinct[distinct.len() - 1]);
         return distinct;
     }
     let edges = bins(primary, n_bins);

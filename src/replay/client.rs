@@ -618,16 +618,15 @@ impl Target {
         let Ok(mut idle) = self.idle.lock() else {
             return Vec::new();
         };
-        let (plain, tls): (Vec<Conn>, Vec<Conn>) =
-            idle.drain(..).partition(|c| matches!(c, Conn::Plain(_)));
-        *idle = tls;
+        let mut plain = Vec::new();
+        let kept = std::mem::take(&mut *idle);
+        for c in kept {
+            match c {
+                Conn::Plain(s) => plain.push(s),
+                tls @ Conn::Tls(_) => idle.push(tls),
+            }
+        }
         plain
-            .into_iter()
-            .filter_map(|c| match c {
-                Conn::Plain(s) => Some(s),
-                Conn::Tls(_) => None,
-            })
-            .collect()
     }
 
     fn recycle(&self, stream: Conn) {
