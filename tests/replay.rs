@@ -538,6 +538,68 @@ fn misbehaving_targets_are_data_and_the_run_goes_on() {
     }
 }
 
+/// A results file says what `diff` needs to group its rows while reading:
+/// how many rows an exchange has (`--read-only` keeps unsafe methods from
+/// shadows, whose rows are then absent) and how late a row may come.
+#[test]
+fn results_say_which_rows_to_expect_and_how_late_they_may_come() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = demo_capture(dir.path());
+    let (primary, shadow) = (
+        Recorder::start(Behaviour::Answer("ok")),
+        Recorder::start(Behaviour::Answer("ok")),
+    );
+    let (run, rows, out) = replay(&[
+        cap.to_str().unwrap(),
+        "--primary",
+        &primary.url(),
+        "--shadow",
+        &format!("v2={}", shadow.url()),
+        "--read-only",
+        "--max",
+        "--timeout",
+        "7s",
+        "--shadow-timeout",
+        "9s",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let path = out.path().join("results.parquet");
+    let reader = shadowctl::schema::ResultsReader::open(&path).unwrap();
+    assert_eq!(reader.answer_deadline_ns, Some(9_000_000_000));
+    assert_eq!(reader.read_only_shadows, 1);
+    let unsafe_ids: std::collections::HashSet<u64> = role(&rows, TargetRole::Primary)
+        .iter()
+        .filter(|r| !["GET", "HEAD", "OPTIONS"].contains(&r.method.as_str()))
+        .map(|r| r.exchange_id)
+        .collect();
+    assert!(!unsafe_ids.is_empty(), "the demo has POSTs");
+    assert!(named(&rows, "v2")
+        .iter()
+        .all(|r| !unsafe_ids.contains(&r.exchange_id)));
+    // diff pairs every row: nothing is left unpaired.
+    let report = dir.path().join("report.json");
+    Command::cargo_bin("shadowctl")
+        .unwrap()
+        .args(["diff", path.to_str().unwrap(), "-q", "--json"])
+        .arg(&report)
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(
+        json["exchanges"].as_u64().unwrap() as usize,
+        role(&rows, TargetRole::Primary).len()
+    );
+    assert!(
+        json.get("unpaired_answers").is_none(),
+        "{}",
+        json["unpaired_answers"]
+    );
+}
+
 /// Under `--rate` each request is written by the scheduler on an idle
 /// connection whose own task reads the answer. The timeout still counts
 /// from the moment the request was written, for an answer that comes late

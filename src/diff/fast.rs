@@ -299,7 +299,20 @@ mod tests {
     /// `diff`'s report on `rows` written to a results file in their order,
     /// with or without the run's target list.
     fn report_of_file(rows: &[ReplayResult], with_targets: bool) -> serde_json::Value {
-        use crate::schema::{ParquetFileWriter, WriterConfig, META_TARGETS, RESULTS};
+        let meta = if with_targets {
+            vec![(
+                crate::schema::META_TARGETS.to_string(),
+                "recorded,v1,v2,v3".to_string(),
+            )]
+        } else {
+            vec![]
+        };
+        report_with_meta(rows, meta)
+    }
+
+    /// `diff`'s report on `rows` written in their order, with this metadata.
+    fn report_with_meta(rows: &[ReplayResult], meta: Vec<(String, String)>) -> serde_json::Value {
+        use crate::schema::{ParquetFileWriter, WriterConfig, RESULTS};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("results.parquet");
         let mut file = ParquetFileWriter::create(
@@ -312,11 +325,6 @@ mod tests {
         for chunk in rows.chunks(700) {
             file.write_batch(&results_to_batch(chunk).unwrap()).unwrap();
         }
-        let meta = if with_targets {
-            vec![(META_TARGETS.to_string(), "recorded,v1,v2,v3".to_string())]
-        } else {
-            vec![]
-        };
         file.finish(meta).unwrap();
         let opts = DiffOptions {
             inputs: vec![path],
@@ -356,6 +364,75 @@ mod tests {
         ] {
             assert_eq!(report_of_file(order, targets), adjacent, "{name}");
         }
+    }
+
+    /// Three rows per exchange, 1 ms apart; the shadow's first 30 answers
+    /// time out 30 s after they were due, so their rows come last.
+    fn late_timeouts() -> Vec<ReplayResult> {
+        let (mut rows, mut late) = (Vec::new(), Vec::new());
+        for id in 0..600u64 {
+            let due = id as i64 * 1_000_000;
+            let at = |mut r: ReplayResult| {
+                (r.due_ts, r.sent_ts, r.done_ts) = (due, Some(due), Some(due + 900_000));
+                r
+            };
+            let body = "{\"label\":\"a\"}";
+            rows.push(at(row(id, "recorded", TargetRole::Recorded, 200, body)));
+            rows.push(at(row(id, "v1", TargetRole::Primary, 200, body)));
+            let mut s = at(row(id, "v2", TargetRole::Shadow, 200, body));
+            if id < 30 {
+                (s.status, s.error_kind) = (None, Some(ErrorKind::Timeout));
+                s.done_ts = Some(due + 30_000_000_000);
+                late.push(s);
+            } else {
+                rows.push(s);
+            }
+        }
+        rows.extend(late);
+        rows
+    }
+
+    #[test]
+    fn late_rows_are_paired_within_the_answer_deadline_and_counted_otherwise() {
+        use crate::schema::{META_ANSWER_DEADLINE_MS, META_TARGETS};
+        // The late rows are 1,700 rows behind, in a later batch: well
+        // past this window.
+        super::super::TEST_WINDOW_ROWS.with(|w| w.set(20));
+        let rows = late_timeouts();
+        let targets = (META_TARGETS.to_string(), "recorded,v1,v2".to_string());
+        let deadline = (META_ANSWER_DEADLINE_MS.to_string(), "30000".to_string());
+        let paired = report_with_meta(&rows, vec![targets.clone(), deadline]);
+        assert_eq!(paired["exchanges"], 600);
+        assert_eq!(
+            paired["overall"]["v2"]["compared"], 600,
+            "{}",
+            paired["overall"]
+        );
+        assert_eq!(paired["overall"]["v2"]["errors"]["shadow"], 30);
+        assert!(paired.get("unpaired_answers").is_none(), "{paired}");
+        // An older file says no deadline: the window alone decides, and the
+        // late rows cannot be paired. They are counted, and bar a GO.
+        let unknown = report_with_meta(&rows, vec![targets]);
+        assert_eq!(unknown["overall"]["v2"]["errors"]["shadow"], 0);
+        assert_eq!(unknown["unpaired_answers"]["v2"], 30, "{unknown}");
+        let reason = unknown["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["criterion"] == "unpaired_answers")
+            .expect("a reason for the unpaired answers");
+        assert_eq!(reason["outcome"], "inconclusive", "{reason}");
+        assert_ne!(unknown["verdict"], "GO");
+        super::super::TEST_WINDOW_ROWS.with(|w| w.set(super::super::WINDOW_ROWS));
+    }
+
+    #[test]
+    fn read_only_exchanges_expect_no_row_from_the_shadows_they_skipped() {
+        use super::super::rows_expected;
+        assert_eq!(rows_expected(Some(4), 2, "GET"), Some(4));
+        assert_eq!(rows_expected(Some(4), 2, "POST"), Some(2));
+        assert_eq!(rows_expected(Some(4), 0, "POST"), Some(4));
+        assert_eq!(rows_expected(None, 2, "POST"), None);
     }
 
     #[test]

@@ -149,9 +149,19 @@ fn check_duplicates(
 }
 
 /// Incomplete groups older than this many rows are compared as they are
-/// (an exchange whose shadow was skipped by `--read-only`, a file without
-/// target metadata).
+/// (a file without target metadata, a run cut short), once their late rows
+/// can no longer come (see [`LATE_SLACK_NS`]).
 const WINDOW_ROWS: u64 = 200_000;
+/// A row is written when its answer ends, at most the run's answer
+/// deadline after it was due, plus the time it was sent late (lag under
+/// overload) and the writer's queue. Only then may an incomplete group be
+/// compared without its missing rows: a shadow timing out at 30 s at
+/// 10,000 requests/s writes its rows 600,000 rows after the primary's.
+const LATE_SLACK_NS: i64 = 60_000_000_000;
+/// Incomplete groups held at most, whatever their age: past this, memory
+/// wins and the oldest are compared as they are (a late row that comes
+/// after is counted as unpaired, never dropped unseen).
+const MAX_WAITING_GROUPS: usize = 2_000_000;
 /// Examples kept per distinct signature at least (the report picks the top
 /// N; with `--top` above it, that many).
 const EXAMPLES_PER_SIGNATURE: usize = 3;
@@ -262,6 +272,8 @@ pub(crate) struct Folded {
     llm_probe: FxHashMap<u32, LlmProbe>,
     /// Exchanges folded in place (see `fast`).
     pub fast_folded: u64,
+    /// Rows, by target, of exchanges read without a primary row.
+    pub unpaired: HashMap<String, u64>,
     /// The signature of "no differences", once seen.
     no_diffs: Option<u32>,
 }
@@ -556,24 +568,79 @@ const DIFF_SKIPS: &[&str] = &[
 #[derive(Default)]
 struct Run {
     id: u64,
-    /// Row number (in the file) of its first row.
+    /// Row number (in the file) of its first row, and when it was due.
     first: u64,
+    due: i64,
     rows: Vec<RowRef>,
 }
 
 impl Run {
     /// An incomplete run waits in `pending` with the others, by age.
-    fn park(
-        &mut self,
-        pending: &mut FxHashMap<u64, Vec<RowRef>>,
-        order: &mut VecDeque<(u64, u64)>,
-    ) {
+    fn park(&mut self, pending: &mut FxHashMap<u64, Vec<RowRef>>, order: &mut VecDeque<Waiting>) {
         if self.rows.is_empty() {
             return;
         }
         pending.insert(self.id, std::mem::take(&mut self.rows));
-        order.push_back((self.first, self.id));
+        order.push_back(Waiting {
+            first: self.first,
+            due: self.due,
+            id: self.id,
+        });
     }
+}
+
+/// An incomplete group in `pending`, by age.
+struct Waiting {
+    first: u64,
+    due: i64,
+    id: u64,
+}
+
+/// When an incomplete group's missing rows can no longer come: it is
+/// `WINDOW_ROWS` rows old, and (when the file gives the run's answer
+/// deadline) the rows read have reached its due time plus that deadline.
+struct Window {
+    rows: u64,
+    deadline_ns: Option<i64>,
+    /// The latest answer end read so far (rows come in about that order).
+    frontier: i64,
+}
+
+impl Window {
+    fn over(&self, w: &Waiting, row_no: u64, waiting: usize) -> bool {
+        let old = row_no - w.first > self.rows
+            && self.deadline_ns.is_none_or(|d| {
+                self.frontier.saturating_sub(w.due) > d.saturating_add(LATE_SLACK_NS)
+            });
+        old || waiting > MAX_WAITING_GROUPS
+    }
+}
+
+/// Rows an exchange has in a file of `targets` rows per exchange, when
+/// `--read-only` kept its unsafe method from `read_only_shadows` shadows.
+fn rows_expected(targets: Option<usize>, read_only_shadows: usize, method: &str) -> Option<usize> {
+    let n = targets?;
+    if crate::schema::READ_ONLY_METHODS.contains(&method) {
+        Some(n)
+    } else {
+        Some(n.saturating_sub(read_only_shadows))
+    }
+}
+
+#[cfg(not(test))]
+fn window_rows() -> u64 {
+    WINDOW_ROWS
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests shrink the window so late rows need not be 200,000 rows late.
+    static TEST_WINDOW_ROWS: std::cell::Cell<u64> = const { std::cell::Cell::new(WINDOW_ROWS) };
+}
+
+#[cfg(test)]
+fn window_rows() -> u64 {
+    TEST_WINDOW_ROWS.with(std::cell::Cell::get)
 }
 
 /// Group the rows of one file by exchange and fold each complete group.
@@ -584,7 +651,13 @@ fn fold_file(path: &std::path::Path, ctx: &mut FoldCtx) -> Result<FileIds, DiffE
     // it has among the inputs (its rows would be dropped unseen).
     let exchanges_before = ctx.folded.exchanges;
     let mut ids = FileIds::default();
-    let expected = reader.targets.as_ref().map(Vec::len);
+    let targets = reader.targets.as_ref().map(Vec::len);
+    let read_only_shadows = reader.read_only_shadows;
+    let mut window = Window {
+        rows: window_rows(),
+        deadline_ns: reader.answer_deadline_ns,
+        frontier: i64::MIN,
+    };
     // Decoding Parquet and comparing take about the same time: decode on a
     // second thread, a few batches ahead (bounded, so memory stays flat).
     let (tx, rx) = std::sync::mpsc::sync_channel(4);
@@ -597,7 +670,7 @@ fn fold_file(path: &std::path::Path, ctx: &mut FoldCtx) -> Result<FileIds, DiffE
         }
     });
     let mut pending: FxHashMap<u64, Vec<RowRef>> = FxHashMap::default();
-    let mut order: VecDeque<(u64, u64)> = VecDeque::new();
+    let mut order: VecDeque<Waiting> = VecDeque::new();
     let mut ready: Vec<Vec<ReplayResult>> = Vec::new();
     let mut row_no = 0u64;
     let mut recent = fast::Recent::default();
@@ -624,7 +697,9 @@ fn fold_file(path: &std::path::Path, ctx: &mut FoldCtx) -> Result<FileIds, DiffE
                     id,
                 });
             }
+            window.frontier = window.frontier.max(cols.done_or_due(i));
             let row = RowRef::new(&cols, i);
+            let expected = rows_expected(targets, read_only_shadows, cols.method(i));
             if run.rows.is_empty() || run.id != id {
                 if let Entry::Occupied(mut group) = pending.entry(id) {
                     group.get_mut().push(row);
@@ -634,7 +709,7 @@ fn fold_file(path: &std::path::Path, ctx: &mut FoldCtx) -> Result<FileIds, DiffE
                     continue;
                 }
                 run.park(&mut pending, &mut order);
-                (run.id, run.first) = (id, row_no);
+                (run.id, run.first, run.due) = (id, row_no, cols.due_ts(i));
             }
             run.rows.push(row);
             if expected.is_some_and(|n| run.rows.len() >= n) {
@@ -653,10 +728,11 @@ fn fold_file(path: &std::path::Path, ctx: &mut FoldCtx) -> Result<FileIds, DiffE
                 detail,
             })?;
         // Old incomplete groups: compare with what is there.
-        while let Some(&(first, id)) = order.front() {
-            if !pending.contains_key(&id) {
+        while let Some(w) = order.front() {
+            if !pending.contains_key(&w.id) {
                 order.pop_front();
-            } else if row_no - first > WINDOW_ROWS {
+            } else if window.over(w, row_no, pending.len()) {
+                let id = w.id;
                 order.pop_front();
                 if let Some(g) = pending.remove(&id) {
                     ctx.push_refs(&mut ready, &g)?;
@@ -667,8 +743,8 @@ fn fold_file(path: &std::path::Path, ctx: &mut FoldCtx) -> Result<FileIds, DiffE
         }
     }
     let _ = decoder.join();
-    for (_, id) in order {
-        if let Some(g) = pending.remove(&id) {
+    for w in order {
+        if let Some(g) = pending.remove(&w.id) {
             ctx.push_refs(&mut ready, &g)?;
         }
     }
@@ -780,6 +856,13 @@ fn fold_group(
         times.add(&rows);
     }
     let Some(r) = roles(&rows, ctx.opts) else {
+        // Nothing to compare them with; counted so the gate sees them.
+        for row in &rows {
+            *ctx.folded
+                .unpaired
+                .entry(row.target_name.clone())
+                .or_default() += 1;
+        }
         return Ok(());
     };
     let top = ctx.opts.top;

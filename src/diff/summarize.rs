@@ -731,6 +731,7 @@ pub(crate) fn report(
         tokens_per_second_buckets: super::llm::tokens_per_second_edges(),
         similarity_buckets: super::llm::similarity_edges(),
         judge: None,
+        unpaired_answers: f.unpaired.clone().into_iter().collect(),
         verdict: crate::report::Verdict::Inconclusive,
         reasons: Vec::new(),
         exchanges: f.exchanges,

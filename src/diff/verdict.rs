@@ -555,6 +555,27 @@ fn judge_failures(s: &ShadowStats, ep: Option<&str>, shadow: &str) -> Option<Rea
     })
 }
 
+/// Answers with no primary answer to compare with: what they would have
+/// shown is unknown (a shadow's late timeouts, for one), so never a GO.
+fn unpaired(counts: &std::collections::BTreeMap<String, u64>) -> Vec<Reason> {
+    counts
+        .iter()
+        .map(|(name, &n)| {
+            reason(
+                "unpaired_answers",
+                None,
+                name,
+                n as f64,
+                0.0,
+                Outcome::Inconclusive,
+                format!(
+                    "{n} answers of {name} have no primary answer in the results to be compared with (written after their exchange was compared, or the primary's row is missing): they are not compared, and the gate cannot say GO"
+                ),
+            )
+        })
+        .collect()
+}
+
 fn drift(s: &ShadowStats, ep: Option<&str>, shadow: &str, g: &Gate) -> Vec<Reason> {
     let Some(max) = g.max_psi else {
         return Vec::new();
@@ -731,6 +752,7 @@ pub fn judge(report: &mut Report, g: &Gate) {
             reasons.extend(drift(s, e, name, g));
         }
     }
+    reasons.extend(unpaired(&report.unpaired_answers));
     reasons.extend(super::resources::reasons(
         &report.resources,
         &report.telemetry,

@@ -481,7 +481,7 @@ fn recorded_row(p: &Planned, due_ts: i64, max_body: usize) -> ReplayResult {
     }
 }
 
-const SAFE_METHODS: [&str; 3] = ["GET", "HEAD", "OPTIONS"];
+use crate::schema::READ_ONLY_METHODS as SAFE_METHODS;
 
 /// Requests waiting for a permit, per target, before new ones are given up.
 const MAX_WAITING_FACTOR: u64 = 16;
@@ -726,6 +726,23 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
         .collect();
     let targets_meta = (crate::schema::META_TARGETS.to_string(), names.join(","));
     let mut meta = vec![targets_meta];
+    // So `diff` knows when an exchange's rows are all there, and how long
+    // a late one may take (see the keys).
+    let longest = opts.timeout.max(opts.shadow_timeout);
+    meta.push((
+        crate::schema::META_ANSWER_DEADLINE_MS.to_string(),
+        longest.as_millis().to_string(),
+    ));
+    let shadows = targets
+        .iter()
+        .filter(|t| t.role == TargetRole::Shadow)
+        .count();
+    if opts.read_only && shadows > 0 {
+        meta.push((
+            crate::schema::META_READ_ONLY_SHADOWS.to_string(),
+            shadows.to_string(),
+        ));
+    }
     if opts.until_decided.is_some() {
         meta.push((
             crate::schema::META_UNTIL_DECIDED.to_string(),

@@ -1490,6 +1490,7 @@ mod tests {
             tokens_per_second_buckets: vec![],
             similarity_buckets: vec![],
             judge: None,
+            unpaired_answers: Default::default(),
         }
     }
 
@@ -1620,6 +1621,7 @@ mod tests {
             tokens_per_second_buckets: vec![],
             similarity_buckets: vec![],
             judge: None,
+            unpaired_answers: Default::default(),
         };
         let html = render(&r);
         assert!(html.contains("v-go") && html.contains("GO"));

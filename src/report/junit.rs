@@ -177,6 +177,7 @@ mod tests {
             tokens_per_second_buckets: vec![],
             similarity_buckets: vec![],
             judge: None,
+            unpaired_answers: Default::default(),
         }
     }
 

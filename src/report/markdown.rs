@@ -993,6 +993,7 @@ mod tests {
             tokens_per_second_buckets: vec![],
             similarity_buckets: vec![],
             judge: None,
+            unpaired_answers: Default::default(),
         }
     }
 
@@ -1142,6 +1143,7 @@ mod tests {
             tokens_per_second_buckets: vec![],
             similarity_buckets: vec![],
             judge: None,
+            unpaired_answers: Default::default(),
         };
         let md = render(&empty);
         assert!(md.contains("INCONCLUSIVE"));

@@ -509,6 +509,10 @@ pub struct Report {
     pub similarity_buckets: Vec<f64>,
     /// The external judge's work, when `compare = "judge"` is used.
     pub judge: Option<crate::diff::judge::JudgeStats>,
+    /// Per target: answers whose exchange had no primary answer to compare
+    /// with (it came too late, or its primary row is missing). Never a GO.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub unpaired_answers: BTreeMap<String, u64>,
 }
 
 /// Cut captured text for display: at most `max` chars, with an ellipsis.

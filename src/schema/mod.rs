@@ -39,6 +39,17 @@ pub const META_TARGETS: &str = "shadowctl.targets";
 /// `replay --until-decided`: it looked at the data as it came and stopped
 /// when decided, so its verdict needs time-uniform intervals.
 pub const META_UNTIL_DECIDED: &str = "shadowctl.until_decided";
+/// Results metadata key: how many of the run's shadows `--read-only` kept
+/// unsafe methods from. Those exchanges have that many rows fewer, so
+/// `diff` knows when their rows are all there.
+pub const META_READ_ONLY_SHADOWS: &str = "shadowctl.read_only_shadows";
+/// Results metadata key: the longest any target was given to answer, in
+/// milliseconds (the larger of `--timeout` and `--shadow-timeout`). A row
+/// is written when its answer ends, so `diff` waits this long, in the
+/// rows' own time, for an exchange's late rows.
+pub const META_ANSWER_DEADLINE_MS: &str = "shadowctl.answer_deadline_ms";
+/// The methods `replay --read-only` sends to shadows.
+pub const READ_ONLY_METHODS: [&str; 3] = ["GET", "HEAD", "OPTIONS"];
 /// What a secret header value is replaced with. Replay never sends it as a value.
 pub const REDACTED: &str = "[REDACTED]";
 

@@ -256,6 +256,16 @@ impl ResultColumns {
         }
     }
 
+    /// When the row's answer ended, or (no answer) when it was due: rows
+    /// are written in about this order.
+    pub fn done_or_due(&self, i: usize) -> i64 {
+        opt_ts(&self.done, i).unwrap_or_else(|| self.due.value(i))
+    }
+
+    pub fn due_ts(&self, i: usize) -> i64 {
+        self.due.value(i)
+    }
+
     pub fn exchange_id(&self, i: usize) -> u64 {
         self.ids.value(i)
     }

@@ -288,6 +288,12 @@ pub struct ResultsReader {
     pub targets: Option<Vec<String>>,
     /// Written by `replay --until-decided`.
     pub until_decided: bool,
+    /// Shadows that got no unsafe methods (`--read-only`): so many rows
+    /// fewer for those exchanges.
+    pub read_only_shadows: usize,
+    /// How late, at most, a row may come after its exchange was due
+    /// (nanoseconds), when the file says.
+    pub answer_deadline_ns: Option<i64>,
     skip: &'static [&'static str],
 }
 
@@ -326,6 +332,12 @@ impl ResultsReader {
         };
         let kind = meta(super::META_KIND);
         let until_decided = meta(super::META_UNTIL_DECIDED).as_deref() == Some("true");
+        let read_only_shadows = meta(super::META_READ_ONLY_SHADOWS)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let answer_deadline_ns = meta(super::META_ANSWER_DEADLINE_MS)
+            .and_then(|v| v.parse::<i64>().ok())
+            .map(|ms| ms.saturating_mul(1_000_000));
         let targets =
             meta(super::META_TARGETS).map(|t| t.split(',').map(str::to_string).collect::<Vec<_>>());
         if kind.as_deref() != Some(RESULTS.kind) {
@@ -372,6 +384,8 @@ impl ResultsReader {
             rows,
             targets,
             until_decided,
+            read_only_shadows,
+            answer_deadline_ns,
             skip,
         })
     }
