@@ -22,9 +22,41 @@ use crate::text::latin1;
 #[derive(Debug)]
 enum Sync {
     /// Not yet at a frame boundary: each segment is tried as a start (the
-    /// client preface, or plausible frames).
-    Searching,
+    /// client preface, or plausible frames). `then`: an earlier segment
+    /// began with one plausible frame longer than itself, which would end
+    /// this many bytes further on; a plausible frame there confirms both.
+    Searching {
+        then: Option<usize>,
+    },
     Reading(FrameReader),
+}
+
+impl Sync {
+    const SEARCHING: Sync = Sync::Searching { then: None };
+}
+
+/// Where frames start in a searching direction's next bytes `data`, if
+/// they can be told: where the frame an earlier segment began would end,
+/// when a plausible frame starts there; or at `data`'s start, when it
+/// opens with plausible frames. Otherwise `then` notes where to look next
+/// (`data` may begin a frame longer than itself).
+fn frame_start(then: &mut Option<usize>, data: &[u8]) -> Option<usize> {
+    if let Some(skip) = then.take() {
+        if skip >= data.len() {
+            *then = Some(skip - data.len());
+            return None;
+        }
+        if crate::proto::h2::plausible_frame_end(&data[skip..]).is_some() {
+            return Some(skip);
+        }
+    }
+    if starts_with_frames(data) {
+        return Some(0);
+    }
+    *then = crate::proto::h2::plausible_frame_end(data)
+        .filter(|&end| end > data.len())
+        .map(|end| end - data.len());
+    None
 }
 
 /// A stream being recorded.
@@ -98,7 +130,7 @@ impl H2Conn {
         limits: FlowLimits,
     ) -> Self {
         Self {
-            sync: [Sync::Searching, Sync::Searching],
+            sync: [Sync::SEARCHING, Sync::SEARCHING],
             st: State {
                 flow_id,
                 endpoints,
@@ -156,7 +188,7 @@ impl H2Conn {
             .iter()
             .map(|s| match s {
                 Sync::Reading(r) => r.frames,
-                Sync::Searching => 0,
+                Sync::Searching { .. } => 0,
             })
             .sum();
         (c, self.st.flow_counters)
@@ -173,7 +205,7 @@ impl H2Conn {
             .iter()
             .map(|s| match s {
                 Sync::Reading(r) => r.buffered(),
-                Sync::Searching => 0,
+                Sync::Searching { .. } => 0,
             })
             .sum();
         readers + self.st.hpack.iter().map(Decoder::held).sum::<usize>()
@@ -181,14 +213,17 @@ impl H2Conn {
 
     /// Bytes of `side`'s stream, in order.
     pub fn data(&mut self, side: usize, data: &[u8], ts: i64, budget: &mut Budget) {
-        if let Sync::Searching = self.sync[side] {
+        let mut data = data;
+        if let Sync::Searching { then } = &mut self.sync[side] {
             let n = data.len().min(PREFACE.len());
             if n >= 4 && data[..n] == PREFACE[..n] {
                 self.sync[side] = Sync::Reading(FrameReader::new(true));
                 if self.st.client_side.is_none() {
                     self.st.client_side = Some(side);
                 }
-            } else if starts_with_frames(data) {
+            } else if let Some(at) = frame_start(then, data) {
+                self.st.counters.skipped_bytes += at as u64;
+                data = &data[at..];
                 self.sync[side] = Sync::Reading(FrameReader::new(false));
             } else {
                 self.st.counters.skipped_bytes += data.len() as u64;
@@ -214,7 +249,7 @@ impl H2Conn {
     /// Frames of `side` were lost (a gap, or bytes that broke the framing):
     /// look for the next boundary, forget the HPACK table, mark its streams.
     fn lost(&mut self, side: usize, _ts: i64, detail: Option<String>) {
-        self.sync[side] = Sync::Searching;
+        self.sync[side] = Sync::SEARCHING;
         self.st.hpack[side].clear();
         let client = self.st.client_side == Some(side);
         let reason = match (client, &detail) {
@@ -1002,6 +1037,51 @@ mod tests {
         assert_eq!(out[0].request_body, b"first half ");
         assert!(out[0].request_body_truncated, "never replayed as whole");
         assert_eq!(out[0].incomplete, Some(IncompleteReason::RequestGap));
+    }
+
+    /// After a gap, the first whole segment may start with a DATA frame
+    /// many segments long: frames are found again where it ends.
+    #[test]
+    fn after_a_gap_frames_are_found_again_behind_a_frame_longer_than_a_segment() {
+        let mut c = Conn::new();
+        c.client(&request(1, true));
+        c.client(&request(3, true));
+        c.server(&response(1, "200", false));
+        c.c.gap(1, 3000, 10);
+        // 5,000 bytes of DATA on stream 1, cut into 1,400-byte segments;
+        // the last one also holds stream 3's whole answer.
+        let mut bytes = frame(0, END_STREAM, 1, &[b'x'; 5000]);
+        bytes.extend(response(3, "204", true));
+        for seg in bytes.chunks(1400) {
+            c.server(seg);
+        }
+        c.c.finish(100, &mut c.budget);
+        let mut out = c.done();
+        out.sort_by_key(|e| e.stream_id);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].incomplete, Some(IncompleteReason::ResponseGap));
+        assert_eq!(out[1].stream_id, Some(3));
+        assert_eq!(out[1].status, Some(204), "{:?}", out[1]);
+        // Open while bytes were lost: flagged, though read whole after.
+        assert_eq!(out[1].incomplete, Some(IncompleteReason::ResponseGap));
+        assert_eq!(c.c.counters().0.skipped_bytes, 5009);
+    }
+
+    /// A segment that merely looks like the start of a long frame is not
+    /// taken on trust: the bytes where that frame would end must be a
+    /// frame too.
+    #[test]
+    fn a_long_frame_not_followed_by_a_frame_is_not_taken_as_a_boundary() {
+        let mut then = None;
+        let mut seg = frame(0, 0, 1, &[0u8; 4000]);
+        seg.truncate(1400);
+        assert_eq!(frame_start(&mut then, &seg), None);
+        assert_eq!(then, Some(4009 - 1400));
+        assert_eq!(frame_start(&mut then, &[7u8; 1400]), None);
+        assert_eq!(then, Some(4009 - 2800));
+        // Where the frame would end: garbage, not a frame header.
+        assert_eq!(frame_start(&mut then, &[0xffu8; 1400]), None);
+        assert_eq!(then, None);
     }
 
     #[test]

@@ -620,7 +620,7 @@ impl Window {
 /// `--read-only` kept its unsafe method from `read_only_shadows` shadows.
 fn rows_expected(targets: Option<usize>, read_only_shadows: usize, method: &str) -> Option<usize> {
     let n = targets?;
-    if crate::schema::READ_ONLY_METHODS.contains(&method) {
+    if read_only_shadows == 0 || crate::schema::READ_ONLY_METHODS.contains(&method) {
         Some(n)
     } else {
         Some(n.saturating_sub(read_only_shadows))

@@ -103,6 +103,16 @@ pub fn starts_with_frames(data: &[u8]) -> bool {
     frames >= 2 || (frames == 1 && at == data.len())
 }
 
+/// Where the frame `data` may start with ends (header plus payload), when
+/// its first nine bytes are a plausible frame header: a segment that holds
+/// only the start of one large frame (a DATA frame of 16 KiB in 1,448-byte
+/// segments) is checked again where its frame would end.
+pub fn plausible_frame_end(data: &[u8]) -> Option<usize> {
+    let h = FrameHeader::parse(data)?;
+    h.plausible(data[5] & 0x80 != 0)
+        .then_some(9 + h.len as usize)
+}
+
 /// RFC 9113 section 7 error code names.
 pub fn error_name(code: u32) -> String {
     const NAMES: [&str; 14] = [
