@@ -284,6 +284,9 @@ pub(crate) struct Folded {
 struct LlmProbe {
     plain: u32,
     llm: bool,
+    /// The exchange last counted: with two shadows an exchange is seen
+    /// once per shadow, and counts once.
+    last: Option<u64>,
 }
 
 /// Exchanges without any LLM answer after which an endpoint is taken as
@@ -295,9 +298,12 @@ impl LlmProbe {
         self.llm || self.plain < LLM_PROBE_EXCHANGES
     }
 
-    fn saw(&mut self, llm: bool) {
+    fn saw(&mut self, exchange: u64, llm: bool) {
         self.llm |= llm;
-        self.plain += u32::from(!llm);
+        if self.last != Some(exchange) {
+            self.plain += u32::from(!llm);
+            self.last = Some(exchange);
+        }
     }
 }
 
@@ -954,7 +960,7 @@ fn fold_group(
                     && !r.response_body.is_empty()
             };
             if seen_llm || (told(primary) && told(shadow)) {
-                probe.saw(seen_llm);
+                probe.saw(primary.exchange_id, seen_llm);
             }
         }
         let wanted = &comparer.endpoint(name).drift;
@@ -1096,5 +1102,31 @@ impl<'a> Live<'a> {
     /// The verdict on what was folded so far.
     pub fn report(&self) -> Result<Report, DiffError> {
         summarize::report(&self.folded, self.opts, None)
+    }
+}
+
+#[cfg(test)]
+mod probe_tests {
+    use super::{LlmProbe, LLM_PROBE_EXCHANGES};
+
+    /// With two shadows each exchange is folded twice; the probe still
+    /// looks at 100 exchanges before taking an endpoint as plain.
+    #[test]
+    fn an_exchange_seen_by_two_shadows_counts_once_for_the_llm_probe() {
+        let mut p = LlmProbe::default();
+        for id in 0..u64::from(LLM_PROBE_EXCHANGES) - 1 {
+            p.saw(id, false);
+            p.saw(id, false);
+        }
+        assert!(p.wanted(), "99 exchanges are not yet enough");
+        p.saw(99, false);
+        assert!(!p.wanted());
+        let mut llm = LlmProbe::default();
+        llm.saw(0, false);
+        llm.saw(0, true);
+        assert!(
+            llm.wanted() && llm.llm,
+            "an LLM answer from either shadow counts"
+        );
     }
 }
