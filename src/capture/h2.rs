@@ -103,6 +103,10 @@ struct State {
     endpoints: [SocketAddr; 2],
     client_side: Option<usize>,
     hpack: [Decoder; 2],
+    /// A lower table size a side asked of the other's encoder, in force
+    /// once that encoder acknowledges it (RFC 9113 6.5.3): until then it
+    /// may still send size updates up to the old limit.
+    lowered: [Option<usize>; 2],
     streams: BTreeMap<u32, Stream>,
     next_seq: u32,
     limits: FlowLimits,
@@ -136,6 +140,7 @@ impl H2Conn {
                 endpoints,
                 client_side,
                 hpack: [Decoder::new(), Decoder::new()],
+                lowered: [None, None],
                 streams: BTreeMap::new(),
                 next_seq: 0,
                 limits,
@@ -318,8 +323,22 @@ impl State {
             } => self.data(side, stream, data, end_stream, ts, budget),
             Frame::RstStream { stream, code } => self.reset(side, stream, code, ts, budget),
             Frame::GoAway { last_stream, code } => self.goaway(side, last_stream, code, ts, budget),
-            // The table size a side allows is for the blocks it receives.
-            Frame::HeaderTableSize(n) => self.hpack[1 - side].set_limit(n as usize),
+            // The table size a side allows is for the blocks it receives:
+            // a larger one holds at once, a smaller one once acknowledged.
+            Frame::HeaderTableSize(n) => {
+                let (n, d) = (n as usize, 1 - side);
+                if n >= self.hpack[d].limit() {
+                    self.hpack[d].set_limit(n);
+                    self.lowered[d] = None;
+                } else {
+                    self.lowered[d] = Some(n);
+                }
+            }
+            Frame::SettingsAck => {
+                if let Some(n) = self.lowered[side].take() {
+                    self.hpack[side].set_limit(n);
+                }
+            }
             Frame::Other => {}
         }
     }
@@ -1037,6 +1056,32 @@ mod tests {
         assert_eq!(out[0].request_body, b"first half ");
         assert!(out[0].request_body_truncated, "never replayed as whole");
         assert_eq!(out[0].incomplete, Some(IncompleteReason::RequestGap));
+    }
+
+    /// A smaller header table asked for binds the other side's encoder
+    /// only once it acknowledges the SETTINGS: a size update up to the old
+    /// limit before that is within the rules.
+    #[test]
+    fn a_lower_table_size_holds_once_acknowledged() {
+        let mut c = Conn::new();
+        // The client allows the server's encoder no table at all.
+        c.client(&frame(4, 0, 0, &[0, 1, 0, 0, 0, 0]));
+        c.client(&request(1, true));
+        c.client(&request(3, true));
+        // Before its ACK: a size update to 20, then :status 200 (static).
+        let answer = |id| frame(1, END_HEADERS | END_STREAM, id, &[0x20 | 20, 0x88]);
+        c.server(&answer(1));
+        c.server(&frame(4, 1, 0, &[]));
+        c.server(&answer(3));
+        let mut out = c.done();
+        out.sort_by_key(|e| e.stream_id);
+        assert_eq!(out[0].status, Some(200), "{:?}", out[0]);
+        assert!(out[0].incomplete.is_none(), "{:?}", out[0].incomplete);
+        // After it, the same update breaks the agreed limit.
+        c.c.finish(100, &mut c.budget);
+        out.extend(c.done());
+        let late = out.iter().find(|e| e.stream_id == Some(3)).unwrap();
+        assert!(late.incomplete.is_some(), "{late:?}");
     }
 
     /// After a gap, the first whole segment may start with a DATA frame

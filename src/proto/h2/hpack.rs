@@ -173,6 +173,11 @@ impl Decoder {
         self.limit = limit;
     }
 
+    /// The largest table size the encoder may set now.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     /// Forget the table (a lost or undecodable block may have changed it).
     /// Entries added after this are known again, by position.
     pub fn clear(&mut self) {

@@ -167,6 +167,8 @@ pub enum Frame<'a> {
     },
     /// SETTINGS (not an ACK) that set the header table size.
     HeaderTableSize(u32),
+    /// A SETTINGS ACK: the sender now applies the other side's settings.
+    SettingsAck,
     /// PRIORITY, PING, WINDOW_UPDATE, other SETTINGS, unknown types.
     Other,
 }
@@ -435,6 +437,7 @@ impl FrameReader {
                     .next_back();
                 out(size.map_or(Frame::Other, Frame::HeaderTableSize));
             }
+            kind::SETTINGS => out(Frame::SettingsAck),
             kind::RST_STREAM | kind::GOAWAY => {
                 return Err(format!("frame type {} of {} bytes", h.kind, h.len));
             }

@@ -54,6 +54,7 @@ fn read_in_pieces(bytes: &[u8], cuts: &[usize], preface: bool) -> (Vec<Seen>, Re
                 Frame::RstStream { stream, code } => Seen::Rst(stream, code),
                 Frame::GoAway { last_stream, code } => Seen::GoAway(last_stream, code),
                 Frame::HeaderTableSize(n) => Seen::TableSize(n),
+                Frame::SettingsAck => Seen::Other,
                 Frame::Other => Seen::Other,
             })
         });
