@@ -655,8 +655,8 @@ fn live_options(args: &CaptureArgs, interface: &str) -> capture::live::LiveOptio
 }
 
 fn run_replay(args: ReplayArgs) -> anyhow::Result<u8> {
-    keep_freed_pages();
     use shadowctl::replay::{self, plan, request::RequestRules, ReplayOptions, Timing};
+    keep_freed_pages();
     let timing = match (args.speed, args.rate, args.max) {
         (_, _, true) => Timing::Max,
         (_, Some(r), _) if r > 0.0 => Timing::Rate(r),

@@ -428,11 +428,10 @@ mod tests {
 
     #[test]
     fn read_only_exchanges_expect_no_row_from_the_shadows_they_skipped() {
-        use super::super::rows_expected;
-        assert_eq!(rows_expected(Some(4), 2, "GET"), Some(4));
-        assert_eq!(rows_expected(Some(4), 2, "POST"), Some(2));
-        assert_eq!(rows_expected(Some(4), 0, "POST"), Some(4));
-        assert_eq!(rows_expected(None, 2, "POST"), None);
+        use crate::schema::rows_of_exchange;
+        assert_eq!(rows_of_exchange(4, 2, "GET"), 4);
+        assert_eq!(rows_of_exchange(4, 2, "POST"), 2);
+        assert_eq!(rows_of_exchange(4, 0, "POST"), 4);
     }
 
     #[test]

@@ -573,10 +573,9 @@ const DIFF_SKIPS: &[&str] = &[
 /// The rows of the exchange being read, while they come one after another.
 #[derive(Default)]
 struct Run {
-    id: u64,
-    /// Row number (in the file) of its first row, and when it was due.
-    first: u64,
-    due: i64,
+    head: Waiting,
+    /// Rows it will have, when the file says.
+    expected: Option<usize>,
     rows: Vec<RowRef>,
 }
 
@@ -586,16 +585,14 @@ impl Run {
         if self.rows.is_empty() {
             return;
         }
-        pending.insert(self.id, std::mem::take(&mut self.rows));
-        order.push_back(Waiting {
-            first: self.first,
-            due: self.due,
-            id: self.id,
-        });
+        pending.insert(self.head.id, std::mem::take(&mut self.rows));
+        order.push_back(self.head);
     }
 }
 
-/// An incomplete group in `pending`, by age.
+/// An exchange by its first row: the row's number in the file, and when
+/// the exchange was due.
+#[derive(Clone, Copy, Default)]
 struct Waiting {
     first: u64,
     due: i64,
@@ -619,17 +616,6 @@ impl Window {
                 self.frontier.saturating_sub(w.due) > d.saturating_add(LATE_SLACK_NS)
             });
         old || waiting > MAX_WAITING_GROUPS
-    }
-}
-
-/// Rows an exchange has in a file of `targets` rows per exchange, when
-/// `--read-only` kept its unsafe method from `read_only_shadows` shadows.
-fn rows_expected(targets: Option<usize>, read_only_shadows: usize, method: &str) -> Option<usize> {
-    let n = targets?;
-    if read_only_shadows == 0 || crate::schema::READ_ONLY_METHODS.contains(&method) {
-        Some(n)
-    } else {
-        Some(n.saturating_sub(read_only_shadows))
     }
 }
 
@@ -705,20 +691,29 @@ fn fold_file(path: &std::path::Path, ctx: &mut FoldCtx) -> Result<FileIds, DiffE
             }
             window.frontier = window.frontier.max(cols.done_or_due(i));
             let row = RowRef::new(&cols, i);
-            let expected = rows_expected(targets, read_only_shadows, cols.method(i));
-            if run.rows.is_empty() || run.id != id {
+            // Looked at once per exchange, not per row.
+            let expected = || {
+                targets
+                    .map(|n| crate::schema::rows_of_exchange(n, read_only_shadows, cols.method(i)))
+            };
+            if run.rows.is_empty() || run.head.id != id {
                 if let Entry::Occupied(mut group) = pending.entry(id) {
                     group.get_mut().push(row);
-                    if expected.is_some_and(|n| group.get().len() >= n) {
+                    if expected().is_some_and(|n| group.get().len() >= n) {
                         ctx.push_refs(&mut ready, &group.remove())?;
                     }
                     continue;
                 }
                 run.park(&mut pending, &mut order);
-                (run.id, run.first, run.due) = (id, row_no, cols.due_ts(i));
+                run.head = Waiting {
+                    first: row_no,
+                    due: cols.due_ts(i),
+                    id,
+                };
+                run.expected = expected();
             }
             run.rows.push(row);
-            if expected.is_some_and(|n| run.rows.len() >= n) {
+            if run.expected.is_some_and(|n| run.rows.len() >= n) {
                 ctx.push_refs(&mut ready, &run.rows)?;
                 run.rows.clear();
             }

@@ -481,8 +481,6 @@ fn recorded_row(p: &Planned, due_ts: i64, max_body: usize) -> ReplayResult {
     }
 }
 
-use crate::schema::READ_ONLY_METHODS as SAFE_METHODS;
-
 /// Requests waiting for a permit, per target, before new ones are given up.
 const MAX_WAITING_FACTOR: u64 = 16;
 
@@ -521,14 +519,14 @@ impl Shared {
         let Some(tx) = &self.dispatched else {
             return;
         };
-        let unsafe_method = !SAFE_METHODS.contains(&p.exchange.method.as_str());
-        let rows = 1 + self
+        let shadows = self
             .targets
             .iter()
-            .filter(|(t, _)| {
-                !(t.role == TargetRole::Shadow && self.opts.read_only && unsafe_method)
-            })
+            .filter(|(t, _)| t.role == TargetRole::Shadow)
             .count();
+        let skipped = if self.opts.read_only { shadows } else { 0 };
+        let rows =
+            crate::schema::rows_of_exchange(1 + self.targets.len(), skipped, &p.exchange.method);
         let _ = tx.send((p.exchange.exchange_id, rows));
     }
 }
@@ -1034,7 +1032,7 @@ async fn closed_loop(
                     .map(|(target, waiting)| {
                         if target.role == TargetRole::Shadow
                             && shared.opts.read_only
-                            && !SAFE_METHODS.contains(&p.exchange.method.as_str())
+                            && crate::schema::kept_from_shadows(&p.exchange.method)
                         {
                             tally[2].fetch_add(1, Ordering::Relaxed);
                             return None;
@@ -1316,7 +1314,7 @@ async fn schedule(
         for (ti, (target, waiting)) in shared.targets.iter().enumerate() {
             if target.role == TargetRole::Shadow
                 && shared.opts.read_only
-                && !SAFE_METHODS.contains(&p.exchange.method.as_str())
+                && crate::schema::kept_from_shadows(&p.exchange.method)
             {
                 skipped += 1;
                 continue;

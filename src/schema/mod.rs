@@ -49,7 +49,23 @@ pub const META_READ_ONLY_SHADOWS: &str = "shadowctl.read_only_shadows";
 /// rows' own time, for an exchange's late rows.
 pub const META_ANSWER_DEADLINE_MS: &str = "shadowctl.answer_deadline_ms";
 /// The methods `replay --read-only` sends to shadows.
-pub const READ_ONLY_METHODS: [&str; 3] = ["GET", "HEAD", "OPTIONS"];
+const READ_ONLY_METHODS: [&str; 3] = ["GET", "HEAD", "OPTIONS"];
+
+/// Whether `replay --read-only` keeps a request of `method` from shadows.
+pub fn kept_from_shadows(method: &str) -> bool {
+    !READ_ONLY_METHODS.contains(&method)
+}
+
+/// Rows an exchange of `method` has in a results file of `rows` rows per
+/// exchange (`recorded` included), when `--read-only` kept unsafe methods
+/// from `read_only_shadows` shadows: replay and `diff` count alike.
+pub fn rows_of_exchange(rows: usize, read_only_shadows: usize, method: &str) -> usize {
+    if read_only_shadows > 0 && kept_from_shadows(method) {
+        rows.saturating_sub(read_only_shadows)
+    } else {
+        rows
+    }
+}
 /// What a secret header value is replaced with. Replay never sends it as a value.
 pub const REDACTED: &str = "[REDACTED]";
 
