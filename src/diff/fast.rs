@@ -426,6 +426,37 @@ mod tests {
         super::super::TEST_WINDOW_ROWS.with(|w| w.set(super::super::WINDOW_ROWS));
     }
 
+    /// The live primary's first 30 answers come last instead of the
+    /// shadow's: their exchanges are compared against the recorded answer
+    /// once the window passes, and the late primary rows must not start
+    /// exchanges of their own.
+    #[test]
+    fn a_late_primary_row_is_counted_once_as_unpaired_not_as_a_second_exchange() {
+        use crate::schema::META_TARGETS;
+        super::super::TEST_WINDOW_ROWS.with(|w| w.set(20));
+        let mut rows = late_timeouts();
+        for r in rows.iter_mut() {
+            r.role = match r.role {
+                Some(TargetRole::Primary) => Some(TargetRole::Shadow),
+                Some(TargetRole::Shadow) => Some(TargetRole::Primary),
+                other => other,
+            };
+            r.target_name = match r.target_name.as_str() {
+                "v1" => "v2".into(),
+                "v2" => "v1".into(),
+                other => other.into(),
+            };
+        }
+        let targets = (META_TARGETS.to_string(), "recorded,v1,v2".to_string());
+        let report = report_with_meta(&rows, vec![targets]);
+        assert_eq!(report["exchanges"], 600, "{}", report["overall"]);
+        assert_eq!(report["overall"]["v2"]["compared"], 600);
+        assert_eq!(report["unpaired_answers"]["v1"], 30, "{report}");
+        assert!(report["unpaired_answers"].get("v2").is_none(), "{report}");
+        assert_ne!(report["verdict"], "GO");
+        super::super::TEST_WINDOW_ROWS.with(|w| w.set(super::super::WINDOW_ROWS));
+    }
+
     #[test]
     fn read_only_exchanges_expect_no_row_from_the_shadows_they_skipped() {
         use crate::schema::rows_of_exchange;

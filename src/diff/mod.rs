@@ -103,6 +103,16 @@ impl IdSet {
         fresh
     }
 
+    fn contains(&self, id: u64) -> bool {
+        self.chunks
+            .get(&(id >> 16))
+            .is_some_and(|c| c[((id & 0xffff) >> 6) as usize] & (1 << (id & 63)) != 0)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
     /// An id in both sets, if any.
     fn common(&self, other: &IdSet) -> Option<u64> {
         for (high, a) in &self.chunks {
@@ -671,6 +681,10 @@ fn fold_file(path: &std::path::Path, ctx: &mut FoldCtx) -> Result<FileIds, DiffE
     // another exchange starts before it is complete (one hash lookup per
     // exchange instead of three, and no allocation).
     let mut run = Run::default();
+    // Exchanges compared before all their rows came: a row of theirs read
+    // later is late, not the start of a new exchange (a late live primary
+    // would otherwise count its exchange twice).
+    let mut compared_early = IdSet::default();
     for batch in rx {
         let cols = batch?;
         recent.read(&cols);
@@ -697,6 +711,10 @@ fn fold_file(path: &std::path::Path, ctx: &mut FoldCtx) -> Result<FileIds, DiffE
                     .map(|n| crate::schema::rows_of_exchange(n, read_only_shadows, cols.method(i)))
             };
             if run.rows.is_empty() || run.head.id != id {
+                if !compared_early.is_empty() && compared_early.contains(id) {
+                    fold_late(&row, ctx);
+                    continue;
+                }
                 if let Entry::Occupied(mut group) = pending.entry(id) {
                     group.get_mut().push(row);
                     if expected().is_some_and(|n| group.get().len() >= n) {
@@ -736,6 +754,7 @@ fn fold_file(path: &std::path::Path, ctx: &mut FoldCtx) -> Result<FileIds, DiffE
                 let id = w.id;
                 order.pop_front();
                 if let Some(g) = pending.remove(&id) {
+                    compared_early.insert(id);
                     ctx.push_refs(&mut ready, &g)?;
                 }
             } else {
@@ -754,6 +773,16 @@ fn fold_file(path: &std::path::Path, ctx: &mut FoldCtx) -> Result<FileIds, DiffE
         return Err(DiffError::NoPrimary(path.display().to_string()));
     }
     Ok(ids)
+}
+
+/// A row whose exchange was already compared without it: counted as
+/// unpaired (the gate sees it), never compared as an exchange of its own.
+fn fold_late(row: &RowRef, ctx: &mut FoldCtx) {
+    let row = row.to_row();
+    if let Some(times) = &mut ctx.folded.times {
+        times.add(std::slice::from_ref(&row));
+    }
+    *ctx.folded.unpaired.entry(row.target_name).or_default() += 1;
 }
 
 /// The rows of one exchange by role.
