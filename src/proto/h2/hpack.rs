@@ -347,7 +347,20 @@ fn string<'a>(b: &mut &'a [u8]) -> Result<std::borrow::Cow<'a, [u8]>, HpackError
     let mut out = Vec::with_capacity(len * 8 / 5);
     httlib_huffman::decode(raw, &mut out, httlib_huffman::DecoderSpeed::FourBits)
         .map_err(|_| HpackError::Huffman)?;
+    if !canonical_huffman(raw, &out) {
+        return Err(HpackError::Huffman);
+    }
     Ok(out.into())
+}
+
+/// RFC 7541 section 5.2: the padding after the last code is the most
+/// significant bits of EOS (all ones) and shorter than a byte. The decoder
+/// checks only the padding's value, so "000" or a full byte of ones would
+/// pass; the canonical encoding of what was decoded is unique, and a string
+/// is valid exactly when it is that encoding.
+fn canonical_huffman(raw: &[u8], decoded: &[u8]) -> bool {
+    let mut again = Vec::with_capacity(raw.len());
+    httlib_huffman::encode(decoded, &mut again).is_ok() && again == raw
 }
 
 #[cfg(test)]
@@ -446,6 +459,23 @@ mod tests {
             ])
         );
         assert_eq!(d.held(), 222, ":status 302 was evicted for 307");
+    }
+
+    #[test]
+    fn huffman_padding_must_be_a_short_eos_prefix() {
+        // A literal without indexing whose name is "a" in Huffman (the 5-bit
+        // code 00011 and 3 bits of padding) and whose value is a raw "a".
+        let block = |name: &[u8]| {
+            let mut b = vec![0x00, 0x80 | name.len() as u8];
+            b.extend_from_slice(name);
+            b.extend_from_slice(&[0x01, b'a']);
+            Decoder::new().decode(&b)
+        };
+        assert_eq!(pairs(&block(&[0x1f]).unwrap()), owned(&[("a", "a")]));
+        // Padding 000: decodes to the same "a" if only the value is checked.
+        assert!(matches!(block(&[0x18]), Err(HpackError::Huffman)));
+        // Eight more bits of ones after the padding: longer than 7 bits.
+        assert!(matches!(block(&[0x1f, 0xff]), Err(HpackError::Huffman)));
     }
 
     #[test]
