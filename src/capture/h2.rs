@@ -108,6 +108,10 @@ struct State {
     /// may still send size updates up to the old limit.
     lowered: [Option<usize>; 2],
     streams: BTreeMap<u32, Stream>,
+    /// The open streams' ids by their `seq_in_flow`, oldest first: stream
+    /// ids do not tell age (a pushed stream's even id is lower than the
+    /// request that caused it), and the bounds give up the oldest.
+    by_age: BTreeMap<u32, u32>,
     next_seq: u32,
     limits: FlowLimits,
     done: Vec<Exchange>,
@@ -142,6 +146,7 @@ impl H2Conn {
                 hpack: [Decoder::new(), Decoder::new()],
                 lowered: [None, None],
                 streams: BTreeMap::new(),
+                by_age: BTreeMap::new(),
                 next_seq: 0,
                 limits,
                 done: Vec::new(),
@@ -173,7 +178,7 @@ impl H2Conn {
         ex.upgraded = true;
         ex.stream_id = Some(1);
         self.st.next_seq = ex.seq_in_flow + 1;
-        self.st.streams.insert(
+        self.st.hold(
             1,
             Stream {
                 ex,
@@ -283,6 +288,7 @@ impl H2Conn {
     /// The connection is over: every stream still open is emitted, cut.
     pub fn finish(&mut self, ts: i64, budget: &mut Budget) {
         let streams = std::mem::take(&mut self.st.streams);
+        self.st.by_age.clear();
         for (_, mut s) in streams {
             if !s.req_done {
                 s.ex.request_end_ts = s.ex.request_end_ts.max(s.ex.request_ts);
@@ -467,7 +473,7 @@ impl State {
             self.counters.stray_blocks += 1;
             return;
         }
-        self.streams.insert(
+        self.hold(
             id,
             Stream {
                 ex,
@@ -480,16 +486,31 @@ impl State {
         self.account(id, budget);
         // Bounded: past the limit the oldest open stream is given up.
         if self.streams.len() > self.limits.max_pending {
-            let oldest = *self.streams.keys().next().expect("not empty");
-            if let Some(s) = self.cut(oldest) {
+            if let Some(s) = self.oldest().and_then(|id| self.cut(id)) {
                 self.release(s, budget);
             }
         }
     }
 
+    fn hold(&mut self, id: u32, s: Stream) {
+        self.by_age.insert(s.ex.seq_in_flow, id);
+        self.streams.insert(id, s);
+    }
+
+    fn take(&mut self, id: u32) -> Option<Stream> {
+        let s = self.streams.remove(&id)?;
+        self.by_age.remove(&s.ex.seq_in_flow);
+        Some(s)
+    }
+
+    /// The open stream opened first.
+    fn oldest(&self) -> Option<u32> {
+        self.by_age.values().next().copied()
+    }
+
     /// Take stream `id` out, marked cut: it is given up before its end.
     fn cut(&mut self, id: u32) -> Option<Stream> {
-        let mut s = self.streams.remove(&id)?;
+        let mut s = self.take(id)?;
         self.flow_counters.lost_responses += 1;
         s.ex.incomplete.get_or_insert(if s.req_done {
             IncompleteReason::ResponseCut
@@ -680,7 +701,7 @@ impl State {
             .get(&id)
             .is_some_and(|s| s.req_done && s.resp_done)
         {
-            let s = self.streams.remove(&id).expect("present");
+            let s = self.take(id).expect("present");
             self.release(s, budget);
         }
     }
@@ -713,7 +734,7 @@ impl State {
             self.give_up(id, budget);
         }
         while self.head_bytes > MAX_HEAD_BYTES {
-            let Some(&oldest) = self.streams.keys().next() else {
+            let Some(oldest) = self.oldest() else {
                 break;
             };
             self.give_up(oldest, budget);
@@ -1163,6 +1184,34 @@ mod tests {
             ]
         );
         assert_eq!(c.c.counters().0.stray_blocks, 1);
+    }
+
+    #[test]
+    fn past_the_stream_limit_the_oldest_stream_goes_even_if_a_push_has_a_lower_id() {
+        let mut c = Conn::new();
+        // 16 requests wait (the limit), from stream 5 up to 35.
+        for id in (5..=35).step_by(2) {
+            c.client(&request(id, true));
+        }
+        assert!(c.done().is_empty());
+        // The server promises stream 2 on stream 35: the newest stream has
+        // the lowest id, and the oldest (5) is the one to give up.
+        let mut p = 2u32.to_be_bytes().to_vec();
+        p.extend(block(&[
+            (":method", "GET"),
+            (":path", "/pushed.css"),
+            (":scheme", "http"),
+            (":authority", "a"),
+        ]));
+        c.server(&frame(5, END_HEADERS, 35, &p));
+        let given_up = c.done();
+        let ids: Vec<_> = given_up.iter().map(|e| e.stream_id).collect();
+        assert_eq!(ids, vec![Some(5)]);
+        c.server(&response(2, "200", true));
+        let pushed = c.done();
+        assert_eq!(pushed.len(), 1);
+        assert_eq!(pushed[0].target, "/pushed.css");
+        assert_eq!(pushed[0].incomplete, None);
     }
 
     #[test]
