@@ -290,10 +290,12 @@ pub fn decoded_body(r: &ReplayResult) -> Cow<'_, [u8]> {
     out.map_or(Cow::Borrowed(raw), Cow::Owned)
 }
 
+/// The whole decoded body, or None past [`MAX_DECODED`]: a prefix would
+/// let two bodies that differ only after it compare equal.
 fn read_all(r: impl Read) -> Option<Vec<u8>> {
     let mut out = Vec::new();
-    r.take(MAX_DECODED).read_to_end(&mut out).ok()?;
-    Some(out)
+    r.take(MAX_DECODED + 1).read_to_end(&mut out).ok()?;
+    (out.len() as u64 <= MAX_DECODED).then_some(out)
 }
 
 /// Parse a body as JSON when it looks like JSON.
@@ -848,6 +850,27 @@ abs_tolerance = 0.01
         let a = answer(200, &[], b"the quick brown fox");
         let b = answer(200, &[], b"the quick brown dog");
         assert_eq!(run(rouge, "e", &a, &b), vec![]);
+    }
+
+    #[test]
+    fn bodies_decoding_past_the_cap_are_compared_whole_not_by_prefix() {
+        use std::io::Write;
+        // Equal for the first 64 MiB, different after.
+        let gzipped = |tail: &[u8]| {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            let zeros = vec![0u8; 1 << 20];
+            for _ in 0..64 {
+                gz.write_all(&zeros).unwrap();
+            }
+            gz.write_all(tail).unwrap();
+            answer(200, &[("content-encoding", "gzip")], &gz.finish().unwrap())
+        };
+        let (a, b) = (gzipped(b"tail A"), gzipped(b"tail B"));
+        assert_eq!(
+            run("", "e", &a, &b),
+            vec![("body".into(), DiffKind::Changed)]
+        );
+        assert_eq!(run("", "e", &a, &gzipped(b"tail A")), vec![]);
     }
 
     #[test]
