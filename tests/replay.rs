@@ -414,20 +414,28 @@ fn recorded_schedule_is_kept_and_scaled() {
             speed,
         ]);
         assert!(run.status.success());
-        let mut sent: Vec<i64> = role(&rows, TargetRole::Primary)
-            .iter()
-            .map(|r| r.sent_ts.unwrap())
-            .collect();
-        sent.sort();
-        let span = (sent[10] - sent[0]) as f64 / 1e6;
+        let primary = role(&rows, TargetRole::Primary);
+        // The schedule itself is exact: due times are the capture's
+        // offsets divided by the speed.
+        let mut due: Vec<i64> = primary.iter().map(|r| r.due_ts).collect();
+        due.sort();
+        let span = (due[10] - due[0]) as f64 / 1e6;
         assert!(
-            (span - span_ms).abs() < span_ms * 0.05 + 5.0,
-            "speed {speed}: span {span} ms, want {span_ms}"
+            (span - span_ms).abs() < 1.0,
+            "speed {speed}: due span {span} ms, want {span_ms}"
         );
-        for r in role(&rows, TargetRole::Primary) {
-            let lag = (r.sent_ts.unwrap() - r.due_ts) as f64 / 1e6;
-            assert!((0.0..20.0).contains(&lag), "lag {lag} ms");
-        }
+        // Sending keeps to it: never early, and on time but for a stall
+        // of the machine (a loaded CI host can pause a process for tens of
+        // milliseconds, which may delay the one or two requests due then).
+        let mut lags: Vec<f64> = primary
+            .iter()
+            .map(|r| (r.sent_ts.unwrap() - r.due_ts) as f64 / 1e6)
+            .collect();
+        lags.sort_by(f64::total_cmp);
+        assert!(lags[0] >= 0.0, "sent before due: {lags:?}");
+        assert!(lags[lags.len() / 2] < 5.0, "median lag: {lags:?}");
+        let late = lags.iter().filter(|&&l| l >= 20.0).count();
+        assert!(late <= 2, "{late} requests 20 ms late or more: {lags:?}");
     }
 }
 
