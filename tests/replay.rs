@@ -1373,3 +1373,151 @@ fn until_decided_refuses_recorded_timing_and_says_when_the_capture_ran_out() {
     assert_eq!(s["until_decided"]["stopped"], "capture exhausted");
     assert_eq!(s["until_decided"]["verdict"], "INCONCLUSIVE");
 }
+
+/// Two requests of `method` on one recorded connection, 100 ms apart.
+fn two_on_one_flow(dir: &Path, method: &str) -> PathBuf {
+    let path = dir.join(format!("{method}.parquet"));
+    let mut w = ExchangeFileWriter::create(&path, WriterConfig::default()).unwrap();
+    let rows: Vec<Exchange> = (0..2u64)
+        .map(|i| {
+            let mut ex = Exchange {
+                exchange_id: i,
+                flow_id: 7,
+                seq_in_flow: i as u32,
+                method: method.into(),
+                target: format!("/t/{i}"),
+                http_version: "HTTP/1.1".into(),
+                request_ts: 1_700_000_000_000_000_000 + i as i64 * 100_000_000,
+                status: Some(200),
+                ..Default::default()
+            };
+            ex.request_end_ts = ex.request_ts;
+            ex.request_headers.push(b"Host", b"prod.example");
+            if method == "POST" {
+                ex.request_headers.push(b"Content-Length", b"2");
+                ex.request_body = b"{}".to_vec();
+            }
+            ex
+        })
+        .collect();
+    w.write(&rows).unwrap();
+    w.finish(vec![]).unwrap();
+    path
+}
+
+#[test]
+fn a_request_whose_reused_connection_closes_unanswered_is_sent_again_only_if_repeatable() {
+    // The first connection answers its first request, then reads the
+    // second and closes without a word (a server that died on it). A GET
+    // may be sent again; a POST may already have been acted on, so it is
+    // not, and its row says so.
+    for method in ["GET", "POST"] {
+        let dir = tempfile::tempdir().unwrap();
+        let cap = two_on_one_flow(dir.path(), method);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for (n, conn) in listener.incoming().take(20).enumerate() {
+                let Ok(mut conn) = conn else { return };
+                let log = Arc::clone(&log);
+                std::thread::spawn(move || {
+                    let mut r = BufReader::new(conn.try_clone().unwrap());
+                    let mut answered = 0;
+                    while let Some(req) = read_request(&mut r) {
+                        let line = String::from_utf8_lossy(&req)
+                            .lines()
+                            .next()
+                            .unwrap()
+                            .to_owned();
+                        log.lock().unwrap().push(line);
+                        if n == 0 && answered == 1 {
+                            return; // read it, then close unanswered
+                        }
+                        answered += 1;
+                        let ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if conn.write_all(ok.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let (run, rows, _d) = replay(&[
+            cap.to_str().unwrap(),
+            "--primary",
+            &format!("http://127.0.0.1:{port}"),
+            "--concurrency",
+            "1",
+        ]);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let mut live = role(&rows, TargetRole::Primary);
+        live.sort_by_key(|r| r.exchange_id);
+        let got = seen.lock().unwrap().clone();
+        let line = |i: u32| format!("{method} /t/{i} HTTP/1.1");
+        assert_eq!(live[0].status, Some(200), "{method}");
+        if method == "GET" {
+            assert_eq!(got, [line(0), line(1), line(1)]);
+            assert_eq!(live[1].status, Some(200), "{:?}", live[1].error_detail);
+        } else {
+            assert_eq!(got, [line(0), line(1)], "the POST reached the server twice");
+            assert_eq!(live[1].error_kind, Some(ErrorKind::Reset));
+            let detail = live[1].error_detail.as_deref().unwrap_or("");
+            assert!(detail.contains("not sent again"), "{detail}");
+        }
+    }
+}
+
+#[test]
+fn an_interim_answer_neither_starts_the_idle_limit_nor_counts_as_the_first_byte() {
+    // 100 Continue at once, the answer 1.2 s later: the idle limit of
+    // 400 ms runs only once the answer has begun, and the time to the
+    // first byte is the answer's.
+    let dir = tempfile::tempdir().unwrap();
+    let cap = timed_capture(dir.path(), 1, 0, |i| i);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(20) {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                while read_request(&mut r).is_some() {
+                    let _ = conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+                    std::thread::sleep(Duration::from_millis(1200));
+                    let ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    let _ = conn.write_all(ok.as_bytes());
+                }
+            });
+        }
+    });
+    let (run, rows, _d) = replay(&[
+        cap.to_str().unwrap(),
+        "--primary",
+        &format!("http://127.0.0.1:{port}"),
+        "--stream-idle-timeout",
+        "400ms",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let live = role(&rows, TargetRole::Primary);
+    assert_eq!(live.len(), 1);
+    let r = &live[0];
+    assert_eq!(
+        (r.status, r.error_kind),
+        (Some(200), None),
+        "{:?}",
+        r.error_detail
+    );
+    assert_eq!(r.response_body, b"ok");
+    let ttfb_ms = (r.first_byte_ts.unwrap() - r.sent_ts.unwrap()) / 1_000_000;
+    assert!(ttfb_ms >= 1000, "first byte after {ttfb_ms} ms");
+}

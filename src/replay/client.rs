@@ -216,14 +216,24 @@ struct Collect<'a> {
     max_body: usize,
     end: Option<End>,
     close_after: bool,
+    /// When the final answer's head came (interim 1xx answers do not count).
+    head_ts: Option<i64>,
+    /// A head whose length cannot be trusted (RFC 9112 section 6.3).
+    framing_error: Option<String>,
     /// (stored body length, read time) as the body came: event timing.
     arrivals: Vec<(u64, i64)>,
     trailers: HeaderList,
 }
 
 impl Sink for Collect<'_> {
-    fn head(&mut self, _: Role, head: Head, _: i64, _: u64) -> Framing {
-        let framing = response_framing(&head, Some(self.method));
+    fn head(&mut self, _: Role, head: Head, ts: i64, _: u64) -> Framing {
+        // A head after the answer ended answers no request of ours: the
+        // connection is out of step and is not used again.
+        if self.end.is_some() {
+            self.close_after = true;
+            return Framing::None;
+        }
+        let mut framing = response_framing(&head, Some(self.method));
         if let StartLine::Response {
             status,
             ref version,
@@ -234,19 +244,26 @@ impl Sink for Collect<'_> {
                 self.interim_open = true;
                 return framing;
             }
-            let conn = head
-                .headers
-                .get("connection")
-                .map(|v| v.to_ascii_lowercase());
-            self.close_after = framing == Framing::UntilClose
-                || conn.as_deref() == Some(b"close".as_slice())
-                || (version == "HTTP/1.0" && conn.as_deref() != Some(b"keep-alive".as_slice()));
+            self.close_after = matches!(framing, Framing::UntilClose | Framing::Tunnel)
+                || head.framing_unsure
+                || closes(&head.headers, version);
+            if let Some(bad) = invalid_length(&head).filter(|_| framing != Framing::None) {
+                // RFC 9112 section 6.3: the answer's end is unknown, so it
+                // is discarded and the connection closed.
+                self.framing_error = Some(bad);
+                framing = Framing::None;
+            }
         }
+        self.head_ts = Some(ts);
         self.head = Some(head);
         framing
     }
 
     fn body(&mut self, _: Role, data: &[u8], ts: i64) {
+        if self.end.is_some() {
+            self.close_after = true; // more body than its length said
+            return;
+        }
         self.body_len += data.len() as u64;
         let room = self.max_body.saturating_sub(self.body.len());
         self.body.extend_from_slice(&data[..data.len().min(room)]);
@@ -256,23 +273,72 @@ impl Sink for Collect<'_> {
     fn body_gap(&mut self, _: Role, _: u64) {}
 
     fn trailers(&mut self, _: Role, trailers: HeaderList) {
-        self.trailers = trailers;
+        if self.end.is_none() {
+            self.trailers = trailers;
+        }
     }
 
     fn end(&mut self, _: Role, _: i64, how: End) {
         if self.interim_open {
             self.interim_open = false;
         } else {
-            self.end = Some(how);
+            // The first answer's end stands; bytes after it only close.
+            self.end.get_or_insert(how);
         }
     }
 
     // The end that follows says malformed; the reason is not recorded.
-    fn problem(&mut self, _: Role, _: String) {}
+    fn problem(&mut self, _: Role, _: String) {
+        if self.end.is_some() {
+            self.close_after = true;
+        }
+    }
 
     fn lost(&mut self, _: Role, _: u64, _: bool) {
+        if self.end.is_some() {
+            self.close_after = true;
+        }
         self.end.get_or_insert(End::Malformed);
     }
+}
+
+/// Whether an answer's `Connection` field (every line, every token) or
+/// its HTTP/1.0 version says the connection closes after it.
+fn closes(headers: &HeaderList, version: &str) -> bool {
+    let tokens = || {
+        headers
+            .get_all("connection")
+            .flat_map(|v| v.split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+    };
+    let has = |t: &[u8]| tokens().any(|x| x.eq_ignore_ascii_case(t));
+    has(b"close") || (version == "HTTP/1.0" && !has(b"keep-alive"))
+}
+
+/// Why an answer's length cannot be known: Content-Length lines that are
+/// not one number (RFC 9112 section 6.3), and no Transfer-Encoding to frame
+/// it instead. The shared framer reads such a body to the close or by its
+/// first line, as capture must; a client discards it.
+fn invalid_length(head: &Head) -> Option<String> {
+    let h = &head.headers;
+    if h.get("transfer-encoding").is_some() {
+        return None;
+    }
+    let lines: Vec<&[u8]> = h.get_all("content-length").collect();
+    let mut values = lines.iter().flat_map(|v| v.split(|&b| b == b','));
+    let first = values.next()?.trim_ascii();
+    let number = |v: &[u8]| !v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit);
+    if number(first) && values.all(|v| v.trim_ascii() == first) {
+        return None;
+    }
+    let shown: Vec<String> = lines
+        .iter()
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    Some(format!(
+        "invalid Content-Length {:?}: the answer's length is unknown (RFC 9112 6.3), so it is not kept",
+        shown.join(" / ")
+    ))
 }
 
 /// What reading one more chunk of an answer led to.
@@ -305,6 +371,8 @@ impl<'a> ResponseReader<'a> {
                 max_body,
                 end: None,
                 close_after: false,
+                head_ts: None,
+                framing_error: None,
                 arrivals: Vec::new(),
                 trailers: HeaderList::new(),
             },
@@ -315,6 +383,10 @@ impl<'a> ResponseReader<'a> {
     pub fn feed(&mut self, data: &[u8], ts: i64) -> Step {
         self.parser.feed(data, ts, &mut self.sink);
         if self.sink.end.is_some() {
+            // Part of a further message came with this one: out of step.
+            if self.parser.buffered() > 0 {
+                self.sink.close_after = true;
+            }
             return Step::Done;
         }
         if self.sink.body_len > (self.sink.max_body as u64).max(HARD_BODY_CAP) {
@@ -327,6 +399,11 @@ impl<'a> ResponseReader<'a> {
     /// Body bytes read so far.
     pub fn body_len(&self) -> u64 {
         self.sink.body_len
+    }
+
+    /// Whether the final answer's head has come (interim 1xx ones aside).
+    pub fn answering(&self) -> bool {
+        self.sink.head.is_some()
     }
 
     /// The connection closed.
@@ -344,6 +421,13 @@ impl<'a> ResponseReader<'a> {
                 answer.status = Some(status);
             }
             answer.headers = head.headers;
+            answer.first_byte_ts = sink.head_ts;
+        }
+        if let Some(bad) = sink.framing_error.take() {
+            answer
+                .error
+                .get_or_insert((ErrorKind::MalformedResponse, bad));
+            return false;
         }
         answer.trailers = std::mem::take(&mut sink.trailers);
         answer.truncated = sink.body_len > sink.body.len() as u64;
@@ -489,7 +573,8 @@ pub(super) fn io_kind(e: &std::io::Error) -> ErrorKind {
 /// file to read. Checking costs one non-blocking read and saves writing a
 /// request into a dead socket and sending it again. TLS connections are not
 /// checked (a raw read would take bytes from the TLS layer); for them, and
-/// for a close that races the write, the resend on a fresh connection stays.
+/// for a close that races the write, the resend on a fresh connection stays
+/// (for requests that may be repeated, see [`stale`]).
 pub(super) fn still_open(conn: &Conn) -> bool {
     let Conn::Plain(stream) = conn else {
         return true;
@@ -790,6 +875,8 @@ impl Target {
             return call.timed_out();
         };
         if let Err(e) = written {
+            // The server closed before taking the whole request, so it
+            // cannot have acted on it: sending it again is safe.
             if reused {
                 return Attempt::Stale;
             }
@@ -803,10 +890,10 @@ impl Target {
         let mut got_any = false;
         loop {
             buf.clear();
-            // Before the first byte only the deadline applies (a model may
-            // think long); after it, a silence longer than the idle limit
-            // is a stalled stream.
-            let until = if got_any {
+            // Before the answer's head only the deadline applies (a model
+            // may think long, after a 100 Continue too); after it, a
+            // silence longer than the idle limit is a stalled stream.
+            let until = if reader.answering() {
                 deadline.min(tokio::time::Instant::now() + self.stream_idle)
             } else {
                 deadline
@@ -822,16 +909,13 @@ impl Target {
             match read {
                 Ok(0) => {
                     if !got_any && reused {
-                        return Attempt::Stale;
+                        return stale(method, answer);
                     }
                     reader.finish();
                     break;
                 }
                 Ok(n) => {
-                    if !got_any {
-                        got_any = true;
-                        answer.first_byte_ts = Some(now_ns());
-                    }
+                    got_any = true;
                     let step = reader.feed(&buf[..n], now_ns());
                     if n == buf.capacity() && buf.capacity() < 256 * 1024 {
                         buf.reserve(buf.capacity()); // a big answer: read more at a time
@@ -850,7 +934,7 @@ impl Target {
                 }
                 Err(e) => {
                     if !got_any && reused {
-                        return Attempt::Stale;
+                        return stale(method, answer);
                     }
                     answer.error = Some((io_kind(&e), format!("read: {e}")));
                     break;
@@ -866,6 +950,29 @@ impl Target {
         }
         Attempt::Done(Box::new(answer))
     }
+}
+
+/// A reused connection closed after the whole request was written and
+/// before any answer: usually the server had closed it as idle, but it may
+/// have taken the request and died. Only a request that may be repeated
+/// (RFC 9110 section 9.2.2) is sent again; a POST is not, since the
+/// target may have acted on it once already.
+fn stale(method: &str, mut answer: Answer) -> Attempt {
+    if matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+    ) {
+        return Attempt::Stale;
+    }
+    answer.error = Some((
+        ErrorKind::Reset,
+        format!(
+            "a reused connection closed after the {method} was sent and before any answer; \
+             not sent again, since the target may have acted on it"
+        ),
+    ));
+    answer.done_ts = Some(now_ns());
+    Attempt::Done(Box::new(answer))
 }
 
 /// The one protocol a connection offers in ALPN.
@@ -946,6 +1053,100 @@ mod tests {
         );
         assert_eq!((a.body_len, a.truncated), (2, true));
         assert!(a.error.is_some(), "ended early");
+    }
+
+    /// An answer read from `chunks` (each at its own time, 1000 ns apart)
+    /// and whether its connection could carry another request.
+    fn read(chunks: &[&[u8]], method: &str) -> (Answer, bool) {
+        let mut reader = ResponseReader::new(method, 1 << 20);
+        let mut done = false;
+        for (i, c) in chunks.iter().enumerate() {
+            if reader.feed(c, 1000 * (i as i64 + 1)) == Step::Done {
+                done = true;
+                break;
+            }
+        }
+        if !done {
+            reader.finish();
+        }
+        let mut answer = Answer::default();
+        let reuse = reader.settle(&mut answer);
+        (answer, reuse)
+    }
+
+    #[test]
+    fn bytes_after_an_answer_neither_change_it_nor_leave_the_connection_in_use() {
+        let ok: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nab";
+        let (a, reuse) = read(&[ok], "GET");
+        assert_eq!(
+            (a.status, a.body.as_slice(), reuse),
+            (Some(200), &b"ab"[..], true)
+        );
+        for extra in [
+            &b"HTTP/1.1 500 No\r\nContent-Length: 3\r\n\r\nxyz"[..],
+            b"HTTP/1.1 5",
+            b"c",
+        ] {
+            let both = [ok, extra].concat();
+            let (a, reuse) = read(&[&both], "GET");
+            let shown = String::from_utf8_lossy(extra);
+            assert_eq!(a.status, Some(200), "{shown}");
+            assert_eq!(a.body, b"ab", "{shown}");
+            assert_eq!(a.headers.get("content-length"), Some(&b"2"[..]), "{shown}");
+            assert!(a.error.is_none() && !reuse, "{shown}: {:?}", a.error);
+        }
+        // A body sent to a HEAD request is not the next answer either.
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+        let (a, reuse) = read(&[head], "HEAD");
+        assert_eq!((a.status, a.body_len, reuse), (Some(200), 0, false));
+    }
+
+    #[test]
+    fn an_answer_of_unknown_length_is_discarded_and_its_connection_closed() {
+        for head in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello.."[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5x\r\n\r\nhello",
+        ] {
+            let (a, reuse) = read(&[head], "GET");
+            let (kind, detail) = a.error.expect("an error");
+            assert_eq!(kind, ErrorKind::MalformedResponse);
+            assert!(detail.contains("invalid Content-Length"), "{detail}");
+            assert!(a.body.is_empty() && !reuse);
+        }
+        // Both Transfer-Encoding and Content-Length: chunked frames it, but
+        // the connection is not trusted with another request.
+        let both = b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
+        let (a, reuse) = read(&[both], "GET");
+        assert_eq!((a.body.as_slice(), reuse), (&b"ok"[..], false));
+        assert!(a.error.is_none());
+    }
+
+    #[test]
+    fn every_connection_token_is_heard_and_tunnels_are_not_pooled() {
+        let cases: [(&[u8], bool); 5] = [
+            (b"HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\nContent-Length: 0\r\n\r\n", false),
+            (b"HTTP/1.1 200 OK\r\nConnection: x-a\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", false),
+            (b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n", true),
+            (b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false),
+            (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n", false),
+        ];
+        for (raw, want) in cases {
+            let (a, reuse) = read(&[raw], "GET");
+            assert!(a.status.is_some(), "{a:?}");
+            assert_eq!(reuse, want, "{}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    #[test]
+    fn the_first_byte_is_the_final_answers_not_an_interim_ones() {
+        let (a, _) = read(
+            &[
+                b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            ],
+            "GET",
+        );
+        assert_eq!((a.status, a.first_byte_ts), (Some(200), Some(2000)));
     }
 
     #[test]
