@@ -281,7 +281,7 @@ pub fn decoded_body(r: &ReplayResult) -> Cow<'_, [u8]> {
         .map(|v| String::from_utf8_lossy(v).trim().to_ascii_lowercase());
     let raw = r.response_body.as_slice();
     let out = match enc.as_deref() {
-        Some("gzip") | Some("x-gzip") => read_all(flate2::read::GzDecoder::new(raw)),
+        Some("gzip") | Some("x-gzip") => read_all(flate2::read::MultiGzDecoder::new(raw)),
         Some("deflate") => read_all(flate2::read::ZlibDecoder::new(raw))
             .or_else(|| read_all(flate2::read::DeflateDecoder::new(raw))),
         Some("br") => read_all(brotli_decompressor::Decompressor::new(raw, 4096)),
@@ -298,8 +298,10 @@ fn read_all(r: impl Read) -> Option<Vec<u8>> {
     (out.len() as u64 <= MAX_DECODED).then_some(out)
 }
 
-/// Parse a body as JSON when it looks like JSON.
+/// Parse a body as JSON when it looks like JSON (a UTF-8 byte-order mark,
+/// which some Windows stacks put first, is skipped as RFC 8259 allows).
 pub fn parse_json(body: &[u8]) -> Option<Value> {
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     let first = body.iter().find(|b| !b.is_ascii_whitespace())?;
     if matches!(first, b'{' | b'[') {
         serde_json::from_slice(body).ok()
@@ -324,6 +326,12 @@ fn compare_bodies(pd: &LazyDoc, sd: &LazyDoc, scores: bool, w: &mut Walk) {
     {
         return;
     }
+    // A rule on the whole body (`path = "$"`) that ignores it ignores any
+    // body: binary, or JSON on one side only.
+    let whole = w.rules.iter().rev().find(|r| pattern_matches(r, &[]));
+    if whole.is_some_and(|r| r.compare == Compare::Ignore) {
+        return;
+    }
     let (a, b) = (pd.get(), sd.get());
     match (&a.json, &b.json) {
         (Some(x), Some(y)) => {
@@ -346,7 +354,6 @@ fn compare_bodies(pd: &LazyDoc, sd: &LazyDoc, scores: bool, w: &mut Walk) {
     if a == b {
         return;
     }
-    let whole = w.rules.iter().rev().find(|r| pattern_matches(r, &[]));
     if let (Some(r), Ok(x), Ok(y)) = (whole, std::str::from_utf8(&a), std::str::from_utf8(&b)) {
         match r.compare {
             Compare::Ignore => return,
@@ -510,11 +517,16 @@ impl Walk<'_, '_> {
             Compare::Ignore => Some(true),
             Compare::Exact => Some(json_equal(p, s)),
             Compare::Numeric => {
-                let (a, b) = (p.as_f64()?, s.as_f64()?);
-                Some(numeric_close(a, b, rule.abs_tolerance, rule.rel_tolerance))
+                let (Value::Number(a), Value::Number(b)) = (p, s) else {
+                    return None;
+                };
+                Some(numbers_close(a, b, rule.abs_tolerance, rule.rel_tolerance))
             }
             Compare::Cosine => {
                 let (a, b) = (numbers(p)?, numbers(s)?);
+                if a.is_empty() && b.is_empty() {
+                    return Some(true); // no embedding on either side agrees
+                }
                 Some(cosine(&a, &b).is_some_and(|c| c >= rule.min.unwrap_or(1.0)))
             }
             Compare::RougeL => {
@@ -594,18 +606,45 @@ fn add(out: &mut Vec<Diff>, d: Diff) {
     }
 }
 
+/// A JSON integer, exactly (serde_json reads one past u64 as a double).
+fn int(n: &serde_json::Number) -> Option<i128> {
+    n.as_i64()
+        .map(i128::from)
+        .or_else(|| n.as_u64().map(i128::from))
+}
+
+/// The integer a whole double stands for, exactly (`1.2345678901234568e18`
+/// is 1234567890123456768), or None for a fraction or out of range.
+fn whole(f: f64) -> Option<i128> {
+    (f.fract() == 0.0 && f.abs() < 1.0e38).then_some(f as i128)
+}
+
 /// Integers compare exactly (ids above 2^53, and gRPC's negative numbers
 /// read as 64-bit varints, are not equal just because their nearest
-/// doubles are); any other pair as doubles, so 1 and 1.0 are the same.
+/// doubles are), against a whole double too (an id a shadow passed through
+/// a float is caught); any other pair as doubles, so 1 and 1.0 are the same.
 fn same_number(a: &serde_json::Number, b: &serde_json::Number) -> bool {
-    let int = |n: &serde_json::Number| {
-        n.as_i64()
-            .map(i128::from)
-            .or_else(|| n.as_u64().map(i128::from))
-    };
     match (int(a), int(b)) {
         (Some(x), Some(y)) => x == y,
-        _ => a.as_f64() == b.as_f64(),
+        (Some(x), None) => b.as_f64().and_then(whole) == Some(x),
+        (None, Some(y)) => a.as_f64().and_then(whole) == Some(y),
+        (None, None) => a.as_f64() == b.as_f64(),
+    }
+}
+
+/// [`numeric_close`] for JSON numbers; two integers are compared by their
+/// exact difference, so a tolerance of zero still tells 2^53 from 2^53+1.
+fn numbers_close(a: &serde_json::Number, b: &serde_json::Number, abs: f64, rel: f64) -> bool {
+    if let (Some(x), Some(y)) = (int(a), int(b)) {
+        let scale = x.unsigned_abs().max(y.unsigned_abs()) as f64;
+        return x == y || (x.abs_diff(y) as f64) <= abs.max(rel * scale);
+    }
+    if same_number(a, b) {
+        return true;
+    }
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => numeric_close(x, y, abs, rel),
+        _ => false,
     }
 }
 
@@ -613,10 +652,8 @@ fn same_number(a: &serde_json::Number, b: &serde_json::Number) -> bool {
 /// arrays as multisets the way values compare elsewhere.
 fn canonical(v: &Value) -> String {
     match v {
-        Value::Number(n) => match n.as_f64() {
-            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15 => {
-                format!("{}", f as i64)
-            }
+        Value::Number(n) => match n.as_f64().and_then(whole) {
+            Some(i) if n.is_f64() => i.to_string(),
             _ => n.to_string(),
         },
         Value::Array(a) => {
@@ -728,6 +765,93 @@ mod tests {
         let p = json_answer(r#"{"tags":[1,2,{"w":3}],"v":1}"#);
         let s = json_answer(r#"{"tags":[{"w":3.0},2.0,1],"v":1.0}"#);
         assert_eq!(run(cfg, "GET /x", &p, &s), vec![]);
+    }
+
+    #[test]
+    fn an_id_passed_through_a_double_differs_from_the_integer() {
+        // 1234567890123456789 printed by a shadow that held it in a double.
+        let p = json_answer(r#"{"id":1234567890123456789,"big":10000000000000000,"one":1}"#);
+        let s = json_answer(r#"{"id":1.2345678901234568e18,"big":1e16,"one":1.0}"#);
+        assert_eq!(
+            run("", "GET /x", &p, &s),
+            vec![("$.id".into(), DiffKind::Changed)]
+        );
+        // The same holds in a multiset: 1e16 is 10000000000000000.
+        let cfg = "[[rule]]\npath = \"$.v\"\ncompare = \"unordered\"\n";
+        let p = json_answer(r#"{"v":[10000000000000000,2]}"#);
+        let s = json_answer(r#"{"v":[2,1e16]}"#);
+        assert_eq!(run(cfg, "GET /x", &p, &s), vec![]);
+    }
+
+    #[test]
+    fn a_numeric_rule_keeps_integers_exact_within_its_tolerance() {
+        let exact = "[[rule]]\npath = \"$.n\"\ncompare = \"numeric\"\n";
+        let p = json_answer(r#"{"n":9007199254740993}"#);
+        let s = json_answer(r#"{"n":9007199254740992}"#);
+        assert_eq!(run(exact, "GET /x", &p, &s).len(), 1);
+        let loose = "[[rule]]\npath = \"$.n\"\ncompare = \"numeric\"\nabs_tolerance = 1.0\n";
+        assert_eq!(run(loose, "GET /x", &p, &s), vec![]);
+        let p = json_answer(r#"{"n":1.5}"#);
+        let s = json_answer(r#"{"n":1.75}"#);
+        let rel = "[[rule]]\npath = \"$.n\"\ncompare = \"numeric\"\nrel_tolerance = 0.2\n";
+        assert_eq!(run(rel, "GET /x", &p, &s), vec![]);
+        assert_eq!(run(exact, "GET /x", &p, &s).len(), 1);
+    }
+
+    #[test]
+    fn two_empty_embeddings_agree() {
+        let cfg = "[[rule]]\npath = \"$.e\"\ncompare = \"cosine\"\nmin = 0.99\n";
+        let p = json_answer(r#"{"e":[]}"#);
+        assert_eq!(run(cfg, "GET /x", &p, &json_answer(r#"{"e":[]}"#)), vec![]);
+        assert_eq!(
+            run(cfg, "GET /x", &p, &json_answer(r#"{"e":[1.0]}"#)).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn every_gzip_member_is_read_and_a_byte_order_mark_is_skipped() {
+        use std::io::Write;
+        let gz = |parts: &[&str]| -> Vec<u8> {
+            let mut out = Vec::new();
+            for part in parts {
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                e.write_all(part.as_bytes()).unwrap();
+                out.extend(e.finish().unwrap());
+            }
+            out
+        };
+        let enc = [("content-encoding", "gzip")];
+        let p = answer(200, &enc, &gz(&[r#"{"a":1,"#, r#""b":2}"#]));
+        let s = answer(200, &enc, &gz(&[r#"{"a":1,"#, r#""b":3}"#]));
+        assert_eq!(
+            run("", "GET /x", &p, &s),
+            vec![("$.b".into(), DiffKind::Changed)]
+        );
+        // A JSON body after a BOM is still compared field by field.
+        let p = json_answer("\u{feff}{\"a\":1,\"t\":1}");
+        let s = json_answer("\u{feff}{\"a\":2,\"t\":1.0}");
+        assert_eq!(
+            run("", "GET /x", &p, &s),
+            vec![("$.a".into(), DiffKind::Changed)]
+        );
+    }
+
+    #[test]
+    fn ignoring_the_whole_body_ignores_binary_and_one_sided_json() {
+        let cfg = "[[rule]]\nendpoint = \"GET /img\"\npath = \"$\"\ncompare = \"ignore\"\n";
+        let p = answer(200, &[], &[0xff, 0xd8, 0xff, 0x00]);
+        let s = answer(200, &[], &[0xff, 0xd8, 0xfe, 0x01]);
+        assert_eq!(run(cfg, "GET /img", &p, &s), vec![]);
+        assert_eq!(run(cfg, "GET /other", &p, &s).len(), 1);
+        let json = [("content-type", "application/json")];
+        let p = answer(200, &json, b"<html>not json</html>");
+        let s = answer(200, &json, br#"{"a":1}"#);
+        assert_eq!(run(cfg, "GET /img", &p, &s), vec![]);
+        assert_eq!(
+            run(cfg, "GET /other", &p, &s),
+            vec![("body".into(), DiffKind::TypeChanged)]
+        );
     }
 
     #[test]
