@@ -280,21 +280,29 @@ pub fn decoded_body(r: &ReplayResult) -> Cow<'_, [u8]> {
         .get("content-encoding")
         .map(|v| String::from_utf8_lossy(v).trim().to_ascii_lowercase());
     let raw = r.response_body.as_slice();
+    // A body cut short (a stream stopped by its idle limit, a timeout or
+    // --max-body) ends mid-encoding: what decoded before the cut is the
+    // answer so far, as a client would have shown it.
+    let cut = r.response_body_truncated || r.error_kind.is_some();
     let out = match enc.as_deref() {
-        Some("gzip") | Some("x-gzip") => read_all(flate2::read::MultiGzDecoder::new(raw)),
-        Some("deflate") => read_all(flate2::read::ZlibDecoder::new(raw))
-            .or_else(|| read_all(flate2::read::DeflateDecoder::new(raw))),
-        Some("br") => read_all(brotli_decompressor::Decompressor::new(raw, 4096)),
+        Some("gzip") | Some("x-gzip") => read_all(flate2::read::MultiGzDecoder::new(raw), cut),
+        Some("deflate") => read_all(flate2::read::ZlibDecoder::new(raw), cut)
+            .or_else(|| read_all(flate2::read::DeflateDecoder::new(raw), cut)),
+        Some("br") => read_all(brotli_decompressor::Decompressor::new(raw, 4096), cut),
         _ => None,
     };
     out.map_or(Cow::Borrowed(raw), Cow::Owned)
 }
 
 /// The whole decoded body, or None past [`MAX_DECODED`]: a prefix would
-/// let two bodies that differ only after it compare equal.
-fn read_all(r: impl Read) -> Option<Vec<u8>> {
+/// let two bodies that differ only after it compare equal. A body that
+/// fails to decode is None, unless it was `cut` and some of it decoded.
+fn read_all(r: impl Read, cut: bool) -> Option<Vec<u8>> {
     let mut out = Vec::new();
-    r.take(MAX_DECODED + 1).read_to_end(&mut out).ok()?;
+    let read = r.take(MAX_DECODED + 1).read_to_end(&mut out);
+    if read.is_err() && (!cut || out.is_empty()) {
+        return None;
+    }
     (out.len() as u64 <= MAX_DECODED).then_some(out)
 }
 
@@ -834,6 +842,31 @@ mod tests {
         assert_eq!(
             run("", "GET /x", &p, &s),
             vec![("$.a".into(), DiffKind::Changed)]
+        );
+    }
+
+    #[test]
+    fn a_cut_compressed_stream_is_compared_as_far_as_it_decodes() {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let text: String = (0..400)
+            .map(|i| format!("data: {{\"n\":{i}}}\n\n"))
+            .collect();
+        e.write_all(text.as_bytes()).unwrap();
+        let whole = e.finish().unwrap();
+        let mut r = answer(
+            200,
+            &[("content-encoding", "gzip")],
+            &whole[..whole.len() / 2],
+        );
+        // Not known to be cut: a broken body is compared as it came.
+        assert_eq!(decoded_body(&r).as_ref(), r.response_body.as_slice());
+        r.error_kind = Some(ErrorKind::StreamIdle);
+        let got = decoded_body(&r);
+        assert!(
+            !got.is_empty() && text.as_bytes().starts_with(&got),
+            "{}",
+            got.len()
         );
     }
 

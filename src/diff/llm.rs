@@ -101,7 +101,7 @@ impl SideTally {
             self.gaps.record_ns(w[1] - w[0]);
         }
         let span = times[times.len() - 1] - times[0];
-        if let Some(n) = a.output_token_count().filter(|&n| n >= 2 && span > 0) {
+        if let Some(n) = a.timed_token_count().filter(|&n| n >= 2 && span > 0) {
             self.tps.record((n - 1) as f64 / (span as f64 / 1e9));
         }
     }

@@ -115,6 +115,20 @@ impl Fold {
         }
     }
 
+    /// Generated tokens that are not the answer's text (reasoning,
+    /// "thinking"): they count for the timing (the model made them, and
+    /// the API's token count includes them), not in the text compared.
+    fn reasoning(&mut self, i: usize, piece: Option<&str>) {
+        if piece.is_some_and(|p| !p.is_empty()) {
+            self.mark(i);
+        }
+    }
+
+    /// An error sent inside the stream (the status was already 200).
+    fn error(&mut self, e: &Value) {
+        self.a.error.get_or_insert_with(|| e.clone());
+    }
+
     fn mark(&mut self, i: usize) {
         if self.a.content_events.last() != Some(&i) {
             self.a.content_events.push(i);
@@ -171,10 +185,23 @@ fn first_choice(v: &Value) -> Option<&Value> {
         .find(|c| c.get("index").and_then(Value::as_u64).unwrap_or(0) == 0)
 }
 
-fn openai_chat_event(f: &mut Fold, i: usize, v: &Value) {
+/// What OpenAI-style streams share: usage, an `error` object in place of a
+/// chunk, and how many choices came.
+fn openai_common(f: &mut Fold, v: &Value) {
     if let Some(usage) = v.get("usage").filter(|u| u.is_object()) {
         f.usage(usage, "prompt_tokens", "completion_tokens");
     }
+    if let Some(e) = v.get("error").filter(|e| !e.is_null()) {
+        f.error(e);
+    }
+    for c in items(v, "choices") {
+        let idx = c.get("index").and_then(Value::as_u64).unwrap_or(0);
+        f.a.choices = f.a.choices.max(idx.saturating_add(1));
+    }
+}
+
+fn openai_chat_event(f: &mut Fold, i: usize, v: &Value) {
+    openai_common(f, v);
     let Some(c) = first_choice(v) else { return };
     f.finish_reason(s(c, "finish_reason"));
     let Some(d) = c.get("delta") else { return };
@@ -182,6 +209,8 @@ fn openai_chat_event(f: &mut Fold, i: usize, v: &Value) {
     if let Some(t) = s(d, "content").or_else(|| s(d, "refusal")) {
         f.content(i, t);
     }
+    // vLLM, SGLang and DeepSeek stream reasoning beside the content.
+    f.reasoning(i, s(d, "reasoning_content").or_else(|| s(d, "reasoning")));
     for (k, call) in items(d, "tool_calls").enumerate() {
         let idx = u(call, "index").unwrap_or(k as u64);
         let func = call.get("function");
@@ -196,9 +225,7 @@ fn openai_chat_event(f: &mut Fold, i: usize, v: &Value) {
 }
 
 fn openai_completions_event(f: &mut Fold, i: usize, v: &Value) {
-    if let Some(usage) = v.get("usage").filter(|u| u.is_object()) {
-        f.usage(usage, "prompt_tokens", "completion_tokens");
-    }
+    openai_common(f, v);
     let Some(c) = first_choice(v) else { return };
     f.finish_reason(s(c, "finish_reason"));
     if let Some(t) = s(c, "text") {
@@ -217,10 +244,16 @@ fn openai_responses_event(f: &mut Fold, i: usize, v: &Value) {
         "response.output_item.added" => {
             let item = v.get("item");
             if item.and_then(|it| s(it, "type")) == Some("function_call") {
-                f.tools
-                    .name(out_idx, item.and_then(|it| s(it, "name")).unwrap_or(""));
+                let name = item.and_then(|it| s(it, "name")).unwrap_or("");
+                f.tools.name(out_idx, name);
+                // The name is generated, as in a Chat Completions chunk.
+                f.reasoning(i, Some(name));
             }
         }
+        "response.reasoning_text.delta" | "response.reasoning_summary_text.delta" => {
+            f.reasoning(i, s(v, "delta"));
+        }
+        "error" => f.error(v),
         "response.function_call_arguments.delta" => {
             if let Some(t) = s(v, "delta").filter(|t| !t.is_empty()) {
                 f.tools.args(out_idx, t);
@@ -272,7 +305,10 @@ fn anthropic_event(f: &mut Fold, i: usize, v: &Value) {
             match b.and_then(|b| s(b, "type")) {
                 Some("tool_use") | Some("server_tool_use") => {
                     let b = b.expect("checked");
-                    f.tools.name(idx, s(b, "name").unwrap_or(""));
+                    let name = s(b, "name").unwrap_or("");
+                    f.tools.name(idx, name);
+                    // The name is generated, as in a Chat Completions chunk.
+                    f.reasoning(i, Some(name));
                     if let Some(input) = b.get("input") {
                         f.tools.value(idx, input.clone());
                     }
@@ -289,6 +325,7 @@ fn anthropic_event(f: &mut Fold, i: usize, v: &Value) {
             let Some(d) = v.get("delta") else { return };
             match s(d, "type") {
                 Some("text_delta") => f.content(i, s(d, "text").unwrap_or("")),
+                Some("thinking_delta") => f.reasoning(i, s(d, "thinking")),
                 Some("input_json_delta") => {
                     let piece = s(d, "partial_json").unwrap_or("");
                     if !piece.is_empty() {
@@ -299,6 +336,7 @@ fn anthropic_event(f: &mut Fold, i: usize, v: &Value) {
                 _ => {}
             }
         }
+        "error" => f.error(v.get("error").unwrap_or(v)),
         "message_delta" => {
             f.finish_reason(v.get("delta").and_then(|d| s(d, "stop_reason")));
             if let Some(usage) = v.get("usage") {
@@ -314,8 +352,13 @@ fn ollama_event(f: &mut Fold, i: usize, v: &Value) {
     if let Some(t) = s(v, "response") {
         f.content(i, t);
     }
+    if let Some(e) = v.get("error").filter(|e| !e.is_null()) {
+        f.error(e);
+    }
+    f.reasoning(i, s(v, "thinking"));
     if let Some(m) = v.get("message") {
         f.content(i, s(m, "content").unwrap_or(""));
+        f.reasoning(i, s(m, "thinking"));
         ollama_tools(f, m);
         let calls = m.get("tool_calls").and_then(Value::as_array);
         if calls.is_some_and(|c| !c.is_empty()) {

@@ -68,6 +68,12 @@ pub struct Answer {
     pub events: usize,
     /// A stream (false for one JSON body).
     pub streamed: bool,
+    /// An error the API sent inside a stream that had begun as a success
+    /// (its status was already 200): what it said, as it said it.
+    pub error: Option<Value>,
+    /// Streams: more than one choice came (`n > 1`): the API's token count
+    /// covers them all, the text and times only the first.
+    pub choices: u64,
 }
 
 impl Answer {
@@ -83,7 +89,19 @@ impl Answer {
             content_events: Vec::new(),
             events: 0,
             streamed: false,
+            error: None,
+            choices: 1,
         }
+    }
+
+    /// Output tokens of the first choice over its content events, for the
+    /// decode speed: the API's count when it is that choice's alone (not
+    /// for `n > 1`), else one per content event.
+    pub fn timed_token_count(&self) -> Option<u64> {
+        if self.choices > 1 {
+            return Some(self.content_events.len() as u64);
+        }
+        self.output_token_count()
     }
 
     /// Output tokens: the API's count, else one per content event.
@@ -125,6 +143,9 @@ impl Answer {
         }
         if let Some(e) = &self.embeddings {
             m.insert("embeddings".into(), Value::Array(e.clone()));
+        }
+        if let Some(e) = &self.error {
+            m.insert("error".into(), e.clone());
         }
         Value::Object(m)
     }

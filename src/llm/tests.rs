@@ -125,3 +125,89 @@ fn an_openai_refusal_is_the_answer_text() {
     let a = assemble(Some(b"application/json"), body, None).unwrap();
     assert_eq!(a.text.as_deref(), Some("I can't help with that."));
 }
+
+#[test]
+fn an_error_inside_a_stream_is_part_of_the_answer() {
+    let openai = concat!(
+        "data: {\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n",
+        "data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\"}}\n\n",
+    );
+    let a = assemble(Some(b"text/event-stream"), openai.as_bytes(), None).unwrap();
+    assert_eq!(a.to_json()["error"]["message"], "overloaded");
+    assert_eq!(a.to_json()["text"], "Hi");
+    let anthropic = concat!(
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n",
+        "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
+    );
+    let a = assemble(Some(b"text/event-stream"), anthropic.as_bytes(), None).unwrap();
+    assert_eq!(a.to_json()["error"]["type"], "overloaded_error");
+    // A stream without one has no `error` key.
+    let ok = &openai[..openai.find("data: {\"error").unwrap()];
+    let a = assemble(Some(b"text/event-stream"), ok.as_bytes(), None).unwrap();
+    assert!(a.to_json().get("error").is_none());
+}
+
+#[test]
+fn reasoning_counts_for_the_timing_not_the_text() {
+    let anthropic = concat!(
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"thinking\",\"thinking\":\"\"}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"Let me see\"}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"text_delta\",\"text\":\"42\"}}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":30}}\n\n",
+    );
+    let a = assemble(Some(b"text/event-stream"), anthropic.as_bytes(), None).unwrap();
+    assert_eq!(a.text.as_deref(), Some("42"));
+    assert_eq!(
+        a.content_events,
+        vec![1, 2],
+        "the first token is the thinking"
+    );
+    let vllm = concat!(
+        "data: {\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":\"Hmm\"}}]}\n\n",
+        "data: {\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Yes\"}}]}\n\n",
+    );
+    let a = assemble(Some(b"text/event-stream"), vllm.as_bytes(), None).unwrap();
+    assert_eq!(
+        (a.text.as_deref(), a.content_events.clone()),
+        (Some("Yes"), vec![0, 1])
+    );
+}
+
+#[test]
+fn tool_call_names_are_content_in_every_api() {
+    let anthropic = concat!(
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"t\",\"name\":\"get_weather\",\"input\":{}}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{}\"}}\n\n",
+    );
+    let a = assemble(Some(b"text/event-stream"), anthropic.as_bytes(), None).unwrap();
+    assert_eq!(a.content_events, vec![0, 1]);
+    let responses = concat!(
+        "data: {\"type\":\"response.output_item.added\",\"output_index\":0,\"item\":{\"type\":\"function_call\",\"name\":\"get_weather\"}}\n\n",
+        "data: {\"type\":\"response.function_call_arguments.delta\",\"output_index\":0,\"delta\":\"{}\"}\n\n",
+    );
+    let a = assemble(Some(b"text/event-stream"), responses.as_bytes(), None).unwrap();
+    assert_eq!(a.content_events, vec![0, 1]);
+}
+
+#[test]
+fn with_several_choices_the_decode_speed_counts_the_first_ones_events() {
+    let chunk = |i: u32, t: &str| {
+        format!("data: {{\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":{i},\"delta\":{{\"content\":\"{t}\"}}}}]}}\n\n")
+    };
+    let usage = "data: {\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":40}}\n\n";
+    let body = [
+        chunk(0, "a"),
+        chunk(1, "x"),
+        chunk(0, "b"),
+        chunk(1, "y"),
+        usage.to_string(),
+    ]
+    .concat();
+    let a = assemble(Some(b"text/event-stream"), body.as_bytes(), None).unwrap();
+    assert_eq!(a.text.as_deref(), Some("ab"));
+    assert_eq!(a.output_token_count(), Some(40));
+    assert_eq!(a.timed_token_count(), Some(2));
+    let one = [chunk(0, "a"), chunk(0, "b"), usage.to_string()].concat();
+    let a = assemble(Some(b"text/event-stream"), one.as_bytes(), None).unwrap();
+    assert_eq!(a.timed_token_count(), Some(40));
+}

@@ -45,6 +45,8 @@ pub struct Event {
 /// Bytes kept of one event; the rest is dropped (and flagged) so a stream
 /// without line ends cannot grow memory without bound.
 pub const MAX_EVENT: usize = 8 << 20;
+/// A UTF-8 byte-order mark, which an event stream may begin with.
+const BOM: &[u8] = b"\xef\xbb\xbf";
 
 /// Which format a response body is, from its content type, else from its
 /// first bytes (servers label streams `text/plain` or `application/json`).
@@ -114,6 +116,10 @@ pub struct EventParser {
     after_cr: bool,
     /// At the very start (a BOM is skipped there).
     at_start: bool,
+    /// At the start: the first bytes of what may be a BOM, held back.
+    held: Vec<u8>,
+    /// When the last bytes of the unfinished line arrived.
+    tail_ts: i64,
     /// SSE: data lines of the event being built, each followed by LF.
     data: Vec<u8>,
     has_data: bool,
@@ -131,6 +137,8 @@ impl EventParser {
             line_truncated: false,
             after_cr: false,
             at_start: true,
+            held: Vec::new(),
+            tail_ts: 0,
             data: Vec::new(),
             has_data: false,
             name: None,
@@ -140,15 +148,30 @@ impl EventParser {
     }
 
     /// Parse one piece that arrived at `ts`; completed events go to `out`.
-    pub fn feed(&mut self, mut piece: &[u8], ts: i64, out: &mut impl FnMut(Event)) {
-        if self.at_start && !piece.is_empty() {
-            // The BOM may itself arrive split; only a whole one is skipped.
-            if let Some(rest) = piece.strip_prefix(b"\xef\xbb\xbf") {
-                self.offset += 3;
-                piece = rest;
-            }
-            self.at_start = false;
+    pub fn feed(&mut self, piece: &[u8], ts: i64, out: &mut impl FnMut(Event)) {
+        if !self.at_start {
+            return self.lines(piece, ts, out);
         }
+        // A byte-order mark may arrive split: its first bytes wait until it
+        // is whole or cannot be one, so the first event is never lost.
+        let mut start = std::mem::take(&mut self.held);
+        start.extend_from_slice(piece);
+        if start.len() < BOM.len() && BOM.starts_with(&start) {
+            self.held = start;
+            return;
+        }
+        self.at_start = false;
+        let rest = match start.strip_prefix(BOM) {
+            Some(rest) => {
+                self.offset += BOM.len() as u64;
+                rest
+            }
+            None => &start[..],
+        };
+        self.lines(rest, ts, out);
+    }
+
+    fn lines(&mut self, piece: &[u8], ts: i64, out: &mut impl FnMut(Event)) {
         let mut i = 0;
         while i < piece.len() {
             let rest = &piece[i..];
@@ -156,6 +179,7 @@ impl EventParser {
                 self.push_line_bytes(rest);
                 self.offset += rest.len() as u64;
                 self.after_cr = false;
+                self.tail_ts = ts;
                 return;
             };
             let lf_after_cr = at == 0 && rest[0] == b'\n' && self.after_cr;
@@ -175,6 +199,15 @@ impl EventParser {
     /// it is whole JSON; an SSE event without its blank line does not (the
     /// WHATWG rules drop it, and so does every client).
     pub fn finish(&mut self, ts: i64, out: &mut impl FnMut(Event)) {
+        let held = std::mem::take(&mut self.held);
+        self.lines(&held, ts, out);
+        // The last line came with its last piece, not when the body ended
+        // (a stream that stalled after it ends much later).
+        let ts = if self.line.is_empty() {
+            ts
+        } else {
+            self.tail_ts
+        };
         if self.format == Format::Ndjson && !self.line.is_empty() {
             let line = std::mem::take(&mut self.line);
             if serde_json::from_slice::<serde::de::IgnoredAny>(&line).is_ok() {
@@ -361,6 +394,31 @@ mod tests {
     }
 
     #[test]
+    fn a_split_byte_order_mark_loses_no_event() {
+        let mut ev = Vec::new();
+        let mut p = EventParser::new(Format::Sse);
+        for (i, piece) in [&b"\xef"[..], b"\xbb", b"\xbfdata: a\n\n"]
+            .iter()
+            .enumerate()
+        {
+            p.feed(piece, i as i64, &mut |e| ev.push(e));
+        }
+        assert_eq!(ev.len(), 1);
+        assert_eq!((ev[0].data.as_slice(), ev[0].end), (&b"a"[..], 12));
+    }
+
+    #[test]
+    fn a_last_line_without_newline_takes_the_time_it_came_not_the_end() {
+        let mut ev = Vec::new();
+        let mut p = EventParser::new(Format::Ndjson);
+        p.feed(b"{\"a\":1}\n{\"a\"", 10, &mut |e| ev.push(e));
+        p.feed(b":2}", 20, &mut |e| ev.push(e));
+        p.finish(30_000, &mut |e| ev.push(e));
+        let ts: Vec<i64> = ev.iter().map(|e| e.ts).collect();
+        assert_eq!(ts, vec![10, 20]);
+    }
+
+    #[test]
     fn a_cr_lf_split_across_pieces_is_one_line_end() {
         let mut ev = Vec::new();
         let mut p = EventParser::new(Format::Sse);
@@ -413,10 +471,12 @@ mod tests {
         fn splitting_never_changes_the_events(
             events in proptest::collection::vec("[a-z {}\":,]{0,12}", 0..8),
             crlf in any::<bool>(),
+            bom in any::<bool>(),
             cuts in proptest::collection::vec(0usize..200, 0..6),
         ) {
             let nl = if crlf { "\r\n" } else { "\n" };
-            let mut body = String::new();
+            // A byte-order mark, which a cut may split too.
+            let mut body = if bom { "\u{feff}".to_string() } else { String::new() };
             for (i, e) in events.iter().enumerate() {
                 body += &format!(":ping{nl}event: e{i}{nl}data: {e}{nl}data: more{nl}{nl}");
             }
