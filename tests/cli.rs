@@ -572,3 +572,76 @@ fn rotation_without_a_directory_or_with_files_is_refused() {
     let err = String::from_utf8_lossy(&read.stderr);
     assert!(err.contains("--interface"), "{err}");
 }
+
+/// small.pcap rewritten as pcapng whose interface counts time in binary
+/// units (`if_tsresol` 0x94: 2^-20 s), as some capture hardware writes.
+fn binary_resolution_pcapng(dir: &Path) -> PathBuf {
+    let pcap = std::fs::read(testdata("small.pcap")).unwrap();
+    let le = |b: &[u8]| u32::from_le_bytes(b.try_into().unwrap());
+    assert_eq!(le(&pcap[0..4]), 0xa1b2_c3d4, "little-endian, microseconds");
+    let block = |out: &mut Vec<u8>, ty: u32, body: &[u8]| {
+        let len = (12 + body.len().div_ceil(4) * 4) as u32;
+        out.extend(ty.to_le_bytes());
+        out.extend(len.to_le_bytes());
+        out.extend(body);
+        out.resize(out.len() + body.len().div_ceil(4) * 4 - body.len(), 0);
+        out.extend(len.to_le_bytes());
+    };
+    let mut out = Vec::new();
+    let mut shb = 0x1a2b_3c4d_u32.to_le_bytes().to_vec();
+    shb.extend(1u16.to_le_bytes());
+    shb.extend(0u16.to_le_bytes());
+    shb.extend((-1i64).to_le_bytes());
+    block(&mut out, 0x0a0d_0d0a, &shb);
+    let mut idb = (le(&pcap[20..24]) as u16).to_le_bytes().to_vec();
+    idb.extend(0u16.to_le_bytes());
+    idb.extend(0u32.to_le_bytes());
+    idb.extend(9u16.to_le_bytes()); // if_tsresol, 1 byte
+    idb.extend(1u16.to_le_bytes());
+    idb.extend([0x80 | 20, 0, 0, 0]);
+    idb.extend(0u32.to_le_bytes()); // opt_endofopt
+    block(&mut out, 1, &idb);
+    let mut at = 24;
+    while at + 16 <= pcap.len() {
+        let micros =
+            u128::from(le(&pcap[at..at + 4])) * 1_000_000 + u128::from(le(&pcap[at + 4..at + 8]));
+        let caplen = le(&pcap[at + 8..at + 12]) as usize;
+        let units = ((micros << 20) / 1_000_000) as u64;
+        let mut epb = 0u32.to_le_bytes().to_vec();
+        epb.extend(((units >> 32) as u32).to_le_bytes());
+        epb.extend((units as u32).to_le_bytes());
+        epb.extend((caplen as u32).to_le_bytes());
+        epb.extend(pcap[at + 12..at + 16].iter());
+        epb.extend(&pcap[at + 16..at + 16 + caplen]);
+        block(&mut out, 6, &epb);
+        at += 16 + caplen;
+    }
+    let path = dir.join("binary-resolution.pcapng");
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+#[test]
+fn pcapng_time_in_binary_units_is_read_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = binary_resolution_pcapng(dir.path());
+    let reference = rows(&capture(&[testdata("small.pcap")], &["-q"]).1);
+    let (run, out, _d) = capture(&[input], &["-q"]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let got = rows(&out);
+    assert_eq!(got.len(), reference.len());
+    for (a, b) in got.iter().zip(&reference) {
+        // One unit is 954 ns: each time is within one of the original.
+        assert!(
+            (a.request_ts - b.request_ts).abs() < 1_000,
+            "{} against {}",
+            a.request_ts,
+            b.request_ts
+        );
+        assert_eq!((&a.target, &a.response_body), (&b.target, &b.response_body));
+    }
+}

@@ -412,7 +412,7 @@ fn deliver(
                 .first_key_value()
                 .map_or(off as u64, |(&k, _)| k.min(off as u64));
             skip_to(c, side, until, ts, budget, stats);
-            drain_ooo(c, side, budget, stats);
+            drain_ooo(c, side, i64::MIN, budget, stats);
             return deliver(c, side, data_seq, seg, ts, cfg, budget, stats);
         }
         let h = &mut c.half[side];
@@ -437,7 +437,7 @@ fn deliver(
         peer_ack,
     };
     feed_part(c, side, piece, skip, budget, stats);
-    drain_ooo(c, side, budget, stats);
+    drain_ooo(c, side, ts, budget, stats);
 }
 
 /// Bytes to pass on: captured data, then `missing` bytes not captured.
@@ -482,8 +482,16 @@ fn feed_part(
     }
 }
 
-/// Deliver held segments that are now in order.
-fn drain_ooo(c: &mut Connection, side: usize, budget: &mut Budget, stats: &mut CaptureStats) {
+/// Deliver held segments that are now in order. Their bytes could be read
+/// only once the hole before them was `filled_at` (i64::MIN when it was
+/// given up instead): a message they end ends then, not before its start.
+fn drain_ooo(
+    c: &mut Connection,
+    side: usize,
+    filled_at: i64,
+    budget: &mut Budget,
+    stats: &mut CaptureStats,
+) {
     loop {
         let h = &mut c.half[side];
         let Some(entry) = h.ooo.first_entry() else {
@@ -500,7 +508,7 @@ fn drain_ooo(c: &mut Connection, side: usize, budget: &mut Budget, stats: &mut C
         let piece = Piece {
             data: &chunk.data,
             missing: chunk.missing,
-            ts: chunk.ts,
+            ts: chunk.ts.max(filled_at),
             peer_ack: chunk.peer_ack,
         };
         feed_part(c, side, piece, skip, budget, stats);
@@ -519,7 +527,7 @@ fn give_up_first_hole(
         return;
     };
     skip_to(c, side, first, ts, budget, stats);
-    drain_ooo(c, side, budget, stats);
+    drain_ooo(c, side, i64::MIN, budget, stats);
 }
 
 /// Declare the bytes from the next expected offset up to `until` lost.
@@ -817,6 +825,25 @@ mod tests {
         )
     }
 
+    #[test]
+    fn a_message_completed_by_a_late_segment_ends_when_it_came() {
+        let req = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789";
+        let mut segs = handshake(100, 500);
+        segs.extend(cut(req, 100, 501, true, &[req.len()]));
+        let mut answer = cut(resp, 500, 101 + req.len() as u32, false, &[20, 100]);
+        answer.reverse(); // its head is lost and comes again after the rest
+        segs.extend(answer);
+        let (got, _) = feed(&segs);
+        assert_eq!(got.len(), 1);
+        // The head came at 4 (after the body's end at 3): the answer could
+        // be read whole only then.
+        assert_eq!(
+            (got[0].response_ts, got[0].response_end_ts),
+            (Some(4), Some(4))
+        );
+    }
+
     proptest! {
         /// Reordered, duplicated and overlapping segments give the same
         /// exchanges as in-order delivery, across sequence-number wrap.
@@ -855,6 +882,13 @@ mod tests {
             }
             let (got, _) = feed(&segs);
             prop_assert_eq!(key(&got), key(&expected));
+            // Held segments end a message no earlier than it started.
+            for e in &got {
+                prop_assert!(e.request_end_ts >= e.request_ts, "{:?}", e);
+                if let (Some(start), Some(end)) = (e.response_ts, e.response_end_ts) {
+                    prop_assert!(end >= start, "{:?}", e);
+                }
+            }
         }
 
         /// A dropped segment costs at most the exchanges it touches; the

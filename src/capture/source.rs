@@ -386,6 +386,7 @@ fn read_pcapng(
     let mut damage: Vec<String> = Vec::new();
     let mut big = false;
     let mut interfaces: Vec<Interface> = Vec::new();
+    let mut undescribed = 0u64;
     let mut out = ReadOutcome::default();
     while !rest.is_empty() {
         if out.packets % 4096 == 0 && stop() {
@@ -427,18 +428,33 @@ fn read_pcapng(
         rest = next;
         match block {
             Block::SectionHeader(_) => interfaces.clear(),
-            Block::InterfaceDescription(idb) => interfaces.push(Interface {
-                linktype: idb.linktype.0,
-                units_per_sec: idb.ts_resolution().unwrap_or(1_000_000),
-                offset_secs: idb.ts_offset(),
-            }),
+            Block::InterfaceDescription(idb) => {
+                let units_per_sec = units_per_sec(idb.if_tsresol).unwrap_or_else(|| {
+                    damage.push(format!(
+                        "interface {} has an impossible time resolution ({:#04x}), read as microseconds, at byte {at}",
+                        interfaces.len(),
+                        idb.if_tsresol
+                    ));
+                    1_000_000
+                });
+                interfaces.push(Interface {
+                    linktype: idb.linktype.0,
+                    units_per_sec,
+                    offset_secs: idb.ts_offset(),
+                })
+            }
             Block::EnhancedPacket(epb) => {
                 let Some(iface) = interfaces.get(epb.if_id as usize).copied() else {
-                    damage.push(format!(
-                        "packet names interface {} which was never described, at byte {at}",
-                        epb.if_id
-                    ));
-                    break;
+                    // Skipped, not the end: a damaged interface block
+                    // must not cost the packets of the others after it.
+                    undescribed += 1;
+                    if undescribed == 1 {
+                        damage.push(format!(
+                            "packet names interface {} which was never described, at byte {at}",
+                            epb.if_id
+                        ));
+                    }
+                    continue;
                 };
                 let raw = (u64::from(epb.ts_high) << 32) | u64::from(epb.ts_low);
                 let ns = (u128::from(raw) * 1_000_000_000 / u128::from(iface.units_per_sec.max(1)))
@@ -476,8 +492,26 @@ fn read_pcapng(
             _ => {}
         }
     }
+    if undescribed > 1 {
+        damage.push(format!(
+            "{undescribed} packets named an interface never described and were skipped"
+        ));
+    }
     if !damage.is_empty() {
         out.damaged = Some(damage.join("; "));
     }
     Ok(out)
+}
+
+/// Timestamp units per second of a pcapng interface (`if_tsresol`): with
+/// the high bit set a power of two, else of ten (microseconds when the
+/// option is absent). Done here because pcap-parser 0.17's own reading
+/// refuses every power of two (it range-checks the byte with its flag).
+fn units_per_sec(tsresol: u8) -> Option<u64> {
+    let exp = u32::from(tsresol & 0x7f);
+    if tsresol & 0x80 != 0 {
+        1u64.checked_shl(exp).filter(|_| exp < 64)
+    } else {
+        10u64.checked_pow(exp)
+    }
 }
