@@ -484,11 +484,12 @@ fn feed_part(
 
 /// Deliver held segments that are now in order. Their bytes could be read
 /// only once the hole before them was `filled_at` (i64::MIN when it was
-/// given up instead): a message they end ends then, not before its start.
+/// given up instead), and each not before the one delivered before it: a
+/// message they end ends then, not before its start.
 fn drain_ooo(
     c: &mut Connection,
     side: usize,
-    filled_at: i64,
+    mut filled_at: i64,
     budget: &mut Budget,
     stats: &mut CaptureStats,
 ) {
@@ -505,10 +506,11 @@ fn drain_ooo(
         h.ooo_bytes -= chunk.data.len();
         budget.held = budget.held.saturating_sub(chunk.data.len());
         let skip = (h.next_off - off) as usize;
+        filled_at = filled_at.max(chunk.ts);
         let piece = Piece {
             data: &chunk.data,
             missing: chunk.missing,
-            ts: chunk.ts.max(filled_at),
+            ts: filled_at,
             peer_ack: chunk.peer_ack,
         };
         feed_part(c, side, piece, skip, budget, stats);

@@ -285,7 +285,10 @@ pub fn decoded_body(r: &ReplayResult) -> Cow<'_, [u8]> {
     // answer so far, as a client would have shown it.
     let cut = r.response_body_truncated || r.error_kind.is_some();
     let out = match enc.as_deref() {
-        Some("gzip") | Some("x-gzip") => read_all(flate2::read::MultiGzDecoder::new(raw), cut),
+        // Every member; failing that (bytes after the last member that
+        // are not one), the first member as before.
+        Some("gzip") | Some("x-gzip") => read_all(flate2::read::MultiGzDecoder::new(raw), cut)
+            .or_else(|| read_all(flate2::read::GzDecoder::new(raw), cut)),
         Some("deflate") => read_all(flate2::read::ZlibDecoder::new(raw), cut)
             .or_else(|| read_all(flate2::read::DeflateDecoder::new(raw), cut)),
         Some("br") => read_all(brotli_decompressor::Decompressor::new(raw, 4096), cut),
@@ -835,6 +838,15 @@ mod tests {
         assert_eq!(
             run("", "GET /x", &p, &s),
             vec![("$.b".into(), DiffKind::Changed)]
+        );
+        // Bytes after the last member that are not one: the members read.
+        let mut p = answer(200, &enc, &gz(&[r#"{"a":1}"#]));
+        let mut s = answer(200, &enc, &gz(&[r#"{"a":2}"#]));
+        p.response_body.extend([0, 0, 0, 0]);
+        s.response_body.extend([0, 0, 0, 0]);
+        assert_eq!(
+            run("", "GET /x", &p, &s),
+            vec![("$.a".into(), DiffKind::Changed)]
         );
         // A JSON body after a BOM is still compared field by field.
         let p = json_answer("\u{feff}{\"a\":1,\"t\":1}");

@@ -1,11 +1,11 @@
 //! A minimal HTTP/1.1 client for replay: writes the request bytes as built,
 //! reads the answer with the same framer the capture stage uses, keeps
 //! connections alive per target. No redirects, proxies, decompression or
-//! retries (one exception: a request written on a pooled connection that
-//! the server had already closed, with no byte of answer, is written again
-//! once on a new connection; that is a stale connection, not a target
-//! error. Idle plain connections are checked before use, so this happens
-//! only when a close races the write, or over TLS).
+//! retries (one exception: a request that may be repeated, written on a
+//! pooled connection that the server had already closed, with no byte of
+//! answer, is written again once on a new connection; that is a stale
+//! connection, not a target error. Idle connections are checked before
+//! use, so this happens only when a close races the write).
 
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -571,18 +571,30 @@ pub(super) fn io_kind(e: &std::io::Error) -> ErrorKind {
 /// Whether an idle pooled connection can still carry a request: a server
 /// that closed it while idle (its keep-alive timeout) has left an end of
 /// file to read. Checking costs one non-blocking read and saves writing a
-/// request into a dead socket and sending it again. TLS connections are not
-/// checked (a raw read would take bytes from the TLS layer); for them, and
-/// for a close that races the write, the resend on a fresh connection stays
-/// (for requests that may be repeated, see [`stale`]).
-pub(super) fn still_open(conn: &Conn) -> bool {
-    let Conn::Plain(stream) = conn else {
-        return true;
-    };
+/// request into a dead socket; for a close that races the write, the resend
+/// on a fresh connection stays (for requests that may be repeated, see
+/// [`stale`]).
+pub(super) fn still_open(conn: &mut Conn) -> bool {
     let mut probe = [0u8; 1];
-    // Ok(0): closed; Ok(n): bytes nobody asked for, so the connection is out
-    // of step; WouldBlock: idle and open.
-    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    match conn {
+        // Ok(0): closed; Ok(n): bytes nobody asked for, so the connection
+        // is out of step; WouldBlock: idle and open.
+        Conn::Plain(stream) => {
+            matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        }
+        // A TLS read that does not wait: it takes in the records an idle
+        // connection may hold (session tickets, a close_notify), which a
+        // raw socket read would steal from the TLS layer. Pending: idle
+        // and open; anything else (end, error, bytes) is not.
+        Conn::Tls(tls) => {
+            use futures_util::FutureExt;
+            let mut buf = tokio::io::ReadBuf::new(&mut probe);
+            let mut tls = std::pin::Pin::new(&mut **tls);
+            std::future::poll_fn(|cx| tokio::io::AsyncRead::poll_read(tls.as_mut(), cx, &mut buf))
+                .now_or_never()
+                .is_none()
+        }
+    }
 }
 
 /// Bytes read beyond `--max-body` before giving up on a response.
@@ -648,8 +660,8 @@ enum Attempt {
 
 impl Target {
     async fn connection(&self) -> Result<(Conn, bool), (ErrorKind, String)> {
-        while let Some(c) = self.pop_idle() {
-            if still_open(&c) {
+        while let Some(mut c) = self.pop_idle() {
+            if still_open(&mut c) {
                 return Ok((c, true));
             }
         }
@@ -730,7 +742,8 @@ impl Target {
     /// bytes without blocking. The answer is then read by [`Target::exchange`]
     /// on a worker; the send time is exact whatever the workers are doing.
     pub fn try_send_now(&self, request: &[u8]) -> Option<Presend> {
-        let conn = std::iter::from_fn(|| self.pop_idle()).find(still_open)?;
+        let conn = std::iter::from_fn(|| self.pop_idle())
+            .find_map(|mut c| still_open(&mut c).then_some(c))?;
         let Conn::Plain(stream) = &conn else {
             self.recycle(conn);
             return None;

@@ -193,7 +193,7 @@ async fn run(lane: Arc<Lane>, conn: Conn, mut ctx: TaskCtx, parked: Arc<Vec<Park
                 None if timer.is_none() => continue,
                 // An end of file, bytes nobody asked for, or readiness left
                 // over from the last answer (then the probe clears it).
-                None if own.as_ref().is_some_and(still_open) => continue,
+                None if own.as_mut().is_some_and(still_open) => continue,
                 None => {
                     slot.closed = true;
                     return;

@@ -326,7 +326,7 @@ async fn scrape(
         // Bounded: a body that inflates beyond 256 MiB is cut there.
         let mut out = Vec::new();
         std::io::Read::read_to_end(
-            &mut std::io::Read::take(flate2::read::MultiGzDecoder::new(&a.body[..]), 256 << 20),
+            &mut std::io::Read::take(flate2::read::GzDecoder::new(&a.body[..]), 256 << 20),
             &mut out,
         )
         .map_err(|e| format!("gzip body: {e}"))?;

@@ -64,7 +64,7 @@ fn decompress(payload: &[u8], encoding: &[u8]) -> Result<Vec<u8>, GrpcError> {
     let mut out = Vec::new();
     let limit = MAX_DECODED as u64 + 1;
     let r = match encoding.trim_ascii() {
-        b"gzip" => flate2::read::MultiGzDecoder::new(payload)
+        b"gzip" => flate2::read::GzDecoder::new(payload)
             .take(limit)
             .read_to_end(&mut out),
         b"deflate" => flate2::read::ZlibDecoder::new(payload)
