@@ -186,10 +186,14 @@ impl Reassembler {
         let starts_new = seg.flags.syn && !seg.flags.ack;
         if let Some(c) = self.conns.get(&k) {
             let side = usize::from(c.endpoints[0] != seg.src);
-            // A new connection on the same ports: a SYN with another ISN, or
+            // A new connection on the same ports: a SYN with another ISN
+            // (or, for a stream picked up without its SYN, far from it), or
             // (its SYN lost) data far from a half-closed old stream.
+            let h = &c.half[side];
             let reused = (starts_new
-                && (c.closed || c.half[side].isn.is_some_and(|isn| isn != seg.seq)))
+                && (c.closed
+                    || h.isn
+                        .map_or_else(|| out_of_window(h, seg.seq), |isn| isn != seg.seq)))
                 || (has_data
                     && !c.closed
                     && c.half.iter().any(|h| h.ended || h.fin_off.is_some())
@@ -233,6 +237,12 @@ impl Reassembler {
         let c = self.conns.get_mut(&k).expect("inserted above");
         c.last_ns = ts;
         let side = usize::from(c.endpoints[0] != seg.src);
+        if seg.flags.rst && out_of_window(&c.half[side], seg.seq) {
+            // A reset far from its sender's stream (RFC 5961 section 3):
+            // no stack would take it, so it neither ends nor acknowledges.
+            stats.out_of_window_segments += 1;
+            return;
+        }
         if seg.flags.syn {
             let client = if seg.flags.ack { 1 - side } else { side };
             c.flow.set_client(client);
@@ -609,14 +619,19 @@ fn ack_gaps(
     loop {
         let h = &c.half[side];
         let Some(next) = h.next_seq else { return };
-        let acked = h.offset_of(ack, next);
+        // A FIN takes a sequence number but holds no byte: acknowledging
+        // it acknowledges nothing past the stream's end.
+        let acked = h.fin_off.map_or(h.offset_of(ack, next), |f| {
+            h.offset_of(ack, next).min(f as i64)
+        });
         if acked <= h.next_off as i64 || h.ended {
             return;
         }
         match h.ooo.first_key_value() {
             // Acknowledged past a hole: the hole is certainly lost.
             Some((&first, _)) if acked >= first as i64 => {
-                give_up_first_hole(c, side, ts, budget, stats)
+                give_up_first_hole(c, side, ts, budget, stats);
+                check_fin(c, side, ts, budget);
             }
             Some(_) => return,
             // Acknowledged bytes we never saw (and, in capture order, never
@@ -825,6 +840,100 @@ mod tests {
             )
             .into_bytes(),
         )
+    }
+
+    #[test]
+    fn a_reset_far_outside_the_stream_ends_nothing() {
+        let req = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut segs = handshake(100, 500);
+        segs.extend(cut(req, 100, 501, true, &[100]));
+        let end = 101 + req.len() as u32;
+        let rst = |seq: u32| Seg {
+            from_client: true,
+            seq,
+            ack: 501,
+            data: vec![],
+            flags: Flags {
+                rst: true,
+                ..Default::default()
+            },
+        };
+        segs.push(rst(end.wrapping_add(1 << 30)));
+        segs.extend(cut(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            500,
+            end,
+            false,
+            &[100],
+        ));
+        let (got, stats) = feed(&segs);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].status, Some(200));
+        assert_eq!(stats.out_of_window_segments, 1);
+        // In the stream, a reset ends the connection: the answer after it
+        // is late.
+        let mut segs = handshake(100, 500);
+        segs.extend(cut(req, 100, 501, true, &[100]));
+        segs.push(rst(end));
+        segs.extend(cut(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            500,
+            end,
+            false,
+            &[100],
+        ));
+        let (got, stats) = feed(&segs);
+        assert!(got.iter().all(|e| e.status.is_none()), "{got:?}");
+        assert_eq!(stats.late_segments, 1);
+    }
+
+    #[test]
+    fn a_new_connection_on_the_ports_of_one_picked_up_mid_stream_is_its_own() {
+        let req = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        // No handshake seen, and no FIN or RST: the capture began and the
+        // old connection's end was lost.
+        let mut segs = cut(req, 100, 501, true, &[100]);
+        segs.extend(cut(resp, 500, 101 + req.len() as u32, false, &[100]));
+        let (cisn, sisn) = (100u32.wrapping_add(1 << 31), 7_000);
+        segs.extend(handshake(cisn, sisn));
+        segs.extend(cut(req, cisn, sisn + 1, true, &[100]));
+        segs.extend(cut(resp, sisn, cisn + 1 + req.len() as u32, false, &[100]));
+        let (got, stats) = feed(&segs);
+        assert_eq!(stats.port_reuse, 1, "{stats:?}");
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got.iter().all(|e| e.status == Some(200)));
+        assert_ne!(got[0].flow_id, got[1].flow_id);
+    }
+
+    #[test]
+    fn acknowledging_a_fin_behind_a_hole_loses_only_the_hole() {
+        let req = b"POST /a HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123456789";
+        let mut segs = handshake(100, 500);
+        let parts = cut(req, 100, 501, true, &[20, 100]);
+        segs.push(parts[1].clone()); // the first part is never captured
+        let end = 101 + req.len() as u32;
+        segs.push(Seg {
+            from_client: true,
+            seq: end,
+            ack: 501,
+            data: vec![],
+            flags: Flags {
+                fin: true,
+                ack: true,
+                ..Default::default()
+            },
+        });
+        // The server acknowledges everything, the FIN included.
+        segs.extend(cut(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            500,
+            end + 1,
+            false,
+            &[100],
+        ));
+        let (_, stats) = feed(&segs);
+        assert_eq!((stats.gaps, stats.gap_bytes), (1, 20), "{stats:?}");
     }
 
     #[test]
