@@ -97,6 +97,9 @@ struct Fold {
     a: Answer,
     text: String,
     tools: Tools,
+    /// Reasoning tokens the usage counted, and whether any were streamed.
+    reasoning_tokens: Option<u64>,
+    reasoning_streamed: bool,
 }
 
 impl Fold {
@@ -105,6 +108,8 @@ impl Fold {
             a: Answer::new(api),
             text: String::new(),
             tools: Tools::default(),
+            reasoning_tokens: None,
+            reasoning_streamed: false,
         }
     }
 
@@ -120,6 +125,7 @@ impl Fold {
     /// the API's token count includes them), not in the text compared.
     fn reasoning(&mut self, i: usize, piece: Option<&str>) {
         if piece.is_some_and(|p| !p.is_empty()) {
+            self.reasoning_streamed = true;
             self.mark(i);
         }
     }
@@ -148,9 +154,22 @@ impl Fold {
         if let Some(n) = u(u_, output) {
             self.a.output_tokens = Some(n);
         }
+        // OpenAI's reasoning models count their reasoning in the output
+        // tokens (Chat Completions and Responses name the detail apart).
+        let details = u_
+            .get("completion_tokens_details")
+            .or_else(|| u_.get("output_tokens_details"));
+        if let Some(n) = details.and_then(|d| u(d, "reasoning_tokens")) {
+            self.reasoning_tokens = Some(n);
+        }
     }
 
     fn done(mut self) -> Answer {
+        // Reasoning the stream never showed was made before its first
+        // event: those tokens are not in the timed span.
+        if !self.reasoning_streamed {
+            self.a.hidden_reasoning_tokens = self.reasoning_tokens.unwrap_or(0);
+        }
         // An answer of tool calls only has no text (rather than "").
         self.a.text = (!self.text.is_empty()).then_some(self.text);
         self.a.tool_calls = self.tools.finish();

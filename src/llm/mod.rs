@@ -74,6 +74,9 @@ pub struct Answer {
     /// Streams: more than one choice came (`n > 1`): the API's token count
     /// covers them all, the text and times only the first.
     pub choices: u64,
+    /// Reasoning tokens the API counted in `output_tokens` but never
+    /// streamed (OpenAI's reasoning models): made before the first event.
+    pub hidden_reasoning_tokens: u64,
 }
 
 impl Answer {
@@ -91,17 +94,22 @@ impl Answer {
             streamed: false,
             error: None,
             choices: 1,
+            hidden_reasoning_tokens: 0,
         }
     }
 
     /// Output tokens of the first choice over its content events, for the
     /// decode speed: the API's count when it is that choice's alone (not
-    /// for `n > 1`), else one per content event.
+    /// for `n > 1`) less reasoning it never streamed, else one per content
+    /// event.
     pub fn timed_token_count(&self) -> Option<u64> {
         if self.choices > 1 {
             return Some(self.content_events.len() as u64);
         }
-        self.output_token_count()
+        match (self.output_tokens, self.hidden_reasoning_tokens) {
+            (Some(n), hidden) if hidden > 0 && n > hidden => Some(n - hidden),
+            _ => self.output_token_count(),
+        }
     }
 
     /// Output tokens: the API's count, else one per content event.

@@ -211,3 +211,20 @@ fn with_several_choices_the_decode_speed_counts_the_first_ones_events() {
     let a = assemble(Some(b"text/event-stream"), one.as_bytes(), None).unwrap();
     assert_eq!(a.timed_token_count(), Some(40));
 }
+
+#[test]
+fn reasoning_never_streamed_is_left_out_of_the_decode_speed() {
+    let chunk = |t: &str| {
+        format!("data: {{\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{t}\"}}}}]}}\n\n")
+    };
+    let usage = "data: {\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1030,\"completion_tokens_details\":{\"reasoning_tokens\":1000}}}\n\n";
+    let body = [chunk("a"), chunk("b"), usage.to_string()].concat();
+    let a = assemble(Some(b"text/event-stream"), body.as_bytes(), None).unwrap();
+    assert_eq!(a.output_token_count(), Some(1030));
+    assert_eq!(a.timed_token_count(), Some(30));
+    // Streamed reasoning is timed with the rest.
+    let thought = "data: {\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":\"hm\"}}]}\n\n";
+    let body = [thought.to_string(), chunk("a"), usage.to_string()].concat();
+    let a = assemble(Some(b"text/event-stream"), body.as_bytes(), None).unwrap();
+    assert_eq!(a.timed_token_count(), Some(1030));
+}
