@@ -169,6 +169,10 @@ struct ReplayArgs {
     /// Send only GET, HEAD and OPTIONS to shadows.
     #[arg(long)]
     read_only: bool,
+    /// Keep Set-Cookie, Authorization and other secret headers of the live
+    /// answers as they came (they are redacted by default).
+    #[arg(long)]
+    keep_secrets: bool,
     /// Requests of one recorded connection go in order over one connection per target.
     #[arg(long)]
     preserve_order: bool,
@@ -736,6 +740,7 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<u8> {
             Some(parse_header("--marker", &args.marker)?)
         },
         read_only: args.read_only,
+        keep_secrets: args.keep_secrets,
         max_body: args.max_body,
         drain_timeout: args.drain_timeout,
         progress: !args.quiet,

@@ -1569,3 +1569,57 @@ fn a_tls_connection_the_server_closed_while_idle_is_not_used() {
     }
     assert_eq!(server.received().len(), 2);
 }
+
+#[test]
+fn secrets_in_live_answers_are_redacted_unless_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = timed_capture(dir.path(), 2, 0, |i| i);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(1000) {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                while read_request(&mut r).is_some() {
+                    let answer = "HTTP/1.1 200 OK\r\nSet-Cookie: sid=s3cret\r\nX-Auth-Token: t0ken\r\nX-Other: v\r\nContent-Length: 2\r\n\r\nok";
+                    if conn.write_all(answer.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let url = format!("http://127.0.0.1:{port}");
+    for keep in [false, true] {
+        let mut args = vec![cap.to_str().unwrap(), "--primary", &url];
+        if keep {
+            args.push("--keep-secrets");
+        }
+        let (run, rows, _d) = replay(&args);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let live = role(&rows, TargetRole::Primary);
+        assert_eq!(live.len(), 2);
+        for r in live {
+            let h = &r.response_headers;
+            let (cookie, token) = if keep {
+                (&b"sid=s3cret"[..], &b"t0ken"[..])
+            } else {
+                (&b"[REDACTED]"[..], &b"[REDACTED]"[..])
+            };
+            assert_eq!(
+                h.get("set-cookie"),
+                Some(cookie),
+                "keep {keep}: {:?} {:?}",
+                r.status,
+                r.error_detail
+            );
+            assert_eq!(h.get("x-auth-token"), Some(token), "keep {keep}");
+            assert_eq!(h.get("x-other"), Some(&b"v"[..]));
+        }
+    }
+}

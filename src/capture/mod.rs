@@ -28,22 +28,7 @@ pub use reassembly::ReassemblyConfig;
 use source::{CaptureFile, RawPacket};
 pub use stats::CaptureStats;
 
-/// Headers whose values are secrets unless `--keep-secrets`: credentials
-/// of the common schemes and API gateways. `Idempotency-Key` is not one:
-/// the service needs it to answer the same way.
-pub const DEFAULT_REDACTED: [&str; 11] = [
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "set-cookie",
-    "x-api-key",
-    "api-key",
-    "x-auth-token",
-    "x-amz-security-token",
-    "x-goog-api-key",
-    "ocp-apim-subscription-key",
-    "x-csrf-token",
-];
+pub use crate::schema::DEFAULT_REDACTED;
 
 /// Query parameters whose values are secrets unless `--keep-secrets`.
 pub const DEFAULT_REDACTED_QUERY: [&str; 6] = [

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use crate::diff::DiffOptions;
 use crate::schema::{
     results_to_batch, ErrorKind, Exchange, ParquetFileWriter, ReplayResult, SchemaError,
-    TargetRole, WriterConfig, RESULTS,
+    TargetRole, WriterConfig, REDACTED, RESULTS,
 };
 use client::{now_ns, Target};
 use plan::{Plan, Planned, Selection};
@@ -63,6 +63,8 @@ pub struct ReplayOptions {
     pub rules: RequestRules,
     pub marker: Option<(String, String)>,
     pub read_only: bool,
+    /// Keep secret header values of live answers as they came.
+    pub keep_secrets: bool,
     pub max_body: usize,
     pub drain_timeout: Duration,
     pub progress: bool,
@@ -542,6 +544,8 @@ struct ReplayOptionsCore {
     concurrency: usize,
     closed_loop: bool,
     http: HttpChoice,
+    /// Header names whose values are redacted in live answers.
+    redact: Vec<String>,
 }
 
 /// Run a replay. `stop` (Ctrl-C) ends scheduling; in-flight requests get
@@ -839,6 +843,11 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
             concurrency: opts.concurrency,
             closed_loop: opts.timing == Timing::Max,
             http: opts.http,
+            redact: if opts.keep_secrets {
+                Vec::new()
+            } else {
+                crate::schema::DEFAULT_REDACTED.map(String::from).to_vec()
+            },
         }),
         counters: Arc::clone(&counters),
         results: tx,
@@ -1516,7 +1525,13 @@ impl TaskCtx {
             counters.errors.fetch_add(1, Ordering::Relaxed);
             target.errors.fetch_add(1, Ordering::Relaxed);
         }
-        let row = result_row(&p, &target, due_ts, answer);
+        let mut row = result_row(&p, &target, due_ts, answer);
+        // A target's answer may carry secrets too (a Set-Cookie, a token
+        // issued to the credentials sent with --header-from-env): kept out
+        // of the results and the reports like captured ones.
+        for h in [&mut row.response_headers, &mut row.response_trailers] {
+            h.redact(&self.opts.redact, REDACTED);
+        }
         let _ = results.send(row).await;
         counters.in_flight.fetch_sub(1, Ordering::Relaxed);
     }

@@ -183,6 +183,16 @@ fn send_fields(
     dropped
 }
 
+/// Whether a field has the marker's name: a shadow gets the marker's value
+/// alone, never a captured or `--header` field of that name beside it (a
+/// captured `x-shadow-replay: 0` read first would pass for real traffic).
+fn marker_name<'a>(dest: &'a Destination<'_>) -> impl Fn(&str) -> bool + 'a {
+    move |lower| {
+        dest.marker
+            .is_some_and(|(n, _)| n.eq_ignore_ascii_case(lower))
+    }
+}
+
 /// Build the request for one destination.
 pub fn build(ex: &Exchange, dest: &Destination<'_>, rules: &RequestRules) -> Built {
     let mut out = Vec::with_capacity(256 + ex.request_body.len());
@@ -204,7 +214,11 @@ pub fn build(ex: &Exchange, dest: &Destination<'_>, rules: &RequestRules) -> Bui
 
     let (mut host_seen, mut length_sent) = (false, false);
     let hop_by_hop = |lower: &str, _: &[u8]| HOP_BY_HOP.contains(&lower);
+    let marker = marker_name(dest);
     dropped_redacted += send_fields(ex, rules, hop_by_hop, |lower, name, value, captured| {
+        if marker(lower) {
+            return; // only the marker's own value, once
+        }
         if captured && lower == "host" {
             // The first Host, rewritten to the target unless --keep-host.
             if std::mem::replace(&mut host_seen, true) {
@@ -305,7 +319,12 @@ pub fn build_h2(
             || lower == "host"
             || lower == "http2-settings"
     };
-    dropped += send_fields(ex, rules, forbidden, |_, n, v, _| push(n, v));
+    let marker = marker_name(dest);
+    dropped += send_fields(ex, rules, forbidden, |lower, n, v, _| {
+        if !marker(lower) {
+            push(n, v);
+        }
+    });
     if let Some((n, v)) = dest.marker {
         push(n.as_bytes(), v.as_bytes());
     }
@@ -347,6 +366,46 @@ mod tests {
             ex.request_headers.push(n.as_bytes(), v.as_bytes());
         }
         ex
+    }
+
+    #[test]
+    fn a_shadow_gets_the_marker_alone_whatever_was_captured_or_set() {
+        let marker = ("x-shadow-replay".to_string(), "1".to_string());
+        let dest = Destination {
+            authority: "127.0.0.1:9000",
+            base_path: "",
+            marker: Some(&marker),
+        };
+        let mut ex = exchange();
+        ex.request_headers.push(b"X-Shadow-Replay", b"0");
+        let rules = RequestRules {
+            set: vec![("X-SHADOW-REPLAY".into(), "2".into())],
+            ..Default::default()
+        };
+        let text = String::from_utf8(build(&ex, &dest, &rules).bytes).unwrap();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().starts_with("x-shadow-replay"))
+            .collect();
+        assert_eq!(lines, ["x-shadow-replay: 1"], "{text}");
+        let (h2, _) = build_h2(&ex, &dest, &rules, false);
+        let values: Vec<_> = h2
+            .head
+            .headers()
+            .get_all("x-shadow-replay")
+            .iter()
+            .collect();
+        assert_eq!(values, ["1"]);
+        // The primary gets what was captured and set, as before.
+        let primary = Destination {
+            marker: None,
+            ..dest
+        };
+        let text = String::from_utf8(build(&ex, &primary, &rules).bytes).unwrap();
+        assert!(
+            text.contains("X-SHADOW-REPLAY: 2\r\n") || text.contains("X-Shadow-Replay: 2\r\n"),
+            "{text}"
+        );
     }
 
     #[test]

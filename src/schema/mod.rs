@@ -69,6 +69,24 @@ pub fn rows_of_exchange(rows: usize, read_only_shadows: usize, method: &str) -> 
 /// What a secret header value is replaced with. Replay never sends it as a value.
 pub const REDACTED: &str = "[REDACTED]";
 
+/// Headers whose values are secrets unless `--keep-secrets` (capture: in
+/// every message; replay: in the live answers): credentials
+/// of the common schemes and API gateways. `Idempotency-Key` is not one:
+/// the service needs it to answer the same way.
+pub const DEFAULT_REDACTED: [&str; 11] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+    "api-key",
+    "x-auth-token",
+    "x-amz-security-token",
+    "x-goog-api-key",
+    "ocp-apim-subscription-key",
+    "x-csrf-token",
+];
+
 /// Errors of reading or writing the shared Parquet files.
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {

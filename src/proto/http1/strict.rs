@@ -33,7 +33,7 @@ pub fn head_problem(role: Role, head: &[u8]) -> Option<String> {
             break;
         }
         if let Some(p) = field_line_problem(line) {
-            return Some(format!("{p} in header line {n}: {}", shown(line)));
+            return Some(format!("{p} in header line {n}: {}", shown_field(line)));
         }
     }
     None
@@ -47,13 +47,13 @@ fn request_line_problem(line: &[u8]) -> Option<String> {
         } else {
             "request line without target or version"
         };
-        return Some(format!("{what}: {}", shown(line)));
+        return Some(format!("{what}: {}", shown_target(line)));
     };
     if method.is_empty() || !method.iter().all(|&b| is_tchar(b)) {
         return Some(format!("method is not a token: {}", shown(method)));
     }
     if target.is_empty() || target.iter().any(|&b| b <= 0x20 || b == 0x7f) {
-        return Some(format!("invalid request-target: {}", shown(target)));
+        return Some(format!("invalid request-target: {}", shown_target(target)));
     }
     if !matches!(*version, b"HTTP/1.0" | b"HTTP/1.1") {
         return Some(format!("not an HTTP/1 version: {}", shown(version)));
@@ -226,6 +226,28 @@ fn plain_length(v: &[u8]) -> bool {
 }
 
 /// Bytes as text for a message, escaped and cut to a readable length.
+/// A field line as a detail may show it: its name, never its value (the
+/// detail is written as it is, and the value may be a secret that
+/// redaction removes from the header list, such as an Authorization).
+fn shown_field(line: &[u8]) -> String {
+    match memchr::memchr(b':', line) {
+        _ if matches!(line.first(), Some(b' ' | b'\t')) => {
+            "a continuation line (value not shown)".into()
+        }
+        Some(colon) => format!("{}: (value not shown)", shown(&line[..colon])),
+        None => shown(line),
+    }
+}
+
+/// A request line or target as a detail may show it: up to its query,
+/// whose parameters may be secrets (`?access_token=`).
+fn shown_target(b: &[u8]) -> String {
+    match memchr::memchr(b'?', b) {
+        Some(q) => format!("{}?(query not shown)", shown(&b[..q])),
+        None => shown(b),
+    }
+}
+
 fn shown(b: &[u8]) -> String {
     const MAX: usize = 80;
     let s: String = b

@@ -662,3 +662,25 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn details_of_a_broken_head_never_quote_a_value_or_a_query() {
+    for head in [
+        &b"GET / HTTP/1.1\r\nAuthorization : Bearer s3cret\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nCookie: sid=s3cret\x01\r\n\r\n",
+        b"GET / HTTP/1.1\r\nAuthorization: Bearer\r\n s3cret\r\n\r\n",
+        b"GET /cb?access_token=s3cret&q=a b HTTP/1.1\r\n\r\n",
+        b"GET /cb?access_token=s3cret\x01 HTTP/1.1\r\n\r\n",
+    ] {
+        let detail = super::strict::head_problem(Role::Request, head).expect("a problem");
+        assert!(!detail.contains("s3cret"), "{detail}");
+    }
+    // The name and the path still say where.
+    let d = super::strict::head_problem(
+        Role::Request,
+        b"GET / HTTP/1.1\r\nAuthorization : x\r\n\r\n",
+    );
+    assert!(d.unwrap().contains("Authorization"));
+    let d = super::strict::head_problem(Role::Request, b"GET /cb?t=1 2 HTTP/1.1\r\n\r\n");
+    assert!(d.unwrap().contains("/cb"));
+}
