@@ -1049,6 +1049,34 @@ fn small_server(listener: TcpListener, status: u16, idle: Option<Duration>) -> A
     seen
 }
 
+/// A raw HTTP/1 server on 127.0.0.1; returns its port. `answer(conn, k,
+/// request, stream)` is called for the `k`-th request of the `conn`-th
+/// connection accepted; false closes that connection.
+fn raw_server(
+    answer: impl Fn(usize, usize, &[u8], &mut TcpStream) -> bool + Send + Sync + 'static,
+) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let answer = Arc::new(answer);
+    std::thread::spawn(move || {
+        for (n, conn) in listener.incoming().take(1000).enumerate() {
+            let Ok(mut conn) = conn else { return };
+            let answer = Arc::clone(&answer);
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut k = 0;
+                while let Some(req) = read_request(&mut r) {
+                    if !answer(n, k, &req, &mut conn) {
+                        return;
+                    }
+                    k += 1;
+                }
+            });
+        }
+    });
+    port
+}
+
 #[test]
 fn health_check_requires_2xx_and_names_the_answer() {
     let dir = tempfile::tempdir().unwrap();
@@ -1424,35 +1452,20 @@ fn a_request_whose_reused_connection_closes_unanswered_is_sent_again_only_if_rep
     for method in ["GET", "POST"] {
         let dir = tempfile::tempdir().unwrap();
         let cap = two_on_one_flow(dir.path(), method);
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::clone(&seen);
-        std::thread::spawn(move || {
-            for (n, conn) in listener.incoming().take(20).enumerate() {
-                let Ok(mut conn) = conn else { return };
-                let log = Arc::clone(&log);
-                std::thread::spawn(move || {
-                    let mut r = BufReader::new(conn.try_clone().unwrap());
-                    let mut answered = 0;
-                    while let Some(req) = read_request(&mut r) {
-                        let line = String::from_utf8_lossy(&req)
-                            .lines()
-                            .next()
-                            .unwrap()
-                            .to_owned();
-                        log.lock().unwrap().push(line);
-                        if n == 0 && answered == 1 {
-                            return; // read it, then close unanswered
-                        }
-                        answered += 1;
-                        let ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-                        if conn.write_all(ok.as_bytes()).is_err() {
-                            return;
-                        }
-                    }
-                });
+        let port = raw_server(move |conn, k, req, stream| {
+            let line = String::from_utf8_lossy(req)
+                .lines()
+                .next()
+                .unwrap()
+                .to_owned();
+            log.lock().unwrap().push(line);
+            if conn == 0 && k == 1 {
+                return false; // read it, then close unanswered
             }
+            let ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+            stream.write_all(ok.as_bytes()).is_ok()
         });
         let (run, rows, _d) = replay(&[
             cap.to_str().unwrap(),
@@ -1490,21 +1503,11 @@ fn an_interim_answer_neither_starts_the_idle_limit_nor_counts_as_the_first_byte(
     // first byte is the answer's.
     let dir = tempfile::tempdir().unwrap();
     let cap = timed_capture(dir.path(), 1, 0, |i| i);
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().take(20) {
-            let Ok(mut conn) = conn else { return };
-            std::thread::spawn(move || {
-                let mut r = BufReader::new(conn.try_clone().unwrap());
-                while read_request(&mut r).is_some() {
-                    let _ = conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
-                    std::thread::sleep(Duration::from_millis(1200));
-                    let ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-                    let _ = conn.write_all(ok.as_bytes());
-                }
-            });
-        }
+    let port = raw_server(|_, _, _, stream| {
+        let _ = stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+        std::thread::sleep(Duration::from_millis(1200));
+        let ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        stream.write_all(ok.as_bytes()).is_ok()
     });
     let (run, rows, _d) = replay(&[
         cap.to_str().unwrap(),
@@ -1574,21 +1577,9 @@ fn a_tls_connection_the_server_closed_while_idle_is_not_used() {
 fn secrets_in_live_answers_are_redacted_unless_kept() {
     let dir = tempfile::tempdir().unwrap();
     let cap = timed_capture(dir.path(), 2, 0, |i| i);
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().take(1000) {
-            let Ok(mut conn) = conn else { return };
-            std::thread::spawn(move || {
-                let mut r = BufReader::new(conn.try_clone().unwrap());
-                while read_request(&mut r).is_some() {
-                    let answer = "HTTP/1.1 200 OK\r\nSet-Cookie: sid=s3cret\r\nX-Auth-Token: t0ken\r\nX-Other: v\r\nContent-Length: 2\r\n\r\nok";
-                    if conn.write_all(answer.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
+    let port = raw_server(|_, _, _, stream| {
+        let answer = "HTTP/1.1 200 OK\r\nSet-Cookie: sid=s3cret\r\nX-Auth-Token: t0ken\r\nX-Other: v\r\nContent-Length: 2\r\n\r\nok";
+        stream.write_all(answer.as_bytes()).is_ok()
     });
     let url = format!("http://127.0.0.1:{port}");
     for keep in [false, true] {

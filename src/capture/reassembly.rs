@@ -621,9 +621,8 @@ fn ack_gaps(
         let Some(next) = h.next_seq else { return };
         // A FIN takes a sequence number but holds no byte: acknowledging
         // it acknowledges nothing past the stream's end.
-        let acked = h.fin_off.map_or(h.offset_of(ack, next), |f| {
-            h.offset_of(ack, next).min(f as i64)
-        });
+        let acked = h.offset_of(ack, next);
+        let acked = h.fin_off.map_or(acked, |f| acked.min(f as i64));
         if acked <= h.next_off as i64 || h.ended {
             return;
         }
@@ -845,8 +844,6 @@ mod tests {
     #[test]
     fn a_reset_far_outside_the_stream_ends_nothing() {
         let req = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
-        let mut segs = handshake(100, 500);
-        segs.extend(cut(req, 100, 501, true, &[100]));
         let end = 101 + req.len() as u32;
         let rst = |seq: u32| Seg {
             from_client: true,
@@ -858,31 +855,22 @@ mod tests {
                 ..Default::default()
             },
         };
-        segs.push(rst(end.wrapping_add(1 << 30)));
-        segs.extend(cut(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
-            500,
-            end,
-            false,
-            &[100],
-        ));
-        let (got, stats) = feed(&segs);
+        // The conversation with a reset at `seq` between request and answer.
+        let with_reset = |seq: u32| {
+            let mut segs = handshake(100, 500);
+            segs.extend(cut(req, 100, 501, true, &[100]));
+            segs.push(rst(seq));
+            let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+            segs.extend(cut(answer, 500, end, false, &[100]));
+            feed(&segs)
+        };
+        let (got, stats) = with_reset(end.wrapping_add(1 << 30));
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].status, Some(200));
         assert_eq!(stats.out_of_window_segments, 1);
         // In the stream, a reset ends the connection: the answer after it
         // is late.
-        let mut segs = handshake(100, 500);
-        segs.extend(cut(req, 100, 501, true, &[100]));
-        segs.push(rst(end));
-        segs.extend(cut(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
-            500,
-            end,
-            false,
-            &[100],
-        ));
-        let (got, stats) = feed(&segs);
+        let (got, stats) = with_reset(end);
         assert!(got.iter().all(|e| e.status.is_none()), "{got:?}");
         assert_eq!(stats.late_segments, 1);
     }

@@ -626,7 +626,7 @@ fn int(n: &serde_json::Number) -> Option<i128> {
 
 /// The integer a whole double stands for, exactly (`1.2345678901234568e18`
 /// is 1234567890123456768), or None for a fraction or out of range.
-fn whole(f: f64) -> Option<i128> {
+fn integral(f: f64) -> Option<i128> {
     (f.fract() == 0.0 && f.abs() < 1.0e38).then_some(f as i128)
 }
 
@@ -637,8 +637,8 @@ fn whole(f: f64) -> Option<i128> {
 fn same_number(a: &serde_json::Number, b: &serde_json::Number) -> bool {
     match (int(a), int(b)) {
         (Some(x), Some(y)) => x == y,
-        (Some(x), None) => b.as_f64().and_then(whole) == Some(x),
-        (None, Some(y)) => a.as_f64().and_then(whole) == Some(y),
+        (Some(x), None) => b.as_f64().and_then(integral) == Some(x),
+        (None, Some(y)) => a.as_f64().and_then(integral) == Some(y),
         (None, None) => a.as_f64() == b.as_f64(),
     }
 }
@@ -663,7 +663,7 @@ fn numbers_close(a: &serde_json::Number, b: &serde_json::Number, abs: f64, rel: 
 /// arrays as multisets the way values compare elsewhere.
 fn canonical(v: &Value) -> String {
     match v {
-        Value::Number(n) => match n.as_f64().and_then(whole) {
+        Value::Number(n) => match n.as_f64().and_then(integral) {
             Some(i) if n.is_f64() => i.to_string(),
             _ => n.to_string(),
         },

@@ -130,6 +130,13 @@ impl Fold {
         }
     }
 
+    /// A tool call's name: generated content, though not text.
+    fn named(&mut self, i: usize, name: &str) {
+        if !name.is_empty() {
+            self.mark(i);
+        }
+    }
+
     /// An error sent inside the stream (the status was already 200).
     fn error(&mut self, e: &Value) {
         self.a.error.get_or_insert_with(|| e.clone());
@@ -266,7 +273,7 @@ fn openai_responses_event(f: &mut Fold, i: usize, v: &Value) {
                 let name = item.and_then(|it| s(it, "name")).unwrap_or("");
                 f.tools.name(out_idx, name);
                 // The name is generated, as in a Chat Completions chunk.
-                f.reasoning(i, Some(name));
+                f.named(i, name);
             }
         }
         "response.reasoning_text.delta" | "response.reasoning_summary_text.delta" => {
@@ -327,7 +334,7 @@ fn anthropic_event(f: &mut Fold, i: usize, v: &Value) {
                     let name = s(b, "name").unwrap_or("");
                     f.tools.name(idx, name);
                     // The name is generated, as in a Chat Completions chunk.
-                    f.reasoning(i, Some(name));
+                    f.named(i, name);
                     if let Some(input) = b.get("input") {
                         f.tools.value(idx, input.clone());
                     }

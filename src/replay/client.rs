@@ -18,7 +18,7 @@ use tokio_rustls::TlsConnector;
 
 use super::tls::Conn;
 use crate::proto::http1::{
-    response_framing, End, Framing, Head, MessageParser, Role, Sink, StartLine,
+    response_framing, strict, End, Framing, Head, MessageParser, Role, Sink, StartLine,
 };
 use crate::schema::{ErrorKind, HeaderList, TargetRole};
 
@@ -321,18 +321,11 @@ fn closes(headers: &HeaderList, version: &str) -> bool {
 /// first line, as capture must; a client discards it.
 fn invalid_length(head: &Head) -> Option<String> {
     let h = &head.headers;
-    if h.get("transfer-encoding").is_some() {
+    if h.get("transfer-encoding").is_some() || strict::content_lengths_agree(h) {
         return None;
     }
-    let lines: Vec<&[u8]> = h.get_all("content-length").collect();
-    let mut values = lines.iter().flat_map(|v| v.split(|&b| b == b','));
-    let first = values.next()?.trim_ascii();
-    let number = |v: &[u8]| !v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit);
-    if number(first) && values.all(|v| v.trim_ascii() == first) {
-        return None;
-    }
-    let shown: Vec<String> = lines
-        .iter()
+    let shown: Vec<String> = h
+        .get_all("content-length")
         .map(|v| String::from_utf8_lossy(v).into_owned())
         .collect();
     Some(format!(

@@ -159,18 +159,9 @@ pub fn framing_problem(role: Role, headers: &HeaderList) -> Option<String> {
     }
     let lengths: Vec<&[u8]> = headers.get_all("content-length").collect();
     let codings: Vec<&[u8]> = headers.get_all("transfer-encoding").collect();
-    if !lengths.is_empty() {
-        let values: Vec<&[u8]> = lengths
-            .iter()
-            .flat_map(|v| v.split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii)
-            .collect();
-        let valid = |v: &&[u8]| plain_length(v);
-        let same = values.windows(2).all(|w| w[0] == w[1]);
-        if !values.iter().all(valid) || !same {
-            let all: Vec<String> = lengths.iter().map(|v| shown(v)).collect();
-            return Some(format!("invalid Content-Length: {}", all.join(" / ")));
-        }
+    if !content_lengths_agree(headers) {
+        let all: Vec<String> = lengths.iter().map(|v| shown(v)).collect();
+        return Some(format!("invalid Content-Length: {}", all.join(" / ")));
     }
     if codings.is_empty() {
         return None;
@@ -221,6 +212,19 @@ pub fn framing_problem(role: Role, headers: &HeaderList) -> Option<String> {
 }
 
 /// One Content-Length value: 1 to 18 digits (fits in a u64).
+/// Whether the Content-Length lines, and the comma-separated values in
+/// each, all give one plain length (true when there is none).
+pub fn content_lengths_agree(headers: &HeaderList) -> bool {
+    let mut values = headers
+        .get_all("content-length")
+        .flat_map(|v| v.split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii);
+    let Some(first) = values.next() else {
+        return true;
+    };
+    plain_length(first) && values.all(|v| v == first)
+}
+
 fn plain_length(v: &[u8]) -> bool {
     !v.is_empty() && v.len() <= 18 && v.iter().all(u8::is_ascii_digit)
 }
