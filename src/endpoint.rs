@@ -2,7 +2,7 @@
 //! them) and diff (which groups by them).
 //!
 //! The query string is not part of an endpoint. Path segments that are
-//! identifiers (numbers, UUIDs, long hex strings) become `{id}`, so
+//! identifiers (numbers, UUIDs, long hex strings, dates, ULIDs) become `{id}`, so
 //! `GET /items/42?x=1` and `GET /items/7` are both `GET /items/{id}`.
 
 /// The endpoint of a request.
@@ -37,7 +37,7 @@ pub fn endpoint_of(method: &str, target: &str, content_type: Option<&[u8]>) -> S
 
 /// The path of a request-target: origin form as is, absolute form without
 /// scheme and authority, `*` and authority form unchanged; never the query.
-fn path_of(target: &str) -> &str {
+pub(crate) fn path_of(target: &str) -> &str {
     let no_query = target.split(['?', '#']).next().unwrap_or("");
     if let Some(rest) = no_query
         .strip_prefix("http://")
@@ -54,9 +54,37 @@ fn is_identifier(seg: &str) -> bool {
     if seg.is_empty() {
         return false;
     }
-    let digits = seg.bytes().all(|b| b.is_ascii_digit());
     let hex = seg.len() >= 16 && seg.bytes().all(|b| b.is_ascii_hexdigit());
-    digits || hex || is_uuid(seg)
+    is_number(seg) || hex || is_uuid(seg) || is_date(seg) || is_ulid(seg)
+}
+
+/// `42`, `-5`, `12.5`: offsets, coordinates, versions of a record.
+fn is_number(seg: &str) -> bool {
+    let unsigned = seg.strip_prefix(['-', '+']).unwrap_or(seg);
+    let mut parts = unsigned.splitn(2, '.');
+    let whole = parts.next().unwrap_or("");
+    let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    digits(whole) && parts.next().is_none_or(digits)
+}
+
+/// `2024-01-15`: a report or a partition of one day.
+fn is_date(seg: &str) -> bool {
+    let b = seg.as_bytes();
+    b.len() == 10
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            _ => c.is_ascii_digit(),
+        })
+}
+
+/// A ULID (26 characters of Crockford's base32, upper case), as many
+/// services name records now; a word of capitals this long has no digits.
+fn is_ulid(seg: &str) -> bool {
+    seg.len() == 26
+        && seg.bytes().any(|b| b.is_ascii_digit())
+        && seg
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b.is_ascii_uppercase() && !b"ILOU".contains(&b)))
 }
 
 fn is_uuid(s: &str) -> bool {
@@ -126,5 +154,24 @@ mod tests {
         assert_eq!(endpoint("GET", "HTTP://bro.org"), "GET /");
         assert_eq!(endpoint("OPTIONS", "*"), "OPTIONS *");
         assert_eq!(endpoint("GET", ""), "GET /");
+        // Signed and decimal numbers, days and ULIDs are ids too.
+        assert_eq!(
+            endpoint(
+                "GET",
+                "/geo/12.5/-3.25/reports/2024-01-15/01HGW2N7EHJPR3Q8T5V6XKZ9AB"
+            ),
+            "GET /geo/{id}/{id}/reports/{id}/{id}"
+        );
+        // Names that only look a bit like them are kept.
+        for kept in [
+            "/v1.2/x",
+            "/gpt-4o-mini",
+            "/1.2.3",
+            "/2024-1-15",
+            "/-",
+            "/.",
+        ] {
+            assert_eq!(endpoint("GET", kept), format!("GET {kept}"), "{kept}");
+        }
     }
 }

@@ -112,7 +112,7 @@ struct ReplayArgs {
     /// Send as fast as --concurrency allows.
     #[arg(long)]
     max: bool,
-    /// Requests in flight per target at most.
+    /// Requests in flight per target at most (1 to 100000).
     #[arg(long, value_name = "N", default_value_t = 64)]
     concurrency: usize,
     /// Time for a complete answer, per request (e.g. 10s, 500ms).
@@ -287,9 +287,9 @@ struct CaptureArgs {
     /// Live: start a new file after exactly this many exchanges.
     #[arg(long, value_name = "N", requires = "interface")]
     rotate_rows: Option<u64>,
-    /// Live: stop after this many seconds.
-    #[arg(long, value_name = "SECS", requires = "interface")]
-    duration: Option<f64>,
+    /// Live: stop after this long (seconds, or with a unit: 90s, 5m).
+    #[arg(long, value_name = "SECS", value_parser = parse_duration, requires = "interface")]
+    duration: Option<std::time::Duration>,
     /// Live: stop after this many exchanges.
     #[arg(long, value_name = "N", requires = "interface")]
     max_exchanges: Option<u64>,
@@ -299,8 +299,9 @@ struct CaptureArgs {
     /// Also redact the values of this header (repeatable).
     #[arg(long = "redact-header", value_name = "NAME")]
     redact_header: Vec<String>,
-    /// Also redact the value of this query parameter (repeatable; api_key,
-    /// access_token, token, key, sig and signature are redacted by default).
+    /// Also redact the value of this query parameter, in the target and in
+    /// Referer/Location URLs (repeatable; api_key, access_token, token, key,
+    /// sig, signature, presigned S3/GCS signatures and more by default).
     #[arg(long = "redact-query", value_name = "NAME")]
     redact_query: Vec<String>,
     /// Keep Authorization, Cookie, API-key headers and query credentials as captured.
@@ -647,7 +648,7 @@ fn live_options(args: &CaptureArgs, interface: &str) -> capture::live::LiveOptio
         bpf: args.bpf.clone(),
         snaplen: args.snaplen,
         buffer_bytes: i32::try_from(args.buffer_size).unwrap_or(i32::MAX),
-        duration: args.duration.map(std::time::Duration::from_secs_f64),
+        duration: args.duration,
         max_exchanges: args.max_exchanges,
         sample: args.sample,
         output,

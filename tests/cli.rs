@@ -573,6 +573,25 @@ fn rotation_without_a_directory_or_with_files_is_refused() {
     assert!(err.contains("--interface"), "{err}");
 }
 
+#[test]
+fn a_duration_that_is_no_duration_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in ["inf", "nan", "-1", "1e400"] {
+        let out = Command::cargo_bin("shadowctl")
+            .unwrap()
+            .args(["capture", "--interface", "lo", "--out"])
+            .arg(dir.path().join("d"))
+            .arg(format!("--duration={bad}"))
+            .output()
+            .unwrap();
+        // Refused before the interface is opened: no privileges needed.
+        assert_eq!(out.status.code(), Some(2), "--duration={bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--duration"), "{bad}: {err}");
+        assert!(!err.contains("panicked"), "{bad}: {err}");
+    }
+}
+
 /// small.pcap rewritten as pcapng whose interface counts time in binary
 /// units (`if_tsresol` 0x94: 2^-20 s), as some capture hardware writes.
 fn binary_resolution_pcapng(dir: &Path) -> PathBuf {

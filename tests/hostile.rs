@@ -400,6 +400,15 @@ fn i11_bad_urls_and_zero_limits_are_refused() {
             "--concurrency 0",
         ),
         (
+            vec![
+                "--primary",
+                "recorded",
+                "--concurrency",
+                "9000000000000000000",
+            ],
+            "at most 100000",
+        ),
+        (
             vec!["--primary", "recorded", "--timeout", "0s"],
             "--timeout",
         ),

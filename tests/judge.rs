@@ -342,6 +342,34 @@ fn garbage_is_a_bad_answer_and_the_judge_stays_usable() {
     );
 }
 
+/// A banner on stdout costs one request, and a blank line after each
+/// answer none: the judge stays in step with its requests.
+#[test]
+fn a_stray_line_costs_one_request_not_every_later_one() {
+    let script = "import sys, json\n\
+        print('model loaded', flush=True)\n\
+        for line in sys.stdin:\n    r = json.loads(line)\n    \
+        print(json.dumps({'id': r['id'], 'score': 0.25}) + '\\n', flush=True)\n";
+    let mut pool = JudgePool::start(&settings(
+        &["python3", "-c", script],
+        1,
+        Duration::from_secs(20),
+    ))
+    .unwrap();
+    let out = pool.judge_all((0..5).map(|_| request("a", "b")).collect());
+    assert!(
+        matches!(&out[0], Judgement::Failed(JudgeFailure::BadAnswer(w)) if w.starts_with("not JSON")),
+        "{:?}",
+        out[0]
+    );
+    assert!(
+        out[1..].iter().all(|j| *j == Judgement::Score(0.25)),
+        "{out:?}"
+    );
+    let st = pool.stats();
+    assert_eq!((st.scored, st.failed, st.restarts), (4, 1, 0));
+}
+
 #[test]
 fn a_command_that_cannot_start_is_a_clear_error() {
     let cmd = ["/nonexistent/shadowctl-judge", "--flag"];

@@ -349,6 +349,44 @@ fn a_hanging_or_garbage_metrics_endpoint_never_stops_the_replay() {
     );
 }
 
+/// A replay refused after sampling began leaves both outputs as they were:
+/// a new metrics file beside old results would be read as one run.
+#[test]
+fn a_refused_replay_keeps_the_previous_metrics_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let capture = predict_capture(dir.path(), 5);
+    let (out, metrics) = (
+        dir.path().join("results.parquet"),
+        dir.path().join("results.metrics.parquet"),
+    );
+    std::fs::write(&out, b"previous results").unwrap();
+    std::fs::write(&metrics, b"previous metrics").unwrap();
+    let run = Command::cargo_bin("shadowctl")
+        .unwrap()
+        .arg("replay")
+        .arg(&capture)
+        .args(["--primary", "http://127.0.0.1:1"])
+        // `primary` is taken: refused once the targets are read.
+        .args(["--shadow", "primary=http://127.0.0.1:1"])
+        .args(["--metrics", "primary=http://127.0.0.1:1/metrics", "--out"])
+        .arg(&out)
+        .timeout(Duration::from_secs(60))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{err}");
+    assert!(err.contains("reserved"), "{err}");
+    assert_eq!(std::fs::read(&metrics).unwrap(), b"previous metrics");
+    assert_eq!(std::fs::read(&out).unwrap(), b"previous results");
+    // No temporary file left beside them.
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("results"))
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}
+
 /// A cgroup v2 directory with CPU accounting on this machine: the unified
 /// hierarchy's root (or its hybrid mount). Containers see their own.
 fn cgroup_v2_dir() -> Option<PathBuf> {

@@ -30,15 +30,28 @@ pub use stats::CaptureStats;
 
 pub use crate::schema::DEFAULT_REDACTED;
 
-/// Query parameters whose values are secrets unless `--keep-secrets`.
-pub const DEFAULT_REDACTED_QUERY: [&str; 6] = [
+/// Query parameters whose values are secrets unless `--keep-secrets`:
+/// API keys and tokens, and the signatures and credentials of presigned
+/// S3 and GCS URLs (anyone holding one can use it until it expires).
+pub const DEFAULT_REDACTED_QUERY: [&str; 13] = [
     "api_key",
     "access_token",
+    "refresh_token",
+    "client_secret",
     "token",
     "key",
     "sig",
     "signature",
+    "x-amz-signature",
+    "x-amz-credential",
+    "x-amz-security-token",
+    "x-goog-signature",
+    "x-goog-credential",
 ];
+
+/// Header fields whose value is a URL, whose query is redacted like the
+/// request target's (a redirect or a referrer can carry a token).
+const URL_FIELDS: [&str; 3] = ["referer", "location", "content-location"];
 
 /// What capture redacts before anything is written.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -238,24 +251,35 @@ impl WriterThread {
 }
 
 /// Query credentials in an HTTP/2 `:path` field, like in the target.
-fn redact_path_field(headers: &mut crate::schema::HeaderList, query: &[String]) {
-    let mut out = crate::schema::HeaderList::new();
-    let mut changed = false;
+/// Redact the query of the URL in each of the `fields` (any case); how
+/// many values were replaced. The list is only rebuilt when one is.
+fn redact_url_fields(
+    headers: &mut crate::schema::HeaderList,
+    fields: &[&str],
+    query: &[String],
+) -> u64 {
+    let named = |n: &[u8]| fields.iter().any(|f| f.as_bytes().eq_ignore_ascii_case(n));
+    if !headers.iter().any(|(n, v)| named(n) && v.contains(&b'?')) {
+        return 0;
+    }
+    let mut out = crate::schema::HeaderList::with_capacity(headers.len(), headers.byte_len());
+    let mut replaced = 0;
     for (name, value) in headers.iter() {
-        let redacted = (name == b":path")
-            .then(|| redact_query(&String::from_utf8_lossy(value), query).0)
-            .flatten();
+        let redacted = named(name)
+            .then(|| redact_query(&String::from_utf8_lossy(value), query))
+            .and_then(|(v, k)| v.map(|v| (v, k)));
         match redacted {
-            Some(v) => {
-                changed = true;
+            Some((v, k)) => {
+                replaced += k;
                 out.push(name, v.as_bytes());
             }
             None => out.push(name, value),
         }
     }
-    if changed {
+    if replaced > 0 {
         *headers = out;
     }
+    replaced
 }
 
 fn redact_all(rows: &mut [Exchange], redaction: &Redaction) -> u64 {
@@ -268,10 +292,12 @@ fn redact_all(rows: &mut [Exchange], redaction: &Redaction) -> u64 {
                 ex.target = t;
             }
             n += k;
-            // HTTP/2 keeps the target in its `:path` field too.
+            // HTTP/2 keeps the target in its `:path` field too (counted once).
             if k > 0 && ex.http_version == "HTTP/2" {
-                redact_path_field(&mut ex.request_headers, query);
+                redact_url_fields(&mut ex.request_headers, &[":path"], query);
             }
+            n += redact_url_fields(&mut ex.request_headers, &URL_FIELDS, query);
+            n += redact_url_fields(&mut ex.response_headers, &URL_FIELDS, query);
         }
         for h in [
             &mut ex.request_headers,
@@ -374,6 +400,7 @@ impl Pipeline {
             Ok(ip) => ip,
             Err(reason) => return self.stats.skip(reason),
         };
+        self.defrag.tick(p.ts_ns);
         match net::decode(ip, p.ts_ns, &mut self.defrag) {
             Ok(Some(seg)) if self.sampled_out(&seg) => self.stats.sampled_out_segments += 1,
             Ok(Some(seg)) => self.reassembler.segment(&seg, p.ts_ns, &mut self.stats),
@@ -547,6 +574,47 @@ mod tests {
             ex.request_headers.get("authorization"),
             Some(&b"[REDACTED]"[..])
         );
+    }
+
+    #[test]
+    fn urls_in_referer_and_location_and_presigned_urls_are_redacted() {
+        let mut req = crate::schema::HeaderList::new();
+        req.push(
+            b"Referer",
+            b"https://app.example/cb?code=1&access_token=s3cret",
+        );
+        let mut resp = crate::schema::HeaderList::new();
+        resp.push(
+            b"Location",
+            b"https://b.s3.amazonaws.com/o?X-Amz-Credential=AKIA&X-Amz-Signature=abc&X-Amz-Expires=60",
+        );
+        resp.push(b"Content-Type", b"text/plain?token=not-a-url-field");
+        let mut rows = vec![Exchange {
+            target: "/dl".into(),
+            http_version: "HTTP/1.1".into(),
+            request_headers: req,
+            response_headers: resp,
+            ..Default::default()
+        }];
+        assert_eq!(redact_all(&mut rows, &Redaction::default()), 3);
+        let ex = &rows[0];
+        assert_eq!(
+            ex.request_headers.get("referer"),
+            Some(&b"https://app.example/cb?code=1&access_token=[REDACTED]"[..])
+        );
+        assert_eq!(
+            ex.response_headers.get("location"),
+            Some(&b"https://b.s3.amazonaws.com/o?X-Amz-Credential=[REDACTED]&X-Amz-Signature=[REDACTED]&X-Amz-Expires=60"[..])
+        );
+        assert_eq!(
+            ex.response_headers.get("content-type"),
+            Some(&b"text/plain?token=not-a-url-field"[..])
+        );
+        // --keep-secrets keeps them.
+        let mut kept = rows.clone();
+        kept[0].request_headers = crate::schema::HeaderList::new();
+        kept[0].request_headers.push(b"referer", b"/x?token=t");
+        assert_eq!(redact_all(&mut kept, &Redaction::none()), 0);
     }
 
     #[test]

@@ -37,7 +37,13 @@ pub struct Defragmenter {
     max_pending: usize,
     /// Fragment sets given up (expired, evicted or inconsistent).
     pub dropped: u64,
+    /// Capture time of the last sweep for sets that will never complete.
+    swept_ns: i64,
 }
+
+/// A fragment set not completed this long after its last fragment never
+/// will be (Linux gives up after 30 s too, `ipfrag_time`): its memory goes.
+const FRAGMENT_TIMEOUT_NS: i64 = 30_000_000_000;
 
 impl Defragmenter {
     pub fn new(max_pending: usize) -> Self {
@@ -46,7 +52,19 @@ impl Defragmenter {
             pending: 0,
             max_pending,
             dropped: 0,
+            swept_ns: i64::MIN,
         }
+    }
+
+    /// Called with every packet's time: at most once a second of capture
+    /// time, forget sets idle past the timeout, so a host that saw a few
+    /// fragments once does not hold them for the rest of a long capture.
+    pub fn tick(&mut self, now_ns: i64) {
+        if self.pending == 0 || now_ns.saturating_sub(self.swept_ns) < 1_000_000_000 {
+            return;
+        }
+        self.swept_ns = now_ns;
+        self.expire(now_ns.saturating_sub(FRAGMENT_TIMEOUT_NS));
     }
 
     /// Forget fragment sets last touched before `cutoff_ns`.
@@ -54,17 +72,21 @@ impl Defragmenter {
         if self.pending == 0 {
             return;
         }
-        let kept = std::cell::Cell::new(0usize);
-        let dropped = std::cell::Cell::new(0u64);
+        // Counted in a pass of its own: `retain` may call its predicate
+        // twice for an element (a first scan, then the filtering), so
+        // counting inside the real predicate counted sets twice.
+        let (kept, dropped) = (std::cell::Cell::new(0usize), std::cell::Cell::new(0u64));
         self.pool.retain(|ts| {
-            let keep = *ts >= cutoff_ns;
-            if keep {
+            if *ts >= cutoff_ns {
                 kept.set(kept.get() + 1);
             } else {
                 dropped.set(dropped.get() + 1);
             }
-            keep
+            true
         });
+        if dropped.get() > 0 {
+            self.pool.retain(|ts| *ts >= cutoff_ns);
+        }
         self.pending = kept.get();
         self.dropped += dropped.get();
     }
@@ -229,5 +251,17 @@ mod tests {
         let seg = decode(&first, 2, &mut d).unwrap().unwrap();
         assert_eq!(seg.payload.len(), 48);
         assert_eq!(seg.dst.port(), 80);
+        // A set whose first fragment never comes is forgotten after 30 s,
+        // not held for the rest of the capture; its late first fragment
+        // then waits alone rather than completing a stale datagram.
+        let s = 1_000_000_000;
+        assert!(decode(&frag(&body[40..], 5, false), 10 * s, &mut d)
+            .unwrap()
+            .is_none());
+        d.tick(39 * s);
+        assert_eq!(d.dropped, 0);
+        d.tick(41 * s);
+        assert_eq!(d.dropped, 1);
+        assert!(decode(&first, 42 * s, &mut d).unwrap().is_none());
     }
 }

@@ -565,6 +565,16 @@ impl Walk<'_, '_> {
     /// failed judgement is a difference (and counted), never a pass.
     fn judged(&mut self, rule: &Rule, p: &Value, s: &Value, path: &[Step]) -> Option<bool> {
         let key = exact_path(path);
+        if !matches!(self.judge, JudgeMode::Off) && json_equal(p, s) {
+            // Equal values agree fully: a judge call would cost time and
+            // money, and its timeout would count as a difference.
+            if matches!(self.judge, JudgeMode::Score(_)) {
+                self.seen
+                    .similarities
+                    .push((rule.path.clone(), "judge", 1.0));
+            }
+            return Some(true);
+        }
         match self.judge {
             JudgeMode::Off => Some(json_equal(p, s)),
             JudgeMode::Collect => {
@@ -736,6 +746,28 @@ mod tests {
             .into_iter()
             .map(|d| (d.path, d.kind))
             .collect()
+    }
+
+    /// NOT_FOUND trailers-only (status in the headers) and NOT_FOUND in
+    /// trailers after an empty body are the same answer.
+    #[test]
+    fn a_grpc_status_is_compared_once_wherever_it_came() {
+        let grpc = [("content-type", "application/grpc")];
+        let mut only = answer(200, &grpc, b"");
+        only.response_headers.push(b"grpc-status", b"5");
+        only.response_headers
+            .push(b"grpc-message", b"item 42 not found");
+        let mut full = answer(200, &grpc, b"");
+        full.response_trailers.push(b"grpc-status", b"5");
+        full.response_trailers.push(b"grpc-message", b"no item 42");
+        assert_eq!(run("", "gRPC m.S/Get", &only, &full), vec![]);
+        let mut other = full.clone();
+        other.response_trailers = HeaderList::new();
+        other.response_trailers.push(b"grpc-status", b"14");
+        assert_eq!(
+            run("", "gRPC m.S/Get", &only, &other),
+            vec![("grpc-status".to_string(), DiffKind::Changed)]
+        );
     }
 
     #[test]

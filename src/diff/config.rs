@@ -233,6 +233,11 @@ pub const DEFAULT_IGNORED_HEADERS: &[&str] = &[
     "content-encoding",
     "grpc-encoding",
     "grpc-accept-encoding",
+    // The gRPC status is compared on its own, wherever it came: in the
+    // headers of a trailers-only answer or in the trailers of a full one.
+    "grpc-status",
+    "grpc-message",
+    "grpc-status-details-bin",
 ];
 
 impl Headers {
@@ -372,6 +377,10 @@ impl Config {
                 return Err(format!("gate.{name} = {v}: must be between 0 and 1"));
             }
         }
+        if g.max_divergence_rate == 0.0 {
+            // The upper bound of a rate's interval is never 0.
+            return Err("gate.max_divergence_rate = 0: no sample could ever show a rate below 0, so the gate could never say GO; for \"no divergence\" give a small rate such as 0.001".into());
+        }
         for (name, v) in [
             ("max_p99_latency_ratio", g.max_p99_latency_ratio),
             ("max_ttft_p99_ratio", g.max_ttft_p99_ratio),
@@ -458,9 +467,9 @@ impl Config {
                 parse(&st.output_tokens_path)?,
             ]);
         }
-        if !(self.judge_timeout_s.is_finite() && self.judge_timeout_s > 0.0) {
+        if !(self.judge_timeout_s > 0.0 && self.judge_timeout_s <= 86_400.0) {
             return Err(format!(
-                "judge_timeout_s = {}: must be above 0",
+                "judge_timeout_s = {}: must be above 0 and at most 86400 (a day)",
                 self.judge_timeout_s
             ));
         }
@@ -483,7 +492,8 @@ impl Config {
 
 /// Map a request to a configured template name, if one matches.
 pub fn template_for<'a>(templates: &'a [String], method: &str, path: &str) -> Option<&'a str> {
-    let path = path.split(['?', '#']).next().unwrap_or(path);
+    // Absolute-form targets (through a forward proxy) match by their path.
+    let path = crate::endpoint::path_of(path);
     templates.iter().map(String::as_str).find(|t| {
         let Some((m, tp)) = t.split_once(' ') else {
             return false;
@@ -569,6 +579,10 @@ mod tests {
         assert!(e.contains("rule #1"), "{e}");
         let e = Config::parse("[gate]\nmax_divergence_rate = 5\n").unwrap_err();
         assert!(e.contains("between 0 and 1"), "{e}");
+        let e = Config::parse("[gate]\nmax_divergence_rate = 0\n").unwrap_err();
+        assert!(e.contains("could never say GO"), "{e}");
+        let e = Config::parse("judge_timeout_s = 1e20\n").unwrap_err();
+        assert!(e.contains("at most 86400"), "{e}");
     }
 
     #[test]
@@ -584,6 +598,7 @@ mod tests {
             Some("GET /repos/{owner}/{repo}")
         );
         assert_eq!(template_for(&t, "GET", "/repos/rust-lang"), None);
+        assert!(template_for(&t, "GET", "http://api.example/repos/a/b?x=1").is_some());
         assert_eq!(template_for(&t, "POST", "/repos/a/b"), None);
     }
 }

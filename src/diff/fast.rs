@@ -155,6 +155,7 @@ pub(super) fn fold_identical(rows: &[RowRef], ctx: &mut FoldCtx) -> bool {
         c.target(i),
     )
     .unwrap_or(c.endpoint(i));
+    let name = ctx.folded.endpoint_name(name);
     let ec = ctx.comparer.endpoint(name);
     if ec.scores || !ec.drift.is_empty() {
         return false;

@@ -123,7 +123,11 @@ fn typed(desc: prost_reflect::MessageDescriptor, bytes: &[u8]) -> Option<Value> 
     // not a missing field.
     let opts = SerializeOptions::new()
         .use_proto_field_name(true)
-        .skip_default_fields(false);
+        .skip_default_fields(false)
+        // Numbers, not the strings proto3's JSON mapping makes of 64-bit
+        // integers: numeric rules, drift and cosine must see numbers
+        // (integers are compared exactly whatever their size).
+        .stringify_64_bit_integers(false);
     let mut ser = serde_json::Serializer::new(Vec::new());
     msg.serialize_with_options(&mut ser, &opts).ok()?;
     serde_json::from_slice(&ser.into_inner()).ok()
@@ -134,4 +138,47 @@ fn untyped(bytes: &[u8]) -> Value {
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         serde_json::json!({ "undecodable_hex": hex })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost_reflect::prost::Message;
+    use prost_reflect::prost_types::field_descriptor_proto::{Label, Type};
+    use prost_reflect::prost_types::{DescriptorProto, FieldDescriptorProto, FileDescriptorProto};
+
+    /// `message Count { int64 n = 1; uint64 big = 2; }`
+    fn count_descriptor() -> prost_reflect::MessageDescriptor {
+        let field = |name: &str, number, ty: Type| FieldDescriptorProto {
+            name: Some(name.into()),
+            number: Some(number),
+            label: Some(Label::Optional as i32),
+            r#type: Some(ty as i32),
+            ..Default::default()
+        };
+        let file = FileDescriptorProto {
+            name: Some("count.proto".into()),
+            package: Some("t".into()),
+            syntax: Some("proto3".into()),
+            message_type: vec![DescriptorProto {
+                name: Some("Count".into()),
+                field: vec![field("n", 1, Type::Int64), field("big", 2, Type::Uint64)],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut pool = DescriptorPool::new();
+        pool.add_file_descriptor_proto(file).unwrap();
+        pool.get_message_by_name("t.Count").unwrap()
+    }
+
+    #[test]
+    fn sixty_four_bit_integers_stay_numbers() {
+        let desc = count_descriptor();
+        let mut msg = DynamicMessage::new(desc.clone());
+        msg.set_field_by_name("n", prost_reflect::Value::I64(-42));
+        msg.set_field_by_name("big", prost_reflect::Value::U64(u64::MAX));
+        let v = typed(desc, &msg.encode_to_vec()).unwrap();
+        assert_eq!(v, serde_json::json!({"n": -42, "big": u64::MAX}));
+    }
 }

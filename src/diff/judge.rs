@@ -360,7 +360,20 @@ impl Worker {
             Err(why) => return self.failed(JudgeFailure::Crashed(why)),
         };
         running.send(wire_line(id, request));
-        match running.from_stdout.recv_timeout(timeout) {
+        let deadline = Instant::now() + timeout;
+        // Lines that answer nothing (a blank line after each answer, the
+        // answer a stray line displaced) are passed over within the same
+        // deadline: taken as answers, they would put every later answer
+        // one request out of step, where a stray line must cost one.
+        let mut line = Err(RecvTimeoutError::Timeout);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            line = running.from_stdout.recv_timeout(left);
+            if !matches!(&line, Ok(Line::Text(text)) if is_noise(text, id)) {
+                break;
+            }
+            line = Err(RecvTimeoutError::Timeout);
+        }
+        match line {
             Ok(line) => {
                 self.failures_in_row = 0;
                 match line {
@@ -653,6 +666,22 @@ fn wire_line(id: u64, request: &JudgeRequest) -> Vec<u8> {
 }
 
 /// Read one answer line for request `id`.
+/// A line that is no answer to request `want`: blank, or an object
+/// answering an earlier request (the answer a stray line displaced).
+fn is_noise(line: &[u8], want: u64) -> bool {
+    let text = line.trim_ascii();
+    if text.is_empty() {
+        return true;
+    }
+    if text.first() != Some(&b'{') {
+        return false;
+    }
+    serde_json::from_slice::<Value>(text)
+        .ok()
+        .and_then(|v| v.get("id").and_then(Value::as_u64))
+        .is_some_and(|id| id < want)
+}
+
 fn parse_answer(line: &[u8], id: u64) -> Judgement {
     read_answer(line, id).unwrap_or_else(|why| Judgement::Failed(JudgeFailure::BadAnswer(why)))
 }

@@ -70,6 +70,12 @@ pub fn similarity_edges() -> Vec<f64> {
     (1..=10).map(|k| k as f64 / 10.0).collect()
 }
 
+/// Distinct stop reasons kept per side; the rest count under [`OTHER_FINISH`].
+const MAX_FINISH_REASONS: usize = 32;
+/// A longer stop reason is not a word an API chose but text it put there.
+const MAX_FINISH_CHARS: usize = 64;
+const OTHER_FINISH: &str = "(other)";
+
 /// One side's LLM figures.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct SideTally {
@@ -87,7 +93,16 @@ impl SideTally {
     pub fn add(&mut self, r: &ReplayResult, a: &Answer) {
         self.answers += 1;
         if let Some(f) = &a.finish_reason {
-            *self.finish.entry(f.clone()).or_default() += 1;
+            // Bounded: an API that puts ids or messages in its stop reason
+            // must not grow memory or the report with every answer.
+            let kept = self.finish.contains_key(f.as_str())
+                || (self.finish.len() < MAX_FINISH_REASONS && f.len() <= MAX_FINISH_CHARS);
+            let key = if kept {
+                f.clone()
+            } else {
+                OTHER_FINISH.to_string()
+            };
+            *self.finish.entry(key).or_default() += 1;
         }
         if let Some(n) = a.output_token_count() {
             self.tokens.record(n as f64);
@@ -280,4 +295,32 @@ pub(crate) fn similarity_stats(
         .collect();
     out.sort_by(|a, b| a.path.cmp(&b.path));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_reasons_are_bounded_in_number_and_length() {
+        let mut side = SideTally::default();
+        let row = ReplayResult::default();
+        let answer = |reason: String| {
+            let body = serde_json::json!({"object": "chat.completion", "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": reason}]});
+            crate::llm::assemble_body(&body).unwrap()
+        };
+        for _ in 0..3 {
+            side.add(&row, &answer("stop".into()));
+        }
+        side.add(&row, &answer("x".repeat(MAX_FINISH_CHARS + 1)));
+        for i in 0..100 {
+            side.add(&row, &answer(format!("req-{i}")));
+        }
+        // `stop`, `(other)` (the long one came first) and 30 ids: 32 keys.
+        assert_eq!(side.finish.len(), MAX_FINISH_REASONS);
+        assert_eq!(side.finish["stop"], 3);
+        assert_eq!(side.finish[OTHER_FINISH], 1 + 70);
+        assert_eq!(side.finish.values().sum::<u64>(), 104);
+    }
 }

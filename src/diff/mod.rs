@@ -209,6 +209,27 @@ impl Interner {
     }
 }
 
+/// Distinct endpoints reported; the exchanges of any more are reported
+/// together under [`OTHER_ENDPOINTS`]. Each endpoint holds histograms and
+/// tallies per shadow: paths the automatic names do not collapse (user
+/// names, slugs) would otherwise grow memory with every new one.
+pub(crate) const MAX_ENDPOINTS: usize = 5_000;
+pub(crate) const OTHER_ENDPOINTS: &str = "(other endpoints)";
+
+impl Folded {
+    /// The name an exchange of `name` is reported under: its own, or, once
+    /// [`MAX_ENDPOINTS`] others are known, [`OTHER_ENDPOINTS`].
+    pub fn endpoint_name<'a>(&mut self, name: &'a str) -> &'a str {
+        let e = &self.endpoints;
+        let known = e.last.is_some_and(|l| e.names[l as usize] == name) || e.ids.contains_key(name);
+        if known || e.names.len() < MAX_ENDPOINTS {
+            return name;
+        }
+        self.endpoints_over_cap += 1;
+        OTHER_ENDPOINTS
+    }
+}
+
 /// The set of (path, kind) that differed in one comparison, sorted.
 pub(crate) type Signature = Vec<(u32, DiffKind)>;
 
@@ -286,6 +307,8 @@ pub(crate) struct Folded {
     pub unpaired: HashMap<String, u64>,
     /// The signature of "no differences", once seen.
     no_diffs: Option<u32>,
+    /// Exchanges reported under [`OTHER_ENDPOINTS`].
+    pub endpoints_over_cap: u64,
 }
 
 /// An endpoint whose first answers hold no LLM answer is not checked
@@ -897,7 +920,7 @@ fn fold_group(
     };
     let top = ctx.opts.top;
     let (f, comparer) = (&mut *ctx.folded, &mut *ctx.comparer);
-    let name = r.endpoint;
+    let name = f.endpoint_name(r.endpoint);
     let primary = r.primary;
     let ep = f.endpoints.id(name);
     f.exchanges += 1;
@@ -1152,5 +1175,30 @@ mod probe_tests {
             llm.wanted() && llm.llm,
             "an LLM answer from either shadow counts"
         );
+    }
+}
+
+#[cfg(test)]
+mod endpoint_cap_tests {
+    use super::{Folded, MAX_ENDPOINTS, OTHER_ENDPOINTS};
+
+    /// Unique paths cannot grow the report: past the cap new names are
+    /// reported together, and names already known keep their own.
+    #[test]
+    fn endpoints_past_the_cap_are_reported_together() {
+        let mut f = Folded::default();
+        for i in 0..MAX_ENDPOINTS {
+            let name = format!("GET /users/u{i}");
+            let kept = f.endpoint_name(&name).to_string();
+            assert_eq!(kept, name);
+            f.endpoints.id(&kept);
+        }
+        assert_eq!(f.endpoint_name("GET /users/new"), OTHER_ENDPOINTS);
+        f.endpoints.id(OTHER_ENDPOINTS);
+        assert_eq!(f.endpoint_name("GET /users/another"), OTHER_ENDPOINTS);
+        assert_eq!(f.endpoint_name("GET /users/u7"), "GET /users/u7");
+        assert_eq!(f.endpoint_name(OTHER_ENDPOINTS), OTHER_ENDPOINTS);
+        assert_eq!(f.endpoints_over_cap, 2);
+        assert_eq!(f.endpoints.names.len(), MAX_ENDPOINTS + 1);
     }
 }

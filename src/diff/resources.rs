@@ -171,6 +171,49 @@ fn series(rows: &[&MetricRow], m: &Measure) -> Option<(String, Series)> {
     None
 }
 
+/// Increments of a counter between readings, each label set on its own and
+/// then summed: a reset, or a set first seen mid-run (a container started),
+/// changes only its own count, as Prometheus's `increase()` has it. Summed
+/// first, one container's restart would count every other's total again.
+fn counter_increments(rows: &[&MetricRow], m: &Measure) -> Vec<(i64, f64, f64)> {
+    for source in SOURCES {
+        for &(family, scale) in m.families {
+            let mut sets: BTreeMap<&[(String, String)], Series> = BTreeMap::new();
+            for r in rows.iter().filter(|r| {
+                r.kind == MetricKind::Sample && r.source == source && r.family == family
+            }) {
+                if let Some(v) = r.value.filter(|v| v.is_finite()) {
+                    sets.entry(&r.labels[..])
+                        .or_default()
+                        .push((r.ts, v * scale));
+                }
+            }
+            if sets.is_empty() {
+                continue;
+            }
+            // Every reading's time, so an interval where nothing grew counts.
+            let times: BTreeSet<i64> = sets.values().flatten().map(|p| p.0).collect();
+            let mut grew: BTreeMap<i64, f64> = times.iter().skip(1).map(|&t| (t, 0.0)).collect();
+            for set in sets.values_mut() {
+                set.sort_by_key(|p| p.0);
+                for (end, _, d) in increments(set, source) {
+                    *grew.entry(end).or_default() += d;
+                }
+            }
+            let mut prev = times.first().copied().unwrap_or(0);
+            return grew
+                .into_iter()
+                .map(|(t, d)| {
+                    let dt = (t - prev) as f64 / 1e9;
+                    prev = t;
+                    (t, dt, d)
+                })
+                .collect();
+        }
+    }
+    Vec::new()
+}
+
 /// Increments of a counter between readings: (end time, seconds elapsed,
 /// increase). A drop is a restart of an endpoint or a cgroup's counter
 /// (counting from zero); summed over a process tree (`pid`), a drop is a
@@ -284,10 +327,7 @@ fn target_resources(
     let memory = series(rows, &MEMORY);
     let gpu = series(rows, &GPU_UTIL);
     let gpu_memory = series(rows, &GPU_MEMORY);
-    let incs = cpu
-        .as_ref()
-        .map(|(src, s)| increments(s, src))
-        .unwrap_or_default();
+    let incs = counter_increments(rows, &CPU);
     let cpu_seconds: f64 = incs.iter().map(|i| i.2).sum();
     let answers = cpu
         .as_ref()
@@ -576,10 +616,19 @@ fn ratio_reason(
         _ => (
             f64::NAN,
             Outcome::Inconclusive,
-            format!("{what} not measured on both sides (shadow {mine:?}, primary {theirs:?}): sample both with --metrics, --pid or --cgroup"),
+            format!(
+                "{what} not measured on both sides (shadow {}, primary {}): sample both with --metrics, --pid or --cgroup",
+                shown(mine, unit),
+                shown(theirs, unit)
+            ),
         ),
     };
     super::verdict::reason(criterion, None, shadow, observed, limit, outcome, detail)
+}
+
+/// A measured figure with its unit, or that it was not measured.
+fn shown(v: Option<f64>, unit: &str) -> String {
+    v.map_or_else(|| "not measured".to_string(), |v| format!("{v:.3} {unit}"))
 }
 
 fn growth_reason(shadow: &str, g: Option<&Growth>, limit: f64) -> Reason {
@@ -715,6 +764,40 @@ mod tests {
         let s = points(1.0, &[10.0, 10.5, 7.5, 8.0]);
         let total: f64 = increments(&s, "pid").iter().map(|i| i.2).sum();
         assert!((total - 1.0).abs() < 1e-9, "{total}");
+    }
+
+    #[test]
+    fn one_label_sets_reset_counts_only_its_own_increase() {
+        let row = |t: i64, container: &str, v: f64| MetricRow {
+            ts: t * 1_000_000_000,
+            target: "v2".into(),
+            source: "prometheus".into(),
+            kind: MetricKind::Sample,
+            family: "container_cpu_usage_seconds_total".into(),
+            labels: vec![("container".into(), container.into())],
+            value: Some(v),
+            detail: None,
+            scrape_ms: None,
+        };
+        // a: 1000 s, +1 a second. b: 10 s, +1, then restarts (0.5).
+        // c: appears at the third reading with its lifetime's 500 s.
+        let rows = vec![
+            row(0, "a", 1000.0),
+            row(0, "b", 10.0),
+            row(1, "a", 1001.0),
+            row(1, "b", 11.0),
+            row(2, "a", 1002.0),
+            row(2, "b", 0.5),
+            row(2, "c", 500.0),
+            row(3, "a", 1003.0),
+            row(3, "b", 1.5),
+            row(3, "c", 501.0),
+        ];
+        let refs: Vec<&MetricRow> = rows.iter().collect();
+        let incs = counter_increments(&refs, &CPU);
+        let per_interval: Vec<f64> = incs.iter().map(|i| i.2).collect();
+        assert_eq!(per_interval, vec![2.0, 1.5, 3.0]);
+        assert!(incs.iter().all(|i| (i.1 - 1.0).abs() < 1e-12), "{incs:?}");
     }
 
     #[test]

@@ -760,6 +760,14 @@ pub(crate) fn report(
         latency_buckets_ms: edges,
     };
     report.hints = ignore_hints(&report);
+    if f.endpoints_over_cap > 0 {
+        report.hints.push(format!(
+            "{} exchanges are reported together as {}: they have more than {} distinct endpoint names, most likely ids the automatic names do not recognise; name them with [endpoints] templates (docs/config.md)",
+            f.endpoints_over_cap,
+            super::OTHER_ENDPOINTS,
+            super::MAX_ENDPOINTS
+        ));
+    }
     match &f.times {
         Some(times) => {
             (report.resources, report.telemetry) = super::resources::summarize(&f.metrics, times);

@@ -77,6 +77,9 @@ pub struct Answer {
     /// Reasoning tokens the API counted in `output_tokens` but never
     /// streamed (OpenAI's reasoning models): made before the first event.
     pub hidden_reasoning_tokens: u64,
+    /// Streams: events longer than [`events::MAX_EVENT`], cut there and so
+    /// not read: what they held is missing from the text.
+    pub cut_events: u64,
 }
 
 impl Answer {
@@ -95,6 +98,7 @@ impl Answer {
             error: None,
             choices: 1,
             hidden_reasoning_tokens: 0,
+            cut_events: 0,
         }
     }
 
@@ -155,6 +159,10 @@ impl Answer {
         if let Some(e) = &self.error {
             m.insert("error".into(), e.clone());
         }
+        // Said, so an answer missing a piece is never taken for a whole one.
+        if self.cut_events > 0 {
+            m.insert("cut_events".into(), self.cut_events.into());
+        }
         Value::Object(m)
     }
 }
@@ -211,6 +219,7 @@ pub fn assemble_stream(events: &[Event], custom: Option<&Custom>) -> Option<Answ
     };
     answer.streamed = true;
     answer.events = events.len();
+    answer.cut_events = events.iter().filter(|e| e.truncated).count() as u64;
     Some(answer)
 }
 

@@ -228,3 +228,22 @@ fn reasoning_never_streamed_is_left_out_of_the_decode_speed() {
     let a = assemble(Some(b"text/event-stream"), body.as_bytes(), None).unwrap();
     assert_eq!(a.timed_token_count(), Some(1030));
 }
+
+#[test]
+fn an_event_longer_than_the_cap_is_counted_as_cut() {
+    let chunk = |text: &str| {
+        format!(
+            "data: {{\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{text}\"}}}}]}}\n\n"
+        )
+    };
+    let whole = chunk("Hi") + &chunk(" there");
+    let a = assemble(Some(b"text/event-stream"), whole.as_bytes(), None).unwrap();
+    assert!(a.to_json().get("cut_events").is_none());
+    // The second event's text is past the cap: it cannot be read.
+    let long = "x".repeat(crate::proto::events::MAX_EVENT);
+    let cut = chunk("Hi") + &chunk(&long);
+    let a = assemble(Some(b"text/event-stream"), cut.as_bytes(), None).unwrap();
+    let shape = a.to_json();
+    assert_eq!(shape["cut_events"], 1);
+    assert_eq!(shape["text"], "Hi");
+}

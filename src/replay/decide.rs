@@ -203,6 +203,7 @@ mod tests {
             outcome,
             detail: String::new(),
             needed_exchanges: None,
+            path: None,
         }
     }
 

@@ -575,7 +575,13 @@ pub fn replay(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummar
             .map_err(|_| ReplayError::WriterGone)?
     });
     // The metrics file is completed whatever became of the run.
-    let metrics = sampler.map(sampler::Sampler::finish).transpose();
+    let metrics = match sampler {
+        Some(s) if result.is_err() => {
+            s.abandon();
+            Ok(None)
+        }
+        s => s.map(sampler::Sampler::finish).transpose(),
+    };
     let mut summary = result?;
     // The results are complete: a metrics file that could not be finished
     // is said, not a reason to lose the run.
@@ -595,11 +601,21 @@ pub fn replay(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummar
     Ok(summary)
 }
 
+/// More requests in flight than any server or this host's ports could
+/// take (and past the async semaphore's own limit, where it would panic).
+const MAX_CONCURRENCY: usize = 100_000;
+
 /// Refuse options that cannot work before anything is opened or sent.
 fn validate(opts: &ReplayOptions) -> Result<(), ReplayError> {
     let bad = |m: String| Err(ReplayError::Invalid(m));
     if opts.concurrency == 0 {
         return bad("--concurrency 0: at least one request must be allowed in flight".into());
+    }
+    if opts.concurrency > MAX_CONCURRENCY {
+        return bad(format!(
+            "--concurrency {}: at most {MAX_CONCURRENCY} requests in flight per target",
+            opts.concurrency
+        ));
     }
     if opts.stream_idle_timeout.is_zero() {
         return bad("--stream-idle-timeout 0: every answer would stall at once".into());

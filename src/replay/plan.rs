@@ -285,6 +285,13 @@ impl Ord for Queued {
     }
 }
 
+/// About how many of `total` rows a selection keeps (`--sample`, one
+/// `--shard` of N), for the progress bar's length and its time estimate.
+fn expected(total: u64, s: &Selection) -> u64 {
+    let share = s.sample.unwrap_or(1.0) / s.shard.map_or(1.0, |(_, n)| n as f64);
+    (total as f64 * share).ceil() as u64
+}
+
 impl Plan {
     pub fn open(files: Vec<PathBuf>, selection: Selection) -> Result<Self, SchemaError> {
         let mut total = 0;
@@ -297,7 +304,9 @@ impl Plan {
             file: 0,
             reader: None,
             heap: BinaryHeap::new(),
-            total_hint: selection.limit.map_or(total, |l| l.min(total)),
+            total_hint: selection.limit.map_or(expected(total, &selection), |l| {
+                l.min(expected(total, &selection))
+            }),
             waves: selection.shuffled.then(|| Waves::new(total)),
             selection,
             emitted: 0,

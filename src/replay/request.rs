@@ -166,6 +166,17 @@ fn send_fields(
             dropped += 1;
             continue;
         }
+        if lower == "referer" {
+            // A referrer's redacted query values are left out, as the
+            // target's are: `[REDACTED]` is never sent as if it were one.
+            let text = String::from_utf8_lossy(value);
+            let (url, n) = without_redacted_query(&text);
+            if n > 0 {
+                dropped += n;
+                push(&lower, name, url.as_bytes(), true);
+                continue;
+            }
+        }
         if lower == "content-length" {
             // In place, with the length of the (de-chunked) body we send.
             if !std::mem::replace(&mut length_sent, true) {
@@ -476,5 +487,18 @@ mod tests {
             "{text}"
         );
         assert_eq!(built.dropped_redacted, 2, "the header and the parameter");
+        // A referrer's redacted values go the same way.
+        ex.request_headers.push(
+            b"Referer",
+            format!("https://a.example/p?code=7&access_token={r}").as_bytes(),
+        );
+        let built = build(&ex, &dest, &RequestRules::default());
+        let text = String::from_utf8(built.bytes).unwrap();
+        assert!(
+            text.contains("Referer: https://a.example/p?code=7\r\n"),
+            "{text}"
+        );
+        assert!(!text.contains("REDACTED"), "{text}");
+        assert_eq!(built.dropped_redacted, 3);
     }
 }

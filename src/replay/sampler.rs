@@ -9,6 +9,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::client::{now_ns, Target};
@@ -93,6 +95,8 @@ pub struct SamplerSummary {
 pub struct Sampler {
     stop: tokio::sync::watch::Sender<bool>,
     thread: std::thread::JoinHandle<Result<SamplerSummary, SchemaError>>,
+    /// Cleared by [`Sampler::abandon`]: the file is dropped, not finished.
+    keep: Arc<AtomicBool>,
 }
 
 struct Probe {
@@ -122,6 +126,8 @@ impl Sampler {
             WriterConfig::default(),
         )?;
         let (stop, mut flag) = tokio::sync::watch::channel(false);
+        let keep = Arc::new(AtomicBool::new(true));
+        let kept = Arc::clone(&keep);
         let thread = std::thread::Builder::new()
             .name("metrics".into())
             .spawn(move || {
@@ -133,6 +139,10 @@ impl Sampler {
                         source: e,
                     })?;
                 let summary = rt.block_on(run(&probes, &opts, &mut flag, &mut writer));
+                if !kept.load(Ordering::Relaxed) {
+                    drop(writer); // its temporary file goes; the path keeps what it held
+                    return Ok(SamplerSummary::default());
+                }
                 let path = writer.finish(vec![])?;
                 Ok(SamplerSummary {
                     path: path.display().to_string(),
@@ -140,7 +150,16 @@ impl Sampler {
                 })
             })
             .map_err(|e| SamplerError::Thread(e.to_string()))?;
-        Ok(Self { stop, thread })
+        Ok(Self { stop, thread, keep })
+    }
+
+    /// Stop without writing the file: a replay that failed leaves its
+    /// results path as it was, and the metrics path must match it, or a
+    /// later `diff` would read resources of a run that never was.
+    pub fn abandon(self) {
+        self.keep.store(false, Ordering::Relaxed);
+        let _ = self.stop.send(true);
+        let _ = self.thread.join();
     }
 
     /// Take the last sample, write the footer, and say what was done.
@@ -399,7 +418,7 @@ fn read_process_tree(root: u32) -> Result<Vec<Reading>, String> {
         // cutime), and once the worker is reaped its whole time moves to
         // its parent's, counted once.
         cpu += (s.utime + s.stime + s.cutime + s.cstime) as f64;
-        rss += s.rss_pages as f64 * page;
+        rss += pss_bytes(pid).unwrap_or(s.rss_pages as f64 * page);
         threads += s.threads as f64;
         fds += std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count()) as f64;
     }
@@ -409,6 +428,23 @@ fn read_process_tree(root: u32) -> Result<Vec<Reading>, String> {
         sample("process_threads", Vec::new(), threads),
         sample("process_open_fds", Vec::new(), fds),
     ])
+}
+
+/// A process's proportional set size: each shared page divided among the
+/// processes that map it, so eight workers sharing a preloaded model count
+/// it once, where their RSS would count it eight times. None where
+/// `smaps_rollup` cannot be read (kernels before 4.14, no permission).
+fn pss_bytes(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let kb = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<f64>()
+        .ok()?;
+    Some(kb * 1024.0)
 }
 
 /// CPU seconds and resident bytes of one process (no children), from
@@ -593,6 +629,46 @@ mod tests {
         assert!(read_process_tree(u32::MAX - 1)
             .unwrap_err()
             .contains("is gone"));
+    }
+
+    /// Four processes sharing 64 MB copied on write count it about once.
+    #[test]
+    fn shared_pages_of_a_process_tree_count_once() {
+        use std::io::{BufRead, BufReader};
+        let script = "import os, sys, time\n\
+            b = bytearray(b'x' * (64 << 20))\n\
+            for _ in range(3):\n    if os.fork() == 0:\n        time.sleep(20); os._exit(0)\n\
+            print('ready', flush=True); time.sleep(20)\n";
+        let mut tree = std::process::Command::new("python3")
+            .args(["-c", script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        BufReader::new(tree.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let r = read_process_tree(tree.id());
+        let children = descendants(tree.id());
+        for &pid in &children {
+            // SAFETY: kill has no memory preconditions; these are our children.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        let members = children.len();
+        let _ = tree.kill();
+        let _ = tree.wait();
+        assert_eq!(line.trim(), "ready");
+        assert_eq!(members, 3);
+        let mb = r
+            .unwrap()
+            .iter()
+            .find(|x| x.family == "process_resident_memory_bytes")
+            .unwrap()
+            .value
+            .unwrap()
+            / 1e6;
+        // RSS summed would be over 4 x 67 MB.
+        assert!(mb > 60.0 && mb < 150.0, "{mb} MB");
     }
 
     #[test]

@@ -9,8 +9,8 @@
 use std::fmt::{self, Write};
 
 use super::markdown::{
-    drift_test, endpoint_rows, finish_reasons, fixed, int, judge_line, ms, num, observed,
-    outcome_word, p99, p_value, pct, pct_ci, ratio, reasons_by_severity, shadow_names,
+    drift_test, endpoint_rows, finish_reasons, fixed, fixed_of, int, judge_line, ms, ms_of, num,
+    observed, outcome_word, p99, p_value, pct, pct_ci, ratio, reasons_by_severity, shadow_names,
     similarity_drop, status,
 };
 use super::{clip, Drift, EndpointReport, Example, LatencyPair, Report, ShadowStats, Verdict};
@@ -134,7 +134,7 @@ fn banner(o: &mut String, r: &Report) -> fmt::Result {
     let shadows: Vec<String> = r.shadow_names.iter().map(|s| esc(s)).collect();
     writeln!(
         o,
-        "<p>{} exchanges · {} result file(s) · shadows: {} · primary answers: {} · noise estimated: {}</p></header>",
+        "<p>{} exchanges · {} input file(s) · shadows: {} · primary answers: {} · noise estimated: {}</p></header>",
         int(r.exchanges),
         r.inputs.len(),
         if shadows.is_empty() { "none".to_string() } else { shadows.join(", ") },
@@ -317,18 +317,40 @@ fn llm(o: &mut String, r: &Report, rows: &[(&EndpointReport, &ShadowStats)]) -> 
             code(&e.endpoint, MAX_VALUE_CHARS),
             int(l.streamed.primary),
             int(l.streamed.shadow),
-            esc(&ms(l.ttft_ms.primary.p50)),
-            esc(&ms(l.ttft_ms.shadow.p50)),
-            esc(&ms(l.ttft_ms.primary.p99)),
-            esc(&ms(l.ttft_ms.shadow.p99)),
+            esc(&ms_of(&l.ttft_ms.primary, l.ttft_ms.primary.p50)),
+            esc(&ms_of(&l.ttft_ms.shadow, l.ttft_ms.shadow.p50)),
+            esc(&ms_of(&l.ttft_ms.primary, l.ttft_ms.primary.p99)),
+            esc(&ms_of(&l.ttft_ms.shadow, l.ttft_ms.shadow.p99)),
             esc(&ratio(l.ttft_p99_ratio)),
-            esc(&ms(l.inter_token_ms.primary.p50)),
-            esc(&ms(l.inter_token_ms.shadow.p50)),
-            esc(&fixed(l.tokens_per_second.primary.p50, 1)),
-            esc(&fixed(l.tokens_per_second.shadow.p50, 1)),
+            esc(&ms_of(
+                &l.inter_token_ms.primary,
+                l.inter_token_ms.primary.p50
+            )),
+            esc(&ms_of(
+                &l.inter_token_ms.shadow,
+                l.inter_token_ms.shadow.p50
+            )),
+            esc(&fixed_of(
+                &l.tokens_per_second.primary,
+                l.tokens_per_second.primary.p50,
+                1
+            )),
+            esc(&fixed_of(
+                &l.tokens_per_second.shadow,
+                l.tokens_per_second.shadow.p50,
+                1
+            )),
             esc(&ratio(l.tokens_per_second_ratio)),
-            esc(&fixed(l.output_tokens.primary.mean, 1)),
-            esc(&fixed(l.output_tokens.shadow.mean, 1)),
+            esc(&fixed_of(
+                &l.output_tokens.primary,
+                l.output_tokens.primary.mean,
+                1
+            )),
+            esc(&fixed_of(
+                &l.output_tokens.shadow,
+                l.output_tokens.shadow.mean,
+                1
+            )),
             esc(&ratio(l.output_tokens_ratio)),
             esc(&finish_reasons(&l.finish_reasons.primary)),
             esc(&finish_reasons(&l.finish_reasons.shadow)),
@@ -1149,6 +1171,10 @@ fn drift_chart(o: &mut String, d: &Drift) -> fmt::Result {
 /// time, every target on one time axis.
 fn resources(o: &mut String, r: &Report) -> fmt::Result {
     if r.resources.is_empty() {
+        // Why there are no figures, as the other reports say it.
+        if let Some(note) = &r.resources_note {
+            writeln!(o, r#"<p class="muted">{}</p>"#, esc(note))?;
+        }
         return Ok(());
     }
     writeln!(o, "<section><h2>Resources</h2>")?;
@@ -1428,6 +1454,7 @@ mod tests {
             reasons: vec![
                 Reason {
                     needed_exchanges: None,
+                    path: None,
                     criterion: "divergence_rate".into(),
                     endpoint: Some(format!("GET /{HOSTILE}")),
                     shadow: Some("canary".into()),
@@ -1439,6 +1466,7 @@ mod tests {
                 },
                 Reason {
                     needed_exchanges: None,
+                    path: None,
                     criterion: "p99_latency_ratio".into(),
                     endpoint: None,
                     shadow: Some("canary".into()),

@@ -61,11 +61,16 @@ fn properties(o: &mut String, r: &Report) -> fmt::Result {
 /// figures; the failure body and system-out carry the human detail.
 fn testcase(o: &mut String, x: &Reason) -> fmt::Result {
     let classname = x.shadow.as_deref().unwrap_or("all");
-    let name = format!(
+    let mut name = format!(
         "{} [{}]",
         x.criterion,
         x.endpoint.as_deref().unwrap_or("all")
     );
+    // One case per field for per-field criteria: CI servers key cases by
+    // class and name, and would fold two fields' failures into one.
+    if let Some(path) = &x.path {
+        name = format!("{name} {path}");
+    }
     let figures = format!(
         "{}: observed {}, threshold {}",
         outcome_word(x.outcome),
@@ -138,6 +143,7 @@ mod tests {
     fn reason(criterion: &str, endpoint: Option<&str>, outcome: Outcome) -> Reason {
         Reason {
             needed_exchanges: None,
+            path: None,
             criterion: criterion.into(),
             endpoint: endpoint.map(Into::into),
             shadow: Some(format!("canary{HOSTILE}")),
@@ -241,6 +247,26 @@ mod tests {
         ));
         assert!(x.contains("&#10;now"));
         assert!(!x.contains('\u{1}') && !x.contains('\u{1b}'));
+    }
+
+    #[test]
+    fn per_field_criteria_are_one_case_per_field() {
+        let mut r = sample_report();
+        r.reasons = ["$.label", "$.score"]
+            .map(|p| Reason {
+                path: Some(p.into()),
+                ..reason("drift_psi", Some("POST /predict"), Outcome::Fail)
+            })
+            .into();
+        let x = render(&r);
+        assert!(
+            x.contains(r#"name="drift_psi [POST /predict] $.label""#),
+            "{x}"
+        );
+        assert!(
+            x.contains(r#"name="drift_psi [POST /predict] $.score""#),
+            "{x}"
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@
 
 use std::fmt::{self, Write};
 
-use super::{clip, EndpointReport, Example, LatencyMs, Outcome, Reason, Report, ShadowStats};
+use super::{clip, Dist, EndpointReport, Example, LatencyMs, Outcome, Reason, Report, ShadowStats};
 
 /// Endpoint rows per shadow: a PR comment must stay readable (and GitHub caps
 /// comments at 64 KiB).
@@ -24,6 +24,10 @@ const MAX_DIFFS_PER_EXAMPLE: usize = 5;
 /// Captured values are cut to this many characters before display.
 const MAX_VALUE_CHARS: usize = 80;
 const MAX_TARGET_CHARS: usize = 120;
+/// Rows of the reasons table before passes are counted instead of listed.
+const MAX_REASON_ROWS: usize = 40;
+/// A reason's detail names captured paths and fields: kept to a cell's worth.
+const MAX_DETAIL_CHARS: usize = 600;
 
 /// What we print for a figure that does not exist or is not a number.
 pub(super) const NA: &str = "n/a";
@@ -33,6 +37,21 @@ pub fn render(r: &Report) -> String {
     let mut out = String::with_capacity(8 * 1024);
     // Writing into a String cannot fail; the Result only exists for `?`.
     let _ = write_report(&mut out, r);
+    fit_comment(out)
+}
+
+/// GitHub refuses a comment over 65,536 characters (`gh pr comment` fails
+/// with "body too long"), and every table is already capped: a report of
+/// very many endpoints and shadows is cut at a line end, and says so.
+const MAX_COMMENT_BYTES: usize = 60_000;
+
+fn fit_comment(mut out: String) -> String {
+    if out.len() <= MAX_COMMENT_BYTES {
+        return out;
+    }
+    let cut = out[..MAX_COMMENT_BYTES].rfind('\n').unwrap_or(0);
+    out.truncate(cut);
+    out.push_str("\n\n_The rest of this report is cut to fit a pull-request comment: the HTML and JSON reports hold all of it._\n");
     out
 }
 
@@ -59,7 +78,7 @@ fn header(o: &mut String, r: &Report) -> fmt::Result {
     };
     writeln!(
         o,
-        "**{}** exchanges · {} result file(s) · shadows: {} · primary answers: {} · noise estimated: {}",
+        "**{}** exchanges · {} input file(s) · shadows: {} · primary answers: {} · noise estimated: {}",
         int(r.exchanges),
         r.inputs.len(),
         shadows,
@@ -100,7 +119,16 @@ fn reasons(o: &mut String, r: &Report) -> fmt::Result {
         "| Criterion | Endpoint | Shadow | Observed | Threshold | Outcome | Detail |"
     )?;
     writeln!(o, "|---|---|---|--:|--:|---|---|")?;
-    for reason in reasons_by_severity(r) {
+    // Past the cap, passes are counted, not listed: the rows that decided
+    // lead, and a comment of many endpoints stays under GitHub's limit.
+    let sorted = reasons_by_severity(r);
+    let shown = if sorted.len() <= MAX_REASON_ROWS {
+        sorted.len()
+    } else {
+        let open = sorted.iter().filter(|x| x.outcome != Outcome::Pass).count();
+        open.min(MAX_REASON_ROWS)
+    };
+    for reason in &sorted[..shown] {
         writeln!(
             o,
             "| {} | {} | {} | {} | {} | {} | {} |",
@@ -110,7 +138,20 @@ fn reasons(o: &mut String, r: &Report) -> fmt::Result {
             observed(&reason.criterion, reason.observed),
             observed(&reason.criterion, reason.threshold),
             outcome_badge(reason.outcome),
-            text(&reason.detail),
+            text(&clip(&reason.detail, MAX_DETAIL_CHARS)),
+        )?;
+    }
+    if sorted.len() > shown {
+        let passed = sorted[shown..]
+            .iter()
+            .filter(|x| x.outcome == Outcome::Pass)
+            .count();
+        writeln!(o)?;
+        writeln!(
+            o,
+            "_{} more criteria not shown ({} of them passed): the HTML and JSON reports list every one._",
+            sorted.len() - shown,
+            passed
         )?;
     }
     writeln!(o)?;
@@ -214,18 +255,18 @@ fn llm_table(o: &mut String, rows: &[(&EndpointReport, &ShadowStats)]) -> fmt::R
             code(&clip(&e.endpoint, MAX_VALUE_CHARS)),
             int(l.streamed.primary),
             int(l.streamed.shadow),
-            ms(l.ttft_ms.primary.p50),
-            ms(l.ttft_ms.shadow.p50),
-            ms(l.ttft_ms.primary.p99),
-            ms(l.ttft_ms.shadow.p99),
+            ms_of(&l.ttft_ms.primary, l.ttft_ms.primary.p50),
+            ms_of(&l.ttft_ms.shadow, l.ttft_ms.shadow.p50),
+            ms_of(&l.ttft_ms.primary, l.ttft_ms.primary.p99),
+            ms_of(&l.ttft_ms.shadow, l.ttft_ms.shadow.p99),
             ratio(l.ttft_p99_ratio),
-            ms(l.inter_token_ms.primary.p50),
-            ms(l.inter_token_ms.shadow.p50),
-            fixed(l.tokens_per_second.primary.p50, 1),
-            fixed(l.tokens_per_second.shadow.p50, 1),
+            ms_of(&l.inter_token_ms.primary, l.inter_token_ms.primary.p50),
+            ms_of(&l.inter_token_ms.shadow, l.inter_token_ms.shadow.p50),
+            fixed_of(&l.tokens_per_second.primary, l.tokens_per_second.primary.p50, 1),
+            fixed_of(&l.tokens_per_second.shadow, l.tokens_per_second.shadow.p50, 1),
             ratio(l.tokens_per_second_ratio),
-            fixed(l.output_tokens.primary.mean, 1),
-            fixed(l.output_tokens.shadow.mean, 1),
+            fixed_of(&l.output_tokens.primary, l.output_tokens.primary.mean, 1),
+            fixed_of(&l.output_tokens.shadow, l.output_tokens.shadow.mean, 1),
             ratio(l.output_tokens_ratio),
             text(&finish_reasons(&l.finish_reasons.primary)),
             text(&finish_reasons(&l.finish_reasons.shadow)),
@@ -285,7 +326,16 @@ pub(super) fn similarity_drop(x: &crate::report::Similarity) -> String {
 pub(super) fn finish_reasons(m: &std::collections::BTreeMap<String, u64>) -> String {
     let mut v: Vec<_> = m.iter().collect();
     v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-    let parts: Vec<String> = v.iter().map(|(k, n)| format!("{k} {}", int(**n))).collect();
+    const SHOWN: usize = 5;
+    let mut parts: Vec<String> = v
+        .iter()
+        .take(SHOWN)
+        .map(|(k, n)| format!("{k} {}", int(**n)))
+        .collect();
+    if v.len() > SHOWN {
+        let rest: u64 = v[SHOWN..].iter().map(|(_, n)| **n).sum();
+        parts.push(format!("{} others {}", v.len() - SHOWN, int(rest)));
+    }
     if parts.is_empty() {
         "none".into()
     } else {
@@ -546,20 +596,34 @@ fn escape_pipes(s: &str) -> String {
 /// Prose that may contain captured text (reason details, kinds): HTML
 /// specials as entities, Markdown punctuation backslash-escaped, line breaks
 /// as spaces, so it renders as the same plain text in or out of a table.
+/// GitHub finds mentions, issue references and bare links in the rendered
+/// text, after escapes are gone: a zero-width space after `@` and `#`, and
+/// inside `://` and `www.`, keeps a field name an answer chose from pinging
+/// a team, cross-referencing an issue or becoming a link.
 pub(super) fn text(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 8);
+    let mut prev = ' ';
     for c in s.chars() {
         match c {
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
-            '\\' | '`' | '*' | '_' | '[' | ']' | '|' | '~' | '!' | '#' => {
+            '@' => out.push_str("@\u{200B}"),
+            '#' => out.push_str("\\#\u{200B}"),
+            '/' if prev == ':' => out.push_str("\u{200B}/"),
+            '.' if out.len() >= 3
+                && out.as_bytes()[out.len() - 3..].eq_ignore_ascii_case(b"www") =>
+            {
+                out.push_str("\u{200B}.")
+            }
+            '\\' | '`' | '*' | '_' | '[' | ']' | '|' | '~' | '!' => {
                 out.push('\\');
                 out.push(c);
             }
             c if c.is_control() => out.push(' '),
             c => out.push(c),
         }
+        prev = c;
     }
     out
 }
@@ -701,6 +765,25 @@ pub(super) fn p99(l: &LatencyMs) -> String {
         NA.to_string()
     } else {
         ms(l.p99)
+    }
+}
+
+/// A figure of a latency summary, `n/a` when it summarises nothing (a side
+/// that never streamed has no TTFT, not one of 0 ms).
+pub(super) fn ms_of(l: &LatencyMs, v: f64) -> String {
+    if l.count == 0 {
+        NA.to_string()
+    } else {
+        ms(v)
+    }
+}
+
+/// A figure of a distribution, `n/a` when it holds no value.
+pub(super) fn fixed_of(d: &Dist, v: f64, decimals: usize) -> String {
+    if d.count == 0 {
+        NA.to_string()
+    } else {
+        fixed(v, decimals)
     }
 }
 
@@ -872,6 +955,7 @@ mod tests {
     fn reason(criterion: &str, endpoint: Option<&str>, outcome: Outcome) -> Reason {
         Reason {
             needed_exchanges: None,
+            path: None,
             criterion: criterion.into(),
             endpoint: endpoint.map(Into::into),
             shadow: Some("canary".into()),
@@ -1062,6 +1146,7 @@ mod tests {
         let s = e.shadows.values_mut().next().unwrap();
         let mut l = crate::report::LlmStats::default();
         l.streamed.primary = 10;
+        l.ttft_ms.primary.count = 10;
         l.ttft_ms.primary.p50 = 12.5;
         l.ttft_p99_ratio = Some(2.5);
         l.finish_reasons.primary.insert(hostile.into(), 2);
@@ -1150,6 +1235,71 @@ mod tests {
         assert!(md.contains("_No criteria were evaluated._"));
     }
 
+    /// The terminal's caps keep what decided: failures before undecided
+    /// reasons, the most divergent endpoints, and a count of the rest.
+    #[test]
+    fn terminal_puts_failures_first_and_counts_what_it_leaves_out() {
+        let mut r = sample_report();
+        r.reasons = (0..30)
+            .map(|i| {
+                reason(
+                    "p99_latency_ratio",
+                    Some(&format!("GET /u{i}")),
+                    Outcome::Inconclusive,
+                )
+            })
+            .collect();
+        r.reasons
+            .push(reason("cpu_per_request_ratio", None, Outcome::Fail));
+        let mut more = r.endpoints[3].clone();
+        more.endpoint = "GET /worst".into();
+        more.shadows.insert("canary".into(), stats(40, 30));
+        r.endpoints.push(more);
+        let out = super::super::terminal::render(&r, false, false);
+        let fail = out.find("FAIL cpu_per_request_ratio").expect(&out);
+        let undecided = out.find("UNDECIDED").expect(&out);
+        assert!(fail < undecided, "{out}");
+        assert!(out.contains("… 11 more in the reports"), "{out}");
+        assert!(out.contains("GET /worst"), "{out}");
+        assert!(out.contains("… 1 more endpoints in the reports"), "{out}");
+        // A side without answers has no p99, not one of 0 ms.
+        assert!(out.contains("p99 n/a shadow vs n/a primary"), "{out}");
+    }
+
+    /// Hundreds of endpoints with long names: failures first, passes
+    /// counted, and the whole under GitHub's comment limit.
+    #[test]
+    fn a_huge_report_fits_a_pull_request_comment() {
+        let mut r = sample_report();
+        let long = "/v1/".to_string() + &"segment/".repeat(20);
+        r.reasons = (0..300)
+            .map(|i| {
+                let outcome = if i % 50 == 7 {
+                    Outcome::Fail
+                } else {
+                    Outcome::Pass
+                };
+                let mut x = reason("divergence_rate", Some(&format!("GET {long}{i}")), outcome);
+                x.detail = "d".repeat(2000);
+                x
+            })
+            .collect();
+        let shadows: Vec<String> = (0..20).map(|i| format!("v{i}")).collect();
+        r.shadow_names = shadows.clone();
+        for e in &mut r.endpoints {
+            e.endpoint = format!("GET {long}{}", e.endpoint);
+            let s = e.shadows["canary"].clone();
+            for name in &shadows {
+                e.shadows.insert(name.clone(), s.clone());
+            }
+        }
+        let md = render(&r);
+        assert!(md.chars().count() <= 65_536, "{}", md.len());
+        assert_eq!(md.matches("❌ fail").count(), 6, "every failure listed");
+        assert!(md.contains("_294 more criteria not shown (294 of them passed)"));
+        assert!(md.ends_with("the HTML and JSON reports hold all of it._\n"));
+    }
+
     #[test]
     fn escapers() {
         assert_eq!(escape_pipes("a|b"), "a\\|b");
@@ -1159,6 +1309,19 @@ mod tests {
         assert_eq!(code("``"), "(empty)");
         assert_eq!(code("a\nb"), "`a b`");
         assert_eq!(text("*x* <b>"), "\\*x\\* &lt;b&gt;");
+        // Nothing GitHub would turn into a mention, a reference or a link.
+        let quiet = text("$.cc @org/security fixes #12, see https://x.io or WWW.x.io");
+        for loud in ["@org", "#12", "https://", "WWW.x"] {
+            assert!(!quiet.contains(loud), "{loud} in {quiet}");
+        }
+        let shown: String = quiet
+            .chars()
+            .filter(|&c| c != '\u{200B}' && c != '\\')
+            .collect();
+        assert_eq!(
+            shown,
+            "$.cc @org/security fixes #12, see https://x.io or WWW.x.io"
+        );
         assert_eq!(int(1234567), "1,234,567");
         assert_eq!(int(0), "0");
         assert_eq!(pct(f64::NAN), "n/a");

@@ -72,6 +72,10 @@ pub struct Reason {
     /// Undecided criteria: how many more exchanges (of the endpoint, or in
     /// all) would decide it if the observed rates held (docs/diff.md).
     pub needed_exchanges: Option<u64>,
+    /// Criteria judged per field (`similarity_drop`, `drift_psi`): the
+    /// field's path, so two judgements of one endpoint stay apart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 /// Percentiles of one latency distribution, in milliseconds.

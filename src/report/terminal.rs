@@ -4,7 +4,11 @@
 
 use std::fmt::Write;
 
+use super::markdown::{endpoint_rows, fixed_of, ms_of, p99, reasons_by_severity};
 use super::{clip, Outcome, Report, Verdict};
+
+/// Endpoint rows printed per shadow; the reports list them all.
+const MAX_ENDPOINTS: usize = 25;
 
 struct Paint(bool);
 
@@ -23,6 +27,14 @@ fn clean(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() { '?' } else { c })
         .collect()
+}
+
+/// A p99 with its unit, or `n/a` for a side without answers.
+fn with_ms(l: &super::LatencyMs) -> String {
+    match p99(l) {
+        v if l.count == 0 => v,
+        v => format!("{v} ms"),
+    }
 }
 
 fn pct(x: f64) -> String {
@@ -55,9 +67,10 @@ pub fn render(r: &Report, colour: bool, verbose: bool) -> String {
     for hint in &r.hints {
         let _ = writeln!(o, "  hint: {}", clean(hint));
     }
-    let deciding: Vec<_> = r
-        .reasons
-        .iter()
+    // Failures first, as in the other reports: a cap on lines must never
+    // hide the failure that decided a NO-GO behind undecided ones.
+    let deciding: Vec<_> = reasons_by_severity(r)
+        .into_iter()
         .filter(|x| verbose || x.outcome != Outcome::Pass)
         .collect();
     let _ = writeln!(
@@ -95,7 +108,7 @@ pub fn render(r: &Report, colour: bool, verbose: bool) -> String {
     for (name, s) in &r.overall {
         let _ = writeln!(
             o,
-            "\nshadow {}: {} compared, {} divergent ({}, CI {}–{}); errors {} vs {} primary; p99 {:.2} ms vs {:.2} ms",
+            "\nshadow {}: {} compared, {} divergent ({}, CI {}–{}); errors {} vs {} primary; p99 {} shadow vs {} primary",
             clean(name),
             s.compared,
             s.divergent,
@@ -104,46 +117,50 @@ pub fn render(r: &Report, colour: bool, verbose: bool) -> String {
             pct(s.divergence_ci[1]),
             s.errors.shadow,
             s.errors.primary,
-            s.latency_ms.shadow.p99,
-            s.latency_ms.primary.p99
+            with_ms(&s.latency_ms.shadow),
+            with_ms(&s.latency_ms.primary)
         );
         let _ = writeln!(
             o,
             "  {:<36} {:>8} {:>9} {:>9} {:>9} {:>9}",
             "endpoint", "compared", "diverge", "err+", "p99 prim", "p99 shad"
         );
-        for ep in r.endpoints.iter().take(25) {
-            let Some(e) = ep.shadows.get(name) else {
-                continue;
-            };
+        // Most divergent first, as in the other reports, so the cap keeps
+        // the endpoints worth looking at.
+        let rows = endpoint_rows(r, name);
+        for (ep, e) in rows.iter().take(MAX_ENDPOINTS) {
             let _ = writeln!(
                 o,
-                "  {:<36} {:>8} {:>9} {:>9} {:>9.2} {:>9.2}",
+                "  {:<36} {:>8} {:>9} {:>9} {:>9} {:>9}",
                 clip(&clean(&ep.endpoint), 35),
                 e.compared,
                 pct(e.divergence_rate),
                 pct(e.errors.difference),
-                e.latency_ms.primary.p99,
-                e.latency_ms.shadow.p99
+                p99(&e.latency_ms.primary),
+                p99(&e.latency_ms.shadow)
             );
         }
-        for ep in r.endpoints.iter().take(25) {
-            let Some(e) = ep.shadows.get(name) else {
-                continue;
-            };
+        if rows.len() > MAX_ENDPOINTS {
+            let _ = writeln!(
+                o,
+                "  … {} more endpoints in the reports",
+                rows.len() - MAX_ENDPOINTS
+            );
+        }
+        for (ep, e) in rows.iter().take(MAX_ENDPOINTS) {
             let endpoint = clip(&clean(&ep.endpoint), 35);
             if let Some(l) = &e.llm {
                 let _ = writeln!(
                     o,
-                    "  llm {endpoint}: TTFT p50 {:.1} / {:.1} ms, p99 {:.1} / {:.1} ms; tokens/s p50 {:.1} / {:.1}; output tokens {:.1} / {:.1}; stop reasons {} / {}",
-                    l.ttft_ms.primary.p50,
-                    l.ttft_ms.shadow.p50,
-                    l.ttft_ms.primary.p99,
-                    l.ttft_ms.shadow.p99,
-                    l.tokens_per_second.primary.p50,
-                    l.tokens_per_second.shadow.p50,
-                    l.output_tokens.primary.mean,
-                    l.output_tokens.shadow.mean,
+                    "  llm {endpoint} (primary / shadow): TTFT p50 {} / {} ms, p99 {} / {} ms; tokens/s p50 {} / {}; output tokens {} / {}; stop reasons {} / {}",
+                    ms_of(&l.ttft_ms.primary, l.ttft_ms.primary.p50),
+                    ms_of(&l.ttft_ms.shadow, l.ttft_ms.shadow.p50),
+                    ms_of(&l.ttft_ms.primary, l.ttft_ms.primary.p99),
+                    ms_of(&l.ttft_ms.shadow, l.ttft_ms.shadow.p99),
+                    fixed_of(&l.tokens_per_second.primary, l.tokens_per_second.primary.p50, 1),
+                    fixed_of(&l.tokens_per_second.shadow, l.tokens_per_second.shadow.p50, 1),
+                    fixed_of(&l.output_tokens.primary, l.output_tokens.primary.mean, 1),
+                    fixed_of(&l.output_tokens.shadow, l.output_tokens.shadow.mean, 1),
                     clean(&super::markdown::finish_reasons(&l.finish_reasons.primary)),
                     clean(&super::markdown::finish_reasons(&l.finish_reasons.shadow)),
                 );
