@@ -536,10 +536,24 @@ fn parse_size(s: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("'{s}' is too large"))
 }
 
+/// SIGINT, SIGTERM and SIGHUP (a dropped ssh session) stop gracefully: the
+/// output gets its footer. A second one while stopping exits at once, for
+/// a stop stuck on a hung disk.
 fn interrupt_flag() -> Arc<AtomicBool> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let flag = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+    // Set by signals alone: the run also sets `flag` itself to stop (replay
+    // --max-duration, a decided gate), and a first signal then is not a second.
+    let signalled = Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM, SIGHUP] {
         // If registration fails we simply cannot be interrupted gracefully.
+        // Registered first, so it sees `signalled` before this signal sets it.
+        let _ = signal_hook::flag::register_conditional_shutdown(
+            sig,
+            i32::from(exit::INTERRUPTED),
+            Arc::clone(&signalled),
+        );
+        let _ = signal_hook::flag::register(sig, Arc::clone(&signalled));
         let _ = signal_hook::flag::register(sig, Arc::clone(&flag));
     }
     flag
@@ -627,16 +641,23 @@ fn run_capture(args: CaptureArgs) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
+/// Rotation of a live capture into a directory when no --rotate-* is given.
+const DEFAULT_ROTATE_SECS: u64 = 600;
+
 fn live_options(args: &CaptureArgs, interface: &str) -> capture::live::LiveOptions {
     use capture::output::{OutputSpec, Rotation};
     let single = args.out.extension().is_some_and(|e| e == "parquet");
     let output = if single {
         OutputSpec::File(args.out.clone())
     } else {
+        let asked =
+            args.rotate_secs.is_some() || args.rotate_bytes.is_some() || args.rotate_rows.is_some();
         OutputSpec::Dir {
             dir: args.out.clone(),
             rotation: Rotation {
-                secs: args.rotate_secs,
+                // Unless told otherwise, a new file every ten minutes: what
+                // a kill -9 or a power cut can cost is the open file only.
+                secs: args.rotate_secs.or((!asked).then_some(DEFAULT_ROTATE_SECS)),
                 bytes: args.rotate_bytes.map(|b| b as u64),
                 rows: args.rotate_rows,
             },

@@ -124,6 +124,8 @@ struct Loop {
     /// Exchanges handed to the writer so far.
     handed: u64,
     warned_drops: u64,
+    /// libpcap's last (received, dropped, interface dropped) readings.
+    pcap_seen: [u32; 3],
 }
 
 impl Loop {
@@ -160,10 +162,19 @@ impl Loop {
 
     fn kernel_stats(&mut self, cap: &mut pcap::Capture<pcap::Active>) {
         if let Ok(s) = cap.stats() {
+            // libpcap's counters are 32-bit and wrap (after about 70 minutes
+            // at a million packets a second): counted as increments.
+            let now = [s.received, s.dropped, s.if_dropped];
             let st = &mut self.pipeline.stats;
-            st.kernel_received = u64::from(s.received);
-            st.kernel_dropped = u64::from(s.dropped);
-            st.interface_dropped = u64::from(s.if_dropped);
+            let totals = [
+                &mut st.kernel_received,
+                &mut st.kernel_dropped,
+                &mut st.interface_dropped,
+            ];
+            for ((total, last), now) in totals.into_iter().zip(&mut self.pcap_seen).zip(now) {
+                *total += u64::from(now.wrapping_sub(*last));
+                *last = now;
+            }
         }
         let st = &mut self.pipeline.stats;
         st.writer_dropped_exchanges = self.writer.dropped_rows;
@@ -247,6 +258,7 @@ pub fn capture_live(
         max_exchanges: opts.max_exchanges,
         handed: 0,
         warned_drops: 0,
+        pcap_seen: [0; 3],
     };
     let started = Instant::now();
     let fd = cap.as_raw_fd();
@@ -292,15 +304,19 @@ pub fn capture_live(
     }
     drain_ring(&mut cap, linktype, &mut lp.pipeline);
     lp.kernel_stats(&mut cap);
+    let mut sent = Ok(());
     if let Some(mut rows) = lp.pipeline.finish() {
         lp.cap(&mut rows);
         // The last rows wait for room: stopping must not lose them.
-        lp.writer.send(rows)?;
+        sent = lp.writer.send(rows);
     }
     lp.kernel_stats(&mut cap);
     let mut stats = lp.pipeline.stats;
+    // Always joined: a writer that stopped (a full disk) is the cause to
+    // report, not the "writer gone" the packet loop then saw.
     let (files, rows) = lp.writer.finish()?;
     result?;
+    sent?;
     stats.output_rows = rows;
     stats.output_files = files.iter().map(|f| f.display().to_string()).collect();
     Ok(stats)

@@ -182,8 +182,12 @@ enum ToWriter {
 /// The Parquet writer thread: encodes and rotates files, so the packet loop
 /// never waits on compression.
 pub(crate) struct WriterThread {
-    tx: SyncSender<ToWriter>,
-    handle: JoinHandle<Result<Written, SchemaError>>,
+    /// Both taken only by `finish`, `abort` or `Drop`.
+    tx: Option<SyncSender<ToWriter>>,
+    handle: Option<JoinHandle<Result<Written, SchemaError>>>,
+    /// Rotated files in a directory: kept (with footers) if the packet loop
+    /// unwinds; a single output file is given up, as on any failed run.
+    keep_on_drop: bool,
     /// Rows refused because the queue was full (live capture only).
     pub dropped_rows: u64,
 }
@@ -195,6 +199,7 @@ impl WriterThread {
         stats: StatsSnapshot,
         queue: usize,
     ) -> Result<Self, CaptureError> {
+        let keep_on_drop = matches!(output, OutputSpec::Dir { .. });
         let writer = OutputWriter::new(output, config, stats)?;
         let (tx, rx) = sync_channel(queue);
         let handle = std::thread::Builder::new()
@@ -202,15 +207,31 @@ impl WriterThread {
             .spawn(move || write_loop(writer, rx))
             .map_err(|e| CaptureError::Open("parquet-writer thread".into(), e))?;
         Ok(Self {
-            tx,
-            handle,
+            tx: Some(tx),
+            handle: Some(handle),
+            keep_on_drop,
             dropped_rows: 0,
         })
     }
 
+    fn tx(&self) -> &SyncSender<ToWriter> {
+        self.tx
+            .as_ref()
+            .expect("only finish, abort and drop take it")
+    }
+
+    /// Close the queue and wait for the writer: its footers are written.
+    fn join(&mut self) -> Result<Result<Written, SchemaError>, CaptureError> {
+        drop(self.tx.take());
+        match self.handle.take() {
+            Some(h) => h.join().map_err(|_| CaptureError::WriterGone),
+            None => Err(CaptureError::WriterGone),
+        }
+    }
+
     /// Queue rows, waiting for room (reading files: nothing may be lost).
     pub(crate) fn send(&self, rows: Vec<Exchange>) -> Result<(), CaptureError> {
-        self.tx
+        self.tx()
             .send(ToWriter::Rows(rows))
             .map_err(|_| CaptureError::WriterGone)
     }
@@ -219,7 +240,7 @@ impl WriterThread {
     /// block); rows that do not fit are counted as dropped.
     pub(crate) fn offer(&mut self, rows: Vec<Exchange>) -> Result<(), CaptureError> {
         let n = rows.len() as u64;
-        match self.tx.try_send(ToWriter::Rows(rows)) {
+        match self.tx().try_send(ToWriter::Rows(rows)) {
             Ok(()) => Ok(()),
             Err(std::sync::mpsc::TrySendError::Full(_)) => {
                 self.dropped_rows += n;
@@ -232,25 +253,36 @@ impl WriterThread {
     /// Give up the open file (see [`ToWriter::Abort`]) and wait for the
     /// writer to have removed it.
     /// Returns the writer's own error, if it had stopped on one.
-    pub(crate) fn abort(self) -> Result<(), CaptureError> {
-        let _ = self.tx.send(ToWriter::Abort);
-        drop(self.tx);
-        self.handle.join().map_err(|_| CaptureError::WriterGone)??;
+    pub(crate) fn abort(mut self) -> Result<(), CaptureError> {
+        let _ = self.tx().send(ToWriter::Abort);
+        self.join()??;
         Ok(())
     }
 
     /// Close the files; returns the files and the rows written.
-    pub(crate) fn finish(self) -> Result<Written, CaptureError> {
-        let sent = self.tx.send(ToWriter::Finish);
-        drop(self.tx);
-        let result = self.handle.join().map_err(|_| CaptureError::WriterGone)?;
+    pub(crate) fn finish(mut self) -> Result<Written, CaptureError> {
+        let sent = self.tx().send(ToWriter::Finish);
+        let result = self.join()?;
         let out = result?;
         sent.map_err(|_| CaptureError::WriterGone)?;
         Ok(out)
     }
 }
 
-/// Query credentials in an HTTP/2 `:path` field, like in the target.
+/// A packet loop that unwinds (a panic) still waits for the writer, so the
+/// open rotated file gets its footer (or a single file is given up)
+/// before the process ends, never cut off half-written.
+impl Drop for WriterThread {
+    fn drop(&mut self) {
+        if self.handle.is_some() {
+            if !self.keep_on_drop {
+                let _ = self.tx().send(ToWriter::Abort);
+            }
+            let _ = self.join();
+        }
+    }
+}
+
 /// Redact the query of the URL in each of the `fields` (any case); how
 /// many values were replaced. The list is only rebuilt when one is.
 fn redact_url_fields(
@@ -317,8 +349,13 @@ fn write_loop(mut writer: OutputWriter, rx: Receiver<ToWriter>) -> Result<Writte
     loop {
         match rx.recv_timeout(std::time::Duration::from_millis(200)) {
             Ok(ToWriter::Rows(rows)) => {
+                if let Err(e) = writer.write(&rows) {
+                    // A full disk or a vanished directory: keep what can be
+                    // kept, then say what happened.
+                    writer.salvage();
+                    return Err(e);
+                }
                 rows_written += rows.len() as u64;
-                writer.write(&rows)?;
             }
             Ok(ToWriter::Finish) | Err(RecvTimeoutError::Disconnected) => break,
             Ok(ToWriter::Abort) => return Ok((Vec::new(), 0)),
@@ -549,6 +586,62 @@ fn read_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The output directory removed mid-run: the writer's own error is what
+    /// the capture reports, and the files already written stay.
+    #[test]
+    fn a_writer_that_fails_says_why_and_keeps_its_files() {
+        use output::{OutputSpec, Rotation};
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let spec = OutputSpec::Dir {
+            dir: out.clone(),
+            rotation: Rotation {
+                rows: Some(1),
+                ..Default::default()
+            },
+        };
+        let w = WriterThread::spawn(spec, Default::default(), Default::default(), 4).unwrap();
+        let row = |id| Exchange {
+            exchange_id: id,
+            method: "GET".into(),
+            ..Default::default()
+        };
+        w.send(vec![row(0)]).unwrap();
+        w.send(vec![row(1)]).unwrap();
+        // Both rows are in closed files once the next one is asked for.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let parquet = |d: &std::path::Path| {
+            std::fs::read_dir(d)
+                .map(|r| {
+                    r.filter(|e| {
+                        e.as_ref()
+                            .unwrap()
+                            .path()
+                            .extension()
+                            .is_some_and(|x| x == "parquet")
+                    })
+                    .count()
+                })
+                .unwrap_or(0)
+        };
+        while parquet(&out) < 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let kept = dir.path().join("kept");
+        std::fs::rename(&out, &kept).unwrap();
+        let _ = w.send(vec![row(2)]);
+        let _ = w.send(vec![row(3)]);
+        let err = w.finish().unwrap_err().to_string();
+        assert!(err.contains("No such file"), "{err}");
+        assert!(parquet(&kept) >= 1);
+        for f in std::fs::read_dir(&kept).unwrap() {
+            let f = f.unwrap().path();
+            if f.extension().is_some_and(|x| x == "parquet") {
+                assert_eq!(crate::schema::read_exchanges(&f).unwrap().0.len(), 1);
+            }
+        }
+    }
 
     #[test]
     fn http2_path_fields_and_lower_case_secrets_are_redacted() {

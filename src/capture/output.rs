@@ -108,8 +108,8 @@ impl OutputWriter {
         let path = match &self.spec {
             OutputSpec::File(p) => p.clone(),
             OutputSpec::Dir { dir, .. } => {
-                self.seq += 1;
-                dir.join(file_name(self.seq))
+                let dir = dir.clone();
+                self.claim_name(&dir)?
             }
         };
         let writer = ExchangeFileWriter::create(&path, self.config.clone())?;
@@ -118,6 +118,40 @@ impl OutputWriter {
             opened: Instant::now(),
         });
         Ok(())
+    }
+
+    /// The next free file name in `dir`, claimed by creating its
+    /// `.partial` exclusively: two captures started in the same second into
+    /// one directory (one per interface), or a restart within that second,
+    /// must never write into, or rename over, each other's files.
+    fn claim_name(&mut self, dir: &std::path::Path) -> Result<PathBuf, SchemaError> {
+        for _ in 0..10_000 {
+            self.seq += 1;
+            let path = dir.join(file_name(self.seq));
+            let mut partial = path.clone().into_os_string();
+            partial.push(".partial");
+            if path.exists() {
+                continue;
+            }
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&partial)
+            {
+                Ok(_) => return Ok(path),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(source) => {
+                    return Err(SchemaError::Io {
+                        path: PathBuf::from(partial).display().to_string(),
+                        source,
+                    })
+                }
+            }
+        }
+        Err(SchemaError::Io {
+            path: dir.display().to_string(),
+            source: std::io::Error::other("no free file name after 10000 tries"),
+        })
     }
 
     fn rotation(&self) -> Option<Rotation> {
@@ -200,6 +234,16 @@ impl OutputWriter {
         self.close_current()?;
         Ok(self.done)
     }
+
+    /// After a failed write: in a directory of rotated files, close the
+    /// open one over what it already holds (its row groups already out stay
+    /// readable) if that still works. A single output file is dropped
+    /// instead, so what the user had under its name stays as it was.
+    pub fn salvage(self) {
+        if matches!(self.spec, OutputSpec::Dir { .. }) {
+            let _ = self.finish();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -253,6 +297,43 @@ mod tests {
             })
             .count();
         assert_eq!(leftovers, 0);
+    }
+
+    /// Two captures into one directory in the same second (one per
+    /// interface) write six files between them, none over another.
+    #[test]
+    fn two_writers_in_one_directory_never_share_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = || OutputSpec::Dir {
+            dir: dir.path().to_path_buf(),
+            rotation: Rotation {
+                rows: Some(1),
+                ..Default::default()
+            },
+        };
+        let mut a = OutputWriter::new(spec(), WriterConfig::default(), Default::default()).unwrap();
+        let mut b = OutputWriter::new(spec(), WriterConfig::default(), Default::default()).unwrap();
+        let row = |id: u64| Exchange {
+            exchange_id: id,
+            method: "GET".into(),
+            ..Default::default()
+        };
+        for i in 0..3 {
+            a.write(&[row(i)]).unwrap();
+            b.write(&[row(100 + i)]).unwrap();
+        }
+        let (fa, fb) = (a.finish().unwrap(), b.finish().unwrap());
+        let mut all: Vec<_> = fa.iter().chain(&fb).collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 6, "{fa:?} {fb:?}");
+        let mut ids: Vec<u64> = all
+            .iter()
+            .flat_map(|f| crate::schema::read_exchanges(f).unwrap().0)
+            .map(|r| r.exchange_id)
+            .collect();
+        ids.sort_unstable();
+        assert_eq!(ids, vec![0, 1, 2, 100, 101, 102]);
     }
 
     fn rotated(rotation: Rotation, rows: &[Exchange]) -> Vec<Vec<Exchange>> {

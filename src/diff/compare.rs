@@ -604,10 +604,15 @@ pub fn exact_path(path: &[Step]) -> String {
     let mut out = String::from("$");
     for step in path {
         match step {
-            Step::Key(k) => {
+            // A key that is not a plain name is quoted, so `{"a.b": ..}`
+            // and `{"a": {"b": ..}}` are two values, not one judgement.
+            Step::Key(k)
+                if !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+            {
                 out.push('.');
                 out.push_str(k);
             }
+            Step::Key(k) => out.push_str(&format!("[{}]", Value::String(k.to_string()))),
             Step::Index(i) => out.push_str(&format!("[{i}]")),
         }
     }
@@ -746,6 +751,18 @@ mod tests {
             .into_iter()
             .map(|d| (d.path, d.kind))
             .collect()
+    }
+
+    #[test]
+    fn judged_values_are_keyed_by_unambiguous_paths() {
+        let dotted = exact_path(&[Step::Key("a.b".into())]);
+        let nested = exact_path(&[Step::Key("a".into()), Step::Key("b".into())]);
+        assert_eq!(nested, "$.a.b");
+        assert_eq!(dotted, r#"$["a.b"]"#);
+        assert_eq!(
+            exact_path(&[Step::Key("x\"]".into()), Step::Index(2)]),
+            r#"$["x\"]"][2]"#
+        );
     }
 
     /// NOT_FOUND trailers-only (status in the headers) and NOT_FOUND in

@@ -432,6 +432,13 @@ impl Config {
             }
             match (needs_min, r.min) {
                 (true, None) => return Err(format!("{at}: compare = {:?} needs min", r.compare)),
+                // Accepted and ignored, it would read as a rule it is not.
+                (false, Some(_)) => {
+                    return Err(format!(
+                        "{at}: min is for compare = \"cosine\", \"rouge_l\" or \"judge\", not {:?}",
+                        r.compare
+                    ))
+                }
                 (true, Some(m)) if !(0.0..=1.0).contains(&m) && r.compare != Compare::Cosine => {
                     return Err(format!("{at}: min must be between 0 and 1"))
                 }
@@ -443,6 +450,20 @@ impl Config {
             let non_negative = |t: f64| t.is_finite() && t >= 0.0;
             if !non_negative(r.abs_tolerance) || !non_negative(r.rel_tolerance) {
                 return Err(format!("{at}: tolerances cannot be negative"));
+            }
+            if r.compare != Compare::Numeric && (r.abs_tolerance > 0.0 || r.rel_tolerance > 0.0) {
+                return Err(format!(
+                    "{at}: abs_tolerance and rel_tolerance are for compare = \"numeric\", not {:?}",
+                    r.compare
+                ));
+            }
+            // Endpoint names are "METHOD /path": a glob without a space
+            // (and not starting with `*`) can never match one.
+            if !r.endpoint.contains(' ') && !r.endpoint.starts_with('*') {
+                return Err(format!(
+                    "{at}: endpoint {:?} matches no endpoint name; names look like \"POST /predict\" (or use a glob such as \"* /predict\")",
+                    r.endpoint
+                ));
             }
         }
         for (i, d) in self.drift.iter_mut().enumerate() {
@@ -480,7 +501,10 @@ impl Config {
             ));
         }
         for t in &self.endpoints.templates {
-            if !t.contains(' ') {
+            let well_formed = t.split_once(' ').is_some_and(|(m, p)| {
+                !m.is_empty() && m.bytes().all(|b| b.is_ascii_alphabetic()) && p.starts_with('/')
+            });
+            if !well_formed {
                 return Err(format!(
                     "endpoints.templates: {t:?} must look like \"METHOD /path/{{name}}\""
                 ));
@@ -579,6 +603,26 @@ mod tests {
         assert!(e.contains("rule #1"), "{e}");
         let e = Config::parse("[gate]\nmax_divergence_rate = 5\n").unwrap_err();
         assert!(e.contains("between 0 and 1"), "{e}");
+        for (rule, said) in [
+            ("compare = \"numeric\"\nmin = 0.9", "min is for"),
+            (
+                "compare = \"exact\"\nabs_tolerance = 0.1",
+                "are for compare = \"numeric\"",
+            ),
+            (
+                "compare = \"exact\"\nendpoint = \"/predict\"",
+                "matches no endpoint name",
+            ),
+        ] {
+            let e = Config::parse(&format!("[[rule]]\npath = \"$.x\"\n{rule}\n")).unwrap_err();
+            assert!(e.contains(said), "{rule}: {e}");
+        }
+        Config::parse("[[rule]]\nendpoint = \"*/predict\"\npath = \"$.x\"\ncompare = \"exact\"\n")
+            .unwrap();
+        for t in ["GET items/{id}", "/items/{id} GET", " /x"] {
+            let e = Config::parse(&format!("[endpoints]\ntemplates = [{t:?}]\n")).unwrap_err();
+            assert!(e.contains("must look like"), "{t}: {e}");
+        }
         let e = Config::parse("[gate]\nmax_divergence_rate = 0\n").unwrap_err();
         assert!(e.contains("could never say GO"), "{e}");
         let e = Config::parse("judge_timeout_s = 1e20\n").unwrap_err();

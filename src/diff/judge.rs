@@ -24,7 +24,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -480,7 +480,9 @@ impl Running {
         let stdin = child.stdin.take().expect("stdin is piped");
         let stdout = child.stdout.take().expect("stdout is piped");
         let (to_stdin, lines_in) = mpsc::channel();
-        let (lines_out, from_stdout) = mpsc::channel();
+        // Bounded: a judge that floods stdout is held back by its pipe,
+        // not buffered here without end (lines are up to 1 MiB each).
+        let (lines_out, from_stdout) = mpsc::sync_channel(4);
         let threads = std::thread::Builder::new()
             .name("judge-stdin".into())
             .spawn(move || feed(stdin, lines_in))
@@ -597,7 +599,7 @@ fn feed(mut stdin: ChildStdin, lines: Receiver<Vec<u8>>) {
 
 /// Reader thread: the judge's stdout as lines. Ends at end of file (the
 /// judge exited or was killed) or when the pool no longer listens.
-fn read_lines(stdout: ChildStdout, lines: Sender<Line>) {
+fn read_lines(stdout: ChildStdout, lines: SyncSender<Line>) {
     let mut reader = BufReader::new(stdout);
     loop {
         let Some(line) = next_line(&mut reader) else {

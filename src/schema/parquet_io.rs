@@ -314,15 +314,24 @@ impl ParquetFileWriter {
         for (k, v) in metadata {
             writer.append_key_value_metadata(KeyValue::new(k, v));
         }
-        let closed = writer.close();
+        let footer = writer.finish().map_err(|e| pq_err(&self.tmp, e));
         // From here on `Drop` does not know the state: clean up by hand.
-        let renamed = closed.map_err(|e| pq_err(&self.tmp, e)).and_then(|_| {
+        let renamed = footer.and_then(|_| {
             if self.direct {
-                Ok(())
-            } else {
-                std::fs::rename(&self.tmp, &self.path).map_err(|e| io_err(&self.path, e))
+                return Ok(());
             }
+            // On disk before it gets its final name: a power cut must not
+            // leave a complete-looking name over data that never got there.
+            writer
+                .inner()
+                .0
+                .sync_all()
+                .map_err(|e| io_err(&self.tmp, e))?;
+            std::fs::rename(&self.tmp, &self.path).map_err(|e| io_err(&self.path, e))?;
+            sync_parent(&self.path);
+            Ok(())
         });
+        drop(writer);
         if let Err(e) = renamed {
             self.remove_tmp();
             return Err(e);
@@ -334,6 +343,18 @@ impl ParquetFileWriter {
         if !self.direct {
             let _ = std::fs::remove_file(&self.tmp);
         }
+    }
+}
+
+/// Make a rename in `path`'s directory durable (the directory entry is
+/// data of its own). Best effort: some file systems cannot sync a directory.
+fn sync_parent(path: &Path) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
     }
 }
 
