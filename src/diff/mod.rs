@@ -221,8 +221,8 @@ impl Folded {
     /// [`MAX_ENDPOINTS`] others are known, [`OTHER_ENDPOINTS`].
     pub fn endpoint_name<'a>(&mut self, name: &'a str) -> &'a str {
         let e = &self.endpoints;
-        let known = e.last.is_some_and(|l| e.names[l as usize] == name) || e.ids.contains_key(name);
-        if known || e.names.len() < MAX_ENDPOINTS {
+        // Below the cap (every file but a pathological one) nothing is looked up.
+        if e.names.len() < MAX_ENDPOINTS || e.ids.contains_key(name) {
             return name;
         }
         self.endpoints_over_cap += 1;
