@@ -144,31 +144,47 @@ impl AnswerTimes {
 /// A time series: (ns, value) in time order.
 type Series = Vec<(i64, f64)>;
 
-/// The series of one measure for one target, from the preferred source
-/// that has it: label sets combined per reading.
-fn series(rows: &[&MetricRow], m: &Measure) -> Option<(String, Series)> {
+/// One reading of a measure: its label set, time and scaled value.
+type Reading<'r> = (&'r [(String, String)], i64, f64);
+
+/// The readings of one measure for one target, from the preferred source
+/// that has any (finite values only), with that source's name.
+fn readings<'r>(rows: &[&'r MetricRow], m: &Measure) -> Option<(&'static str, Vec<Reading<'r>>)> {
     for source in SOURCES {
         for &(family, scale) in m.families {
-            let mut by_ts: BTreeMap<i64, (f64, u32)> = BTreeMap::new();
-            for r in rows.iter().filter(|r| {
-                r.kind == MetricKind::Sample && r.source == source && r.family == family
-            }) {
-                if let Some(v) = r.value.filter(|v| v.is_finite()) {
-                    let e = by_ts.entry(r.ts).or_default();
-                    e.0 += v * scale;
-                    e.1 += 1;
-                }
-            }
-            if !by_ts.is_empty() {
-                let points = by_ts
-                    .into_iter()
-                    .map(|(t, (sum, n))| (t, if m.sum { sum } else { sum / f64::from(n) }))
-                    .collect();
-                return Some((source.to_string(), points));
+            let found: Vec<_> = rows
+                .iter()
+                .filter(|r| {
+                    r.kind == MetricKind::Sample && r.source == source && r.family == family
+                })
+                .filter_map(|r| {
+                    let v = r.value.filter(|v| v.is_finite())?;
+                    Some((&r.labels[..], r.ts, v * scale))
+                })
+                .collect();
+            if !found.is_empty() {
+                return Some((source, found));
             }
         }
     }
     None
+}
+
+/// The series of one measure for one target, from the preferred source
+/// that has it: label sets combined per reading.
+fn series(rows: &[&MetricRow], m: &Measure) -> Option<(String, Series)> {
+    let (source, found) = readings(rows, m)?;
+    let mut by_ts: BTreeMap<i64, (f64, u32)> = BTreeMap::new();
+    for (_, ts, v) in found {
+        let e = by_ts.entry(ts).or_default();
+        e.0 += v;
+        e.1 += 1;
+    }
+    let points = by_ts
+        .into_iter()
+        .map(|(t, (sum, n))| (t, if m.sum { sum } else { sum / f64::from(n) }))
+        .collect();
+    Some((source.to_string(), points))
 }
 
 /// Increments of a counter between readings, each label set on its own and
@@ -176,42 +192,30 @@ fn series(rows: &[&MetricRow], m: &Measure) -> Option<(String, Series)> {
 /// changes only its own count, as Prometheus's `increase()` has it. Summed
 /// first, one container's restart would count every other's total again.
 fn counter_increments(rows: &[&MetricRow], m: &Measure) -> Vec<(i64, f64, f64)> {
-    for source in SOURCES {
-        for &(family, scale) in m.families {
-            let mut sets: BTreeMap<&[(String, String)], Series> = BTreeMap::new();
-            for r in rows.iter().filter(|r| {
-                r.kind == MetricKind::Sample && r.source == source && r.family == family
-            }) {
-                if let Some(v) = r.value.filter(|v| v.is_finite()) {
-                    sets.entry(&r.labels[..])
-                        .or_default()
-                        .push((r.ts, v * scale));
-                }
-            }
-            if sets.is_empty() {
-                continue;
-            }
-            // Every reading's time, so an interval where nothing grew counts.
-            let times: BTreeSet<i64> = sets.values().flatten().map(|p| p.0).collect();
-            let mut grew: BTreeMap<i64, f64> = times.iter().skip(1).map(|&t| (t, 0.0)).collect();
-            for set in sets.values_mut() {
-                set.sort_by_key(|p| p.0);
-                for (end, _, d) in increments(set, source) {
-                    *grew.entry(end).or_default() += d;
-                }
-            }
-            let mut prev = times.first().copied().unwrap_or(0);
-            return grew
-                .into_iter()
-                .map(|(t, d)| {
-                    let dt = (t - prev) as f64 / 1e9;
-                    prev = t;
-                    (t, dt, d)
-                })
-                .collect();
+    let Some((source, found)) = readings(rows, m) else {
+        return Vec::new();
+    };
+    let mut sets: BTreeMap<&[(String, String)], Series> = BTreeMap::new();
+    for (labels, ts, v) in found {
+        sets.entry(labels).or_default().push((ts, v));
+    }
+    // Every reading's time, so an interval where nothing grew counts.
+    let times: BTreeSet<i64> = sets.values().flatten().map(|p| p.0).collect();
+    let mut grew: BTreeMap<i64, f64> = times.iter().skip(1).map(|&t| (t, 0.0)).collect();
+    for set in sets.values_mut() {
+        set.sort_by_key(|p| p.0);
+        for (end, _, d) in increments(set, source) {
+            *grew.entry(end).or_default() += d;
         }
     }
-    Vec::new()
+    let mut prev = times.first().copied().unwrap_or(0);
+    grew.into_iter()
+        .map(|(t, d)| {
+            let dt = (t - prev) as f64 / 1e9;
+            prev = t;
+            (t, dt, d)
+        })
+        .collect()
 }
 
 /// Increments of a counter between readings: (end time, seconds elapsed,
