@@ -16,7 +16,7 @@ pub mod source;
 pub mod stats;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -168,6 +168,11 @@ const BATCH: usize = 1024;
 /// writer stays small however large the bodies are.
 const BATCH_BYTES: usize = 4 << 20;
 
+/// Bytes a live capture may have queued for the writer. The queue is
+/// bounded in batches too, but one batch can hold bodies of up to twice
+/// `--max-body` each, so batches alone would let it grow to gigabytes.
+const QUEUE_BYTES: usize = 64 << 20;
+
 /// What the writer thread wrote: files and rows.
 type Written = (Vec<PathBuf>, u64);
 
@@ -190,6 +195,8 @@ pub(crate) struct WriterThread {
     keep_on_drop: bool,
     /// Rows refused because the queue was full (live capture only).
     pub dropped_rows: u64,
+    /// Bytes of the rows offered and not yet written (see [`QUEUE_BYTES`]).
+    queued_bytes: Arc<AtomicUsize>,
 }
 
 impl WriterThread {
@@ -202,15 +209,18 @@ impl WriterThread {
         let keep_on_drop = matches!(output, OutputSpec::Dir { .. });
         let writer = OutputWriter::new(output, config, stats)?;
         let (tx, rx) = sync_channel(queue);
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let written = Arc::clone(&queued_bytes);
         let handle = std::thread::Builder::new()
             .name("parquet-writer".into())
-            .spawn(move || write_loop(writer, rx))
+            .spawn(move || write_loop(writer, rx, &written))
             .map_err(|e| CaptureError::Open("parquet-writer thread".into(), e))?;
         Ok(Self {
             tx: Some(tx),
             handle: Some(handle),
             keep_on_drop,
             dropped_rows: 0,
+            queued_bytes,
         })
     }
 
@@ -231,18 +241,29 @@ impl WriterThread {
 
     /// Queue rows, waiting for room (reading files: nothing may be lost).
     pub(crate) fn send(&self, rows: Vec<Exchange>) -> Result<(), CaptureError> {
+        self.queued_bytes
+            .fetch_add(rows_bytes(&rows), Ordering::AcqRel);
         self.tx()
             .send(ToWriter::Rows(rows))
             .map_err(|_| CaptureError::WriterGone)
     }
 
     /// Queue rows without waiting (live capture: the packet loop must not
-    /// block); rows that do not fit are counted as dropped.
+    /// block); rows that do not fit, in batches or in [`QUEUE_BYTES`], are
+    /// counted as dropped. One batch always fits an empty queue.
     pub(crate) fn offer(&mut self, rows: Vec<Exchange>) -> Result<(), CaptureError> {
         let n = rows.len() as u64;
+        let bytes = rows_bytes(&rows);
+        if !queue_admits(self.queued_bytes.load(Ordering::Acquire), bytes) {
+            self.dropped_rows += n;
+            return Ok(());
+        }
+        // Counted before the send, so the writer never subtracts first.
+        self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
         match self.tx().try_send(ToWriter::Rows(rows)) {
             Ok(()) => Ok(()),
             Err(std::sync::mpsc::TrySendError::Full(_)) => {
+                self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
                 self.dropped_rows += n;
                 Ok(())
             }
@@ -343,13 +364,39 @@ fn redact_all(rows: &mut [Exchange], redaction: &Redaction) -> u64 {
     n
 }
 
-fn write_loop(mut writer: OutputWriter, rx: Receiver<ToWriter>) -> Result<Written, SchemaError> {
+/// Whether a live batch of `bytes` may join `held` queued bytes.
+fn queue_admits(held: usize, bytes: usize) -> bool {
+    held == 0 || held.saturating_add(bytes) <= QUEUE_BYTES
+}
+
+/// What a batch of rows holds in memory, near enough for [`QUEUE_BYTES`]:
+/// bodies, header lists and the request line.
+fn rows_bytes(rows: &[Exchange]) -> usize {
+    rows.iter()
+        .map(|ex| {
+            ex.request_body.len()
+                + ex.response_body.len()
+                + ex.request_headers.byte_len()
+                + ex.response_headers.byte_len()
+                + ex.target.len()
+                + std::mem::size_of::<Exchange>()
+        })
+        .sum()
+}
+
+fn write_loop(
+    mut writer: OutputWriter,
+    rx: Receiver<ToWriter>,
+    queued_bytes: &AtomicUsize,
+) -> Result<Written, SchemaError> {
     let mut rows_written = 0u64;
     // A sender dropped without Finish (an error upstream) still gets footers.
     loop {
         match rx.recv_timeout(std::time::Duration::from_millis(200)) {
             Ok(ToWriter::Rows(rows)) => {
-                if let Err(e) = writer.write(&rows) {
+                let written = writer.write(&rows);
+                queued_bytes.fetch_sub(rows_bytes(&rows), Ordering::AcqRel);
+                if let Err(e) = written {
                     // A full disk or a vanished directory: keep what can be
                     // kept, then say what happened.
                     writer.salvage();
@@ -586,6 +633,41 @@ fn read_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The live queue is bounded in bytes: one large batch always goes,
+    /// a second that would pass the bound is refused, and what the writer
+    /// wrote is given back.
+    #[test]
+    fn the_live_queue_is_bounded_in_bytes() {
+        assert!(queue_admits(0, 40 << 20));
+        assert!(queue_admits(0, 400 << 20));
+        assert!(!queue_admits(40 << 20, 40 << 20));
+        assert!(queue_admits(40 << 20, 20 << 20));
+        assert!(!queue_admits(usize::MAX - 1, 2));
+
+        let dir = tempfile::tempdir().unwrap();
+        let spec = OutputSpec::File(dir.path().join("out.parquet"));
+        let mut w = WriterThread::spawn(spec, Default::default(), Default::default(), 16).unwrap();
+        let big = Exchange {
+            response_body: vec![b'x'; 40 << 20],
+            ..Default::default()
+        };
+        // Held as if the writer were still busy with an earlier batch.
+        w.queued_bytes.fetch_add(30 << 20, Ordering::AcqRel);
+        w.offer(vec![big.clone()]).unwrap();
+        assert_eq!(w.dropped_rows, 1, "40 MiB on 30 MiB queued passes 64 MiB");
+        w.queued_bytes.fetch_sub(30 << 20, Ordering::AcqRel);
+        w.offer(vec![big]).unwrap();
+        assert_eq!(w.dropped_rows, 1, "an empty queue takes any batch");
+        let queued = Arc::clone(&w.queued_bytes);
+        let (_, rows) = w.finish().unwrap();
+        assert_eq!(rows, 1);
+        assert_eq!(
+            queued.load(Ordering::Acquire),
+            0,
+            "the writer gave its bytes back"
+        );
+    }
 
     /// The output directory removed mid-run: the writer's own error is what
     /// the capture reports, and the files already written stay.
