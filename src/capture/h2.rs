@@ -97,6 +97,16 @@ pub struct H2Counters {
 /// referring to a large table entry over and over).
 const MAX_HEAD_BYTES: usize = 16 << 20;
 
+/// A request ended without its END_STREAM (a reset, GOAWAY, the end of
+/// the connection): the body held may lack bytes, so it is flagged
+/// truncated and replay will not send it as if it were whole.
+fn cut_request(s: &mut Stream, ts: i64) {
+    s.req_done = true;
+    s.ex.request_end_ts = ts;
+    s.ex.request_body_truncated = true;
+    s.ex.incomplete.get_or_insert(IncompleteReason::RequestCut);
+}
+
 /// The state frames update (apart from the readers, so a reader can feed it).
 struct State {
     flow_id: u64,
@@ -291,8 +301,8 @@ impl H2Conn {
         self.st.by_age.clear();
         for (_, mut s) in streams {
             if !s.req_done {
-                s.ex.request_end_ts = s.ex.request_end_ts.max(s.ex.request_ts);
-                s.ex.incomplete.get_or_insert(IncompleteReason::RequestCut);
+                let end = s.ex.request_end_ts.max(s.ex.request_ts);
+                cut_request(&mut s, end);
             }
             if !s.resp_done {
                 s.ex.incomplete.get_or_insert(IncompleteReason::ResponseCut);
@@ -591,6 +601,13 @@ impl State {
         if self.client_side != Some(1 - side) {
             return;
         }
+        // Only the server's own (even, nonzero) ids can be promised: an odd
+        // one would take over a stream the client opens later, and pair the
+        // client's request with the pushed answer.
+        if promised == 0 || promised % 2 == 1 {
+            self.counters.stray_blocks += 1;
+            return;
+        }
         let mut ex = self.new_exchange(&mut d, ts);
         ex.stream_id = Some(promised);
         d.flag(&mut ex, IncompleteReason::RequestMalformed);
@@ -661,8 +678,7 @@ impl State {
                 .get_or_insert_with(|| format!("RST_STREAM {} from the {who}", error_name(code)));
         }
         if !s.req_done {
-            s.req_done = true;
-            s.ex.request_end_ts = ts;
+            cut_request(s, ts);
         }
         if !s.resp_done {
             self.end_response(id, ts);
@@ -688,7 +704,9 @@ impl State {
                         error_name(code)
                     )
                 });
-                s.req_done = true;
+                if !s.req_done {
+                    cut_request(s, ts);
+                }
             }
             self.end_response(id, ts);
             self.emit_if_done(id, budget);
@@ -1047,6 +1065,47 @@ mod tests {
         let out = c.done();
         assert_eq!(out.len(), 1, "{out:?}");
         assert_eq!((out[0].method.as_str(), out[0].status), ("POST", Some(200)));
+        assert_eq!(c.c.counters().0.stray_blocks, 1);
+        // The reset came before the request's END_STREAM: its body may
+        // lack bytes, so replay must not send "part" as the whole body.
+        assert!(out[0].request_body_truncated);
+        assert_eq!(out[0].incomplete, Some(IncompleteReason::RequestCut));
+    }
+
+    #[test]
+    fn a_request_cut_by_a_reset_or_the_end_is_flagged_truncated() {
+        let mut c = Conn::new();
+        c.client(&request(1, false));
+        c.client(&frame(0, 0, 1, b"upload, first part"));
+        c.client(&frame(3, 0, 1, &8u32.to_be_bytes())); // CANCEL
+        c.client(&request(3, false));
+        c.client(&frame(0, 0, 3, b"never finished"));
+        c.c.finish(100, &mut c.budget);
+        let out = c.done();
+        assert_eq!(out.len(), 2, "{out:?}");
+        for ex in &out {
+            assert!(ex.request_body_truncated, "{ex:?}");
+            assert!(ex.incomplete.is_some());
+        }
+    }
+
+    #[test]
+    fn a_promise_of_an_odd_id_does_not_take_the_clients_stream() {
+        let mut c = Conn::new();
+        c.client(&request(1, true));
+        // The server promises stream 5, an id only the client may open.
+        let mut p = 5u32.to_be_bytes().to_vec();
+        p.extend(block(&[(":method", "GET"), (":path", "/pushed")]));
+        c.server(&frame(5, END_HEADERS, 1, &p));
+        c.client(&request(5, true));
+        c.server(&response(1, "200", true));
+        c.server(&response(5, "404", true));
+        let mut out = c.done();
+        out.sort_by_key(|e| e.stream_id);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[1].stream_id, Some(5));
+        assert_ne!(out[1].target, "/pushed", "the client's own request");
+        assert_eq!(out[1].status, Some(404));
         assert_eq!(c.c.counters().0.stray_blocks, 1);
     }
 
