@@ -491,6 +491,9 @@ const MAX_WAITING_FACTOR: u64 = 16;
 /// rows against 512) and make each write a longer burst beside the
 /// scheduler at `--rate`.
 const WRITE_BATCH: usize = 512;
+/// ...or fewer, once their bodies reach this many bytes: an Arrow `Binary`
+/// column addresses at most 2 GiB, and 512 rows of large bodies pass it.
+const WRITE_BATCH_BYTES: usize = 256 << 20;
 
 /// How long the results writer sleeps when it has caught up (the queue holds
 /// 4096 rows: about 140 ms of 10,000 requests/s to two targets, three rows
@@ -799,6 +802,7 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
         )?;
         let mut summary = ReplaySummary::default();
         let mut batch = Vec::with_capacity(WRITE_BATCH);
+        let mut batch_bytes = 0usize;
         let mut looker = gate
             .as_ref()
             .zip(dispatch_rx)
@@ -813,9 +817,11 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
                         decided_w.store(true, Ordering::Relaxed);
                         stop_w.store(true, Ordering::Relaxed);
                     }
+                    batch_bytes += r.request_body.len() + r.response_body.len();
                     batch.push(r);
-                    if batch.len() >= WRITE_BATCH {
+                    if batch.len() >= WRITE_BATCH || batch_bytes >= WRITE_BATCH_BYTES {
                         write_rows(&mut file, &mut batch)?;
+                        batch_bytes = 0;
                     }
                 }
                 Err(mpsc::error::TryRecvError::Empty) => {

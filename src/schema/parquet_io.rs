@@ -76,6 +76,48 @@ impl std::io::Write for ChunkedFile {
     }
 }
 
+/// Rows read per batch at most.
+const READ_BATCH: usize = 1024;
+/// Bytes a byte-array column may hold in one read batch: Arrow's `Binary`
+/// addresses its bytes with 32-bit offsets (2 GiB), and a batch of 1,024
+/// bodies of a few MiB each would pass that.
+const READ_BATCH_BYTES: u64 = 1 << 30;
+
+/// Rows per read batch for this file, so that no column of a batch can
+/// reach [`READ_BATCH_BYTES`]. A batch may span row groups; `k` rows span
+/// at most `k / fewest + 2` of them, each at most the largest column
+/// chunk. Files of small rows keep 1,024; files of large bodies get fewer
+/// rows, down to one, rather than an error half-way through.
+pub(crate) fn read_batch_rows(meta: &parquet::file::metadata::ParquetMetaData) -> usize {
+    batch_rows_within(meta, READ_BATCH_BYTES)
+}
+
+fn batch_rows_within(meta: &parquet::file::metadata::ParquetMetaData, limit: u64) -> usize {
+    let groups = meta.row_groups();
+    let largest = groups
+        .iter()
+        .flat_map(|g| {
+            g.columns()
+                .iter()
+                .map(|c| c.uncompressed_size().max(0) as u64)
+        })
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    // The last group is often a short remainder; it only ends a batch.
+    let body = match groups.len() {
+        0 | 1 => groups,
+        n => &groups[..n - 1],
+    };
+    let fewest = body
+        .iter()
+        .map(|g| g.num_rows().max(1) as u64)
+        .min()
+        .unwrap_or(READ_BATCH as u64);
+    let spans = (limit / largest).saturating_sub(2);
+    spans.saturating_mul(fewest).clamp(1, READ_BATCH as u64) as usize
+}
+
 fn io_err(path: &Path, source: std::io::Error) -> SchemaError {
     SchemaError::Io {
         path: path.display().to_string(),
@@ -480,8 +522,9 @@ impl ExchangeReader {
             &derived,
         )?;
         let rows = builder.metadata().file_metadata().num_rows() as u64;
+        let batch = read_batch_rows(builder.metadata());
         let inner = builder
-            .with_batch_size(1024)
+            .with_batch_size(batch)
             .build()
             .map_err(|e| pq_err(path, e))?;
         Ok(Self {
@@ -657,6 +700,49 @@ fn batch_to_exchanges(b: &RecordBatch, out: &mut Vec<Exchange>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Large bodies get fewer rows per read batch, so no batch's body
+    /// column passes the bound (2 GiB in use; 300 KB here), whatever row
+    /// groups the batch spans; small rows keep 1,024.
+    #[test]
+    fn read_batches_of_large_bodies_stay_under_the_offset_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.parquet");
+        let config = WriterConfig {
+            row_group_rows: 7,
+            ..WriterConfig::default()
+        };
+        let mut w = ExchangeFileWriter::create(&path, config).unwrap();
+        let rows: Vec<Exchange> = (0..60u64)
+            .map(|i| Exchange {
+                exchange_id: i,
+                status: Some(200),
+                // Random-looking bytes, so sizes are not hidden by encoding.
+                response_body: (0..10_000u64)
+                    .map(|j| ((i * 7919 + j * 104_729) % 251) as u8)
+                    .collect(),
+                ..Default::default()
+            })
+            .collect();
+        w.write(&rows).unwrap();
+        w.finish(vec![]).unwrap();
+        let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap()).unwrap();
+        let limit = 300_000;
+        let n = batch_rows_within(builder.metadata(), limit);
+        assert!((1..60).contains(&n), "{n} rows per batch");
+        let mut seen = 0;
+        for batch in builder.with_batch_size(n).build().unwrap() {
+            let batch = batch.unwrap();
+            let body: &BinaryArray = col(&batch, "response_body");
+            assert!((body.value_data().len() as u64) < limit);
+            seen += batch.num_rows();
+        }
+        assert_eq!(seen, 60);
+        let small = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap()).unwrap();
+        assert_eq!(read_batch_rows(small.metadata()), READ_BATCH);
+        // The reader itself reads them all back.
+        assert_eq!(read_exchanges(&path).unwrap().0.len(), 60);
+    }
 
     #[test]
     fn round_trips_through_parquet() {

@@ -373,9 +373,10 @@ impl ResultsReader {
             .collect();
         let mask =
             parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), keep.iter().copied());
+        let batch = super::parquet_io::read_batch_rows(builder.metadata());
         let inner = builder
             .with_projection(mask)
-            .with_batch_size(1024)
+            .with_batch_size(batch)
             .build()
             .map_err(err)?;
         Ok(Self {
