@@ -218,9 +218,18 @@ impl Waves {
 /// within a connection and nearly so across them; a bounded reorder buffer
 /// restores the timeline without holding the whole file.
 pub struct Plan {
+    /// In order of their first request.
     files: Vec<PathBuf>,
+    /// Each file's first request time (`i64::MIN` when unknown: opened at
+    /// once), the same order.
+    starts: Vec<i64>,
+    /// The next file not yet opened.
     file: usize,
-    reader: Option<ExchangeReader>,
+    /// Files being read, merged: the one read next is the one furthest
+    /// behind, so files that overlap in time (two hosts' captures, a
+    /// request finished after its file rotated) interleave, and files that
+    /// follow one another are open one or two at a time.
+    open: Vec<Source>,
     heap: BinaryHeap<Reverse<Queued>>,
     selection: Selection,
     emitted: u64,
@@ -251,6 +260,14 @@ fn file_salts(files: &[PathBuf]) -> Result<Vec<u64>, SchemaError> {
         .iter()
         .map(|f| Ok(1 + crate::schema::file_identity(f)? % ((1 << (63 - ID_BITS)) - 1)))
         .collect()
+}
+
+/// A capture file being read by the merge.
+struct Source {
+    file: usize,
+    reader: ExchangeReader,
+    /// The latest request time read from it so far.
+    frontier: i64,
 }
 
 /// Exchanges held to restore request order.
@@ -295,14 +312,21 @@ fn expected(total: u64, s: &Selection) -> u64 {
 impl Plan {
     pub fn open(files: Vec<PathBuf>, selection: Selection) -> Result<Self, SchemaError> {
         let mut total = 0;
-        for f in &files {
-            total += ExchangeReader::open(f)?.rows;
+        let mut by_start = Vec::with_capacity(files.len());
+        for f in files {
+            let r = ExchangeReader::open(&f)?;
+            total += r.rows;
+            by_start.push((r.earliest_request_ts.unwrap_or(i64::MIN), f));
         }
+        // Stable: files without statistics keep the order they were given.
+        by_start.sort_by_key(|(start, _)| *start);
+        let (starts, files): (Vec<i64>, Vec<PathBuf>) = by_start.into_iter().unzip();
         Ok(Self {
             salts: file_salts(&files)?,
             files,
+            starts,
             file: 0,
-            reader: None,
+            open: Vec::new(),
             heap: BinaryHeap::new(),
             total_hint: selection.limit.map_or(expected(total, &selection), |l| {
                 l.min(expected(total, &selection))
@@ -315,27 +339,37 @@ impl Plan {
 
     fn fill(&mut self) -> Result<(), SchemaError> {
         while self.heap.len() < REORDER {
-            if self.reader.is_none() {
-                let Some(path) = self.files.get(self.file) else {
-                    return Ok(());
-                };
-                self.reader = Some(ExchangeReader::open(path)?);
-            }
-            match self.reader.as_mut().and_then(Iterator::next) {
-                Some(batch) => {
-                    for ex in batch? {
-                        if self.selection.keeps(&ex) {
-                            let key = (ex.request_ts, ex.exchange_id, self.file);
-                            self.heap.push(Reverse(Queued {
-                                key,
-                                ex: Box::new(ex),
-                            }));
-                        }
-                    }
-                }
-                None => {
-                    self.reader = None;
+            let behind = (0..self.open.len()).min_by_key(|&i| self.open[i].frontier);
+            let next_start = self.starts.get(self.file).copied();
+            // The next file begins before every open one has got to.
+            if let Some(start) = next_start {
+                if behind.is_none_or(|i| start <= self.open[i].frontier) {
+                    let reader = ExchangeReader::open(&self.files[self.file])?;
+                    self.open.push(Source {
+                        file: self.file,
+                        reader,
+                        frontier: start,
+                    });
                     self.file += 1;
+                    continue;
+                }
+            }
+            let Some(i) = behind else {
+                return Ok(());
+            };
+            let Some(batch) = self.open[i].reader.next() else {
+                self.open.swap_remove(i);
+                continue;
+            };
+            let source = &mut self.open[i];
+            for ex in batch? {
+                source.frontier = source.frontier.max(ex.request_ts);
+                if self.selection.keeps(&ex) {
+                    let key = (ex.request_ts, ex.exchange_id, source.file);
+                    self.heap.push(Reverse(Queued {
+                        key,
+                        ex: Box::new(ex),
+                    }));
                 }
             }
         }
@@ -514,5 +548,50 @@ mod tests {
             .collect();
         assert_eq!(a, b);
         assert!((60..=120).contains(&a.len()), "{}", a.len());
+    }
+
+    fn write_capture(path: &std::path::Path, times: impl Iterator<Item = i64>) {
+        let mut w = crate::schema::ExchangeFileWriter::create(path, Default::default()).unwrap();
+        let rows: Vec<Exchange> = times
+            .enumerate()
+            .map(|(i, t)| Exchange {
+                exchange_id: i as u64,
+                request_ts: t,
+                method: "GET".into(),
+                target: format!("/{t}"),
+                ..Default::default()
+            })
+            .collect();
+        for chunk in rows.chunks(1000) {
+            w.write(chunk).unwrap();
+        }
+        w.finish(vec![]).unwrap();
+    }
+
+    /// Capture files are merged by time, whatever order they are given
+    /// in: two hosts' captures of the same period interleave, and a later
+    /// file listed first waits its turn, rather than each being replayed
+    /// after the other (a burst of "late" requests).
+    #[test]
+    fn files_given_in_any_order_are_merged_by_request_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            dir.path().join("a.parquet"),
+            dir.path().join("b.parquet"),
+            dir.path().join("c.parquet"),
+        );
+        // a: 0..10,000 even; b: odd (the same period, another host);
+        // c: after both. Each larger than the reorder window.
+        write_capture(&a, (0..10_000).map(|i| 2 * i));
+        write_capture(&b, (0..10_000).map(|i| 2 * i + 1));
+        write_capture(&c, (0..6_000).map(|i| 20_000 + i));
+        let mut plan = Plan::open(vec![c, b, a], Selection::default()).unwrap();
+        let mut times = Vec::new();
+        while let Some(p) = plan.next_planned().unwrap() {
+            times.push(p.exchange.request_ts);
+        }
+        assert_eq!(times.len(), 26_000);
+        assert!(times.windows(2).all(|w| w[0] < w[1]), "in request order");
+        assert!(plan.open.len() <= 3);
     }
 }

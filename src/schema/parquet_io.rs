@@ -475,6 +475,29 @@ pub struct ExchangeReader {
     path: PathBuf,
     pub metadata: Metadata,
     pub rows: u64,
+    /// The file's first request time, from the column statistics (None
+    /// when a row group has none).
+    pub earliest_request_ts: Option<i64>,
+}
+
+/// The least value of an INT64 column, from its row groups' statistics.
+fn column_min_i64(meta: &parquet::file::metadata::ParquetMetaData, name: &str) -> Option<i64> {
+    use parquet::file::statistics::Statistics;
+    let mut least: Option<i64> = None;
+    for g in meta.row_groups() {
+        let c = g
+            .columns()
+            .iter()
+            .find(|c| c.column_path().string() == name)?;
+        match c.statistics()? {
+            Statistics::Int64(s) => {
+                let m = *s.min_opt()?;
+                least = Some(least.map_or(m, |l| l.min(m)));
+            }
+            _ => return None,
+        }
+    }
+    least
 }
 
 impl ExchangeReader {
@@ -522,12 +545,14 @@ impl ExchangeReader {
             &derived,
         )?;
         let rows = builder.metadata().file_metadata().num_rows() as u64;
+        let earliest_request_ts = column_min_i64(builder.metadata(), "request_ts");
         let batch = read_batch_rows(builder.metadata());
         let inner = builder
             .with_batch_size(batch)
             .build()
             .map_err(|e| pq_err(path, e))?;
         Ok(Self {
+            earliest_request_ts,
             inner,
             path: path.to_path_buf(),
             metadata,
