@@ -173,7 +173,8 @@ struct ReplayArgs {
     /// answers as they came (they are redacted by default).
     #[arg(long)]
     keep_secrets: bool,
-    /// Requests of one recorded connection go in order over one connection per target.
+    /// Requests of one recorded connection go in order over one connection per target
+    /// (closed after 2 s without a request; the next request opens another).
     #[arg(long)]
     preserve_order: bool,
     /// Send every request over HTTP/1.1, including those captured as HTTP/2.

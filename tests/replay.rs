@@ -989,6 +989,89 @@ fn preserve_order_keeps_each_connection_sequential_on_one_socket() {
     }
 }
 
+/// `--preserve-order` holds a lane per recorded connection until the run
+/// ends; each lane's socket is closed once idle, so a capture of many short
+/// connections does not keep them all open (the open-files limit).
+#[test]
+fn preserve_order_closes_the_connections_of_idle_lanes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lanes.parquet");
+    let t0 = 1_700_000_000_000_000_000i64;
+    // 40 short recorded connections at once, then one more 3.5 s later
+    // and another after it (the run, and its lanes, go on past the 41st).
+    let rows: Vec<Exchange> = (0..42u64)
+        .map(|i| {
+            let mut ex = Exchange {
+                exchange_id: i,
+                flow_id: i,
+                method: "GET".into(),
+                target: format!("/t/{i}"),
+                http_version: "HTTP/1.1".into(),
+                request_ts: t0
+                    + if i < 40 {
+                        0
+                    } else {
+                        (i as i64 - 38) * 1_750_000_000
+                    },
+                status: Some(200),
+                ..Default::default()
+            };
+            ex.request_end_ts = ex.request_ts;
+            ex.request_headers.push(b"Host", b"prod.example");
+            ex
+        })
+        .collect();
+    let mut w = ExchangeFileWriter::create(&path, WriterConfig::default()).unwrap();
+    w.write(&rows).unwrap();
+    w.finish(vec![]).unwrap();
+    // Open connections, and how many were open when the last request came.
+    let open = Arc::new(Mutex::new(0usize));
+    let at_last = Arc::new(Mutex::new(None::<usize>));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    {
+        let (open, at_last) = (Arc::clone(&open), Arc::clone(&at_last));
+        std::thread::spawn(move || {
+            for conn in listener.incoming().take(200) {
+                let Ok(mut conn) = conn else { return };
+                let (open, at_last) = (Arc::clone(&open), Arc::clone(&at_last));
+                *open.lock().unwrap() += 1;
+                std::thread::spawn(move || {
+                    let mut r = BufReader::new(conn.try_clone().unwrap());
+                    while let Some(req) = read_request(&mut r) {
+                        if req.starts_with(b"GET /t/40 ") {
+                            *at_last.lock().unwrap() = Some(*open.lock().unwrap());
+                        }
+                        let answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if conn.write_all(answer.as_bytes()).is_err() {
+                            break;
+                        }
+                    }
+                    *open.lock().unwrap() -= 1;
+                });
+            }
+        });
+    }
+    let (run, rows, _d) = replay(&[
+        path.to_str().unwrap(),
+        "--primary",
+        &format!("http://127.0.0.1:{port}"),
+        "--preserve-order",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let live = role(&rows, TargetRole::Primary);
+    assert_eq!(live.len(), 42);
+    assert!(live.iter().all(|r| r.status == Some(200)));
+    let open_then = at_last.lock().unwrap().expect("the last request arrived");
+    // Its own connection, and perhaps one whose close is still on its way:
+    // not the 40 lanes that went idle 3.5 s before.
+    assert!(open_then <= 3, "{open_then} connections still open");
+}
+
 #[test]
 fn health_check_fails_fast_on_a_down_target() {
     let dir = tempfile::tempdir().unwrap();

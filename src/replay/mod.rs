@@ -554,6 +554,7 @@ struct ReplayOptionsCore {
 /// Run a replay. `stop` (Ctrl-C) ends scheduling; in-flight requests get
 /// `drain_timeout` to finish; the results file is always completed.
 pub fn replay(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary, ReplayError> {
+    raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -1573,16 +1574,54 @@ fn spawn_request(shared: &Shared, job: Job) {
 
 /// `--preserve-order`: the requests of one recorded connection go, in order,
 /// over one connection per target, each after the previous one's answer.
+/// Its connection is closed once idle this long. A lane lives until the
+/// run ends (the capture does not say when a recorded connection is over),
+/// and a capture of many short connections would otherwise hold a socket
+/// per recorded connection per target until then: 50,000 connections pass
+/// any open-files limit. The next request of the lane opens a new one.
+const LANE_IDLE: Duration = Duration::from_secs(2);
+
 fn lane(shared: &Shared) -> mpsc::UnboundedSender<Job> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
     let mut ctx = TaskCtx::new(shared);
     tokio::spawn(async move {
         let mut conn = None;
-        while let Some(job) = rx.recv().await {
+        loop {
+            let job = match tokio::time::timeout(LANE_IDLE, rx.recv()).await {
+                Ok(job) => job,
+                Err(_idle) => {
+                    conn = None;
+                    rx.recv().await
+                }
+            };
+            let Some(job) = job else { break };
             ctx.perform(job, Some(&mut conn)).await;
         }
     });
     tx
+}
+
+/// Raise the soft limit of open files to the hard one, as Go programs
+/// (GoReplay among them) do at start: replay holds a socket per request
+/// in flight per target, and the usual soft limit of 1,024 is below a
+/// `--concurrency 1000` run to two targets.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system calls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        // An unlimited hard limit is refused by Linux (above nr_open).
+        let want = lim.rlim_max.min(1 << 20);
+        if lim.rlim_cur < want {
+            lim.rlim_cur = want;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }
 
 fn spawn_ticker(
@@ -1612,4 +1651,25 @@ fn spawn_ticker(
             last = sent;
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_one() {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: plain system calls on a local struct.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        let hard = lim.rlim_max.min(1 << 20);
+        // Lowered a little first (not so far that tests running beside
+        // this one run out), so the raise has something to do.
+        lim.rlim_cur = hard - 1;
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+        super::raise_open_files_limit();
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        assert_eq!(lim.rlim_cur, hard);
+    }
 }
