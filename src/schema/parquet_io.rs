@@ -243,6 +243,32 @@ fn repeated_leaves(schema: &arrow::datatypes::Schema) -> Vec<ColumnPath> {
         .unwrap_or_default()
 }
 
+/// Open `tmp` to write `path` through, locked for this run: a second run
+/// given the same output would otherwise truncate and share it, and the
+/// first one's rename would put a file still being written, without its
+/// footer, under the final name. A `.partial` left by a killed run is not
+/// locked (locks die with their process) and is reused. The output keeps
+/// the permissions of the file it replaces (a 0600 file stays 0600).
+fn open_temporary(tmp: &Path, path: &Path) -> std::io::Result<File> {
+    use std::os::unix::io::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(tmp)?;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(std::io::Error::other(
+            "another run is writing this output now (its temporary file is locked)",
+        ));
+    }
+    f.set_len(0)?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        f.set_permissions(meta.permissions())?;
+    }
+    Ok(f)
+}
+
 impl ParquetFileWriter {
     pub fn create(
         path: &Path,
@@ -272,7 +298,7 @@ impl ParquetFileWriter {
             let mut tmp = path.as_os_str().to_owned();
             tmp.push(".partial");
             let tmp = PathBuf::from(tmp);
-            let f = File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
+            let f = open_temporary(&tmp, &path).map_err(|e| io_err(&tmp, e))?;
             (tmp, f)
         };
         let level = ZstdLevel::try_new(config.zstd_level).unwrap_or_default();
@@ -725,6 +751,34 @@ fn batch_to_exchanges(b: &RecordBatch, out: &mut Vec<Exchange>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two writers of one output: the second is refused while the first
+    /// writes (it would truncate the first's temporary file), and the
+    /// first still finishes a readable file. The output keeps the mode of
+    /// the file it replaces.
+    #[test]
+    fn a_second_writer_of_the_same_output_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.parquet");
+        std::fs::write(&path, b"old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut a = ExchangeFileWriter::create(&path, WriterConfig::default()).unwrap();
+        a.write(&[Exchange::default()]).unwrap();
+        let Err(e) = ExchangeFileWriter::create(&path, WriterConfig::default()) else {
+            panic!("a second writer was allowed");
+        };
+        assert!(e.to_string().contains("another run"), "{e}");
+        a.finish(vec![]).unwrap();
+        assert_eq!(read_exchanges(&path).unwrap().0.len(), 1);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // Once the first is done, the output can be written again.
+        ExchangeFileWriter::create(&path, WriterConfig::default())
+            .unwrap()
+            .finish(vec![])
+            .unwrap();
+    }
 
     /// Large bodies get fewer rows per read batch, so no batch's body
     /// column passes the bound (2 GiB in use; 300 KB here), whatever row
