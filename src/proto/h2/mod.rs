@@ -41,6 +41,9 @@ const SETTINGS_HEADER_TABLE_SIZE: u16 = 1;
 pub const MAX_HELD_FRAME: u32 = 1 << 20;
 /// A header block joined from CONTINUATION frames is refused beyond this.
 pub const MAX_BLOCK: usize = 1 << 20;
+/// Frame buffer capacity kept between frames (the default largest frame
+/// is 16 KiB), so a connection idle after one large frame holds little.
+const KEEP_BUF: usize = 64 << 10;
 
 /// The 9-byte frame header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -283,8 +286,12 @@ impl FrameReader {
                     let payload = std::mem::take(&mut self.buf);
                     self.read = Read::Header;
                     self.frame(h, &payload, out)?;
-                    self.buf = payload;
-                    self.buf.clear();
+                    // Kept for the next frame, unless one large frame grew
+                    // it: an idle connection should not hold a megabyte.
+                    if payload.capacity() <= KEEP_BUF {
+                        self.buf = payload;
+                        self.buf.clear();
+                    }
                 }
             }
             Read::Data {

@@ -185,3 +185,22 @@ proptest::proptest! {
         proptest::prop_assert!(r.buffered() <= MAX_HELD_FRAME as usize + MAX_BLOCK);
     }
 }
+
+/// One large frame does not leave its buffer behind: an idle connection
+/// holds little, whatever it once carried.
+#[test]
+fn a_large_frame_does_not_leave_its_buffer_behind() {
+    let mut r = FrameReader::new(false);
+    // An unknown frame type of 512 KiB, fed in segment-sized pieces.
+    let big = frame(0xfa, 0, 0, &vec![7u8; 512 << 10]);
+    let mut frames = 0;
+    for piece in big.chunks(1448) {
+        r.feed(piece, &mut |_| frames += 1).unwrap();
+    }
+    assert_eq!(frames, 1);
+    assert!(r.buf.capacity() <= KEEP_BUF, "{}", r.buf.capacity());
+    // A small frame afterwards still reads.
+    r.feed(&frame(0xfa, 0, 0, b"x"), &mut |_| frames += 1)
+        .unwrap();
+    assert_eq!(frames, 2);
+}
