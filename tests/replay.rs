@@ -1458,6 +1458,93 @@ fn until_decided_stops_when_decided_on_a_uniform_sample_and_diff_agrees() {
     }
 }
 
+/// A rare endpoint whose every answer diverges: the overall rate (4%)
+/// passes the gate early, but a `diff` of the whole capture would judge the
+/// endpoint (120 exchanges) and say NO-GO, so the run must not stop on a
+/// GO before that endpoint has enough exchanges to be judged.
+#[test]
+fn until_decided_does_not_say_go_before_a_rare_endpoint_is_judged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rare.parquet");
+    let rows: Vec<Exchange> = (0..3000u64)
+        .map(|i| {
+            let mut ex = Exchange {
+                exchange_id: i,
+                flow_id: i,
+                method: "GET".into(),
+                target: if i % 25 == 0 {
+                    "/rare".into()
+                } else {
+                    format!("/t/{i}")
+                },
+                http_version: "HTTP/1.1".into(),
+                request_ts: 1_700_000_000_000_000_000 + i as i64 * 1_000_000,
+                status: Some(200),
+                ..Default::default()
+            };
+            ex.request_end_ts = ex.request_ts;
+            ex.request_headers.push(b"Host", b"prod.example");
+            ex
+        })
+        .collect();
+    let mut w = ExchangeFileWriter::create(&path, WriterConfig::default()).unwrap();
+    w.write(&rows).unwrap();
+    w.finish(vec![]).unwrap();
+    let config = dir.path().join("gate.toml");
+    std::fs::write(
+        &config,
+        "[gate]\nmax_divergence_rate = 0.10\nmax_error_rate_increase = 0.05\nmax_p99_latency_ratio = inf\n",
+    )
+    .unwrap();
+    let answer = |body: &'static str| {
+        move |_: usize, _: usize, _: &[u8], s: &mut TcpStream| {
+            let a = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(a.as_bytes()).is_ok()
+        }
+    };
+    let primary = raw_server(answer("{\"v\":\"a\"}"));
+    let shadow = raw_server(|_, _, req: &[u8], s: &mut TcpStream| {
+        let body = if req.starts_with(b"GET /rare ") {
+            "{\"v\":\"b\"}"
+        } else {
+            "{\"v\":\"a\"}"
+        };
+        let a = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(a.as_bytes()).is_ok()
+    });
+    let summary = dir.path().join("summary.json");
+    let (run, _rows, _d) = replay(&[
+        path.to_str().unwrap(),
+        "--primary",
+        &format!("http://127.0.0.1:{primary}"),
+        "--shadow",
+        &format!("v2=http://127.0.0.1:{shadow}"),
+        "--rate",
+        "3000",
+        "--until-decided",
+        "--config",
+        config.to_str().unwrap(),
+        "--summary-json",
+        summary.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    let u = &s["until_decided"];
+    assert_eq!(u["verdict"], "NO-GO", "{u} {stderr}");
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(
+        u["reasons"].to_string().contains("GET /rare"),
+        "the rare endpoint decided: {u}"
+    );
+}
+
 #[test]
 fn until_decided_refuses_recorded_timing_and_says_when_the_capture_ran_out() {
     let dir = tempfile::tempdir().unwrap();

@@ -61,11 +61,20 @@ pub struct Looker<'a> {
     pub looks: u64,
     pub decided_after: Option<u64>,
     failed: Option<String>,
+    /// Exchanges the plan will send in all (an estimate under `--sample`).
+    planned: u64,
+    /// The gate's `min_endpoint_exchanges`.
+    min_endpoint: u64,
 }
 
 impl<'a> Looker<'a> {
     /// `sent`: each exchange as it was sent, with the rows it will have.
-    pub fn new(opts: &'a DiffOptions, sent: std::sync::mpsc::Receiver<(u64, usize)>) -> Self {
+    /// `planned`: how many exchanges the whole run would send.
+    pub fn new(
+        opts: &'a DiffOptions,
+        sent: std::sync::mpsc::Receiver<(u64, usize)>,
+        planned: u64,
+    ) -> Self {
         Self {
             live: diff::Live::new(opts, sent),
             last: Instant::now(),
@@ -73,6 +82,8 @@ impl<'a> Looker<'a> {
             looks: 0,
             decided_after: None,
             failed: None,
+            planned,
+            min_endpoint: opts.config.gate.min_endpoint_exchanges,
         }
     }
 
@@ -96,7 +107,7 @@ impl<'a> Looker<'a> {
         self.seen = self.live.exchanges();
         self.looks += 1;
         match self.live.report() {
-            Ok(r) if decided(&r) => {
+            Ok(r) if decided(&r) && !(r.verdict == Verdict::Go && self.judged_later(&r)) => {
                 self.decided_after = Some(r.exchanges);
                 true
             }
@@ -107,6 +118,33 @@ impl<'a> Looker<'a> {
             }
         }
     }
+}
+
+impl Looker<'_> {
+    /// Whether an endpoint too small to be judged now may be judged by
+    /// the end of the run. The sending order is a uniform shuffle, so an
+    /// endpoint seen `k` times in `n` exchanges will be seen about
+    /// `k × planned / n` times; with the noise of a small `k`, it is
+    /// waited for if that reaches half the minimum. A GO now would never
+    /// judge it, where a `diff` of the whole capture would: a rare
+    /// endpoint that always diverges would pass unseen.
+    fn judged_later(&self, r: &Report) -> bool {
+        let counts = r
+            .endpoints
+            .iter()
+            .flat_map(|ep| ep.shadows.values().map(|s| s.compared));
+        judged_later(counts, r.exchanges, self.planned, self.min_endpoint)
+    }
+}
+
+fn judged_later(counts: impl Iterator<Item = u64>, done: u64, planned: u64, min: u64) -> bool {
+    let done = u128::from(done.max(1));
+    counts.into_iter().any(|k| {
+        // Both sides fit: each is a product of two u64 (the 2 on the
+        // left is taken as a halving on the right).
+        let projected = u128::from(k) * u128::from(planned);
+        k < min && projected >= u128::from(min) * done / 2
+    })
 }
 
 /// Criteria that say whether the data can be judged at all, not how the
@@ -225,6 +263,26 @@ mod tests {
         assert!(decides(Verdict::NoGo, &[fail("divergence_rate")]));
         assert!(!decides(Verdict::NoGo, &[fail("similarity_drop")]));
         assert!(!decides(Verdict::Inconclusive, &base));
+    }
+
+    /// An endpoint seen 5 times in the first 2,500 of 15,000 exchanges
+    /// will be seen about 30 times in all, and judged then: no GO yet; 3
+    /// times (about 18) is waited for too, for the noise of small counts.
+    /// One seen twice (about 12 in all) would never be judged: no wait.
+    #[test]
+    fn a_go_waits_for_endpoints_the_whole_run_would_judge() {
+        assert!(judged_later([2000, 5].into_iter(), 2500, 15_000, 30));
+        assert!(judged_later([2000, 3].into_iter(), 2500, 15_000, 30));
+        assert!(!judged_later([2000, 2].into_iter(), 2500, 15_000, 30));
+        assert!(!judged_later([2000, 30].into_iter(), 2500, 15_000, 30));
+        assert!(!judged_later(std::iter::empty(), 0, 15_000, 30));
+        // No overflow at the extremes.
+        assert!(judged_later(
+            [u64::MAX - 1].into_iter(),
+            1,
+            u64::MAX,
+            u64::MAX
+        ));
     }
 
     fn row(id: u64, name: &str, role: TargetRole) -> ReplayResult {

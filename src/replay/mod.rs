@@ -793,6 +793,7 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
     // (its .partial removed), so it never replaces what `--out` held.
     let failed = Arc::new(AtomicBool::new(false));
     let writer_failed = Arc::clone(&failed);
+    let planned = plan.total_hint;
     let writer = tokio::task::spawn_blocking(move || -> Result<ReplaySummary, SchemaError> {
         let _entered = bg.enter(may_idle);
         let mut file = ParquetFileWriter::create(
@@ -807,7 +808,7 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
         let mut looker = gate
             .as_ref()
             .zip(dispatch_rx)
-            .map(|(o, rx)| decide::Looker::new(o, rx));
+            .map(|(o, rx)| decide::Looker::new(o, rx, planned));
         // Polled rather than parked on: a parked receiver must be woken (a
         // futex call) by every request task and by the scheduler, per row.
         loop {
