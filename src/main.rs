@@ -205,7 +205,8 @@ struct ReplayArgs {
     /// Stored bytes per response body at most.
     #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "16MiB")]
     max_body: usize,
-    /// After Ctrl-C, wait this long for requests in flight.
+    /// After Ctrl-C or --max-duration, wait this long for requests in flight (at the
+    /// end of the capture, or when --until-decided decides, each gets its --timeout).
     #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "5s")]
     drain_timeout: std::time::Duration,
     /// Write the summary as JSON to this file.

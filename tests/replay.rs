@@ -1072,6 +1072,36 @@ fn preserve_order_closes_the_connections_of_idle_lanes() {
     assert!(open_then <= 3, "{open_then} connections still open");
 }
 
+/// At the end of the capture a request in flight gets its own --timeout,
+/// not the drain timeout (meant for Ctrl-C): a slow last answer is
+/// recorded, not left out as interrupted.
+#[test]
+fn the_last_requests_get_their_timeout_not_the_drain_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = timed_capture(dir.path(), 2, 0, |i| i);
+    let slow = Recorder::start(Behaviour::Late(Duration::from_millis(1500)));
+    let (run, rows, _d) = replay(&[
+        cap.to_str().unwrap(),
+        "--primary",
+        &slow.url(),
+        "--timeout",
+        "4s",
+        "--drain-timeout",
+        "300ms",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let live = role(&rows, TargetRole::Primary);
+    assert_eq!(live.len(), 2);
+    for r in live {
+        assert_eq!(r.error_kind, None, "{:?}", r.error_detail);
+        assert_eq!(r.status, Some(200));
+    }
+}
+
 #[test]
 fn health_check_fails_fast_on_a_down_target() {
     let dir = tempfile::tempdir().unwrap();

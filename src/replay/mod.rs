@@ -954,8 +954,18 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
     };
     // Nobody watches the results queue while draining: no more idling.
     shared.writer.set_urgent(true);
-    let opts_drain = drain_timeout;
-    // Drain: wait for in-flight requests, at most the drain timeout.
+    // Drain: wait for in-flight requests. After Ctrl-C or --max-duration
+    // at most the drain timeout; at the end of the capture or a decision,
+    // until each has had its own --timeout. Cut sooner, the slow answers
+    // would be recorded as interrupted and left out of the verdict, which
+    // would then see the shadow faster than it is.
+    let cut_short =
+        timed_out.load(Ordering::Relaxed) || (interrupted && !decided.load(Ordering::Relaxed));
+    let opts_drain = if cut_short {
+        drain_timeout
+    } else {
+        longest + Duration::from_secs(1)
+    };
     let deadline = Instant::now() + opts_drain;
     while counters.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
