@@ -231,6 +231,11 @@ pub struct Plan {
     /// follow one another are open one or two at a time.
     open: Vec<Source>,
     heap: BinaryHeap<Reverse<Queued>>,
+    /// Bytes held by the heap's exchanges.
+    heap_bytes: usize,
+    /// The files' longest exchange, request to completion (capped at
+    /// [`LONGEST_WAITED_NS`]), read up front from their timestamps.
+    longest_ns: i64,
     selection: Selection,
     emitted: u64,
     /// Selected requests in total, when known up front (for progress).
@@ -268,10 +273,29 @@ struct Source {
     reader: ExchangeReader,
     /// The latest request time read from it so far.
     frontier: i64,
+    /// The latest completion read from it so far: rows are written as
+    /// they complete, so every row still unread completed after this.
+    completed: i64,
 }
 
-/// Exchanges held to restore request order.
+/// Exchanges held to restore request order, at least...
 const REORDER: usize = 4096;
+/// ...and at most, in rows and in bytes, while a long exchange (a minute
+/// of LLM stream) may still be unread behind thousands of short ones that
+/// completed before it.
+const REORDER_MAX: usize = 65_536;
+const REORDER_BYTES: usize = 256 << 20;
+/// The longest exchange waited for (request to completion).
+const LONGEST_WAITED_NS: i64 = 10 * 60 * 1_000_000_000;
+
+/// What an exchange holds in memory, near enough to bound the heap.
+fn held_bytes(ex: &Exchange) -> usize {
+    ex.request_body.len()
+        + ex.response_body.len()
+        + ex.request_headers.byte_len()
+        + ex.response_headers.byte_len()
+        + std::mem::size_of::<Exchange>()
+}
 
 /// An exchange waiting in the reorder heap, ordered by (request time,
 /// exchange id, file) alone. Boxed in the heap itself: a side map from key
@@ -313,9 +337,11 @@ impl Plan {
     pub fn open(files: Vec<PathBuf>, selection: Selection) -> Result<Self, SchemaError> {
         let mut total = 0;
         let mut by_start = Vec::with_capacity(files.len());
+        let mut longest_ns = 0i64;
         for f in files {
             let r = ExchangeReader::open(&f)?;
             total += r.rows;
+            longest_ns = longest_ns.max(crate::schema::longest_exchange_ns(&f)?);
             by_start.push((r.earliest_request_ts.unwrap_or(i64::MIN), f));
         }
         // Stable: files without statistics keep the order they were given.
@@ -328,6 +354,8 @@ impl Plan {
             file: 0,
             open: Vec::new(),
             heap: BinaryHeap::new(),
+            heap_bytes: 0,
+            longest_ns: longest_ns.min(LONGEST_WAITED_NS),
             total_hint: selection.limit.map_or(expected(total, &selection), |l| {
                 l.min(expected(total, &selection))
             }),
@@ -337,8 +365,27 @@ impl Plan {
         })
     }
 
+    /// Whether the heap's first request can go: no unread row can have
+    /// requested earlier. Unread rows completed after the sources'
+    /// completion marks and took at most the longest exchange seen, and
+    /// files not yet opened begin at their first request.
+    fn settled(&self) -> bool {
+        let Some(Reverse(first)) = self.heap.peek() else {
+            return false;
+        };
+        let unread_from = self
+            .open
+            .iter()
+            .map(|s| s.completed.saturating_sub(self.longest_ns))
+            .chain(self.starts.get(self.file).copied())
+            .min();
+        unread_from.is_none_or(|t| first.key.0 <= t)
+    }
+
     fn fill(&mut self) -> Result<(), SchemaError> {
-        while self.heap.len() < REORDER {
+        while self.heap.len() < REORDER
+            || (self.heap.len() < REORDER_MAX && self.heap_bytes < REORDER_BYTES && !self.settled())
+        {
             let behind = (0..self.open.len()).min_by_key(|&i| self.open[i].frontier);
             let next_start = self.starts.get(self.file).copied();
             // The next file begins before every open one has got to.
@@ -349,6 +396,7 @@ impl Plan {
                         file: self.file,
                         reader,
                         frontier: start,
+                        completed: start,
                     });
                     self.file += 1;
                     continue;
@@ -364,7 +412,10 @@ impl Plan {
             let source = &mut self.open[i];
             for ex in batch? {
                 source.frontier = source.frontier.max(ex.request_ts);
+                let done = ex.response_end_ts.unwrap_or(ex.request_end_ts);
+                source.completed = source.completed.max(done);
                 if self.selection.keeps(&ex) {
+                    self.heap_bytes += held_bytes(&ex);
                     let key = (ex.request_ts, ex.exchange_id, source.file);
                     self.heap.push(Reverse(Queued {
                         key,
@@ -396,6 +447,7 @@ impl Plan {
                 let Some(Reverse(Queued { key, ex })) = self.heap.pop() else {
                     return Ok(None);
                 };
+                self.heap_bytes = self.heap_bytes.saturating_sub(held_bytes(&ex));
                 (key.2, *ex)
             }
         };
@@ -593,5 +645,50 @@ mod tests {
         assert_eq!(times.len(), 26_000);
         assert!(times.windows(2).all(|w| w[0] < w[1]), "in request order");
         assert!(plan.open.len() <= 3);
+    }
+
+    /// Rows are written as they complete: a request that took 8 s lies
+    /// 8,000 rows behind those of its time, twice the least reorder window.
+    /// The plan reads the capture's longest exchange up front and holds
+    /// rows long enough to put it back in its place, not 8 s late.
+    #[test]
+    fn a_long_exchange_written_late_is_planned_in_its_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("long.parquet");
+        let ms = 1_000_000i64;
+        let mut rows: Vec<Exchange> = (0..10_000i64)
+            .map(|i| Exchange {
+                exchange_id: i as u64,
+                request_ts: i * ms,
+                request_end_ts: i * ms,
+                response_end_ts: Some(i * ms + ms),
+                method: "GET".into(),
+                target: format!("/{i}"),
+                ..Default::default()
+            })
+            .collect();
+        let long = Exchange {
+            exchange_id: 99_999,
+            request_ts: 100 * ms + ms / 2,
+            request_end_ts: 100 * ms + ms / 2,
+            response_end_ts: Some(8_100 * ms),
+            method: "POST".into(),
+            target: "/v1/chat/completions".into(),
+            ..Default::default()
+        };
+        rows.push(long);
+        // Completion order, as capture writes them.
+        rows.sort_by_key(|e| e.response_end_ts);
+        let mut w = crate::schema::ExchangeFileWriter::create(&path, Default::default()).unwrap();
+        w.write(&rows).unwrap();
+        w.finish(vec![]).unwrap();
+        let mut plan = Plan::open(vec![path], Selection::default()).unwrap();
+        let mut times = Vec::new();
+        while let Some(p) = plan.next_planned().unwrap() {
+            times.push(p.exchange.request_ts);
+        }
+        assert_eq!(times.len(), 10_001);
+        assert!(times.windows(2).all(|w| w[0] < w[1]), "in request order");
+        assert!(plan.heap.len() <= REORDER_MAX);
     }
 }

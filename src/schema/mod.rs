@@ -15,8 +15,8 @@ pub use metrics::{
     METRICS_SCHEMA_VERSION,
 };
 pub use parquet_io::{
-    file_identity, file_kind, read_exchanges, ExchangeFileWriter, ExchangeReader, FileKind,
-    Metadata, ParquetFileWriter, WriterConfig,
+    file_identity, file_kind, longest_exchange_ns, read_exchanges, ExchangeFileWriter,
+    ExchangeReader, FileKind, Metadata, ParquetFileWriter, WriterConfig,
 };
 pub use result_columns::ResultColumns;
 pub use results::{

@@ -506,6 +506,53 @@ pub struct ExchangeReader {
     pub earliest_request_ts: Option<i64>,
 }
 
+/// The longest exchange of a capture file, request to completion (the
+/// response's end, else the request's): rows are written as they complete,
+/// so this is how far back in request time a row may lie behind the rows
+/// before it. Only the three timestamp columns are read.
+pub fn longest_exchange_ns(path: &Path) -> Result<i64, SchemaError> {
+    let file = File::open(path).map_err(|e| io_err(path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| pq_err(path, e))?;
+    let wanted = ["request_ts", "request_end_ts", "response_end_ts"];
+    let roots: Vec<usize> = builder
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| wanted.contains(&f.name().as_str()))
+        .map(|(i, _)| i)
+        .collect();
+    let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), roots);
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(64 * 1024)
+        .build()
+        .map_err(|e| pq_err(path, e))?;
+    let mut longest = 0i64;
+    for batch in reader {
+        let b = batch.map_err(|source| SchemaError::Arrow {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let ts = |n: &str| {
+            b.column_by_name(n)
+                .and_then(|c| c.as_any().downcast_ref::<TimestampNanosecondArray>())
+        };
+        let (Some(start), Some(end)) = (ts("request_ts"), ts("request_end_ts")) else {
+            return Ok(0);
+        };
+        let response_end = ts("response_end_ts");
+        for i in 0..b.num_rows() {
+            let done = match response_end {
+                Some(r) if r.is_valid(i) => r.value(i),
+                _ => end.value(i),
+            };
+            longest = longest.max(done.saturating_sub(start.value(i)));
+        }
+    }
+    Ok(longest)
+}
+
 /// The least value of an INT64 column, from its row groups' statistics.
 fn column_min_i64(meta: &parquet::file::metadata::ParquetMetaData, name: &str) -> Option<i64> {
     use parquet::file::statistics::Statistics;
