@@ -147,6 +147,8 @@ fn shuffle_rank(seed: u64, ex: &Exchange) -> u64 {
 /// covers twice the hash range, up to `WAVE_MAX` exchanges.
 const WAVE_FIRST: f64 = 4096.0;
 const WAVE_MAX: f64 = 65_536.0;
+/// Bytes a wave holds at most (see [`Waves::narrow`]).
+const WAVE_BYTES: usize = 256 << 20;
 
 /// The shuffled order, read in waves: wave w holds the exchanges whose
 /// rank falls in its slice of the hash range, sorted by rank. Each wave is
@@ -161,6 +163,8 @@ struct Waves {
     max_width: f64,
     /// The current wave, highest rank first (popped from the end).
     wave: Vec<(u64, usize, Exchange)>,
+    /// [`WAVE_BYTES`], but for tests.
+    max_bytes: usize,
 }
 
 impl Waves {
@@ -171,7 +175,25 @@ impl Waves {
             width: (WAVE_FIRST / total).min(1.0),
             max_width: (WAVE_MAX / total).min(1.0),
             wave: Vec::new(),
+            max_bytes: WAVE_BYTES,
         }
+    }
+
+    /// The wave grew past [`WAVE_BYTES`] (large bodies): keep the lower
+    /// half of its ranks and end its slice there; the rest of the slice
+    /// goes to the next wave. Returns the new end and the bytes kept, or
+    /// None when the slice cannot be narrowed (its rows share one rank).
+    fn narrow(&mut self, from: u64) -> Option<(u64, usize)> {
+        let half = self.wave.len() / 2;
+        self.wave.select_nth_unstable_by_key(half, |w| w.0);
+        let to = self.wave[half].0;
+        if to <= from {
+            return None;
+        }
+        self.wave.retain(|w| w.0 < to);
+        // Later waves start from this narrower width.
+        self.width /= 2.0;
+        Some((to, self.wave.iter().map(|w| held_bytes(&w.2)).sum()))
     }
 
     /// Read the next wave that holds anything; false when none is left.
@@ -183,7 +205,9 @@ impl Waves {
             let span = (self.width * u64::MAX as f64) as u64;
             let to = from.saturating_add(span.max(1));
             self.next_from = (to < u64::MAX).then_some(to);
+            let mut to = to;
             let mut selected = 0u64;
+            let mut bytes = 0usize;
             for (i, path) in files.iter().enumerate() {
                 for batch in ExchangeReader::open(path)? {
                     for ex in batch? {
@@ -193,7 +217,14 @@ impl Waves {
                         selected += 1;
                         let rank = shuffle_rank(selection.seed, &ex);
                         if rank >= from && (rank < to || to == u64::MAX) {
+                            bytes += held_bytes(&ex);
                             self.wave.push((rank, i, ex));
+                            if bytes > self.max_bytes {
+                                if let Some((end, kept)) = self.narrow(from) {
+                                    (to, bytes) = (end, kept);
+                                    self.next_from = Some(to);
+                                }
+                            }
                         }
                     }
                 }
@@ -690,5 +721,44 @@ mod tests {
         assert_eq!(times.len(), 10_001);
         assert!(times.windows(2).all(|w| w[0] < w[1]), "in request order");
         assert!(plan.heap.len() <= REORDER_MAX);
+    }
+
+    /// Waves of large exchanges are narrowed to stay under their byte
+    /// bound, and the shuffled order still holds every exchange once, in
+    /// rank order.
+    #[test]
+    fn waves_of_large_bodies_are_narrowed_and_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.parquet");
+        let rows: Vec<Exchange> = (0..3000u64)
+            .map(|i| Exchange {
+                exchange_id: i,
+                request_ts: i as i64,
+                method: "POST".into(),
+                target: format!("/{i}"),
+                request_body: vec![b'x'; 2000],
+                ..Default::default()
+            })
+            .collect();
+        let mut w = crate::schema::ExchangeFileWriter::create(&path, Default::default()).unwrap();
+        w.write(&rows).unwrap();
+        w.finish(vec![]).unwrap();
+        let files = vec![path];
+        let selection = Selection::default();
+        let mut waves = Waves::new(3000);
+        let cap = 600 * (2000 + std::mem::size_of::<Exchange>());
+        waves.max_bytes = cap;
+        let (mut ranks, mut largest) = (Vec::new(), 0);
+        while waves.refill(&files, &selection).unwrap() {
+            largest = largest.max(waves.wave.len());
+            let total: usize = waves.wave.iter().map(|w| held_bytes(&w.2)).sum();
+            assert!(total <= cap + held_bytes(&waves.wave[0].2), "{total}");
+            while let Some((rank, _, _)) = waves.wave.pop() {
+                ranks.push(rank);
+            }
+        }
+        assert_eq!(ranks.len(), 3000, "every exchange once");
+        assert!(ranks.windows(2).all(|w| w[0] <= w[1]), "in rank order");
+        assert!(largest <= 601, "{largest}");
     }
 }
