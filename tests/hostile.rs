@@ -611,6 +611,85 @@ fn i16_results_written_with_any_standard_codec_are_read() {
     }
 }
 
+/// Files re-saved by tools that keep columns but drop Parquet key-value
+/// metadata (pandas, DuckDB, Spark): a capture and a results file written
+/// again without it are still read, told apart by their columns.
+#[test]
+fn i16_files_without_shadowctl_metadata_are_known_by_their_columns() {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let dir = tempfile::tempdir().unwrap();
+    let strip = |from: &Path, to: &Path| {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(from).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
+        let file = std::fs::File::create(to).unwrap();
+        let mut w = None;
+        for batch in reader {
+            let batch = batch.unwrap();
+            let w = w.get_or_insert_with(|| {
+                parquet::arrow::ArrowWriter::try_new(
+                    file.try_clone().unwrap(),
+                    batch.schema(),
+                    None,
+                )
+                .unwrap()
+            });
+            w.write(&batch).unwrap();
+        }
+        w.unwrap().close().unwrap();
+        let meta = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(to).unwrap())
+            .unwrap()
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .map(|kv| kv.iter().any(|k| k.key.starts_with("shadowctl.")));
+        assert_ne!(meta, Some(true), "the copy has no shadowctl metadata");
+    };
+    let cap = dir.path().join("cap.parquet");
+    capture_file(&cap, 25, 1);
+    let plain_cap = dir.path().join("plain-cap.parquet");
+    strip(&cap, &plain_cap);
+    let out = dir.path().join("r.parquet");
+    let r = run(shadowctl()
+        .arg("replay")
+        .arg(&plain_cap)
+        .args(["--primary", "recorded", "--max", "--out"])
+        .arg(&out));
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(shadowctl::schema::read_results(&out).unwrap().len(), 25);
+
+    let res = dir.path().join("res.parquet");
+    results_file(&res, 40, 0);
+    let plain_res = dir.path().join("plain-res.parquet");
+    strip(&res, &plain_res);
+    let json = dir.path().join("r.json");
+    let r = diff(&[&plain_res], &["--json", json.to_str().unwrap()]);
+    assert!(matches!(r.code, Some(0 | 3)), "{}", r.stderr);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["exchanges"], 40, "{report}");
+
+    // A Parquet file of something else is still refused, by name.
+    let other = dir.path().join("other.parquet");
+    let batch = arrow::array::RecordBatch::try_from_iter([(
+        "x",
+        Arc::new(arrow::array::Int32Array::from(vec![1, 2])) as arrow::array::ArrayRef,
+    )])
+    .unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&other).unwrap(),
+        batch.schema(),
+        None,
+    )
+    .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let r = diff(&[&other], &[]);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("other.parquet"), "{}", r.stderr);
+}
+
 // ---- 14. A record with an impossible length mid-file ------------------------
 
 #[test]

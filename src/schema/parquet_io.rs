@@ -182,6 +182,31 @@ pub(crate) fn kind_in(meta: &parquet::file::metadata::ParquetMetaData) -> Option
         .key_value_metadata()
         .and_then(|kv| kv.iter().find(|k| k.key == META_KIND))
         .and_then(|k| k.value.clone())
+        .or_else(|| kind_by_columns(meta).map(str::to_string))
+}
+
+/// The kind of a file that lost shadowctl's footer metadata (re-saved by
+/// pandas, DuckDB or Spark, which keep columns but not key-value
+/// metadata), told by columns only that kind has. Its columns are then
+/// checked like any file's.
+fn kind_by_columns(meta: &parquet::file::metadata::ParquetMetaData) -> Option<&'static str> {
+    let schema = meta.file_metadata().schema_descr();
+    let names: Vec<&str> = schema
+        .root_schema()
+        .get_fields()
+        .iter()
+        .map(|f| f.name())
+        .collect();
+    let has = |all: &[&str]| all.iter().all(|c| names.contains(c));
+    if has(&["exchange_id", "target_name", "role", "sent_ts"]) {
+        Some("results")
+    } else if has(&["exchange_id", "seq_in_flow", "request_ts", "request_body"]) {
+        Some("exchanges")
+    } else if has(&["ts", "target", "source", "family", "labels", "value"]) {
+        Some("metrics")
+    } else {
+        None
+    }
 }
 
 /// The kind of shadowctl file at `path` (`exchanges`, `results`,
@@ -588,11 +613,8 @@ impl ExchangeReader {
                     .collect()
             })
             .unwrap_or_default();
-        let kind = metadata
-            .iter()
-            .find(|(k, _)| k == META_KIND)
-            .map(|(_, v)| v.as_str());
-        if kind != Some("exchanges") {
+        let kind = kind_in(builder.metadata());
+        if kind.as_deref() != Some("exchanges") {
             return Err(SchemaError::WrongKind {
                 path: path.display().to_string(),
                 expected: "capture (exchanges)",

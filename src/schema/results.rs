@@ -330,7 +330,7 @@ impl ResultsReader {
                 .and_then(|kv| kv.iter().find(|k| k.key == key))
                 .and_then(|k| k.value.clone())
         };
-        let kind = meta(super::META_KIND);
+        let kind = super::parquet_io::kind_in(builder.metadata());
         let until_decided = meta(super::META_UNTIL_DECIDED).as_deref() == Some("true");
         let read_only_shadows = meta(super::META_READ_ONLY_SHADOWS)
             .and_then(|v| v.parse().ok())
