@@ -500,4 +500,57 @@ fn sql_snippets_run_in_duckdb_on_real_files() {
         with_rows + 1 >= checked,
         "{with_rows} of {checked} statements found rows"
     );
+    // Written again by DuckDB, which keeps the columns but not shadowctl's
+    // footer metadata, both files are still read (docs/schema.md).
+    for (from, to) in [
+        ("exchanges.parquet", "duck-exchanges.parquet"),
+        ("results.parquet", "duck-results.parquet"),
+    ] {
+        let out = std::process::Command::new(&python)
+            .current_dir(dir.path())
+            .args([
+                "-c",
+                "import duckdb, sys; duckdb.sql(f\"COPY (FROM '{sys.argv[1]}') TO '{sys.argv[2]}' (FORMAT parquet)\")",
+                from,
+                to,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    run(&[
+        "replay",
+        "duck-exchanges.parquet",
+        "--primary",
+        "recorded",
+        "--max",
+        "--out",
+        "duck-replayed.parquet",
+        "-q",
+    ]);
+    let exchanges = |results: &str| {
+        let json = dir.path().join(format!("{results}.json"));
+        let out = Command::cargo_bin("shadowctl")
+            .unwrap()
+            .current_dir(dir.path())
+            .args(["diff", results, "--json"])
+            .arg(&json)
+            .output()
+            .unwrap();
+        assert!(
+            matches!(out.status.code(), Some(0 | 1 | 3)),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        r["exchanges"].as_u64().unwrap()
+    };
+    let whole = exchanges("results.parquet");
+    assert!(whole > 0);
+    assert_eq!(exchanges("duck-results.parquet"), whole);
 }
