@@ -152,6 +152,7 @@ pub fn read_metrics(path: &std::path::Path) -> Result<Vec<MetricRow>, SchemaErro
             }),
         });
     }
+    super::parquet_io::check_version(builder.metadata(), &METRICS, &name)?;
     super::parquet_io::check_columns(&name, &metrics_schema(), builder.schema(), &[])?;
     let mut out = Vec::new();
     for batch in builder.build().map_err(err)? {

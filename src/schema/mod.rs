@@ -114,6 +114,15 @@ pub enum SchemaError {
         problem: String,
         expected: String,
     },
+    #[error(
+        "{path}: written by a newer shadowctl (schema version {found}); this one reads \
+         version {reads}: upgrade shadowctl to read it"
+    )]
+    NewerVersion {
+        path: String,
+        found: String,
+        reads: &'static str,
+    },
     #[error("{path}: not a shadowctl {expected} file ({detail})")]
     WrongKind {
         path: String,

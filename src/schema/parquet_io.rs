@@ -185,6 +185,37 @@ pub(crate) fn kind_in(meta: &parquet::file::metadata::ParquetMetaData) -> Option
         .or_else(|| kind_by_columns(meta).map(str::to_string))
 }
 
+/// Refuse a file of a later schema version than this build reads: its
+/// columns may mean something else. Files without a version (re-saved by
+/// other tools) are judged by their columns alone.
+pub(crate) fn check_version(
+    meta: &parquet::file::metadata::ParquetMetaData,
+    kind: &FileKind,
+    path: &str,
+) -> Result<(), SchemaError> {
+    let found = meta
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|k| k.key == META_SCHEMA_VERSION))
+        .and_then(|k| k.value.clone());
+    let Some(found) = found else {
+        return Ok(());
+    };
+    let major = |v: &str| {
+        v.split('.')
+            .next()
+            .and_then(|m| m.trim().parse::<u64>().ok())
+    };
+    match (major(&found), major(kind.version)) {
+        (Some(f), Some(r)) if f > r => Err(SchemaError::NewerVersion {
+            path: path.to_string(),
+            found,
+            reads: kind.version,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// The kind of a file that lost shadowctl's footer metadata (re-saved by
 /// pandas, DuckDB or Spark, which keep columns but not key-value
 /// metadata), told by columns only that kind has. Its columns are then
@@ -621,6 +652,7 @@ impl ExchangeReader {
                 detail: format!("kind is {kind:?}"),
             });
         }
+        check_version(builder.metadata(), &EXCHANGES, &path.display().to_string())?;
         // May be absent: the first three are never read back (derived from
         // other columns when written); `malformed_detail`,
         // `response_event_offsets_ns`, `endpoint` and `stream_id` came later
@@ -825,6 +857,33 @@ mod tests {
     /// writes (it would truncate the first's temporary file), and the
     /// first still finishes a readable file. The output keeps the mode of
     /// the file it replaces.
+    /// A file of a later schema version is refused with what to do; the
+    /// same version, and files without one, are read.
+    #[test]
+    fn a_newer_schema_version_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.parquet");
+        for (version, readable) in [("2", false), ("1", true), ("1.3", true), ("x", true)] {
+            let kind = FileKind {
+                version: Box::leak(version.to_string().into_boxed_str()),
+                ..EXCHANGES
+            };
+            let mut w =
+                ParquetFileWriter::create(&path, exchange_schema(), kind, Default::default())
+                    .unwrap();
+            w.write_batch(&exchanges_to_batch(&[Exchange::default()]).unwrap())
+                .unwrap();
+            w.finish(vec![]).unwrap();
+            match read_exchanges(&path) {
+                Ok((rows, _)) => assert!(readable && rows.len() == 1, "{version}"),
+                Err(e) => {
+                    assert!(!readable, "{version}: {e}");
+                    assert!(e.to_string().contains("newer shadowctl"), "{e}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_second_writer_of_the_same_output_is_refused() {
         use std::os::unix::fs::PermissionsExt;

@@ -360,6 +360,7 @@ impl ResultsReader {
             "event_offsets_ns",
             "response_trailers",
         ];
+        super::parquet_io::check_version(builder.metadata(), &RESULTS, &name)?;
         super::parquet_io::check_columns(&name, &results_schema(), builder.schema(), &derived)?;
         let rows = builder.metadata().file_metadata().num_rows() as u64;
         // Columns the reader was asked to leave out are not decoded at all.
