@@ -621,7 +621,7 @@ fn run_capture(args: CaptureArgs) -> anyhow::Result<u8> {
     };
     if let Some(path) = &args.stats_json {
         let json = serde_json::to_string_pretty(&stats)?;
-        std::fs::write(path, json)
+        shadowctl::outpath::write_file(path, json.as_bytes())
             .with_context(|| format!("--stats-json {}: cannot write", path.display()))?;
     }
     if !args.quiet {
@@ -791,7 +791,8 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<u8> {
     let stop = interrupt_flag();
     let summary = replay::replay(opts, Arc::clone(&stop))?;
     if let Some(path) = &args.summary_json {
-        std::fs::write(path, serde_json::to_string_pretty(&summary)?)
+        let json = serde_json::to_string_pretty(&summary)?;
+        shadowctl::outpath::write_file(path, json.as_bytes())
             .with_context(|| format!("--summary-json {}: cannot write", path.display()))?;
     }
     if !args.quiet {
@@ -843,7 +844,8 @@ struct DiffArgs {
 }
 
 fn write_report(path: &std::path::Path, text: &str, flag: &str) -> anyhow::Result<()> {
-    std::fs::write(path, text).with_context(|| format!("{flag} {}: cannot write", path.display()))
+    shadowctl::outpath::write_file(path, text.as_bytes())
+        .with_context(|| format!("{flag} {}: cannot write", path.display()))
 }
 
 fn run_diff(args: DiffArgs, verbose: u8) -> anyhow::Result<u8> {

@@ -86,6 +86,34 @@ pub fn resolve(path: &Path) -> PathBuf {
     }
 }
 
+/// Write a small output (a JSON summary, a report) whole or not at all:
+/// through a temporary file beside it, synced, then renamed into place, so
+/// a run killed mid-write leaves the previous file, never half of one. A
+/// character device or FIFO is written straight to.
+pub fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    if write_mode(path) == Ok(WriteMode::Direct) {
+        return std::fs::write(path, bytes);
+    }
+    let path = resolve(path);
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.partial", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        if let Ok(old) = std::fs::metadata(&path) {
+            f.set_permissions(old.permissions())?;
+        }
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
 /// One file's identity: its inode when it exists, else its absolute path
 /// (parent canonicalized), so `a.json` and `./a.json` are the same.
 #[derive(PartialEq, Eq)]
@@ -177,5 +205,35 @@ mod tests {
         )
         .unwrap();
         assert_eq!(resolve(&link), std::fs::canonicalize(&a).unwrap());
+    }
+
+    /// A small output replaces the old file whole, keeps its mode and
+    /// leaves no temporary file; a FIFO is written straight to.
+    #[test]
+    fn small_outputs_are_replaced_whole() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        std::fs::write(&path, b"old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        write_file(&path, b"{\"new\":1}").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"new\":1}");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temporary file left");
+        // A directory that cannot be written: an error, the old file kept.
+        let ro = dir.path().join("ro");
+        std::fs::create_dir(&ro).unwrap();
+        let kept = ro.join("k.json");
+        std::fs::write(&kept, b"kept").unwrap();
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o500)).unwrap();
+        let refused = write_file(&kept, b"new");
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o700)).unwrap();
+        if refused.is_ok() {
+            // Running as root: permissions do not bind; nothing to show.
+            return;
+        }
+        assert_eq!(std::fs::read(&kept).unwrap(), b"kept");
     }
 }
