@@ -734,3 +734,54 @@ fn streams_refused_reset_or_cut_by_goaway_are_recorded_as_such() {
     assert_eq!(theirs["goaway"], 10);
     assert_eq!(theirs["ok"], 108 - 32);
 }
+
+/// A server that ends each connection gracefully after 5 requests (the
+/// last answered in full, then GOAWAY NO_ERROR naming it), as nginx does
+/// after `keepalive_requests`: every request is answered, each after a
+/// GOAWAY over a new connection, none recorded as an error.
+#[test]
+fn a_graceful_goaway_after_the_last_answer_costs_no_request() {
+    let Some(python) = common::python_with(&["h2"]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let port = free_port();
+    let server = Child(
+        Command::new(python)
+            .arg(fixture("graceful_goaway_server.py"))
+            .arg(port.to_string())
+            .arg(&log)
+            .arg("5")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+        port,
+    );
+    wait_listening(server.1);
+    let capture = captured("nghttp.pcap", dir.path());
+    let rows = replay(
+        &capture,
+        &[
+            "--primary",
+            &format!("http://127.0.0.1:{port}"),
+            "--http2",
+            "--max",
+            "--concurrency",
+            "1",
+        ],
+    );
+    let live: Vec<_> = rows.iter().filter(|r| r.target_name == "primary").collect();
+    assert_eq!(live.len(), 108);
+    for r in &live {
+        assert_eq!(r.error_kind, None, "{:?}", r.error_detail);
+        assert_eq!(r.status, Some(200));
+    }
+    let answered = std::fs::read_to_string(&log).unwrap();
+    let connections: std::collections::HashSet<&str> = answered
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(answered.lines().count(), 108);
+    assert_eq!(connections.len(), 108usize.div_ceil(5));
+}

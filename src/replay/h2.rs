@@ -70,10 +70,17 @@ fn classify(e: &h2::Error) -> (ErrorKind, String) {
     let reason = e
         .reason()
         .map_or_else(|| "?".to_string(), |r| error_name(u32::from(r)));
-    if e.is_go_away() {
+    if e.is_go_away() && e.is_remote() {
         return (
             ErrorKind::GoAway,
             format!("GOAWAY {reason} from the server"),
+        );
+    }
+    if e.is_go_away() {
+        // `h2` ended the connection itself: the server broke the protocol.
+        return (
+            ErrorKind::MalformedResponse,
+            format!("the server broke HTTP/2 ({reason}); the connection was closed"),
         );
     }
     match e.reason() {
@@ -183,45 +190,59 @@ impl Target {
     ) -> Answer {
         let deadline = tokio::time::Instant::now() + timeout;
         let started = now_ns();
-        let Some(sender) = clock.within(deadline, self.h2_sender()).await else {
-            return timed_out(started, timeout);
-        };
         let mut answer = Answer::default();
-        match sender {
-            Ok(sender) => {
-                self.stream(sender, req, max_body, deadline, clock, &mut answer)
-                    .await
+        let mut retried = false;
+        let ready = loop {
+            let Some(sender) = clock.within(deadline, self.h2_sender()).await else {
+                return timed_out(started, timeout);
+            };
+            let (send, slot, generation) = match sender {
+                Ok(s) => s,
+                Err(e) => {
+                    answer.error = Some(e);
+                    return answer;
+                }
+            };
+            // Waits while the server's concurrent-stream limit is reached.
+            match clock.within(deadline, send.ready()).await {
+                Some(Ok(send)) => break (send, slot, generation),
+                Some(Err(e)) => {
+                    let lost = connection_lost(&e);
+                    let error = self.h2_failed(e, slot, generation);
+                    // Nothing was sent. A server ends connections with a
+                    // GOAWAY after finishing their last streams (nginx
+                    // every 1,000 requests, Envoy, grpc-go's max age): the
+                    // next request goes over a new connection, once.
+                    if lost && !retried {
+                        retried = true;
+                        continue;
+                    }
+                    answer.error = Some(error);
+                    return answer;
+                }
+                None => {
+                    answer.error = Some((
+                        ErrorKind::Timeout,
+                        "no HTTP/2 stream free before --timeout".into(),
+                    ));
+                    return answer;
+                }
             }
-            Err(e) => answer.error = Some(e),
-        }
+        };
+        self.stream(ready, req, max_body, deadline, clock, &mut answer)
+            .await;
         answer
     }
 
     async fn stream(
         &self,
-        (send, slot, generation): (SendRequest<Bytes>, usize, u64),
+        (mut send, slot, generation): (SendRequest<Bytes>, usize, u64),
         req: H2Request,
         max_body: usize,
         deadline: tokio::time::Instant,
         clock: &mut Clock,
         answer: &mut Answer,
     ) {
-        // Waits while the server's concurrent-stream limit is reached.
-        let ready = clock.within(deadline, send.ready()).await;
-        let mut send = match ready {
-            Some(Ok(s)) => s,
-            Some(Err(e)) => {
-                answer.error = Some(self.h2_failed(e, slot, generation));
-                return;
-            }
-            None => {
-                answer.error = Some((
-                    ErrorKind::Timeout,
-                    "no HTTP/2 stream free before --timeout".into(),
-                ));
-                return;
-            }
-        };
         answer.sent_ts = Some(now_ns());
         let end = req.body.is_empty();
         let (response, mut body_tx) = match send.send_request(req.head, end) {
