@@ -1102,6 +1102,66 @@ fn the_last_requests_get_their_timeout_not_the_drain_timeout() {
     }
 }
 
+/// A captured request whose fields would end a header early (HTTP/2
+/// capture records what it saw, unchecked) is not sent: the row says
+/// `unsendable`, and the target sees no smuggled request.
+#[test]
+fn captured_bytes_that_would_smuggle_a_request_are_never_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("smuggle.parquet");
+    let rows: Vec<Exchange> = (0..3u64)
+        .map(|i| {
+            let mut ex = Exchange {
+                exchange_id: i,
+                flow_id: i,
+                method: "GET".into(),
+                target: format!("/t/{i}"),
+                http_version: "HTTP/2".into(),
+                request_ts: 1_700_000_000_000_000_000 + i as i64,
+                status: Some(200),
+                ..Default::default()
+            };
+            ex.request_end_ts = ex.request_ts;
+            ex.request_headers.push(b":authority", b"prod.example");
+            match i {
+                1 => ex
+                    .request_headers
+                    .push(b"x-note", b"a\r\n\r\nGET /admin HTTP/1.1\r\nHost: x"),
+                2 => ex.target = "/t/2 HTTP/1.1\r\nHost: x\r\n\r\nGET /admin".into(),
+                _ => {}
+            }
+            ex
+        })
+        .collect();
+    let mut w = ExchangeFileWriter::create(&path, WriterConfig::default()).unwrap();
+    w.write(&rows).unwrap();
+    w.finish(vec![]).unwrap();
+    let target = Recorder::start(Behaviour::Answer("p"));
+    let (run, rows, _d) = replay(&[
+        path.to_str().unwrap(),
+        "--primary",
+        &target.url(),
+        "--http1",
+        "--max",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let mut live = role(&rows, TargetRole::Primary);
+    live.sort_by_key(|r| r.exchange_id);
+    assert_eq!(live.len(), 3);
+    assert_eq!(live[0].status, Some(200));
+    for r in &live[1..] {
+        assert_eq!(r.error_kind, Some(ErrorKind::Unsendable), "{r:?}");
+        assert_eq!(r.sent_ts, None);
+    }
+    let got = target.received();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got.iter().all(|r| !r.contains("/admin")));
+}
+
 #[test]
 fn health_check_fails_fast_on_a_down_target() {
     let dir = tempfile::tempdir().unwrap();

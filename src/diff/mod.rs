@@ -381,9 +381,12 @@ impl Folded {
 /// Requests never sent, interrupted, or unreplayable are left out.
 fn usable(r: &ReplayResult) -> bool {
     match r.error_kind {
-        Some(ErrorKind::NotSentInTime | ErrorKind::Interrupted | ErrorKind::RequestTruncated) => {
-            false
-        }
+        Some(
+            ErrorKind::NotSentInTime
+            | ErrorKind::Interrupted
+            | ErrorKind::RequestTruncated
+            | ErrorKind::Unsendable,
+        ) => false,
         Some(_) => true,
         None => r.status.is_some(),
     }

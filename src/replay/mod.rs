@@ -115,15 +115,22 @@ impl HttpChoice {
 enum Outgoing {
     Http1(Vec<u8>),
     Http2(Box<h2::H2Request>),
+    /// Not sent, and why (see [`request::unsendable`]).
+    Unsendable(String),
 }
 
 /// Build one request for one target; returns it and the count of redacted
 /// values left out.
 fn outgoing(shared: &Shared, target: &Target, ex: &Exchange) -> (Outgoing, u32) {
+    if let Some(why) = request::unsendable(ex) {
+        return (Outgoing::Unsendable(why), 0);
+    }
     let dest = destination(shared, target);
     if shared.opts.http.http2_for(ex) {
-        let (req, dropped) = request::build_h2(ex, &dest, &shared.opts.rules, target.https);
-        return (Outgoing::Http2(Box::new(req)), dropped);
+        return match request::build_h2(ex, &dest, &shared.opts.rules, target.https) {
+            Ok((req, dropped)) => (Outgoing::Http2(Box::new(req)), dropped),
+            Err(why) => (Outgoing::Unsendable(why), 0),
+        };
     }
     let built = build(ex, &dest, &shared.opts.rules);
     (Outgoing::Http1(built.bytes), built.dropped_redacted)
@@ -1506,13 +1513,20 @@ impl TaskCtx {
                 }
             }
             waiting.fetch_sub(1, Ordering::Relaxed);
-            if p.exchange.request_body_truncated {
+            let unsent = match &request {
+                _ if p.exchange.request_body_truncated => Some((
+                    ErrorKind::RequestTruncated,
+                    "the captured body was truncated (--max-body at capture)".into(),
+                )),
+                Outgoing::Unsendable(why) => {
+                    Some((ErrorKind::Unsendable, format!("not sent: {why}")))
+                }
+                _ => None,
+            };
+            if let Some(error) = unsent {
                 target.permits.add_permits(1);
                 return client::Answer {
-                    error: Some((
-                        ErrorKind::RequestTruncated,
-                        "the captured body was truncated (--max-body at capture)".into(),
-                    )),
+                    error: Some(error),
                     ..Default::default()
                 };
             }
@@ -1539,6 +1553,11 @@ impl TaskCtx {
                         .exchange_h2(*req, timeout, opts.max_body, clock)
                         .await
                 }
+                // Answered above, without a send.
+                Outgoing::Unsendable(why) => client::Answer {
+                    error: Some((ErrorKind::Unsendable, why)),
+                    ..Default::default()
+                },
             };
             target.permits.add_permits(1);
             answer

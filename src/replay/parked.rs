@@ -127,7 +127,8 @@ pub(super) fn post(shared: &Shared, ti: usize, job: Job) -> Option<Job> {
                 let n = send_now(slot.fd, bytes);
                 (n, n == bytes.len())
             }
-            Outgoing::Http2(_) => (0, false),
+            // Never posted (see the check above).
+            Outgoing::Http2(_) | Outgoing::Unsendable(_) => (0, false),
         };
         slot.posted = Some(Posted { job, sent, written });
         drop(slot);

@@ -39,6 +39,43 @@ pub fn is_token(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+/// Why a captured request cannot be sent as recorded, if it cannot: bytes
+/// that would end the request line or a header early (CR, LF, NUL; spaces
+/// and controls in the target), a method or header name that is not a
+/// token, no target at all (an HTTP/2 `:path` the capture could not
+/// decode). Written as they are, such bytes would make the target read a
+/// second request of someone else's making (request smuggling) or refuse
+/// the first; HTTP/2 capture records fields as it saw them, unchecked.
+pub fn unsendable(ex: &Exchange) -> Option<String> {
+    if !is_token(&ex.method) {
+        return Some(format!("the method {:?} is not a token", ex.method));
+    }
+    if ex.target.is_empty() {
+        return Some("no target was recorded".into());
+    }
+    if ex.target.chars().any(|c| c <= ' ' || c == '\u{7f}') {
+        return Some("the target holds spaces or control characters".into());
+    }
+    for (name, value) in ex.request_headers.iter() {
+        if name.first() == Some(&b':') {
+            continue; // HTTP/2 pseudo-headers: not sent as fields
+        }
+        if !is_token(&String::from_utf8_lossy(name)) {
+            return Some(format!(
+                "the header name {:?} is not a token",
+                String::from_utf8_lossy(name)
+            ));
+        }
+        if value.iter().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
+            return Some(format!(
+                "the value of {} holds CR, LF or NUL",
+                String::from_utf8_lossy(name)
+            ));
+        }
+    }
+    None
+}
+
 /// Parse `Name: value` given to `flag` (`--header`, `--marker`). A name that
 /// is not a token, or a value with CR, LF or NUL, would let the text end the
 /// header block and smuggle a request of its own onto the connection.
@@ -283,7 +320,7 @@ pub fn build_h2(
     dest: &Destination<'_>,
     rules: &RequestRules,
     https: bool,
-) -> (H2Request, u32) {
+) -> Result<(H2Request, u32), String> {
     let (path, mut dropped) = without_redacted_query(origin_form(&ex.target));
     let mut full_path = String::new();
     if !dest.base_path.is_empty() && path.starts_with('/') {
@@ -302,21 +339,15 @@ pub fn build_h2(
         .authority(authority)
         .path_and_query(full_path.as_str())
         .build()
-        .or_else(|_| {
-            http::Uri::builder()
-                .scheme(scheme)
-                .authority(dest.authority)
-                .path_and_query("/")
-                .build()
-        })
-        .expect("a target authority is a valid URI authority");
-    let method = http::Method::from_bytes(ex.method.as_bytes()).unwrap_or(http::Method::GET);
+        .map_err(|e| format!("not a valid HTTP/2 request URI: {e}"))?;
+    let method = http::Method::from_bytes(ex.method.as_bytes())
+        .map_err(|_| format!("the method {:?} is not valid", ex.method))?;
     let mut head = http::Request::builder()
         .method(method)
         .uri(uri)
         .version(http::Version::HTTP_2)
         .body(())
-        .expect("method and URI are valid");
+        .map_err(|e| format!("not a valid HTTP/2 request: {e}"))?;
     let h = head.headers_mut();
     let mut push = |n: &[u8], v: &[u8]| {
         let name = http::HeaderName::from_bytes(&n.to_ascii_lowercase());
@@ -325,6 +356,8 @@ pub fn build_h2(
         }
     };
     let forbidden = |lower: &str, value: &[u8]| {
+        // Sent as the exact lower-case `trailers` below: `h2` refuses any
+        // other spelling.
         let te_trailers = lower == "te" && value.eq_ignore_ascii_case(b"trailers");
         (HOP_BY_HOP.contains(&lower) && !te_trailers)
             || lower == "host"
@@ -332,7 +365,9 @@ pub fn build_h2(
     };
     let marker = marker_name(dest);
     dropped += send_fields(ex, rules, forbidden, |lower, n, v, _| {
-        if !marker(lower) {
+        if lower == "te" {
+            push(n, b"trailers");
+        } else if !marker(lower) {
             push(n, v);
         }
     });
@@ -340,7 +375,7 @@ pub fn build_h2(
         push(n.as_bytes(), v.as_bytes());
     }
     let body = bytes::Bytes::copy_from_slice(&ex.request_body);
-    (H2Request { head, body }, dropped)
+    Ok((H2Request { head, body }, dropped))
 }
 
 #[cfg(test)]
@@ -356,6 +391,52 @@ mod tests {
         for bad in ["X-A: b\0", "X-A: b\r\nX: y", "X A: b", ": b", "X-A"] {
             assert!(parse_header_field("--header", bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// Captured bytes that would end a header or the request line early
+    /// are never sent (they would smuggle a request onto the connection).
+    #[test]
+    fn requests_that_would_smuggle_or_lack_a_target_are_unsendable() {
+        assert_eq!(unsendable(&exchange()), None);
+        let mut h2 = exchange();
+        h2.request_headers.push(b":path", b"/x");
+        assert_eq!(
+            unsendable(&h2),
+            None,
+            "pseudo-headers are not sent as fields"
+        );
+        let with = |f: &dyn Fn(&mut Exchange)| {
+            let mut ex = exchange();
+            f(&mut ex);
+            unsendable(&ex)
+        };
+        let cases: [&dyn Fn(&mut Exchange); 6] = [
+            &|e| e.request_headers.push(b"x-a", b"v\r\nGET /admin HTTP/1.1"),
+            &|e| e.request_headers.push(b"x-a", b"v\0"),
+            &|e| e.request_headers.push(b"x a", b"v"),
+            &|e| e.target = "/a HTTP/1.1\r\nHost: x\r\n\r\nGET /admin".into(),
+            &|e| e.target = String::new(),
+            &|e| e.method = "GE T".into(),
+        ];
+        for (i, case) in cases.iter().enumerate() {
+            assert!(with(*case).is_some(), "case {i}");
+        }
+    }
+
+    /// `te: Trailers` (any spelling) goes out as the `trailers` HTTP/2
+    /// allows; `h2` refuses the request otherwise.
+    #[test]
+    fn te_trailers_is_sent_lower_case_over_http2() {
+        let mut ex = exchange();
+        ex.request_headers.push(b"TE", b"Trailers");
+        let dest = Destination {
+            authority: "127.0.0.1:9000",
+            base_path: "",
+            marker: None,
+        };
+        let (req, _) = build_h2(&ex, &dest, &RequestRules::default(), false).unwrap();
+        let te: Vec<_> = req.head.headers().get_all("te").iter().collect();
+        assert_eq!(te, ["trailers"]);
     }
 
     fn exchange() -> Exchange {
@@ -399,7 +480,7 @@ mod tests {
             .filter(|l| l.to_ascii_lowercase().starts_with("x-shadow-replay"))
             .collect();
         assert_eq!(lines, ["x-shadow-replay: 1"], "{text}");
-        let (h2, _) = build_h2(&ex, &dest, &rules, false);
+        let (h2, _) = build_h2(&ex, &dest, &rules, false).unwrap();
         let values: Vec<_> = h2
             .head
             .headers()

@@ -89,6 +89,9 @@ pub enum ErrorKind {
     /// HTTP/2: the server closed the connection with `GOAWAY` before
     /// answering.
     GoAway,
+    /// The captured request cannot be sent as recorded (bytes that would
+    /// end a header early, no target): not sent, never smuggled.
+    Unsendable,
 }
 
 impl ErrorKind {
@@ -109,6 +112,7 @@ impl ErrorKind {
             Self::StreamReset => "stream_reset",
             Self::RefusedStream => "refused_stream",
             Self::GoAway => "goaway",
+            Self::Unsendable => "unsendable",
         }
     }
 }
@@ -455,6 +459,7 @@ impl ErrorKind {
             StreamReset,
             RefusedStream,
             GoAway,
+            Unsendable,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
