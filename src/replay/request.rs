@@ -203,7 +203,7 @@ fn send_fields(
             dropped += 1;
             continue;
         }
-        if lower == "referer" {
+        if lower == "referer" || lower == "content-location" {
             // A referrer's redacted query values are left out, as the
             // target's are: `[REDACTED]` is never sent as if it were one.
             let text = String::from_utf8_lossy(value);
@@ -337,7 +337,9 @@ pub fn build_h2(
     let uri = http::Uri::builder()
         .scheme(scheme)
         .authority(authority)
-        .path_and_query(full_path.as_str())
+        // The bytes captured (text holds them one char per byte), not
+        // their UTF-8 spelling: `é` sent as C3 A9 stays C3 A9.
+        .path_and_query(crate::text::latin1_bytes(&full_path).into_owned())
         .build()
         .map_err(|e| format!("not a valid HTTP/2 request URI: {e}"))?;
     let method = http::Method::from_bytes(ex.method.as_bytes())
@@ -365,6 +367,11 @@ pub fn build_h2(
     };
     let marker = marker_name(dest);
     dropped += send_fields(ex, rules, forbidden, |lower, n, v, _| {
+        // `--header` fields come here unfiltered: a `Connection` or `Host`
+        // among them would make `h2` refuse every request.
+        if forbidden(lower, v) {
+            return;
+        }
         if lower == "te" {
             push(n, b"trailers");
         } else if !marker(lower) {
@@ -437,6 +444,31 @@ mod tests {
         let (req, _) = build_h2(&ex, &dest, &RequestRules::default(), false).unwrap();
         let te: Vec<_> = req.head.headers().get_all("te").iter().collect();
         assert_eq!(te, ["trailers"]);
+    }
+
+    /// The captured bytes of the path go out as they were: raw UTF-8
+    /// (held one char per byte) is not encoded a second time.
+    #[test]
+    fn http2_paths_keep_their_captured_bytes() {
+        let dest = Destination {
+            authority: "127.0.0.1:9000",
+            base_path: "",
+            marker: None,
+        };
+        let mut ex = exchange();
+        // "/café?q=naïve" as captured: UTF-8 bytes, one char per byte.
+        let raw = "/café?q=naïve".as_bytes();
+        ex.target = raw.iter().map(|&b| b as char).collect();
+        let (req, _) = build_h2(&ex, &dest, &RequestRules::default(), false).unwrap();
+        let sent = req.head.uri().path_and_query().unwrap().as_str().as_bytes();
+        assert_eq!(sent, raw);
+        // `--header` fields that HTTP/2 forbids are left out, not sent.
+        let rules = RequestRules {
+            set: vec![("Connection".into(), "close".into())],
+            ..RequestRules::default()
+        };
+        let (req, _) = build_h2(&exchange(), &dest, &rules, false).unwrap();
+        assert!(req.head.headers().get("connection").is_none());
     }
 
     fn exchange() -> Exchange {
