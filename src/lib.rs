@@ -12,6 +12,7 @@ pub mod llm;
 pub mod outpath;
 pub mod progress;
 pub mod proto;
+pub mod redact;
 pub mod replay;
 pub mod report;
 pub mod schema;

@@ -1838,7 +1838,7 @@ fn secrets_in_live_answers_are_redacted_unless_kept() {
     let dir = tempfile::tempdir().unwrap();
     let cap = timed_capture(dir.path(), 2, 0, |i| i);
     let port = raw_server(|_, _, _, stream| {
-        let answer = "HTTP/1.1 200 OK\r\nSet-Cookie: sid=s3cret\r\nX-Auth-Token: t0ken\r\nX-Other: v\r\nContent-Length: 2\r\n\r\nok";
+        let answer = "HTTP/1.1 200 OK\r\nSet-Cookie: sid=s3cret\r\nX-Auth-Token: t0ken\r\nX-Other: v\r\nLocation: /next?access_token=abc&page=2\r\nContent-Length: 2\r\n\r\nok";
         stream.write_all(answer.as_bytes()).is_ok()
     });
     let url = format!("http://127.0.0.1:{port}");
@@ -1871,6 +1871,13 @@ fn secrets_in_live_answers_are_redacted_unless_kept() {
             );
             assert_eq!(h.get("x-auth-token"), Some(token), "keep {keep}");
             assert_eq!(h.get("x-other"), Some(&b"v"[..]));
+            // A redirect's token is redacted like a captured one's.
+            let location = if keep {
+                &b"/next?access_token=abc&page=2"[..]
+            } else {
+                &b"/next?access_token=[REDACTED]&page=2"[..]
+            };
+            assert_eq!(h.get("location"), Some(location), "keep {keep}");
         }
     }
 }

@@ -556,6 +556,9 @@ struct ReplayOptionsCore {
     http: HttpChoice,
     /// Header names whose values are redacted in live answers.
     redact: Vec<String>,
+    /// Query parameters redacted in the URLs of live answers' `Location`
+    /// and `Content-Location` (a redirect can carry a fresh token).
+    redact_query: Vec<String>,
 }
 
 /// Run a replay. `stop` (Ctrl-C) ends scheduling; in-flight requests get
@@ -878,6 +881,13 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
                 Vec::new()
             } else {
                 crate::schema::DEFAULT_REDACTED.map(String::from).to_vec()
+            },
+            redact_query: if opts.keep_secrets {
+                Vec::new()
+            } else {
+                crate::redact::DEFAULT_REDACTED_QUERY
+                    .map(String::from)
+                    .to_vec()
             },
         }),
         counters: Arc::clone(&counters),
@@ -1584,6 +1594,11 @@ impl TaskCtx {
         // of the results and the reports like captured ones.
         for h in [&mut row.response_headers, &mut row.response_trailers] {
             h.redact(&self.opts.redact, REDACTED);
+            crate::redact::redact_url_fields(
+                h,
+                &crate::redact::URL_FIELDS,
+                &self.opts.redact_query,
+            );
         }
         let _ = results.send(row).await;
         counters.in_flight.fetch_sub(1, Ordering::Relaxed);
