@@ -1162,6 +1162,91 @@ fn captured_bytes_that_would_smuggle_a_request_are_never_sent() {
     assert!(got.iter().all(|r| !r.contains("/admin")));
 }
 
+/// With --shard, the clock starts at the capture's first request, not the
+/// shard's: a shard whose first request came 1.2 s into the capture sends
+/// it 1.2 s into the run, in step with the other shards.
+#[test]
+fn shards_keep_the_captures_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = timed_capture(dir.path(), 4, 1200, |i| i);
+    let target = Recorder::start(Behaviour::Answer("p"));
+    let mut checked = 0;
+    for k in ["1/2", "2/2"] {
+        let launched = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i64;
+        let (run, rows, _d) = replay(&[
+            cap.to_str().unwrap(),
+            "--primary",
+            &target.url(),
+            "--shard",
+            k,
+        ]);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let live = role(&rows, TargetRole::Primary);
+        let first = live.iter().map(|r| r.exchange_id).min().unwrap();
+        let due = live.iter().map(|r| r.due_ts).min().unwrap();
+        // Each request is due at its place in the capture (1.2 s apart),
+        // counted from the run's start, whichever shard holds it.
+        let offset_ms = (due - launched) / 1_000_000;
+        assert!(
+            offset_ms >= first as i64 * 1200 - 50,
+            "shard {k}: first request {first} due {offset_ms} ms into the run"
+        );
+        checked += usize::from(first > 0);
+    }
+    assert_eq!(checked, 1, "one shard starts later than the capture");
+}
+
+/// A gap of hours in the capture (a clock that jumped) is said at once,
+/// instead of looking like a hang.
+#[test]
+fn a_long_gap_in_the_capture_is_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gap.parquet");
+    let rows: Vec<Exchange> = [0i64, 7_200_000_000_000]
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let mut ex = Exchange {
+                exchange_id: i as u64,
+                flow_id: i as u64,
+                method: "GET".into(),
+                target: format!("/t/{i}"),
+                http_version: "HTTP/1.1".into(),
+                request_ts: 1_700_000_000_000_000_000 + t,
+                status: Some(200),
+                ..Default::default()
+            };
+            ex.request_end_ts = ex.request_ts;
+            ex.request_headers.push(b"Host", b"prod.example");
+            ex
+        })
+        .collect();
+    let mut w = ExchangeFileWriter::create(&path, WriterConfig::default()).unwrap();
+    w.write(&rows).unwrap();
+    w.finish(vec![]).unwrap();
+    let target = Recorder::start(Behaviour::Answer("p"));
+    let (run, rows, _d) = replay(&[
+        path.to_str().unwrap(),
+        "--primary",
+        &target.url(),
+        "--max-duration",
+        "1s",
+    ]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("the next request is due in 2.0 h"),
+        "{stderr}"
+    );
+    assert_eq!(role(&rows, TargetRole::Primary).len(), 1);
+}
+
 #[test]
 fn health_check_fails_fast_on_a_down_target() {
     let dir = tempfile::tempdir().unwrap();

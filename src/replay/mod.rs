@@ -1186,6 +1186,7 @@ fn wait_until(due: Instant, stop: &AtomicBool) -> Option<bool> {
 /// queue runs low, the thread itself lets it rest once the queue is nearly
 /// full again.
 fn prefetch(mut plan: Plan, bg: Arc<priority::Background>, may_idle: bool) -> PlanQueue {
+    let capture_start = plan.capture_start();
     let (tx, rx) = mpsc::channel(PLAN_AHEAD / PLAN_CHUNK);
     std::thread::spawn(move || {
         let _entered = bg.enter(may_idle);
@@ -1213,6 +1214,7 @@ fn prefetch(mut plan: Plan, bg: Arc<priority::Background>, may_idle: bool) -> Pl
     PlanQueue {
         rx,
         chunk: Vec::new().into_iter(),
+        capture_start,
     }
 }
 
@@ -1229,6 +1231,8 @@ const PLAN_CHUNK: usize = 64;
 struct PlanQueue {
     rx: mpsc::Receiver<Vec<Result<Planned, ReplayError>>>,
     chunk: std::vec::IntoIter<Result<Planned, ReplayError>>,
+    /// The capture's first request time, when every file's is known.
+    capture_start: Option<i64>,
 }
 
 impl PlanQueue {
@@ -1311,6 +1315,9 @@ fn write_rows(
     file.write_batch(&batch)
 }
 
+/// A wait for the next request longer than this is said (once).
+const LONG_GAP: Duration = Duration::from_secs(3600);
+
 /// Walk the plan and dispatch every request to every target at its due time.
 /// Returns (planned, dropped redacted values, skipped read-only, interrupted).
 async fn schedule(
@@ -1330,7 +1337,11 @@ async fn schedule(
     let start = Instant::now() + Duration::from_millis(20);
     let start_wall = now_ns() + 20_000_000;
     let (mut n, mut dropped, mut skipped) = (0u64, 0u64, 0u64);
-    let mut first_ts = None;
+    // Each shard holds other requests, so its first one is not the
+    // capture's: with --shard the clock starts at the capture's first
+    // request, and the shards of a run stay in step.
+    let mut first_ts = opts.selection.shard.and(queue.capture_start);
+    let mut gap_warned = false;
     let mut lanes = std::collections::HashMap::new();
     let mut behind = 0u64;
     while let Some(item) = next {
@@ -1353,6 +1364,16 @@ async fn schedule(
             .unwrap_or_else(|| start + Duration::from_secs(100 * 365 * 86_400));
         let due_ts =
             start_wall.saturating_add(i64::try_from(offset.as_nanos()).unwrap_or(i64::MAX));
+        let ahead = due.saturating_duration_since(Instant::now());
+        if ahead > LONG_GAP && !std::mem::replace(&mut gap_warned, true) {
+            // A stray timestamp (a clock that jumped) would otherwise look
+            // like a hang.
+            eprintln!(
+                "warning: the next request is due in {:.1} h (a gap in the capture); \
+                 Ctrl-C stops with what was sent, --max-duration bounds the run, --rate ignores the gaps",
+                ahead.as_secs_f64() / 3600.0
+            );
+        }
         if opts.timing != Timing::Max {
             let Some(slept) = wait_until(due, stop) else {
                 return Ok((n, dropped, skipped, true));

@@ -458,6 +458,12 @@ impl Plan {
         Ok(())
     }
 
+    /// The capture's first request time, from the files' statistics;
+    /// None when a file has none.
+    pub fn capture_start(&self) -> Option<i64> {
+        self.starts.first().copied().filter(|&t| t != i64::MIN)
+    }
+
     /// The next request in recorded order, or None at the end.
     pub fn next_planned(&mut self) -> Result<Option<Planned>, SchemaError> {
         if self.selection.limit.is_some_and(|l| self.emitted >= l) {
