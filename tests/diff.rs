@@ -572,6 +572,33 @@ fn a_field_differing_everywhere_without_noise_estimate_gets_the_ignore_hint() {
     assert!(paths(&v2["fields"]).is_empty(), "{}", v2["fields"]);
 }
 
+/// A rule whose endpoint glob names no endpoint of the run does nothing;
+/// the report says so, with the names the run has.
+#[test]
+fn a_rule_for_an_endpoint_the_run_never_saw_gets_a_hint() {
+    let config = format!(
+        "{EXAMPLE_CONFIG}\n[[rule]]\nendpoint = \"POST /predcit\"\npath = \"$.request_id\"\ncompare = \"ignore\"\n\n[[rule]]\nendpoint = \"POST /pred*\"\npath = \"$.trace_id\"\ncompare = \"ignore\"\n"
+    );
+    let run = diff(&predict_cases(60, 0), &config, &[]);
+    let hints: Vec<&str> = run.report["hints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .filter(|h| h.starts_with("config:"))
+        .collect();
+    assert_eq!(hints.len(), 1, "{hints:?}");
+    // Rules for endpoints this run lacks (the example's /embed, /generate)
+    // are no typo: no hint for them.
+    assert!(
+        hints[0].contains("\"POST /predcit\"")
+            && hints[0].contains("did you mean \"POST /predict\""),
+        "{}",
+        hints[0]
+    );
+    assert!(run.stdout.contains("POST /predcit"), "{}", run.stdout);
+}
+
 #[test]
 fn an_undecided_divergence_says_how_many_more_exchanges_would_decide() {
     // 14 of 400 (3.5%) against a 5% limit: the interval straddles it.

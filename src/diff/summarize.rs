@@ -523,6 +523,53 @@ fn segments(f: &Folded, noise: &NoiseSets) -> Vec<Segment> {
 /// exists (no live primary beside the recorded one): most likely ids or
 /// timestamps that change on every call, which a live primary would have
 /// shown as noise. Said with the rule that ignores them.
+/// `[[rule]]` and `[[drift]]` entries whose endpoint glob named none of
+/// the run's endpoints but nearly names one: a typo (`POST /predcit`), or
+/// another case or method. Such a rule does nothing, silently, while the
+/// user believes it applies. Globs far from every name are left alone: a
+/// config shared by many runs names endpoints a given run may not have.
+fn unmatched_globs(c: &Config, endpoints: &[crate::report::EndpointReport]) -> Vec<String> {
+    if endpoints.is_empty() {
+        return Vec::new();
+    }
+    let named: Vec<&str> = endpoints.iter().map(|e| e.endpoint.as_str()).collect();
+    let entries = c
+        .rules
+        .iter()
+        .map(|r| ("[[rule]]", r.endpoint.as_str(), r.path.as_str()))
+        .chain(
+            c.drift
+                .iter()
+                .map(|d| ("[[drift]]", d.endpoint.as_str(), d.path.as_str())),
+        );
+    let mut seen = HashSet::new();
+    let mut hints = Vec::new();
+    for (table, glob, path) in entries {
+        if named.iter().any(|e| crate::endpoint::glob(glob, e)) || !seen.insert((table, glob)) {
+            continue;
+        }
+        let Some(near) = named.iter().find(|e| nearly(glob, e)) else {
+            continue;
+        };
+        hints.push(format!(
+            "config: the {table} entry for {path} names endpoints {glob:?}, which matched none of this run's endpoints; did you mean {near:?}? As written it applies to nothing"
+        ));
+    }
+    hints
+}
+
+/// A glob one or two edits from an endpoint name (its wildcards aside), or
+/// equal to it but for case, or for the method.
+fn nearly(glob: &str, endpoint: &str) -> bool {
+    let bare = glob.replace(['*', '?'], "");
+    let path = |s: &str| {
+        s.split_once(' ')
+            .map_or(s.to_string(), |(_, p)| p.to_string())
+    };
+    strsim::levenshtein(&bare.to_ascii_lowercase(), &endpoint.to_ascii_lowercase()) <= 2
+        || (!bare.is_empty() && path(&bare) == path(endpoint))
+}
+
 fn ignore_hints(r: &Report) -> Vec<String> {
     const NEARLY_ALL: f64 = 0.95;
     const MIN_EXCHANGES: u64 = 20;
@@ -760,6 +807,11 @@ pub(crate) fn report(
         latency_buckets_ms: edges,
     };
     report.hints = ignore_hints(&report);
+    if f.endpoints_over_cap == 0 {
+        report
+            .hints
+            .extend(unmatched_globs(&opts.config, &report.endpoints));
+    }
     if f.endpoints_over_cap > 0 {
         report.hints.push(format!(
             "{} exchanges are reported together as {}: they have more than {} distinct endpoint names, most likely ids the automatic names do not recognise; name them with [endpoints] templates (docs/config.md)",
