@@ -91,7 +91,8 @@ const QUEUE_BYTES: usize = 64 << 20;
 type Written = (Vec<PathBuf>, u64);
 
 enum ToWriter {
-    Rows(Vec<Exchange>),
+    /// Rows, and the bytes they were counted as in the queue.
+    Rows(Vec<Exchange>, usize),
     Finish,
     /// The run failed: drop the open file (its temporary is removed), so
     /// what the user had under the output name stays as it was.
@@ -155,10 +156,10 @@ impl WriterThread {
 
     /// Queue rows, waiting for room (reading files: nothing may be lost).
     pub(crate) fn send(&self, rows: Vec<Exchange>) -> Result<(), CaptureError> {
-        self.queued_bytes
-            .fetch_add(rows_bytes(&rows), Ordering::AcqRel);
+        let bytes = rows_bytes(&rows);
+        self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
         self.tx()
-            .send(ToWriter::Rows(rows))
+            .send(ToWriter::Rows(rows, bytes))
             .map_err(|_| CaptureError::WriterGone)
     }
 
@@ -174,7 +175,7 @@ impl WriterThread {
         }
         // Counted before the send, so the writer never subtracts first.
         self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
-        match self.tx().try_send(ToWriter::Rows(rows)) {
+        match self.tx().try_send(ToWriter::Rows(rows, bytes)) {
             Ok(()) => Ok(()),
             Err(std::sync::mpsc::TrySendError::Full(_)) => {
                 self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
@@ -252,19 +253,9 @@ fn queue_admits(held: usize, bytes: usize) -> bool {
     held == 0 || held.saturating_add(bytes) <= QUEUE_BYTES
 }
 
-/// What a batch of rows holds in memory, near enough for [`QUEUE_BYTES`]:
-/// bodies, header lists and the request line.
+/// What a batch of rows holds in memory (see [`QUEUE_BYTES`]).
 fn rows_bytes(rows: &[Exchange]) -> usize {
-    rows.iter()
-        .map(|ex| {
-            ex.request_body.len()
-                + ex.response_body.len()
-                + ex.request_headers.byte_len()
-                + ex.response_headers.byte_len()
-                + ex.target.len()
-                + std::mem::size_of::<Exchange>()
-        })
-        .sum()
+    rows.iter().map(Exchange::held_bytes).sum()
 }
 
 fn write_loop(
@@ -276,9 +267,9 @@ fn write_loop(
     // A sender dropped without Finish (an error upstream) still gets footers.
     loop {
         match rx.recv_timeout(std::time::Duration::from_millis(200)) {
-            Ok(ToWriter::Rows(rows)) => {
+            Ok(ToWriter::Rows(rows, bytes)) => {
                 let written = writer.write(&rows);
-                queued_bytes.fetch_sub(rows_bytes(&rows), Ordering::AcqRel);
+                queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
                 if let Err(e) = written {
                     // A full disk or a vanished directory: keep what can be
                     // kept, then say what happened.

@@ -1364,17 +1364,17 @@ async fn schedule(
             .unwrap_or_else(|| start + Duration::from_secs(100 * 365 * 86_400));
         let due_ts =
             start_wall.saturating_add(i64::try_from(offset.as_nanos()).unwrap_or(i64::MAX));
-        let ahead = due.saturating_duration_since(Instant::now());
-        if ahead > LONG_GAP && !std::mem::replace(&mut gap_warned, true) {
-            // A stray timestamp (a clock that jumped) would otherwise look
-            // like a hang.
-            eprintln!(
-                "warning: the next request is due in {:.1} h (a gap in the capture); \
-                 Ctrl-C stops with what was sent, --max-duration bounds the run, --rate ignores the gaps",
-                ahead.as_secs_f64() / 3600.0
-            );
-        }
         if opts.timing != Timing::Max {
+            let ahead = due.saturating_duration_since(Instant::now());
+            if ahead > LONG_GAP && !std::mem::replace(&mut gap_warned, true) {
+                // A stray timestamp (a clock that jumped) would otherwise
+                // look like a hang.
+                eprintln!(
+                    "warning: the next request is due in {:.1} h (a gap in the capture); \
+                     Ctrl-C stops with what was sent, --max-duration bounds the run, --rate ignores the gaps",
+                    ahead.as_secs_f64() / 3600.0
+                );
+            }
             let Some(slept) = wait_until(due, stop) else {
                 return Ok((n, dropped, skipped, true));
             };

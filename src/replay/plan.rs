@@ -193,7 +193,7 @@ impl Waves {
         self.wave.retain(|w| w.0 < to);
         // Later waves start from this narrower width.
         self.width /= 2.0;
-        Some((to, self.wave.iter().map(|w| held_bytes(&w.2)).sum()))
+        Some((to, self.wave.iter().map(|w| w.2.held_bytes()).sum()))
     }
 
     /// Read the next wave that holds anything; false when none is left.
@@ -217,7 +217,7 @@ impl Waves {
                         selected += 1;
                         let rank = shuffle_rank(selection.seed, &ex);
                         if rank >= from && (rank < to || to == u64::MAX) {
-                            bytes += held_bytes(&ex);
+                            bytes += ex.held_bytes();
                             self.wave.push((rank, i, ex));
                             if bytes > self.max_bytes {
                                 if let Some((end, kept)) = self.narrow(from) {
@@ -318,15 +318,6 @@ const REORDER_MAX: usize = 65_536;
 const REORDER_BYTES: usize = 256 << 20;
 /// The longest exchange waited for (request to completion).
 const LONGEST_WAITED_NS: i64 = 10 * 60 * 1_000_000_000;
-
-/// What an exchange holds in memory, near enough to bound the heap.
-fn held_bytes(ex: &Exchange) -> usize {
-    ex.request_body.len()
-        + ex.response_body.len()
-        + ex.request_headers.byte_len()
-        + ex.response_headers.byte_len()
-        + std::mem::size_of::<Exchange>()
-}
 
 /// An exchange waiting in the reorder heap, ordered by (request time,
 /// exchange id, file) alone. Boxed in the heap itself: a side map from key
@@ -446,7 +437,7 @@ impl Plan {
                 let done = ex.response_end_ts.unwrap_or(ex.request_end_ts);
                 source.completed = source.completed.max(done);
                 if self.selection.keeps(&ex) {
-                    self.heap_bytes += held_bytes(&ex);
+                    self.heap_bytes += ex.held_bytes();
                     let key = (ex.request_ts, ex.exchange_id, source.file);
                     self.heap.push(Reverse(Queued {
                         key,
@@ -484,7 +475,7 @@ impl Plan {
                 let Some(Reverse(Queued { key, ex })) = self.heap.pop() else {
                     return Ok(None);
                 };
-                self.heap_bytes = self.heap_bytes.saturating_sub(held_bytes(&ex));
+                self.heap_bytes = self.heap_bytes.saturating_sub(ex.held_bytes());
                 (key.2, *ex)
             }
         };
@@ -757,8 +748,8 @@ mod tests {
         let (mut ranks, mut largest) = (Vec::new(), 0);
         while waves.refill(&files, &selection).unwrap() {
             largest = largest.max(waves.wave.len());
-            let total: usize = waves.wave.iter().map(|w| held_bytes(&w.2)).sum();
-            assert!(total <= cap + held_bytes(&waves.wave[0].2), "{total}");
+            let total: usize = waves.wave.iter().map(|w| w.2.held_bytes()).sum();
+            assert!(total <= cap + waves.wave[0].2.held_bytes(), "{total}");
             while let Some((rank, _, _)) = waves.wave.pop() {
                 ranks.push(rank);
             }

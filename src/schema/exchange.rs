@@ -129,6 +129,19 @@ pub struct Exchange {
     pub response_arrivals: Vec<(u64, i64)>,
 }
 
+impl Exchange {
+    /// What the exchange holds in memory, near enough to bound the queues
+    /// and buffers that hold many: bodies, header lists, the target.
+    pub fn held_bytes(&self) -> usize {
+        self.request_body.len()
+            + self.response_body.len()
+            + self.request_headers.byte_len()
+            + self.response_headers.byte_len()
+            + self.target.len()
+            + std::mem::size_of::<Exchange>()
+    }
+}
+
 pub(super) fn header_list_type() -> DataType {
     DataType::List(Arc::new(Field::new(
         "item",
