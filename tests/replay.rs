@@ -197,31 +197,45 @@ fn demo_capture(dir: &Path) -> PathBuf {
     out
 }
 
-/// A capture of `n` GETs /t/{i}, recorded `gap_ms` apart, each on its own flow
-/// `flow_of(i)`.
-fn timed_capture(dir: &Path, n: u64, gap_ms: i64, flow_of: impl Fn(u64) -> u64) -> PathBuf {
-    let path = dir.join("timed.parquet");
+/// A capture of `n` GETs /t/{i} on flow i, each recorded at the same
+/// moment, with `Host: prod.example` and a 200, then given its own shape by
+/// `shape` (the request end follows the request time it sets).
+fn shaped_capture(dir: &Path, name: &str, n: u64, shape: impl Fn(u64, &mut Exchange)) -> PathBuf {
+    let path = dir.join(name);
     let mut w = ExchangeFileWriter::create(&path, WriterConfig::default()).unwrap();
     let rows: Vec<Exchange> = (0..n)
         .map(|i| {
             let mut ex = Exchange {
                 exchange_id: i,
-                flow_id: flow_of(i),
+                flow_id: i,
                 method: "GET".into(),
                 target: format!("/t/{i}"),
                 http_version: "HTTP/1.1".into(),
-                request_ts: 1_700_000_000_000_000_000 + i as i64 * gap_ms * 1_000_000,
+                request_ts: T0,
                 status: Some(200),
                 ..Default::default()
             };
-            ex.request_end_ts = ex.request_ts;
             ex.request_headers.push(b"Host", b"prod.example");
+            shape(i, &mut ex);
+            ex.request_end_ts = ex.request_ts;
             ex
         })
         .collect();
     w.write(&rows).unwrap();
     w.finish(vec![]).unwrap();
     path
+}
+
+/// The capture clock's origin in these tests.
+const T0: i64 = 1_700_000_000_000_000_000;
+
+/// A capture of `n` GETs /t/{i}, recorded `gap_ms` apart, each on its own flow
+/// `flow_of(i)`.
+fn timed_capture(dir: &Path, n: u64, gap_ms: i64, flow_of: impl Fn(u64) -> u64) -> PathBuf {
+    shaped_capture(dir, "timed.parquet", n, |i, ex| {
+        ex.flow_id = flow_of(i);
+        ex.request_ts = T0 + i as i64 * gap_ms * 1_000_000;
+    })
 }
 
 fn replay(args: &[&str]) -> (std::process::Output, Vec<ReplayResult>, tempfile::TempDir) {
@@ -995,35 +1009,13 @@ fn preserve_order_keeps_each_connection_sequential_on_one_socket() {
 #[test]
 fn preserve_order_closes_the_connections_of_idle_lanes() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("lanes.parquet");
-    let t0 = 1_700_000_000_000_000_000i64;
     // 40 short recorded connections at once, then one more 3.5 s later
     // and another after it (the run, and its lanes, go on past the 41st).
-    let rows: Vec<Exchange> = (0..42u64)
-        .map(|i| {
-            let mut ex = Exchange {
-                exchange_id: i,
-                flow_id: i,
-                method: "GET".into(),
-                target: format!("/t/{i}"),
-                http_version: "HTTP/1.1".into(),
-                request_ts: t0
-                    + if i < 40 {
-                        0
-                    } else {
-                        (i as i64 - 38) * 1_750_000_000
-                    },
-                status: Some(200),
-                ..Default::default()
-            };
-            ex.request_end_ts = ex.request_ts;
-            ex.request_headers.push(b"Host", b"prod.example");
-            ex
-        })
-        .collect();
-    let mut w = ExchangeFileWriter::create(&path, WriterConfig::default()).unwrap();
-    w.write(&rows).unwrap();
-    w.finish(vec![]).unwrap();
+    let path = shaped_capture(dir.path(), "lanes.parquet", 42, |i, ex| {
+        if i >= 40 {
+            ex.request_ts = T0 + (i as i64 - 38) * 1_750_000_000;
+        }
+    });
     // Open connections, and how many were open when the last request came.
     let open = Arc::new(Mutex::new(0usize));
     let at_last = Arc::new(Mutex::new(None::<usize>));
@@ -1108,34 +1100,19 @@ fn the_last_requests_get_their_timeout_not_the_drain_timeout() {
 #[test]
 fn captured_bytes_that_would_smuggle_a_request_are_never_sent() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("smuggle.parquet");
-    let rows: Vec<Exchange> = (0..3u64)
-        .map(|i| {
-            let mut ex = Exchange {
-                exchange_id: i,
-                flow_id: i,
-                method: "GET".into(),
-                target: format!("/t/{i}"),
-                http_version: "HTTP/2".into(),
-                request_ts: 1_700_000_000_000_000_000 + i as i64,
-                status: Some(200),
-                ..Default::default()
-            };
-            ex.request_end_ts = ex.request_ts;
-            ex.request_headers.push(b":authority", b"prod.example");
-            match i {
-                1 => ex
-                    .request_headers
-                    .push(b"x-note", b"a\r\n\r\nGET /admin HTTP/1.1\r\nHost: x"),
-                2 => ex.target = "/t/2 HTTP/1.1\r\nHost: x\r\n\r\nGET /admin".into(),
-                _ => {}
-            }
-            ex
-        })
-        .collect();
-    let mut w = ExchangeFileWriter::create(&path, WriterConfig::default()).unwrap();
-    w.write(&rows).unwrap();
-    w.finish(vec![]).unwrap();
+    let path = shaped_capture(dir.path(), "smuggle.parquet", 3, |i, ex| {
+        ex.http_version = "HTTP/2".into();
+        ex.request_ts = T0 + i as i64;
+        ex.request_headers = Default::default();
+        ex.request_headers.push(b":authority", b"prod.example");
+        match i {
+            1 => ex
+                .request_headers
+                .push(b"x-note", b"a\r\n\r\nGET /admin HTTP/1.1\r\nHost: x"),
+            2 => ex.target = "/t/2 HTTP/1.1\r\nHost: x\r\n\r\nGET /admin".into(),
+            _ => {}
+        }
+    });
     let target = Recorder::start(Behaviour::Answer("p"));
     let (run, rows, _d) = replay(&[
         path.to_str().unwrap(),
@@ -1208,29 +1185,9 @@ fn shards_keep_the_captures_clock() {
 #[test]
 fn a_long_gap_in_the_capture_is_said() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gap.parquet");
-    let rows: Vec<Exchange> = [0i64, 7_200_000_000_000]
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let mut ex = Exchange {
-                exchange_id: i as u64,
-                flow_id: i as u64,
-                method: "GET".into(),
-                target: format!("/t/{i}"),
-                http_version: "HTTP/1.1".into(),
-                request_ts: 1_700_000_000_000_000_000 + t,
-                status: Some(200),
-                ..Default::default()
-            };
-            ex.request_end_ts = ex.request_ts;
-            ex.request_headers.push(b"Host", b"prod.example");
-            ex
-        })
-        .collect();
-    let mut w = ExchangeFileWriter::create(&path, WriterConfig::default()).unwrap();
-    w.write(&rows).unwrap();
-    w.finish(vec![]).unwrap();
+    let path = shaped_capture(dir.path(), "gap.parquet", 2, |i, ex| {
+        ex.request_ts = T0 + i as i64 * 7_200_000_000_000;
+    });
     let target = Recorder::start(Behaviour::Answer("p"));
     let (run, rows, _d) = replay(&[
         path.to_str().unwrap(),
@@ -1640,31 +1597,12 @@ fn until_decided_stops_when_decided_on_a_uniform_sample_and_diff_agrees() {
 #[test]
 fn until_decided_does_not_say_go_before_a_rare_endpoint_is_judged() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("rare.parquet");
-    let rows: Vec<Exchange> = (0..3000u64)
-        .map(|i| {
-            let mut ex = Exchange {
-                exchange_id: i,
-                flow_id: i,
-                method: "GET".into(),
-                target: if i % 25 == 0 {
-                    "/rare".into()
-                } else {
-                    format!("/t/{i}")
-                },
-                http_version: "HTTP/1.1".into(),
-                request_ts: 1_700_000_000_000_000_000 + i as i64 * 1_000_000,
-                status: Some(200),
-                ..Default::default()
-            };
-            ex.request_end_ts = ex.request_ts;
-            ex.request_headers.push(b"Host", b"prod.example");
-            ex
-        })
-        .collect();
-    let mut w = ExchangeFileWriter::create(&path, WriterConfig::default()).unwrap();
-    w.write(&rows).unwrap();
-    w.finish(vec![]).unwrap();
+    let path = shaped_capture(dir.path(), "rare.parquet", 3000, |i, ex| {
+        ex.request_ts = T0 + i as i64 * 1_000_000;
+        if i % 25 == 0 {
+            ex.target = "/rare".into();
+        }
+    });
     let config = dir.path().join("gate.toml");
     std::fs::write(
         &config,
