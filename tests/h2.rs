@@ -351,17 +351,24 @@ fn wait_listening(port: u16) {
     }
 }
 
-/// The hyper-h2 server of the fixtures: it echoes each request's fields.
-fn echo_server(python: &Path) -> Child {
+/// A fixture server (`testdata/h2/SCRIPT PORT ARGS...`) on a free port,
+/// once it accepts connections.
+fn fixture_server(python: &Path, script: &str, args: &[&std::ffi::OsStr]) -> Child {
     let port = free_port();
     let child = Command::new(python)
-        .arg(fixture("h2c_upgrade_server.py"))
+        .arg(fixture(script))
         .arg(port.to_string())
+        .args(args)
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
     wait_listening(port);
     Child(child, port)
+}
+
+/// The hyper-h2 server of the fixtures: it echoes each request's fields.
+fn echo_server(python: &Path) -> Child {
+    fixture_server(python, "h2c_upgrade_server.py", &[])
 }
 
 fn replay(capture: &Path, args: &[&str]) -> Vec<shadowctl::schema::ReplayResult> {
@@ -678,18 +685,8 @@ fn streams_refused_reset_or_cut_by_goaway_are_recorded_as_such() {
     };
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("server.log");
-    let port = free_port();
-    let server = Child(
-        Command::new(python)
-            .arg(fixture("reset_server.py"))
-            .arg(port.to_string())
-            .arg(&log)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-        port,
-    );
-    wait_listening(server.1);
+    let server = fixture_server(&python, "reset_server.py", &[log.as_os_str()]);
+    let port = server.1;
     let capture = captured("nghttp.pcap", dir.path());
     // One request at a time, so the server's numbering is the sending order.
     let rows = replay(
@@ -746,19 +743,13 @@ fn a_graceful_goaway_after_the_last_answer_costs_no_request() {
     };
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("server.log");
-    let port = free_port();
-    let server = Child(
-        Command::new(python)
-            .arg(fixture("graceful_goaway_server.py"))
-            .arg(port.to_string())
-            .arg(&log)
-            .arg("5")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-        port,
+    let per_connection = std::ffi::OsStr::new("5");
+    let server = fixture_server(
+        &python,
+        "graceful_goaway_server.py",
+        &[log.as_os_str(), per_connection],
     );
-    wait_listening(server.1);
+    let port = server.1;
     let capture = captured("nghttp.pcap", dir.path());
     let rows = replay(
         &capture,
