@@ -405,27 +405,33 @@ fn deliver(
     if off > h.next_off as i64 {
         // A hole before this segment: hold it until the hole fills or is given up.
         stats.out_of_order_segments += 1;
+        let size = seg.payload.len();
+        let over = |h: &HalfStream, budget: &Budget| {
+            h.ooo_bytes + size > cfg.max_conn_buffer || budget.held + size > budget.max
+        };
+        if over(h, budget) {
+            // Over a limit: give up holes, the first first (or the one
+            // before this segment), until it fits or is in order, so memory
+            // stays bounded. A loop: each hole may free only a byte, and a
+            // retry per hole would take stack per hole.
+            while over(&c.half[side], budget) && (c.half[side].next_off as i64) < off {
+                stats.buffer_overflow_gaps += 1;
+                let until = c.half[side]
+                    .ooo
+                    .first_key_value()
+                    .map_or(off as u64, |(&k, _)| k.min(off as u64));
+                skip_to(c, side, until, ts, budget, stats);
+                drain_ooo(c, side, i64::MIN, budget, stats);
+            }
+            // Once more, and only once: it now fits, or is in order.
+            return deliver(c, side, data_seq, seg, ts, cfg, budget, stats);
+        }
         let chunk = Chunk {
             data: seg.payload.to_vec(),
             missing: seg.missing,
             ts,
             peer_ack,
         };
-        if h.ooo_bytes + chunk.data.len() > cfg.max_conn_buffer
-            || budget.held + chunk.data.len() > budget.max
-        {
-            // Over a limit: give up the first hole (or the one before this
-            // segment) so memory stays bounded, then try again.
-            stats.buffer_overflow_gaps += 1;
-            let until = h
-                .ooo
-                .first_key_value()
-                .map_or(off as u64, |(&k, _)| k.min(off as u64));
-            skip_to(c, side, until, ts, budget, stats);
-            drain_ooo(c, side, i64::MIN, budget, stats);
-            return deliver(c, side, data_seq, seg, ts, cfg, budget, stats);
-        }
-        let h = &mut c.half[side];
         h.ooo_bytes += chunk.data.len();
         budget.held += chunk.data.len();
         let prev = h.ooo.insert(off as u64, chunk);
@@ -1349,6 +1355,46 @@ mod tests {
             "{stats:?}"
         );
         r.finish(&mut stats);
+    }
+
+    /// Thousands of one-byte holes, then a segment that needs room: they are
+    /// given up in a loop. A retry per hole took a stack frame (and a copy
+    /// of the segment) per hole, and overflowed the stack.
+    #[test]
+    fn a_segment_over_the_limit_gives_up_many_holes_without_recursing() {
+        let mut r = Reassembler::new(ReassemblyConfig {
+            max_conn_buffer: 100_000,
+            ..Default::default()
+        });
+        let mut stats = CaptureStats::default();
+        let seg = |seq: u32, payload: Cow<'static, [u8]>| Segment {
+            src: "192.0.2.10:1".parse().unwrap(),
+            dst: S.parse().unwrap(),
+            seq,
+            ack: 0,
+            flags: Flags::default(),
+            payload,
+            missing: 0,
+        };
+        let head: &'static [u8] = b"POST /big HTTP/1.1\r\nContent-Length: 100000000\r\n\r\n";
+        r.segment(&seg(1, Cow::Borrowed(head)), 0, &mut stats);
+        let body = 1 + head.len() as u32;
+        // 99,999 bytes held, each behind a one-byte hole.
+        for i in 0..99_999u32 {
+            r.segment(&seg(body + 1 + 2 * i, Cow::Borrowed(b"x")), 1, &mut stats);
+        }
+        assert_eq!(stats.buffer_overflow_gaps, 0, "{stats:?}");
+        let far = body + 2 * 100_000;
+        r.segment(&seg(far, Cow::Owned(vec![b'y'; 30_000])), 2, &mut stats);
+        // Room for 30,000 bytes: as many holes given up, first first.
+        assert!(
+            (29_000..=31_000).contains(&stats.buffer_overflow_gaps),
+            "{stats:?}"
+        );
+        let held = r.conns.values().map(|c| c.half[0].ooo_bytes).sum::<usize>();
+        assert!(held <= 100_000, "{held} bytes held");
+        r.finish(&mut stats);
+        assert!(r.take_exchanges().iter().any(|e| e.target == "/big"));
     }
 
     #[test]
