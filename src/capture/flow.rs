@@ -577,7 +577,7 @@ impl HttpFlow {
         if self.client_side.is_none() || self.parsers[side].is_none() {
             return;
         }
-        self.with_parser(side, budget, |p, ctx| p.finish(ts, ctx));
+        self.with_parser(side, budget, |p, ctx| p.finish(ts, true, ctx));
     }
 
     fn with_parser(
@@ -633,8 +633,11 @@ impl HttpFlow {
             // Requests first, so a response cut by the end can still pair.
             for side in [client, 1 - client] {
                 if let Some(mut p) = self.parsers[side].take() {
+                    // A direction still open here was not closed by its
+                    // sender (it was reset, evicted, or the capture ended).
                     p.finish(
                         ts,
+                        false,
                         &mut Ctx {
                             p: &mut self.pairing,
                             budget,

@@ -401,7 +401,7 @@ impl<'a> ResponseReader<'a> {
 
     /// The connection closed.
     pub fn finish(&mut self) {
-        self.parser.finish(now_ns(), &mut self.sink);
+        self.parser.finish(now_ns(), true, &mut self.sink);
     }
 
     /// Fill `answer` with what was read; an answer that ended early or

@@ -309,8 +309,9 @@ impl MessageParser {
         }
     }
 
-    /// The direction ended (FIN, RST, end of capture or eviction).
-    pub fn finish(&mut self, ts: i64, sink: &mut dyn Sink) {
+    /// The direction ended: `closed` by its sender (FIN), or not (RST, end
+    /// of capture, idle expiry, eviction).
+    pub fn finish(&mut self, ts: i64, closed: bool, sink: &mut dyn Sink) {
         let pending = std::mem::take(&mut self.buf);
         self.cursor = self.offset;
         match self.state {
@@ -320,7 +321,11 @@ impl MessageParser {
                 if !pending.is_empty() {
                     sink.body(self.role, &pending, ts);
                 }
-                self.finish_message(ts, End::Complete, sink)
+                // A body that runs to the close is whole only if the sender
+                // closed it (RFC 9112 section 8): a reset or the end of the
+                // capture cuts it.
+                let end = if closed { End::Complete } else { End::Cut };
+                self.finish_message(ts, end, sink)
             }
             State::Start { .. } => {
                 self.salvage_head(&pending, ts, End::Cut, sink);

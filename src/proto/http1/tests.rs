@@ -155,6 +155,28 @@ fn close_delimited_body_ends_with_the_stream() {
     assert_eq!(out[0].response_end_ts, Some(4));
 }
 
+/// The same body, but the connection is reset (or the capture ends)
+/// before the server closes it: what came is kept, and marked cut.
+#[test]
+fn close_delimited_body_not_closed_by_the_server_is_cut() {
+    let (mut f, mut b) = flow();
+    f.data(CLIENT, b"GET /events HTTP/1.1\r\n\r\n", 1, None, &mut b);
+    let head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n";
+    f.data(SERVER, head, 2, None, &mut b);
+    f.data(SERVER, b"data: 1\n\n", 3, None, &mut b);
+    f.finish(5, &mut b);
+    let mut out = Vec::new();
+    f.take_done(&mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].response_body, b"data: 1\n\n");
+    assert_eq!(
+        out[0].incomplete,
+        Some(crate::schema::IncompleteReason::ResponseCut),
+        "{:?}",
+        out[0]
+    );
+}
+
 #[test]
 fn upgrade_ends_http_parsing() {
     let out = run(&[
