@@ -98,6 +98,10 @@ pub struct Gate {
     pub max_p99_latency_ratio: f64,
     /// Fewer exchanges in total: INCONCLUSIVE.
     pub min_exchanges: u64,
+    /// A shadow with more of its answers left out of the comparison than
+    /// this share (requests never sent or interrupted, primary without an
+    /// answer): INCONCLUSIVE, since the rest may not be like them.
+    pub max_not_compared_rate: f64,
     /// Endpoints with fewer exchanges are not judged one by one (they
     /// still count in the overall figures).
     pub min_endpoint_exchanges: u64,
@@ -168,6 +172,7 @@ impl Default for Gate {
             max_error_rate_increase: 0.01,
             max_p99_latency_ratio: 1.5,
             min_exchanges: 200,
+            max_not_compared_rate: 0.01,
             min_endpoint_exchanges: 30,
             min_latency_samples: 100,
             p99_latency_slack_ms: 1.0,
@@ -372,6 +377,7 @@ impl Config {
         for (name, v) in [
             ("max_divergence_rate", g.max_divergence_rate),
             ("max_error_rate_increase", g.max_error_rate_increase),
+            ("max_not_compared_rate", g.max_not_compared_rate),
         ] {
             if !(0.0..=1.0).contains(&v) {
                 return Err(format!("gate.{name} = {v}: must be between 0 and 1"));

@@ -427,6 +427,60 @@ mod tests {
         super::super::TEST_WINDOW_ROWS.with(|w| w.set(super::super::WINDOW_ROWS));
     }
 
+    /// 2,400 exchanges, primary `v1` and shadow `v2` answering alike.
+    fn sample_identical() -> Vec<ReplayResult> {
+        let mut rows = Vec::new();
+        for id in 0..2400u64 {
+            let due = id as i64 * 1_000_000;
+            for (name, role) in [("v1", TargetRole::Primary), ("v2", TargetRole::Shadow)] {
+                let mut r = row(id, name, role, 200, "{\"label\":\"a\"}");
+                (r.due_ts, r.sent_ts, r.done_ts) = (due, Some(due), Some(due + 900_000));
+                rows.push(r);
+            }
+        }
+        rows
+    }
+
+    /// A shadow whose requests were not sent (it fell behind) is not
+    /// judged on the ones that were: a few are reported, more bar a GO.
+    #[test]
+    fn shadow_requests_never_sent_are_counted_and_bar_a_go_beyond_the_gate() {
+        let with_unsent = |unsent: u64| {
+            let mut rows = sample_identical();
+            for r in rows.iter_mut() {
+                if r.role == Some(TargetRole::Shadow) && r.exchange_id < unsent {
+                    (r.status, r.error_kind) = (None, Some(ErrorKind::NotSentInTime));
+                }
+            }
+            let targets = (crate::schema::META_TARGETS.to_string(), "v1,v2".to_string());
+            report_with_meta(&rows, vec![targets])
+        };
+        let find = |report: &serde_json::Value| {
+            report["reasons"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["criterion"] == "not_compared")
+                .cloned()
+        };
+        let none = with_unsent(0);
+        assert_eq!(none["verdict"], "GO", "{}", none["reasons"]);
+        assert!(none.get("not_compared").is_none() && find(&none).is_none());
+        // 12 of 2,400 (0.5%): reported, and the gate still says GO.
+        let few = with_unsent(12);
+        assert_eq!(few["not_compared"]["v2"]["not_sent_in_time"], 12, "{few}");
+        assert_eq!(few["overall"]["v2"]["compared"], 2388);
+        assert_eq!(find(&few).unwrap()["outcome"], "pass");
+        assert_eq!(few["verdict"], "GO", "{}", few["reasons"]);
+        // 240 of 2,400 (10%): the others agree, but cannot speak for them.
+        let many = with_unsent(240);
+        assert_eq!(many["not_compared"]["v2"]["not_sent_in_time"], 240);
+        let reason = find(&many).unwrap();
+        assert_eq!(reason["outcome"], "inconclusive", "{reason}");
+        assert!(reason["detail"].as_str().unwrap().contains("240 of 2400"));
+        assert_eq!(many["verdict"], "INCONCLUSIVE");
+    }
+
     /// The live primary's first 30 answers come last instead of the
     /// shadow's: their exchanges are compared against the recorded answer
     /// once the window passes, and the late primary rows must not start

@@ -27,7 +27,7 @@ mod summarize;
 pub(crate) mod verdict;
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 // Integer-keyed maps touched per row use Fx hashing (SipHash showed in the
 // profile); maps keyed by text from traffic keep the default, seeded hasher.
@@ -305,6 +305,9 @@ pub(crate) struct Folded {
     pub fast_folded: u64,
     /// Rows, by target, of exchanges read without a primary row.
     pub unpaired: HashMap<String, u64>,
+    /// Shadow answers left out of the comparison, by shadow and why (the
+    /// request was never sent, or the primary has no answer to compare).
+    pub not_compared: HashMap<String, BTreeMap<&'static str, u64>>,
     /// The signature of "no differences", once seen.
     no_diffs: Option<u32>,
     /// Exchanges reported under [`OTHER_ENDPOINTS`].
@@ -390,6 +393,16 @@ fn usable(r: &ReplayResult) -> bool {
         Some(_) => true,
         None => r.status.is_some(),
     }
+}
+
+/// Why a shadow answer cannot be compared with the primary's, if it
+/// cannot: counted, so a shadow whose requests were never sent does not
+/// pass on the few that were.
+fn not_comparable(primary: &ReplayResult, shadow: &ReplayResult) -> Option<&'static str> {
+    if !usable(shadow) {
+        return Some(shadow.error_kind.map_or("no_answer", ErrorKind::as_str));
+    }
+    (!usable(primary)).then_some("primary_not_comparable")
 }
 
 /// What the tallies read of an answer: from an owned row, or in place from
@@ -959,7 +972,12 @@ fn fold_group(
     let mut sink = ctx.sink.as_deref_mut();
     for shadow in rows.iter().filter(|r| r.role == Some(TargetRole::Shadow)) {
         let sh = f.shadows.id(&shadow.target_name);
-        if !usable(primary) || !usable(shadow) {
+        if let Some(why) = not_comparable(primary, shadow) {
+            *f.not_compared
+                .entry(shadow.target_name.clone())
+                .or_default()
+                .entry(why)
+                .or_default() += 1;
             continue;
         }
         let sd = LazyDoc::new(shadow, spec);

@@ -779,6 +779,14 @@ pub(crate) fn report(
         similarity_buckets: super::llm::similarity_edges(),
         judge: None,
         unpaired_answers: f.unpaired.clone().into_iter().collect(),
+        not_compared: f
+            .not_compared
+            .iter()
+            .map(|(name, why)| {
+                let why = why.iter().map(|(k, &n)| (k.to_string(), n)).collect();
+                (name.clone(), why)
+            })
+            .collect(),
         verdict: crate::report::Verdict::Inconclusive,
         reasons: Vec::new(),
         exchanges: f.exchanges,

@@ -583,6 +583,45 @@ fn unpaired(counts: &std::collections::BTreeMap<String, u64>) -> Vec<Reason> {
         .collect()
 }
 
+/// Shadow answers left out of the comparison: a few (a run stopped with
+/// requests in flight) are reported; more than the gate's share means the
+/// figures describe only the requests that got through.
+fn not_compared(report: &Report, g: &Gate) -> Vec<Reason> {
+    report
+        .not_compared
+        .iter()
+        .map(|(name, why)| {
+            let n: u64 = why.values().sum();
+            let compared = report.overall.get(name).map_or(0, |s| s.compared);
+            let rate = n as f64 / (n + compared).max(1) as f64;
+            let reasons: Vec<String> = why.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let outcome = if rate <= g.max_not_compared_rate {
+                Outcome::Pass
+            } else {
+                Outcome::Inconclusive
+            };
+            reason(
+                "not_compared",
+                None,
+                name,
+                rate,
+                g.max_not_compared_rate,
+                outcome,
+                format!(
+                    "{n} of {} answers of {name} were not compared ({}){}",
+                    n + compared,
+                    reasons.join(", "),
+                    if outcome == Outcome::Pass {
+                        ""
+                    } else {
+                        ": the figures cover only the requests that got an answer, and the gate cannot say GO"
+                    }
+                ),
+            )
+        })
+        .collect()
+}
+
 fn drift(s: &ShadowStats, ep: Option<&str>, shadow: &str, g: &Gate) -> Vec<Reason> {
     let Some(max) = g.max_psi else {
         return Vec::new();
@@ -766,6 +805,7 @@ pub fn judge(report: &mut Report, g: &Gate) {
         }
     }
     reasons.extend(unpaired(&report.unpaired_answers));
+    reasons.extend(not_compared(report, g));
     reasons.extend(super::resources::reasons(
         &report.resources,
         &report.telemetry,

@@ -1519,6 +1519,7 @@ mod tests {
             similarity_buckets: vec![],
             judge: None,
             unpaired_answers: Default::default(),
+            not_compared: Default::default(),
         }
     }
 
@@ -1650,6 +1651,7 @@ mod tests {
             similarity_buckets: vec![],
             judge: None,
             unpaired_answers: Default::default(),
+            not_compared: Default::default(),
         };
         let html = render(&r);
         assert!(html.contains("v-go") && html.contains("GO"));

@@ -184,6 +184,7 @@ mod tests {
             similarity_buckets: vec![],
             judge: None,
             unpaired_answers: Default::default(),
+            not_compared: Default::default(),
         }
     }
 

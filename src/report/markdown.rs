@@ -1078,6 +1078,7 @@ mod tests {
             similarity_buckets: vec![],
             judge: None,
             unpaired_answers: Default::default(),
+            not_compared: Default::default(),
         }
     }
 
@@ -1229,6 +1230,7 @@ mod tests {
             similarity_buckets: vec![],
             judge: None,
             unpaired_answers: Default::default(),
+            not_compared: Default::default(),
         };
         let md = render(&empty);
         assert!(md.contains("INCONCLUSIVE"));
