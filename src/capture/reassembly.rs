@@ -432,12 +432,24 @@ fn deliver(
             ts,
             peer_ack,
         };
-        h.ooo_bytes += chunk.data.len();
-        budget.held += chunk.data.len();
-        let prev = h.ooo.insert(off as u64, chunk);
-        if let Some(prev) = prev {
-            h.ooo_bytes -= prev.data.len();
-            budget.held -= prev.data.len();
+        let span = |c: &Chunk| c.data.len() + c.missing as usize;
+        match h.ooo.entry(off as u64) {
+            // Sent again from the same offset: keep the longer copy (a
+            // re-segmented retransmission may carry less, and the bytes
+            // past it were captured once already).
+            std::collections::btree_map::Entry::Occupied(mut held) => {
+                if span(&chunk) > span(held.get()) {
+                    let old = held.get().data.len();
+                    h.ooo_bytes = h.ooo_bytes - old + chunk.data.len();
+                    budget.held = budget.held - old + chunk.data.len();
+                    held.insert(chunk);
+                }
+            }
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                h.ooo_bytes += chunk.data.len();
+                budget.held += chunk.data.len();
+                slot.insert(chunk);
+            }
         }
         return;
     }
@@ -1395,6 +1407,32 @@ mod tests {
         assert!(held <= 100_000, "{held} bytes held");
         r.finish(&mut stats);
         assert!(r.take_exchanges().iter().any(|e| e.target == "/big"));
+    }
+
+    /// Held: bytes 20..50; then a retransmission of 20..30 alone at the
+    /// same offset, then 5..20 fills the hole. The longer copy is kept.
+    #[test]
+    fn a_shorter_retransmission_does_not_replace_a_longer_held_segment() {
+        let mut r = Reassembler::new(ReassemblyConfig::default());
+        let mut stats = CaptureStats::default();
+        let req: &'static [u8] = b"POST /a HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123456789";
+        let seg = |at: usize, to: usize| Segment {
+            src: C.parse().unwrap(),
+            dst: S.parse().unwrap(),
+            seq: 1 + at as u32,
+            ack: 0,
+            flags: Flags::default(),
+            payload: Cow::Borrowed(&req[at..to]),
+            missing: 0,
+        };
+        for (at, to) in [(0, 5), (20, req.len()), (20, 30), (5, 20)] {
+            r.segment(&seg(at, to), 1, &mut stats);
+        }
+        r.finish(&mut stats);
+        let out = r.take_exchanges();
+        assert_eq!(stats.gaps, 0, "{stats:?}");
+        let e = out.iter().find(|e| e.target == "/a").expect("the request");
+        assert_eq!(e.request_body, b"0123456789");
     }
 
     #[test]
