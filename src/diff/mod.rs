@@ -66,6 +66,8 @@ pub enum DiffError {
     NoPrimary(String),
     #[error("judge: {0}")]
     Judge(#[from] judge::JudgeError),
+    #[error("{0}: the Parquet reader failed while decoding ({1}); the file may be damaged")]
+    Decode(String, String),
     #[error("{second}: exchange {id} of target `{target}` is also in {first}: the same results given twice (or a copy); shards of one run hold different exchanges")]
     Duplicate {
         first: String,
@@ -801,7 +803,16 @@ fn fold_file(path: &std::path::Path, ctx: &mut FoldCtx) -> Result<FileIds, DiffE
             }
         }
     }
-    let _ = decoder.join();
+    // A reader that panicked ended the batches early: judging the rows
+    // read so far as the whole file could say GO on part of it.
+    if let Err(panic) = decoder.join() {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        return Err(DiffError::Decode(path.display().to_string(), what));
+    }
     for w in order {
         if let Some(g) = pending.remove(&w.id) {
             ctx.push_refs(&mut ready, &g)?;

@@ -36,6 +36,10 @@ pub(crate) struct DriftAcc {
     numbers: [Vec<f64>; 2],
     seen_numbers: [u64; 2],
     categories: [HashMap<String, u64>; 2],
+    /// Distinct categories kept over both sides: one cap for the two, so
+    /// a value common to both is never kept on one side and "(other)" on
+    /// the other (which would show as drift).
+    kept: usize,
 }
 
 impl DriftAcc {
@@ -62,13 +66,16 @@ impl DriftAcc {
                     Value::String(s) => s.clone(),
                     v => v.to_string(),
                 };
-                let cats = &mut self.categories[side];
-                let key = if cats.len() >= MAX_CATEGORIES && !cats.contains_key(&key) {
+                let known = self.categories.iter().any(|c| c.contains_key(&key));
+                let key = if known {
+                    key
+                } else if self.kept >= MAX_CATEGORIES {
                     "(other)".to_string()
                 } else {
+                    self.kept += 1;
                     key
                 };
-                *cats.entry(key).or_default() += 1;
+                *self.categories[side].entry(key).or_default() += 1;
             }
         }
     }
@@ -853,7 +860,27 @@ pub(crate) fn report(
 
 #[cfg(test)]
 mod tests {
-    use super::toml_string;
+    use super::{drift_report, toml_string, DriftAcc, MAX_CATEGORIES};
+    use serde_json::{json, Value};
+
+    /// A value only the shadow gave, first, then 300 labels both sides give
+    /// alike: past the cap, both sides fold the same labels into "(other)".
+    #[test]
+    fn the_category_cap_keeps_the_same_labels_on_both_sides() {
+        let mut acc = DriftAcc::default();
+        acc.add(1, &json!("only-shadow"));
+        for i in 0..300 {
+            let label = Value::String(format!("L{i:03}"));
+            acc.add(0, &label);
+            acc.add(1, &label);
+        }
+        let d = drift_report("$.label", &acc, 10).unwrap();
+        assert_eq!(d.bins.len(), MAX_CATEGORIES + 1, "kept, and (other)");
+        for b in d.bins.iter().filter(|b| b.label != "only-shadow") {
+            assert_eq!(b.primary, b.shadow, "{}", b.label);
+        }
+        assert!(d.psi < 0.05, "PSI {}", d.psi);
+    }
 
     #[test]
     fn hint_strings_paste_into_the_config_as_they_are() {

@@ -629,20 +629,23 @@ fn drift(s: &ShadowStats, ep: Option<&str>, shadow: &str, g: &Gate) -> Vec<Reaso
     s.drift
         .iter()
         .map(|d| {
-            let outcome = if d.psi <= max {
+            // PSI compares two distributions; with values on one side only
+            // it says 0, yet the field is gone (or of another type) there.
+            let one_sided = (d.primary_count == 0) != (d.shadow_count == 0);
+            let outcome = if d.psi <= max && !one_sided {
                 Outcome::Pass
             } else {
                 Outcome::Fail
             };
-            let r = reason(
-                "drift_psi",
-                ep,
-                shadow,
-                d.psi,
-                max,
-                outcome,
-                format!("{}: PSI {:.4}, limit {max}", d.path, d.psi),
-            );
+            let detail = if one_sided {
+                format!(
+                    "{}: {} {} values from the primary, {} from the shadow: the field is missing, null or of another type on one side",
+                    d.path, d.primary_count, d.kind, d.shadow_count
+                )
+            } else {
+                format!("{}: PSI {:.4}, limit {max}", d.path, d.psi)
+            };
+            let r = reason("drift_psi", ep, shadow, d.psi, max, outcome, detail);
             Reason {
                 path: Some(d.path.clone()),
                 ..r
@@ -934,6 +937,39 @@ mod tests {
             !overall.detail.contains("judged overall"),
             "{}",
             overall.detail
+        );
+    }
+
+    /// A drift field the shadow no longer gives (or gives as text where
+    /// the primary gives numbers): PSI has one side only and says 0.
+    #[test]
+    fn a_drift_field_with_values_on_one_side_only_fails() {
+        let g = Gate {
+            max_psi: Some(0.2),
+            ..Gate::default()
+        };
+        let field = |primary_count, shadow_count| crate::report::Drift {
+            path: "$.score".into(),
+            kind: "numeric".into(),
+            primary_count,
+            shadow_count,
+            psi: 0.0,
+            chi_square: None,
+            ks: None,
+            bins: Vec::new(),
+        };
+        let s = ShadowStats {
+            drift: vec![field(500, 500), field(500, 0), field(0, 500)],
+            ..ShadowStats::default()
+        };
+        let r = drift(&s, None, "v2", &g);
+        let outcomes: Vec<_> = r.iter().map(|r| r.outcome).collect();
+        assert_eq!(outcomes, [Outcome::Pass, Outcome::Fail, Outcome::Fail]);
+        assert!(
+            r[1].detail
+                .contains("500 numeric values from the primary, 0 from the shadow"),
+            "{}",
+            r[1].detail
         );
     }
 
