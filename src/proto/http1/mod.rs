@@ -137,6 +137,10 @@ pub struct MessageParser {
     offset: u64,
     /// Stream offset of the bytes the current step looks at.
     cursor: u64,
+    /// A head still incomplete: where it starts and how many of its bytes
+    /// were searched for its end, so that a head arriving a byte at a time
+    /// is not searched from its start again for every byte.
+    head_searched: (u64, usize),
     pub heads: u64,
     pub malformed: u64,
     pub skipped_bytes: u64,
@@ -168,6 +172,7 @@ impl MessageParser {
             open: false,
             offset,
             cursor: offset,
+            head_searched: (u64::MAX, 0),
             heads: 0,
             malformed: 0,
             skipped_bytes: 0,
@@ -284,6 +289,13 @@ impl MessageParser {
                     sink.lost(self.role, lost_at + rem, true);
                     self.state = State::Start { resync: true };
                 }
+            }
+            State::Chunked(Chunk::Data(rem)) if pending.is_empty() && len < rem => {
+                // Inside one chunk's data: its size says where it ends, so
+                // the framing (and the stream's later chunks) survive.
+                sink.body_gap(self.role, len);
+                self.state = State::Chunked(Chunk::Data(rem - len));
+                self.mark_gap_inside(sink);
             }
             State::UntilClose => {
                 sink.body_gap(self.role, len);
@@ -526,7 +538,7 @@ impl MessageParser {
         if self.looks_like_start(rest, true) == Looks::No {
             return Some(self.malformed(rest, sink));
         }
-        let end = match head_end(rest) {
+        let end = match self.head_end(rest) {
             Some(end) if end <= MAX_HEAD => end,
             None if rest.len() <= MAX_HEAD => return None,
             _ => return Some(self.oversize_head(rest, ts, sink)),
@@ -536,6 +548,22 @@ impl MessageParser {
         };
         self.begin(head, ts, sink);
         Some(end)
+    }
+
+    /// Where the head (or trailer section) at the cursor ends. The bytes
+    /// searched by an earlier call cannot end it, except near their last
+    /// line break, whose next two bytes may not have come then: a head
+    /// arriving a byte at a time is searched once, not once per byte.
+    fn head_end(&mut self, rest: &[u8]) -> Option<usize> {
+        let from = match self.head_searched {
+            (at, n) if at == self.cursor => n.saturating_sub(2).min(rest.len()),
+            _ => 0,
+        };
+        let end = head_end(rest, from);
+        if end.is_none() {
+            self.head_searched = (self.cursor, rest.len());
+        }
+        end
     }
 
     /// A head larger than [`MAX_HEAD`]: kept up to the last whole line that
@@ -659,7 +687,7 @@ impl MessageParser {
                 if rest == b"\r" {
                     return None;
                 }
-                let Some(end) = head_end(rest) else {
+                let Some(end) = self.head_end(rest) else {
                     if rest.len() > MAX_HEAD {
                         return Some(self.broken(ts, sink, "trailer section too large".into()));
                     }
@@ -823,8 +851,9 @@ fn skip_blank_lines(d: &[u8]) -> usize {
 }
 
 /// End of the head (index after the blank line), if it is all there.
-fn head_end(d: &[u8]) -> Option<usize> {
-    let mut from = 0;
+/// Where the head in `d` ends (after its blank line), searching for the
+/// line breaks from `from` on.
+fn head_end(d: &[u8], mut from: usize) -> Option<usize> {
     while let Some(nl) = memchr(b'\n', &d[from..]) {
         let i = from + nl;
         let next = &d[i + 1..];

@@ -256,6 +256,45 @@ fn gap_in_a_length_body_keeps_framing() {
     assert!(out[1].incomplete.is_none());
 }
 
+/// A stream of chunks (an LLM's tokens) with bytes lost inside one chunk:
+/// the chunk's size still frames it, and the chunks after it are kept.
+#[test]
+fn gap_inside_a_chunk_keeps_the_chunks_after_it() {
+    let (mut f, mut b) = flow();
+    f.data(
+        CLIENT,
+        b"POST /v1/chat HTTP/1.1\r\nContent-Length: 0\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
+        1,
+        None,
+        &mut b,
+    );
+    let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\na\r\n01";
+    f.data(SERVER, head, 2, None, &mut b);
+    f.gap(SERVER, 5, 3, &mut b);
+    f.data(SERVER, b"789\r\n3\r\nabc\r\n0\r\n\r\n", 4, None, &mut b);
+    f.data(
+        SERVER,
+        b"HTTP/1.1 202 OK\r\nContent-Length: 0\r\n\r\n",
+        5,
+        None,
+        &mut b,
+    );
+    f.finish(6, &mut b);
+    let mut out = Vec::new();
+    f.take_done(&mut out);
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!(out[0].status, Some(200));
+    assert_eq!(out[0].response_body, b"01789abc");
+    assert_eq!(out[0].response_body_len, 13);
+    assert_eq!(
+        out[0].incomplete,
+        Some(crate::schema::IncompleteReason::ResponseGap)
+    );
+    assert_eq!(out[1].target, "/b");
+    assert_eq!(out[1].status, Some(202));
+    assert!(out[1].incomplete.is_none(), "{:?}", out[1].incomplete);
+}
+
 #[test]
 fn lost_response_head_resynchronises_on_the_next_one() {
     let (mut f, mut b) = flow();
@@ -358,6 +397,40 @@ fn summary(out: &[Exchange]) -> Vec<Summary> {
             )
         })
         .collect()
+}
+
+/// Heads, chunked bodies and trailers that come a byte at a time (the
+/// search for a head's end resumes where it stopped) read as when whole.
+#[test]
+fn heads_and_trailers_fed_a_byte_at_a_time_read_as_whole() {
+    let (mut client, mut server) = conversation();
+    // Many header lines: a long head, the case the resumed search is for.
+    let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    client.splice(18..18, many.bytes());
+    server.splice(42..42, many.bytes());
+    let whole = run(&[(CLIENT, &client), (SERVER, &server)]);
+    let mut pieces: Vec<(usize, &[u8])> = client.chunks(1).map(|b| (CLIENT, b)).collect();
+    pieces.extend(server.chunks(1).map(|b| (SERVER, b)));
+    let bytes = run(&pieces);
+    let heads = |out: &[Exchange]| -> Vec<String> {
+        out.iter()
+            .map(|e| {
+                format!(
+                    "{:?} {:?} {:?} {:?}",
+                    e.request_headers, e.response_headers, e.response_trailers, e.incomplete
+                )
+            })
+            .collect()
+    };
+    assert_eq!(whole.len(), 3);
+    assert_eq!(
+        whole[0].request_headers.len(),
+        201,
+        "{:?}",
+        whole[0].request_headers
+    );
+    assert_eq!(summary(&bytes), summary(&whole));
+    assert_eq!(heads(&bytes), heads(&whole));
 }
 
 proptest! {
