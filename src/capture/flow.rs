@@ -242,7 +242,14 @@ fn response_head(p: &mut Pairing, head: Head, ts: i64, off: u64, budget: &mut Bu
         f => f,
     };
     let Some(i) = placed.item else {
-        return framing_for(None);
+        // An answer to no request seen (the capture began after it was
+        // sent): its method is unknown, and after a HEAD a Content-Length
+        // frames nothing (RFC 9110 section 9.3.2). Its body runs to the
+        // next status line, so it cannot swallow the answers after it.
+        return match framing_for(None) {
+            Framing::Length(_) | Framing::Chunked | Framing::UntilClose => Framing::UntilNextHead,
+            f => f,
+        };
     };
     let ex = &mut p.item(i).ex;
     let framing = framing_for(Some(&ex.method));

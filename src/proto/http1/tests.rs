@@ -177,6 +177,36 @@ fn close_delimited_body_not_closed_by_the_server_is_cut() {
     );
 }
 
+/// The capture starts between a HEAD and its answer: the answer's
+/// Content-Length frames no body (the method is unknown), so it must not
+/// swallow the answers after it.
+#[test]
+fn an_answer_without_its_request_does_not_take_a_body_on_faith() {
+    let (mut f, mut b) = flow();
+    let orphan = b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n";
+    f.data(SERVER, orphan, 1, None, &mut b);
+    for (i, path) in ["/a", "/b"].iter().enumerate() {
+        let t = 2 + 2 * i as i64;
+        let req = format!("GET {path} HTTP/1.1\r\n\r\n");
+        f.data(CLIENT, req.as_bytes(), t, None, &mut b);
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        f.data(SERVER, ok, t + 1, None, &mut b);
+    }
+    f.end(SERVER, 9, &mut b);
+    f.finish(10, &mut b);
+    let mut out = Vec::new();
+    f.take_done(&mut out);
+    let answered: Vec<_> = out
+        .iter()
+        .map(|e| (e.target.as_str(), e.status, e.response_body.as_slice()))
+        .collect();
+    assert_eq!(
+        answered,
+        [("/a", Some(200), &b"ok"[..]), ("/b", Some(200), &b"ok"[..])],
+        "{out:?}"
+    );
+}
+
 #[test]
 fn upgrade_ends_http_parsing() {
     let out = run(&[
