@@ -220,18 +220,23 @@ fn counter_increments(rows: &[&MetricRow], m: &Measure) -> Vec<(i64, f64, f64)> 
 
 /// Increments of a counter between readings: (end time, seconds elapsed,
 /// increase). A drop is a restart of an endpoint or a cgroup's counter
-/// (counting from zero); summed over a process tree (`pid`), a drop is a
-/// child leaving the tree with its time, and counts as no increase.
+/// (counting from zero). Summed over a process tree (`pid`), a drop is a
+/// child that left the tree, or one reaped between the reading of its
+/// parent and its own: its time shows again in the parent's next reading.
+/// So a tree counts only what rises above the highest total read before,
+/// never the same time twice.
 fn increments(points: &Series, source: &str) -> Vec<(i64, f64, f64)> {
+    let mut high = points.first().map_or(0.0, |p| p.1);
     points
         .windows(2)
         .filter_map(|w| {
             let dt = (w[1].0 - w[0].0) as f64 / 1e9;
             let d = match (w[1].1 >= w[0].1, source) {
+                (_, "pid") => (w[1].1 - high).max(0.0),
                 (true, _) => w[1].1 - w[0].1,
-                (false, "pid") => 0.0,
                 (false, _) => w[1].1,
             };
+            high = high.max(w[1].1);
             (dt > 0.0).then_some((w[1].0, dt, d))
         })
         .collect()
@@ -764,8 +769,15 @@ mod tests {
         let total: f64 = increments(&s, "prometheus").iter().map(|i| i.2).sum();
         // 0.5 + 0.5, then the restart's 0.2 from zero, then 0.5.
         assert!((total - 1.7).abs() < 1e-9, "{total}");
-        // A process tree whose child left with 3 s of its time: no restart.
-        let s = points(1.0, &[10.0, 10.5, 7.5, 8.0]);
+        // A process tree whose worker (3 s of CPU) was reaped between the
+        // reading of its parent and its own: the next reading has the 3 s
+        // in the parent's time. Only the 0.5 + 0.5 s of new work counts.
+        let s = points(1.0, &[10.0, 10.5, 7.5, 11.0]);
+        let total: f64 = increments(&s, "pid").iter().map(|i| i.2).sum();
+        assert!((total - 1.0).abs() < 1e-9, "{total}");
+        // A child that left with its time: no restart, and no time counted
+        // until the tree's total passes what it was.
+        let s = points(1.0, &[10.0, 10.5, 7.5, 8.0, 11.0]);
         let total: f64 = increments(&s, "pid").iter().map(|i| i.2).sum();
         assert!((total - 1.0).abs() < 1e-9, "{total}");
     }

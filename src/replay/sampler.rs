@@ -410,9 +410,15 @@ fn read_process_tree(root: u32) -> Result<Vec<Reading>, String> {
             libc::sysconf(libc::_SC_PAGESIZE).max(1) as f64,
         )
     };
+    // Every member's stat first, in one quick pass: a worker reaped while
+    // the slower reads below ran would be missing here while its time is
+    // not yet in its parent's (see `diff`'s counting of such dips).
+    let stats: Vec<_> = std::iter::once(root)
+        .chain(tree)
+        .filter_map(|pid| Some((pid, proc_stat(pid)?)))
+        .collect();
     let (mut cpu, mut rss, mut threads, mut fds) = (0.0, 0.0, 0.0, 0.0);
-    for pid in std::iter::once(root).chain(tree) {
-        let Some(s) = proc_stat(pid) else { continue };
+    for (pid, s) in stats {
         // Each member's own time and that of the children it waited for:
         // a grandchild reaped by a worker stays counted (in the worker's
         // cutime), and once the worker is reaped its whole time moves to
