@@ -879,6 +879,14 @@ fn run_diff(args: DiffArgs, verbose: u8) -> anyhow::Result<u8> {
         divergences: args.divergences.clone(),
     };
     let r = diff(&opts)?;
+    // The verdict first: a report that cannot be written (exit 2) must not
+    // hide the verdict from the log.
+    let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    if args.quiet {
+        println!("verdict: {}", r.verdict.as_str());
+    } else {
+        print!("{}", report::terminal::render(&r, colour, verbose > 0));
+    }
     if let Some(p) = &args.json {
         write_report(p, &serde_json::to_string_pretty(&r)?, "--json")?;
     }
@@ -890,12 +898,6 @@ fn run_diff(args: DiffArgs, verbose: u8) -> anyhow::Result<u8> {
     }
     if let Some(p) = &args.junit {
         write_report(p, &report::junit::render(&r), "--junit")?;
-    }
-    let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    if args.quiet {
-        println!("verdict: {}", r.verdict.as_str());
-    } else {
-        print!("{}", report::terminal::render(&r, colour, verbose > 0));
     }
     Ok(r.verdict.exit_code() as u8)
 }

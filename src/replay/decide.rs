@@ -46,9 +46,14 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// `diff`'s exit code for the verdict (3 when none could be made).
+    /// `diff`'s exit code for the verdict; 2 (an error, as `diff` gives)
+    /// when none could be computed: a gate accepting 3 must not pass it.
     pub fn exit_code(&self) -> i32 {
-        self.exit.unwrap_or(Verdict::Inconclusive).exit_code()
+        match self.exit {
+            Some(v) => v.exit_code(),
+            None if self.error.is_some() => 2,
+            None => Verdict::Inconclusive.exit_code(),
+        }
     }
 }
 
@@ -229,6 +234,27 @@ mod tests {
     use super::*;
     use crate::report::Reason;
     use crate::schema::TargetRole;
+
+    /// A CI gate that lets INCONCLUSIVE (3) through must not let through a
+    /// run whose verdict could not be computed at all.
+    #[test]
+    fn a_final_verdict_that_failed_exits_2_not_3() {
+        let failed = Decision {
+            error: Some("results.parquet: exchange 7 has two rows".into()),
+            ..Decision::default()
+        };
+        assert_eq!(failed.exit_code(), 2);
+        let undecided = Decision {
+            exit: Some(Verdict::Inconclusive),
+            ..Decision::default()
+        };
+        assert_eq!(undecided.exit_code(), 3);
+        let nogo = Decision {
+            exit: Some(Verdict::NoGo),
+            ..Decision::default()
+        };
+        assert_eq!(nogo.exit_code(), 1);
+    }
 
     fn reason(criterion: &str, outcome: Outcome) -> Reason {
         Reason {
