@@ -960,6 +960,44 @@ fn bad_input_is_exit_2() {
     assert_eq!(run.status.code(), Some(2));
 }
 
+/// Resource readings under a name no target has are kept (a sidecar may
+/// be watched too), and said: a typo would leave the real target
+/// unmeasured with no word of why.
+#[test]
+fn sampling_a_name_no_target_has_is_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let capture = demo_capture(dir.path());
+    let me = format!("v3={}", std::process::id());
+    let warning = "no target is called `v3` (the targets are primary, v2)";
+    let (run, _, _d) = replay(&[
+        capture.to_str().unwrap(),
+        "--primary",
+        "http://127.0.0.1:1",
+        "--shadow",
+        "v2=http://127.0.0.1:1",
+        "--pid",
+        &me,
+        "--limit",
+        "1",
+    ]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains(warning), "{err}");
+    let ok = format!("v2={}", std::process::id());
+    let (run, _, _d) = replay(&[
+        capture.to_str().unwrap(),
+        "--primary",
+        "http://127.0.0.1:1",
+        "--shadow",
+        "v2=http://127.0.0.1:1",
+        "--pid",
+        &ok,
+        "--limit",
+        "1",
+    ]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!err.contains("no target is called"), "{err}");
+}
+
 #[test]
 fn preserve_order_keeps_each_connection_sequential_on_one_socket() {
     let dir = tempfile::tempdir().unwrap();

@@ -695,6 +695,26 @@ fn check_names(targets: &[Target]) -> Result<(), ReplayError> {
     Ok(())
 }
 
+/// `--metrics/--pid/--cgroup NAME=...` for a name no target has is
+/// recorded (a database or sidecar may be watched beside the targets), and
+/// said: a typo, or `shadow` where the shadows are `shadow1` and `shadow2`,
+/// would otherwise leave the real target unmeasured and its resource
+/// criteria INCONCLUSIVE with no word of why.
+fn warn_unknown_sampled_names(opts: &ReplayOptions, targets: &[Target]) {
+    let Some(m) = &opts.metrics else {
+        return;
+    };
+    let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
+    for (name, _) in &m.sources {
+        if !names.contains(&name.as_str()) {
+            eprintln!(
+                "warning: --metrics/--pid/--cgroup {name}=...: no target is called `{name}` (the targets are {}); its readings are recorded, but no criterion judges them",
+                names.join(", ")
+            );
+        }
+    }
+}
+
 async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary, ReplayError> {
     validate(&opts)?;
     let mut targets = Vec::new();
@@ -720,6 +740,7 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
         )?);
     }
     check_names(&targets)?;
+    warn_unknown_sampled_names(&opts, &targets);
     for t in &mut targets {
         t.stream_idle = opts.stream_idle_timeout;
     }
