@@ -53,7 +53,8 @@ const LONG_VERSION: &str = concat!(
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// More detail: every criterion in diff's summary, not only those that did not pass.
+    /// More detail: `diff` lists every criterion in its summary, not only
+    /// those that did not pass (capture and replay print the same either way).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
 }
@@ -269,7 +270,8 @@ struct CaptureArgs {
     /// Live: a BPF filter expression (combined with --port by "and").
     #[arg(long, value_name = "EXPR", requires = "interface")]
     bpf: Option<String>,
-    /// Live: bytes kept per packet (default: whole packets).
+    /// Live: bytes kept per packet (the default keeps whole packets on
+    /// common MTUs and with segmentation offload).
     #[arg(
         long,
         value_name = "BYTES",
