@@ -56,7 +56,14 @@ pub fn status(headers: &HeaderList, trailers: &HeaderList) -> Option<u32> {
 
 /// A `grpc-status` value as a code.
 pub fn parse_status(v: &[u8]) -> Option<u32> {
-    std::str::from_utf8(v).ok()?.trim().parse().ok()
+    // ASCII whitespace only: the same bytes must give the same status
+    // whether read from the wire or from the stored text (where a byte
+    // such as 0xA0 is a character Unicode's trim would remove).
+    let v = v.trim_ascii();
+    v.iter()
+        .all(u8::is_ascii_digit)
+        .then(|| std::str::from_utf8(v).ok()?.parse().ok())
+        .flatten()
 }
 
 /// Canonical status code names (grpc/grpc doc/statuscodes.md).
@@ -146,6 +153,17 @@ mod tests {
     use prost_reflect::prost::Message;
     use prost_reflect::prost_types::field_descriptor_proto::{Label, Type};
     use prost_reflect::prost_types::{DescriptorProto, FieldDescriptorProto, FileDescriptorProto};
+
+    /// A status with a non-ASCII byte is no status, read from the wire or
+    /// from the stored text (the fast path reads the text).
+    #[test]
+    fn a_status_is_ascii_digits_with_ascii_spaces() {
+        assert_eq!(parse_status(b" 14 "), Some(14));
+        assert_eq!(parse_status(b"0"), Some(0));
+        for bad in [&b"14\xa0"[..], "14\u{a0}".as_bytes(), b"+1", b"", b"1 4"] {
+            assert_eq!(parse_status(bad), None, "{bad:?}");
+        }
+    }
 
     /// `message Count { int64 n = 1; uint64 big = 2; }`
     fn count_descriptor() -> prost_reflect::MessageDescriptor {

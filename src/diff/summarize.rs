@@ -80,16 +80,39 @@ impl DriftAcc {
         }
     }
 
+    /// Adds another endpoint's values (for the overall figures). Past the
+    /// cap, each part keeps a share of the merged sample in proportion to
+    /// the values it stands for: cutting the end off kept the first four
+    /// endpoints (in hash order) and dropped the rest.
     fn merge(&mut self, o: &DriftAcc) {
+        const CAP: usize = DRIFT_SAMPLE * 4;
         for side in 0..2 {
-            self.numbers[side].extend_from_slice(&o.numbers[side]);
-            self.numbers[side].truncate(DRIFT_SAMPLE * 4);
+            let (a, b) = (&self.numbers[side], &o.numbers[side]);
+            let merged = if a.len() + b.len() <= CAP {
+                [a.as_slice(), b.as_slice()].concat()
+            } else {
+                let (sa, sb) = (self.seen_numbers[side] as f64, o.seen_numbers[side] as f64);
+                let ka = (CAP as f64 * sa / (sa + sb)).round() as usize;
+                let mut m = thin(a, ka);
+                m.extend(thin(b, CAP.saturating_sub(ka)));
+                m
+            };
+            self.numbers[side] = merged;
             self.seen_numbers[side] += o.seen_numbers[side];
             for (k, v) in &o.categories[side] {
                 *self.categories[side].entry(k.clone()).or_default() += v;
             }
         }
     }
+}
+
+/// At most `k` of `v`, evenly spaced (the samples are in random order, so
+/// any spacing is a fair subsample).
+fn thin(v: &[f64], k: usize) -> Vec<f64> {
+    if v.len() <= k {
+        return v.to_vec();
+    }
+    (0..k).map(|i| v[i * v.len() / k]).collect()
 }
 
 /// Collect the configured drift fields of one compared exchange.
@@ -860,8 +883,29 @@ pub(crate) fn report(
 
 #[cfg(test)]
 mod tests {
-    use super::{drift_report, toml_string, DriftAcc, MAX_CATEGORIES};
+    use super::{drift_report, toml_string, DriftAcc, DRIFT_SAMPLE, MAX_CATEGORIES};
     use serde_json::{json, Value};
+
+    /// Five endpoints of 60,000 values each, merged for the overall figure:
+    /// each keeps a fifth of the merged sample.
+    #[test]
+    fn the_overall_drift_sample_keeps_every_endpoint_in_proportion() {
+        let mut all = DriftAcc::default();
+        for ep in 0..5 {
+            let mut acc = DriftAcc::default();
+            for _ in 0..60_000 {
+                acc.add(0, &json!(ep));
+            }
+            all.merge(&acc);
+        }
+        let sample = &all.numbers[0];
+        assert_eq!(sample.len(), DRIFT_SAMPLE * 4);
+        for ep in 0..5 {
+            let share =
+                sample.iter().filter(|&&x| x == ep as f64).count() as f64 / sample.len() as f64;
+            assert!((share - 0.2).abs() < 0.01, "endpoint {ep}: {share}");
+        }
+    }
 
     /// A value only the shadow gave, first, then 300 labels both sides give
     /// alike: past the cap, both sides fold the same labels into "(other)".
