@@ -278,6 +278,10 @@ fn cpu_and_leak_through_the_process_tree() {
     let (results, metrics, _) = replay(dir.path(), &capture, &p, &s, &sampling);
     let (_, report, out) = diff(dir.path(), &[&results, &metrics], CONFIG);
     assert_eq!(report["resources"]["v2"]["source"], "pid");
+    // The apps run as this user: every member's PSS can be read.
+    for t in ["primary", "v2"] {
+        assert_eq!(report["resources"][t]["memory_measure"], "pss", "{t}");
+    }
     let ratio = cpu_ratio(&report);
     assert!((ratio / 2.0 - 1.0).abs() < 0.2, "CPU ratio {ratio}\n{out}");
     // 4 MB/s is 14,400 MB/h; /proc sees the same pages.

@@ -352,6 +352,7 @@ fn target_resources(
         .as_ref()
         .map(|(_, s)| s.iter().map(|p| p.1).fold(f64::MIN, f64::max));
     let start = rows.iter().map(|r| r.ts).min().unwrap_or(0);
+    let memory_measure = memory_measure(rows);
     Resources {
         role: times
             .roles
@@ -370,6 +371,7 @@ fn target_resources(
         cpu_ms_per_request,
         answers_in_window: answers,
         memory_peak_mb: peak_memory,
+        memory_measure,
         memory_growth_mb_per_hour: memory.as_ref().and_then(|(_, s)| growth(s)),
         gpu_util: gpu.and_then(|(_, s)| mean_p95(s.iter().map(|p| p.1).collect())),
         gpu_memory_peak_mb: gpu_memory.map(|(_, s)| s.iter().map(|p| p.1).fold(f64::MIN, f64::max)),
@@ -387,6 +389,21 @@ fn target_resources(
                 .unwrap_or_default(),
         },
     }
+}
+
+/// What a process tree's memory readings measured (their `measure`
+/// label: `pss` or `rss`), if they say.
+fn memory_measure(rows: &[&MetricRow]) -> Option<String> {
+    let (source, found) = readings(rows, &MEMORY)?;
+    if source != "pid" {
+        return None;
+    }
+    let kinds: BTreeSet<&str> = found
+        .iter()
+        .filter_map(|(labels, _, _)| labels.iter().find(|(k, _)| k == "measure"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    (!kinds.is_empty()).then(|| kinds.into_iter().collect::<Vec<_>>().join(" and "))
 }
 
 /// The families (with label names) a target's endpoint exposed, from its
@@ -533,6 +550,23 @@ pub(crate) fn reasons(
                     r.passed = false;
                     r.detail = format!(
                         "{}; not comparable: the primary was sampled by {theirs}, the shadow by {mine} (sample both the same way)",
+                        r.detail
+                    );
+                }
+            }
+        }
+        // PSS divides shared pages (a model's weights mapped by every
+        // worker) among the processes; RSS counts them in each.
+        if let (Some(mine), Some(theirs)) = (&s.memory_measure, &primary.memory_measure) {
+            if mine != theirs {
+                for r in out[start..]
+                    .iter_mut()
+                    .filter(|r| r.criterion == "memory_ratio")
+                {
+                    r.outcome = Outcome::Inconclusive;
+                    r.passed = false;
+                    r.detail = format!(
+                        "{}; not comparable: the primary's memory is {theirs}, the shadow's {mine} (PSS needs read access to each process's smaps_rollup: sample both as the same user, or as root)",
                         r.detail
                     );
                 }
@@ -846,6 +880,25 @@ mod tests {
         res.insert("v2".to_string(), measured("pid", 4.0));
         let r = reasons(&res, &BTreeMap::new(), &shadows, &Gate::default());
         assert!(r.iter().all(|r| r.outcome == Outcome::Pass), "{r:?}");
+        // One side's memory as PSS, the other's as RSS: not comparable.
+        let mut rss = measured("pid", 4.0);
+        rss.memory_measure = Some("rss".into());
+        res.get_mut("primary").unwrap().memory_measure = Some("pss".into());
+        res.insert("v2".to_string(), rss);
+        let r = reasons(&res, &BTreeMap::new(), &shadows, &Gate::default());
+        let mem = r.iter().find(|r| r.criterion == "memory_ratio").unwrap();
+        assert_eq!(mem.outcome, Outcome::Inconclusive, "{}", mem.detail);
+        assert!(
+            mem.detail
+                .contains("the primary's memory is pss, the shadow's rss"),
+            "{}",
+            mem.detail
+        );
+        let cpu = r
+            .iter()
+            .find(|r| r.criterion == "cpu_per_request_ratio")
+            .unwrap();
+        assert_eq!(cpu.outcome, Outcome::Pass, "{}", cpu.detail);
         // A shadow not sampled at all: inconclusive, never a pass.
         res.remove("v2");
         let r = reasons(&res, &BTreeMap::new(), &shadows, &Gate::default());

@@ -417,20 +417,32 @@ fn read_process_tree(root: u32) -> Result<Vec<Reading>, String> {
         .chain(tree)
         .filter_map(|pid| Some((pid, proc_stat(pid)?)))
         .collect();
-    let (mut cpu, mut rss, mut threads, mut fds) = (0.0, 0.0, 0.0, 0.0);
+    // PSS where every member's can be read (it needs ptrace access), else
+    // RSS for all: one measure per reading, named in the `measure` label so
+    // that `diff` never sets one target's PSS against another's RSS.
+    let pss: Option<Vec<f64>> = stats.iter().map(|(pid, _)| pss_bytes(*pid)).collect();
+    let measure = if pss.is_some() { "pss" } else { "rss" };
+    let rss: f64 = match &pss {
+        Some(p) => p.iter().sum(),
+        None => stats.iter().map(|(_, s)| s.rss_pages as f64 * page).sum(),
+    };
+    let (mut cpu, mut threads, mut fds) = (0.0, 0.0, 0.0);
     for (pid, s) in stats {
         // Each member's own time and that of the children it waited for:
         // a grandchild reaped by a worker stays counted (in the worker's
         // cutime), and once the worker is reaped its whole time moves to
         // its parent's, counted once.
         cpu += (s.utime + s.stime + s.cutime + s.cstime) as f64;
-        rss += pss_bytes(pid).unwrap_or(s.rss_pages as f64 * page);
         threads += s.threads as f64;
         fds += std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count()) as f64;
     }
     Ok(vec![
         sample("process_cpu_seconds_total", Vec::new(), cpu / ticks),
-        sample("process_resident_memory_bytes", Vec::new(), rss),
+        sample(
+            "process_resident_memory_bytes",
+            vec![("measure".into(), measure.into())],
+            rss,
+        ),
         sample("process_threads", Vec::new(), threads),
         sample("process_open_fds", Vec::new(), fds),
     ])

@@ -431,6 +431,11 @@ pub struct Resources {
     pub cpu_ms_per_request: Option<f64>,
     pub answers_in_window: u64,
     pub memory_peak_mb: Option<f64>,
+    /// `--pid` only: `pss` (shared pages divided among the processes that
+    /// map them) or `rss` (where some member's PSS could not be read), or
+    /// both over the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_measure: Option<String>,
     pub memory_growth_mb_per_hour: Option<Growth>,
     /// GPU utilisation in percent.
     pub gpu_util: Option<MeanP95>,
@@ -455,6 +460,7 @@ impl Resources {
             cpu_ms_per_request: None,
             answers_in_window: 0,
             memory_peak_mb: None,
+            memory_measure: None,
             memory_growth_mb_per_hour: None,
             gpu_util: None,
             gpu_memory_peak_mb: None,
