@@ -334,17 +334,21 @@ impl Reassembler {
     }
 
     /// Keep the table under its limit: drop closed connections first, then
-    /// finish the least recently active tenth.
+    /// finish the least recently active live ones, until a tenth of the
+    /// table is free. Stopping as soon as one entry was free would scan the
+    /// whole table again for nearly every new connection.
     fn make_room(&mut self, stats: &mut CaptureStats) {
-        if self.conns.len() < self.config.max_connections {
+        let max = self.config.max_connections;
+        if self.conns.len() < max {
             return;
         }
         self.conns.retain(|_, c| !c.closed);
-        if self.conns.len() < self.config.max_connections {
+        let keep = max - (max / 10).max(1).min(max);
+        if self.conns.len() <= keep {
             return;
         }
         let mut ages: Vec<(i64, Key)> = self.conns.iter().map(|(k, c)| (c.last_ns, *k)).collect();
-        let n = (ages.len() / 10).max(1);
+        let n = ages.len() - keep;
         ages.select_nth_unstable(n - 1);
         let now = self.now_ns;
         for (_, k) in ages.into_iter().take(n) {
@@ -1433,6 +1437,38 @@ mod tests {
         assert_eq!(stats.gaps, 0, "{stats:?}");
         let e = out.iter().find(|e| e.target == "/a").expect("the request");
         assert_eq!(e.request_body, b"0123456789");
+    }
+
+    /// A full table where a closed connection frees one entry: room is
+    /// made for a tenth of the table at once, not one entry per scan.
+    #[test]
+    fn a_full_table_makes_room_for_a_tenth_at_once() {
+        let mut r = Reassembler::new(ReassemblyConfig {
+            max_connections: 100,
+            ..Default::default()
+        });
+        let mut stats = CaptureStats::default();
+        let seg = |port: u16, rst: bool| Segment {
+            src: SocketAddr::new("192.0.2.1".parse().unwrap(), 10_000 + port),
+            dst: S.parse().unwrap(),
+            seq: 1,
+            ack: 0,
+            flags: Flags {
+                rst,
+                ..Default::default()
+            },
+            payload: Cow::Borrowed(if rst { b"" } else { b"GET / HTTP/1.1\r\n\r\n" }),
+            missing: 0,
+        };
+        for port in 0..100u16 {
+            r.segment(&seg(port, false), i64::from(port), &mut stats);
+        }
+        r.segment(&seg(0, true), 200, &mut stats);
+        assert_eq!(r.connections(), 100, "the reset one is kept a while");
+        r.segment(&seg(500, false), 300, &mut stats);
+        assert_eq!(stats.evicted_connections, 9, "{stats:?}");
+        assert_eq!(r.connections(), 91);
+        r.finish(&mut stats);
     }
 
     #[test]
