@@ -53,6 +53,19 @@ struct Chunk {
     peer_ack: Option<u64>,
 }
 
+/// What a held chunk costs beside its data (the chunk, its allocation and
+/// its tree entry), charged to the limits: a flood of one-byte segments
+/// (or of segments with no captured byte) must not hold a hundred times
+/// the limit.
+const CHUNK_OVERHEAD: usize = 96;
+
+impl Chunk {
+    /// Bytes charged to the buffer limits while it is held.
+    fn held(&self) -> usize {
+        self.data.len() + CHUNK_OVERHEAD
+    }
+}
+
 /// One direction of a connection.
 #[derive(Default)]
 struct HalfStream {
@@ -409,7 +422,7 @@ fn deliver(
     if off > h.next_off as i64 {
         // A hole before this segment: hold it until the hole fills or is given up.
         stats.out_of_order_segments += 1;
-        let size = seg.payload.len();
+        let size = seg.payload.len() + CHUNK_OVERHEAD;
         let over = |h: &HalfStream, budget: &Budget| {
             h.ooo_bytes + size > cfg.max_conn_buffer || budget.held + size > budget.max
         };
@@ -443,15 +456,15 @@ fn deliver(
             // past it were captured once already).
             std::collections::btree_map::Entry::Occupied(mut held) => {
                 if span(&chunk) > span(held.get()) {
-                    let old = held.get().data.len();
-                    h.ooo_bytes = h.ooo_bytes - old + chunk.data.len();
-                    budget.held = budget.held - old + chunk.data.len();
+                    let old = held.get().held();
+                    h.ooo_bytes = h.ooo_bytes - old + chunk.held();
+                    budget.held = budget.held - old + chunk.held();
                     held.insert(chunk);
                 }
             }
             std::collections::btree_map::Entry::Vacant(slot) => {
-                h.ooo_bytes += chunk.data.len();
-                budget.held += chunk.data.len();
+                h.ooo_bytes += chunk.held();
+                budget.held += chunk.held();
                 slot.insert(chunk);
             }
         }
@@ -535,8 +548,8 @@ fn drain_ooo(
         }
         let off = *entry.key();
         let chunk = entry.remove();
-        h.ooo_bytes -= chunk.data.len();
-        budget.held = budget.held.saturating_sub(chunk.data.len());
+        h.ooo_bytes -= chunk.held();
+        budget.held = budget.held.saturating_sub(chunk.held());
         let skip = (h.next_off - off) as usize;
         filled_at = filled_at.max(chunk.ts);
         let piece = Piece {
@@ -1378,8 +1391,10 @@ mod tests {
     /// of the segment) per hole, and overflowed the stack.
     #[test]
     fn a_segment_over_the_limit_gives_up_many_holes_without_recursing() {
+        // Room for 99,999 one-byte chunks, each charged its overhead.
+        let max = 99_999 * (1 + CHUNK_OVERHEAD) + 10;
         let mut r = Reassembler::new(ReassemblyConfig {
-            max_conn_buffer: 100_000,
+            max_conn_buffer: max,
             ..Default::default()
         });
         let mut stats = CaptureStats::default();
@@ -1401,14 +1416,34 @@ mod tests {
         }
         assert_eq!(stats.buffer_overflow_gaps, 0, "{stats:?}");
         let far = body + 2 * 100_000;
-        r.segment(&seg(far, Cow::Owned(vec![b'y'; 30_000])), 2, &mut stats);
-        // Room for 30,000 bytes: as many holes given up, first first.
+        // Room for 30,000 chunks' worth: as many holes given up, first first.
+        let big = 30_000 * (1 + CHUNK_OVERHEAD) - CHUNK_OVERHEAD;
+        r.segment(&seg(far, Cow::Owned(vec![b'y'; big])), 2, &mut stats);
         assert!(
             (29_000..=31_000).contains(&stats.buffer_overflow_gaps),
             "{stats:?}"
         );
-        let held = r.conns.values().map(|c| c.half[0].ooo_bytes).sum::<usize>();
-        assert!(held <= 100_000, "{held} bytes held");
+        let held: usize = r
+            .conns
+            .values()
+            .flat_map(|c| c.half.iter().map(|h| h.ooo_bytes))
+            .sum();
+        assert!(held > 0 && held <= max, "{held} bytes held");
+        // One-byte segments are charged what holding them costs: a 10 kB
+        // limit holds about a hundred, not ten thousand.
+        let mut small = Reassembler::new(ReassemblyConfig {
+            max_conn_buffer: 10_000,
+            ..Default::default()
+        });
+        small.segment(&seg(1, Cow::Borrowed(head)), 0, &mut stats);
+        for i in 0..10_000u32 {
+            small.segment(&seg(body + 1 + 2 * i, Cow::Borrowed(b"x")), 1, &mut stats);
+        }
+        let chunks: usize = small.conns.values().map(|c| c.half[0].ooo.len()).sum();
+        assert!(
+            chunks <= 10_000 / (1 + CHUNK_OVERHEAD),
+            "{chunks} chunks held"
+        );
         r.finish(&mut stats);
         assert!(r.take_exchanges().iter().any(|e| e.target == "/big"));
     }
