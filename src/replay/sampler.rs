@@ -337,18 +337,30 @@ async fn scrape(
         Some(s) => return Err(format!("scrape answered {s}, not 200")),
         None => return Err("scrape got no status".into()),
     }
+    // A cut exposition would still parse, its last line's value cut short
+    // (`1.234e9` read as `1.23`) and the families after it missing.
+    if a.truncated {
+        return Err(format!(
+            "scrape body of {} bytes, over the 64 MiB read: not used (a cut exposition gives wrong values)",
+            a.body_len
+        ));
+    }
     let gzip = a
         .headers
         .get("content-encoding")
         .is_some_and(|v| v.eq_ignore_ascii_case(b"gzip"));
     let body = if gzip {
-        // Bounded: a body that inflates beyond 256 MiB is cut there.
+        // Bounded: a body that inflates beyond 256 MiB is not used.
+        const MAX_INFLATED: u64 = 256 << 20;
         let mut out = Vec::new();
         std::io::Read::read_to_end(
-            &mut std::io::Read::take(flate2::read::GzDecoder::new(&a.body[..]), 256 << 20),
+            &mut std::io::Read::take(flate2::read::GzDecoder::new(&a.body[..]), MAX_INFLATED + 1),
             &mut out,
         )
         .map_err(|e| format!("gzip body: {e}"))?;
+        if out.len() as u64 > MAX_INFLATED {
+            return Err("gzip body inflates beyond 256 MiB: not used".into());
+        }
         String::from_utf8_lossy(&out).into_owned()
     } else {
         String::from_utf8_lossy(&a.body).into_owned()
@@ -625,6 +637,43 @@ fn stat_value(text: &str, key: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An exposition over the 64 MiB read is a failed scrape, not a cut
+    /// one read as whole.
+    #[tokio::test]
+    async fn an_exposition_over_the_limit_is_a_failed_scrape() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let _ = s.read(&mut [0u8; 4096]);
+            let line = b"process_resident_memory_bytes 123456789\n";
+            let n = (65 << 20) / line.len() + 1;
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, s);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                n * line.len()
+            );
+            let _ = w.write_all(head.as_bytes());
+            for _ in 0..n {
+                if w.write_all(line).is_err() {
+                    break;
+                }
+            }
+            let _ = w.flush();
+        });
+        let opts = SamplerOptions {
+            sources: Vec::new(),
+            interval: Duration::from_secs(30),
+            families: Vec::new(),
+            out: PathBuf::from("unused.parquet"),
+            tls: Default::default(),
+        };
+        let client = scrape_client(&format!("http://{addr}/metrics"), &opts.tls).unwrap();
+        let err = scrape(&client, &opts, false, "t").await.unwrap_err();
+        assert!(err.contains("over the 64 MiB read"), "{err}");
+    }
 
     #[test]
     fn stat_lines_with_odd_command_names() {
