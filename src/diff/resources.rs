@@ -407,14 +407,17 @@ fn memory_measure(rows: &[&MetricRow]) -> Option<String> {
 }
 
 /// The families (with label names) a target's endpoint exposed, from its
-/// first and last scrape.
-fn exposed(rows: &[&MetricRow]) -> Option<BTreeMap<String, BTreeSet<String>>> {
+/// first and last scrape, and whether the last one is among them.
+fn exposed(rows: &[&MetricRow]) -> Option<(BTreeMap<String, BTreeSet<String>>, bool)> {
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut last = false;
     for r in rows.iter().filter(|r| r.kind == MetricKind::Family) {
-        let labels = r
+        let detail = r
             .detail
             .as_deref()
-            .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+            .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok());
+        last |= detail.as_ref().is_some_and(|v| v["scrape"] == "last");
+        let labels = detail
             .and_then(|v| {
                 v["labels"].as_array().map(|a| {
                     a.iter()
@@ -427,7 +430,7 @@ fn exposed(rows: &[&MetricRow]) -> Option<BTreeMap<String, BTreeSet<String>>> {
             .or_default()
             .extend(labels);
     }
-    (!out.is_empty()).then_some(out)
+    (!out.is_empty()).then_some((out, last))
 }
 
 /// One name for a family whichever exposition format was negotiated: the
@@ -469,6 +472,7 @@ fn parity(
         missing_in_shadow,
         added_in_shadow,
         labels_missing_in_shadow,
+        unjudged: None,
     }
 }
 
@@ -511,7 +515,19 @@ pub(crate) fn summarize(
                 continue;
             }
             if let Some(shadow) = exposed(rows) {
-                telemetry.insert(name.to_string(), parity(&primary, &shadow));
+                let mut t = parity(&primary.0, &shadow.0);
+                let lacking: Vec<&str> = [(primary.1, primary_name), (shadow.1, *name)]
+                    .iter()
+                    .filter(|(last, _)| !last)
+                    .map(|(_, n)| *n)
+                    .collect();
+                if !lacking.is_empty() {
+                    t.unjudged = Some(format!(
+                        "no families from the last scrape of {} (it failed, or the run was shorter than two --metrics-interval): families first used by the traffic are not in the first scrape",
+                        lacking.join(" and ")
+                    ));
+                }
+                telemetry.insert(name.to_string(), t);
             }
         }
     }
@@ -714,6 +730,10 @@ fn growth_reason(shadow: &str, g: Option<&Growth>, limit: f64) -> Reason {
 
 fn parity_reason(shadow: &str, t: Option<&Telemetry>) -> Reason {
     let (observed, outcome, detail) = match t {
+        Some(Telemetry {
+            unjudged: Some(why),
+            ..
+        }) => (f64::NAN, Outcome::Inconclusive, why.clone()),
         Some(t) => {
             let lost = t.missing_in_shadow.len() + t.labels_missing_in_shadow.len();
             let detail = if lost == 0 {
@@ -814,6 +834,44 @@ mod tests {
         let s = points(1.0, &[10.0, 10.5, 7.5, 8.0, 11.0]);
         let total: f64 = increments(&s, "pid").iter().map(|i| i.2).sum();
         assert!((total - 1.0).abs() < 1e-9, "{total}");
+    }
+
+    /// The shadow's last scrape failed: its families come from before the
+    /// traffic, where a labelled family is not yet seen; not a lost family.
+    #[test]
+    fn parity_without_a_sides_last_scrape_is_not_judged() {
+        let family = |target: &str, name: &str, at: &str| MetricRow {
+            ts: if at == "first" { 0 } else { 9_000_000_000 },
+            target: target.into(),
+            source: "prometheus".into(),
+            kind: MetricKind::Family,
+            family: name.into(),
+            labels: Vec::new(),
+            value: None,
+            detail: Some(
+                serde_json::json!({"scrape": at, "type": "counter", "labels": []}).to_string(),
+            ),
+            scrape_ms: None,
+        };
+        let mut times = AnswerTimes::default();
+        times.roles.insert("primary".into(), "primary");
+        times.roles.insert("v2".into(), "shadow");
+        let mut rows = vec![
+            family("primary", "up", "first"),
+            family("primary", "up", "last"),
+            family("primary", "model_predictions", "last"),
+            family("v2", "up", "first"),
+        ];
+        let (_, t) = summarize(&rows, &times);
+        let r = parity_reason("v2", t.get("v2"));
+        assert_eq!(r.outcome, Outcome::Inconclusive, "{}", r.detail);
+        assert!(r.detail.contains("last scrape of v2"), "{}", r.detail);
+        // With the shadow's last scrape, the lost family fails.
+        rows.push(family("v2", "up", "last"));
+        let (_, t) = summarize(&rows, &times);
+        let r = parity_reason("v2", t.get("v2"));
+        assert_eq!(r.outcome, Outcome::Fail, "{}", r.detail);
+        assert!(r.detail.contains("model_predictions"), "{}", r.detail);
     }
 
     #[test]

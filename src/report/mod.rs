@@ -478,6 +478,11 @@ pub struct Telemetry {
     pub added_in_shadow: Vec<String>,
     /// `family{label}`: a label the primary's family has and the shadow's lacks.
     pub labels_missing_in_shadow: Vec<String>,
+    /// Why the families cannot be compared fairly, when they cannot: a
+    /// side's last scrape (after the traffic) failed, and families that
+    /// appear only once used (labelled ones) are not in its first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unjudged: Option<String>,
 }
 
 /// The whole report.
