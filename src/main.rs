@@ -320,7 +320,8 @@ struct CaptureArgs {
     /// Bytes held in total for reassembly and unfinished messages.
     #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "128MiB")]
     max_buffer_bytes: usize,
-    /// Out-of-order bytes held per connection direction.
+    /// Out-of-order bytes held per connection direction (each held segment
+    /// counts 96 bytes beside its data).
     #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "4MiB")]
     max_conn_buffer: usize,
     /// Seconds of capture time after which an idle connection is finished.

@@ -575,8 +575,15 @@ impl HttpFlow {
         self.after_input();
     }
 
-    /// `side`'s stream ended.
+    /// `side`'s stream ended with its sender's FIN.
     pub fn end(&mut self, side: usize, ts: i64, budget: &mut Budget) {
+        self.end_as(side, ts, true, budget);
+    }
+
+    /// `side`'s stream ended: `closed` by its sender (FIN), or not (a
+    /// reset, the end of the capture, idle expiry, eviction), which cuts a
+    /// body that runs to the close.
+    pub fn end_as(&mut self, side: usize, ts: i64, closed: bool, budget: &mut Budget) {
         if self.h2.is_some() {
             // Streams still open are cut when the connection is finished.
             return;
@@ -584,7 +591,7 @@ impl HttpFlow {
         if self.client_side.is_none() || self.parsers[side].is_none() {
             return;
         }
-        self.with_parser(side, budget, |p, ctx| p.finish(ts, true, ctx));
+        self.with_parser(side, budget, |p, ctx| p.finish(ts, closed, ctx));
     }
 
     fn with_parser(

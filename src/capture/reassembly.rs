@@ -449,13 +449,15 @@ fn deliver(
             ts,
             peer_ack,
         };
-        let span = |c: &Chunk| c.data.len() + c.missing as usize;
+        // Captured bytes first, then the span with bytes not captured.
+        let worth = |c: &Chunk| (c.data.len(), c.data.len() + c.missing as usize);
         match h.ooo.entry(off as u64) {
-            // Sent again from the same offset: keep the longer copy (a
-            // re-segmented retransmission may carry less, and the bytes
-            // past it were captured once already).
+            // Sent again from the same offset: keep the copy with more
+            // captured bytes (a re-segmented retransmission may carry less,
+            // or one cut by the snap length, and the bytes past it were
+            // captured once already).
             std::collections::btree_map::Entry::Occupied(mut held) => {
-                if span(&chunk) > span(held.get()) {
+                if worth(&chunk) > worth(held.get()) {
                     let old = held.get().held();
                     h.ooo_bytes = h.ooo_bytes - old + chunk.held();
                     budget.held = budget.held - old + chunk.held();
@@ -636,7 +638,10 @@ fn flush_holes(
     if let Some(fin) = c.half[side].fin_off.filter(|_| !c.half[side].ended) {
         skip_to(c, side, fin, ts, budget, stats);
     }
-    end_side(c, side, ts, budget);
+    // Closed only if its sender's FIN was seen; else reset, expired,
+    // evicted, or the capture ended.
+    let closed = c.half[side].fin_off.is_some();
+    end_side(c, side, ts, closed, budget);
 }
 
 /// The peer acknowledged bytes of `side` up to `ack`: holes before that are lost.
@@ -690,14 +695,14 @@ const MAX_UNSEEN_ACK: i64 = 16 << 20;
 fn check_fin(c: &mut Connection, side: usize, ts: i64, budget: &mut Budget) {
     let h = &c.half[side];
     if h.fin_off.is_some_and(|f| h.next_off >= f) && !h.ended {
-        end_side(c, side, ts, budget);
+        end_side(c, side, ts, true, budget);
     }
 }
 
-fn end_side(c: &mut Connection, side: usize, ts: i64, budget: &mut Budget) {
+fn end_side(c: &mut Connection, side: usize, ts: i64, closed: bool, budget: &mut Budget) {
     if !c.half[side].ended {
         c.half[side].ended = true;
-        c.flow.end(side, ts, budget);
+        c.flow.end_as(side, ts, closed, budget);
     }
 }
 
@@ -1504,6 +1509,75 @@ mod tests {
         assert_eq!(stats.evicted_connections, 9, "{stats:?}");
         assert_eq!(r.connections(), 91);
         r.finish(&mut stats);
+    }
+
+    /// A body that runs to the close, ended by the server's FIN, by a
+    /// reset, or by the end of the capture: only the FIN makes it whole.
+    #[test]
+    fn a_body_to_the_close_is_whole_only_after_the_servers_fin() {
+        let req: &'static [u8] = b"GET /events HTTP/1.1\r\n\r\n";
+        let resp: &'static [u8] = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\ndata: 1\n\n";
+        for end in ["fin", "rst", "capture"] {
+            let mut r = Reassembler::new(ReassemblyConfig::default());
+            let mut stats = CaptureStats::default();
+            let seg =
+                |from_client: bool, seq: u32, ack: u32, payload: &'static [u8], flags: Flags| {
+                    let (src, dst) = if from_client { (C, S) } else { (S, C) };
+                    Segment {
+                        src: src.parse().unwrap(),
+                        dst: dst.parse().unwrap(),
+                        seq,
+                        ack,
+                        flags,
+                        payload: Cow::Borrowed(payload),
+                        missing: 0,
+                    }
+                };
+            let syn = Flags {
+                syn: true,
+                ..Default::default()
+            };
+            let syn_ack = Flags {
+                syn: true,
+                ack: true,
+                ..Default::default()
+            };
+            let ack = Flags {
+                ack: true,
+                ..Default::default()
+            };
+            r.segment(&seg(true, 100, 0, b"", syn), 0, &mut stats);
+            r.segment(&seg(false, 900, 101, b"", syn_ack), 1, &mut stats);
+            r.segment(&seg(true, 101, 901, req, ack), 2, &mut stats);
+            let after_req = 101 + req.len() as u32;
+            r.segment(&seg(false, 901, after_req, resp, ack), 3, &mut stats);
+            let after_resp = 901 + resp.len() as u32;
+            match end {
+                "fin" => {
+                    let fin = Flags {
+                        fin: true,
+                        ack: true,
+                        ..Default::default()
+                    };
+                    r.segment(&seg(false, after_resp, after_req, b"", fin), 4, &mut stats);
+                }
+                "rst" => {
+                    let rst = Flags {
+                        rst: true,
+                        ..Default::default()
+                    };
+                    r.segment(&seg(true, after_req, 0, b"", rst), 4, &mut stats);
+                }
+                _ => {}
+            }
+            r.finish(&mut stats);
+            let out = r.take_exchanges();
+            let e = out.iter().find(|e| e.target == "/events").expect(end);
+            assert_eq!(e.response_body, b"data: 1\n\n", "{end}");
+            let cut = Some(crate::schema::IncompleteReason::ResponseCut);
+            let want = if end == "fin" { None } else { cut };
+            assert_eq!(e.incomplete, want, "{end}: {e:?}");
+        }
     }
 
     #[test]
