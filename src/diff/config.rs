@@ -98,9 +98,9 @@ pub struct Gate {
     pub max_p99_latency_ratio: f64,
     /// Fewer exchanges in total: INCONCLUSIVE.
     pub min_exchanges: u64,
-    /// A shadow with more of its answers left out of the comparison than
-    /// this share (requests never sent or interrupted, primary without an
-    /// answer): INCONCLUSIVE, since the rest may not be like them.
+    /// A shadow with more of its requests not carried out than this share
+    /// (never sent in time, or interrupted by a stop): INCONCLUSIVE, since
+    /// the rest may not be like them.
     pub max_not_compared_rate: f64,
     /// Endpoints with fewer exchanges are not judged one by one (they
     /// still count in the overall figures).

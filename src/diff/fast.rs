@@ -479,6 +479,14 @@ mod tests {
         assert_eq!(reason["outcome"], "inconclusive", "{reason}");
         assert!(reason["detail"].as_str().unwrap().contains("240 of 2400"));
         assert_eq!(many["verdict"], "INCONCLUSIVE");
+        // Requests the capture cut are not the shadow's: not counted.
+        let mut rows = sample_identical();
+        for r in rows.iter_mut().filter(|r| r.exchange_id < 240) {
+            (r.status, r.error_kind) = (None, Some(ErrorKind::RequestTruncated));
+        }
+        let targets = (crate::schema::META_TARGETS.to_string(), "v1,v2".to_string());
+        let cut = report_with_meta(&rows, vec![targets]);
+        assert!(cut.get("not_compared").is_none(), "{}", cut["not_compared"]);
     }
 
     /// The live primary's first 30 answers come last instead of the

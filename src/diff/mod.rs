@@ -307,8 +307,8 @@ pub(crate) struct Folded {
     pub fast_folded: u64,
     /// Rows, by target, of exchanges read without a primary row.
     pub unpaired: HashMap<String, u64>,
-    /// Shadow answers left out of the comparison, by shadow and why (the
-    /// request was never sent, or the primary has no answer to compare).
+    /// Shadow requests the replay did not carry out, by shadow and why
+    /// (never sent in time, or cut short by a stop).
     pub not_compared: HashMap<String, BTreeMap<&'static str, u64>>,
     /// The signature of "no differences", once seen.
     no_diffs: Option<u32>,
@@ -397,14 +397,16 @@ fn usable(r: &ReplayResult) -> bool {
     }
 }
 
-/// Why a shadow answer cannot be compared with the primary's, if it
-/// cannot: counted, so a shadow whose requests were never sent does not
-/// pass on the few that were.
-fn not_comparable(primary: &ReplayResult, shadow: &ReplayResult) -> Option<&'static str> {
-    if !usable(shadow) {
-        return Some(shadow.error_kind.map_or("no_answer", ErrorKind::as_str));
+/// Why the shadow's request of an exchange was not carried out, when the
+/// replay (not the capture) is why: never sent in time (the shadow fell
+/// behind) or cut short by a stop. Counted, so a shadow judged on the
+/// requests that got through says how many did not. A request the capture
+/// cut or that could not be sent to any target is not the shadow's.
+fn not_carried_out(shadow: &ReplayResult) -> Option<&'static str> {
+    match shadow.error_kind {
+        Some(k @ (ErrorKind::NotSentInTime | ErrorKind::Interrupted)) => Some(k.as_str()),
+        _ => None,
     }
-    (!usable(primary)).then_some("primary_not_comparable")
 }
 
 /// What the tallies read of an answer: from an owned row, or in place from
@@ -983,12 +985,14 @@ fn fold_group(
     let mut sink = ctx.sink.as_deref_mut();
     for shadow in rows.iter().filter(|r| r.role == Some(TargetRole::Shadow)) {
         let sh = f.shadows.id(&shadow.target_name);
-        if let Some(why) = not_comparable(primary, shadow) {
+        if let Some(why) = not_carried_out(shadow) {
             *f.not_compared
                 .entry(shadow.target_name.clone())
                 .or_default()
                 .entry(why)
                 .or_default() += 1;
+        }
+        if !usable(primary) || !usable(shadow) {
             continue;
         }
         let sd = LazyDoc::new(shadow, spec);

@@ -153,8 +153,9 @@ fn judged_later(counts: impl Iterator<Item = u64>, done: u64, planned: u64, min:
 }
 
 /// Criteria that say whether the data can be judged at all, not how the
-/// shadow compares: they hold at any look.
-const STRUCTURAL: [&str; 2] = ["min_exchanges", "shadow_usable"];
+/// shadow compares: they hold at any look (the share of answers left out
+/// is that of the rows written so far, which a stop keeps as they are).
+const STRUCTURAL: [&str; 3] = ["min_exchanges", "shadow_usable", "not_compared"];
 
 /// A look decides on a failure of an anytime-valid criterion, or on a GO
 /// that rests on anytime-valid criteria only: a point estimate (token

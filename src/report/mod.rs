@@ -528,9 +528,9 @@ pub struct Report {
     /// with (it came too late, or its primary row is missing). Never a GO.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub unpaired_answers: BTreeMap<String, u64>,
-    /// Per shadow, by reason: its answers left out of the comparison (the
-    /// request was never sent or was interrupted, or the exchange's primary
-    /// has no answer). Above `gate.max_not_compared_rate`, never a GO.
+    /// Per shadow, by reason: its requests the replay did not carry out
+    /// (`not_sent_in_time`: it fell behind; `interrupted`: a stop cut them
+    /// short). Above `gate.max_not_compared_rate`, never a GO.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub not_compared: BTreeMap<String, BTreeMap<String, u64>>,
 }
