@@ -221,22 +221,26 @@ fn counter_increments(rows: &[&MetricRow], m: &Measure) -> Vec<(i64, f64, f64)> 
 /// Increments of a counter between readings: (end time, seconds elapsed,
 /// increase). A drop is a restart of an endpoint or a cgroup's counter
 /// (counting from zero). Summed over a process tree (`pid`), a drop is a
-/// child that left the tree, or one reaped between the reading of its
-/// parent and its own: its time shows again in the parent's next reading.
-/// So a tree counts only what rises above the highest total read before,
-/// never the same time twice.
+/// child that left the tree with its time, or one reaped between the
+/// reading of its parent and its own, whose time then shows again in its
+/// parent's at the next reading: a drop counts no increase, and the next
+/// rise is counted less what dropped (at most that one rise, so a child
+/// that left for good costs one interval, not the run).
 fn increments(points: &Series, source: &str) -> Vec<(i64, f64, f64)> {
-    let mut high = points.first().map_or(0.0, |p| p.1);
+    let mut owed = 0.0;
     points
         .windows(2)
         .filter_map(|w| {
             let dt = (w[1].0 - w[0].0) as f64 / 1e9;
             let d = match (w[1].1 >= w[0].1, source) {
-                (_, "pid") => (w[1].1 - high).max(0.0),
+                (false, "pid") => {
+                    owed = w[0].1 - w[1].1;
+                    0.0
+                }
+                (true, "pid") => (w[1].1 - w[0].1 - std::mem::take(&mut owed)).max(0.0),
                 (true, _) => w[1].1 - w[0].1,
                 (false, _) => w[1].1,
             };
-            high = high.max(w[1].1);
             (dt > 0.0).then_some((w[1].0, dt, d))
         })
         .collect()
@@ -829,11 +833,12 @@ mod tests {
         let s = points(1.0, &[10.0, 10.5, 7.5, 11.0]);
         let total: f64 = increments(&s, "pid").iter().map(|i| i.2).sum();
         assert!((total - 1.0).abs() < 1e-9, "{total}");
-        // A child that left with its time: no restart, and no time counted
-        // until the tree's total passes what it was.
+        // A child that left for good with its 3 s: no restart, and only
+        // the next interval's 0.5 s is lost, not everything until the
+        // tree's total passes what it was.
         let s = points(1.0, &[10.0, 10.5, 7.5, 8.0, 11.0]);
         let total: f64 = increments(&s, "pid").iter().map(|i| i.2).sum();
-        assert!((total - 1.0).abs() < 1e-9, "{total}");
+        assert!((total - 3.5).abs() < 1e-9, "{total}");
     }
 
     /// The shadow's last scrape failed: its families come from before the

@@ -432,7 +432,18 @@ fn read_process_tree(root: u32) -> Result<Vec<Reading>, String> {
     // PSS where every member's can be read (it needs ptrace access), else
     // RSS for all: one measure per reading, named in the `measure` label so
     // that `diff` never sets one target's PSS against another's RSS.
-    let pss: Option<Vec<f64>> = stats.iter().map(|(pid, _)| pss_bytes(*pid)).collect();
+    let pss: Option<Vec<f64>> = stats
+        .iter()
+        .map(|(pid, s)| match pss_bytes(*pid) {
+            Some(v) => Some(v),
+            // A zombie, or gone since its stat was read: it holds no
+            // memory, and must not turn the whole tree to RSS.
+            None if s.rss_pages == 0 || !std::path::Path::new(&format!("/proc/{pid}")).exists() => {
+                Some(0.0)
+            }
+            None => None,
+        })
+        .collect();
     let measure = if pss.is_some() { "pss" } else { "rss" };
     let rss: f64 = match &pss {
         Some(p) => p.iter().sum(),
@@ -688,8 +699,30 @@ mod tests {
 
     #[test]
     fn our_own_process_is_read() {
+        // A child that exited and was not waited for: a zombie in the
+        // tree, whose memory cannot be read; the tree stays PSS.
+        let mut zombie = std::process::Command::new("true").spawn().unwrap();
+        for _ in 0..200 {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", zombie.id())).unwrap();
+            if stat
+                .rsplit(')')
+                .next()
+                .unwrap()
+                .trim_start()
+                .starts_with('Z')
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let r = read_process_tree(std::process::id()).unwrap();
+        let _ = zombie.wait();
         let get = |f: &str| r.iter().find(|x| x.family == f).unwrap().value.unwrap();
+        let memory = r
+            .iter()
+            .find(|x| x.family == "process_resident_memory_bytes")
+            .unwrap();
+        assert_eq!(memory.labels, [("measure".to_string(), "pss".to_string())]);
         assert!(get("process_resident_memory_bytes") > 1e6);
         assert!(get("process_threads") >= 1.0);
         assert!(get("process_open_fds") >= 3.0);
