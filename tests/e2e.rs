@@ -128,7 +128,7 @@ fn shadow_stats<'a>(r: &'a Value, endpoint: &str) -> &'a Value {
 
 /// Whether the machine, not the code, was slow during a run: the primary
 /// (v1, unchanged) answered `/embed` (0.1 ms of work, no delay) at a p99
-/// above 8 ms, or its first chat token (seeded at 10 ms) three times slower
+/// above 2.5 ms, or its first chat token (seeded at 10 ms) three times slower
 /// than seeded. The latency checks below would then measure the stall (a
 /// run whose both sides had 12 ms tails hid v2's 4 ms under a p99 ratio of
 /// 1.22); such a run is repeated, at most three times in all.
@@ -139,7 +139,9 @@ fn stalled(r: &Value) -> bool {
     let ttft = shadow_stats(r, "POST /v1/chat/completions")["llm"]["ttft_ms"]["primary"]["p99"]
         .as_f64()
         .unwrap_or(0.0);
-    embed > 8.0 || ttft > 30.0
+    // v2's /embed is seeded 4 ms slower, so a primary p99 above 2.5 ms
+    // (its own is a fraction of a millisecond) already hides the ratio.
+    embed > 2.5 || ttft > 30.0
 }
 
 #[test]
