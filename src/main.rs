@@ -805,10 +805,14 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<u8> {
             summary.rows,
             args.out.display()
         );
+    } else if let Some(d) = &summary.until_decided {
+        // As `diff -q`: the verdict, on one line, whatever else is quiet.
+        println!("verdict: {}", d.verdict);
     }
     Ok(match &summary.until_decided {
         _ if summary.interrupted => exit::INTERRUPTED,
-        // --until-decided ends like `diff`: 0 GO, 1 NO-GO, 3 INCONCLUSIVE.
+        // --until-decided ends like `diff`: 0 GO, 1 NO-GO, 3 INCONCLUSIVE
+        // (2 when its final verdict could not be computed).
         Some(d) => d.exit_code() as u8,
         None => exit::OK,
     })

@@ -1585,6 +1585,9 @@ fn until_decided_stops_when_decided_on_a_uniform_sample_and_diff_agrees() {
         ]);
         let stderr = String::from_utf8_lossy(&run.stderr);
         assert_eq!(run.status.code(), Some(code), "{stderr}");
+        // Quiet (-q), it still says its verdict, as `diff -q` does.
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        assert_eq!(stdout, format!("verdict: {verdict}\n"));
         let s: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
         let u = &s["until_decided"];
