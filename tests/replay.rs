@@ -967,34 +967,26 @@ fn bad_input_is_exit_2() {
 fn sampling_a_name_no_target_has_is_said() {
     let dir = tempfile::tempdir().unwrap();
     let capture = demo_capture(dir.path());
-    let me = format!("v3={}", std::process::id());
+    // stderr of a one-request replay sampling this process as `name`.
+    let stderr_sampling = |name: &str| {
+        let pid = format!("{name}={}", std::process::id());
+        let (run, _, _d) = replay(&[
+            capture.to_str().unwrap(),
+            "--primary",
+            "http://127.0.0.1:1",
+            "--shadow",
+            "v2=http://127.0.0.1:1",
+            "--pid",
+            &pid,
+            "--limit",
+            "1",
+        ]);
+        String::from_utf8_lossy(&run.stderr).into_owned()
+    };
+    let err = stderr_sampling("v3");
     let warning = "no target is called `v3` (the targets are primary, v2)";
-    let (run, _, _d) = replay(&[
-        capture.to_str().unwrap(),
-        "--primary",
-        "http://127.0.0.1:1",
-        "--shadow",
-        "v2=http://127.0.0.1:1",
-        "--pid",
-        &me,
-        "--limit",
-        "1",
-    ]);
-    let err = String::from_utf8_lossy(&run.stderr);
     assert!(err.contains(warning), "{err}");
-    let ok = format!("v2={}", std::process::id());
-    let (run, _, _d) = replay(&[
-        capture.to_str().unwrap(),
-        "--primary",
-        "http://127.0.0.1:1",
-        "--shadow",
-        "v2=http://127.0.0.1:1",
-        "--pid",
-        &ok,
-        "--limit",
-        "1",
-    ]);
-    let err = String::from_utf8_lossy(&run.stderr);
+    let err = stderr_sampling("v2");
     assert!(!err.contains("no target is called"), "{err}");
 }
 
