@@ -1515,67 +1515,48 @@ mod tests {
     /// reset, or by the end of the capture: only the FIN makes it whole.
     #[test]
     fn a_body_to_the_close_is_whole_only_after_the_servers_fin() {
-        let req: &'static [u8] = b"GET /events HTTP/1.1\r\n\r\n";
-        let resp: &'static [u8] = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\ndata: 1\n\n";
+        let req: &[u8] = b"GET /events HTTP/1.1\r\n\r\n";
+        let resp: &[u8] = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\ndata: 1\n\n";
+        let (after_req, after_resp) = (101 + req.len() as u32, 901 + resp.len() as u32);
         for end in ["fin", "rst", "capture"] {
-            let mut r = Reassembler::new(ReassemblyConfig::default());
-            let mut stats = CaptureStats::default();
-            let seg =
-                |from_client: bool, seq: u32, ack: u32, payload: &'static [u8], flags: Flags| {
-                    let (src, dst) = if from_client { (C, S) } else { (S, C) };
-                    Segment {
-                        src: src.parse().unwrap(),
-                        dst: dst.parse().unwrap(),
-                        seq,
-                        ack,
-                        flags,
-                        payload: Cow::Borrowed(payload),
-                        missing: 0,
-                    }
-                };
-            let syn = Flags {
-                syn: true,
-                ..Default::default()
-            };
-            let syn_ack = Flags {
-                syn: true,
-                ack: true,
-                ..Default::default()
-            };
-            let ack = Flags {
-                ack: true,
-                ..Default::default()
-            };
-            r.segment(&seg(true, 100, 0, b"", syn), 0, &mut stats);
-            r.segment(&seg(false, 900, 101, b"", syn_ack), 1, &mut stats);
-            r.segment(&seg(true, 101, 901, req, ack), 2, &mut stats);
-            let after_req = 101 + req.len() as u32;
-            r.segment(&seg(false, 901, after_req, resp, ack), 3, &mut stats);
-            let after_resp = 901 + resp.len() as u32;
-            match end {
-                "fin" => {
-                    let fin = Flags {
+            let mut segs = handshake(100, 900);
+            segs.extend(cut(req, 100, 901, true, &[req.len()]));
+            segs.extend(cut(resp, 900, after_req, false, &[resp.len()]));
+            let (from_client, seq, ack, flags) = match end {
+                "fin" => (
+                    false,
+                    after_resp,
+                    after_req,
+                    Flags {
                         fin: true,
                         ack: true,
                         ..Default::default()
-                    };
-                    r.segment(&seg(false, after_resp, after_req, b"", fin), 4, &mut stats);
-                }
-                "rst" => {
-                    let rst = Flags {
+                    },
+                ),
+                _ => (
+                    true,
+                    after_req,
+                    0,
+                    Flags {
                         rst: true,
                         ..Default::default()
-                    };
-                    r.segment(&seg(true, after_req, 0, b"", rst), 4, &mut stats);
-                }
-                _ => {}
+                    },
+                ),
+            };
+            if end != "capture" {
+                segs.push(Seg {
+                    from_client,
+                    seq,
+                    ack,
+                    data: vec![],
+                    flags,
+                });
             }
-            r.finish(&mut stats);
-            let out = r.take_exchanges();
+            let (out, _) = feed(&segs);
             let e = out.iter().find(|e| e.target == "/events").expect(end);
             assert_eq!(e.response_body, b"data: 1\n\n", "{end}");
-            let cut = Some(crate::schema::IncompleteReason::ResponseCut);
-            let want = if end == "fin" { None } else { cut };
+            let cut_short = Some(crate::schema::IncompleteReason::ResponseCut);
+            let want = if end == "fin" { None } else { cut_short };
             assert_eq!(e.incomplete, want, "{end}: {e:?}");
         }
     }
