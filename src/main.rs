@@ -1,6 +1,7 @@
 //! The `shadowctl` binary: parses arguments, calls the library, maps errors
 //! to exit codes. No work happens here.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -542,26 +543,46 @@ fn parse_size(s: &str) -> Result<usize, String> {
 }
 
 /// SIGINT, SIGTERM and SIGHUP (a dropped ssh session) stop gracefully: the
-/// output gets its footer. A second one while stopping exits at once, for
-/// a stop stuck on a hung disk.
+/// output gets its footer.
 fn interrupt_flag() -> Arc<AtomicBool> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let flag = Arc::new(AtomicBool::new(false));
-    // Set by signals alone: the run also sets `flag` itself to stop (replay
-    // --max-duration, a decided gate), and a first signal then is not a second.
-    let signalled = Arc::new(AtomicBool::new(false));
     for sig in [SIGINT, SIGTERM, SIGHUP] {
         // If registration fails we simply cannot be interrupted gracefully.
-        // Registered first, so it sees `signalled` before this signal sets it.
-        let _ = signal_hook::flag::register_conditional_shutdown(
-            sig,
-            i32::from(exit::INTERRUPTED),
-            Arc::clone(&signalled),
-        );
-        let _ = signal_hook::flag::register(sig, Arc::clone(&signalled));
         let _ = signal_hook::flag::register(sig, Arc::clone(&flag));
     }
+    if let Ok(signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+        std::thread::spawn(move || exit_on_second_signal(signals));
+    }
     flag
+}
+
+/// A second SIGINT or SIGTERM, at least this long after the first signal,
+/// exits at once: for a stop stuck on a hung disk.
+const SECOND_SIGNAL_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Sooner repeats are not a second signal, and neither is a hangup: a
+/// dropped ssh session delivers SIGHUP twice within milliseconds (bash
+/// passes it on to its jobs, then the kernel sends it to the foreground
+/// group), and exiting then lost the open output file. The run's own stop
+/// (a decided gate, --max-duration) does not count either.
+fn exit_on_second_signal(mut signals: signal_hook::iterator::Signals) {
+    use signal_hook::consts::SIGHUP;
+    let mut first: Option<std::time::Instant> = None;
+    for sig in signals.forever() {
+        match first {
+            None => first = Some(std::time::Instant::now()),
+            Some(t) if sig != SIGHUP && t.elapsed() >= SECOND_SIGNAL_AFTER => {
+                // stderr may be gone (a closed terminal): never panic here.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "shadowctl: second signal: exiting without finishing the output"
+                );
+                std::process::exit(i32::from(exit::INTERRUPTED));
+            }
+            Some(_) => {}
+        }
+    }
 }
 
 fn reassembly_config(args: &CaptureArgs) -> capture::ReassemblyConfig {

@@ -326,6 +326,33 @@ fn duration_stops_a_quiet_capture_with_a_valid_file() {
     assert_eq!(rows_in(&[out]).len(), 0);
 }
 
+/// A dropped ssh session delivers SIGHUP twice within milliseconds; the
+/// second must not cut the stop short: the file keeps its footer and rows.
+#[test]
+fn a_double_hangup_still_finishes_the_file() {
+    if skip() {
+        return;
+    }
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("hup.parquet");
+    let port = server.port.to_string();
+    let mut cap = start_capture(&["--port", &port, "--out", out.to_str().unwrap()]);
+    let mut c = Client::connect(server.port);
+    let (status, _) = c.send(b"GET /items/1 HTTP/1.1\r\nHost: t\r\n\r\n", false);
+    assert_eq!(status, 200);
+    drop(c);
+    std::thread::sleep(Duration::from_millis(500));
+    signal(&cap, libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(5));
+    signal(&cap, libc::SIGHUP);
+    let (status, _) = wait(&mut cap, Duration::from_secs(5));
+    assert!(status.success(), "{status:?}");
+    let rows = rows_in(&[out]);
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert_eq!(rows[0].target, "/items/1");
+}
+
 #[test]
 fn sigkill_leaves_only_complete_files_under_final_names() {
     if skip() {
