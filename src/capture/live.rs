@@ -6,6 +6,7 @@
 //! processed on this thread; Parquet encoding runs on the writer thread behind
 //! a bounded queue that is never waited on: what does not fit is counted.
 
+use std::io::Write;
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -180,7 +181,10 @@ impl Loop {
         st.writer_dropped_exchanges = self.writer.dropped_rows;
         let lost = st.kernel_dropped + st.interface_dropped + st.writer_dropped_exchanges;
         if lost > self.warned_drops {
-            eprintln!(
+            // Not eprintln!: it panics when stderr is gone (a hung-up
+            // terminal, a dead `| tee`), and the capture must outlive that.
+            let _ = writeln!(
+                std::io::stderr(),
                 "warning: losing traffic: {} packets dropped by the kernel, {} by the interface, {} exchanges by a slow writer (raise --buffer-size, narrow the filter, or --sample)",
                 st.kernel_dropped, st.interface_dropped, st.writer_dropped_exchanges
             );
@@ -240,12 +244,13 @@ pub fn capture_live(
         filter_expression(&opts.ports, opts.bpf.as_deref()).unwrap_or_default()
     );
     let snapshot = StatsSnapshot::default();
-    let writer = WriterThread::spawn(
+    let mut writer = WriterThread::spawn(
         opts.output.clone(),
         opts.writer.clone(),
         snapshot.clone(),
         opts.queue,
     )?;
+    writer.keep_on_unwind();
     let mut pipeline = Pipeline::new(opts.reassembly);
     pipeline.redact(opts.redact.clone());
     if let Some(f) = opts.sample {

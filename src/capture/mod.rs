@@ -139,6 +139,13 @@ impl WriterThread {
         })
     }
 
+    /// Keep the open file (with its footer) even for a single output file
+    /// if the packet loop unwinds: a live capture cannot be run again, so
+    /// what it wrote is worth more than a clean slate.
+    pub(crate) fn keep_on_unwind(&mut self) {
+        self.keep_on_drop = true;
+    }
+
     fn tx(&self) -> &SyncSender<ToWriter> {
         self.tx
             .as_ref()
@@ -167,6 +174,11 @@ impl WriterThread {
     /// block); rows that do not fit, in batches or in [`QUEUE_BYTES`], are
     /// counted as dropped. One batch always fits an empty queue.
     pub(crate) fn offer(&mut self, rows: Vec<Exchange>) -> Result<(), CaptureError> {
+        // A writer that stopped on an error (a full disk) left its queued
+        // bytes counted: without this its death read as a slow writer.
+        if self.handle.as_ref().is_some_and(JoinHandle::is_finished) {
+            return Err(CaptureError::WriterGone);
+        }
         let n = rows.len() as u64;
         let bytes = rows_bytes(&rows);
         if !queue_admits(self.queued_bytes.load(Ordering::Acquire), bytes) {
@@ -597,6 +609,81 @@ mod tests {
                 assert_eq!(crate::schema::read_exchanges(&f).unwrap().0.len(), 1);
             }
         }
+    }
+
+    /// A live capture whose packet loop panics keeps its single output file,
+    /// footer and rows; reading files, the half-written output is given up.
+    #[test]
+    fn a_live_writer_keeps_its_single_file_when_the_loop_unwinds() {
+        for live in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("live.parquet");
+            let spec = OutputSpec::File(path.clone());
+            let mut w =
+                WriterThread::spawn(spec, Default::default(), Default::default(), 4).unwrap();
+            if live {
+                w.keep_on_unwind();
+            }
+            let row = Exchange {
+                exchange_id: 7,
+                method: "GET".into(),
+                ..Default::default()
+            };
+            w.offer(vec![row]).unwrap();
+            let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                let _w = w;
+                panic!("the packet loop failed");
+            }));
+            assert!(unwound.is_err());
+            if live {
+                let (rows, _) = crate::schema::read_exchanges(&path).unwrap();
+                assert_eq!(rows.len(), 1);
+                assert_eq!(rows[0].exchange_id, 7);
+            } else {
+                assert!(!path.exists());
+            }
+        }
+    }
+
+    /// A writer that stopped on an error is reported as gone by the next
+    /// offer, not taken for a slow one whose rows are dropped.
+    #[test]
+    fn an_offer_to_a_dead_writer_says_it_is_gone() {
+        use output::{OutputSpec, Rotation};
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let spec = OutputSpec::Dir {
+            dir: out.clone(),
+            rotation: Rotation {
+                rows: Some(1),
+                ..Default::default()
+            },
+        };
+        let mut w = WriterThread::spawn(spec, Default::default(), Default::default(), 4).unwrap();
+        std::fs::remove_dir_all(&out).unwrap();
+        let row = |id| Exchange {
+            exchange_id: id,
+            method: "GET".into(),
+            ..Default::default()
+        };
+        w.offer(vec![row(0)]).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !w.handle.as_ref().unwrap().is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        // A backlog the dead writer never gave back, as after a failure
+        // with batches still queued: a big batch no longer fits under it.
+        w.queued_bytes.fetch_add(60 << 20, Ordering::AcqRel);
+        let big = Exchange {
+            response_body: vec![b'x'; 10 << 20],
+            ..row(1)
+        };
+        assert!(
+            matches!(w.offer(vec![big]), Err(CaptureError::WriterGone)),
+            "dropped rows: {}",
+            w.dropped_rows
+        );
+        assert!(w.finish().is_err());
     }
 
     #[test]
