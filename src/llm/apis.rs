@@ -22,6 +22,27 @@ fn items<'a>(v: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
     v.get(key).and_then(Value::as_array).into_iter().flatten()
 }
 
+// The shapes below are strict on purpose: a body taken for an LLM answer is
+// compared only on what an answer holds (text, tool calls, finish reason,
+// usage), so ordinary JSON mistaken for one (a long-running operation's
+// `{"done": true, "response": {...}}`, a quiz's `choices[].text`, an empty
+// `{"object": "list"}` page) would have every other field go unchecked.
+
+/// An OpenAI Completions choice: its text, and a `finish_reason` key
+/// (`null` while streaming).
+fn completion_choice(c: &Value) -> bool {
+    c.get("text").is_some_and(Value::is_string) && c.get("finish_reason").is_some()
+}
+
+/// Ollama's `/api/generate` and `/api/chat`: a model name, `done`, and a
+/// text `response` or a `message` object.
+fn ollama_shaped(v: &Value) -> bool {
+    v.get("done").is_some_and(Value::is_boolean)
+        && s(v, "model").is_some()
+        && (v.get("response").is_some_and(Value::is_string)
+            || v.get("message").is_some_and(Value::is_object))
+}
+
 /// Which API a stream speaks, from the first event that tells.
 fn stream_api(events: &[Event], values: &[Option<Value>]) -> Option<Api> {
     for (e, v) in events.iter().zip(values) {
@@ -33,7 +54,7 @@ fn stream_api(events: &[Event], values: &[Option<Value>]) -> Option<Api> {
         {
             return Some(Api::OpenAiChat);
         }
-        if obj == "text_completion" || first_choice.is_some_and(|c| c.get("text").is_some()) {
+        if obj == "text_completion" || first_choice.is_some_and(completion_choice) {
             return Some(Api::OpenAiCompletions);
         }
         if ty.starts_with("response.") {
@@ -50,12 +71,12 @@ fn stream_api(events: &[Event], values: &[Option<Value>]) -> Option<Api> {
         if anthropic.contains(&ty) || e.name.as_deref().is_some_and(|n| anthropic.contains(&n)) {
             return Some(Api::AnthropicMessages);
         }
-        if v.get("done").is_some_and(Value::is_boolean)
-            && (v.get("response").is_some() || v.get("message").is_some())
-        {
+        if ollama_shaped(v) {
             return Some(Api::Ollama);
         }
-        if v.get("token").is_some_and(Value::is_object) || v.get("generated_text").is_some() {
+        if v.get("token").is_some_and(Value::is_object)
+            || v.get("generated_text").is_some_and(Value::is_string)
+        {
             return Some(Api::Tgi);
         }
     }
@@ -64,9 +85,30 @@ fn stream_api(events: &[Event], values: &[Option<Value>]) -> Option<Api> {
 
 /// Tool calls being assembled, by the index the API gives them.
 #[derive(Default)]
-struct Tools(BTreeMap<u64, (String, String, Option<Value>)>);
+struct Tools(BTreeMap<u64, (String, String, Option<Value>)>, LastCall);
+
+/// The call the last piece went to, and its id.
+#[derive(Default)]
+struct LastCall(Option<(u64, Option<String>)>);
 
 impl Tools {
+    /// Where a streamed piece goes. Most servers give an `index`; some
+    /// OpenAI-compatible ones (older Ollama, Gemini's compatibility layer)
+    /// do not, and send each call in its own chunk: there a new `id` opens
+    /// a new call and a piece without one continues the last.
+    fn slot(&mut self, index: Option<u64>, id: Option<&str>) -> u64 {
+        let last = &mut self.1 .0;
+        let i = match (index, last.as_ref()) {
+            (Some(i), _) => i,
+            (None, Some((i, last_id))) if id.is_none() || id == last_id.as_deref() => *i,
+            (None, _) => self.0.keys().next_back().map_or(0, |k| k + 1),
+        };
+        if index.is_some() || id.is_some() || last.is_none() {
+            *last = Some((i, id.map(str::to_string)));
+        }
+        i
+    }
+
     fn name(&mut self, i: u64, name: &str) {
         self.0.entry(i).or_default().0.push_str(name);
     }
@@ -237,13 +279,25 @@ fn openai_chat_event(f: &mut Fold, i: usize, v: &Value) {
     }
     // vLLM, SGLang and DeepSeek stream reasoning beside the content.
     f.reasoning(i, s(d, "reasoning_content").or_else(|| s(d, "reasoning")));
-    for (k, call) in items(d, "tool_calls").enumerate() {
-        let idx = u(call, "index").unwrap_or(k as u64);
+    for call in items(d, "tool_calls") {
+        let idx = f.tools.slot(u(call, "index"), s(call, "id"));
         let func = call.get("function");
         let name = func.and_then(|fu| s(fu, "name")).unwrap_or("");
         let args = func.and_then(|fu| s(fu, "arguments")).unwrap_or("");
         f.tools.name(idx, name);
         f.tools.args(idx, args);
+        if !name.is_empty() || !args.is_empty() {
+            f.mark(i);
+        }
+    }
+    // The legacy `function_call` (before tool calls): one call, in pieces.
+    if let Some(fc) = d.get("function_call").filter(|x| x.is_object()) {
+        let (name, args) = (
+            s(fc, "name").unwrap_or(""),
+            s(fc, "arguments").unwrap_or(""),
+        );
+        f.tools.name(0, name);
+        f.tools.args(0, args);
         if !name.is_empty() || !args.is_empty() {
             f.mark(i);
         }
@@ -448,10 +502,14 @@ pub(super) fn custom(values: &[Option<Value>], c: &Custom) -> Answer {
 pub(super) fn body(v: &Value) -> Option<Answer> {
     let obj = s(v, "object").unwrap_or("");
     let ty = s(v, "type").unwrap_or("");
-    if obj == "chat.completion" || first_choice(v).is_some_and(|c| c.get("message").is_some()) {
+    if obj == "chat.completion"
+        || first_choice(v)
+            .and_then(|c| c.get("message"))
+            .is_some_and(|m| m.get("role").is_some_and(Value::is_string))
+    {
         return Some(openai_chat_body(v));
     }
-    if obj == "text_completion" || first_choice(v).is_some_and(|c| c.get("text").is_some()) {
+    if obj == "text_completion" || first_choice(v).is_some_and(completion_choice) {
         let mut f = Fold::new(Api::OpenAiCompletions);
         openai_completions_event(&mut f, 0, v);
         return Some(whole(f));
@@ -462,23 +520,21 @@ pub(super) fn body(v: &Value) -> Option<Answer> {
     if obj == "list"
         && v.get("data")
             .and_then(Value::as_array)
-            .is_some_and(|d| d.iter().all(|e| e.get("embedding").is_some()))
+            .is_some_and(|d| !d.is_empty() && d.iter().all(|e| e.get("embedding").is_some()))
     {
         return Some(openai_embeddings(v));
     }
     if ty == "message" && v.get("content").is_some_and(Value::is_array) {
         return Some(anthropic_body(v));
     }
-    if v.get("done").and_then(Value::as_bool) == Some(true)
-        && (v.get("response").is_some() || v.get("message").is_some())
-    {
+    if v.get("done").and_then(Value::as_bool) == Some(true) && ollama_shaped(v) {
         let mut f = Fold::new(Api::Ollama);
         ollama_event(&mut f, 0, v);
         return Some(whole(f));
     }
     let tgi = match v {
-        Value::Array(a) if a.len() == 1 => a[0].get("generated_text").map(|_| &a[0]),
-        _ => v.get("generated_text").map(|_| v),
+        Value::Array(a) if a.len() == 1 => s(&a[0], "generated_text").map(|_| &a[0]),
+        _ => s(v, "generated_text").map(|_| v),
     };
     if let Some(t) = tgi {
         let mut f = Fold::new(Api::Tgi);
@@ -506,12 +562,11 @@ fn openai_chat_body(v: &Value) -> Answer {
         if let Some(m) = c.get("message") {
             f.text
                 .push_str(s(m, "content").or_else(|| s(m, "refusal")).unwrap_or(""));
-            for (k, call) in items(m, "tool_calls").enumerate() {
-                let func = call.get("function");
-                f.tools
-                    .name(k as u64, func.and_then(|x| s(x, "name")).unwrap_or(""));
-                f.tools
-                    .args(k as u64, func.and_then(|x| s(x, "arguments")).unwrap_or(""));
+            let legacy = m.get("function_call").filter(|x| x.is_object());
+            let calls = items(m, "tool_calls").filter_map(|c| c.get("function"));
+            for (k, func) in legacy.into_iter().chain(calls).enumerate() {
+                f.tools.name(k as u64, s(func, "name").unwrap_or(""));
+                f.tools.args(k as u64, s(func, "arguments").unwrap_or(""));
             }
         }
     }

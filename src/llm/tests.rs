@@ -100,6 +100,83 @@ fn ordinary_json_is_not_an_llm_answer() {
     .is_none());
     assert!(assemble(None, b"plain text", None).is_none());
     assert!(assemble(None, b"", None).is_none());
+    // Shapes that look like an answer's at a glance: taken for one, every
+    // field but text, tool calls and finish reason went unchecked.
+    for body in [
+        r#"{"name":"operations/1","done":true,"response":{"state":"ACTIVE","id":42}}"#,
+        r#"{"choices":[{"text":"Red"},{"text":"Blue"}],"correct":1}"#,
+        r#"{"choices":[{"message":"hello"}]}"#,
+        r#"{"object":"list","data":[],"has_more":false,"url":"/v1/customers"}"#,
+        r#"{"generated_text":{"id":3}}"#,
+    ] {
+        assert!(
+            assemble(Some(b"application/json"), body.as_bytes(), None).is_none(),
+            "{body}"
+        );
+    }
+    // An NDJSON progress stream with `done` and a `message` text.
+    let progress = "{\"done\":false,\"message\":\"step 1\"}\n{\"done\":true,\"message\":\"ok\"}\n";
+    assert!(assemble(Some(b"application/x-ndjson"), progress.as_bytes(), None).is_none());
+    // The real shapes still are answers.
+    let ollama =
+        r#"{"model":"llama3","created_at":"2024-01-01T00:00:00Z","response":"Hi","done":true}"#;
+    assert_eq!(
+        assemble(Some(b"application/json"), ollama.as_bytes(), None).map(|a| a.api),
+        Some(Api::Ollama)
+    );
+    let completion = r#"{"choices":[{"text":"Hi","index":0,"finish_reason":"stop"}]}"#;
+    assert_eq!(
+        assemble(Some(b"application/json"), completion.as_bytes(), None).map(|a| a.api),
+        Some(Api::OpenAiCompletions)
+    );
+}
+
+/// The legacy `function_call` is the answer's one tool call, whole or
+/// streamed: two answers calling different functions differ.
+#[test]
+fn a_legacy_function_call_is_a_tool_call() {
+    let body = |name: &str| {
+        format!(
+            r#"{{"object":"chat.completion","choices":[{{"index":0,"message":{{"role":"assistant","content":null,"function_call":{{"name":"{name}","arguments":"{{\"amount\":5}}"}}}},"finish_reason":"function_call"}}]}}"#
+        )
+    };
+    let a = assemble(None, body("refund").as_bytes(), None).unwrap();
+    let b = assemble(None, body("delete_account").as_bytes(), None).unwrap();
+    assert_eq!(a.to_json()["tool_calls"][0]["name"], "refund");
+    assert_ne!(a.to_json(), b.to_json());
+    let stream = concat!(
+        "data: {\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"function_call\":{\"name\":\"refund\",\"arguments\":\"{\\\"amount\\\":\"}}}]}\n\n",
+        "data: {\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"function_call\":{\"arguments\":\"5}\"}}}]}\n\n",
+        "data: {\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"function_call\"}]}\n\n",
+        "data: [DONE]\n\n"
+    );
+    let s = assemble(Some(b"text/event-stream"), stream.as_bytes(), None).unwrap();
+    assert_eq!(s.content_events, vec![0, 1]);
+    assert_eq!(s.tool_calls.len(), 1);
+    assert_eq!(s.tool_calls[0].name, "refund");
+    assert_eq!(s.to_json()["tool_calls"], a.to_json()["tool_calls"]);
+}
+
+/// Servers that send each streamed tool call in its own chunk without an
+/// `index`: a new `id` is a new call, a piece without one continues it.
+#[test]
+fn streamed_tool_calls_without_an_index_stay_apart() {
+    let chunk = |call: &str| {
+        format!("data: {{\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"tool_calls\":[{call}]}}}}]}}\n\n")
+    };
+    let body = [
+        chunk(r#"{"id":"a","function":{"name":"f","arguments":"{\"x\":"}}"#),
+        chunk(r#"{"function":{"arguments":"1}"}}"#),
+        chunk(r#"{"id":"b","function":{"name":"g","arguments":"{\"y\":2}"}}"#),
+        "data: [DONE]\n\n".to_string(),
+    ]
+    .concat();
+    let a = assemble(Some(b"text/event-stream"), body.as_bytes(), None).unwrap();
+    let names: Vec<&str> = a.tool_calls.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["f", "g"]);
+    let calls = a.to_json()["tool_calls"].clone();
+    assert_eq!(calls[0]["arguments"], serde_json::json!({"x": 1}));
+    assert_eq!(calls[1]["arguments"], serde_json::json!({"y": 2}));
 }
 
 /// A stream cut before `message_delta` has no output count: the
