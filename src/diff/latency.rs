@@ -96,9 +96,11 @@ impl LogHist {
         Some((self.max_us / 1e3, self.max_us / 1e3))
     }
 
-    /// Counts over the chart buckets whose upper edges are `edges_ms`.
+    /// Counts over the chart buckets whose upper edges are `edges_ms`, and
+    /// one more past the last edge: folding those into the last bucket drew
+    /// 15 s and 45 s answers alike (LLM endpoints reach both).
     pub fn chart(&self, edges_ms: &[f64]) -> Vec<u64> {
-        let mut out = vec![0u64; edges_ms.len()];
+        let mut out = vec![0u64; edges_ms.len() + 1];
         for (i, &c) in self.counts.iter().enumerate() {
             if c == 0 {
                 continue;
@@ -107,7 +109,7 @@ impl LogHist {
             let j = edges_ms
                 .iter()
                 .position(|&e| mid_ms <= e)
-                .unwrap_or(edges_ms.len().saturating_sub(1));
+                .unwrap_or(edges_ms.len());
             if let Some(slot) = out.get_mut(j) {
                 *slot += u64::from(c);
             }
@@ -153,6 +155,15 @@ mod tests {
         m.merge(&h);
         assert_eq!(m.count(), 2000);
         assert_eq!(h.chart(&chart_edges_ms()).iter().sum::<u64>(), 1000);
+        // Past the last edge (about 9.6 s): the overflow bucket, apart
+        // from the last edge's.
+        let mut slow = LogHist::default();
+        slow.record_ns(30_000_000_000);
+        slow.record_ns(9_000_000_000);
+        let edges = chart_edges_ms();
+        let chart = slow.chart(&edges);
+        assert_eq!(chart.len(), edges.len() + 1);
+        assert_eq!((chart[edges.len()], chart[edges.len() - 1]), (1, 1));
         assert_eq!(LogHist::default().quantile_ms(0.5), 0.0);
         // The 990th answer is 990 ms: its bucket's edges bracket it.
         let (lo, hi) = h.rank_bounds_ms(990).unwrap();
