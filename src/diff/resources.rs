@@ -670,10 +670,11 @@ fn ratio_reason(
         (Some(m), Some(p)) if p > 0.0 => {
             let ratio = m / p;
             let outcome = if ratio <= limit { Outcome::Pass } else { Outcome::Fail };
+            let (shown, limit) = super::verdict::apart(ratio, limit);
             (
                 ratio,
                 outcome,
-                format!("{what} {m:.3} {unit} shadow vs {p:.3} {unit} primary: ratio {ratio:.2}, limit {limit:.2}"),
+                format!("{what} {m:.3} {unit} shadow vs {p:.3} {unit} primary: ratio {shown}, limit {limit}"),
             )
         }
         _ => (

@@ -463,15 +463,23 @@ fn ratio_gate(r: RatioGate, ep: Option<&str>, shadow: &str, g: &Gate) -> Option<
     } else {
         Outcome::Fail
     };
-    Some(reason(
-        r.criterion,
-        ep,
-        shadow,
-        ratio,
-        r.limit,
-        outcome,
-        format!("{}: ratio {ratio:.2}, limit {:.2}", r.what, r.limit),
-    ))
+    Some(reason(r.criterion, ep, shadow, ratio, r.limit, outcome, {
+        let (ratio, limit) = apart(ratio, r.limit);
+        format!("{}: ratio {ratio}, limit {limit}", r.what)
+    }))
+}
+
+/// A figure and its limit with 2 decimals, or as many more as it takes to
+/// tell them apart: "ratio 1.25, limit 1.25" on a failure hid why it failed.
+pub(crate) fn apart(v: f64, limit: f64) -> (String, String) {
+    let mut out = (format!("{v:.2}"), format!("{limit:.2}"));
+    for d in 3..=9 {
+        if out.0 != out.1 || v == limit {
+            break;
+        }
+        out = (format!("{v:.d$}"), format!("{limit:.d$}"));
+    }
+    out
 }
 
 fn llm(s: &ShadowStats, ep: Option<&str>, shadow: &str, g: &Gate) -> Vec<Reason> {

@@ -10,8 +10,8 @@ use std::fmt::{self, Write};
 
 use super::markdown::{
     drift_test, endpoint_rows, finish_reasons, fixed, fixed_of, int, judge_line, ms, ms_of, num,
-    observed, outcome_word, p99, p_value, pct, pct_ci, ratio, reasons_by_severity, shadow_names,
-    similarity_drop, status,
+    observed_and_threshold, outcome_word, p99, p_value, pct, pct_ci, ratio, reasons_by_severity,
+    shadow_names, similarity_drop, status,
 };
 use super::{clip, Drift, EndpointReport, Example, LatencyPair, Report, ShadowStats, Verdict};
 
@@ -162,6 +162,7 @@ fn reasons(o: &mut String, r: &Report) -> fmt::Result {
     writeln!(o, "<table><thead><tr><th>Criterion</th><th>Endpoint</th><th>Shadow</th><th>Observed</th><th>Threshold</th><th>Outcome</th><th>Detail</th></tr></thead><tbody>")?;
     for x in reasons_by_severity(r) {
         let word = outcome_word(x.outcome);
+        let (seen, limit) = observed_and_threshold(&x.criterion, x.observed, x.threshold);
         writeln!(
             o,
             r#"<tr><td>{}</td><td>{}</td><td>{}</td><td class="n">{}</td><td class="n">{}</td><td class="{word}">{word}</td><td>{}</td></tr>"#,
@@ -170,8 +171,8 @@ fn reasons(o: &mut String, r: &Report) -> fmt::Result {
                 .as_deref()
                 .map_or_else(|| "all".to_string(), |e| code(e, MAX_VALUE_CHARS)),
             x.shadow.as_deref().map_or_else(|| "all".to_string(), esc),
-            esc(&observed(&x.criterion, x.observed)),
-            esc(&observed(&x.criterion, x.threshold)),
+            esc(&seen),
+            esc(&limit),
             esc(&x.detail),
         )?;
     }

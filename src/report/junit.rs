@@ -8,7 +8,7 @@
 
 use std::fmt::{self, Write};
 
-use super::markdown::{observed, outcome_word};
+use super::markdown::{observed_and_threshold, outcome_word};
 use super::{Outcome, Reason, Report};
 
 /// Render the report as one JUnit `<testsuite>`.
@@ -71,11 +71,10 @@ fn testcase(o: &mut String, x: &Reason) -> fmt::Result {
     if let Some(path) = &x.path {
         name = format!("{name} {path}");
     }
+    let (seen, limit) = observed_and_threshold(&x.criterion, x.observed, x.threshold);
     let figures = format!(
-        "{}: observed {}, threshold {}",
+        "{}: observed {seen}, threshold {limit}",
         outcome_word(x.outcome),
-        observed(&x.criterion, x.observed),
-        observed(&x.criterion, x.threshold),
     );
     writeln!(
         o,

@@ -49,7 +49,13 @@ fn fit_comment(mut out: String) -> String {
     if out.len() <= MAX_COMMENT_BYTES {
         return out;
     }
-    let cut = out[..MAX_COMMENT_BYTES].rfind('\n').unwrap_or(0);
+    // Slicing inside a multi-byte character (`–`, `×`, a non-ASCII path)
+    // would panic: step back to a character boundary first.
+    let mut end = MAX_COMMENT_BYTES;
+    while !out.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = out[..end].rfind('\n').unwrap_or(0);
     out.truncate(cut);
     out.push_str("\n\n_The rest of this report is cut to fit a pull-request comment: the HTML and JSON reports hold all of it._\n");
     out
@@ -129,14 +135,16 @@ fn reasons(o: &mut String, r: &Report) -> fmt::Result {
         open.min(MAX_REASON_ROWS)
     };
     for reason in &sorted[..shown] {
+        let (seen, limit) =
+            observed_and_threshold(&reason.criterion, reason.observed, reason.threshold);
         writeln!(
             o,
             "| {} | {} | {} | {} | {} | {} | {} |",
             code(&reason.criterion),
             opt_code(reason.endpoint.as_deref()),
             opt_code(reason.shadow.as_deref()),
-            observed(&reason.criterion, reason.observed),
-            observed(&reason.criterion, reason.threshold),
+            seen,
+            limit,
             outcome_badge(reason.outcome),
             text(&clip(&reason.detail, MAX_DETAIL_CHARS)),
         )?;
@@ -703,20 +711,67 @@ pub(super) fn outcome_word(o: Outcome) -> &'static str {
     }
 }
 
-/// A reason's observed value or threshold in the unit of its criterion:
-/// rates as percentages, the latency ratio with ×, counts as integers.
-pub(super) fn observed(criterion: &str, v: f64) -> String {
+/// How a criterion's figures are shown.
+#[derive(Clone, Copy)]
+enum Unit {
+    Percent,
+    Ratio,
+    Fixed3,
+    Count,
+    Plain,
+}
+
+fn unit(criterion: &str) -> Unit {
     match criterion {
-        "divergence_rate" | "error_rate_increase" => pct(v),
+        "divergence_rate" | "error_rate_increase" | "not_compared" => Unit::Percent,
         "p99_latency_ratio"
         | "ttft_p99_ratio"
         | "tokens_per_second_ratio"
-        | "output_tokens_ratio" => ratio(Some(v)),
-        "similarity_drop" => fixed(v, 3),
-        "judge_failures" => count(v),
-        "min_exchanges" => count(v),
-        "drift_psi" => fixed(v, 3),
-        _ => num(v),
+        | "output_tokens_ratio"
+        | "cpu_per_request_ratio"
+        | "memory_ratio"
+        | "gpu_memory_ratio" => Unit::Ratio,
+        "similarity_drop" | "drift_psi" => Unit::Fixed3,
+        "judge_failures" | "min_exchanges" | "unpaired_answers" => Unit::Count,
+        _ => Unit::Plain,
+    }
+}
+
+/// A reason's observed value or threshold in the unit of its criterion:
+/// rates as percentages, the latency ratio with ×, counts as integers.
+pub(super) fn observed(criterion: &str, v: f64) -> String {
+    match unit(criterion) {
+        Unit::Percent => pct(v),
+        Unit::Ratio => ratio(Some(v)),
+        Unit::Fixed3 => fixed(v, 3),
+        Unit::Count => count(v),
+        Unit::Plain => num(v),
+    }
+}
+
+/// A reason's observed value and threshold, with as many more decimals as
+/// it takes to tell them apart: 1.2549 against a limit of 1.25 printed
+/// "1.25× | 1.25× | fail", a failure whose figure seemed to equal its limit.
+pub(super) fn observed_and_threshold(criterion: &str, v: f64, limit: f64) -> (String, String) {
+    let (a, b) = (observed(criterion, v), observed(criterion, limit));
+    if a != b || v == limit || !v.is_finite() || !limit.is_finite() {
+        return (a, b);
+    }
+    let u = unit(criterion);
+    for d in 3..=9 {
+        let (a, b) = (precise(u, v, d), precise(u, limit, d));
+        if a != b {
+            return (a, b);
+        }
+    }
+    (a, b)
+}
+
+fn precise(u: Unit, v: f64, d: usize) -> String {
+    match u {
+        Unit::Percent => format!("{:.d$}%", v * 100.0),
+        Unit::Ratio => format!("{v:.d$}×"),
+        _ => format!("{v:.d$}"),
     }
 }
 
@@ -1271,6 +1326,20 @@ mod tests {
     /// Hundreds of endpoints with long names: failures first, passes
     /// counted, and the whole under GitHub's comment limit.
     #[test]
+    fn a_report_cut_inside_a_multi_byte_character_does_not_panic() {
+        // "é" is two bytes: one of the two paddings puts the limit inside it.
+        for pad in ["", "a"] {
+            let line = format!("{pad}{}\n", "é".repeat(40_000));
+            let out = fit_comment(line.repeat(2));
+            assert!(out.len() <= MAX_COMMENT_BYTES + 200, "{}", out.len());
+            assert!(out.ends_with("the HTML and JSON reports hold all of it._\n"));
+        }
+        let mut r = sample_report();
+        r.hints = vec!["é".repeat(40_000), "a".to_string() + &"é".repeat(40_000)];
+        assert!(render(&r).ends_with("the HTML and JSON reports hold all of it._\n"));
+    }
+
+    #[test]
     fn a_huge_report_fits_a_pull_request_comment() {
         let mut r = sample_report();
         let long = "/v1/".to_string() + &"segment/".repeat(20);
@@ -1331,5 +1400,37 @@ mod tests {
         assert_eq!(num(1e-9), "1.0e-9");
         assert_eq!(observed("min_exchanges", 200.0), "200");
         assert_eq!(observed("p99_latency_ratio", f64::INFINITY), "n/a");
+    }
+
+    /// A failing figure never prints as its limit.
+    #[test]
+    fn a_figure_and_its_limit_print_apart_when_they_differ() {
+        let pair = observed_and_threshold;
+        assert_eq!(
+            pair("output_tokens_ratio", 1.2549, 1.25),
+            ("1.255×".into(), "1.250×".into())
+        );
+        assert_eq!(pair("tokens_per_second_ratio", 0.7951, 0.8).0, "0.795×");
+        assert_eq!(
+            pair("not_compared", 0.01004, 0.01),
+            ("1.004%".into(), "1.000%".into())
+        );
+        assert_eq!(
+            pair("p99_latency_ratio", 1.2, 1.5),
+            ("1.20×".into(), "1.50×".into())
+        );
+        assert_eq!(
+            pair("divergence_rate", 0.01, 0.01),
+            ("1.00%".into(), "1.00%".into())
+        );
+        assert_eq!(pair("p99_latency_ratio", f64::NAN, 1.5).0, "n/a");
+        assert_eq!(
+            crate::diff::verdict::apart(1.2549, 1.25),
+            ("1.255".into(), "1.250".into())
+        );
+        assert_eq!(
+            crate::diff::verdict::apart(3.0, 1.25),
+            ("3.00".into(), "1.25".into())
+        );
     }
 }
