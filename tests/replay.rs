@@ -1033,6 +1033,59 @@ fn preserve_order_keeps_each_connection_sequential_on_one_socket() {
     }
 }
 
+/// A capture rotated between two requests of one keep-alive connection:
+/// with `--preserve-order` the second, in the next file, still waits for
+/// the first one's answer (a POST then its GET must not cross).
+#[test]
+fn preserve_order_keeps_a_connection_whole_across_rotated_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let client: std::net::SocketAddr = "10.0.0.1:40000".parse().unwrap();
+    let server: std::net::SocketAddr = "10.0.0.2:80".parse().unwrap();
+    let on_one_connection = |ex: &mut Exchange| {
+        ex.flow_id = 3;
+        ex.client = Some(client);
+        ex.server = Some(server);
+    };
+    let first = shaped_capture(dir.path(), "cap-0001.parquet", 1, |_, ex| {
+        on_one_connection(ex)
+    });
+    let second = shaped_capture(dir.path(), "cap-0002.parquet", 1, |_, ex| {
+        on_one_connection(ex);
+        ex.exchange_id = 1;
+        ex.seq_in_flow = 1;
+        ex.target = "/t/1".into();
+        ex.request_ts = T0 + 20_000_000;
+    });
+    let slow = Recorder::start(Behaviour::Late(Duration::from_millis(300)));
+    let (run, rows, _d) = replay(&[
+        first.to_str().unwrap(),
+        second.to_str().unwrap(),
+        "--primary",
+        &slow.url(),
+        "--preserve-order",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let live = role(&rows, TargetRole::Primary);
+    // Each file's exchange ids are made unique by the replay: by target.
+    let at = |target: &str| {
+        live.iter()
+            .find(|r| r.target == target)
+            .unwrap_or_else(|| panic!("no row for {target}: {rows:#?}"))
+    };
+    assert_eq!(
+        (at("/t/0").status, at("/t/1").status),
+        (Some(200), Some(200))
+    );
+    assert!(
+        at("/t/1").sent_ts.unwrap() >= at("/t/0").done_ts.unwrap(),
+        "the second request went before the first was answered"
+    );
+}
+
 /// `--preserve-order` holds a lane per recorded connection until the run
 /// ends; each lane's socket is closed once idle, so a capture of many short
 /// connections does not keep them all open (the open-files limit).

@@ -17,6 +17,7 @@ pub mod request;
 pub mod sampler;
 pub mod tls;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -1216,10 +1217,13 @@ fn prefetch(mut plan: Plan, bg: Arc<priority::Background>, may_idle: bool) -> Pl
                 bg.set_urgent(false);
             }
             let mut chunk = Vec::with_capacity(PLAN_CHUNK);
-            let mut end = false;
-            while chunk.len() < PLAN_CHUNK && !end {
+            let (mut end, mut bytes) = (false, 0);
+            while chunk.len() < PLAN_CHUNK && bytes < PLAN_CHUNK_BYTES && !end {
                 match plan.next_planned() {
-                    Ok(Some(p)) => chunk.push(Ok(p)),
+                    Ok(Some(p)) => {
+                        bytes += p.exchange.held_bytes();
+                        chunk.push(Ok(p));
+                    }
                     Ok(None) => end = true,
                     Err(e) => {
                         chunk.push(Err(e.into()));
@@ -1244,6 +1248,10 @@ const PLAN_AHEAD: usize = 4096;
 
 /// Requests the prefetch thread sends at a time.
 const PLAN_CHUNK: usize = 64;
+/// ...or fewer, once they hold this many bytes: the queue then holds at
+/// most `PLAN_AHEAD / PLAN_CHUNK` times this (256 MiB) plus a request,
+/// where 4,096 requests of 1 MiB bodies held 8 GiB.
+const PLAN_CHUNK_BYTES: usize = 4 << 20;
 
 /// The planned requests, as the prefetch thread sends them: in chunks, so
 /// the channel is used (and that thread, waiting for room, is woken) once
@@ -1363,7 +1371,7 @@ async fn schedule(
     // request, and the shards of a run stay in step.
     let mut first_ts = opts.selection.shard.and(queue.capture_start);
     let mut gap_warned = false;
-    let mut lanes = std::collections::HashMap::new();
+    let mut lanes = Lanes::default();
     let mut behind = 0u64;
     while let Some(item) = next {
         let p = item?;
@@ -1373,7 +1381,8 @@ async fn schedule(
         let offset = match opts.timing {
             Timing::Speed(x) => {
                 let first = *first_ts.get_or_insert(p.exchange.request_ts);
-                Duration::from_nanos(((p.exchange.request_ts - first).max(0) as f64 / x) as u64)
+                let since = p.exchange.request_ts.saturating_sub(first).max(0);
+                Duration::from_nanos((since as f64 / x) as u64)
             }
             Timing::Rate(r) => Duration::from_nanos((n as f64 * 1e9 / r) as u64),
             Timing::Max => Duration::ZERO,
@@ -1457,10 +1466,8 @@ async fn schedule(
                 pre: None,
             };
             if opts.preserve_order {
-                let key = (p.file, p.exchange.flow_id, ti);
-                let tx = lanes.entry(key).or_insert_with(|| lane(shared));
                 count_in(&job, &shared.counters);
-                let _ = tx.send(job);
+                lanes.send(shared, lane_key(&p, ti), job);
             } else if now {
                 if let Some(mut job) = parked::post(shared, ti, job) {
                     if let Outgoing::Http1(bytes) = &job.request {
@@ -1661,31 +1668,101 @@ fn spawn_request(shared: &Shared, job: Job) {
 
 /// `--preserve-order`: the requests of one recorded connection go, in order,
 /// over one connection per target, each after the previous one's answer.
-/// Its connection is closed once idle this long. A lane lives until the
-/// run ends (the capture does not say when a recorded connection is over),
-/// and a capture of many short connections would otherwise hold a socket
-/// per recorded connection per target until then: 50,000 connections pass
-/// any open-files limit. The next request of the lane opens a new one.
+/// A lane ends once idle this long, closing its connection: the capture
+/// does not say when a recorded connection is over, and a capture of many
+/// short connections would otherwise hold a socket (and a task) per
+/// recorded connection per target until the run ends: 50,000 connections
+/// pass any open-files limit. The next request of the connection starts a
+/// new lane, on a new connection.
 const LANE_IDLE: Duration = Duration::from_secs(2);
 
-fn lane(shared: &Shared) -> mpsc::UnboundedSender<Job> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
-    let mut ctx = TaskCtx::new(shared);
-    tokio::spawn(async move {
-        let mut conn = None;
-        loop {
-            let job = match tokio::time::timeout(LANE_IDLE, rx.recv()).await {
-                Ok(job) => job,
-                Err(_idle) => {
-                    conn = None;
-                    rx.recv().await
-                }
-            };
-            let Some(job) = job else { break };
-            ctx.perform(job, Some(&mut conn)).await;
+/// A lane's key: its recorded connection and the target. Rotated capture
+/// files of one run continue its flows, so a connection is known by its
+/// endpoints wherever they were recorded (a rotation between two of its
+/// requests must not split it); only without them by file and flow.
+type LaneKey = (
+    Option<usize>,
+    (Option<SocketAddr>, Option<SocketAddr>, u64),
+    usize,
+);
+
+fn lane_key(p: &Planned, target: usize) -> LaneKey {
+    let file = p.exchange.client.is_none().then_some(p.file);
+    (file, plan::connection_key(&p.exchange), target)
+}
+
+/// The lanes of a run. A lane ends once idle; the next request of its
+/// connection starts another, which waits for the old one to be done, so
+/// a capture of millions of short connections does not keep a task each.
+#[derive(Default)]
+struct Lanes {
+    map: std::collections::HashMap<LaneKey, Lane>,
+    /// Ended lanes are pruned when the map reaches this size.
+    prune_at: usize,
+}
+
+struct Lane {
+    tx: mpsc::UnboundedSender<Job>,
+    /// Fires (or is dropped) when the lane's task has performed its last job.
+    done: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Lanes {
+    fn send(&mut self, shared: &Shared, key: LaneKey, job: Job) {
+        if self.map.len() >= self.prune_at {
+            self.map.retain(|_, l| !l.ended());
+            self.prune_at = (self.map.len() * 2).max(1024);
         }
-    });
-    tx
+        let lane = self
+            .map
+            .entry(key)
+            .or_insert_with(|| Lane::start(shared, None));
+        if let Err(mpsc::error::SendError(job)) = lane.tx.send(job) {
+            // Ended while idle: a new lane, once the old one is done.
+            let (_, old_done) = tokio::sync::oneshot::channel();
+            let old_done = std::mem::replace(&mut lane.done, old_done);
+            *lane = Lane::start(shared, Some(old_done));
+            let _ = lane.tx.send(job);
+        }
+    }
+}
+
+impl Lane {
+    fn start(shared: &Shared, after: Option<tokio::sync::oneshot::Receiver<()>>) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        let mut ctx = TaskCtx::new(shared);
+        tokio::spawn(async move {
+            if let Some(after) = after {
+                let _ = after.await;
+            }
+            let mut conn = None;
+            loop {
+                match tokio::time::timeout(LANE_IDLE, rx.recv()).await {
+                    Ok(Some(job)) => ctx.perform(job, Some(&mut conn)).await,
+                    Ok(None) => break,
+                    Err(_idle) => {
+                        // Jobs sent before the close are still ours.
+                        rx.close();
+                        while let Some(job) = rx.recv().await {
+                            ctx.perform(job, Some(&mut conn)).await;
+                        }
+                        break;
+                    }
+                }
+            }
+            let _ = done_tx.send(());
+        });
+        Self { tx, done }
+    }
+
+    /// Its task is over: pruning it cannot reorder its connection.
+    fn ended(&mut self) -> bool {
+        !matches!(
+            self.done.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+        )
+    }
 }
 
 /// Raise the soft limit of open files to the hard one, as Go programs

@@ -76,7 +76,7 @@ fn below(hash: u64, fraction: f64) -> bool {
 /// (the file's own flow number only when the capture had no addresses).
 /// Never the file's position on the command line, so every shard of a run
 /// agrees on it whatever order the files are listed in.
-fn connection_key(ex: &Exchange) -> (Option<SocketAddr>, Option<SocketAddr>, u64) {
+pub(crate) fn connection_key(ex: &Exchange) -> (Option<SocketAddr>, Option<SocketAddr>, u64) {
     let flow = if ex.client.is_none() { ex.flow_id } else { 0 };
     (ex.client, ex.server, flow)
 }
@@ -264,6 +264,8 @@ pub struct Plan {
     heap: BinaryHeap<Reverse<Queued>>,
     /// Bytes held by the heap's exchanges.
     heap_bytes: usize,
+    /// [`REORDER_BYTES`]; a field so a test can make it small.
+    max_heap_bytes: usize,
     /// The files' longest exchange, request to completion (capped at
     /// [`LONGEST_WAITED_NS`]), read up front from their timestamps.
     longest_ns: i64,
@@ -309,7 +311,10 @@ struct Source {
     completed: i64,
 }
 
-/// Exchanges held to restore request order, at least...
+/// Exchanges held to restore request order, at least (large bodies)...
+const REORDER_MIN: usize = 64;
+/// ...and while they hold less than [`REORDER_BYTES`]: 4,096 exchanges of
+/// 1 MiB bodies held 8 GiB...
 const REORDER: usize = 4096;
 /// ...and at most, in rows and in bytes, while a long exchange (a minute
 /// of LLM stream) may still be unread behind thousands of short ones that
@@ -377,6 +382,7 @@ impl Plan {
             open: Vec::new(),
             heap: BinaryHeap::new(),
             heap_bytes: 0,
+            max_heap_bytes: REORDER_BYTES,
             longest_ns: longest_ns.min(LONGEST_WAITED_NS),
             total_hint: selection.limit.map_or(expected(total, &selection), |l| {
                 l.min(expected(total, &selection))
@@ -405,8 +411,11 @@ impl Plan {
     }
 
     fn fill(&mut self) -> Result<(), SchemaError> {
-        while self.heap.len() < REORDER
-            || (self.heap.len() < REORDER_MAX && self.heap_bytes < REORDER_BYTES && !self.settled())
+        while self.heap.len() < REORDER_MIN
+            || (self.heap.len() < REORDER && self.heap_bytes < self.max_heap_bytes)
+            || (self.heap.len() < REORDER_MAX
+                && self.heap_bytes < self.max_heap_bytes
+                && !self.settled())
         {
             let behind = (0..self.open.len()).min_by_key(|&i| self.open[i].frontier);
             let next_start = self.starts.get(self.file).copied();
@@ -718,6 +727,39 @@ mod tests {
         assert_eq!(times.len(), 10_001);
         assert!(times.windows(2).all(|w| w[0] < w[1]), "in request order");
         assert!(plan.heap.len() <= REORDER_MAX);
+    }
+
+    /// Large exchanges fill the reorder window up to its byte bound, not
+    /// its usual 4,096 rows, and still come out in request order.
+    #[test]
+    fn the_reorder_window_of_large_bodies_keeps_to_its_byte_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.parquet");
+        let rows: Vec<Exchange> = (0..5000u64)
+            .map(|i| Exchange {
+                exchange_id: i,
+                request_ts: i as i64,
+                method: "POST".into(),
+                request_body: vec![b'x'; 1024],
+                ..Default::default()
+            })
+            .collect();
+        let one = rows[0].held_bytes();
+        let mut w = crate::schema::ExchangeFileWriter::create(&path, Default::default()).unwrap();
+        w.write(&rows).unwrap();
+        w.finish(vec![]).unwrap();
+        let mut plan = Plan::open(vec![path], Selection::default()).unwrap();
+        plan.max_heap_bytes = 1 << 20;
+        let mut ids = Vec::new();
+        while let Some(p) = plan.next_planned().unwrap() {
+            assert!(
+                plan.heap_bytes <= plan.max_heap_bytes + 2048 * one,
+                "{} bytes held",
+                plan.heap_bytes
+            );
+            ids.push(p.exchange.exchange_id);
+        }
+        assert_eq!(ids, (0..5000).collect::<Vec<_>>());
     }
 
     /// Waves of large exchanges are narrowed to stay under their byte
