@@ -285,7 +285,7 @@ fn write_loop(
                 if let Err(e) = written {
                     // A full disk or a vanished directory: keep what can be
                     // kept, then say what happened.
-                    writer.salvage();
+                    writer.salvage(&e);
                     return Err(e);
                 }
                 rows_written += rows.len() as u64;

@@ -138,6 +138,13 @@ impl OutputWriter {
                 .create_new(true)
                 .open(&partial)
             {
+                // Another writer may have renamed its `.partial` to this
+                // name between the check above and the create: renaming
+                // ours later would replace its finished file.
+                Ok(_) if path.exists() => {
+                    let _ = std::fs::remove_file(&partial);
+                    continue;
+                }
                 Ok(_) => return Ok(path),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(source) => {
@@ -238,9 +245,13 @@ impl OutputWriter {
     /// After a failed write: in a directory of rotated files, close the
     /// open one over what it already holds (its row groups already out stay
     /// readable) if that still works. A single output file is dropped
-    /// instead, so what the user had under its name stays as it was.
-    pub fn salvage(self) {
-        if matches!(self.spec, OutputSpec::Dir { .. }) {
+    /// instead, so what the user had under its name stays as it was,
+    /// unless the disk filled up: the rows refused then were never started,
+    /// so the file closes cleanly, and it holds the capture up to there.
+    pub fn salvage(self, error: &SchemaError) {
+        if matches!(self.spec, OutputSpec::Dir { .. })
+            || matches!(error, SchemaError::DiskFull { .. })
+        {
             let _ = self.finish();
         }
     }
@@ -249,6 +260,129 @@ impl OutputWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tmpfs of `size` bytes mounted on a fresh directory, unmounted when
+    /// dropped. Mounting needs root, as the live capture tests do.
+    struct SmallDisk(tempfile::TempDir);
+
+    impl SmallDisk {
+        fn mount(size: u64) -> Option<Self> {
+            if std::env::var_os("SHADOWCTL_SKIP_LIVE").is_some() {
+                eprintln!("SHADOWCTL_SKIP_LIVE set: the full-disk test is skipped");
+                return None;
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir.path())
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(
+                ok,
+                "mounting a tmpfs needs root (or set SHADOWCTL_SKIP_LIVE=1)"
+            );
+            Some(Self(dir))
+        }
+    }
+
+    impl Drop for SmallDisk {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+
+    /// Bytes zstd cannot shrink.
+    fn noise(n: usize, mut x: u64) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// A disk that fills up mid-run: the file open then is closed with
+    /// every row written to it so far, footer and all, rotated or single,
+    /// and the error says why.
+    #[test]
+    fn a_full_disk_closes_the_file_with_every_row_it_took() {
+        let Some(disk) = SmallDisk::mount(8 << 20) else {
+            return;
+        };
+        for single in [false, true] {
+            let out = disk
+                .0
+                .path()
+                .join(if single { "one.parquet" } else { "rot" });
+            let spec = if single {
+                OutputSpec::File(out.clone())
+            } else {
+                OutputSpec::Dir {
+                    dir: out.clone(),
+                    rotation: Rotation {
+                        rows: Some(40),
+                        ..Default::default()
+                    },
+                }
+            };
+            let config = WriterConfig {
+                row_group_rows: 16,
+                ..Default::default()
+            };
+            let stats: StatsSnapshot = Arc::new(Mutex::new("{}".into()));
+            let mut w = OutputWriter::new(spec, config, stats).unwrap();
+            let (mut taken, mut error) = (0u64, None);
+            for i in 0..1000u64 {
+                let ex = Exchange {
+                    exchange_id: i,
+                    method: "POST".into(),
+                    request_body: noise(64 << 10, i + 1),
+                    ..Default::default()
+                };
+                match w.write(&[ex]) {
+                    Ok(()) => taken += 1,
+                    Err(e) => {
+                        error = Some(e);
+                        break;
+                    }
+                }
+            }
+            let error = error.expect("an 8 MiB disk fills up");
+            assert!(matches!(error, SchemaError::DiskFull { .. }), "{error}");
+            w.salvage(&error);
+            let mut files: Vec<PathBuf> = if single {
+                vec![out.clone()]
+            } else {
+                std::fs::read_dir(&out)
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .collect()
+            };
+            files.sort();
+            let mut ids = Vec::new();
+            for f in &files {
+                assert!(
+                    f.extension().is_some_and(|x| x == "parquet"),
+                    "{}",
+                    f.display()
+                );
+                let (rows, _) = crate::schema::read_exchanges(f).unwrap();
+                ids.extend(rows.iter().map(|r| r.exchange_id));
+            }
+            assert!(taken > 16, "{taken} rows before the disk filled");
+            assert_eq!(ids, (0..taken).collect::<Vec<_>>());
+            // Room for the other case.
+            if single {
+                std::fs::remove_file(&out).unwrap();
+            } else {
+                std::fs::remove_dir_all(&out).unwrap();
+            }
+        }
+    }
 
     #[test]
     fn utc_stamps() {

@@ -854,7 +854,9 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
                     batch_bytes += r.request_body.len() + r.response_body.len();
                     batch.push(r);
                     if batch.len() >= WRITE_BATCH || batch_bytes >= WRITE_BATCH_BYTES {
-                        write_rows(&mut file, &mut batch)?;
+                        if let Err(e) = write_rows(&mut file, &mut batch) {
+                            return Err(keep_on_full_disk(file, e, meta.clone()));
+                        }
                         batch_bytes = 0;
                     }
                 }
@@ -869,7 +871,9 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
             drop(file);
             return Ok(summary);
         }
-        write_rows(&mut file, &mut batch)?;
+        if let Err(e) = write_rows(&mut file, &mut batch) {
+            return Err(keep_on_full_disk(file, e, meta));
+        }
         file.finish(meta)?;
         summary.close();
         summary.until_decided = looker.map(|l| decide::Decision {
@@ -1327,6 +1331,20 @@ async fn health_check(t: &Target, path: &str, timeout: Duration) -> Result<(), R
         t.base_path,
         timeout.as_secs_f64(),
     )))
+}
+
+/// A full disk refuses rows before any of them is written, so the results
+/// so far can still be closed, footer and all (see `check_room`): the run
+/// stops with its error, and keeps what it recorded.
+fn keep_on_full_disk(
+    file: ParquetFileWriter,
+    e: SchemaError,
+    meta: Vec<(String, String)>,
+) -> SchemaError {
+    if matches!(e, SchemaError::DiskFull { .. }) {
+        let _ = file.finish(meta);
+    }
+    e
 }
 
 fn write_rows(

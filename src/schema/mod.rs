@@ -123,6 +123,11 @@ pub enum SchemaError {
         found: String,
         reads: &'static str,
     },
+    #[error(
+        "{path}: the disk is nearly full ({free} bytes free, {need} needed for the next \
+         rows): the file is closed with the rows it already holds"
+    )]
+    DiskFull { path: String, free: u64, need: u64 },
     #[error("{path}: not a shadowctl {expected} file ({detail})")]
     WrongKind {
         path: String,

@@ -76,6 +76,22 @@ impl std::io::Write for ChunkedFile {
     }
 }
 
+/// Room kept for a file's footer (its metadata and statistics).
+const FOOTER_ROOM: u64 = 4 << 20;
+
+/// Bytes an unprivileged writer may still put on the file's filesystem;
+/// None when the system does not say (a FIFO, an odd filesystem).
+fn free_bytes(f: &File) -> Option<u64> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: fstatvfs only fills the struct we own.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatvfs(f.as_raw_fd(), &mut st) } != 0 || st.f_blocks == 0 {
+        return None;
+    }
+    #[allow(clippy::unnecessary_cast)]
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
 /// Rows read per batch at most.
 const READ_BATCH: usize = 1024;
 /// Bytes a byte-array column may hold in one read batch: Arrow's `Binary`
@@ -407,6 +423,7 @@ impl ParquetFileWriter {
 
     pub fn write_batch(&mut self, batch: &RecordBatch) -> Result<(), SchemaError> {
         let tmp = self.tmp.clone();
+        self.check_room(batch)?;
         self.arrow().write(batch).map_err(|e| pq_err(&tmp, e))?;
         self.rows += batch.num_rows() as u64;
         // Bound memory: flush a row group early when large bodies fill it.
@@ -414,6 +431,27 @@ impl ParquetFileWriter {
             self.arrow().flush().map_err(|e| pq_err(&tmp, e))?;
         }
         Ok(())
+    }
+
+    /// Refuse a batch the disk may not hold. A write that fails with a full
+    /// disk half way through a row group leaves a file that no footer can
+    /// finish (the Parquet writer has counted the row group it never
+    /// closed), and every row in it is lost. Refused while the rows
+    /// buffered, this batch and a footer still fit (counted unencoded, so
+    /// generously), the file can still be closed with what it holds.
+    fn check_room(&self, batch: &RecordBatch) -> Result<(), SchemaError> {
+        let Some(w) = self.writer.as_ref().filter(|_| !self.direct) else {
+            return Ok(());
+        };
+        let need = (w.in_progress_size() + batch.get_array_memory_size()) as u64 + FOOTER_ROOM;
+        match free_bytes(&w.inner().0) {
+            Some(free) if free < need => Err(SchemaError::DiskFull {
+                path: self.tmp.display().to_string(),
+                free,
+                need,
+            }),
+            _ => Ok(()),
+        }
     }
 
     pub fn rows(&self) -> u64 {
