@@ -1086,9 +1086,9 @@ fn preserve_order_keeps_a_connection_whole_across_rotated_files() {
     );
 }
 
-/// `--preserve-order` holds a lane per recorded connection until the run
-/// ends; each lane's socket is closed once idle, so a capture of many short
-/// connections does not keep them all open (the open-files limit).
+/// `--preserve-order` runs a lane per recorded connection; a lane ends once
+/// idle, closing its socket, so a capture of many short connections does
+/// not keep them all open (the open-files limit).
 #[test]
 fn preserve_order_closes_the_connections_of_idle_lanes() {
     let dir = tempfile::tempdir().unwrap();
@@ -1989,4 +1989,67 @@ fn secrets_in_live_answers_are_redacted_unless_kept() {
             assert_eq!(h.get("location"), Some(location), "keep {keep}");
         }
     }
+}
+
+/// A results file on a disk that fills up mid-run: the replay stops with
+/// the writer's own error (not "the results writer stopped"), and the file
+/// is closed over every row written before, footer and all. Mounting a
+/// small tmpfs needs root, as the live capture tests do.
+#[test]
+fn a_full_disk_keeps_the_results_written_before_it_filled() {
+    if std::env::var_os("SHADOWCTL_SKIP_LIVE").is_some() {
+        eprintln!("SHADOWCTL_SKIP_LIVE set: the full-disk test is skipped");
+        return;
+    }
+    struct Mounted(tempfile::TempDir);
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+    let disk = Mounted(tempfile::tempdir().unwrap());
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(disk.0.path())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        mounted,
+        "mounting a tmpfs needs root (or set SHADOWCTL_SKIP_LIVE=1)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    // Recorded answers of 16 KiB that zstd cannot shrink: 32 MiB in all.
+    let cap = shaped_capture(dir.path(), "big.parquet", 2000, |i, ex| {
+        let mut x = i + 1;
+        ex.response_body = (0..16 << 10)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+    });
+    let shadow = Recorder::start(Behaviour::Answer("s"));
+    let out = disk.0.path().join("results.parquet");
+    let run = Command::cargo_bin("shadowctl")
+        .unwrap()
+        .arg("replay")
+        .arg(&cap)
+        .args(["--primary", "recorded", "--shadow", &shadow.url()])
+        .args(["--rate", "20000", "-q", "--out"])
+        .arg(&out)
+        .timeout(Duration::from_secs(60))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{err}");
+    assert!(err.contains("the disk is nearly full"), "{err}");
+    let rows = read_results(&out).unwrap();
+    assert!(!rows.is_empty());
+    assert!(rows.len() < 4000, "{} rows", rows.len());
+    let recorded = role(&rows, TargetRole::Recorded);
+    assert!(recorded.iter().all(|r| r.response_body.len() == 16 << 10));
 }

@@ -246,12 +246,12 @@ impl OutputWriter {
     /// open one over what it already holds (its row groups already out stay
     /// readable) if that still works. A single output file is dropped
     /// instead, so what the user had under its name stays as it was,
-    /// unless the disk filled up: the rows refused then were never started,
-    /// so the file closes cleanly, and it holds the capture up to there.
+    /// unless the disk filled up after some rows: the rows refused then were
+    /// never started, so the file closes cleanly over the rows before.
     pub fn salvage(self, error: &SchemaError) {
-        if matches!(self.spec, OutputSpec::Dir { .. })
-            || matches!(error, SchemaError::DiskFull { .. })
-        {
+        let full_with_rows = matches!(error, SchemaError::DiskFull { .. })
+            && self.open.as_ref().is_some_and(|f| f.writer.rows() > 0);
+        if matches!(self.spec, OutputSpec::Dir { .. }) || full_with_rows {
             let _ = self.finish();
         }
     }

@@ -705,14 +705,13 @@ fn growth_reason(shadow: &str, g: Option<&Growth>, limit: f64) -> Reason {
             } else {
                 Outcome::Inconclusive
             };
-            (
-                g.slope,
-                outcome,
+            (g.slope, outcome, {
+                let (slope, limit) = super::verdict::apart_at(g.slope, limit, 1);
                 format!(
-                    "memory grows {:.1} MB/h (95% CI {:.1} to {:.1}, {} samples after warm-up), limit {limit:.1} MB/h",
-                    g.slope, g.ci[0], g.ci[1], g.samples
-                ),
-            )
+                        "memory grows {slope} MB/h (95% CI {:.1} to {:.1}, {} samples after warm-up), limit {limit} MB/h",
+                        g.ci[0], g.ci[1], g.samples
+                    )
+            })
         }
         None => (
             f64::NAN,

@@ -276,17 +276,16 @@ fn divergence_words(s: &ShadowStats, g: &Gate, lv: Level, outcome: Outcome) -> (
         Outcome::Fail => "above",
         Outcome::Inconclusive => "too few exchanges to tell against",
     };
+    let (rate, limit) = apart_at(s.divergence_rate * 100.0, g.max_divergence_rate * 100.0, 2);
     (
         s.divergence_rate,
         format!(
-            "{} of {} exchanges diverge ({}, {} {}–{}), {verb} the limit {}{top}",
+            "{} of {} exchanges diverge ({rate}%, {} {}–{}), {verb} the limit {limit}%{top}",
             s.divergent,
             s.compared,
-            pct(s.divergence_rate),
             lv.words(),
             pct(lo),
             pct(hi),
-            pct(g.max_divergence_rate),
         ),
     )
 }
@@ -355,10 +354,11 @@ fn p99_words(t: Test, s: &ShadowStats, g: &Gate, lv: Level) -> (f64, String) {
         ),
         None => String::new(),
     };
+    let (shown, limit) = apart(ratio, limit);
     (
         ratio,
         format!(
-            "{what} {ss:.2} ms shadow vs {ps:.2} ms primary: ratio {ratio:.2}, limit {limit:.2}; {}{bounds}",
+            "{what} {ss:.2} ms shadow vs {ps:.2} ms primary: ratio {shown}, limit {limit}; {}{bounds}",
             latency_difference(ss - ps, g.p99_latency_slack_ms)
         ),
     )
@@ -472,14 +472,22 @@ fn ratio_gate(r: RatioGate, ep: Option<&str>, shadow: &str, g: &Gate) -> Option<
 /// A figure and its limit with 2 decimals, or as many more as it takes to
 /// tell them apart: "ratio 1.25, limit 1.25" on a failure hid why it failed.
 pub(crate) fn apart(v: f64, limit: f64) -> (String, String) {
-    let mut out = (format!("{v:.2}"), format!("{limit:.2}"));
-    for d in 3..=9 {
-        if out.0 != out.1 || v == limit {
-            break;
+    apart_at(v, limit, 2)
+}
+
+/// [`apart`] from `d0` decimals; the `d0` form when no precision tells
+/// them apart.
+pub(crate) fn apart_at(v: f64, limit: f64, d0: usize) -> (String, String) {
+    let at = |d: usize| (format!("{v:.d$}"), format!("{limit:.d$}"));
+    if v != limit {
+        for d in d0..=d0 + 7 {
+            let out = at(d);
+            if out.0 != out.1 {
+                return out;
+            }
         }
-        out = (format!("{v:.d$}"), format!("{limit:.d$}"));
     }
-    out
+    at(d0)
 }
 
 fn llm(s: &ShadowStats, ep: Option<&str>, shadow: &str, g: &Gate) -> Vec<Reason> {
@@ -540,10 +548,13 @@ fn similarity(s: &ShadowStats, ep: Option<&str>, shadow: &str, g: &Gate) -> Vec<
                 drop,
                 g.max_similarity_drop,
                 outcome,
-                format!(
-                    "{} ({}): median similarity to the primary {:.3} vs the primary's own {:.3}; drop {drop:.3} (95% CI {lo:.3} to {hi:.3}), limit {:.3}",
-                    x.path, x.metric, x.shadow.p50, noise.p50, g.max_similarity_drop
-                ),
+                {
+                    let (shown, limit) = apart_at(drop, g.max_similarity_drop, 3);
+                    format!(
+                        "{} ({}): median similarity to the primary {:.3} vs the primary's own {:.3}; drop {shown} (95% CI {lo:.3} to {hi:.3}), limit {limit}",
+                        x.path, x.metric, x.shadow.p50, noise.p50
+                    )
+                },
             ))
             .map(|r| Reason {
                 path: Some(x.path.clone()),

@@ -92,15 +92,20 @@ struct Tools(BTreeMap<u64, (String, String, Option<Value>)>, LastCall);
 struct LastCall(Option<(u64, Option<String>)>);
 
 impl Tools {
-    /// Where a streamed piece goes. Most servers give an `index`; some
-    /// OpenAI-compatible ones (older Ollama, Gemini's compatibility layer)
-    /// do not, and send each call in its own chunk: there a new `id` opens
-    /// a new call and a piece without one continues the last.
-    fn slot(&mut self, index: Option<u64>, id: Option<&str>) -> u64 {
+    /// Where a streamed piece goes: `k` is its place in its chunk. Most
+    /// servers give an `index`; some OpenAI-compatible ones (older Ollama,
+    /// Gemini's compatibility layer) do not, and send each call in its own
+    /// chunk: there a new `id` opens a new call, and a piece without one
+    /// continues the last, unless it follows another in the same chunk or
+    /// names a function when the last call already has its name.
+    fn slot(&mut self, index: Option<u64>, id: Option<&str>, name: &str, k: usize) -> u64 {
+        let id = id.filter(|x| !x.is_empty());
         let last = &mut self.1 .0;
+        let named = |i: &u64| self.0.get(i).is_some_and(|c| !c.0.is_empty());
         let i = match (index, last.as_ref()) {
             (Some(i), _) => i,
-            (None, Some((i, last_id))) if id.is_none() || id == last_id.as_deref() => *i,
+            (None, Some((i, last_id))) if id.is_some() && id == last_id.as_deref() => *i,
+            (None, Some((i, _))) if id.is_none() && k == 0 && (name.is_empty() || !named(i)) => *i,
             (None, _) => self.0.keys().next_back().map_or(0, |k| k + 1),
         };
         if index.is_some() || id.is_some() || last.is_none() {
@@ -279,10 +284,10 @@ fn openai_chat_event(f: &mut Fold, i: usize, v: &Value) {
     }
     // vLLM, SGLang and DeepSeek stream reasoning beside the content.
     f.reasoning(i, s(d, "reasoning_content").or_else(|| s(d, "reasoning")));
-    for call in items(d, "tool_calls") {
-        let idx = f.tools.slot(u(call, "index"), s(call, "id"));
+    for (k, call) in items(d, "tool_calls").enumerate() {
         let func = call.get("function");
         let name = func.and_then(|fu| s(fu, "name")).unwrap_or("");
+        let idx = f.tools.slot(u(call, "index"), s(call, "id"), name, k);
         let args = func.and_then(|fu| s(fu, "arguments")).unwrap_or("");
         f.tools.name(idx, name);
         f.tools.args(idx, args);

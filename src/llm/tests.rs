@@ -166,14 +166,16 @@ fn streamed_tool_calls_without_an_index_stay_apart() {
     };
     let body = [
         chunk(r#"{"id":"a","function":{"name":"f","arguments":"{\"x\":"}}"#),
-        chunk(r#"{"function":{"arguments":"1}"}}"#),
+        chunk(r#"{"id":"","function":{"arguments":"1}"}}"#),
         chunk(r#"{"id":"b","function":{"name":"g","arguments":"{\"y\":2}"}}"#),
+        // Two whole calls in one chunk, with neither index nor id.
+        chunk(r#"{"function":{"name":"h","arguments":"{}"}},{"function":{"name":"k","arguments":"{}"}}"#),
         "data: [DONE]\n\n".to_string(),
     ]
     .concat();
     let a = assemble(Some(b"text/event-stream"), body.as_bytes(), None).unwrap();
     let names: Vec<&str> = a.tool_calls.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(names, ["f", "g"]);
+    assert_eq!(names, ["f", "g", "h", "k"]);
     let calls = a.to_json()["tool_calls"].clone();
     assert_eq!(calls[0]["arguments"], serde_json::json!({"x": 1}));
     assert_eq!(calls[1]["arguments"], serde_json::json!({"y": 2}));

@@ -991,7 +991,12 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
             ticker.abort();
             bar.finish_and_clear();
             drop(shared);
-            let _ = writer.await;
+            let written = writer.await;
+            // The writer's own failure (a full disk) is the cause; the
+            // scheduler only saw that it had gone.
+            if let (ReplayError::WriterGone, Ok(Err(cause))) = (&e, written) {
+                return Err(cause.into());
+            }
             return Err(e);
         }
     };
@@ -1341,7 +1346,7 @@ fn keep_on_full_disk(
     e: SchemaError,
     meta: Vec<(String, String)>,
 ) -> SchemaError {
-    if matches!(e, SchemaError::DiskFull { .. }) {
+    if matches!(e, SchemaError::DiskFull { .. }) && file.rows() > 0 {
         let _ = file.finish(meta);
     }
     e
@@ -1705,8 +1710,11 @@ type LaneKey = (
 );
 
 fn lane_key(p: &Planned, target: usize) -> LaneKey {
-    let file = p.exchange.client.is_none().then_some(p.file);
-    (file, plan::connection_key(&p.exchange), target)
+    let ex = &p.exchange;
+    let file = ex.client.is_none().then_some(p.file);
+    // The flow id too: a client port reused for a new connection is
+    // another connection (rotated files of one run keep flow ids).
+    (file, (ex.client, ex.server, ex.flow_id), target)
 }
 
 /// The lanes of a run. A lane ends once idle; the next request of its

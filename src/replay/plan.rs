@@ -76,7 +76,7 @@ fn below(hash: u64, fraction: f64) -> bool {
 /// (the file's own flow number only when the capture had no addresses).
 /// Never the file's position on the command line, so every shard of a run
 /// agrees on it whatever order the files are listed in.
-pub(crate) fn connection_key(ex: &Exchange) -> (Option<SocketAddr>, Option<SocketAddr>, u64) {
+fn connection_key(ex: &Exchange) -> (Option<SocketAddr>, Option<SocketAddr>, u64) {
     let flow = if ex.client.is_none() { ex.flow_id } else { 0 };
     (ex.client, ex.server, flow)
 }

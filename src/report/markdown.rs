@@ -1323,8 +1323,7 @@ mod tests {
         assert!(out.contains("p99 n/a shadow vs n/a primary"), "{out}");
     }
 
-    /// Hundreds of endpoints with long names: failures first, passes
-    /// counted, and the whole under GitHub's comment limit.
+    /// The cut at the comment limit falls inside a multi-byte character.
     #[test]
     fn a_report_cut_inside_a_multi_byte_character_does_not_panic() {
         // "é" is two bytes: one of the two paddings puts the limit inside it.
@@ -1339,6 +1338,8 @@ mod tests {
         assert!(render(&r).ends_with("the HTML and JSON reports hold all of it._\n"));
     }
 
+    /// Hundreds of endpoints with long names: failures first, passes
+    /// counted, and the whole under GitHub's comment limit.
     #[test]
     fn a_huge_report_fits_a_pull_request_comment() {
         let mut r = sample_report();
@@ -1431,6 +1432,14 @@ mod tests {
         assert_eq!(
             crate::diff::verdict::apart(3.0, 1.25),
             ("3.00".into(), "1.25".into())
+        );
+        assert_eq!(
+            crate::diff::verdict::apart(1.25, 1.25),
+            ("1.25".into(), "1.25".into())
+        );
+        assert_eq!(
+            crate::diff::verdict::apart_at(0.0100004, 0.01, 3),
+            ("0.0100004".into(), "0.0100000".into())
         );
     }
 }

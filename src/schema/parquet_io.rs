@@ -76,11 +76,13 @@ impl std::io::Write for ChunkedFile {
     }
 }
 
-/// Room kept for a file's footer (its metadata and statistics).
-const FOOTER_ROOM: u64 = 4 << 20;
+/// Room kept for a file's footer (its metadata and statistics: a few
+/// hundred bytes per column and row group).
+const FOOTER_ROOM: u64 = 1 << 20;
 
-/// Bytes an unprivileged writer may still put on the file's filesystem;
-/// None when the system does not say (a FIFO, an odd filesystem).
+/// Bytes this process may still put on the file's filesystem (root may
+/// use the blocks reserved for it, 5% of an ext4 disk by default); None
+/// when the system does not say (a FIFO, an odd filesystem).
 fn free_bytes(f: &File) -> Option<u64> {
     use std::os::unix::io::AsRawFd;
     // SAFETY: fstatvfs only fills the struct we own.
@@ -89,7 +91,13 @@ fn free_bytes(f: &File) -> Option<u64> {
         return None;
     }
     #[allow(clippy::unnecessary_cast)]
-    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    // SAFETY: geteuid has no preconditions.
+    let blocks = if unsafe { libc::geteuid() } == 0 {
+        st.f_bfree
+    } else {
+        st.f_bavail
+    };
+    Some((blocks as u64).saturating_mul(st.f_frsize as u64))
 }
 
 /// Rows read per batch at most.
@@ -443,7 +451,13 @@ impl ParquetFileWriter {
         let Some(w) = self.writer.as_ref().filter(|_| !self.direct) else {
             return Ok(());
         };
-        let need = (w.in_progress_size() + batch.get_array_memory_size()) as u64 + FOOTER_ROOM;
+        // The bytes the batch uses (not its buffers' capacity), unencoded.
+        let batch_bytes: usize = batch
+            .columns()
+            .iter()
+            .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
+            .sum();
+        let need = (w.in_progress_size() + batch_bytes) as u64 + FOOTER_ROOM;
         match free_bytes(&w.inner().0) {
             Some(free) if free < need => Err(SchemaError::DiskFull {
                 path: self.tmp.display().to_string(),
