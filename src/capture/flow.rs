@@ -463,6 +463,9 @@ impl HttpFlow {
         budget: &mut Budget,
     ) {
         if let Some(h2) = &mut self.h2 {
+            if self.fed[side] == 0 && self.clean_start[side] == Some(true) {
+                h2.at_boundary(side);
+            }
             h2.data(side, data, ts, budget);
             self.fed[side] += data.len() as u64;
             return;
@@ -503,6 +506,9 @@ impl HttpFlow {
             client,
             self.pairing.limits,
         );
+        if self.fed[side] == 0 && self.clean_start[side] == Some(true) {
+            h2.at_boundary(side);
+        }
         h2.data(side, data, ts, budget);
         self.fed[side] += data.len() as u64;
         self.h2 = Some(Box::new(h2));
@@ -539,6 +545,8 @@ impl HttpFlow {
             let ex = self.pairing.done.remove(i);
             h2.upgraded_request(ex, budget);
         }
+        // The server's next byte after the 101 starts its SETTINGS frame.
+        h2.at_boundary(server);
         if side == server {
             let skip = at.saturating_sub(before) as usize;
             if let Some(rest) = data.get(skip..).filter(|r| !r.is_empty()) {

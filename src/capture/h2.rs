@@ -231,6 +231,18 @@ impl H2Conn {
         readers + self.st.hpack.iter().map(Decoder::held).sum::<usize>()
     }
 
+    /// `side` is the server and its next byte starts a frame: its stream
+    /// was seen from the SYN, or it follows a 101. Without this its first
+    /// segments went through the search for a boundary, which skips a
+    /// segment that holds one frame and the start of the next (SETTINGS and
+    /// the first HEADERS), and the stream's answer was lost unmarked.
+    pub fn at_boundary(&mut self, side: usize) {
+        let server = self.st.client_side.is_some_and(|c| c != side);
+        if server && matches!(self.sync[side], Sync::Searching { then: None }) {
+            self.sync[side] = Sync::Reading(FrameReader::new(false));
+        }
+    }
+
     /// Bytes of `side`'s stream, in order.
     pub fn data(&mut self, side: usize, data: &[u8], ts: i64, budget: &mut Budget) {
         let mut data = data;
@@ -938,6 +950,38 @@ mod tests {
         assert_eq!(ex.stream_id, Some(1));
         assert!(ex.incomplete.is_none());
         assert_eq!(c.budget.held, 0, "bodies released when emitted");
+    }
+
+    /// A server seen from its first byte: a segment with SETTINGS and the
+    /// first bytes of the HEADERS that follows is read, not searched past.
+    #[test]
+    fn a_server_read_from_its_first_byte_keeps_a_frame_split_across_segments() {
+        for hinted in [true, false] {
+            let mut c = Conn::new();
+            if hinted {
+                c.c.at_boundary(1);
+            }
+            c.client(&request(1, true));
+            let mut a = frame(4, 0, 0, b"");
+            let head = response(1, "200", false);
+            a.extend_from_slice(&head[..5]);
+            let mut b = head[5..].to_vec();
+            b.extend(frame(0, END_STREAM, 1, b"hi"));
+            c.server(&a);
+            c.server(&b);
+            let out = c.done();
+            if hinted {
+                assert_eq!(out.len(), 1);
+                assert_eq!(
+                    (out[0].status, &out[0].response_body[..]),
+                    (Some(200), &b"hi"[..])
+                );
+                assert!(out[0].incomplete.is_none());
+            } else {
+                // Searched for a boundary, both segments are skipped.
+                assert!(out.is_empty());
+            }
+        }
     }
 
     #[test]
