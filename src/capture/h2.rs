@@ -685,9 +685,8 @@ impl State {
         // RFC 9113 section 8.1: a server may reset with NO_ERROR a request
         // it no longer needs once its answer is complete.
         if !(code == 0 && s.resp_done) {
-            s.ex.incomplete.get_or_insert(IncompleteReason::StreamReset);
-            s.ex.malformed_detail
-                .get_or_insert_with(|| format!("RST_STREAM {} from the {who}", error_name(code)));
+            let detail = format!("RST_STREAM {} from the {who}", error_name(code));
+            mark_fate(&mut s.ex, IncompleteReason::StreamReset, detail);
         }
         if !s.req_done {
             cut_request(s, ts);
@@ -709,13 +708,11 @@ impl State {
             .collect();
         for id in unprocessed {
             if let Some(s) = self.streams.get_mut(&id) {
-                s.ex.incomplete.get_or_insert(IncompleteReason::GoAway);
-                s.ex.malformed_detail.get_or_insert_with(|| {
-                    format!(
-                        "GOAWAY {} with last stream {last}: not processed",
-                        error_name(code)
-                    )
-                });
+                let detail = format!(
+                    "GOAWAY {} with last stream {last}: not processed",
+                    error_name(code)
+                );
+                mark_fate(&mut s.ex, IncompleteReason::GoAway, detail);
                 if !s.req_done {
                     cut_request(s, ts);
                 }
@@ -823,6 +820,23 @@ impl Decoded {
             });
         }
     }
+}
+
+/// What ended a stream (a reset, a GOAWAY) is its incomplete reason, over
+/// `hpack_unknown`: on a connection picked up mid-way nearly every row has
+/// an unseen table entry (gRPC indexes `content-type`), and a refused or
+/// cancelled stream read as a header problem only. Both details are kept.
+fn mark_fate(ex: &mut Exchange, reason: IncompleteReason, detail: String) {
+    if ex.incomplete == Some(IncompleteReason::HpackUnknown) {
+        ex.incomplete = Some(reason);
+        ex.malformed_detail = Some(match ex.malformed_detail.take() {
+            Some(d) => format!("{detail}; {d}"),
+            None => detail,
+        });
+        return;
+    }
+    ex.incomplete.get_or_insert(reason);
+    ex.malformed_detail.get_or_insert(detail);
 }
 
 #[cfg(test)]
@@ -1151,6 +1165,23 @@ mod tests {
         assert_ne!(out[1].target, "/pushed", "the client's own request");
         assert_eq!(out[1].status, Some(404));
         assert_eq!(c.c.counters().0.stray_blocks, 1);
+    }
+
+    /// A stream whose request named an unseen table entry, then was
+    /// refused: the refusal is its reason, and both details are kept.
+    #[test]
+    fn a_reset_is_not_hidden_by_an_unseen_table_entry() {
+        let mut c = Conn::new();
+        let mut b = block(&[(":method", "POST"), (":authority", "a")]);
+        b.push(0x80 | 62);
+        c.client(&frame(1, END_HEADERS | END_STREAM, 1, &b));
+        c.server(&frame(3, 0, 1, &7u32.to_be_bytes()));
+        let out = c.done();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].incomplete, Some(IncompleteReason::StreamReset));
+        let detail = out[0].malformed_detail.as_deref().unwrap_or("");
+        assert!(detail.contains("REFUSED_STREAM"), "{detail}");
+        assert!(detail.contains("header field"), "{detail}");
     }
 
     #[test]
