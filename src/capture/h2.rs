@@ -257,6 +257,9 @@ impl H2Conn {
                 self.st.counters.skipped_bytes += at as u64;
                 data = &data[at..];
                 self.sync[side] = Sync::Reading(FrameReader::new(false));
+                // Picked up mid-way: the SETTINGS that bound this side's
+                // table may never have been seen.
+                self.st.hpack[side].limit_unknown();
             } else {
                 self.st.counters.skipped_bytes += data.len() as u64;
                 return;
@@ -1165,6 +1168,43 @@ mod tests {
         assert_ne!(out[1].target, "/pushed", "the client's own request");
         assert_eq!(out[1].status, Some(404));
         assert_eq!(c.c.counters().0.stray_blocks, 1);
+    }
+
+    /// A connection picked up mid-way: a table size update above the
+    /// default 4,096 (its SETTINGS were not seen) is taken, and the block's
+    /// fields with it.
+    #[test]
+    fn a_size_update_past_the_default_is_taken_when_settings_were_not_seen() {
+        let a: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:50051".parse().unwrap();
+        let limits = FlowLimits {
+            max_body: 1 << 20,
+            max_pending: 16,
+        };
+        let mut c = H2Conn::new(7, [a, b], Some(0), limits);
+        let mut budget = Budget {
+            held: 0,
+            max: 1 << 30,
+            memory_truncated: 0,
+        };
+        // Size update to 65,536, then :method GET, :scheme http, :path /.
+        let head = frame(
+            1,
+            END_HEADERS | END_STREAM,
+            1,
+            &[0x3f, 0xe1, 0xff, 0x03, 0x82, 0x86, 0x84],
+        );
+        c.data(0, &head, 1, &mut budget);
+        c.data(1, &response(1, "200", true), 2, &mut budget);
+        let mut out = Vec::new();
+        c.take_done(&mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0].method.as_str(), out[0].target.as_str()),
+            ("GET", "/")
+        );
+        assert_eq!(out[0].status, Some(200));
+        assert!(out[0].incomplete.is_none(), "{:?}", out[0].incomplete);
     }
 
     /// A stream whose request named an unseen table entry, then was

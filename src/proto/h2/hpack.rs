@@ -173,6 +173,18 @@ impl Decoder {
         self.limit = limit;
     }
 
+    /// The peer's SETTINGS were not seen (a capture that began mid-way, or
+    /// lost them): any size update is taken, and the table holds up to our
+    /// own cap. Holding more entries than the peer does is safe, since
+    /// entries are found by position and the peer never refers past its
+    /// table; the default 4,096 refused a larger size update, and with it
+    /// every field of the block.
+    pub fn limit_unknown(&mut self) {
+        self.limit = usize::MAX;
+        self.max = MAX_HELD;
+        self.evict(0);
+    }
+
     /// The largest table size the encoder may set now.
     pub fn limit(&self) -> usize {
         self.limit
