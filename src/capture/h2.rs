@@ -902,21 +902,28 @@ mod tests {
     }
 
     impl Conn {
+        /// From the client's preface on.
         fn new() -> Self {
+            let mut c = Self::picked_up();
+            c.client(crate::proto::h2::PREFACE);
+            c
+        }
+
+        /// Picked up mid-way: no preface, no SETTINGS seen.
+        fn picked_up() -> Self {
             let a: SocketAddr = "127.0.0.1:40000".parse().unwrap();
             let b: SocketAddr = "127.0.0.1:50051".parse().unwrap();
             let limits = FlowLimits {
                 max_body: 1 << 20,
                 max_pending: 16,
             };
-            let mut c = H2Conn::new(7, [a, b], Some(0), limits);
-            let mut budget = Budget {
+            let budget = Budget {
                 held: 0,
                 max: 1 << 30,
                 memory_truncated: 0,
             };
-            c.data(0, crate::proto::h2::PREFACE, 1, &mut budget);
-            Self { c, budget, ts: 1 }
+            let c = H2Conn::new(7, [a, b], Some(0), limits);
+            Self { c, budget, ts: 0 }
         }
 
         fn client(&mut self, bytes: &[u8]) {
@@ -1175,18 +1182,6 @@ mod tests {
     /// fields with it.
     #[test]
     fn a_size_update_past_the_default_is_taken_when_settings_were_not_seen() {
-        let a: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-        let b: SocketAddr = "127.0.0.1:50051".parse().unwrap();
-        let limits = FlowLimits {
-            max_body: 1 << 20,
-            max_pending: 16,
-        };
-        let mut c = H2Conn::new(7, [a, b], Some(0), limits);
-        let mut budget = Budget {
-            held: 0,
-            max: 1 << 30,
-            memory_truncated: 0,
-        };
         // Size update to 65,536, then :method GET, :scheme http, :path /.
         let head = frame(
             1,
@@ -1194,10 +1189,10 @@ mod tests {
             1,
             &[0x3f, 0xe1, 0xff, 0x03, 0x82, 0x86, 0x84],
         );
-        c.data(0, &head, 1, &mut budget);
-        c.data(1, &response(1, "200", true), 2, &mut budget);
-        let mut out = Vec::new();
-        c.take_done(&mut out);
+        let mut c = Conn::picked_up();
+        c.client(&head);
+        c.server(&response(1, "200", true));
+        let out = c.done();
         assert_eq!(out.len(), 1);
         assert_eq!(
             (out[0].method.as_str(), out[0].target.as_str()),

@@ -555,20 +555,24 @@ mod tests {
         );
     }
 
+    /// A directory of rotated files of one row each.
+    fn one_row_files(dir: &std::path::Path) -> OutputSpec {
+        OutputSpec::Dir {
+            dir: dir.to_path_buf(),
+            rotation: output::Rotation {
+                rows: Some(1),
+                ..Default::default()
+            },
+        }
+    }
+
     /// The output directory removed mid-run: the writer's own error is what
     /// the capture reports, and the files already written stay.
     #[test]
     fn a_writer_that_fails_says_why_and_keeps_its_files() {
-        use output::{OutputSpec, Rotation};
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
-        let spec = OutputSpec::Dir {
-            dir: out.clone(),
-            rotation: Rotation {
-                rows: Some(1),
-                ..Default::default()
-            },
-        };
+        let spec = one_row_files(&out);
         let w = WriterThread::spawn(spec, Default::default(), Default::default(), 4).unwrap();
         let row = |id| Exchange {
             exchange_id: id,
@@ -649,16 +653,9 @@ mod tests {
     /// offer, not taken for a slow one whose rows are dropped.
     #[test]
     fn an_offer_to_a_dead_writer_says_it_is_gone() {
-        use output::{OutputSpec, Rotation};
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
-        let spec = OutputSpec::Dir {
-            dir: out.clone(),
-            rotation: Rotation {
-                rows: Some(1),
-                ..Default::default()
-            },
-        };
+        let spec = one_row_files(&out);
         let mut w = WriterThread::spawn(spec, Default::default(), Default::default(), 4).unwrap();
         std::fs::remove_dir_all(&out).unwrap();
         let row = |id| Exchange {
