@@ -23,6 +23,9 @@ pub struct Budget {
     pub max: usize,
     /// Bodies cut short because the total cap was reached.
     pub memory_truncated: u64,
+    /// Partial heads, HTTP/2 frames and header blocks (with that direction's
+    /// HPACK table) dropped because the total cap was reached.
+    pub memory_dropped_buffers: u64,
 }
 
 /// Per-connection limits.
@@ -333,6 +336,8 @@ pub struct HttpFlow {
     h2: Option<Box<H2Conn>>,
     /// Roles came from the TCP handshake, not a guess.
     roles_known: bool,
+    /// [`Self::buffered`] as last charged to the budget.
+    charged: usize,
 }
 
 impl HttpFlow {
@@ -348,6 +353,7 @@ impl HttpFlow {
             non_http: false,
             h2: None,
             roles_known: false,
+            charged: 0,
         }
     }
 
@@ -462,6 +468,18 @@ impl HttpFlow {
         peer_ack: Option<u64>,
         budget: &mut Budget,
     ) {
+        self.feed(side, data, ts, peer_ack, budget);
+        self.settle(side, ts, budget);
+    }
+
+    fn feed(
+        &mut self,
+        side: usize,
+        data: &[u8],
+        ts: i64,
+        peer_ack: Option<u64>,
+        budget: &mut Budget,
+    ) {
         if let Some(h2) = &mut self.h2 {
             if self.fed[side] == 0 && self.clean_start[side] == Some(true) {
                 h2.at_boundary(side);
@@ -562,6 +580,42 @@ impl HttpFlow {
 
     /// `len` bytes of `side`'s stream were not captured.
     pub fn gap(&mut self, side: usize, len: u64, ts: i64, budget: &mut Budget) {
+        self.lose(side, len, ts, budget);
+        self.settle(side, ts, budget);
+    }
+
+    /// Charge what the parsers hold (partial heads and frames, header
+    /// blocks, HPACK tables) to the shared budget. Per connection they are
+    /// bounded (256 KiB a head, 1 MiB a frame or block), but a hundred
+    /// thousand connections each holding one would pass any cap; so past
+    /// the cap the direction just fed drops what it holds, as if those
+    /// bytes had not been captured: its message is marked (a gap), the
+    /// parser looks for the next start, and it is counted.
+    fn settle(&mut self, side: usize, ts: i64, budget: &mut Budget) {
+        self.recharge(budget);
+        if budget.held > budget.max && self.side_buffered(side) > 0 {
+            budget.memory_dropped_buffers += 1;
+            self.lose(side, 0, ts, budget);
+            self.recharge(budget);
+        }
+    }
+
+    fn recharge(&mut self, budget: &mut Budget) {
+        let now = self.buffered();
+        budget.held = budget.held.saturating_sub(self.charged) + now;
+        self.charged = now;
+    }
+
+    fn side_buffered(&self, side: usize) -> usize {
+        match &self.h2 {
+            Some(h2) => h2.side_buffered(side),
+            None => self.parsers[side]
+                .as_ref()
+                .map_or(0, MessageParser::buffered),
+        }
+    }
+
+    fn lose(&mut self, side: usize, len: u64, ts: i64, budget: &mut Budget) {
         if let Some(h2) = &mut self.h2 {
             h2.gap(side, len, ts);
             self.fed[side] += len;
@@ -673,6 +727,7 @@ impl HttpFlow {
         if let Some(h2) = &mut self.h2 {
             h2.finish(ts, budget);
         }
+        self.recharge(budget);
     }
 
     /// Exchanges completed since the last call.

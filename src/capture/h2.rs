@@ -107,6 +107,15 @@ fn cut_request(s: &mut Stream, ts: i64) {
     s.ex.incomplete.get_or_insert(IncompleteReason::RequestCut);
 }
 
+/// A response ended without its END_STREAM: once its final head was seen,
+/// the body held may lack its end (a gRPC stream cancelled mid-way), so it
+/// is never compared as if whole.
+fn cut_response(s: &mut Stream) {
+    if s.final_seen {
+        s.ex.response_body_truncated = true;
+    }
+}
+
 /// The state frames update (apart from the readers, so a reader can feed it).
 struct State {
     flow_id: u64,
@@ -231,6 +240,15 @@ impl H2Conn {
         readers + self.st.hpack.iter().map(Decoder::held).sum::<usize>()
     }
 
+    /// [`Self::buffered`] of one direction.
+    pub fn side_buffered(&self, side: usize) -> usize {
+        let reader = match &self.sync[side] {
+            Sync::Reading(r) => r.buffered(),
+            Sync::Searching { .. } => 0,
+        };
+        reader + self.st.hpack[side].held()
+    }
+
     /// `side` is the server and its next byte starts a frame: its stream
     /// was seen from the SYN, or it follows a 101. Without this its first
     /// segments went through the search for a boundary, which skips a
@@ -312,6 +330,11 @@ impl H2Conn {
 
     /// The connection is over: every stream still open is emitted, cut.
     pub fn finish(&mut self, ts: i64, budget: &mut Budget) {
+        // Nothing more is decoded: the tables and partial frames go.
+        for side in 0..2 {
+            self.sync[side] = Sync::SEARCHING;
+            self.st.hpack[side].clear();
+        }
         let streams = std::mem::take(&mut self.st.streams);
         self.st.by_age.clear();
         for (_, mut s) in streams {
@@ -320,6 +343,7 @@ impl H2Conn {
                 cut_request(&mut s, end);
             }
             if !s.resp_done {
+                cut_response(&mut s);
                 s.ex.incomplete.get_or_insert(IncompleteReason::ResponseCut);
                 if s.ex.response_ts.is_some() {
                     s.ex.response_end_ts = Some(ts);
@@ -455,6 +479,16 @@ impl State {
         let mut ex = self.new_exchange(&mut d, ts);
         ex.stream_id = Some(id);
         d.flag(&mut ex, IncompleteReason::RequestMalformed);
+        if id.is_multiple_of(2) {
+            // A server would refuse it (a connection error): kept, flagged.
+            ex.incomplete
+                .get_or_insert(IncompleteReason::RequestMalformed);
+            ex.malformed_detail.get_or_insert_with(|| {
+                format!(
+                    "request on stream {id}: a client's streams are odd (RFC 9113 section 5.1.1)"
+                )
+            });
+        }
         self.open(id, ex, end, budget);
     }
 
@@ -695,6 +729,7 @@ impl State {
             cut_request(s, ts);
         }
         if !s.resp_done {
+            cut_response(s);
             self.end_response(id, ts);
         }
         self.emit_if_done(id, budget);
@@ -718,6 +753,9 @@ impl State {
                 mark_fate(&mut s.ex, IncompleteReason::GoAway, detail);
                 if !s.req_done {
                     cut_request(s, ts);
+                }
+                if !s.resp_done {
+                    cut_response(s);
                 }
             }
             self.end_response(id, ts);
@@ -921,6 +959,7 @@ mod tests {
                 held: 0,
                 max: 1 << 30,
                 memory_truncated: 0,
+                memory_dropped_buffers: 0,
             };
             let c = H2Conn::new(7, [a, b], Some(0), limits);
             Self { c, budget, ts: 0 }
@@ -1155,6 +1194,77 @@ mod tests {
             assert!(ex.request_body_truncated, "{ex:?}");
             assert!(ex.incomplete.is_some());
         }
+    }
+
+    /// A response body cut by a reset, a GOAWAY or the end of the capture
+    /// lacks its end: flagged, so it is never compared as whole. A body
+    /// that ended before a NO_ERROR reset is whole.
+    #[test]
+    fn a_response_cut_by_a_reset_or_the_end_is_flagged_truncated() {
+        let mut c = Conn::new();
+        for id in [1, 3, 5] {
+            c.client(&request(id, true));
+            c.server(&response(id, "200", false));
+            c.server(&frame(0, 0, id, b"first message of a stream"));
+        }
+        c.client(&frame(3, 0, 1, &8u32.to_be_bytes())); // CANCEL by the client
+        c.server(&frame(0, END_STREAM, 3, b""));
+        c.server(&frame(3, 0, 3, &0u32.to_be_bytes())); // NO_ERROR after the end
+        c.c.finish(100, &mut c.budget);
+        let mut out = c.done();
+        out.sort_by_key(|e| e.stream_id);
+        let flags: Vec<_> = out
+            .iter()
+            .map(|e| {
+                (
+                    e.stream_id.unwrap(),
+                    e.response_body_truncated,
+                    e.incomplete,
+                )
+            })
+            .collect();
+        assert_eq!(
+            flags,
+            vec![
+                (1, true, Some(IncompleteReason::StreamReset)),
+                (3, false, None),
+                (5, true, Some(IncompleteReason::ResponseCut)),
+            ]
+        );
+    }
+
+    /// Stream frames on stream 0 break the connection (RFC 9113 section
+    /// 6): the open streams are marked and no row is made of the frame.
+    #[test]
+    fn a_stream_frame_on_stream_zero_is_a_protocol_error() {
+        let mut c = Conn::new();
+        c.client(&request(1, false));
+        c.client(&request(0, true));
+        c.server(&response(1, "200", true));
+        c.c.finish(100, &mut c.budget);
+        let out = c.done();
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].stream_id, Some(1));
+        assert_eq!(out[0].incomplete, Some(IncompleteReason::RequestMalformed));
+        assert_eq!(
+            out[0].malformed_detail.as_deref(),
+            Some("frame type 1 on stream 0")
+        );
+    }
+
+    /// A client's streams are odd: a request on an even id is kept, flagged.
+    #[test]
+    fn a_request_on_an_even_stream_is_flagged() {
+        let mut c = Conn::new();
+        c.client(&request(2, true));
+        c.server(&response(2, "200", true));
+        let out = c.done();
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].incomplete, Some(IncompleteReason::RequestMalformed));
+        assert!(out[0]
+            .malformed_detail
+            .as_deref()
+            .is_some_and(|d| d.contains("stream 2")));
     }
 
     #[test]

@@ -153,6 +153,7 @@ impl Reassembler {
                 held: 0,
                 max: config.max_buffer_bytes,
                 memory_truncated: 0,
+                memory_dropped_buffers: 0,
             },
             config,
             next_flow_id: 0,
@@ -380,6 +381,7 @@ impl Reassembler {
         }
         self.conns.clear();
         stats.memory_truncated_bodies = self.budget.memory_truncated;
+        stats.memory_dropped_buffers = self.budget.memory_dropped_buffers;
     }
 }
 
@@ -1559,6 +1561,104 @@ mod tests {
             let want = if end == "fin" { None } else { cut_short };
             assert_eq!(e.incomplete, want, "{end}: {e:?}");
         }
+    }
+
+    /// Segments of many connections, each from its own client port.
+    fn seg_from(port: u16, to_server: bool, seq: u32, data: &[u8]) -> Segment<'_> {
+        let client = SocketAddr::new("192.0.2.1".parse().unwrap(), port);
+        let server: SocketAddr = S.parse().unwrap();
+        let (src, dst) = if to_server {
+            (client, server)
+        } else {
+            (server, client)
+        };
+        Segment {
+            src,
+            dst,
+            seq,
+            ack: 0,
+            flags: Flags::default(),
+            payload: Cow::Borrowed(data),
+            missing: 0,
+        }
+    }
+
+    /// Partial heads count against `--max-buffer-bytes`: forty connections
+    /// each holding 10 KiB of an unfinished head held 400 KiB past a 64 KiB
+    /// cap. Past the cap a head is dropped and its request marked, never
+    /// completed with someone else's bytes; the rest pair as usual.
+    #[test]
+    fn partial_heads_count_against_the_memory_cap() {
+        let max = 64 << 10;
+        let mut r = Reassembler::new(ReassemblyConfig {
+            max_buffer_bytes: max,
+            ..Default::default()
+        });
+        let mut stats = CaptureStats::default();
+        let pad = vec![b'a'; 10 << 10];
+        let heads: Vec<Vec<u8>> = (0..40u16)
+            .map(|i| [format!("GET /{i} HTTP/1.1\r\nX-Pad: ").as_bytes(), &pad].concat())
+            .collect();
+        for (i, head) in heads.iter().enumerate() {
+            r.segment(&seg_from(20_000 + i as u16, true, 1, head), 1, &mut stats);
+            assert!(r.held_bytes() <= max, "{} held", r.held_bytes());
+        }
+        let response = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        for (i, head) in heads.iter().enumerate() {
+            let port = 20_000 + i as u16;
+            r.segment(
+                &seg_from(port, true, 1 + head.len() as u32, b"\r\n\r\n"),
+                2,
+                &mut stats,
+            );
+            r.segment(&seg_from(port, false, 1, response), 3, &mut stats);
+            assert!(r.held_bytes() <= max, "{} held", r.held_bytes());
+        }
+        r.finish(&mut stats);
+        assert_eq!(r.held_bytes(), 0, "all released at the end");
+        assert!(stats.memory_dropped_buffers >= 30, "{stats:?}");
+        let out = r.take_exchanges();
+        let whole: Vec<&Exchange> = out.iter().filter(|e| e.incomplete.is_none()).collect();
+        assert!(
+            whole.len() >= 4,
+            "the heads that fit are kept: {}",
+            whole.len()
+        );
+        for e in &whole {
+            let port = e.client.unwrap().port() - 20_000;
+            assert_eq!(e.target, format!("/{port}"));
+            assert_eq!(e.status, Some(200));
+            assert_eq!(
+                e.request_headers.get("x-pad").map(<[u8]>::len),
+                Some(10 << 10)
+            );
+        }
+    }
+
+    /// The same for HTTP/2: partial header blocks (and the HPACK tables)
+    /// are charged, and a direction past the cap drops its partial frame.
+    #[test]
+    fn partial_http2_frames_count_against_the_memory_cap() {
+        let max = 64 << 10;
+        let mut r = Reassembler::new(ReassemblyConfig {
+            max_buffer_bytes: max,
+            ..Default::default()
+        });
+        let mut stats = CaptureStats::default();
+        // A HEADERS frame announcing 20 KiB, of which 12 KiB arrive.
+        let len: u32 = 20 << 10;
+        let mut bytes = crate::proto::h2::PREFACE.to_vec();
+        bytes.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // empty SETTINGS
+        bytes.extend_from_slice(&len.to_be_bytes()[1..]);
+        bytes.extend_from_slice(&[1, 0x4 | 0x1, 0, 0, 0, 1]);
+        bytes.extend(std::iter::repeat_n(0x82u8, 12 << 10)); // ":method: GET", indexed
+        for i in 0..20u16 {
+            r.segment(&seg_from(30_000 + i, true, 1, &bytes), 1, &mut stats);
+            assert!(r.held_bytes() <= max, "{} held", r.held_bytes());
+        }
+        r.finish(&mut stats);
+        assert_eq!(r.held_bytes(), 0);
+        assert!(stats.memory_dropped_buffers >= 10, "{stats:?}");
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub struct CaptureStats {
     pub responses_lost: u64,
     pub truncated_bodies: u64,
     pub memory_truncated_bodies: u64,
+    /// Partial heads and HTTP/2 frames dropped (their messages marked as
+    /// gaps) because `--max-buffer-bytes` was reached.
+    pub memory_dropped_buffers: u64,
     pub retransmitted_segments: u64,
     pub overlapping_segments: u64,
     pub out_of_order_segments: u64,
@@ -200,6 +203,13 @@ impl CaptureStats {
             self.buffer_overflow_gaps,
             self.truncated_bodies
         );
+        if self.memory_truncated_bodies + self.memory_dropped_buffers > 0 {
+            let _ = writeln!(
+                s,
+                "  memory cap         {} bodies cut, {} partial heads or frames dropped (--max-buffer-bytes)",
+                self.memory_truncated_bodies, self.memory_dropped_buffers
+            );
+        }
         if !self.packets_skipped.is_empty() {
             let reasons: Vec<String> = self
                 .packets_skipped

@@ -314,6 +314,20 @@ impl FrameReader {
                 ));
             }
         }
+        let of_a_stream = matches!(
+            h.kind,
+            kind::DATA
+                | kind::HEADERS
+                | kind::PRIORITY
+                | kind::RST_STREAM
+                | kind::PUSH_PROMISE
+                | kind::CONTINUATION
+        );
+        if of_a_stream && h.stream == 0 {
+            // RFC 9113 section 6: a connection error; what follows cannot
+            // be read as the peer meant it.
+            return Err(format!("frame type {} on stream 0", h.kind));
+        }
         if h.kind == kind::DATA {
             let padded = h.flags & PADDED != 0;
             if padded && h.len == 0 {

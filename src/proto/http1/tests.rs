@@ -27,6 +27,7 @@ fn flow() -> (HttpFlow, Budget) {
             held: 0,
             max: 1 << 30,
             memory_truncated: 0,
+            memory_dropped_buffers: 0,
         },
     )
 }
