@@ -73,6 +73,21 @@ pub(super) fn append(
     budget.held += take;
 }
 
+/// Interim (1xx) answers kept per exchange: a server may send any number,
+/// and a hostile one could grow the list without end.
+const MAX_INTERIM: usize = 32;
+
+/// Keep an interim answer's status, up to [`MAX_INTERIM`] (then flagged).
+pub(super) fn note_interim(ex: &mut Exchange, status: u16) {
+    if ex.interim_statuses.len() < MAX_INTERIM {
+        ex.interim_statuses.push(status);
+    } else {
+        ex.malformed_detail.get_or_insert_with(|| {
+            format!("more than {MAX_INTERIM} interim answers: only the first kept")
+        });
+    }
+}
+
 impl Sink for Ctx<'_> {
     fn head(&mut self, role: Role, head: Head, ts: i64, offset: u64) -> Framing {
         match role {
@@ -257,7 +272,7 @@ fn response_head(p: &mut Pairing, head: Head, ts: i64, off: u64, budget: &mut Bu
     let ex = &mut p.item(i).ex;
     let framing = framing_for(Some(&ex.method));
     if interim {
-        ex.interim_statuses.push(status);
+        note_interim(ex, status);
         return framing;
     }
     ex.status = Some(status);

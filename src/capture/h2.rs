@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use super::flow::{append, Budget, FlowCounters, FlowLimits};
+use super::flow::{append, note_interim, Budget, FlowCounters, FlowLimits};
 use crate::proto::h2::hpack::{self, Decoder};
 use crate::proto::h2::{error_name, starts_with_frames, Frame, FrameReader, PREFACE};
 use crate::schema::{Exchange, HeaderList, IncompleteReason};
@@ -600,7 +600,7 @@ impl State {
                 .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u16>().ok());
             match status {
                 Some(st) if (100..200).contains(&st) => {
-                    s.ex.interim_statuses.push(st);
+                    note_interim(&mut s.ex, st);
                     d.flag(&mut s.ex, IncompleteReason::ResponseMalformed);
                     if end {
                         // No final answer can follow (RFC 9113 8.1: malformed).

@@ -102,6 +102,8 @@ pub enum HpackError {
     TooLarge,
     #[error("table size update to {0} above the agreed {1}")]
     TableSize(usize, usize),
+    #[error("table size update after a field (RFC 7541 section 4.2: only at a block's start)")]
+    LateSizeUpdate,
 }
 
 /// A name or value the decoder could not know: it lives in a part of the
@@ -232,6 +234,7 @@ impl Decoder {
 
     fn decode_inner(&mut self, mut b: &[u8], f: &mut FieldSink<'_>) -> Result<(), HpackError> {
         let mut decoded = 0usize;
+        let mut decoded_fields = false;
         while let Some(&first) = b.first() {
             let size = if first & 0x80 != 0 {
                 let i = int(&mut b, 7)?;
@@ -239,6 +242,9 @@ impl Decoder {
                 f(n, v);
                 n.map_or(0, <[u8]>::len) + v.map_or(0, <[u8]>::len)
             } else if first & 0xe0 == 0x20 {
+                if decoded_fields {
+                    return Err(HpackError::LateSizeUpdate);
+                }
                 let size = int(&mut b, 5)?;
                 if size > self.limit {
                     return Err(HpackError::TableSize(size, self.limit));
@@ -269,6 +275,7 @@ impl Decoder {
                 }
                 size
             };
+            decoded_fields = true;
             decoded += size;
             if decoded > MAX_DECODED {
                 return Err(HpackError::TooLarge);
@@ -546,6 +553,15 @@ mod tests {
             pairs(&d.decode(&[0x80 | 62]).unwrap()),
             owned(&[("?", "?")])
         );
+    }
+
+    /// Size updates lead a block (two in a row are allowed: a lower size
+    /// then the final one); one after a field is a decoding error.
+    #[test]
+    fn a_size_update_after_a_field_is_an_error() {
+        let mut d = Decoder::new();
+        assert!(d.decode(&[0x20, 0x3f, 0xe1, 0x1f, 0x82]).is_ok());
+        assert_eq!(d.decode(&[0x82, 0x20]), Err(HpackError::LateSizeUpdate));
     }
 
     proptest::proptest! {

@@ -127,6 +127,25 @@ fn expect_100_continue_records_final_status() {
     assert_eq!(out[0].request_body, b"data");
 }
 
+/// A server that sends interim answers without end does not grow the row
+/// without end: the first 32 are kept, and the row says so.
+#[test]
+fn interim_answers_are_kept_up_to_a_bound() {
+    let many = b"HTTP/1.1 102 Processing\r\n\r\n".repeat(1000);
+    let out = run(&[
+        (CLIENT, b"GET /slow HTTP/1.1\r\n\r\n"),
+        (SERVER, &many),
+        (SERVER, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+    ]);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].status, Some(200));
+    assert_eq!(out[0].interim_statuses, vec![102; 32]);
+    assert!(out[0]
+        .malformed_detail
+        .as_deref()
+        .is_some_and(|d| d.contains("interim")));
+}
+
 #[test]
 fn pipelined_requests_pair_in_order() {
     let out = run(&[
