@@ -16,6 +16,10 @@ use crate::text::latin1;
 /// declared non-HTTP (when it was picked up mid-stream).
 const SNIFF_LIMIT: u64 = 64 * 1024;
 
+/// A partial head or frame past the memory cap is dropped only above this
+/// size (see `HttpFlow::settle`).
+const SHED_MIN: usize = 16 * 1024;
+
 /// Memory shared by all connections: what is held, and the cap.
 #[derive(Debug)]
 pub struct Budget {
@@ -77,14 +81,11 @@ pub(super) fn append(
 /// and a hostile one could grow the list without end.
 const MAX_INTERIM: usize = 32;
 
-/// Keep an interim answer's status, up to [`MAX_INTERIM`] (then flagged).
+/// Keep an interim answer's status, up to [`MAX_INTERIM`] (the first ones;
+/// the final answer is what replay and diff use).
 pub(super) fn note_interim(ex: &mut Exchange, status: u16) {
     if ex.interim_statuses.len() < MAX_INTERIM {
         ex.interim_statuses.push(status);
-    } else {
-        ex.malformed_detail.get_or_insert_with(|| {
-            format!("more than {MAX_INTERIM} interim answers: only the first kept")
-        });
     }
 }
 
@@ -483,8 +484,9 @@ impl HttpFlow {
         peer_ack: Option<u64>,
         budget: &mut Budget,
     ) {
+        let before = self.uncharge(budget);
         self.feed(side, data, ts, peer_ack, budget);
-        self.settle(side, ts, budget);
+        self.settle(side, before, ts, budget);
     }
 
     fn feed(
@@ -545,6 +547,12 @@ impl HttpFlow {
         h2.data(side, data, ts, budget);
         self.fed[side] += data.len() as u64;
         self.h2 = Some(Box::new(h2));
+        // The HTTP/1 parsers that looked for a start line before are done
+        // with: what they hold would stay charged to the budget.
+        self.parsers
+            .iter_mut()
+            .flatten()
+            .for_each(MessageParser::kill);
     }
 
     /// A 101 switched to h2c: the upgrading request becomes stream 1, and
@@ -595,20 +603,34 @@ impl HttpFlow {
 
     /// `len` bytes of `side`'s stream were not captured.
     pub fn gap(&mut self, side: usize, len: u64, ts: i64, budget: &mut Budget) {
+        let before = self.uncharge(budget);
         self.lose(side, len, ts, budget);
-        self.settle(side, ts, budget);
+        self.settle(side, before, ts, budget);
+    }
+
+    /// Take what the parsers hold off the budget while they are fed: a
+    /// partial head or frame being completed is not counted twice against
+    /// the body or headers it becomes. Returns `side`'s partial bytes.
+    fn uncharge(&mut self, budget: &mut Budget) -> usize {
+        budget.held = budget.held.saturating_sub(self.charged);
+        self.charged = 0;
+        self.partial_max()
     }
 
     /// Charge what the parsers hold (partial heads and frames, header
     /// blocks, HPACK tables) to the shared budget. Per connection they are
     /// bounded (256 KiB a head, 1 MiB a frame or block), but a hundred
-    /// thousand connections each holding one would pass any cap; so past
-    /// the cap the direction just fed drops what it holds, as if those
-    /// bytes had not been captured: its message is marked (a gap), the
-    /// parser looks for the next start, and it is counted.
-    fn settle(&mut self, side: usize, ts: i64, budget: &mut Budget) {
+    /// thousand connections each holding one would pass any cap. So past
+    /// the cap a direction whose partial message grew past [`SHED_MIN`]
+    /// drops it, as if those bytes had not been captured: its message is
+    /// marked (a gap), the parser looks for the next start, and it is
+    /// counted. Smaller holdings (the tail kept while looking for a start
+    /// line, a chunk-size line, an HPACK table) stay charged, not dropped:
+    /// dropping them would lose messages on every segment for little.
+    fn settle(&mut self, side: usize, before: usize, ts: i64, budget: &mut Budget) {
         self.recharge(budget);
-        if budget.held > budget.max && self.side_buffered(side) > 0 {
+        let partial = self.partial(side);
+        if budget.held > budget.max && partial > SHED_MIN && partial > before {
             budget.memory_dropped_buffers += 1;
             self.lose(side, 0, ts, budget);
             self.recharge(budget);
@@ -621,13 +643,18 @@ impl HttpFlow {
         self.charged = now;
     }
 
-    fn side_buffered(&self, side: usize) -> usize {
+    /// Bytes of a partial message `side` holds.
+    fn partial(&self, side: usize) -> usize {
         match &self.h2 {
-            Some(h2) => h2.side_buffered(side),
+            Some(h2) => h2.partial(side),
             None => self.parsers[side]
                 .as_ref()
                 .map_or(0, MessageParser::buffered),
         }
+    }
+
+    fn partial_max(&self) -> usize {
+        self.partial(0).max(self.partial(1))
     }
 
     fn lose(&mut self, side: usize, len: u64, ts: i64, budget: &mut Budget) {
@@ -669,6 +696,7 @@ impl HttpFlow {
             return;
         }
         self.with_parser(side, budget, |p, ctx| p.finish(ts, closed, ctx));
+        self.recharge(budget);
     }
 
     fn with_parser(

@@ -240,13 +240,13 @@ impl H2Conn {
         readers + self.st.hpack.iter().map(Decoder::held).sum::<usize>()
     }
 
-    /// [`Self::buffered`] of one direction.
-    pub fn side_buffered(&self, side: usize) -> usize {
-        let reader = match &self.sync[side] {
+    /// Bytes of a partial frame or header block `side` holds (not its
+    /// HPACK table, which is state, not a part of a message).
+    pub fn partial(&self, side: usize) -> usize {
+        match &self.sync[side] {
             Sync::Reading(r) => r.buffered(),
             Sync::Searching { .. } => 0,
-        };
-        reader + self.st.hpack[side].held()
+        }
     }
 
     /// `side` is the server and its next byte starts a frame: its stream
@@ -570,6 +570,9 @@ impl State {
     /// Take stream `id` out, marked cut: it is given up before its end.
     fn cut(&mut self, id: u32) -> Option<Stream> {
         let mut s = self.take(id)?;
+        if !s.resp_done {
+            cut_response(&mut s);
+        }
         self.flow_counters.lost_responses += 1;
         s.ex.incomplete.get_or_insert(if s.req_done {
             IncompleteReason::ResponseCut

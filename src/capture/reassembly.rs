@@ -1584,7 +1584,7 @@ mod tests {
     }
 
     /// Partial heads count against `--max-buffer-bytes`: forty connections
-    /// each holding 10 KiB of an unfinished head held 400 KiB past a 64 KiB
+    /// each holding 20 KiB of an unfinished head held 800 KiB past a 64 KiB
     /// cap. Past the cap a head is dropped and its request marked, never
     /// completed with someone else's bytes; the rest pair as usual.
     #[test]
@@ -1595,7 +1595,7 @@ mod tests {
             ..Default::default()
         });
         let mut stats = CaptureStats::default();
-        let pad = vec![b'a'; 10 << 10];
+        let pad = vec![b'a'; 20 << 10];
         let heads: Vec<Vec<u8>> = (0..40u16)
             .map(|i| [format!("GET /{i} HTTP/1.1\r\nX-Pad: ").as_bytes(), &pad].concat())
             .collect();
@@ -1620,7 +1620,7 @@ mod tests {
         let out = r.take_exchanges();
         let whole: Vec<&Exchange> = out.iter().filter(|e| e.incomplete.is_none()).collect();
         assert!(
-            whole.len() >= 4,
+            whole.len() >= 3,
             "the heads that fit are kept: {}",
             whole.len()
         );
@@ -1630,7 +1630,7 @@ mod tests {
             assert_eq!(e.status, Some(200));
             assert_eq!(
                 e.request_headers.get("x-pad").map(<[u8]>::len),
-                Some(10 << 10)
+                Some(20 << 10)
             );
         }
     }
@@ -1645,13 +1645,13 @@ mod tests {
             ..Default::default()
         });
         let mut stats = CaptureStats::default();
-        // A HEADERS frame announcing 20 KiB, of which 12 KiB arrive.
-        let len: u32 = 20 << 10;
+        // A HEADERS frame announcing 40 KiB, of which 24 KiB arrive.
+        let len: u32 = 40 << 10;
         let mut bytes = crate::proto::h2::PREFACE.to_vec();
         bytes.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // empty SETTINGS
         bytes.extend_from_slice(&len.to_be_bytes()[1..]);
         bytes.extend_from_slice(&[1, 0x4 | 0x1, 0, 0, 0, 1]);
-        bytes.extend(std::iter::repeat_n(0x82u8, 12 << 10)); // ":method: GET", indexed
+        bytes.extend(std::iter::repeat_n(0x82u8, 24 << 10)); // ":method: GET", indexed
         for i in 0..20u16 {
             r.segment(&seg_from(30_000 + i, true, 1, &bytes), 1, &mut stats);
             assert!(r.held_bytes() <= max, "{} held", r.held_bytes());
