@@ -40,6 +40,16 @@ trap cleanup EXIT
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
+# tcpdump says "listening on" once its filter is in place; traffic sent
+# before that (the connections' SYNs) would be missing from the capture.
+wait_tcpdump() {
+    for _ in $(seq 100); do
+        grep -q "listening on" "$OUT/tcpdump.log" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    log "tcpdump did not start"; exit 1
+}
+
 start_nghttpd() { # sets PORT; serves small.json (~200 bytes) from OUT/www
     mkdir -p "$OUT/www"
     python3 -c 'import json; print(json.dumps({"model": "resnet-50", "version": "v1", "label": "cat", "score": 0.9731, "scores": [0.9731, 0.0151, 0.0072, 0.0031], "latency_ms": 12.5, "request": "a1b2c3d4"}))' > "$OUT/www/small.json"
@@ -59,7 +69,7 @@ capture_case() {
         log "recording $PCAP_REQUESTS h2c requests to $pcap"
         timeout 600 tcpdump -i lo -B 262144 -U --immediate-mode -w "$pcap" "tcp port $PORT" 2>"$OUT/tcpdump.log" & local td=$!
         PIDS+=($td)
-        sleep 2
+        wait_tcpdump
         # A mix of paths and a POST body, several connections of many streams.
         timeout 600 h2load -n "$PCAP_REQUESTS" -c 8 -m 16 \
             "http://127.0.0.1:$PORT/small.json" "http://127.0.0.1:$PORT/small.json?model=a" \
@@ -107,7 +117,7 @@ replay_case() {
         log "recording $N requests to replay"
         timeout 300 tcpdump -i lo -B 262144 -U --immediate-mode -w "$pcap" "tcp port $PORT" 2>"$OUT/tcpdump.log" & local td=$!
         PIDS+=($td)
-        sleep 2
+        wait_tcpdump
         timeout 300 h2load -n "$N" -c 1 -m 8 "$url" >/dev/null
         sleep 2
         kill -TERM "$td"; wait "$td" || true
