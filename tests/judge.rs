@@ -370,6 +370,36 @@ fn a_stray_line_costs_one_request_not_every_later_one() {
     assert_eq!((st.scored, st.failed, st.restarts), (4, 1, 0));
 }
 
+/// A judge that numbers its answers its own way (here one below the
+/// request's id) gets a `bad_answer` for each at once, not a timeout each.
+#[test]
+fn answers_with_an_earlier_id_are_bad_answers_not_timeouts() {
+    let script = "import sys, json\n\
+        for line in sys.stdin:\n    r = json.loads(line)\n    \
+        print(json.dumps({'id': r['id'] - 1, 'score': 0.25}), flush=True)\n";
+    let mut pool = JudgePool::start(&settings(
+        &["python3", "-c", script],
+        1,
+        Duration::from_secs(20),
+    ))
+    .unwrap();
+    let started = std::time::Instant::now();
+    let out = pool.judge_all((0..4).map(|_| request("a", "b")).collect());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    for j in &out {
+        assert!(
+            matches!(j, Judgement::Failed(JudgeFailure::BadAnswer(w)) if w.contains("while waiting for id")),
+            "{out:?}"
+        );
+    }
+    let st = pool.stats();
+    assert_eq!((st.failed, st.timeouts, st.restarts), (4, 0, 0));
+}
+
 #[test]
 fn a_command_that_cannot_start_is_a_clear_error() {
     let cmd = ["/nonexistent/shadowctl-judge", "--flag"];

@@ -67,3 +67,25 @@ fn holm_keeps_twenty_endpoints_at_the_limit_from_failing_by_chance() {
         "without correction some endpoint fails by chance: {none}"
     );
 }
+
+/// Edge settings: a step of 0 still ends, and a true rate of 0 or 1 gives a
+/// power (not NaN, which compared false and stopped the size search early).
+#[test]
+fn edge_settings_end_and_give_numbers() {
+    let s = Setting {
+        every: 0,
+        runs: 3,
+        max_n: 50,
+        ..setting(0.0, 1)
+    };
+    let t = simulate(&s, Mode::Fixed);
+    assert_eq!((t.runs, t.exchanges), (3, 150));
+    for rate in [0.0, 1.0] {
+        let p = shadowctl::diff::simulation::fixed_power(rate, 0.05, 200);
+        assert!((0.0..=1.0 + 1e-9).contains(&p), "rate {rate}: power {p}");
+    }
+    // At rate 0 every sample of 200 has no divergence, which a 5% limit
+    // passes: certain power.
+    let p = shadowctl::diff::simulation::fixed_power(0.0, 0.05, 200);
+    assert!((p - 1.0).abs() < 1e-9, "{p}");
+}

@@ -368,20 +368,32 @@ impl Worker {
         let mut line = Err(RecvTimeoutError::Timeout);
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             line = running.from_stdout.recv_timeout(left);
-            if !matches!(&line, Ok(Line::Text(text)) if is_noise(text, id)) {
+            if !matches!(&line, Ok(Line::Text(text)) if is_noise(text, running.displaced)) {
                 break;
             }
             line = Err(RecvTimeoutError::Timeout);
         }
         match line {
             Ok(line) => {
+                let (judgement, stray) = match line {
+                    Line::Text(text) => {
+                        let j = parse_answer(&text, id);
+                        // A line with no id (a banner, a log line) took
+                        // this request's place; one with another id is
+                        // the judge's (wrong) answer.
+                        let bad = matches!(j, Judgement::Failed(JudgeFailure::BadAnswer(_)));
+                        (j, bad && answered_id(&text).is_none())
+                    }
+                    Line::TooLong => (
+                        Judgement::Failed(JudgeFailure::BadAnswer(format!(
+                            "answer line longer than {MAX_LINE} bytes"
+                        ))),
+                        false,
+                    ),
+                };
+                running.displaced = stray.then_some(id);
                 self.failures_in_row = 0;
-                match line {
-                    Line::Text(text) => parse_answer(&text, id),
-                    Line::TooLong => Judgement::Failed(JudgeFailure::BadAnswer(format!(
-                        "answer line longer than {MAX_LINE} bytes"
-                    ))),
-                }
+                judgement
             }
             Err(RecvTimeoutError::Timeout) => {
                 if let Some(mut r) = self.proc.take() {
@@ -463,6 +475,9 @@ struct Running {
     /// Whether the process has been waited for (then its pid may be reused,
     /// and its process group must not be signalled any more).
     reaped: bool,
+    /// The request whose answer a stray line displaced (it was given that
+    /// line, a `bad_answer`): its real answer, if it comes, answers nothing.
+    displaced: Option<u64>,
 }
 
 impl Running {
@@ -496,6 +511,7 @@ impl Running {
             to_stdin: Some(to_stdin),
             from_stdout,
             reaped: false,
+            displaced: None,
         };
         match threads {
             Ok(_) => Ok(running),
@@ -668,20 +684,27 @@ fn wire_line(id: u64, request: &JudgeRequest) -> Vec<u8> {
 }
 
 /// Read one answer line for request `id`.
-/// A line that is no answer to request `want`: blank, or an object
-/// answering an earlier request (the answer a stray line displaced).
-fn is_noise(line: &[u8], want: u64) -> bool {
+/// A line that answers nothing: blank, or the late answer of the request
+/// a stray line `displaced` (any other id is a `bad_answer`, not skipped:
+/// a judge that numbers its answers its own way would otherwise wait out
+/// every timeout).
+fn is_noise(line: &[u8], displaced: Option<u64>) -> bool {
     let text = line.trim_ascii();
     if text.is_empty() {
         return true;
     }
+    displaced.is_some() && answered_id(text) == displaced
+}
+
+/// The `id` a line gives, if it is a JSON object that has one.
+fn answered_id(line: &[u8]) -> Option<u64> {
+    let text = line.trim_ascii();
     if text.first() != Some(&b'{') {
-        return false;
+        return None;
     }
     serde_json::from_slice::<Value>(text)
         .ok()
         .and_then(|v| v.get("id").and_then(Value::as_u64))
-        .is_some_and(|id| id < want)
 }
 
 fn parse_answer(line: &[u8], id: u64) -> Judgement {

@@ -97,7 +97,8 @@ pub fn simulate(s: &Setting, mode: Mode) -> Tally {
         let (mut k, mut n) = (0u64, 0u64);
         let mut outcome = None;
         while n < s.max_n {
-            let step = s.every.min(s.max_n - n);
+            // A zero step would never reach max_n.
+            let step = s.every.max(1).min(s.max_n - n);
             for _ in 0..step {
                 k += u64::from(rng.next_f64() < s.true_rate);
             }
@@ -134,9 +135,11 @@ pub fn fixed_power(true_rate: f64, limit: f64, n: u64) -> f64 {
         .filter(|&k| right(k))
         .map(|k| {
             let (kf, nf) = (k as f64, n as f64);
+            // 0 * ln 0 is 0 here (a rate of 0 or 1), not NaN.
+            let term = |count: f64, p: f64| if count == 0.0 { 0.0 } else { count * p.ln() };
             (ln(nf + 1.0) - ln(kf + 1.0) - ln(nf - kf + 1.0)
-                + kf * true_rate.ln()
-                + (nf - kf) * (1.0 - true_rate).ln())
+                + term(kf, true_rate)
+                + term(nf - kf, 1.0 - true_rate))
             .exp()
         })
         .sum()
@@ -191,5 +194,5 @@ pub fn family_false_fail(
             .any(|(&c, a)| decide(Method::Fixed, c, n, limit, a) == Some(false));
         any_fail += u64::from(failed);
     }
-    any_fail as f64 / runs as f64
+    any_fail as f64 / runs.max(1) as f64
 }

@@ -230,7 +230,17 @@ impl Test {
         lv: Level,
     ) -> Reason {
         let mut outcome = self.outcome(s, g, lv, 1.0);
-        let needed = (outcome == Outcome::Inconclusive)
+        let judge_decides = self == Test::Divergence
+            && outcome == Outcome::Fail
+            && s.judge_failed > 0
+            && self.outcome(&spared(s), g, lv, 1.0) != Outcome::Fail;
+        if judge_decides {
+            // Values the judge could not score count as differing; if the
+            // failure rests on them, a judge outage would be blamed on the
+            // shadow. Not decided until they are scored.
+            outcome = Outcome::Inconclusive;
+        }
+        let needed = (outcome == Outcome::Inconclusive && !judge_decides)
             .then(|| self.needed(s, g, lv))
             .flatten();
         let limit = self.limit(g);
@@ -241,6 +251,12 @@ impl Test {
         };
         // Per endpoint, only a clear error increase counts: small endpoints
         // cannot prove the absence of one, and the overall figure covers them.
+        if judge_decides {
+            detail.push_str(&format!(
+                "; it fails only if the {} values the judge could not score differ: not decided until they are scored",
+                s.judge_failed
+            ));
+        }
         let per_endpoint_errors = self == Test::Errors && ep.is_some();
         if per_endpoint_errors && outcome == Outcome::Inconclusive {
             outcome = Outcome::Pass;
@@ -564,6 +580,15 @@ fn similarity(s: &ShadowStats, ep: Option<&str>, shadow: &str, g: &Gate) -> Vec<
         .collect()
 }
 
+/// `s` with each value the judge could not score counted as agreeing (at
+/// most one divergent exchange each): the best case for the shadow.
+fn spared(s: &ShadowStats) -> ShadowStats {
+    ShadowStats {
+        divergent: s.divergent.saturating_sub(s.judge_failed),
+        ..s.clone()
+    }
+}
+
 fn judge_failures(s: &ShadowStats, ep: Option<&str>, shadow: &str) -> Option<Reason> {
     (s.judge_failed > 0).then(|| {
         reason(
@@ -574,7 +599,7 @@ fn judge_failures(s: &ShadowStats, ep: Option<&str>, shadow: &str) -> Option<Rea
             0.0,
             Outcome::Inconclusive,
             format!(
-                "{} judge calls gave no score (timeouts, crashes or bad answers): those values count as differing, and the gate cannot say GO",
+                "{} judge calls gave no score (timeouts, crashes, bad answers or refusals; on this shadow's pairs and the noise pairs): those values count as differing, the gate cannot say GO, and a divergence that fails only through them is not decided",
                 s.judge_failed
             ),
         )
