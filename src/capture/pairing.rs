@@ -803,6 +803,8 @@ fn detach(ex: &mut Exchange, budget: &mut Budget) {
     ex.response_body = Vec::new();
     ex.response_body_len = 0;
     ex.response_body_truncated = false;
+    ex.response_event_offsets_ns = None;
+    ex.response_arrivals = Vec::new();
     ex.upgraded = false;
     if matches!(
         ex.incomplete,

@@ -1583,6 +1583,52 @@ mod tests {
         }
     }
 
+    /// More pipelined requests than `max_pending` wait for answers: the
+    /// oldest are given up, and the answers that come later are never
+    /// filed under the wrong request (each answer names its request).
+    #[test]
+    fn past_max_pending_the_oldest_requests_are_given_up_never_mispaired() {
+        let mut r = Reassembler::new(ReassemblyConfig {
+            flow: FlowLimits {
+                max_body: 1 << 20,
+                max_pending: 4,
+            },
+            ..Default::default()
+        });
+        let mut stats = CaptureStats::default();
+        let (mut cseq, mut sseq) = (1u32, 1u32);
+        for i in 0..10 {
+            let req = format!("GET /r{i} HTTP/1.1\r\nHost: h\r\n\r\n");
+            r.segment(&seg_from(40_000, true, cseq, req.as_bytes()), i, &mut stats);
+            cseq += req.len() as u32;
+        }
+        for i in 0..10 {
+            let body = format!("/r{i}");
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            r.segment(
+                &seg_from(40_000, false, sseq, resp.as_bytes()),
+                100 + i,
+                &mut stats,
+            );
+            sseq += resp.len() as u32;
+        }
+        r.finish(&mut stats);
+        let out = r.take_exchanges();
+        assert_eq!(out.len(), 10, "every request is written: {out:?}");
+        let answered: Vec<&Exchange> = out.iter().filter(|e| e.status.is_some()).collect();
+        for e in &out {
+            if e.status.is_some() && e.incomplete.is_none() {
+                assert_eq!(e.response_body, e.target.as_bytes(), "{e:?}");
+            }
+        }
+        let given_up = out.iter().filter(|e| e.status.is_none()).count();
+        assert!(given_up >= 6, "{given_up} given up: {out:?}");
+        assert!(answered.len() <= 4);
+    }
+
     /// Partial heads count against `--max-buffer-bytes`: forty connections
     /// each holding 20 KiB of an unfinished head held 800 KiB past a 64 KiB
     /// cap. Past the cap a head is dropped and its request marked, never

@@ -88,7 +88,7 @@ pub fn sniff(body: &[u8]) -> Option<Format> {
     if field {
         let blank = memchr::memmem::find(body, b"\n\n").is_some()
             || memchr::memmem::find(body, b"\r\n\r\n").is_some();
-        return blank.then_some(Format::Sse);
+        return (blank && sse_lines(body)).then_some(Format::Sse);
     }
     if body[0] != b'{' {
         return None;
@@ -103,6 +103,27 @@ pub fn sniff(body: &[u8]) -> Option<Format> {
     let second = &rest[next..];
     let second = &second[..memchr::memchr(b'\n', second).unwrap_or(second.len())];
     (whole(&body[..first_end]) && whole(second)).then_some(Format::Ndjson)
+}
+
+/// Whether every line of an unlabelled body is an SSE field a stream sends
+/// (`data`, `event`, `id`, `retry`) or a comment, with some `data`: text
+/// that only starts like one (`id: 1` then `status: ok`, or an event then
+/// prose) is compared as it is, not reduced to its events.
+fn sse_lines(body: &[u8]) -> bool {
+    let mut data = false;
+    for line in body.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() || line[0] == b':' {
+            continue;
+        }
+        let name = &line[..memchr::memchr(b':', line).unwrap_or(line.len())];
+        match name {
+            b"data" => data = true,
+            b"event" | b"id" | b"retry" => {}
+            _ => return false,
+        }
+    }
+    data
 }
 
 /// The incremental parser. Feed pieces in order, then `finish`.
@@ -175,7 +196,13 @@ impl EventParser {
         let mut i = 0;
         while i < piece.len() {
             let rest = &piece[i..];
-            let Some(at) = memchr::memchr2(b'\n', b'\r', rest) else {
+            // SSE ends lines at CR, LF or CRLF; NDJSON at LF only (a CR
+            // is whitespace inside JSON, and CRLF's CR is trimmed).
+            let end = match self.format {
+                Format::Sse => memchr::memchr2(b'\n', b'\r', rest),
+                Format::Ndjson => memchr::memchr(b'\n', rest),
+            };
+            let Some(at) = end else {
                 self.push_line_bytes(rest);
                 self.offset += rest.len() as u64;
                 self.after_cr = false;
@@ -210,10 +237,11 @@ impl EventParser {
         };
         if self.format == Format::Ndjson && !self.line.is_empty() {
             let line = std::mem::take(&mut self.line);
-            if serde_json::from_slice::<serde::de::IgnoredAny>(&line).is_ok() {
+            let line = line.trim_ascii();
+            if serde_json::from_slice::<serde::de::IgnoredAny>(line).is_ok() {
                 out(Event {
                     name: None,
-                    data: line,
+                    data: line.to_vec(),
                     ts,
                     end: self.offset,
                     truncated: self.line_truncated,
@@ -284,6 +312,9 @@ impl EventParser {
             b"data" => {
                 let room = MAX_EVENT.saturating_sub(self.data.len());
                 self.event_truncated |= truncated || value.len() + 1 > room;
+                if room == 0 {
+                    return; // full: not even the line's newline
+                }
                 let take = value.len().min(room.saturating_sub(1));
                 self.data.extend_from_slice(&value[..take]);
                 self.data.push(b'\n');
@@ -354,6 +385,40 @@ mod tests {
         events_of(format, body, &[], 0)
     }
 
+    /// Unlabelled text that only starts like SSE is not reduced to its
+    /// events (two different answers read as equal `[]`); a real stream is.
+    #[test]
+    fn sniffing_takes_only_bodies_made_of_sse_fields() {
+        assert_eq!(sniff(b"id: 1\nstatus: ok\n\n"), None);
+        assert_eq!(sniff(b"data: 1\n\nfailed"), None);
+        assert_eq!(sniff(b"id: 1\n\n"), None, "no data");
+        assert_eq!(
+            sniff(b": keep-alive\r\nevent: delta\r\ndata: {}\r\nid: 7\r\n\r\ndata: [DONE]\r\n\r\n"),
+            Some(Format::Sse)
+        );
+    }
+
+    /// NDJSON lines end at LF only: a CR inside a line is JSON whitespace.
+    #[test]
+    fn ndjson_lines_end_at_lf_only() {
+        let ev = all(Format::Ndjson, b"{\"a\":\r1}\r\n{\"b\": 2} \r\n{\"c\":3}\r");
+        let data: Vec<&[u8]> = ev.iter().map(|e| &e.data[..]).collect();
+        assert_eq!(data, [&b"{\"a\":\r1}"[..], b"{\"b\": 2}", b"{\"c\":3}"]);
+    }
+
+    /// A full event takes no more bytes, newlines included.
+    #[test]
+    fn a_full_event_grows_no_further() {
+        let mut body = b"data:".to_vec();
+        body.extend(std::iter::repeat_n(b'x', MAX_EVENT));
+        body.extend_from_slice(b"\n");
+        body.extend(b"data:\n".repeat(1000));
+        body.extend_from_slice(b"\n");
+        let ev = all(Format::Sse, &body);
+        assert_eq!(ev.len(), 1);
+        assert!(ev[0].data.len() <= MAX_EVENT, "{}", ev[0].data.len());
+    }
+
     #[test]
     fn sse_follows_the_whatwg_rules() {
         let body = b"\xef\xbb\xbf: keep-alive\n\nevent: a\ndata: one\ndata:two\r\n\r\ndata\n\nid: 7\nretry: 5\n\nevent: only-name\n\ndata: x\rdata: y\r\rdata: cut";
@@ -365,6 +430,7 @@ mod tests {
             ev[1].name, None,
             "the name does not leak into the next event"
         );
+        assert_eq!(ev[2].name, None, "nor that of an event with no data");
         // Offsets count the BOM and land just past the line end that
         // dispatched (a CRLF dispatches at its CR).
         assert!(body[..ev[0].end as usize].ends_with(b"two\r\n\r"));

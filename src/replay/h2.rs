@@ -295,7 +295,10 @@ impl Target {
             answer
                 .body
                 .extend_from_slice(&chunk[..chunk.len().min(room)]);
-            arrivals.push((answer.body.len() as u64, now_ns()));
+            // Merged like HTTP/1's: one entry per arrival time and length,
+            // not one per DATA frame (a stream of tiny frames past
+            // --max-body would grow it to millions).
+            crate::proto::events::note_arrival(&mut arrivals, answer.body.len() as u64, now_ns());
             if answer.body_len > HARD_BODY_CAP {
                 answer.error = Some((
                     ErrorKind::OversizeBody,
