@@ -370,6 +370,33 @@ fn a_stray_line_costs_one_request_not_every_later_one() {
     assert_eq!((st.scored, st.failed, st.restarts), (4, 1, 0));
 }
 
+/// Two banner lines cost two requests, and the judge is in step after.
+#[test]
+fn two_stray_lines_cost_two_requests() {
+    let script = "import sys, json\n\
+        print('loading model', flush=True)\n\
+        print('ready', flush=True)\n\
+        for line in sys.stdin:\n    r = json.loads(line)\n    \
+        print(json.dumps({'id': r['id'], 'score': 0.25}), flush=True)\n";
+    let mut pool = JudgePool::start(&settings(
+        &["python3", "-c", script],
+        1,
+        Duration::from_secs(20),
+    ))
+    .unwrap();
+    let out = pool.judge_all((0..6).map(|_| request("a", "b")).collect());
+    assert!(
+        out[..2]
+            .iter()
+            .all(|j| matches!(j, Judgement::Failed(JudgeFailure::BadAnswer(_)))),
+        "{out:?}"
+    );
+    assert!(
+        out[2..].iter().all(|j| *j == Judgement::Score(0.25)),
+        "{out:?}"
+    );
+}
+
 /// A judge that numbers its answers its own way (here one below the
 /// request's id) gets a `bad_answer` for each at once, not a timeout each.
 #[test]

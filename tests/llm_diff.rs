@@ -990,6 +990,7 @@ fn a_divergence_that_rests_on_judge_failures_is_not_a_no_go() {
         v2["divergent"], 30,
         "failed values still count as differing"
     );
+    assert_eq!(v2["judge_only_divergent"], 30);
     let r = run.reason("divergence_rate", None);
     assert_eq!(r["outcome"], "inconclusive", "{r}");
     assert!(
@@ -1001,6 +1002,7 @@ fn a_divergence_that_rests_on_judge_failures_is_not_a_no_go() {
     let run = diff(&judged(30, 0, &[(100, "HANG"), (101, "HANG")]), &config);
     assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
     assert_eq!(run.shadow(CHAT)["judge_failed"], 2);
+    assert_eq!(run.shadow(CHAT)["judge_only_divergent"], 2);
     assert!(run
         .failed_criteria()
         .contains(&"divergence_rate".to_string()));

@@ -368,7 +368,7 @@ impl Worker {
         let mut line = Err(RecvTimeoutError::Timeout);
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             line = running.from_stdout.recv_timeout(left);
-            if !matches!(&line, Ok(Line::Text(text)) if is_noise(text, running.displaced)) {
+            if !matches!(&line, Ok(Line::Text(text)) if is_noise(text, &mut running.displaced)) {
                 break;
             }
             line = Err(RecvTimeoutError::Timeout);
@@ -391,7 +391,14 @@ impl Worker {
                         false,
                     ),
                 };
-                running.displaced = stray.then_some(id);
+                if stray {
+                    // Bounded: a judge that only ever prints banners is
+                    // not answering at all.
+                    if running.displaced.len() >= MAX_DISPLACED {
+                        running.displaced.remove(0);
+                    }
+                    running.displaced.push(id);
+                }
                 self.failures_in_row = 0;
                 judgement
             }
@@ -475,9 +482,10 @@ struct Running {
     /// Whether the process has been waited for (then its pid may be reused,
     /// and its process group must not be signalled any more).
     reaped: bool,
-    /// The request whose answer a stray line displaced (it was given that
-    /// line, a `bad_answer`): its real answer, if it comes, answers nothing.
-    displaced: Option<u64>,
+    /// Requests whose answers stray lines displaced (each was given such a
+    /// line, a `bad_answer`): their real answers, as they come, answer
+    /// nothing. Several banner lines in a row displace several.
+    displaced: Vec<u64>,
 }
 
 impl Running {
@@ -511,7 +519,7 @@ impl Running {
             to_stdin: Some(to_stdin),
             from_stdout,
             reaped: false,
-            displaced: None,
+            displaced: Vec::new(),
         };
         match threads {
             Ok(_) => Ok(running),
@@ -683,18 +691,28 @@ fn wire_line(id: u64, request: &JudgeRequest) -> Vec<u8> {
     line
 }
 
-/// Read one answer line for request `id`.
-/// A line that answers nothing: blank, or the late answer of the request
-/// a stray line `displaced` (any other id is a `bad_answer`, not skipped:
+/// A line that answers nothing: blank, or the late answer of a request a
+/// stray line `displaced` (taken off the list; any other id is a
+/// `bad_answer`, not skipped:
 /// a judge that numbers its answers its own way would otherwise wait out
 /// every timeout).
-fn is_noise(line: &[u8], displaced: Option<u64>) -> bool {
+fn is_noise(line: &[u8], displaced: &mut Vec<u64>) -> bool {
     let text = line.trim_ascii();
     if text.is_empty() {
         return true;
     }
-    displaced.is_some() && answered_id(text) == displaced
+    if displaced.is_empty() {
+        return false;
+    }
+    let Some(at) = answered_id(text).and_then(|id| displaced.iter().position(|&d| d == id)) else {
+        return false;
+    };
+    displaced.remove(at);
+    true
 }
+
+/// Displaced requests remembered at once (see `Running::displaced`).
+const MAX_DISPLACED: usize = 64;
 
 /// The `id` a line gives, if it is a JSON object that has one.
 fn answered_id(line: &[u8]) -> Option<u64> {

@@ -232,7 +232,7 @@ impl Test {
         let mut outcome = self.outcome(s, g, lv, 1.0);
         let judge_decides = self == Test::Divergence
             && outcome == Outcome::Fail
-            && s.judge_failed > 0
+            && s.judge_only_divergent > 0
             && self.outcome(&spared(s), g, lv, 1.0) != Outcome::Fail;
         if judge_decides {
             // Values the judge could not score count as differing; if the
@@ -245,6 +245,8 @@ impl Test {
             .flatten();
         let limit = self.limit(g);
         let (observed, mut detail) = match self {
+            // Worded as the failure it would be, then qualified below.
+            Test::Divergence if judge_decides => divergence_words(s, g, lv, Outcome::Fail),
             Test::Divergence => divergence_words(s, g, lv, outcome),
             Test::Errors => error_words(s, g, lv),
             Test::Latency | Test::Ttft => p99_words(self, s, g, lv),
@@ -253,8 +255,8 @@ impl Test {
         // cannot prove the absence of one, and the overall figure covers them.
         if judge_decides {
             detail.push_str(&format!(
-                "; it fails only if the {} values the judge could not score differ: not decided until they are scored",
-                s.judge_failed
+                "; it fails only if the {} exchanges that differ only in values the judge could not score count: not decided until they are scored",
+                s.judge_only_divergent
             ));
         }
         let per_endpoint_errors = self == Test::Errors && ep.is_some();
@@ -262,7 +264,7 @@ impl Test {
             outcome = Outcome::Pass;
             // Said, so a pass above the limit does not read as a mistake.
             detail.push_str("; not a clear increase on this endpoint alone: judged overall");
-        } else {
+        } else if !judge_decides {
             detail.push_str(&needed_words(needed, outcome, ep));
         }
         let mut r = reason(
@@ -580,11 +582,11 @@ fn similarity(s: &ShadowStats, ep: Option<&str>, shadow: &str, g: &Gate) -> Vec<
         .collect()
 }
 
-/// `s` with each value the judge could not score counted as agreeing (at
-/// most one divergent exchange each): the best case for the shadow.
+/// `s` with the exchanges that differ only in values the judge could not
+/// score counted as agreeing: the best case for the shadow.
 fn spared(s: &ShadowStats) -> ShadowStats {
     ShadowStats {
-        divergent: s.divergent.saturating_sub(s.judge_failed),
+        divergent: s.divergent.saturating_sub(s.judge_only_divergent),
         ..s.clone()
     }
 }

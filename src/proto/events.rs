@@ -111,7 +111,21 @@ pub fn sniff(body: &[u8]) -> Option<Format> {
 /// prose) is compared as it is, not reduced to its events.
 fn sse_lines(body: &[u8]) -> bool {
     let mut data = false;
-    for line in body.split(|&b| b == b'\n') {
+    // A body cut at --max-body may end inside a line, even inside a field
+    // name: a last line without its end only has to begin like a field.
+    let (whole, last) = match body.iter().rposition(|&b| b == b'\n' || b == b'\r') {
+        Some(end) => body.split_at(end + 1),
+        None => (body, &b""[..]),
+    };
+    let fields: [&[u8]; 5] = [b"data", b"event", b"id", b"retry", b":"];
+    let begins_like_field = last.is_empty()
+        || fields
+            .iter()
+            .any(|f| f.starts_with(last) || last.starts_with(f));
+    if !begins_like_field {
+        return false;
+    }
+    for line in whole.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() || line[0] == b':' {
             continue;
@@ -392,6 +406,11 @@ mod tests {
         assert_eq!(sniff(b"id: 1\nstatus: ok\n\n"), None);
         assert_eq!(sniff(b"data: 1\n\nfailed"), None);
         assert_eq!(sniff(b"id: 1\n\n"), None, "no data");
+        assert_eq!(
+            sniff(b"data: 1\n\nda"),
+            Some(Format::Sse),
+            "cut inside a field name"
+        );
         assert_eq!(
             sniff(b": keep-alive\r\nevent: delta\r\ndata: {}\r\nid: 7\r\n\r\ndata: [DONE]\r\n\r\n"),
             Some(Format::Sse)
