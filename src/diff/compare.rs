@@ -83,26 +83,6 @@ pub struct Observed {
     pub judge_wanted: Vec<(String, String, Value, Value)>,
     /// Score mode: judgements that failed (the path counts as differing).
     pub judge_failed: u64,
-    /// Rule paths whose difference came from failed judgements only, and
-    /// rule paths that differed otherwise: together they tell an exchange
-    /// that differs only because the judge gave no score.
-    judge_paths: Vec<String>,
-    scored_paths: Vec<String>,
-}
-
-impl Observed {
-    /// Whether `diffs` (this exchange's) are all failed judgements: the
-    /// exchange would agree had the judge scored them well.
-    pub fn only_judge_failures(&self, diffs: &[Diff]) -> bool {
-        self.judge_failed > 0
-            && !diffs.is_empty()
-            && diffs.len() < MAX_DIFFS
-            && diffs.iter().all(|d| {
-                d.kind == DiffKind::Changed
-                    && self.judge_paths.contains(&d.path)
-                    && !self.scored_paths.contains(&d.path)
-            })
-    }
 }
 
 /// Compares answers under one config; caches what applies per endpoint so
@@ -445,18 +425,8 @@ impl Walk<'_, '_> {
             add(out, diff(&field_name(path), kind, short(p), short(s)));
         };
         if let Some(rule) = rule_at(rules, path) {
-            let failed_before = self.seen.judge_failed;
             if let Some(equal) = self.by_rule(rule, p, s, path) {
                 if !equal {
-                    let name = field_name(path);
-                    let paths = if self.seen.judge_failed > failed_before {
-                        &mut self.seen.judge_paths
-                    } else {
-                        &mut self.seen.scored_paths
-                    };
-                    if !paths.contains(&name) {
-                        paths.push(name);
-                    }
                     push(self.out, path, DiffKind::Changed);
                 }
                 return;

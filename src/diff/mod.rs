@@ -301,9 +301,6 @@ pub(crate) struct Folded {
     pub sequential: bool,
     /// Judgements that failed, per (endpoint, shadow or `recorded`).
     pub judge_failed: HashMap<(u32, String), u64>,
-    /// Shadow exchanges divergent only through failed judgements, per
-    /// (endpoint, shadow).
-    pub judge_only: HashMap<(u32, String), u64>,
     /// Per endpoint: whether its answers are worth checking for LLM ones.
     llm_probe: FxHashMap<u32, LlmProbe>,
     /// Exchanges folded in place (see `fast`).
@@ -1016,11 +1013,6 @@ fn fold_group(
             *f.judge_failed
                 .entry((ep, shadow.target_name.clone()))
                 .or_default() += seen.judge_failed;
-        }
-        if seen.only_judge_failures(&diffs) {
-            *f.judge_only
-                .entry((ep, shadow.target_name.clone()))
-                .or_default() += 1;
         }
         f.llm_probe.entry(ep).or_default();
         let t = f.tallies.entry((ep, sh)).or_default();

@@ -364,11 +364,6 @@ fn shadow_stats(
             sim_shadow.entry(k.clone()).or_default().merge(r);
         }
         let shadow_name = &f.shadows.names[sh as usize];
-        s.judge_only_divergent += f
-            .judge_only
-            .get(&(ep, shadow_name.clone()))
-            .copied()
-            .unwrap_or(0);
         s.judge_failed += f
             .judge_failed
             .get(&(ep, shadow_name.clone()))

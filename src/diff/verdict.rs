@@ -230,41 +230,23 @@ impl Test {
         lv: Level,
     ) -> Reason {
         let mut outcome = self.outcome(s, g, lv, 1.0);
-        let judge_decides = self == Test::Divergence
-            && outcome == Outcome::Fail
-            && s.judge_only_divergent > 0
-            && self.outcome(&spared(s), g, lv, 1.0) != Outcome::Fail;
-        if judge_decides {
-            // Values the judge could not score count as differing; if the
-            // failure rests on them, a judge outage would be blamed on the
-            // shadow. Not decided until they are scored.
-            outcome = Outcome::Inconclusive;
-        }
-        let needed = (outcome == Outcome::Inconclusive && !judge_decides)
+        let needed = (outcome == Outcome::Inconclusive)
             .then(|| self.needed(s, g, lv))
             .flatten();
         let limit = self.limit(g);
         let (observed, mut detail) = match self {
-            // Worded as the failure it would be, then qualified below.
-            Test::Divergence if judge_decides => divergence_words(s, g, lv, Outcome::Fail),
             Test::Divergence => divergence_words(s, g, lv, outcome),
             Test::Errors => error_words(s, g, lv),
             Test::Latency | Test::Ttft => p99_words(self, s, g, lv),
         };
         // Per endpoint, only a clear error increase counts: small endpoints
         // cannot prove the absence of one, and the overall figure covers them.
-        if judge_decides {
-            detail.push_str(&format!(
-                "; it fails only if the {} exchanges that differ only in values the judge could not score count: not decided until they are scored",
-                s.judge_only_divergent
-            ));
-        }
         let per_endpoint_errors = self == Test::Errors && ep.is_some();
         if per_endpoint_errors && outcome == Outcome::Inconclusive {
             outcome = Outcome::Pass;
             // Said, so a pass above the limit does not read as a mistake.
             detail.push_str("; not a clear increase on this endpoint alone: judged overall");
-        } else if !judge_decides {
+        } else {
             detail.push_str(&needed_words(needed, outcome, ep));
         }
         let mut r = reason(
@@ -582,15 +564,6 @@ fn similarity(s: &ShadowStats, ep: Option<&str>, shadow: &str, g: &Gate) -> Vec<
         .collect()
 }
 
-/// `s` with the exchanges that differ only in values the judge could not
-/// score counted as agreeing: the best case for the shadow.
-fn spared(s: &ShadowStats) -> ShadowStats {
-    ShadowStats {
-        divergent: s.divergent.saturating_sub(s.judge_only_divergent),
-        ..s.clone()
-    }
-}
-
 fn judge_failures(s: &ShadowStats, ep: Option<&str>, shadow: &str) -> Option<Reason> {
     (s.judge_failed > 0).then(|| {
         reason(
@@ -601,7 +574,7 @@ fn judge_failures(s: &ShadowStats, ep: Option<&str>, shadow: &str) -> Option<Rea
             0.0,
             Outcome::Inconclusive,
             format!(
-                "{} judge calls gave no score (timeouts, crashes, bad answers or refusals; on this shadow's pairs and the noise pairs): those values count as differing, the gate cannot say GO, and a divergence that fails only through them is not decided",
+                "{} judge calls gave no score (timeouts, crashes or bad answers): those values count as differing, and the gate cannot say GO",
                 s.judge_failed
             ),
         )

@@ -206,10 +206,6 @@ pub struct ShadowStats {
     /// Judge calls that gave no score (on this shadow's pairs and the noise
     /// pairs): never a pass, so the gate cannot say GO while any remain.
     pub judge_failed: u64,
-    /// Divergent exchanges whose only differences are values the judge
-    /// could not score: a divergence that fails only through them is not
-    /// decided.
-    pub judge_only_divergent: u64,
     /// The latency and first-token distributions themselves, from which
     /// the gate computes quantile intervals at the level it needs.
     #[serde(skip)]
