@@ -965,13 +965,103 @@ fn judge_timeouts_are_counted_and_never_a_go() {
     let v2 = run.shadow(CHAT);
     assert_eq!(v2["judge_failed"], 2);
     assert_eq!(run.report["overall"]["v2"]["judge_failed"], 2);
-    // A failed judgement is a difference, never a pass.
-    assert_eq!(v2["divergent"], 2);
-    assert_eq!(paths(&v2["fields"]), ["$.text"]);
+    // A failed judgement is never a pass, nor the shadow's fault: the two
+    // exchanges are unjudged, not divergent.
+    assert_eq!(v2["divergent"], 0);
+    assert_eq!(v2["unjudged"], 2);
+    assert_eq!(run.report["overall"]["v2"]["unjudged"], 2);
     let r = run.reason("judge_failures", None);
     assert_eq!(r["outcome"], "inconclusive", "{r}");
     assert_eq!(r["observed"], 2.0);
     assert_eq!(run.failed_criteria(), Vec::<String>::new());
+}
+
+/// A judge that is down: it starts, then exits before answering, every time.
+fn down_judge_config(extra: &str) -> String {
+    format!(
+        "judge_command = [\"python3\", \"-c\", \"import sys; sys.exit(3)\"]\n{extra}\n[[rule]]\npath = \"$.text\"\ncompare = \"judge\"\nmin = 0.5\n"
+    )
+}
+
+/// LOOSE, and one edited word in ten (a similarity drop of 2/11) allowed.
+const LOOSER: &str = "[gate]\nmax_divergence_rate = 0.05\nmax_error_rate_increase = 0.05\nmax_p99_latency_ratio = inf\nmax_similarity_drop = 0.5\n";
+
+#[test]
+fn a_judge_outage_alone_is_inconclusive_not_a_no_go() {
+    // Every shadow answer has one word edited: a working judge passes them.
+    let xs = judged(0, 1, &[]);
+    let control = diff(&xs, &judge_config("overlap.py", LOOSER));
+    assert_eq!(
+        control.code,
+        Some(0),
+        "{}\n{}",
+        control.stdout,
+        control.stderr
+    );
+    assert_eq!(control.shadow(CHAT)["divergent"], 0);
+    // The judge is down: nothing is known about the 200 texts, which is
+    // not a reason to stop the rollout, nor to allow it.
+    let run = diff(&xs, &down_judge_config(LOOSER));
+    assert_eq!(run.code, Some(3), "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.report["verdict"], "INCONCLUSIVE");
+    assert_eq!(run.report["judge"]["scored"], 0);
+    let v2 = run.shadow(CHAT);
+    assert_eq!(v2["judge_failed"], 200);
+    assert_eq!(v2["divergent"], 0);
+    assert_eq!(v2["unjudged"], 200);
+    assert_eq!(run.failed_criteria(), Vec::<String>::new());
+    let r = run.reason("judge_failures", None);
+    assert_eq!(r["outcome"], "inconclusive", "{r}");
+    assert!(
+        r["detail"]
+            .as_str()
+            .unwrap()
+            .contains("200 exchanges differ in nothing else"),
+        "{r}"
+    );
+}
+
+#[test]
+fn a_judge_outage_hides_no_real_divergence() {
+    // As above, and the recorded answers differ from the live primary's by
+    // a word, so the noise pairs are judged (and fail) too; 100 shadow
+    // answers also stop for another reason, which needs no judge.
+    let xs: Vec<Exchange> = judged(0, 1, &[])
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut x)| {
+            let base = words(i, 10);
+            x.recorded = Some(openai_json(
+                &format!("r{i}"),
+                &edit(&base, 1, i + 7),
+                "stop",
+                10,
+                20 * MS,
+            ));
+            if i < 100 {
+                let text = edit(&base, 1, i);
+                x.shadow = openai_json(&format!("s{i}"), &text, "length", 10, 20 * MS);
+            }
+            x
+        })
+        .collect();
+    let run = diff(&xs, &down_judge_config(LOOSER));
+    assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.report["verdict"], "NO-GO");
+    let v2 = run.shadow(CHAT);
+    // 200 shadow pairs and 200 noise pairs failed.
+    assert_eq!(v2["judge_failed"], 400);
+    // The failed noise pairs did not make `$.text` noise, and the failed
+    // shadow pairs did not hide the 100 real differences.
+    assert_eq!(v2["divergent"], 100);
+    assert_eq!(v2["unjudged"], 100);
+    assert_eq!(
+        paths(&v2["fields"]),
+        ["$.finish_reason"],
+        "{:#}",
+        v2["fields"]
+    );
+    assert_eq!(run.failed_criteria(), ["divergence_rate"]);
 }
 
 #[test]

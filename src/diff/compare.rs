@@ -20,6 +20,9 @@ pub enum DiffKind {
     MissingInShadow,
     AddedInShadow,
     TypeChanged,
+    /// A `judge` rule's value the judge gave no score for (a timeout, a
+    /// crash, a bad answer): unknown, neither agreeing nor differing.
+    Unjudged,
 }
 
 impl DiffKind {
@@ -29,6 +32,7 @@ impl DiffKind {
             DiffKind::MissingInShadow => "missing_in_shadow",
             DiffKind::AddedInShadow => "added_in_shadow",
             DiffKind::TypeChanged => "type_changed",
+            DiffKind::Unjudged => "unjudged",
         }
     }
 }
@@ -81,7 +85,7 @@ pub struct Observed {
     pub similarities: Vec<(String, &'static str, f64)>,
     /// Collect mode: (exact path, rule path, primary value, shadow value).
     pub judge_wanted: Vec<(String, String, Value, Value)>,
-    /// Score mode: judgements that failed (the path counts as differing).
+    /// Score mode: judgements that failed (the path is `Unjudged`).
     pub judge_failed: u64,
 }
 
@@ -425,9 +429,18 @@ impl Walk<'_, '_> {
             add(out, diff(&field_name(path), kind, short(p), short(s)));
         };
         if let Some(rule) = rule_at(rules, path) {
+            let failed_before = self.seen.judge_failed;
             if let Some(equal) = self.by_rule(rule, p, s, path) {
                 if !equal {
-                    push(self.out, path, DiffKind::Changed);
+                    // A judge outage is not the shadow's fault: its values
+                    // are kept apart so the summary can leave them out of
+                    // the divergent count without losing them.
+                    let kind = if self.seen.judge_failed > failed_before {
+                        DiffKind::Unjudged
+                    } else {
+                        DiffKind::Changed
+                    };
+                    push(self.out, path, kind);
                 }
                 return;
             }
@@ -562,7 +575,8 @@ impl Walk<'_, '_> {
     }
 
     /// A `judge` rule: noted in the first pass, scored in the second. A
-    /// failed judgement is a difference (and counted), never a pass.
+    /// failed judgement is never a pass: it is counted and kept as an
+    /// `Unjudged` difference.
     fn judged(&mut self, rule: &Rule, p: &Value, s: &Value, path: &[Step]) -> Option<bool> {
         let key = exact_path(path);
         if !matches!(self.judge, JudgeMode::Off) && json_equal(p, s) {

@@ -285,17 +285,13 @@ fn noise_sets(f: &Folded) -> (NoiseSets, HashMap<(u32, u32), Vec<NoiseField>>) {
         };
         let mut noise_k: HashMap<u32, u64> = HashMap::new();
         for (&sig, &n) in &noise.sigs {
-            let mut paths: Vec<u32> = f.sigs[sig as usize].iter().map(|x| x.0).collect();
-            paths.dedup();
-            for p in paths {
+            for p in scored_paths(f, sig) {
                 *noise_k.entry(p).or_default() += n;
             }
         }
         let mut shadow_k: HashMap<u32, u64> = HashMap::new();
         for (cell, &n) in &t.cells {
-            let mut paths: Vec<u32> = f.sigs[cell.sig as usize].iter().map(|x| x.0).collect();
-            paths.dedup();
-            for p in paths {
+            for p in scored_paths(f, cell.sig) {
                 *shadow_k.entry(p).or_default() += n;
             }
         }
@@ -319,11 +315,36 @@ fn noise_sets(f: &Folded) -> (NoiseSets, HashMap<(u32, u32), Vec<NoiseField>>) {
     (sets, fields)
 }
 
-/// Whether a signature still differs once noise paths are removed.
+/// The paths of a signature that differ by a known measure, once each.
+/// Values the judge gave no score for are left out: a judge outage on the
+/// noise pairs would otherwise make the judged path noise and hide a real
+/// regression on it, and one on the shadow's pairs would look like one.
+fn scored_paths(f: &Folded, sig: u32) -> Vec<u32> {
+    let mut paths: Vec<u32> = f.sigs[sig as usize]
+        .iter()
+        .filter(|(_, k)| *k != DiffKind::Unjudged)
+        .map(|x| x.0)
+        .collect();
+    paths.dedup();
+    paths
+}
+
+/// Whether a signature still differs once noise paths are removed. Values
+/// the judge gave no score for are not differences (nor agreements: see
+/// `unjudged_only`).
 fn divergent(f: &Folded, sig: u32, noise: Option<&HashSet<u32>>) -> bool {
     f.sigs[sig as usize]
         .iter()
-        .any(|(p, _)| noise.is_none_or(|n| !n.contains(p)))
+        .any(|(p, k)| *k != DiffKind::Unjudged && noise.is_none_or(|n| !n.contains(p)))
+}
+
+/// Whether a signature that is not divergent holds values the judge gave
+/// no score for: such an exchange may or may not agree.
+fn unjudged_only(f: &Folded, sig: u32, noise: Option<&HashSet<u32>>) -> bool {
+    !divergent(f, sig, noise)
+        && f.sigs[sig as usize]
+            .iter()
+            .any(|(_, k)| *k == DiffKind::Unjudged)
 }
 
 fn kind_of_path(path: &str) -> &'static str {
@@ -385,13 +406,18 @@ fn shadow_stats(
         s.compared += t.compared;
         for (cell, &n) in &t.cells {
             if !divergent(f, cell.sig, ns) {
+                if unjudged_only(f, cell.sig, ns) {
+                    s.unjudged += n;
+                }
                 continue;
             }
             s.divergent += n;
             let mut kinds_seen = HashSet::new();
             let mut paths_seen = HashSet::new();
             for &(p, k) in &f.sigs[cell.sig as usize] {
-                if ns.is_some_and(|set| set.contains(&p)) {
+                // Unknown values are not field differences (the examples
+                // still show them, as `unjudged`).
+                if k == DiffKind::Unjudged || ns.is_some_and(|set| set.contains(&p)) {
                     continue;
                 }
                 let name = &f.paths.names[p as usize];

@@ -574,8 +574,8 @@ fn judge_failures(s: &ShadowStats, ep: Option<&str>, shadow: &str) -> Option<Rea
             0.0,
             Outcome::Inconclusive,
             format!(
-                "{} judge calls gave no score (timeouts, crashes or bad answers): those values count as differing, and the gate cannot say GO",
-                s.judge_failed
+                "{} judge calls gave no score (timeouts, crashes or bad answers), and {} exchanges differ in nothing else: whether those agree is unknown, so they are not counted as divergent, and the gate cannot say GO",
+                s.judge_failed, s.unjudged
             ),
         )
     })

@@ -206,6 +206,10 @@ pub struct ShadowStats {
     /// Judge calls that gave no score (on this shadow's pairs and the noise
     /// pairs): never a pass, so the gate cannot say GO while any remain.
     pub judge_failed: u64,
+    /// Exchanges whose only differences, noise removed, are values the
+    /// judge gave no score for: not in `divergent`, which is then a lower
+    /// bound (enough for a NO-GO, never for a GO).
+    pub unjudged: u64,
     /// The latency and first-token distributions themselves, from which
     /// the gate computes quantile intervals at the level it needs.
     #[serde(skip)]
