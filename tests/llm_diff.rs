@@ -1005,6 +1005,11 @@ fn a_judge_outage_alone_is_inconclusive_not_a_no_go() {
     assert_eq!(run.code, Some(3), "{}\n{}", run.stdout, run.stderr);
     assert_eq!(run.report["verdict"], "INCONCLUSIVE");
     assert_eq!(run.report["judge"]["scored"], 0);
+    assert!(
+        run.stdout.contains("0 divergent, 200 unjudged"),
+        "{}",
+        run.stdout
+    );
     let v2 = run.shadow(CHAT);
     assert_eq!(v2["judge_failed"], 200);
     assert_eq!(v2["divergent"], 0);
@@ -1062,6 +1067,99 @@ fn a_judge_outage_hides_no_real_divergence() {
         v2["fields"]
     );
     assert_eq!(run.failed_criteria(), ["divergence_rate"]);
+}
+
+/// 200 exchanges whose recorded and shadow texts are made from the live
+/// primary's words by `recorded` and `shadow` (given the exchange's index).
+fn judged_by(
+    recorded: impl Fn(usize, &[String]) -> Vec<String>,
+    shadow: impl Fn(usize, &[String]) -> Vec<String>,
+) -> Vec<Exchange> {
+    (0..200)
+        .map(|i| {
+            let base = words(i, 10);
+            let answer = |tag: String, w: &[String]| openai_json(&tag, w, "stop", 10, 20 * MS);
+            Exchange {
+                endpoint: CHAT,
+                request: request(i, ""),
+                recorded: Some(answer(format!("p{i}"), &recorded(i, &base))),
+                primary: answer(format!("p{i}"), &base),
+                shadow: answer(format!("s{i}"), &shadow(i, &base)),
+            }
+        })
+        .collect()
+}
+
+fn other() -> Vec<String> {
+    (0..10).map(|k| format!("other{k}")).collect()
+}
+
+fn marked(mut w: Vec<String>, marker: &str) -> Vec<String> {
+    w[0] = marker.to_string();
+    w
+}
+
+#[test]
+fn a_judge_failing_on_most_shadow_pairs_hides_no_regression() {
+    // The primary differs from itself on `$.text` in 10 of 200 exchanges
+    // (5%). The judge refuses 150 of the shadow's pairs; of the 50 it
+    // scores, 15 are far off (30%). Counted over all 200 (15 against 10)
+    // that looked like noise; over the 50 known it is a regression.
+    let xs = judged_by(
+        |i, base| if i < 10 { other() } else { base.to_vec() },
+        |i, base| match i {
+            _ if i % 4 != 0 => marked(edit(base, 1, i), "LIMIT"),
+            _ if i < 60 => other(),
+            _ => edit(base, 1, i),
+        },
+    );
+    let gate = "[gate]\nmax_divergence_rate = 0.01\nmax_p99_latency_ratio = inf\n";
+    let run = diff(&xs, &judge_config("flaky.py", gate));
+    assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
+    let v2 = run.shadow(CHAT);
+    assert_eq!(v2["judge_failed"], 150);
+    assert_eq!(
+        run.report["judge"]["scored"],
+        50 + 10,
+        "{}",
+        run.report["judge"]
+    );
+    assert_eq!(v2["divergent"], 15, "{v2:#}");
+    assert_eq!(v2["unjudged"], 150);
+    assert_eq!(paths(&v2["fields"]), ["$.text"]);
+    assert!(
+        run.failed_criteria()
+            .contains(&"divergence_rate".to_string()),
+        "{:?}",
+        run.failed_criteria()
+    );
+}
+
+#[test]
+fn a_judge_failing_on_the_noise_pairs_makes_no_false_regression() {
+    // The primary differs from itself on `$.text` in 30% of the pairs the
+    // judge scores (15 of 50; it refuses the other 150), and the shadow in
+    // 30% of its 200. Counted over all 200 noise pairs (15 of 200) that
+    // looked like a regression, and a NO-GO caused by the judge alone.
+    let xs = judged_by(
+        |i, base| match i {
+            _ if i % 4 != 0 => marked(base.to_vec(), "LIMIT"),
+            _ if i < 60 => other(),
+            _ => base.to_vec(),
+        },
+        |i, base| if i < 60 { other() } else { edit(base, 1, i) },
+    );
+    let run = diff(&xs, &judge_config("flaky.py", LOOSER));
+    assert_eq!(run.code, Some(3), "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.report["verdict"], "INCONCLUSIVE");
+    let v2 = run.shadow(CHAT);
+    assert_eq!(v2["judge_failed"], 150);
+    assert_eq!(v2["divergent"], 0, "{v2:#}");
+    let noise = &v2["noise_fields"][0];
+    assert_eq!(noise["path"], "$.text", "{v2:#}");
+    near("noise rate", &noise["noise_rate"], 15.0 / 50.0, 1e-9);
+    near("shadow rate", &noise["shadow_rate"], 60.0 / 200.0, 1e-9);
+    assert_eq!(run.failed_criteria(), Vec::<String>::new());
 }
 
 #[test]

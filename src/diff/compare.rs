@@ -219,6 +219,7 @@ impl<'c> Comparer<'c> {
             out: &mut out,
             seen,
             judge,
+            unjudged: 0,
         };
         compare_bodies(pd, sd, ec.scores, &mut walk);
         out
@@ -331,6 +332,10 @@ struct Walk<'a, 'w> {
     out: &'w mut Vec<Diff>,
     seen: &'w mut Observed,
     judge: JudgeMode<'w>,
+    /// `Unjudged` entries in `out`: not differences, so not counted
+    /// against `MAX_DIFFS` (a judge outage on many values must not stop the
+    /// walk before a real difference after them), and bounded on their own.
+    unjudged: usize,
 }
 
 fn compare_bodies(pd: &LazyDoc, sd: &LazyDoc, scores: bool, w: &mut Walk) {
@@ -420,9 +425,14 @@ fn type_name(v: &Value) -> &'static str {
 }
 
 impl Walk<'_, '_> {
+    /// Whether the differences listed reached `MAX_DIFFS`.
+    fn full(&self) -> bool {
+        self.out.len() - self.unjudged >= MAX_DIFFS
+    }
+
     fn json_diff(&mut self, p: &Value, s: &Value, path: &mut Vec<Step>) {
         let rules = self.rules;
-        if self.out.len() >= MAX_DIFFS {
+        if self.full() {
             return;
         }
         let push = |out: &mut Vec<Diff>, path: &[Step], kind| {
@@ -435,12 +445,13 @@ impl Walk<'_, '_> {
                     // A judge outage is not the shadow's fault: its values
                     // are kept apart so the summary can leave them out of
                     // the divergent count without losing them.
-                    let kind = if self.seen.judge_failed > failed_before {
-                        DiffKind::Unjudged
-                    } else {
-                        DiffKind::Changed
-                    };
-                    push(self.out, path, kind);
+                    if self.seen.judge_failed == failed_before {
+                        push(self.out, path, DiffKind::Changed);
+                    } else if self.unjudged < MAX_DIFFS {
+                        let before = self.out.len();
+                        push(self.out, path, DiffKind::Unjudged);
+                        self.unjudged += self.out.len() - before;
+                    }
                 }
                 return;
             }
@@ -506,7 +517,7 @@ impl Walk<'_, '_> {
                         _ => {}
                     }
                     path.pop();
-                    if self.out.len() >= MAX_DIFFS {
+                    if self.full() {
                         return;
                     }
                 }
@@ -765,6 +776,40 @@ mod tests {
             .into_iter()
             .map(|d| (d.path, d.kind))
             .collect()
+    }
+
+    /// A judge outage on many values must not use up the cap on listed
+    /// differences before a real difference that comes after them.
+    #[test]
+    fn unjudged_values_do_not_fill_the_list_of_differences() {
+        let config = "judge_command = [\"true\"]\n[[rule]]\npath = \"$.t.*\"\ncompare = \"judge\"\nmin = 0.5\n";
+        let c = Config::parse(config).unwrap();
+        let mut cmp = Comparer::new(&c);
+        let doc = |prefix: &str, usage: u32| {
+            let t: serde_json::Map<String, Value> = (0..60)
+                .map(|k| (format!("k{k:02}"), Value::from(format!("{prefix}{k}"))))
+                .collect();
+            json_answer(&serde_json::json!({"t": t, "usage": usage}).to_string())
+        };
+        let (p, s) = (doc("a", 1), doc("b", 2));
+        let spec = cmp.endpoint("POST /x").doc;
+        let (pd, sd) = (LazyDoc::new(&p, spec), LazyDoc::new(&s, spec));
+        // No judgement came back for any value.
+        let scores = std::collections::HashMap::new();
+        let mut seen = Observed::default();
+        let diffs = cmp.compare_docs("POST /x", &pd, &sd, JudgeMode::Score(&scores), &mut seen);
+        assert_eq!(seen.judge_failed, 60);
+        let unjudged = diffs
+            .iter()
+            .filter(|d| d.kind == DiffKind::Unjudged)
+            .count();
+        assert_eq!(unjudged, MAX_DIFFS);
+        assert!(
+            diffs
+                .iter()
+                .any(|d| d.path == "$.usage" && d.kind == DiffKind::Changed),
+            "{diffs:?}"
+        );
     }
 
     #[test]

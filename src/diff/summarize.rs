@@ -283,30 +283,28 @@ fn noise_sets(f: &Folded) -> (NoiseSets, HashMap<(u32, u32), Vec<NoiseField>>) {
         let Some(noise) = f.noise.get(&ep) else {
             continue;
         };
-        let mut noise_k: HashMap<u32, u64> = HashMap::new();
-        for (&sig, &n) in &noise.sigs {
-            for p in scored_paths(f, sig) {
-                *noise_k.entry(p).or_default() += n;
-            }
-        }
-        let mut shadow_k: HashMap<u32, u64> = HashMap::new();
-        for (cell, &n) in &t.cells {
-            for p in scored_paths(f, cell.sig) {
-                *shadow_k.entry(p).or_default() += n;
-            }
-        }
+        let noise_k = path_counts(f, noise.sigs.iter().map(|(&sig, &n)| (sig, n)));
+        let shadow_k = path_counts(f, t.cells.iter().map(|(c, &n)| (c.sig, n)));
         let set: &mut HashSet<u32> = sets.entry((ep, sh)).or_default();
         let list: &mut Vec<NoiseField> = fields.entry((ep, sh)).or_default();
-        for (&p, &nk) in &noise_k {
-            let sk = shadow_k.get(&p).copied().unwrap_or(0);
-            let regressed = two_proportion_p(sk, t.compared, nk, noise.compared)
+        for (&p, nc) in &noise_k {
+            if nc.differ == 0 {
+                continue;
+            }
+            let sc = shadow_k.get(&p).copied().unwrap_or_default();
+            // Each rate is over the pairs where the path was known: a
+            // judge outage on either side is neither agreement nor
+            // difference.
+            let nn = noise.compared.saturating_sub(nc.unjudged);
+            let sn = t.compared.saturating_sub(sc.unjudged);
+            let regressed = two_proportion_p(sc.differ, sn, nc.differ, nn)
                 .is_some_and(|pv| pv < NOISE_REGRESSION_P);
             if !regressed {
                 set.insert(p);
                 list.push(NoiseField {
                     path: f.paths.names[p as usize].clone(),
-                    noise_rate: nk as f64 / noise.compared.max(1) as f64,
-                    shadow_rate: sk as f64 / t.compared.max(1) as f64,
+                    noise_rate: nc.differ as f64 / nn.max(1) as f64,
+                    shadow_rate: sc.differ as f64 / sn.max(1) as f64,
                 });
             }
         }
@@ -315,18 +313,41 @@ fn noise_sets(f: &Folded) -> (NoiseSets, HashMap<(u32, u32), Vec<NoiseField>>) {
     (sets, fields)
 }
 
-/// The paths of a signature that differ by a known measure, once each.
-/// Values the judge gave no score for are left out: a judge outage on the
-/// noise pairs would otherwise make the judged path noise and hide a real
-/// regression on it, and one on the shadow's pairs would look like one.
-fn scored_paths(f: &Folded, sig: u32) -> Vec<u32> {
-    let mut paths: Vec<u32> = f.sigs[sig as usize]
-        .iter()
-        .filter(|(_, k)| *k != DiffKind::Unjudged)
-        .map(|x| x.0)
-        .collect();
-    paths.dedup();
-    paths
+/// Per path, of the exchanges counted: how many differ on it, and how many
+/// hold a value of it the judge gave no score for (unknown). Values the
+/// judge could not score are kept out of both rates of the noise test: an
+/// outage on the noise pairs would otherwise make the judged path noise
+/// and hide a real regression on it, and one on the shadow's pairs would
+/// read as a regression or dilute one.
+#[derive(Clone, Copy, Default)]
+struct PathCount {
+    differ: u64,
+    unjudged: u64,
+}
+
+/// Per-path counts of signatures, each counted `n` times. A path both
+/// differing and unjudged in one exchange (two values under one `[*]`
+/// rule) differs: one known difference is enough.
+fn path_counts(f: &Folded, sigs: impl Iterator<Item = (u32, u64)>) -> HashMap<u32, PathCount> {
+    let mut out: HashMap<u32, PathCount> = HashMap::new();
+    for (sig, n) in sigs {
+        let entries = &f.sigs[sig as usize];
+        for (i, &(p, _)) in entries.iter().enumerate() {
+            if i > 0 && entries[i - 1].0 == p {
+                continue;
+            }
+            let known = entries
+                .iter()
+                .any(|&(q, k)| q == p && k != DiffKind::Unjudged);
+            let c = out.entry(p).or_default();
+            if known {
+                c.differ += n;
+            } else {
+                c.unjudged += n;
+            }
+        }
+    }
+    out
 }
 
 /// Whether a signature still differs once noise paths are removed. Values
@@ -344,7 +365,7 @@ fn unjudged_only(f: &Folded, sig: u32, noise: Option<&HashSet<u32>>) -> bool {
     !divergent(f, sig, noise)
         && f.sigs[sig as usize]
             .iter()
-            .any(|(_, k)| *k == DiffKind::Unjudged)
+            .any(|(p, k)| *k == DiffKind::Unjudged && noise.is_none_or(|n| !n.contains(p)))
 }
 
 fn kind_of_path(path: &str) -> &'static str {

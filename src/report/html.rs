@@ -223,9 +223,10 @@ fn overall(o: &mut String, s: &ShadowStats) -> fmt::Result {
     let k = &s.by_kind;
     writeln!(
         o,
-        "<p>{} compared · {} divergent, {} · by kind: status {}, body {}, header {}, error {} · errors primary/shadow {} / {} ({} / {}) · p99 primary/shadow {} / {} ms ({})</p>",
+        "<p>{} compared · {} divergent{}, {} · by kind: status {}, body {}, header {}, error {} · errors primary/shadow {} / {} ({} / {}) · p99 primary/shadow {} / {} ms ({})</p>",
         int(s.compared),
         int(s.divergent),
+        s.unjudged_note(),
         esc(&pct_ci(s.divergence_rate, s.divergence_ci)),
         int(k.status),
         int(k.body),

@@ -195,9 +195,10 @@ fn overall_line(o: &mut String, s: &ShadowStats) -> fmt::Result {
     let k = &s.by_kind;
     writeln!(
         o,
-        "Overall: {} compared · {} divergent, {} · by kind: status {}, body {}, header {}, error {} · errors primary/shadow {} / {} · p99 primary/shadow {} / {} ms ({})",
+        "Overall: {} compared · {} divergent{}, {} · by kind: status {}, body {}, header {}, error {} · errors primary/shadow {} / {} · p99 primary/shadow {} / {} ms ({})",
         int(s.compared),
         int(s.divergent),
+        s.unjudged_note(),
         pct_ci(s.divergence_rate, s.divergence_ci),
         int(k.status),
         int(k.body),

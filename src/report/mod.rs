@@ -539,6 +539,18 @@ pub struct Report {
     pub not_compared: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
+impl ShadowStats {
+    /// `, N unjudged` after the divergent count when a judge failed on
+    /// exchanges that differ in nothing else: during an outage "0 divergent"
+    /// alone would read as agreement.
+    pub fn unjudged_note(&self) -> String {
+        if self.unjudged == 0 {
+            return String::new();
+        }
+        format!(", {} unjudged", self.unjudged)
+    }
+}
+
 /// Cut captured text for display: at most `max` chars, with an ellipsis.
 pub fn clip(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {

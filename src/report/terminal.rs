@@ -108,10 +108,11 @@ pub fn render(r: &Report, colour: bool, verbose: bool) -> String {
     for (name, s) in &r.overall {
         let _ = writeln!(
             o,
-            "\nshadow {}: {} compared, {} divergent ({}, CI {}–{}); errors {} vs {} primary; p99 {} shadow vs {} primary",
+            "\nshadow {}: {} compared, {} divergent{} ({}, CI {}–{}); errors {} vs {} primary; p99 {} shadow vs {} primary",
             clean(name),
             s.compared,
             s.divergent,
+            s.unjudged_note(),
             pct(s.divergence_rate),
             pct(s.divergence_ci[0]),
             pct(s.divergence_ci[1]),
