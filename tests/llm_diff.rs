@@ -1021,7 +1021,7 @@ fn a_judge_outage_alone_is_inconclusive_not_a_no_go() {
         r["detail"]
             .as_str()
             .unwrap()
-            .contains("200 exchanges differ in nothing else"),
+            .contains("200 exchanges hold such values and no other difference"),
         "{r}"
     );
 }
@@ -1056,6 +1056,12 @@ fn a_judge_outage_hides_no_real_divergence() {
     let v2 = run.shadow(CHAT);
     // 200 shadow pairs and 200 noise pairs failed.
     assert_eq!(v2["judge_failed"], 400);
+    let r = run.reason("judge_failures", None);
+    let detail = r["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("200 on this shadow's pairs, 200 on the primary's own noise pairs"),
+        "{detail}"
+    );
     // The failed noise pairs did not make `$.text` noise, and the failed
     // shadow pairs did not hide the 100 real differences.
     assert_eq!(v2["divergent"], 100);
@@ -1160,6 +1166,29 @@ fn a_judge_failing_on_the_noise_pairs_makes_no_false_regression() {
     near("noise rate", &noise["noise_rate"], 15.0 / 50.0, 1e-9);
     near("shadow rate", &noise["shadow_rate"], 60.0 / 200.0, 1e-9);
     assert_eq!(run.failed_criteria(), Vec::<String>::new());
+}
+
+#[test]
+fn a_judge_failing_on_every_shadow_pair_leaves_them_unjudged() {
+    // The primary differs from itself on `$.text` in 10 of 200 scored
+    // noise pairs; the judge refuses every shadow pair. Nothing is known
+    // of the shadow's texts: they are neither noise nor agreement.
+    let xs = judged_by(
+        |i, base| if i < 10 { other() } else { base.to_vec() },
+        |i, base| marked(edit(base, 1, i), "LIMIT"),
+    );
+    let run = diff(&xs, &judge_config("flaky.py", LOOSER));
+    assert_eq!(run.code, Some(3), "{}\n{}", run.stdout, run.stderr);
+    let v2 = run.shadow(CHAT);
+    assert_eq!(v2["judge_failed"], 200);
+    assert_eq!(v2["divergent"], 0);
+    assert_eq!(v2["unjudged"], 200, "{v2:#}");
+    assert_eq!(v2["noise_fields"], json!([]), "no shadow rate was measured");
+    assert!(
+        run.stdout.contains("0 divergent, 200 unjudged"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]

@@ -299,7 +299,10 @@ fn noise_sets(f: &Folded) -> (NoiseSets, HashMap<(u32, u32), Vec<NoiseField>>) {
             let sn = t.compared.saturating_sub(sc.unjudged);
             let regressed = two_proportion_p(sc.differ, sn, nc.differ, nn)
                 .is_some_and(|pv| pv < NOISE_REGRESSION_P);
-            if !regressed {
+            // With no shadow pair known on the path there is nothing to
+            // call noise: listing it would show a shadow rate of 0 that
+            // was never measured.
+            if sn > 0 && !regressed {
                 set.insert(p);
                 list.push(NoiseField {
                     path: f.paths.names[p as usize].clone(),
@@ -360,12 +363,15 @@ fn divergent(f: &Folded, sig: u32, noise: Option<&HashSet<u32>>) -> bool {
 }
 
 /// Whether a signature that is not divergent holds values the judge gave
-/// no score for: such an exchange may or may not agree.
+/// no score for: such an exchange may or may not agree. Counted on noise
+/// paths too: a path can be noise for want of scored pairs (the test had
+/// too few to find a regression), and "0 divergent" would then read as
+/// agreement during an outage.
 fn unjudged_only(f: &Folded, sig: u32, noise: Option<&HashSet<u32>>) -> bool {
     !divergent(f, sig, noise)
         && f.sigs[sig as usize]
             .iter()
-            .any(|(p, k)| *k == DiffKind::Unjudged && noise.is_none_or(|n| !n.contains(p)))
+            .any(|(_, k)| *k == DiffKind::Unjudged)
 }
 
 fn kind_of_path(path: &str) -> &'static str {
@@ -412,11 +418,13 @@ fn shadow_stats(
             .copied()
             .unwrap_or(0);
         if noise_seen.insert(ep) {
-            s.judge_failed += f
+            let on_noise = f
                 .judge_failed
                 .get(&(ep, "recorded".into()))
                 .copied()
                 .unwrap_or(0);
+            s.judge_failed += on_noise;
+            s.judge_failed_noise += on_noise;
             if let Some(n) = f.noise.get(&ep) {
                 for (k, r) in &n.similarity {
                     sim_noise.entry(k.clone()).or_default().merge(r);

@@ -574,8 +574,11 @@ fn judge_failures(s: &ShadowStats, ep: Option<&str>, shadow: &str) -> Option<Rea
             0.0,
             Outcome::Inconclusive,
             format!(
-                "{} judge calls gave no score (timeouts, crashes or bad answers), and {} exchanges differ in nothing else: whether those agree is unknown, so they are not counted as divergent, and the gate cannot say GO",
-                s.judge_failed, s.unjudged
+                "{} judge calls gave no score (timeouts, crashes, bad answers or refusals; {} on this shadow's pairs, {} on the primary's own noise pairs); {} exchanges hold such values and no other difference beyond noise: whether those agree is unknown, so they are not counted as divergent, and the gate cannot say GO",
+                s.judge_failed,
+                s.judge_failed - s.judge_failed_noise,
+                s.judge_failed_noise,
+                s.unjudged
             ),
         )
     })

@@ -226,7 +226,7 @@ fn overall(o: &mut String, s: &ShadowStats) -> fmt::Result {
         "<p>{} compared · {} divergent{}, {} · by kind: status {}, body {}, header {}, error {} · errors primary/shadow {} / {} ({} / {}) · p99 primary/shadow {} / {} ms ({})</p>",
         int(s.compared),
         int(s.divergent),
-        s.unjudged_note(),
+        s.unjudged_note(int),
         esc(&pct_ci(s.divergence_rate, s.divergence_ci)),
         int(k.status),
         int(k.body),

@@ -198,7 +198,7 @@ fn overall_line(o: &mut String, s: &ShadowStats) -> fmt::Result {
         "Overall: {} compared · {} divergent{}, {} · by kind: status {}, body {}, header {}, error {} · errors primary/shadow {} / {} · p99 primary/shadow {} / {} ms ({})",
         int(s.compared),
         int(s.divergent),
-        s.unjudged_note(),
+        s.unjudged_note(int),
         pct_ci(s.divergence_rate, s.divergence_ci),
         int(k.status),
         int(k.body),

@@ -206,8 +206,13 @@ pub struct ShadowStats {
     /// Judge calls that gave no score (on this shadow's pairs and the noise
     /// pairs): never a pass, so the gate cannot say GO while any remain.
     pub judge_failed: u64,
-    /// Exchanges whose only differences, noise removed, are values the
-    /// judge gave no score for: not in `divergent`, which is then a lower
+    /// Of `judge_failed`, those on the noise pairs: said apart in the
+    /// reason, since failures on the shadow's pairs alone may be its doing
+    /// (answers that time the judge out).
+    #[serde(skip)]
+    pub judge_failed_noise: u64,
+    /// Exchanges not divergent that hold values the judge gave no score
+    /// for: not in `divergent`, which is then a lower
     /// bound (enough for a NO-GO, never for a GO).
     pub unjudged: u64,
     /// The latency and first-token distributions themselves, from which
@@ -543,11 +548,11 @@ impl ShadowStats {
     /// `, N unjudged` after the divergent count when a judge failed on
     /// exchanges that differ in nothing else: during an outage "0 divergent"
     /// alone would read as agreement.
-    pub fn unjudged_note(&self) -> String {
+    pub fn unjudged_note(&self, int: impl Fn(u64) -> String) -> String {
         if self.unjudged == 0 {
             return String::new();
         }
-        format!(", {} unjudged", self.unjudged)
+        format!(", {} unjudged", int(self.unjudged))
     }
 }
 

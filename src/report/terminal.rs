@@ -112,7 +112,7 @@ pub fn render(r: &Report, colour: bool, verbose: bool) -> String {
             clean(name),
             s.compared,
             s.divergent,
-            s.unjudged_note(),
+            s.unjudged_note(|n| n.to_string()),
             pct(s.divergence_rate),
             pct(s.divergence_ci[0]),
             pct(s.divergence_ci[1]),
