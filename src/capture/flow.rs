@@ -484,7 +484,7 @@ impl HttpFlow {
         peer_ack: Option<u64>,
         budget: &mut Budget,
     ) {
-        let before = self.uncharge(budget);
+        let before = self.uncharge(side, budget);
         self.feed(side, data, ts, peer_ack, budget);
         self.settle(side, before, ts, budget);
     }
@@ -603,7 +603,7 @@ impl HttpFlow {
 
     /// `len` bytes of `side`'s stream were not captured.
     pub fn gap(&mut self, side: usize, len: u64, ts: i64, budget: &mut Budget) {
-        let before = self.uncharge(budget);
+        let before = self.uncharge(side, budget);
         self.lose(side, len, ts, budget);
         self.settle(side, before, ts, budget);
     }
@@ -611,10 +611,10 @@ impl HttpFlow {
     /// Take what the parsers hold off the budget while they are fed: a
     /// partial head or frame being completed is not counted twice against
     /// the body or headers it becomes. Returns `side`'s partial bytes.
-    fn uncharge(&mut self, budget: &mut Budget) -> usize {
+    fn uncharge(&mut self, side: usize, budget: &mut Budget) -> usize {
         budget.held = budget.held.saturating_sub(self.charged);
         self.charged = 0;
-        self.partial_max()
+        self.partial(side)
     }
 
     /// Charge what the parsers hold (partial heads and frames, header
@@ -651,10 +651,6 @@ impl HttpFlow {
                 .as_ref()
                 .map_or(0, MessageParser::buffered),
         }
-    }
-
-    fn partial_max(&self) -> usize {
-        self.partial(0).max(self.partial(1))
     }
 
     fn lose(&mut self, side: usize, len: u64, ts: i64, budget: &mut Budget) {

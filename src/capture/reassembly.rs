@@ -1629,6 +1629,15 @@ mod tests {
         assert!(answered.len() <= 4);
     }
 
+    /// A reassembler whose parsers may hold `max` bytes in all.
+    fn capped(max: usize) -> (Reassembler, CaptureStats) {
+        let r = Reassembler::new(ReassemblyConfig {
+            max_buffer_bytes: max,
+            ..Default::default()
+        });
+        (r, CaptureStats::default())
+    }
+
     /// Partial heads count against `--max-buffer-bytes`: forty connections
     /// each holding 20 KiB of an unfinished head held 800 KiB past a 64 KiB
     /// cap. Past the cap a head is dropped and its request marked, never
@@ -1636,11 +1645,7 @@ mod tests {
     #[test]
     fn partial_heads_count_against_the_memory_cap() {
         let max = 64 << 10;
-        let mut r = Reassembler::new(ReassemblyConfig {
-            max_buffer_bytes: max,
-            ..Default::default()
-        });
-        let mut stats = CaptureStats::default();
+        let (mut r, mut stats) = capped(max);
         let pad = vec![b'a'; 20 << 10];
         let heads: Vec<Vec<u8>> = (0..40u16)
             .map(|i| [format!("GET /{i} HTTP/1.1\r\nX-Pad: ").as_bytes(), &pad].concat())
@@ -1686,11 +1691,7 @@ mod tests {
     #[test]
     fn partial_http2_frames_count_against_the_memory_cap() {
         let max = 64 << 10;
-        let mut r = Reassembler::new(ReassemblyConfig {
-            max_buffer_bytes: max,
-            ..Default::default()
-        });
-        let mut stats = CaptureStats::default();
+        let (mut r, mut stats) = capped(max);
         // A HEADERS frame announcing 40 KiB, of which 24 KiB arrive.
         let len: u32 = 40 << 10;
         let mut bytes = crate::proto::h2::PREFACE.to_vec();

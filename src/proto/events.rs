@@ -117,11 +117,15 @@ fn sse_lines(body: &[u8]) -> bool {
         Some(end) => body.split_at(end + 1),
         None => (body, &b""[..]),
     };
-    let fields: [&[u8]; 5] = [b"data", b"event", b"id", b"retry", b":"];
+    let fields: [&[u8]; 4] = [b"data", b"event", b"id", b"retry"];
+    // Either a field's name cut short, or a whole name (then a colon, or
+    // the end): `data_error happened` begins like `data` but is no field.
+    let last_name = &last[..memchr::memchr(b':', last).unwrap_or(last.len())];
     let begins_like_field = last.is_empty()
+        || last[0] == b':'
         || fields
             .iter()
-            .any(|f| f.starts_with(last) || last.starts_with(f));
+            .any(|f| f.starts_with(last) || *f == last_name);
     if !begins_like_field {
         return false;
     }
@@ -334,6 +338,9 @@ impl EventParser {
                 self.data.push(b'\n');
                 self.has_data = true;
             }
+            // An empty type is the default one (WHATWG: only a non-empty
+            // buffer names the event), also after an earlier `event:`.
+            b"event" if value.is_empty() => self.name = None,
             b"event" => self.name = Some(String::from_utf8_lossy(value).into_owned()),
             _ => {} // id, retry and unknown fields change nothing we report
         }
@@ -412,6 +419,14 @@ mod tests {
             "cut inside a field name"
         );
         assert_eq!(
+            sniff(b"data: 1\n\ndata_error happened"),
+            None,
+            "begins like a field, is none"
+        );
+        assert_eq!(sniff(b"data: 1\n\ndata: cut"), Some(Format::Sse));
+        assert_eq!(sniff(b"data: 1\n\ndata"), Some(Format::Sse));
+        assert_eq!(sniff(b"data: 1\n\n: a comment, cut"), Some(Format::Sse));
+        assert_eq!(
             sniff(b": keep-alive\r\nevent: delta\r\ndata: {}\r\nid: 7\r\n\r\ndata: [DONE]\r\n\r\n"),
             Some(Format::Sse)
         );
@@ -450,6 +465,12 @@ mod tests {
             "the name does not leak into the next event"
         );
         assert_eq!(ev[2].name, None, "nor that of an event with no data");
+        let emptied = all(
+            Format::Sse,
+            b"event:\ndata: 1\n\nevent: a\nevent:\ndata: 2\n\n",
+        );
+        let names: Vec<Option<&str>> = emptied.iter().map(|e| e.name.as_deref()).collect();
+        assert_eq!(names, [None, None], "an empty type is the default one");
         // Offsets count the BOM and land just past the line end that
         // dispatched (a CRLF dispatches at its CR).
         assert!(body[..ev[0].end as usize].ends_with(b"two\r\n\r"));

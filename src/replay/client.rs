@@ -200,10 +200,19 @@ pub struct Answer {
     pub first_token_ts: Option<i64>,
 }
 
+/// Nanoseconds since the Unix epoch, read from the monotonic clock after
+/// one reading of the wall clock: a clock step (NTP, a VM resumed) in the
+/// middle of a run must not give a negative gap between two tokens or a
+/// negative latency.
 pub fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64)
+    static ANCHOR: std::sync::OnceLock<(i64, std::time::Instant)> = std::sync::OnceLock::new();
+    let (wall, at) = ANCHOR.get_or_init(|| {
+        let wall = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        (wall, std::time::Instant::now())
+    });
+    wall.saturating_add(at.elapsed().as_nanos() as i64)
 }
 
 /// Collects the final response from the framer.
@@ -1011,6 +1020,21 @@ fn handshake_failed(e: &std::io::Error, alpn: Alpn) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn now_never_goes_back() {
+        let mut last = now_ns();
+        for _ in 0..10_000 {
+            let t = now_ns();
+            assert!(t >= last, "{t} < {last}");
+            last = t;
+        }
+        let wall = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i64;
+        assert!((last - wall).abs() < 5_000_000_000, "{last} vs {wall}");
+    }
 
     #[test]
     fn a_reused_clock_cuts_each_wait_at_its_own_deadline() {
