@@ -576,7 +576,7 @@ fn judge_failures(s: &ShadowStats, ep: Option<&str>, shadow: &str) -> Option<Rea
             format!(
                 "{} judge calls gave no score (timeouts, crashes, bad answers or refusals; {} on this shadow's pairs, {} on the primary's own noise pairs); {} exchanges hold such values and no other difference beyond noise: whether those agree is unknown, so they are not counted as divergent, and the gate cannot say GO",
                 s.judge_failed,
-                s.judge_failed - s.judge_failed_noise,
+                s.judge_failed.saturating_sub(s.judge_failed_noise),
                 s.judge_failed_noise,
                 s.unjudged
             ),

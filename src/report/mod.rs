@@ -545,9 +545,9 @@ pub struct Report {
 }
 
 impl ShadowStats {
-    /// `, N unjudged` after the divergent count when a judge failed on
-    /// exchanges that differ in nothing else: during an outage "0 divergent"
-    /// alone would read as agreement.
+    /// `, N unjudged` after the divergent count when exchanges that are not
+    /// divergent hold values a judge failed to score: during an outage
+    /// "0 divergent" alone would read as agreement.
     pub fn unjudged_note(&self, int: impl Fn(u64) -> String) -> String {
         if self.unjudged == 0 {
             return String::new();
