@@ -845,9 +845,13 @@ fn rewritten_answers_fail_the_similarity_drop_though_each_passes_its_rule() {
 // 4. An external judge, through diff.
 
 fn judge_config(script: &str, extra: &str) -> String {
+    judge_command_config(&format!("{:?}", judge_script(script)), extra)
+}
+
+/// A judge rule on `$.text` run by `python3 ARGS` (ARGS as TOML strings).
+fn judge_command_config(args: &str, extra: &str) -> String {
     format!(
-        "judge_command = [\"python3\", {:?}]\n{extra}\n[[rule]]\npath = \"$.text\"\ncompare = \"judge\"\nmin = 0.5\n",
-        judge_script(script)
+        "judge_command = [\"python3\", {args}]\n{extra}\n[[rule]]\npath = \"$.text\"\ncompare = \"judge\"\nmin = 0.5\n"
     )
 }
 
@@ -856,27 +860,21 @@ fn judge_config(script: &str, extra: &str) -> String {
 /// where it says something else entirely (overlap 0); `mark` puts a marker
 /// word first in the shadow's text of the given exchanges.
 fn judged(low: usize, edits: usize, mark: &[(usize, &str)]) -> Vec<Exchange> {
-    (0..200)
-        .map(|i| {
-            let base = words(i, 10);
-            let mut shadow = if i < low {
-                (0..10).map(|k| format!("other{k}")).collect()
+    judged_by(
+        // Byte for byte the live answer: scored 1 without a call.
+        |_, base| base.to_vec(),
+        |i, base| {
+            let shadow = if i < low {
+                other()
             } else {
-                edit(&base, edits, i)
+                edit(base, edits, i)
             };
-            if let Some((_, m)) = mark.iter().find(|(j, _)| *j == i) {
-                shadow[0] = m.to_string();
+            match mark.iter().find(|(j, _)| *j == i) {
+                Some((_, m)) => marked(shadow, m),
+                None => shadow,
             }
-            Exchange {
-                endpoint: CHAT,
-                request: request(i, ""),
-                // Byte for byte the live answer: scored 1 without a call.
-                recorded: Some(openai_json(&format!("p{i}"), &base, "stop", 10, 20 * MS)),
-                primary: openai_json(&format!("p{i}"), &base, "stop", 10, 20 * MS),
-                shadow: openai_json(&format!("s{i}"), &shadow, "stop", 10, 20 * MS),
-            }
-        })
-        .collect()
+        },
+    )
 }
 
 #[test]
@@ -978,19 +976,19 @@ fn judge_timeouts_are_counted_and_never_a_go() {
 
 /// A judge that is down: it starts, then exits before answering, every time.
 fn down_judge_config(extra: &str) -> String {
-    format!(
-        "judge_command = [\"python3\", \"-c\", \"import sys; sys.exit(3)\"]\n{extra}\n[[rule]]\npath = \"$.text\"\ncompare = \"judge\"\nmin = 0.5\n"
-    )
+    judge_command_config("\"-c\", \"import sys; sys.exit(3)\"", extra)
 }
 
 /// LOOSE, and one edited word in ten (a similarity drop of 2/11) allowed.
-const LOOSER: &str = "[gate]\nmax_divergence_rate = 0.05\nmax_error_rate_increase = 0.05\nmax_p99_latency_ratio = inf\nmax_similarity_drop = 0.5\n";
+fn looser() -> String {
+    format!("{LOOSE}max_similarity_drop = 0.5\n")
+}
 
 #[test]
 fn a_judge_outage_alone_is_inconclusive_not_a_no_go() {
     // Every shadow answer has one word edited: a working judge passes them.
     let xs = judged(0, 1, &[]);
-    let control = diff(&xs, &judge_config("overlap.py", LOOSER));
+    let control = diff(&xs, &judge_config("overlap.py", &looser()));
     assert_eq!(
         control.code,
         Some(0),
@@ -1001,7 +999,7 @@ fn a_judge_outage_alone_is_inconclusive_not_a_no_go() {
     assert_eq!(control.shadow(CHAT)["divergent"], 0);
     // The judge is down: nothing is known about the 200 texts, which is
     // not a reason to stop the rollout, nor to allow it.
-    let run = diff(&xs, &down_judge_config(LOOSER));
+    let run = diff(&xs, &down_judge_config(&looser()));
     assert_eq!(run.code, Some(3), "{}\n{}", run.stdout, run.stderr);
     assert_eq!(run.report["verdict"], "INCONCLUSIVE");
     assert_eq!(run.report["judge"]["scored"], 0);
@@ -1050,7 +1048,7 @@ fn a_judge_outage_hides_no_real_divergence() {
             x
         })
         .collect();
-    let run = diff(&xs, &down_judge_config(LOOSER));
+    let run = diff(&xs, &down_judge_config(&looser()));
     assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
     assert_eq!(run.report["verdict"], "NO-GO");
     let v2 = run.shadow(CHAT);
@@ -1155,7 +1153,7 @@ fn a_judge_failing_on_the_noise_pairs_makes_no_false_regression() {
         },
         |i, base| if i < 60 { other() } else { edit(base, 1, i) },
     );
-    let run = diff(&xs, &judge_config("flaky.py", LOOSER));
+    let run = diff(&xs, &judge_config("flaky.py", &looser()));
     assert_eq!(run.code, Some(3), "{}\n{}", run.stdout, run.stderr);
     assert_eq!(run.report["verdict"], "INCONCLUSIVE");
     let v2 = run.shadow(CHAT);
@@ -1177,7 +1175,7 @@ fn a_judge_failing_on_every_shadow_pair_leaves_them_unjudged() {
         |i, base| if i < 10 { other() } else { base.to_vec() },
         |i, base| marked(edit(base, 1, i), "LIMIT"),
     );
-    let run = diff(&xs, &judge_config("flaky.py", LOOSER));
+    let run = diff(&xs, &judge_config("flaky.py", &looser()));
     assert_eq!(run.code, Some(3), "{}\n{}", run.stdout, run.stderr);
     let v2 = run.shadow(CHAT);
     assert_eq!(v2["judge_failed"], 200);

@@ -334,15 +334,10 @@ struct PathCount {
 fn path_counts(f: &Folded, sigs: impl Iterator<Item = (u32, u64)>) -> HashMap<u32, PathCount> {
     let mut out: HashMap<u32, PathCount> = HashMap::new();
     for (sig, n) in sigs {
-        let entries = &f.sigs[sig as usize];
-        for (i, &(p, _)) in entries.iter().enumerate() {
-            if i > 0 && entries[i - 1].0 == p {
-                continue;
-            }
-            let known = entries
-                .iter()
-                .any(|&(q, k)| q == p && k != DiffKind::Unjudged);
-            let c = out.entry(p).or_default();
+        // Signatures are sorted by path: one run per path.
+        for run in f.sigs[sig as usize].chunk_by(|a, b| a.0 == b.0) {
+            let known = run.iter().any(|&(_, k)| k != DiffKind::Unjudged);
+            let c = out.entry(run[0].0).or_default();
             if known {
                 c.differ += n;
             } else {
@@ -355,23 +350,22 @@ fn path_counts(f: &Folded, sigs: impl Iterator<Item = (u32, u64)>) -> HashMap<u3
 
 /// Whether a signature still differs once noise paths are removed. Values
 /// the judge gave no score for are not differences (nor agreements: see
-/// `unjudged_only`).
+/// `has_unjudged`).
 fn divergent(f: &Folded, sig: u32, noise: Option<&HashSet<u32>>) -> bool {
     f.sigs[sig as usize]
         .iter()
         .any(|(p, k)| *k != DiffKind::Unjudged && noise.is_none_or(|n| !n.contains(p)))
 }
 
-/// Whether a signature that is not divergent holds values the judge gave
-/// no score for: such an exchange may or may not agree. Counted on noise
+/// Whether a signature holds values the judge gave no score for: if it is
+/// not divergent, the exchange may or may not agree. Counted on noise
 /// paths too: a path can be noise for want of scored pairs (the test had
 /// too few to find a regression), and "0 divergent" would then read as
 /// agreement during an outage.
-fn unjudged_only(f: &Folded, sig: u32, noise: Option<&HashSet<u32>>) -> bool {
-    !divergent(f, sig, noise)
-        && f.sigs[sig as usize]
-            .iter()
-            .any(|(_, k)| *k == DiffKind::Unjudged)
+fn has_unjudged(f: &Folded, sig: u32) -> bool {
+    f.sigs[sig as usize]
+        .iter()
+        .any(|(_, k)| *k == DiffKind::Unjudged)
 }
 
 fn kind_of_path(path: &str) -> &'static str {
@@ -435,7 +429,7 @@ fn shadow_stats(
         s.compared += t.compared;
         for (cell, &n) in &t.cells {
             if !divergent(f, cell.sig, ns) {
-                if unjudged_only(f, cell.sig, ns) {
+                if has_unjudged(f, cell.sig) {
                     s.unjudged += n;
                 }
                 continue;
