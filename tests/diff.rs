@@ -699,3 +699,62 @@ fn family_wise_correction_is_applied_and_named() {
         }
     }
 }
+
+/// Past 5,000 distinct endpoints, later ones are reported together as
+/// "(other endpoints)" (bounded memory), but each exchange is still
+/// compared by the rules of its own endpoint: a rule for an endpoint that
+/// comes late must not stop applying because many came before it.
+#[test]
+fn endpoints_past_the_report_cap_keep_their_own_rules() {
+    let config = "[gate]\nmax_divergence_rate = 0.05\nmin_exchanges = 200\n\n[headers]\nignore = [\"date\"]\n\n[[rule]]\nendpoint = \"POST /late\"\npath = \"$.session\"\ncompare = \"ignore\"\n";
+    let roles = [
+        ("recorded", TargetRole::Recorded),
+        ("primary", TargetRole::Primary),
+        ("v2", TargetRole::Shadow),
+    ];
+    let mut rows = Vec::new();
+    for i in 0..5_000u64 {
+        let ep = format!("GET /item-{i}");
+        for (name, role) in roles {
+            rows.push(row(i, name, role, &ep, &json!({"ok": true}), 2.0));
+        }
+    }
+    // 300 exchanges of an endpoint past the cap: the session differs on
+    // every shadow answer (ignored by its rule), the label on 15 of them.
+    for i in 5_000..5_300u64 {
+        let label = if i < 5_015 { "bird" } else { "cat" };
+        let primary = json!({"label": "cat", "session": "p"});
+        let shadow = json!({"label": label, "session": format!("s{i}")});
+        rows.push(row(
+            i,
+            "recorded",
+            TargetRole::Recorded,
+            "POST /late",
+            &primary,
+            2.0,
+        ));
+        rows.push(row(
+            i,
+            "primary",
+            TargetRole::Primary,
+            "POST /late",
+            &primary,
+            2.0,
+        ));
+        rows.push(row(i, "v2", TargetRole::Shadow, "POST /late", &shadow, 2.0));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results.parquet");
+    write_results(&results, &rows, "recorded,primary,v2");
+    let run = diff_files(dir, &[results], config, &[]);
+    assert!(
+        matches!(run.code, Some(0..=3)),
+        "{}\n{}",
+        run.stdout,
+        run.stderr
+    );
+    let other = &endpoint(&run.report, "(other endpoints)")["shadows"]["v2"];
+    assert_eq!(other["compared"], 300, "{other}");
+    assert_eq!(other["divergent"], 15, "{other}");
+    assert_eq!(paths(&other["fields"]), ["$.label"], "{other}");
+}

@@ -99,7 +99,16 @@ pub struct Comparer<'c> {
     /// and hashing its name two or three times per exchange showed in the
     /// profile.
     last: (String, usize),
+    /// Where an endpoint past [`MAX_CACHED_ENDPOINTS`] gets its rules worked
+    /// out, uncached: each exchange is still compared by its own endpoint's
+    /// rules however many endpoints a run has.
+    scratch: Option<usize>,
 }
+
+/// Endpoints whose rules are kept once worked out: a run of unbounded
+/// distinct names (ids in paths no template collapses) must not grow memory
+/// with each new one. Past it, the globs run for each exchange.
+const MAX_CACHED_ENDPOINTS: usize = 2 * super::MAX_ENDPOINTS;
 
 impl<'c> Comparer<'c> {
     pub fn new(config: &'c Config) -> Self {
@@ -108,6 +117,7 @@ impl<'c> Comparer<'c> {
             by_endpoint: Default::default(),
             configs: Vec::new(),
             last: (String::new(), usize::MAX),
+            scratch: None,
         }
     }
 
@@ -118,6 +128,19 @@ impl<'c> Comparer<'c> {
         }
         let i = match self.by_endpoint.get(endpoint) {
             Some(&i) => i,
+            None if self.by_endpoint.len() >= MAX_CACHED_ENDPOINTS => {
+                let applies = self.applies_to(endpoint);
+                match self.scratch {
+                    Some(i) => {
+                        self.configs[i] = applies;
+                        i
+                    }
+                    None => {
+                        self.configs.push(applies);
+                        *self.scratch.insert(self.configs.len() - 1)
+                    }
+                }
+            }
             None => {
                 let applies = self.applies_to(endpoint);
                 self.configs.push(applies);
@@ -776,6 +799,38 @@ mod tests {
             .into_iter()
             .map(|d| (d.path, d.kind))
             .collect()
+    }
+
+    /// Past the cache of endpoints, each one's rules are still its own, and
+    /// the cache stops growing.
+    #[test]
+    fn endpoints_past_the_cache_get_their_own_rules_uncached() {
+        let config =
+            "[[rule]]\nendpoint = \"POST /late*\"\npath = \"$.session\"\ncompare = \"ignore\"\n";
+        let c = Config::parse(config).unwrap();
+        let mut cmp = Comparer::new(&c);
+        for i in 0..MAX_CACHED_ENDPOINTS + 10 {
+            assert!(cmp.endpoint(&format!("GET /item-{i}")).rules.is_empty());
+        }
+        assert_eq!(cmp.by_endpoint.len(), MAX_CACHED_ENDPOINTS);
+        // Uncached names one after another, and a cached one between them.
+        for name in ["POST /late-1", "GET /item-1", "POST /late-2", "GET /x"] {
+            let rules = cmp.endpoint(name).rules.len();
+            assert_eq!(rules, usize::from(name.starts_with("POST")), "{name}");
+        }
+        let p = json_answer(r#"{"session":"a","label":"cat"}"#);
+        let s = json_answer(r#"{"session":"b","label":"dog"}"#);
+        let paths = |ep: &str, cmp: &mut Comparer| -> Vec<String> {
+            cmp.compare(ep, &p, &s)
+                .into_iter()
+                .map(|d| d.path)
+                .collect()
+        };
+        assert_eq!(paths("POST /late-3", &mut cmp), ["$.label"]);
+        assert_eq!(paths("GET /y", &mut cmp), ["$.label", "$.session"]);
+        assert_eq!(paths("POST /late-3", &mut cmp), ["$.label"]);
+        assert_eq!(cmp.by_endpoint.len(), MAX_CACHED_ENDPOINTS);
+        assert!(cmp.configs.len() <= MAX_CACHED_ENDPOINTS + 1);
     }
 
     /// A judge outage on many values must not use up the cap on listed

@@ -155,11 +155,12 @@ pub(super) fn fold_identical(rows: &[RowRef], ctx: &mut FoldCtx) -> bool {
         c.target(i),
     )
     .unwrap_or(c.endpoint(i));
-    let name = ctx.folded.endpoint_name(name);
+    // The rules of its own endpoint, even when it is reported with others.
     let ec = ctx.comparer.endpoint(name);
     if ec.scores || !ec.drift.is_empty() {
         return false;
     }
+    let name = ctx.folded.endpoint_name(name);
     let f = &mut *ctx.folded;
     let ep = f.endpoints.id(name);
     if f.llm_probe.get(&ep).is_none_or(|p| p.wanted()) {

@@ -956,7 +956,9 @@ fn fold_group(
     *f.exchanges_per_endpoint.entry(ep).or_default() += 1;
     f.live_primary |= r.live.is_some();
     f.recorded_primary |= r.live.is_none();
-    let spec = comparer.endpoint(name).doc;
+    // Reported under `name`, compared by the rules of its own endpoint.
+    let own = r.endpoint;
+    let spec = comparer.endpoint(own).doc;
     let pd = LazyDoc::new(primary, spec);
     static NO_JUDGEMENTS: std::sync::LazyLock<HashMap<String, judge::Judgement>> =
         std::sync::LazyLock::new(HashMap::new);
@@ -969,7 +971,7 @@ fn fold_group(
         if usable(rec) && usable(live) {
             let rd = LazyDoc::new(rec, spec);
             let mut seen = compare::Observed::default();
-            let diffs = comparer.compare_docs(name, &rd, &pd, judge_mode("recorded"), &mut seen);
+            let diffs = comparer.compare_docs(own, &rd, &pd, judge_mode("recorded"), &mut seen);
             let sig = f.signature(&diffs);
             let n = f.noise.entry(ep).or_default();
             n.compared += 1;
@@ -998,7 +1000,7 @@ fn fold_group(
         let sd = LazyDoc::new(shadow, spec);
         let mut seen = compare::Observed::default();
         let diffs =
-            comparer.compare_docs(name, &pd, &sd, judge_mode(&shadow.target_name), &mut seen);
+            comparer.compare_docs(own, &pd, &sd, judge_mode(&shadow.target_name), &mut seen);
         let sig = f.signature(&diffs);
         let cell = Cell {
             sig,
@@ -1046,7 +1048,7 @@ fn fold_group(
                 probe.saw(primary.exchange_id, seen_llm);
             }
         }
-        let wanted = &comparer.endpoint(name).drift;
+        let wanted = &comparer.endpoint(own).drift;
         summarize::fold_drift(&ctx.opts.config, wanted, &pd, &sd, t);
         if diffs.is_empty() {
             continue;
