@@ -776,3 +776,76 @@ fn a_graceful_goaway_after_the_last_answer_costs_no_request() {
     assert_eq!(answered.lines().count(), 108);
     assert_eq!(connections.len(), 108usize.div_ceil(5));
 }
+
+/// An HTTP/2 request captured with trailers is replayed with them: the
+/// body in DATA, then the trailers, as hyper-h2 receives them; redacted
+/// ones and framing fields stay unsent.
+#[test]
+fn h2_replay_sends_the_request_trailers_after_the_body() {
+    let Some(python) = common::python_with(&["h2"]) else {
+        return;
+    };
+    let server = echo_server(&python);
+    let dir = tempfile::tempdir().unwrap();
+    let capture = dir.path().join("trailers.parquet");
+    let rows: Vec<Exchange> = (0..2u64)
+        .map(|i| {
+            let mut ex = Exchange {
+                exchange_id: i,
+                flow_id: 1,
+                seq_in_flow: i as u32,
+                stream_id: Some(1 + 2 * i as u32),
+                method: "POST".into(),
+                target: format!("/pkg.Svc/Call{i}"),
+                http_version: "HTTP/2".into(),
+                host: Some("prod.example".into()),
+                request_ts: 1_700_000_000_000_000_000,
+                request_end_ts: 1_700_000_000_000_000_000,
+                status: Some(200),
+                // The second has no body: HEADERS, then the trailers alone.
+                request_body: if i == 0 { b"abc".to_vec() } else { Vec::new() },
+                ..Default::default()
+            };
+            ex.request_headers
+                .push(b"content-type", b"application/grpc");
+            ex.request_headers.push(b"te", b"trailers");
+            ex.request_trailers
+                .push(b"x-checksum", format!("sum{i}").as_bytes());
+            ex.request_trailers.push(b"x-token", b"[REDACTED]");
+            ex.request_trailers.push(b"content-length", b"3");
+            ex
+        })
+        .collect();
+    let mut w = shadowctl::schema::ExchangeFileWriter::create(
+        &capture,
+        shadowctl::schema::WriterConfig::default(),
+    )
+    .unwrap();
+    w.write(&rows).unwrap();
+    w.finish(vec![]).unwrap();
+    let results = replay(
+        &capture,
+        &["--primary", &format!("http://127.0.0.1:{}", server.1)],
+    );
+    let live: Vec<_> = results
+        .iter()
+        .filter(|r| r.target_name == "primary")
+        .collect();
+    assert_eq!(live.len(), 2);
+    for r in live {
+        assert!(r.error_kind.is_none(), "{r:?}");
+        let body: serde_json::Value = serde_json::from_slice(&r.response_body).unwrap();
+        let i = r.exchange_id;
+        let want_body = if i == 0 {
+            serde_json::json!("abc")
+        } else {
+            serde_json::Value::Null
+        };
+        assert_eq!(body["body"], want_body, "{body}");
+        assert_eq!(
+            body["trailers"],
+            serde_json::json!([["x-checksum", format!("sum{i}")]]),
+            "{body}"
+        );
+    }
+}

@@ -36,21 +36,43 @@ struct Recorder {
     requests: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
+/// One request's bytes: the head, then a body of Content-Length bytes, or
+/// chunks up to the last one and the trailer section after it.
 fn read_request(r: &mut impl BufRead) -> Option<Vec<u8>> {
     let mut raw = Vec::new();
     let mut len = 0usize;
-    loop {
+    let mut chunked = false;
+    fn line(r: &mut impl BufRead, raw: &mut Vec<u8>) -> Option<Vec<u8>> {
         let mut line = Vec::new();
         if r.read_until(b'\n', &mut line).ok()? == 0 {
             return None;
         }
         raw.extend_from_slice(&line);
+        Some(line)
+    }
+    loop {
+        let line = line(r, &mut raw)?;
         let text = String::from_utf8_lossy(&line).to_ascii_lowercase();
         if let Some(v) = text.strip_prefix("content-length:") {
             len = v.trim().parse().unwrap_or(0);
         }
+        chunked |= text.starts_with("transfer-encoding:") && text.contains("chunked");
         if line == b"\r\n" {
             break;
+        }
+    }
+    if chunked {
+        loop {
+            let size = line(r, &mut raw)?;
+            let size = usize::from_str_radix(String::from_utf8_lossy(&size).trim(), 16).ok()?;
+            if size == 0 {
+                // Trailer fields up to the empty line.
+                while line(r, &mut raw)? != b"\r\n" {}
+                return Some(raw);
+            }
+            let mut data = vec![0; size + 2];
+            r.read_exact(&mut data).ok()?;
+            raw.extend_from_slice(&data);
         }
     }
     let mut body = vec![0; len];
@@ -2052,4 +2074,58 @@ fn a_full_disk_keeps_the_results_written_before_it_filled() {
     assert!(rows.len() < 4000, "{} rows", rows.len());
     let recorded = role(&rows, TargetRole::Recorded);
     assert!(recorded.iter().all(|r| r.response_body.len() == 16 << 10));
+}
+
+/// A request captured with trailers reaches the target chunked, with its
+/// trailers after the body, byte for byte; a redacted one is left out and
+/// counted; the next request on the connection is read whole after it.
+#[test]
+fn request_trailers_reach_the_target_after_the_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = shaped_capture(dir.path(), "trailers.parquet", 2, |i, ex| {
+        ex.method = "POST".into();
+        ex.flow_id = 1;
+        ex.seq_in_flow = i as u32;
+        ex.request_body = format!("payload-{i}").into_bytes();
+        ex.request_headers.push(b"Transfer-Encoding", b"chunked");
+        ex.request_headers.push(b"Trailer", b"X-Checksum");
+        ex.request_trailers
+            .push(b"X-Checksum", format!("sum{i}").as_bytes());
+        ex.request_trailers.push(b"X-Token", b"[REDACTED]");
+    });
+    let target = Recorder::start(Behaviour::Answer("v1"));
+    let summary = dir.path().join("summary.json");
+    let (run, rows, _d) = replay(&[
+        cap.to_str().unwrap(),
+        "--primary",
+        &target.url(),
+        "--max",
+        "--concurrency",
+        "1",
+        "--summary-json",
+        summary.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let mut got = target.received();
+    got.sort();
+    let want: Vec<String> = (0..2)
+        .map(|i| {
+            format!(
+                "POST /t/{i} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nTrailer: X-Checksum\r\n\
+                 Transfer-Encoding: chunked\r\n\r\n9\r\npayload-{i}\r\n0\r\nX-Checksum: sum{i}\r\n\r\n",
+                target.port
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+    let live = role(&rows, TargetRole::Primary);
+    assert_eq!(live.len(), 2);
+    assert!(live.iter().all(|r| r.status == Some(200)), "{live:?}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    assert_eq!(summary["dropped_redacted_values"], 2, "{summary}");
 }

@@ -26,6 +26,8 @@ const MAX_CONNECTIONS: usize = 16;
 pub struct H2Request {
     pub head: http::Request<()>,
     pub body: Bytes,
+    /// The captured request trailers, sent after the body.
+    pub trailers: Option<http::HeaderMap>,
 }
 
 /// One target's HTTP/2 connections.
@@ -244,7 +246,7 @@ impl Target {
         answer: &mut Answer,
     ) {
         answer.sent_ts = Some(now_ns());
-        let end = req.body.is_empty();
+        let end = req.body.is_empty() && req.trailers.is_none();
         let (response, mut body_tx) = match send.send_request(req.head, end) {
             Ok(x) => x,
             Err(e) => {
@@ -252,12 +254,18 @@ impl Target {
                 return;
             }
         };
-        if !end {
-            // Held by `h2` until the server's window lets it out.
-            if let Err(e) = body_tx.send_data(req.body, true) {
-                answer.error = Some(classify(&e));
-                return;
-            }
+        // Held by `h2` until the server's window lets them out.
+        let sent = match req.trailers {
+            _ if end => Ok(()),
+            None => body_tx.send_data(req.body, true),
+            Some(t) if req.body.is_empty() => body_tx.send_trailers(t),
+            Some(t) => body_tx
+                .send_data(req.body, false)
+                .and_then(|()| body_tx.send_trailers(t)),
+        };
+        if let Err(e) = sent {
+            answer.error = Some(classify(&e));
+            return;
         }
         let response = match clock.within(deadline, response).await {
             Some(Ok(r)) => r,

@@ -56,13 +56,15 @@ pub fn unsendable(ex: &Exchange) -> Option<String> {
     if ex.target.chars().any(|c| c <= ' ' || c == '\u{7f}') {
         return Some("the target holds spaces or control characters".into());
     }
-    for (name, value) in ex.request_headers.iter() {
+    let fields = ex.request_headers.iter().map(|f| ("header", f));
+    let trailers = ex.request_trailers.iter().map(|f| ("trailer", f));
+    for (what, (name, value)) in fields.chain(trailers) {
         if name.first() == Some(&b':') {
             continue; // HTTP/2 pseudo-headers: not sent as fields
         }
         if !is_token(&String::from_utf8_lossy(name)) {
             return Some(format!(
-                "the header name {:?} is not a token",
+                "the {what} name {:?} is not a token",
                 String::from_utf8_lossy(name)
             ));
         }
@@ -74,6 +76,38 @@ pub fn unsendable(ex: &Exchange) -> Option<String> {
         }
     }
     None
+}
+
+/// A field as sent: name and value.
+type Field<'a> = (&'a [u8], &'a [u8]);
+
+/// Trailer fields never sent: ones that describe one hop, frame the
+/// message or route it (RFC 9110 section 6.5.1), which a server or proxy
+/// reading them could take for the head's. Others go as captured.
+fn not_a_trailer(lower: &str) -> bool {
+    HOP_BY_HOP.contains(&lower)
+        || matches!(lower, "content-length" | "host")
+        || lower.starts_with(':')
+}
+
+/// The captured request trailers as they go out: in order, without
+/// `--drop-header` fields, what a trailer may not carry, and redacted
+/// values (left out, counted, as in the header). Returns (fields, dropped).
+fn trailer_fields<'a>(ex: &'a Exchange, rules: &RequestRules) -> (Vec<Field<'a>>, u32) {
+    let mut dropped = 0;
+    let mut out = Vec::new();
+    for (name, value) in ex.request_trailers.iter() {
+        let lower = String::from_utf8_lossy(name).to_ascii_lowercase();
+        if rules.drop.contains(&lower) || not_a_trailer(&lower) {
+            continue;
+        }
+        if value == REDACTED.as_bytes() {
+            dropped += 1;
+            continue;
+        }
+        out.push((name, value));
+    }
+    (out, dropped)
 }
 
 /// Parse `Name: value` given to `flag` (`--header`, `--marker`). A name that
@@ -261,11 +295,22 @@ pub fn build(ex: &Exchange, dest: &Destination<'_>, rules: &RequestRules) -> Bui
     out.extend_from_slice(b"\r\n");
 
     let (mut host_seen, mut length_sent) = (false, false);
-    let hop_by_hop = |lower: &str, _: &[u8]| HOP_BY_HOP.contains(&lower);
+    // Trailers need chunked framing: HTTP/1.0 has none, so they stay unsent.
+    let (trailers, dropped_trailers) = trailer_fields(ex, rules);
+    let chunked = !trailers.is_empty() && version == "HTTP/1.1";
+    dropped_redacted += dropped_trailers;
+    // With trailers sent, the `Trailer` field announcing them goes too.
+    let hop_by_hop = |lower: &str, _: &[u8]| {
+        (HOP_BY_HOP.contains(&lower) && !(chunked && lower == "trailer"))
+            || (chunked && lower == "content-length")
+    };
     let marker = marker_name(dest);
     dropped_redacted += send_fields(ex, rules, hop_by_hop, |lower, name, value, captured| {
         if marker(lower) {
             return; // only the marker's own value, once
+        }
+        if chunked && lower == "content-length" {
+            return; // a `--header` length beside chunked framing: two framings
         }
         if captured && lower == "host" {
             // The first Host, rewritten to the target unless --keep-host.
@@ -295,6 +340,15 @@ pub fn build(ex: &Exchange, dest: &Destination<'_>, rules: &RequestRules) -> Bui
     if let Some((n, v)) = dest.marker {
         push_header(&mut out, n.as_bytes(), v.as_bytes());
     }
+    if chunked {
+        push_header(&mut out, b"Transfer-Encoding", b"chunked");
+        out.extend_from_slice(b"\r\n");
+        chunk_with_trailers(&mut out, &ex.request_body, &trailers);
+        return Built {
+            bytes: out,
+            dropped_redacted,
+        };
+    }
     // The body is stored de-chunked: a chunked request is sent with a length.
     let had_chunked = ex.request_headers.get("transfer-encoding").is_some();
     if !length_sent && (!ex.request_body.is_empty() || had_chunked) {
@@ -307,6 +361,21 @@ pub fn build(ex: &Exchange, dest: &Destination<'_>, rules: &RequestRules) -> Bui
         bytes: out,
         dropped_redacted,
     }
+}
+
+/// A body as one chunk (none when empty), the last chunk, and the trailer
+/// section (RFC 9112 section 7.1).
+fn chunk_with_trailers(out: &mut Vec<u8>, body: &[u8], trailers: &[Field<'_>]) {
+    if !body.is_empty() {
+        out.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
+        out.extend_from_slice(body);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n");
+    for (name, value) in trailers {
+        push_header(out, name, value);
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Build the request for one destination as an HTTP/2 stream: `:method`,
@@ -357,11 +426,14 @@ pub fn build_h2(
             h.append(name, value);
         }
     };
+    let (trailer_list, dropped_trailers) = trailer_fields(ex, rules);
     let forbidden = |lower: &str, value: &[u8]| {
         // Sent as the exact lower-case `trailers` below: `h2` refuses any
         // other spelling.
         let te_trailers = lower == "te" && value.eq_ignore_ascii_case(b"trailers");
-        (HOP_BY_HOP.contains(&lower) && !te_trailers)
+        // Not connection-specific in HTTP/2: announces the trailers sent.
+        let announces = lower == "trailer" && !trailer_list.is_empty();
+        (HOP_BY_HOP.contains(&lower) && !te_trailers && !announces)
             || lower == "host"
             || lower == "http2-settings"
     };
@@ -382,7 +454,23 @@ pub fn build_h2(
         push(n.as_bytes(), v.as_bytes());
     }
     let body = bytes::Bytes::copy_from_slice(&ex.request_body);
-    Ok((H2Request { head, body }, dropped))
+    dropped += dropped_trailers;
+    let mut trailers = http::HeaderMap::new();
+    for (n, v) in trailer_list {
+        let name = http::HeaderName::from_bytes(&n.to_ascii_lowercase());
+        if let (Ok(name), Ok(value)) = (name, http::HeaderValue::from_bytes(v)) {
+            trailers.append(name, value);
+        }
+    }
+    let trailers = (!trailers.is_empty()).then_some(trailers);
+    Ok((
+        H2Request {
+            head,
+            body,
+            trailers,
+        },
+        dropped,
+    ))
 }
 
 #[cfg(test)]
@@ -548,6 +636,81 @@ mod tests {
              x-shadow-replay: 1\r\nContent-Length: 5\r\n\r\nhello"
         );
         assert_eq!(built.dropped_redacted, 1);
+    }
+
+    /// Captured request trailers go out after the body: chunked over
+    /// HTTP/1.1 with the `Trailer` field that announced them, in order,
+    /// without redacted values, framing fields or `--drop-header` names;
+    /// over HTTP/2 after the DATA. HTTP/1.0 has no trailers: a length.
+    #[test]
+    fn request_trailers_are_sent_after_the_body() {
+        let mut ex = exchange();
+        ex.request_headers.push(b"Trailer", b"X-Checksum");
+        for (n, v) in [
+            ("X-Checksum", "abc"),
+            ("X-Token", REDACTED),
+            ("Content-Length", "99"),
+            ("X-Trace", "t"),
+            ("x-done", "1"),
+        ] {
+            ex.request_trailers.push(n.as_bytes(), v.as_bytes());
+        }
+        let dest = Destination {
+            authority: "127.0.0.1:9000",
+            base_path: "",
+            marker: None,
+        };
+        let rules = RequestRules {
+            drop: vec!["x-trace".into()],
+            set: vec![("Content-Length".into(), "7".into())],
+            ..Default::default()
+        };
+        let built = build(&ex, &dest, &rules);
+        assert_eq!(
+            String::from_utf8(built.bytes).unwrap(),
+            "POST /api/x?q=1 HTTP/1.1\r\nHost: 127.0.0.1:9000\r\nTrailer: X-Checksum\r\n\
+             Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Checksum: abc\r\nx-done: 1\r\n\r\n"
+        );
+        assert_eq!(built.dropped_redacted, 2, "Authorization and X-Token");
+
+        let (h2, dropped) = build_h2(&ex, &dest, &rules, false).unwrap();
+        let t = h2.trailers.expect("trailers");
+        let got: Vec<(&str, &str)> = t
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(got, [("x-checksum", "abc"), ("x-done", "1")]);
+        assert_eq!(h2.head.headers()["trailer"], "X-Checksum");
+        assert_eq!((&h2.body[..], dropped), (&b"hello"[..], 2));
+
+        // No body: the last chunk and the trailers alone.
+        ex.request_body.clear();
+        let text = String::from_utf8(build(&ex, &dest, &rules).bytes).unwrap();
+        assert!(
+            text.ends_with("\r\n\r\n0\r\nX-Checksum: abc\r\nx-done: 1\r\n\r\n"),
+            "{text}"
+        );
+        ex.http_version = "HTTP/1.0".into();
+        let text = String::from_utf8(build(&ex, &dest, &rules).bytes).unwrap();
+        assert!(
+            !text.contains("chunked") && !text.contains("X-Checksum: abc"),
+            "{text}"
+        );
+        // Only redacted or framing trailers: nothing to send, a length.
+        let mut plain = exchange();
+        plain.request_trailers.push(b"X-Token", REDACTED.as_bytes());
+        let text = String::from_utf8(build(&plain, &dest, &RequestRules::default()).bytes).unwrap();
+        assert!(text.ends_with("Content-Length: 5\r\n\r\nhello"), "{text}");
+        assert!(build_h2(&plain, &dest, &RequestRules::default(), false)
+            .unwrap()
+            .0
+            .trailers
+            .is_none());
+        // A trailer that would end the section early is never sent.
+        plain
+            .request_trailers
+            .push(b"X-Bad", b"a\r\nGET / HTTP/1.1");
+        assert!(unsendable(&plain).is_some_and(|w| w.contains("X-Bad")));
     }
 
     #[test]

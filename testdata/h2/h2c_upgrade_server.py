@@ -19,10 +19,16 @@ import h2.events
 SERVED = iter(range(1, 1 << 30))
 
 
-def answer(conn, stream_id, path, fields=()):
+def answer(conn, stream_id, path, fields=(), data=b"", trailers=()):
     served = f"{next(SERVED):05d}-" + "s" * 60
-    body = json.dumps({"path": path, "stream": stream_id, "served_id": served,
-                       "fields": [[n, v] for n, v in fields]}).encode()
+    doc = {"path": path, "stream": stream_id, "served_id": served,
+           "fields": [[n, v] for n, v in fields]}
+    # Only when the request had them: the fixtures' answers stay as made.
+    if data:
+        doc["body"] = data.decode("latin-1")
+    if trailers:
+        doc["trailers"] = [[n, v] for n, v in trailers]
+    body = json.dumps(doc).encode()
     conn.send_headers(stream_id, [(":status", "200"), ("content-type", "application/json"),
                                   ("content-length", str(len(body))), ("x-served-id", served)])
     conn.send_data(stream_id, body, end_stream=True)
@@ -72,12 +78,17 @@ def serve(sock):
         for ev in conn.receive_data(data):
             if isinstance(ev, h2.events.RequestReceived):
                 fields = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in ev.headers]
-                requests[ev.stream_id] = (dict(fields).get(":path", "/"), fields)
+                requests[ev.stream_id] = (dict(fields).get(":path", "/"), fields, [b""], [])
             if isinstance(ev, h2.events.DataReceived):
                 conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                if ev.stream_id in requests:
+                    requests[ev.stream_id][2][0] += ev.data
+            if isinstance(ev, h2.events.TrailersReceived) and ev.stream_id in requests:
+                requests[ev.stream_id][3].extend(
+                    (n.decode("latin-1"), v.decode("latin-1")) for n, v in ev.headers)
             if isinstance(ev, h2.events.StreamEnded) and ev.stream_id in requests:
-                path, fields = requests.pop(ev.stream_id)
-                answer(conn, ev.stream_id, path, fields)
+                path, fields, data, trailers = requests.pop(ev.stream_id)
+                answer(conn, ev.stream_id, path, fields, data[0], trailers)
         sock.sendall(conn.data_to_send())
 
 
