@@ -647,9 +647,9 @@ fn run_capture(args: CaptureArgs) -> anyhow::Result<u8> {
         &inputs,
     )?;
     let stop = interrupt_flag();
-    let stats = match &args.interface {
+    let run = match &args.interface {
         Some(interface) => {
-            capture::live::capture_live(&live_options(&args, interface), Arc::clone(&stop))?
+            capture::live::capture_live(&live_options(&args, interface), Arc::clone(&stop))
         }
         None => {
             let mut opts = CaptureOptions::new(args.read.clone(), args.out.clone());
@@ -657,16 +657,32 @@ fn run_capture(args: CaptureArgs) -> anyhow::Result<u8> {
             opts.reassembly = reassembly_config(&args);
             opts.progress = !args.quiet;
             opts.sample = args.sample;
-            let mut stats = capture::capture_files(&opts, Some(Arc::clone(&stop)))?;
-            stats.output_files = vec![args.out.display().to_string()];
-            stats
+            capture::capture_files(&opts, Some(Arc::clone(&stop))).map(|mut stats| {
+                stats.output_files = vec![args.out.display().to_string()];
+                stats
+            })
         }
     };
-    if let Some(path) = &args.stats_json {
-        let json = serde_json::to_string_pretty(&stats)?;
-        shadowctl::outpath::write_file(path, json.as_bytes())
-            .with_context(|| format!("--stats-json {}: cannot write", path.display()))?;
-    }
+    let stats = match run {
+        Ok(stats) => stats,
+        // Failed once running: the figures until then still go out, so a
+        // monitor reading --stats-json learns what happened and what the
+        // files already written hold.
+        Err(capture::CaptureError::Failed(failed)) => {
+            let capture::Failed { cause, stats } = *failed;
+            write_capture_stats(&args, &stats)?;
+            if stats.output_rows > 0 {
+                eprintln!(
+                    "capture failed after writing {} rows, complete and readable, to {}",
+                    stats.output_rows,
+                    stats.output_files.join(", ")
+                );
+            }
+            return Err(cause.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    write_capture_stats(&args, &stats)?;
     if !args.quiet {
         print!("{}", stats.summary());
         println!(
@@ -684,6 +700,16 @@ fn run_capture(args: CaptureArgs) -> anyhow::Result<u8> {
         return Ok(exit::INTERRUPTED);
     }
     Ok(exit::OK)
+}
+
+/// `--stats-json`, when asked for.
+fn write_capture_stats(args: &CaptureArgs, stats: &capture::CaptureStats) -> anyhow::Result<()> {
+    if let Some(path) = &args.stats_json {
+        let json = serde_json::to_string_pretty(stats)?;
+        shadowctl::outpath::write_file(path, json.as_bytes())
+            .with_context(|| format!("--stats-json {}: cannot write", path.display()))?;
+    }
+    Ok(())
 }
 
 /// Rotation of a live capture into a directory when no --rotate-* is given.

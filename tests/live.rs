@@ -565,3 +565,116 @@ fn api_keys_in_headers_and_query_strings_are_redacted_by_default() {
         Some(&b"k-s3cr3t-h"[..])
     );
 }
+
+/// Frames of a pcap file sent onto an interface (AF_PACKET), as tcpreplay
+/// would: `python3 -c SEND_FRAMES file.pcap iface` (classic little-endian
+/// pcap, Ethernet).
+const SEND_FRAMES: &str = r#"
+import socket, struct, sys
+data = open(sys.argv[1], "rb").read()
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((sys.argv[2], 0))
+off = 24
+while off + 16 <= len(data):
+    _, _, incl, _ = struct.unpack("<IIII", data[off:off + 16])
+    s.send(data[off + 16:off + 16 + incl])
+    off += 16 + incl
+"#;
+
+/// The interface a live capture reads disappears mid-run (a veth pair in a
+/// network namespace of the test's own): the capture says why it stopped,
+/// exits 2, and what it captured before is in complete files, and in
+/// `--stats-json`, which names the error.
+#[test]
+fn an_interface_that_disappears_ends_the_capture_with_its_figures_kept() {
+    if skip() {
+        return;
+    }
+    let veth = "ip link add v0 type veth peer name v1";
+    let able = Command::new("unshare")
+        .args(["-n", "sh", "-c", veth])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !able {
+        eprintln!("no network namespace with a veth pair here (unshare -n, ip): skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (out, stats, err) = (
+        dir.path().join("out"),
+        dir.path().join("stats.json"),
+        dir.path().join("stderr"),
+    );
+    let pcap = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/small.pcap");
+    let script = format!(
+        r#"{veth} && ip link set v0 up && ip link set v1 up
+"$BIN" capture --interface v0 --out "$OUT" --stats-json "$STATS" 2> "$ERR" &
+pid=$!
+for _ in $(seq 100); do grep -q "capturing on" "$ERR" && break; sleep 0.1; done
+sleep 0.3
+python3 -c "$SEND" "$PCAP" v1
+sleep 1.5
+ip link del v0
+for _ in $(seq 100); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
+kill -KILL $pid 2>/dev/null
+wait $pid
+echo "rc=$?""#
+    );
+    let run = Command::new("timeout")
+        .args(["60", "unshare", "-n", "sh", "-c", &script])
+        .env("BIN", env!("CARGO_BIN_EXE_shadowctl"))
+        .env("OUT", &out)
+        .env("STATS", &stats)
+        .env("ERR", &err)
+        .env("SEND", SEND_FRAMES)
+        .env("PCAP", &pcap)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&run.stdout);
+    let stderr = std::fs::read_to_string(&err).unwrap_or_default();
+    assert!(said.contains("rc=2"), "{said}\n{stderr}");
+    assert!(
+        stderr.contains("interface disappeared")
+            && stderr.contains("capture failed after writing 10 rows"),
+        "{stderr}"
+    );
+    let files: Vec<PathBuf> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    // The same exchanges as reading the file (its last request has no
+    // answer in it).
+    let read = dir.path().join("read.parquet");
+    let st = shadowctl()
+        .args(["capture", "-q", "--read"])
+        .arg(&pcap)
+        .arg("--out")
+        .arg(&read)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let key = |r: &Exchange| {
+        (
+            r.method.clone(),
+            r.target.clone(),
+            r.status,
+            r.response_body.clone(),
+        )
+    };
+    let want: Vec<_> = rows_in(&[read]).iter().map(key).collect();
+    let got: Vec<_> = rows_in(&files).iter().map(key).collect();
+    assert_eq!(got.len(), 10, "small.pcap holds 10 exchanges");
+    assert_eq!(got, want);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats written")).unwrap();
+    assert_eq!(json["output_rows"], 10, "{json}");
+    assert_eq!(json["exchanges"], 10, "{json}");
+    assert_eq!(json["output_files"].as_array().unwrap().len(), files.len());
+    assert!(
+        json["error"]
+            .as_str()
+            .unwrap()
+            .contains("interface disappeared"),
+        "{json}"
+    );
+}

@@ -319,12 +319,17 @@ pub fn capture_live(
     let mut stats = lp.pipeline.stats;
     // Always joined: a writer that stopped (a full disk) is the cause to
     // report, not the "writer gone" the packet loop then saw.
-    let (files, rows) = lp.writer.finish()?;
-    result?;
-    sent?;
+    let (files, rows) = match lp.writer.finish() {
+        Ok(done) => done,
+        Err(e) => return Err(e.with_stats(stats)),
+    };
     stats.output_rows = rows;
     stats.output_files = files.iter().map(|f| f.display().to_string()).collect();
-    Ok(stats)
+    // The files are complete either way; the figures say what they hold.
+    match result.and(sent) {
+        Ok(()) => Ok(stats),
+        Err(e) => Err(e.with_stats(stats)),
+    }
 }
 
 #[cfg(test)]

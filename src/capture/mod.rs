@@ -47,6 +47,26 @@ pub enum CaptureError {
     WriterGone,
     #[error(transparent)]
     Live(#[from] live::LiveError),
+    /// A failure after capture began, with what it saw and wrote until then.
+    #[error("{}", .0.cause)]
+    Failed(Box<Failed>),
+}
+
+/// A capture that failed once running: the cause, and its figures until
+/// then (`stats.error` holds the cause's text), so `--stats-json` and the
+/// summary still say what was captured and written.
+#[derive(Debug)]
+pub struct Failed {
+    pub cause: CaptureError,
+    pub stats: CaptureStats,
+}
+
+impl CaptureError {
+    /// `self` with the figures of the run it ended.
+    pub(crate) fn with_stats(self, mut stats: CaptureStats) -> Self {
+        stats.error = Some(self.to_string());
+        CaptureError::Failed(Box::new(Failed { cause: self, stats }))
+    }
 }
 
 /// What `capture --read` is asked to do.
@@ -425,36 +445,54 @@ pub fn capture_files(
         snapshot.clone(),
         2,
     )?;
-    match read_all(opts, &files, total, &writer, stop) {
-        Ok(stats) => {
+    let (mut stats, read) = read_all(opts, &files, total, &writer, stop);
+    match read {
+        Ok(()) => {
             *snapshot.lock().unwrap_or_else(|e| e.into_inner()) =
                 serde_json::to_string(&stats).unwrap_or_default();
-            let mut stats = stats;
-            let (_, rows) = writer.finish()?;
-            stats.output_rows = rows;
-            Ok(stats)
+            match writer.finish() {
+                Ok((_, rows)) => {
+                    stats.output_rows = rows;
+                    Ok(stats)
+                }
+                Err(e) => Err(e.with_stats(stats)),
+            }
         }
         Err(e) => {
             // A failed run writes nothing: the previous output stays.
             let own = writer.abort();
             // The writer's own error says more than "the writer stopped".
-            match (e, own) {
-                (CaptureError::WriterGone, Err(own)) => Err(own),
-                (e, _) => Err(e),
-            }
+            let cause = match (e, own) {
+                (CaptureError::WriterGone, Err(own)) => own,
+                (e, _) => e,
+            };
+            Err(cause.with_stats(stats))
         }
     }
 }
 
-/// The packet loop of [`capture_files`] over every input, feeding `writer`.
+/// The packet loop of [`capture_files`] over every input, feeding `writer`:
+/// its figures, and how it ended.
 fn read_all(
     opts: &CaptureOptions,
     files: &[CaptureFile],
     total: u64,
     writer: &WriterThread,
     stop: Option<Arc<AtomicBool>>,
-) -> Result<CaptureStats, CaptureError> {
+) -> (CaptureStats, Result<(), CaptureError>) {
     let mut pipeline = Pipeline::new(opts.reassembly);
+    let read = read_into(&mut pipeline, opts, files, total, writer, stop);
+    (pipeline.stats, read)
+}
+
+fn read_into(
+    pipeline: &mut Pipeline,
+    opts: &CaptureOptions,
+    files: &[CaptureFile],
+    total: u64,
+    writer: &WriterThread,
+    stop: Option<Arc<AtomicBool>>,
+) -> Result<(), CaptureError> {
     pipeline.redact(opts.redact.clone());
     if let Some(f) = opts.sample {
         pipeline.sample(f);
@@ -510,10 +548,10 @@ fn read_all(
             }
         }
     }
-    if let Some(e) = send_error {
-        return Err(e);
+    match send_error {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
-    Ok(pipeline.stats)
 }
 
 #[cfg(test)]

@@ -89,6 +89,10 @@ pub struct CaptureStats {
     pub http2_stray_blocks: u64,
     /// HTTP/2 streams given up because their headers passed a memory cap.
     pub http2_streams_over_memory: u64,
+    /// Why the capture ended in failure (the interface went away, the disk
+    /// filled): the figures above are what it saw and wrote until then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl CaptureStats {
