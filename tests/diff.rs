@@ -706,7 +706,7 @@ fn family_wise_correction_is_applied_and_named() {
 /// comes late must not stop applying because many came before it.
 #[test]
 fn endpoints_past_the_report_cap_keep_their_own_rules() {
-    let config = "[gate]\nmax_divergence_rate = 0.05\nmin_exchanges = 200\n\n[headers]\nignore = [\"date\"]\n\n[[rule]]\nendpoint = \"POST /late\"\npath = \"$.session\"\ncompare = \"ignore\"\n";
+    let config = "[gate]\nmax_divergence_rate = 0.05\nmin_exchanges = 200\n\n[headers]\nignore = [\"date\"]\n\n[[rule]]\nendpoint = \"POST /late\"\npath = \"$.session\"\ncompare = \"ignore\"\n\n[[rule]]\nendpoint = \"(other endpoints)\"\npath = \"$.label\"\ncompare = \"ignore\"\n";
     let roles = [
         ("recorded", TargetRole::Recorded),
         ("primary", TargetRole::Primary),
@@ -719,10 +719,20 @@ fn endpoints_past_the_report_cap_keep_their_own_rules() {
             rows.push(row(i, name, role, &ep, &json!({"ok": true}), 2.0));
         }
     }
-    // 300 exchanges of an endpoint past the cap: the session differs on
-    // every shadow answer (ignored by its rule), the label on 15 of them.
-    for i in 5_000..5_300u64 {
-        let label = if i < 5_015 { "bird" } else { "cat" };
+    // 50 answered alike past the cap (the fast path's), then 300 of an
+    // endpoint whose session differs on every shadow answer (ignored by its
+    // rule), the label on 15 of them.
+    for i in 5_000..5_050u64 {
+        for (name, role) in roles {
+            let mut r = row(i, name, role, "GET /same", &json!({"ok": 1}), 2.0);
+            r.response_headers = HeaderList::new();
+            r.response_headers
+                .push(b"Content-Type", b"application/json");
+            rows.push(r);
+        }
+    }
+    for i in 5_050..5_350u64 {
+        let label = if i < 5_065 { "bird" } else { "cat" };
         let primary = json!({"label": "cat", "session": "p"});
         let shadow = json!({"label": label, "session": format!("s{i}")});
         rows.push(row(
@@ -754,7 +764,27 @@ fn endpoints_past_the_report_cap_keep_their_own_rules() {
         run.stderr
     );
     let other = &endpoint(&run.report, "(other endpoints)")["shadows"]["v2"];
-    assert_eq!(other["compared"], 300, "{other}");
+    assert_eq!(other["compared"], 350, "{other}");
     assert_eq!(other["divergent"], 15, "{other}");
     assert_eq!(paths(&other["fields"]), ["$.label"], "{other}");
+    // Each exchange past the cap counted once; a rule written for the group
+    // applies to nothing (above: $.label still differs), and is said so.
+    let hints: Vec<&str> = run.report["hints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        hints
+            .iter()
+            .any(|h| h.starts_with("350 exchanges are reported together")),
+        "{hints:?}"
+    );
+    assert!(
+        hints
+            .iter()
+            .any(|h| h.contains("names \"(other endpoints)\"") && h.contains("applies to nothing")),
+        "{hints:?}"
+    );
 }

@@ -34,6 +34,8 @@ enum Behaviour {
 struct Recorder {
     port: u16,
     requests: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// Connections accepted.
+    connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// One request's bytes: the head, then a body of Content-Length bytes, or
@@ -181,14 +183,21 @@ impl Recorder {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::clone(&requests);
         let handle = Arc::new(handle);
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted = Arc::clone(&connections);
         std::thread::spawn(move || {
             for conn in listener.incoming().take(10_000) {
                 let Ok(conn) = conn else { continue };
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let (log, handle) = (Arc::clone(&log), Arc::clone(&handle));
                 std::thread::spawn(move || handle(conn, b, &log));
             }
         });
-        Recorder { port, requests }
+        Recorder {
+            port,
+            requests,
+            connections,
+        }
     }
 
     fn url(&self) -> String {
@@ -2078,7 +2087,7 @@ fn a_full_disk_keeps_the_results_written_before_it_filled() {
 
 /// A request captured with trailers reaches the target chunked, with its
 /// trailers after the body, byte for byte; a redacted one is left out and
-/// counted; the next request on the connection is read whole after it.
+/// counted; the next request on the same connection is read whole after it.
 #[test]
 fn request_trailers_reach_the_target_after_the_body() {
     let dir = tempfile::tempdir().unwrap();
@@ -2122,10 +2131,34 @@ fn request_trailers_reach_the_target_after_the_body() {
         })
         .collect();
     assert_eq!(got, want);
+    let conns = target.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(conns, 1, "both requests on one keep-alive connection");
     let live = role(&rows, TargetRole::Primary);
     assert_eq!(live.len(), 2);
     assert!(live.iter().all(|r| r.status == Some(200)), "{live:?}");
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
     assert_eq!(summary["dropped_redacted_values"], 2, "{summary}");
+}
+
+/// Replay frames each body itself: `--header` cannot add a second framing
+/// (a Content-Length beside chunked, a Transfer-Encoding beside a length),
+/// which would make the target read the connection differently.
+#[test]
+fn a_header_that_would_reframe_the_body_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = shaped_capture(dir.path(), "one.parquet", 1, |_, _| {});
+    for field in ["Content-Length: 3", "transfer-encoding: chunked"] {
+        let (run, rows, _d) = replay(&[
+            cap.to_str().unwrap(),
+            "--primary",
+            "http://127.0.0.1:1",
+            "--header",
+            field,
+        ]);
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(2), "{err}");
+        assert!(err.contains("framing"), "{err}");
+        assert!(rows.is_empty());
+    }
 }

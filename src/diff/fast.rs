@@ -160,12 +160,15 @@ pub(super) fn fold_identical(rows: &[RowRef], ctx: &mut FoldCtx) -> bool {
     if ec.scores || !ec.drift.is_empty() {
         return false;
     }
-    let name = ctx.folded.endpoint_name(name);
+    // Counted over the cap only once taken here: fold_group counts the
+    // exchanges given back to it.
+    let (name, over_cap) = ctx.folded.reported_name(name);
     let f = &mut *ctx.folded;
     let ep = f.endpoints.id(name);
     if f.llm_probe.get(&ep).is_none_or(|p| p.wanted()) {
         return false;
     }
+    f.endpoints_over_cap += u64::from(over_cap);
     f.exchanges += 1;
     *f.exchanges_per_endpoint.entry(ep).or_default() += 1;
     f.live_primary |= live.is_some();

@@ -222,13 +222,21 @@ impl Folded {
     /// The name an exchange of `name` is reported under: its own, or, once
     /// [`MAX_ENDPOINTS`] others are known, [`OTHER_ENDPOINTS`].
     pub fn endpoint_name<'a>(&mut self, name: &'a str) -> &'a str {
+        let (reported, over) = self.reported_name(name);
+        self.endpoints_over_cap += u64::from(over);
+        reported
+    }
+
+    /// [`Folded::endpoint_name`] without counting the exchange (for a path
+    /// that may give it up to the full comparison, which counts it), and
+    /// whether it is over the cap.
+    pub fn reported_name<'a>(&self, name: &'a str) -> (&'a str, bool) {
         let e = &self.endpoints;
         // Below the cap (every file but a pathological one) nothing is looked up.
         if e.names.len() < MAX_ENDPOINTS || e.ids.contains_key(name) {
-            return name;
+            return (name, false);
         }
-        self.endpoints_over_cap += 1;
-        OTHER_ENDPOINTS
+        (OTHER_ENDPOINTS, true)
     }
 }
 

@@ -649,6 +649,22 @@ fn nearly(glob: &str, endpoint: &str) -> bool {
         || (!bare.is_empty() && path(&bare) == path(endpoint))
 }
 
+/// Entries written for `(other endpoints)`: how a report groups the
+/// endpoints past its cap, not an endpoint, so they apply to nothing.
+fn entries_for_other_endpoints(c: &Config) -> Vec<String> {
+    let rules = c.rules.iter().map(|r| ("[[rule]]", &r.endpoint, &r.path));
+    let drift = c.drift.iter().map(|d| ("[[drift]]", &d.endpoint, &d.path));
+    rules
+        .chain(drift)
+        .filter(|(_, glob, _)| glob.as_str() == super::OTHER_ENDPOINTS)
+        .map(|(table, glob, path)| {
+            format!(
+                "config: the {table} entry for {path} names {glob:?}, which is how a report groups the endpoints past its cap, not an endpoint: each of those exchanges is compared by the entries for its own endpoint, so this one applies to nothing; [endpoints] templates name them"
+            )
+        })
+        .collect()
+}
+
 fn ignore_hints(r: &Report) -> Vec<String> {
     const NEARLY_ALL: f64 = 0.95;
     const MIN_EXCHANGES: u64 = 20;
@@ -657,7 +673,13 @@ fn ignore_hints(r: &Report) -> Vec<String> {
     }
     let mut seen = HashSet::new();
     let mut out = Vec::new();
-    for ep in &r.endpoints {
+    // Rules apply by each exchange's own endpoint: none can name the
+    // exchanges reported together past the cap.
+    for ep in r
+        .endpoints
+        .iter()
+        .filter(|e| e.endpoint != super::OTHER_ENDPOINTS)
+    {
         for s in ep.shadows.values() {
             for f in &s.fields {
                 if f.rate < NEARLY_ALL
@@ -894,6 +916,9 @@ pub(crate) fn report(
         latency_buckets_ms: edges,
     };
     report.hints = ignore_hints(&report);
+    report
+        .hints
+        .extend(entries_for_other_endpoints(&opts.config));
     if f.endpoints_over_cap == 0 {
         report
             .hints

@@ -641,6 +641,14 @@ fn validate(opts: &ReplayOptions) -> Result<(), ReplayError> {
     for (name, value) in opts.rules.set.iter().chain(opts.marker.as_ref()) {
         request::parse_header_field("--header/--marker", &format!("{name}: {value}"))
             .map_err(ReplayError::Invalid)?;
+        // Replay frames each body itself: a second framing field would make
+        // the target read the body, and the requests after it on the
+        // connection, differently from what was sent.
+        if ["content-length", "transfer-encoding"].contains(&name.to_ascii_lowercase().as_str()) {
+            return bad(format!(
+                "--header/--marker {name}: replay sets the body's framing itself (Content-Length, or chunked for requests with trailers); another would desynchronise the connection"
+            ));
+        }
     }
     if let Some(c) = &opts.until_decided {
         if let Timing::Speed(_) = opts.timing {

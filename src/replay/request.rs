@@ -91,14 +91,25 @@ fn not_a_trailer(lower: &str) -> bool {
 }
 
 /// The captured request trailers as they go out: in order, without
-/// `--drop-header` fields, what a trailer may not carry, and redacted
-/// values (left out, counted, as in the header). Returns (fields, dropped).
-fn trailer_fields<'a>(ex: &'a Exchange, rules: &RequestRules) -> (Vec<Field<'a>>, u32) {
+/// `--drop-header` fields, what a trailer may not carry, names the head
+/// sets (`--header`, the shadow marker: their value goes once, in the
+/// head) and redacted values (left out, counted, as in the header).
+/// Returns (fields, dropped).
+fn trailer_fields<'a>(
+    ex: &'a Exchange,
+    rules: &RequestRules,
+    dest: &Destination<'_>,
+) -> (Vec<Field<'a>>, u32) {
+    let marker = marker_name(dest);
     let mut dropped = 0;
     let mut out = Vec::new();
     for (name, value) in ex.request_trailers.iter() {
         let lower = String::from_utf8_lossy(name).to_ascii_lowercase();
-        if rules.drop.contains(&lower) || not_a_trailer(&lower) {
+        let set = rules
+            .set
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(&lower));
+        if rules.drop.contains(&lower) || not_a_trailer(&lower) || set || marker(&lower) {
             continue;
         }
         if value == REDACTED.as_bytes() {
@@ -296,7 +307,7 @@ pub fn build(ex: &Exchange, dest: &Destination<'_>, rules: &RequestRules) -> Bui
 
     let (mut host_seen, mut length_sent) = (false, false);
     // Trailers need chunked framing: HTTP/1.0 has none, so they stay unsent.
-    let (trailers, dropped_trailers) = trailer_fields(ex, rules);
+    let (trailers, dropped_trailers) = trailer_fields(ex, rules, dest);
     let chunked = !trailers.is_empty() && version == "HTTP/1.1";
     dropped_redacted += dropped_trailers;
     // With trailers sent, the `Trailer` field announcing them goes too.
@@ -426,7 +437,7 @@ pub fn build_h2(
             h.append(name, value);
         }
     };
-    let (trailer_list, dropped_trailers) = trailer_fields(ex, rules);
+    let (trailer_list, dropped_trailers) = trailer_fields(ex, rules, dest);
     let forbidden = |lower: &str, value: &[u8]| {
         // Sent as the exact lower-case `trailers` below: `h2` refuses any
         // other spelling.
@@ -651,25 +662,31 @@ mod tests {
             ("X-Token", REDACTED),
             ("Content-Length", "99"),
             ("X-Trace", "t"),
+            ("X-Shadow-Replay", "0"),
+            ("X-Tenant", "old"),
             ("x-done", "1"),
         ] {
             ex.request_trailers.push(n.as_bytes(), v.as_bytes());
         }
+        let marker = ("x-shadow-replay".to_string(), "1".to_string());
         let dest = Destination {
             authority: "127.0.0.1:9000",
             base_path: "",
-            marker: None,
+            marker: Some(&marker),
         };
+        // A --header value goes once, in the head, never beside a captured
+        // trailer of its name; so does the marker.
         let rules = RequestRules {
             drop: vec!["x-trace".into()],
-            set: vec![("Content-Length".into(), "7".into())],
+            set: vec![("X-Tenant".into(), "new".into())],
             ..Default::default()
         };
         let built = build(&ex, &dest, &rules);
         assert_eq!(
             String::from_utf8(built.bytes).unwrap(),
             "POST /api/x?q=1 HTTP/1.1\r\nHost: 127.0.0.1:9000\r\nTrailer: X-Checksum\r\n\
-             Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Checksum: abc\r\nx-done: 1\r\n\r\n"
+             X-Tenant: new\r\nx-shadow-replay: 1\r\nTransfer-Encoding: chunked\r\n\r\n\
+             5\r\nhello\r\n0\r\nX-Checksum: abc\r\nx-done: 1\r\n\r\n"
         );
         assert_eq!(built.dropped_redacted, 2, "Authorization and X-Token");
 
@@ -681,6 +698,8 @@ mod tests {
             .collect();
         assert_eq!(got, [("x-checksum", "abc"), ("x-done", "1")]);
         assert_eq!(h2.head.headers()["trailer"], "X-Checksum");
+        assert_eq!(h2.head.headers()["x-tenant"], "new");
+        assert_eq!(h2.head.headers()["x-shadow-replay"], "1");
         assert_eq!((&h2.body[..], dropped), (&b"hello"[..], 2));
 
         // No body: the last chunk and the trailers alone.
