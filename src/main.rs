@@ -670,7 +670,11 @@ fn run_capture(args: CaptureArgs) -> anyhow::Result<u8> {
         // files already written hold.
         Err(capture::CaptureError::Failed(failed)) => {
             let capture::Failed { cause, stats } = *failed;
-            write_capture_stats(&args, &stats)?;
+            // The capture's own error is the one to report, whatever
+            // becomes of the stats file (often on the same full disk).
+            if let Err(e) = write_capture_stats(&args, &stats) {
+                eprintln!("warning: {e:#}");
+            }
             if stats.output_rows > 0 {
                 eprintln!(
                     "capture failed after writing {} rows, complete and readable, to {}",

@@ -1192,3 +1192,82 @@ fn i1_a_replay_that_fails_mid_run_keeps_the_previous_results() {
         partials(dir.path())
     );
 }
+
+/// A capture whose output disk fills mid-run: exit 2 with the disk named,
+/// the file closed over the rows written before (footer and all), and
+/// `--stats-json` (on another disk) written anyway, saying how many rows
+/// that file holds and why the capture stopped. Mounting a small tmpfs
+/// needs root, as the live capture tests do.
+#[test]
+fn a_full_disk_ends_a_capture_with_its_rows_and_figures_kept() {
+    if std::env::var_os("SHADOWCTL_SKIP_LIVE").is_some() {
+        eprintln!("SHADOWCTL_SKIP_LIVE set: the full-disk test is skipped");
+        return;
+    }
+    struct Mounted(tempfile::TempDir);
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+    let disk = Mounted(tempfile::tempdir().unwrap());
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
+        .arg(disk.0.path())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        mounted,
+        "mounting a tmpfs needs root (or set SHADOWCTL_SKIP_LIVE=1)"
+    );
+    // 700 exchanges, each answered with 60,000 bytes zstd cannot shrink:
+    // 42 MB of rows for a 24 MiB disk (row groups of 16 MiB).
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("big.pcap");
+    let request = b"GET /blob HTTP/1.1\r\nHost: h\r\n\r\n".to_vec();
+    let mut segs = Vec::new();
+    let mut x = 1u64;
+    for c in 0..700u16 {
+        let port = 10_000 + c;
+        let mut answer = b"HTTP/1.1 200 OK\r\nContent-Length: 60000\r\n\r\n".to_vec();
+        answer.extend((0..60_000).map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        }));
+        let req_end = 1001 + request.len() as u32;
+        segs.push((port, 1000, 0, SYN, vec![]));
+        segs.push((port, 5000, 1001, SYN | ACK | FROM_SERVER, vec![]));
+        segs.push((port, 1001, 5001, PSH_ACK, request.clone()));
+        segs.push((port, 5001, req_end, PSH_ACK | FROM_SERVER, answer));
+    }
+    raw_pcap(&pcap, &segs);
+    let out = disk.0.path().join("o.parquet");
+    let stats = dir.path().join("stats.json");
+    let r = capture(&[&pcap], &out, &["--stats-json", stats.to_str().unwrap()]);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("nearly full"), "{}", r.stderr);
+    let rows = read_exchanges(&out);
+    assert!(
+        !rows.is_empty() && rows.len() < 700,
+        "{} rows kept",
+        rows.len()
+    );
+    assert!(rows.iter().all(|e| e.response_body.len() == 60_000));
+    let said = format!("capture failed after writing {} rows", rows.len());
+    assert!(r.stderr.contains(&said), "{}", r.stderr);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    assert_eq!(json["output_rows"], rows.len(), "{json}");
+    assert!(
+        json["exchanges"].as_u64().unwrap() >= rows.len() as u64,
+        "{json}"
+    );
+    assert!(
+        json["error"].as_str().unwrap().contains("nearly full"),
+        "{json}"
+    );
+}

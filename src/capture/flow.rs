@@ -30,6 +30,9 @@ pub struct Budget {
     /// Partial heads, HTTP/2 frames and header blocks (with that direction's
     /// HPACK table) dropped because the total cap was reached.
     pub memory_dropped_buffers: u64,
+    /// Interim (1xx) answers past [`MAX_INTERIM`] of one exchange, whose
+    /// statuses were not kept.
+    pub interim_dropped: u64,
 }
 
 /// Per-connection limits.
@@ -82,10 +85,12 @@ pub(super) fn append(
 const MAX_INTERIM: usize = 32;
 
 /// Keep an interim answer's status, up to [`MAX_INTERIM`] (the first ones;
-/// the final answer is what replay and diff use).
-pub(super) fn note_interim(ex: &mut Exchange, status: u16) {
+/// the final answer is what replay and diff use); the others are counted.
+pub(super) fn note_interim(ex: &mut Exchange, status: u16, budget: &mut Budget) {
     if ex.interim_statuses.len() < MAX_INTERIM {
         ex.interim_statuses.push(status);
+    } else {
+        budget.interim_dropped += 1;
     }
 }
 
@@ -273,7 +278,7 @@ fn response_head(p: &mut Pairing, head: Head, ts: i64, off: u64, budget: &mut Bu
     let ex = &mut p.item(i).ex;
     let framing = framing_for(Some(&ex.method));
     if interim {
-        note_interim(ex, status);
+        note_interim(ex, status, budget);
         return framing;
     }
     ex.status = Some(status);

@@ -603,7 +603,7 @@ impl State {
                 .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u16>().ok());
             match status {
                 Some(st) if (100..200).contains(&st) => {
-                    note_interim(&mut s.ex, st);
+                    note_interim(&mut s.ex, st, budget);
                     d.flag(&mut s.ex, IncompleteReason::ResponseMalformed);
                     if end {
                         // No final answer can follow (RFC 9113 8.1: malformed).
@@ -963,6 +963,7 @@ mod tests {
                 max: 1 << 30,
                 memory_truncated: 0,
                 memory_dropped_buffers: 0,
+                interim_dropped: 0,
             };
             let c = H2Conn::new(7, [a, b], Some(0), limits);
             Self { c, budget, ts: 0 }

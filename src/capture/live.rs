@@ -321,7 +321,7 @@ pub fn capture_live(
     // report, not the "writer gone" the packet loop then saw.
     let (files, rows) = match lp.writer.finish() {
         Ok(done) => done,
-        Err(e) => return Err(e.with_stats(stats)),
+        Err(w) => return Err(w.cause.with_stats(super::kept(stats, w.kept))),
     };
     stats.output_rows = rows;
     stats.output_files = files.iter().map(|f| f.display().to_string()).collect();

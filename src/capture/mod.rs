@@ -64,6 +64,9 @@ pub struct Failed {
 impl CaptureError {
     /// `self` with the figures of the run it ended.
     pub(crate) fn with_stats(self, mut stats: CaptureStats) -> Self {
+        if let CaptureError::Failed(f) = self {
+            return CaptureError::Failed(f); // already holds its figures
+        }
         stats.error = Some(self.to_string());
         CaptureError::Failed(Box::new(Failed { cause: self, stats }))
     }
@@ -110,6 +113,33 @@ const QUEUE_BYTES: usize = 64 << 20;
 /// What the writer thread wrote: files and rows.
 type Written = (Vec<PathBuf>, u64);
 
+/// How the writer thread ended: what it wrote, or its error and what it
+/// left complete.
+type WriteLoopResult = Result<Written, Box<(SchemaError, Written)>>;
+
+/// The writer thread stopped on an error: why, and the files it left
+/// complete on disk with their rows.
+#[derive(Debug)]
+pub(crate) struct WriterFailed {
+    pub cause: CaptureError,
+    pub kept: Written,
+}
+
+impl From<Box<WriterFailed>> for CaptureError {
+    fn from(w: Box<WriterFailed>) -> Self {
+        w.cause
+    }
+}
+
+impl From<CaptureError> for Box<WriterFailed> {
+    fn from(cause: CaptureError) -> Self {
+        Box::new(WriterFailed {
+            cause,
+            kept: (Vec::new(), 0),
+        })
+    }
+}
+
 enum ToWriter {
     /// Rows, and the bytes they were counted as in the queue.
     Rows(Vec<Exchange>, usize),
@@ -124,7 +154,7 @@ enum ToWriter {
 pub(crate) struct WriterThread {
     /// Both taken only by `finish`, `abort` or `Drop`.
     tx: Option<SyncSender<ToWriter>>,
-    handle: Option<JoinHandle<Result<Written, SchemaError>>>,
+    handle: Option<JoinHandle<WriteLoopResult>>,
     /// Rotated files in a directory: kept (with footers) if the packet loop
     /// unwinds; a single output file is given up, as on any failed run.
     keep_on_drop: bool,
@@ -173,11 +203,21 @@ impl WriterThread {
     }
 
     /// Close the queue and wait for the writer: its footers are written.
-    fn join(&mut self) -> Result<Result<Written, SchemaError>, CaptureError> {
+    fn join(&mut self) -> Result<Written, Box<WriterFailed>> {
         drop(self.tx.take());
-        match self.handle.take() {
-            Some(h) => h.join().map_err(|_| CaptureError::WriterGone),
-            None => Err(CaptureError::WriterGone),
+        let Some(h) = self.handle.take() else {
+            return Err(CaptureError::WriterGone.into());
+        };
+        match h.join() {
+            Ok(Ok(done)) => Ok(done),
+            Ok(Err(failed)) => {
+                let (e, kept) = *failed;
+                Err(Box::new(WriterFailed {
+                    cause: e.into(),
+                    kept,
+                }))
+            }
+            Err(_) => Err(CaptureError::WriterGone.into()),
         }
     }
 
@@ -220,18 +260,19 @@ impl WriterThread {
 
     /// Give up the open file (see [`ToWriter::Abort`]) and wait for the
     /// writer to have removed it.
-    /// Returns the writer's own error, if it had stopped on one.
-    pub(crate) fn abort(mut self) -> Result<(), CaptureError> {
+    /// Returns the writer's own error, if it had stopped on one, with
+    /// what it kept.
+    pub(crate) fn abort(mut self) -> Result<(), Box<WriterFailed>> {
         let _ = self.tx().send(ToWriter::Abort);
-        self.join()??;
+        self.join()?;
         Ok(())
     }
 
-    /// Close the files; returns the files and the rows written.
-    pub(crate) fn finish(mut self) -> Result<Written, CaptureError> {
+    /// Close the files; returns the files and the rows written, or why the
+    /// writer stopped and what it left complete.
+    pub(crate) fn finish(mut self) -> Result<Written, Box<WriterFailed>> {
         let sent = self.tx().send(ToWriter::Finish);
-        let result = self.join()?;
-        let out = result?;
+        let out = self.join()?;
         sent.map_err(|_| CaptureError::WriterGone)?;
         Ok(out)
     }
@@ -294,7 +335,7 @@ fn write_loop(
     mut writer: OutputWriter,
     rx: Receiver<ToWriter>,
     queued_bytes: &AtomicUsize,
-) -> Result<Written, SchemaError> {
+) -> WriteLoopResult {
     let mut rows_written = 0u64;
     // A sender dropped without Finish (an error upstream) still gets footers.
     loop {
@@ -304,9 +345,9 @@ fn write_loop(
                 queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
                 if let Err(e) = written {
                     // A full disk or a vanished directory: keep what can be
-                    // kept, then say what happened.
-                    writer.salvage(&e);
-                    return Err(e);
+                    // kept, then say what happened, and what is kept.
+                    let kept = writer.salvage(&e, rows_written);
+                    return Err(Box::new((e, kept)));
                 }
                 rows_written += rows.len() as u64;
             }
@@ -314,10 +355,17 @@ fn write_loop(
             Ok(ToWriter::Abort) => return Ok((Vec::new(), 0)),
             Err(RecvTimeoutError::Timeout) => {}
         }
-        writer.tick()?;
+        // Closing a rotated file can fail too (its footer on a full disk).
+        if let Err(e) = writer.tick() {
+            let kept = writer.salvage(&e, rows_written);
+            return Err(Box::new((e, kept)));
+        }
     }
-    let files = writer.finish()?;
-    Ok((files, rows_written))
+    match writer.finish() {
+        Ok(files) => Ok((files, rows_written)),
+        // The files closed before are complete; the rows are not told apart.
+        Err(e) => Err(Box::new((e, (Vec::new(), 0)))),
+    }
 }
 
 /// The packet loop shared by file and live sources.
@@ -455,20 +503,30 @@ pub fn capture_files(
                     stats.output_rows = rows;
                     Ok(stats)
                 }
-                Err(e) => Err(e.with_stats(stats)),
+                Err(w) => Err(w.cause.with_stats(kept(stats, w.kept))),
             }
         }
         Err(e) => {
-            // A failed run writes nothing: the previous output stays.
+            // A failed run writes nothing: the previous output stays
+            // (unless the writer had kept rows from before a full disk).
             let own = writer.abort();
             // The writer's own error says more than "the writer stopped".
-            let cause = match (e, own) {
-                (CaptureError::WriterGone, Err(own)) => own,
-                (e, _) => e,
-            };
-            Err(cause.with_stats(stats))
+            match (e, own) {
+                (CaptureError::WriterGone, Err(own)) => {
+                    Err(own.cause.with_stats(kept(stats, own.kept)))
+                }
+                (e, Err(own)) => Err(e.with_stats(kept(stats, own.kept))),
+                (e, Ok(())) => Err(e.with_stats(stats)),
+            }
         }
     }
+}
+
+/// `stats` with the files a failed writer left complete, and their rows.
+pub(crate) fn kept(mut stats: CaptureStats, (files, rows): Written) -> CaptureStats {
+    stats.output_rows = rows;
+    stats.output_files = files.iter().map(|f| f.display().to_string()).collect();
+    stats
 }
 
 /// The packet loop of [`capture_files`] over every input, feeding `writer`:
@@ -642,7 +700,8 @@ mod tests {
         std::fs::rename(&out, &kept).unwrap();
         let _ = w.send(vec![row(2)]);
         let _ = w.send(vec![row(3)]);
-        let err = w.finish().unwrap_err().to_string();
+        let failed = w.finish().unwrap_err();
+        let err = failed.cause.to_string();
         assert!(err.contains("No such file"), "{err}");
         assert!(parquet(&kept) >= 1);
         for f in std::fs::read_dir(&kept).unwrap() {

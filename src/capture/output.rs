@@ -248,12 +248,18 @@ impl OutputWriter {
     /// instead, so what the user had under its name stays as it was,
     /// unless the disk filled up after some rows: the rows refused then were
     /// never started, so the file closes cleanly over the rows before.
-    pub fn salvage(self, error: &SchemaError) {
-        let full_with_rows = matches!(error, SchemaError::DiskFull { .. })
-            && self.open.as_ref().is_some_and(|f| f.writer.rows() > 0);
+    /// Returns the files complete on disk and the rows they hold, of the
+    /// `rows_written` so far.
+    pub fn salvage(self, error: &SchemaError, rows_written: u64) -> (Vec<PathBuf>, u64) {
+        let open_rows = self.open.as_ref().map_or(0, |f| f.writer.rows());
+        let full_with_rows = matches!(error, SchemaError::DiskFull { .. }) && open_rows > 0;
+        let before = self.done.clone();
         if matches!(self.spec, OutputSpec::Dir { .. }) || full_with_rows {
-            let _ = self.finish();
+            if let Ok(files) = self.finish() {
+                return (files, rows_written);
+            }
         }
+        (before, rows_written.saturating_sub(open_rows))
     }
 }
 
@@ -353,7 +359,7 @@ mod tests {
             }
             let error = error.expect("an 8 MiB disk fills up");
             assert!(matches!(error, SchemaError::DiskFull { .. }), "{error}");
-            w.salvage(&error);
+            let (mut kept, kept_rows) = w.salvage(&error, taken);
             let mut files: Vec<PathBuf> = if single {
                 vec![out.clone()]
             } else {
@@ -375,6 +381,9 @@ mod tests {
             }
             assert!(taken > 16, "{taken} rows before the disk filled");
             assert_eq!(ids, (0..taken).collect::<Vec<_>>());
+            // What salvage says it kept is what is on disk.
+            kept.sort();
+            assert_eq!((kept, kept_rows), (files.clone(), taken));
             // Room for the other case.
             if single {
                 std::fs::remove_file(&out).unwrap();

@@ -154,6 +154,7 @@ impl Reassembler {
                 max: config.max_buffer_bytes,
                 memory_truncated: 0,
                 memory_dropped_buffers: 0,
+                interim_dropped: 0,
             },
             config,
             next_flow_id: 0,
@@ -382,6 +383,7 @@ impl Reassembler {
         self.conns.clear();
         stats.memory_truncated_bodies = self.budget.memory_truncated;
         stats.memory_dropped_buffers = self.budget.memory_dropped_buffers;
+        stats.interim_answers_dropped = self.budget.interim_dropped;
     }
 }
 

@@ -89,6 +89,9 @@ pub struct CaptureStats {
     pub http2_stray_blocks: u64,
     /// HTTP/2 streams given up because their headers passed a memory cap.
     pub http2_streams_over_memory: u64,
+    /// Interim (1xx) answers past the 32 kept per exchange: their statuses
+    /// are not in `interim_statuses`.
+    pub interim_answers_dropped: u64,
     /// Why the capture ended in failure (the interface went away, the disk
     /// filled): the figures above are what it saw and wrote until then.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -212,6 +215,13 @@ impl CaptureStats {
                 s,
                 "  memory cap         {} bodies cut, {} partial heads or frames dropped (--max-buffer-bytes)",
                 self.memory_truncated_bodies, self.memory_dropped_buffers
+            );
+        }
+        if self.interim_answers_dropped > 0 {
+            let _ = writeln!(
+                s,
+                "  interim answers    {} past the 32 kept per exchange (statuses not stored)",
+                self.interim_answers_dropped
             );
         }
         if !self.packets_skipped.is_empty() {

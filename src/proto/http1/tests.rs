@@ -28,6 +28,7 @@ fn flow() -> (HttpFlow, Budget) {
             max: 1 << 30,
             memory_truncated: 0,
             memory_dropped_buffers: 0,
+            interim_dropped: 0,
         },
     )
 }
@@ -128,15 +129,19 @@ fn expect_100_continue_records_final_status() {
 }
 
 /// A server that sends interim answers without end does not grow the row
-/// without end: the first 32 are kept.
+/// without end: the first 32 are kept, the others counted.
 #[test]
 fn interim_answers_are_kept_up_to_a_bound() {
     let many = b"HTTP/1.1 102 Processing\r\n\r\n".repeat(1000);
-    let out = run(&[
-        (CLIENT, b"GET /slow HTTP/1.1\r\n\r\n"),
-        (SERVER, &many),
-        (SERVER, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
-    ]);
+    let (mut f, mut b) = flow();
+    f.data(CLIENT, b"GET /slow HTTP/1.1\r\n\r\n", 0, None, &mut b);
+    f.data(SERVER, &many, 1, None, &mut b);
+    let end = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    f.data(SERVER, end, 2, None, &mut b);
+    f.finish(1000, &mut b);
+    let mut out = Vec::new();
+    f.take_done(&mut out);
+    assert_eq!(b.interim_dropped, 1000 - 32);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].status, Some(200));
     assert_eq!(out[0].interim_statuses, vec![102; 32]);
