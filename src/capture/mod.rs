@@ -336,7 +336,6 @@ fn write_loop(
     rx: Receiver<ToWriter>,
     queued_bytes: &AtomicUsize,
 ) -> WriteLoopResult {
-    let mut rows_written = 0u64;
     // A sender dropped without Finish (an error upstream) still gets footers.
     loop {
         match rx.recv_timeout(std::time::Duration::from_millis(200)) {
@@ -346,10 +345,9 @@ fn write_loop(
                 if let Err(e) = written {
                     // A full disk or a vanished directory: keep what can be
                     // kept, then say what happened, and what is kept.
-                    let kept = writer.salvage(&e, rows_written);
+                    let kept = writer.salvage(&e);
                     return Err(Box::new((e, kept)));
                 }
-                rows_written += rows.len() as u64;
             }
             Ok(ToWriter::Finish) | Err(RecvTimeoutError::Disconnected) => break,
             Ok(ToWriter::Abort) => return Ok((Vec::new(), 0)),
@@ -357,15 +355,11 @@ fn write_loop(
         }
         // Closing a rotated file can fail too (its footer on a full disk).
         if let Err(e) = writer.tick() {
-            let kept = writer.salvage(&e, rows_written);
+            let kept = writer.salvage(&e);
             return Err(Box::new((e, kept)));
         }
     }
-    match writer.finish() {
-        Ok(files) => Ok((files, rows_written)),
-        // The files closed before are complete; the rows are not told apart.
-        Err(e) => Err(Box::new((e, (Vec::new(), 0)))),
-    }
+    writer.finish()
 }
 
 /// The packet loop shared by file and live sources.

@@ -40,6 +40,9 @@ struct OpenFile {
 }
 
 /// Writes exchanges according to an [`OutputSpec`].
+/// Files complete on disk and the rows they hold.
+pub type Kept = (Vec<PathBuf>, u64);
+
 pub struct OutputWriter {
     spec: OutputSpec,
     config: WriterConfig,
@@ -47,6 +50,8 @@ pub struct OutputWriter {
     open: Option<OpenFile>,
     seq: u32,
     done: Vec<PathBuf>,
+    /// Rows in the `done` files (counted once each is complete).
+    done_rows: u64,
 }
 
 fn file_name(seq: u32) -> String {
@@ -90,6 +95,7 @@ impl OutputWriter {
             open: None,
             seq: 0,
             done: Vec::new(),
+            done_rows: 0,
         };
         match &w.spec {
             // A single file exists from the start, even if nothing comes.
@@ -228,18 +234,23 @@ impl OutputWriter {
     fn close_current(&mut self) -> Result<(), SchemaError> {
         if let Some(f) = self.open.take() {
             let stats = self.stats.lock().map(|s| s.clone()).unwrap_or_default();
+            let rows = f.writer.rows();
             let path = f
                 .writer
                 .finish(vec![(META_CAPTURE_STATS.to_string(), stats)])?;
             self.done.push(path);
+            self.done_rows += rows;
         }
         Ok(())
     }
 
-    /// Close the open file; returns every complete file written.
-    pub fn finish(mut self) -> Result<Vec<PathBuf>, SchemaError> {
-        self.close_current()?;
-        Ok(self.done)
+    /// Close the open file; returns every complete file written and their
+    /// rows, or the error with the files complete before it.
+    pub fn finish(mut self) -> Result<Kept, Box<(SchemaError, Kept)>> {
+        match self.close_current() {
+            Ok(()) => Ok((self.done, self.done_rows)),
+            Err(e) => Err(Box::new((e, (self.done, self.done_rows)))),
+        }
     }
 
     /// After a failed write: in a directory of rotated files, close the
@@ -248,18 +259,14 @@ impl OutputWriter {
     /// instead, so what the user had under its name stays as it was,
     /// unless the disk filled up after some rows: the rows refused then were
     /// never started, so the file closes cleanly over the rows before.
-    /// Returns the files complete on disk and the rows they hold, of the
-    /// `rows_written` so far.
-    pub fn salvage(self, error: &SchemaError, rows_written: u64) -> (Vec<PathBuf>, u64) {
-        let open_rows = self.open.as_ref().map_or(0, |f| f.writer.rows());
-        let full_with_rows = matches!(error, SchemaError::DiskFull { .. }) && open_rows > 0;
-        let before = self.done.clone();
+    /// Returns the files complete on disk and the rows they hold.
+    pub fn salvage(self, error: &SchemaError) -> Kept {
+        let full_with_rows = matches!(error, SchemaError::DiskFull { .. })
+            && self.open.as_ref().is_some_and(|f| f.writer.rows() > 0);
         if matches!(self.spec, OutputSpec::Dir { .. }) || full_with_rows {
-            if let Ok(files) = self.finish() {
-                return (files, rows_written);
-            }
+            return self.finish().unwrap_or_else(|failed| failed.1);
         }
-        (before, rows_written.saturating_sub(open_rows))
+        (self.done, self.done_rows)
     }
 }
 
@@ -341,16 +348,21 @@ mod tests {
             };
             let stats: StatsSnapshot = Arc::new(Mutex::new("{}".into()));
             let mut w = OutputWriter::new(spec, config, stats).unwrap();
+            // Batches of 25 rows: under rotation by 40 rows a batch is split
+            // between files, and a file may close holding part of the
+            // batch that then fails.
             let (mut taken, mut error) = (0u64, None);
-            for i in 0..1000u64 {
-                let ex = Exchange {
-                    exchange_id: i,
-                    method: "POST".into(),
-                    request_body: noise(64 << 10, i + 1),
-                    ..Default::default()
-                };
-                match w.write(&[ex]) {
-                    Ok(()) => taken += 1,
+            for b in 0..40u64 {
+                let batch: Vec<Exchange> = (b * 25..(b + 1) * 25)
+                    .map(|i| Exchange {
+                        exchange_id: i,
+                        method: "POST".into(),
+                        request_body: noise(64 << 10, i + 1),
+                        ..Default::default()
+                    })
+                    .collect();
+                match w.write(&batch) {
+                    Ok(()) => taken += 25,
                     Err(e) => {
                         error = Some(e);
                         break;
@@ -359,7 +371,7 @@ mod tests {
             }
             let error = error.expect("an 8 MiB disk fills up");
             assert!(matches!(error, SchemaError::DiskFull { .. }), "{error}");
-            let (mut kept, kept_rows) = w.salvage(&error, taken);
+            let (mut kept, kept_rows) = w.salvage(&error);
             let mut files: Vec<PathBuf> = if single {
                 vec![out.clone()]
             } else {
@@ -380,10 +392,14 @@ mod tests {
                 ids.extend(rows.iter().map(|r| r.exchange_id));
             }
             assert!(taken > 16, "{taken} rows before the disk filled");
-            assert_eq!(ids, (0..taken).collect::<Vec<_>>());
+            // Every row of the batches taken, and maybe the head of the
+            // refused one (closed in a file before the disk filled).
+            let n = ids.len() as u64;
+            assert!(n >= taken && n < taken + 25, "{n} rows for {taken} taken");
+            assert_eq!(ids, (0..n).collect::<Vec<_>>());
             // What salvage says it kept is what is on disk.
             kept.sort();
-            assert_eq!((kept, kept_rows), (files.clone(), taken));
+            assert_eq!((kept, kept_rows), (files.clone(), n));
             // Room for the other case.
             if single {
                 std::fs::remove_file(&out).unwrap();
@@ -420,8 +436,8 @@ mod tests {
             };
             w.write(&[ex]).unwrap();
         }
-        let files = w.finish().unwrap();
-        assert_eq!(files.len(), 3);
+        let (files, rows) = w.finish().unwrap();
+        assert_eq!((files.len(), rows), (3, 8));
         let mut ids = Vec::new();
         for f in &files {
             let (rows, meta) = crate::schema::read_exchanges(f).unwrap();
@@ -465,7 +481,7 @@ mod tests {
             a.write(&[row(i)]).unwrap();
             b.write(&[row(100 + i)]).unwrap();
         }
-        let (fa, fb) = (a.finish().unwrap(), b.finish().unwrap());
+        let (fa, fb) = (a.finish().unwrap().0, b.finish().unwrap().0);
         let mut all: Vec<_> = fa.iter().chain(&fb).collect();
         all.sort();
         all.dedup();
@@ -487,7 +503,7 @@ mod tests {
         };
         let mut w = OutputWriter::new(spec, WriterConfig::default(), Default::default()).unwrap();
         w.write(rows).unwrap();
-        let files = w.finish().unwrap();
+        let (files, _) = w.finish().unwrap();
         files
             .iter()
             .map(|f| crate::schema::read_exchanges(f).unwrap().0)
