@@ -2162,3 +2162,67 @@ fn a_header_that_would_reframe_the_body_is_refused() {
         assert!(rows.is_empty());
     }
 }
+
+/// `--preserve-order`: a recorded connection whose next request comes after
+/// its lane went idle (2 s) gets a new lane, on a new connection, that
+/// starts once the old one is done: its requests still arrive in order,
+/// each after the previous answer.
+#[test]
+fn preserve_order_hands_an_idle_connection_over_to_a_new_lane_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    // One recorded connection: two requests, then two more 3.5 s later.
+    let path = shaped_capture(dir.path(), "handover.parquet", 4, |i, ex| {
+        ex.flow_id = 7;
+        ex.seq_in_flow = i as u32;
+        let gap = if i >= 2 { 3_500_000_000 } else { 0 };
+        ex.request_ts = T0 + gap + i as i64 * 50_000_000;
+    });
+    // (connection, path) in the order requests arrive.
+    let seen = Arc::new(Mutex::new(Vec::<(usize, String)>::new()));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    {
+        let seen = Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for (n, conn) in listener.incoming().take(20).enumerate() {
+                let Ok(mut conn) = conn else { return };
+                let seen = Arc::clone(&seen);
+                std::thread::spawn(move || {
+                    let mut r = BufReader::new(conn.try_clone().unwrap());
+                    while let Some(req) = read_request(&mut r) {
+                        let line = String::from_utf8_lossy(&req);
+                        let path = line.split(' ').nth(1).unwrap_or("").to_string();
+                        seen.lock().unwrap().push((n, path));
+                        let answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if conn.write_all(answer.as_bytes()).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+    }
+    let (run, rows, _d) = replay(&[
+        path.to_str().unwrap(),
+        "--primary",
+        &format!("http://127.0.0.1:{port}"),
+        "--preserve-order",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let live = role(&rows, TargetRole::Primary);
+    assert_eq!(live.len(), 4);
+    assert!(live.iter().all(|r| r.status == Some(200)), "{live:?}");
+    let seen = seen.lock().unwrap().clone();
+    let paths: Vec<&str> = seen.iter().map(|(_, p)| p.as_str()).collect();
+    assert_eq!(paths, ["/t/0", "/t/1", "/t/2", "/t/3"]);
+    // The first two on one connection, the last two on another, later one.
+    let conns: Vec<usize> = seen.iter().map(|(c, _)| *c).collect();
+    assert!(
+        conns[0] == conns[1] && conns[2] == conns[3] && conns[2] > conns[1],
+        "{conns:?}"
+    );
+}
