@@ -2170,11 +2170,12 @@ fn a_header_that_would_reframe_the_body_is_refused() {
 #[test]
 fn preserve_order_hands_an_idle_connection_over_to_a_new_lane_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    // One recorded connection: two requests, then two more 3.5 s later.
+    // One recorded connection: two requests, then two more 6 s later (the
+    // lane goes idle 2 s after its last answer: room for a slow machine).
     let path = shaped_capture(dir.path(), "handover.parquet", 4, |i, ex| {
         ex.flow_id = 7;
         ex.seq_in_flow = i as u32;
-        let gap = if i >= 2 { 3_500_000_000 } else { 0 };
+        let gap = if i >= 2 { 6_000_000_000 } else { 0 };
         ex.request_ts = T0 + gap + i as i64 * 50_000_000;
     });
     // (connection, path) in the order requests arrive.

@@ -254,15 +254,19 @@ impl OutputWriter {
     }
 
     /// After a failed write: in a directory of rotated files, close the
-    /// open one over what it already holds (its row groups already out stay
-    /// readable) if that still works. A single output file is dropped
-    /// instead, so what the user had under its name stays as it was,
-    /// unless the disk filled up after some rows: the rows refused then were
-    /// never started, so the file closes cleanly over the rows before.
-    /// Returns the files complete on disk and the rows they hold.
-    pub fn salvage(self, error: &SchemaError) -> Kept {
-        let full_with_rows = matches!(error, SchemaError::DiskFull { .. })
-            && self.open.as_ref().is_some_and(|f| f.writer.rows() > 0);
+    /// open one over the rows it holds if that still works (after an I/O
+    /// error partway through a row group its footer is refused, and it is
+    /// dropped). A single output file is dropped instead, so what the user
+    /// had under its name stays as it was, unless the disk filled up after
+    /// some rows: the rows refused then were never started, so the file
+    /// closes cleanly over the rows before. An open file without rows is
+    /// dropped either way: an empty file would only be noise beside the
+    /// others. Returns the files complete on disk and the rows they hold.
+    pub fn salvage(mut self, error: &SchemaError) -> Kept {
+        if self.open.as_ref().is_some_and(|f| f.writer.rows() == 0) {
+            self.open = None; // its `.partial` is removed on drop
+        }
+        let full_with_rows = matches!(error, SchemaError::DiskFull { .. }) && self.open.is_some();
         if matches!(self.spec, OutputSpec::Dir { .. }) || full_with_rows {
             return self.finish().unwrap_or_else(|failed| failed.1);
         }
@@ -389,6 +393,7 @@ mod tests {
                     f.display()
                 );
                 let (rows, _) = crate::schema::read_exchanges(f).unwrap();
+                assert!(!rows.is_empty(), "an empty file: {}", f.display());
                 ids.extend(rows.iter().map(|r| r.exchange_id));
             }
             assert!(taken > 16, "{taken} rows before the disk filled");
