@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use assert_cmd::Command;
 use shadowctl::schema::{
     results_schema, results_to_batch, Exchange, ExchangeFileWriter, HeaderList, ParquetFileWriter,
@@ -1200,28 +1202,9 @@ fn i1_a_replay_that_fails_mid_run_keeps_the_previous_results() {
 /// needs root, as the live capture tests do.
 #[test]
 fn a_full_disk_ends_a_capture_with_its_rows_and_figures_kept() {
-    if std::env::var_os("SHADOWCTL_SKIP_LIVE").is_some() {
-        eprintln!("SHADOWCTL_SKIP_LIVE set: the full-disk test is skipped");
+    let Some(disk) = common::Tmpfs::mount("24m") else {
         return;
-    }
-    struct Mounted(tempfile::TempDir);
-    impl Drop for Mounted {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg(self.0.path())
-                .status();
-        }
-    }
-    let disk = Mounted(tempfile::tempdir().unwrap());
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
-        .arg(disk.0.path())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        mounted,
-        "mounting a tmpfs needs root (or set SHADOWCTL_SKIP_LIVE=1)"
-    );
+    };
     // 700 exchanges, each answered with 60,000 bytes zstd cannot shrink:
     // 42 MB of rows for a 24 MiB disk (row groups of 16 MiB).
     let dir = tempfile::tempdir().unwrap();
@@ -1245,7 +1228,7 @@ fn a_full_disk_ends_a_capture_with_its_rows_and_figures_kept() {
         segs.push((port, 5001, req_end, PSH_ACK | FROM_SERVER, answer));
     }
     raw_pcap(&pcap, &segs);
-    let out = disk.0.path().join("o.parquet");
+    let out = disk.path().join("o.parquet");
     let stats = dir.path().join("stats.json");
     let r = capture(&[&pcap], &out, &["--stats-json", stats.to_str().unwrap()]);
     assert_eq!(r.code, Some(2), "{}", r.stderr);

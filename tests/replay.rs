@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod common;
+
 use assert_cmd::Command;
 use shadowctl::schema::{
     read_results, ErrorKind, Exchange, ExchangeFileWriter, ReplayResult, TargetRole, WriterConfig,
@@ -1117,6 +1119,40 @@ fn preserve_order_keeps_a_connection_whole_across_rotated_files() {
     );
 }
 
+/// What [`ok_server`] tells of its connections (numbered as accepted).
+enum Conn<'a> {
+    Opened,
+    Request(usize, &'a [u8]),
+    Closed,
+}
+
+/// A server on 127.0.0.1 answering every request `200 ok` on up to
+/// `connections` connections, telling `on` of each; returns its port.
+fn ok_server(connections: usize, on: impl Fn(Conn<'_>) + Send + Sync + 'static) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let on = Arc::new(on);
+    std::thread::spawn(move || {
+        for (n, conn) in listener.incoming().take(connections).enumerate() {
+            let Ok(mut conn) = conn else { return };
+            let on = Arc::clone(&on);
+            on(Conn::Opened);
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                while let Some(req) = read_request(&mut r) {
+                    on(Conn::Request(n, &req));
+                    let answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    if conn.write_all(answer.as_bytes()).is_err() {
+                        break;
+                    }
+                }
+                on(Conn::Closed);
+            });
+        }
+    });
+    port
+}
+
 /// `--preserve-order` runs a lane per recorded connection; a lane ends once
 /// idle, closing its socket, so a capture of many short connections does
 /// not keep them all open (the open-files limit).
@@ -1133,31 +1169,17 @@ fn preserve_order_closes_the_connections_of_idle_lanes() {
     // Open connections, and how many were open when the last request came.
     let open = Arc::new(Mutex::new(0usize));
     let at_last = Arc::new(Mutex::new(None::<usize>));
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    {
+    let port = {
         let (open, at_last) = (Arc::clone(&open), Arc::clone(&at_last));
-        std::thread::spawn(move || {
-            for conn in listener.incoming().take(200) {
-                let Ok(mut conn) = conn else { return };
-                let (open, at_last) = (Arc::clone(&open), Arc::clone(&at_last));
-                *open.lock().unwrap() += 1;
-                std::thread::spawn(move || {
-                    let mut r = BufReader::new(conn.try_clone().unwrap());
-                    while let Some(req) = read_request(&mut r) {
-                        if req.starts_with(b"GET /t/40 ") {
-                            *at_last.lock().unwrap() = Some(*open.lock().unwrap());
-                        }
-                        let answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-                        if conn.write_all(answer.as_bytes()).is_err() {
-                            break;
-                        }
-                    }
-                    *open.lock().unwrap() -= 1;
-                });
+        ok_server(200, move |event| match event {
+            Conn::Opened => *open.lock().unwrap() += 1,
+            Conn::Request(_, req) if req.starts_with(b"GET /t/40 ") => {
+                *at_last.lock().unwrap() = Some(*open.lock().unwrap());
             }
-        });
-    }
+            Conn::Request(..) => {}
+            Conn::Closed => *open.lock().unwrap() -= 1,
+        })
+    };
     let (run, rows, _d) = replay(&[
         path.to_str().unwrap(),
         "--primary",
@@ -2028,28 +2050,9 @@ fn secrets_in_live_answers_are_redacted_unless_kept() {
 /// small tmpfs needs root, as the live capture tests do.
 #[test]
 fn a_full_disk_keeps_the_results_written_before_it_filled() {
-    if std::env::var_os("SHADOWCTL_SKIP_LIVE").is_some() {
-        eprintln!("SHADOWCTL_SKIP_LIVE set: the full-disk test is skipped");
+    let Some(disk) = common::Tmpfs::mount("16m") else {
         return;
-    }
-    struct Mounted(tempfile::TempDir);
-    impl Drop for Mounted {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg(self.0.path())
-                .status();
-        }
-    }
-    let disk = Mounted(tempfile::tempdir().unwrap());
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
-        .arg(disk.0.path())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        mounted,
-        "mounting a tmpfs needs root (or set SHADOWCTL_SKIP_LIVE=1)"
-    );
+    };
     let dir = tempfile::tempdir().unwrap();
     // Recorded answers of 16 KiB that zstd cannot shrink: 32 MiB in all.
     let cap = shaped_capture(dir.path(), "big.parquet", 2000, |i, ex| {
@@ -2064,7 +2067,7 @@ fn a_full_disk_keeps_the_results_written_before_it_filled() {
             .collect();
     });
     let shadow = Recorder::start(Behaviour::Answer("s"));
-    let out = disk.0.path().join("results.parquet");
+    let out = disk.path().join("results.parquet");
     let run = Command::cargo_bin("shadowctl")
         .unwrap()
         .arg("replay")
@@ -2180,29 +2183,16 @@ fn preserve_order_hands_an_idle_connection_over_to_a_new_lane_in_order() {
     });
     // (connection, path) in the order requests arrive.
     let seen = Arc::new(Mutex::new(Vec::<(usize, String)>::new()));
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    {
+    let port = {
         let seen = Arc::clone(&seen);
-        std::thread::spawn(move || {
-            for (n, conn) in listener.incoming().take(20).enumerate() {
-                let Ok(mut conn) = conn else { return };
-                let seen = Arc::clone(&seen);
-                std::thread::spawn(move || {
-                    let mut r = BufReader::new(conn.try_clone().unwrap());
-                    while let Some(req) = read_request(&mut r) {
-                        let line = String::from_utf8_lossy(&req);
-                        let path = line.split(' ').nth(1).unwrap_or("").to_string();
-                        seen.lock().unwrap().push((n, path));
-                        let answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-                        if conn.write_all(answer.as_bytes()).is_err() {
-                            break;
-                        }
-                    }
-                });
+        ok_server(20, move |event| {
+            if let Conn::Request(n, req) = event {
+                let line = String::from_utf8_lossy(req);
+                let path = line.split(' ').nth(1).unwrap_or("").to_string();
+                seen.lock().unwrap().push((n, path));
             }
-        });
-    }
+        })
+    };
     let (run, rows, _d) = replay(&[
         path.to_str().unwrap(),
         "--primary",

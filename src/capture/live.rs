@@ -316,15 +316,13 @@ pub fn capture_live(
         sent = lp.writer.send(rows);
     }
     lp.kernel_stats(&mut cap);
-    let mut stats = lp.pipeline.stats;
+    let stats = lp.pipeline.stats;
     // Always joined: a writer that stopped (a full disk) is the cause to
     // report, not the "writer gone" the packet loop then saw.
-    let (files, rows) = match lp.writer.finish() {
-        Ok(done) => done,
-        Err(w) => return Err(w.cause.with_stats(super::kept(stats, w.kept))),
+    let stats = match lp.writer.finish() {
+        Ok(done) => super::with_output(stats, done),
+        Err(w) => return Err(w.cause.with_stats(super::with_output(stats, w.kept))),
     };
-    stats.output_rows = rows;
-    stats.output_files = files.iter().map(|f| f.display().to_string()).collect();
     // The files are complete either way; the figures say what they hold.
     match result.and(sent) {
         Ok(()) => Ok(stats),

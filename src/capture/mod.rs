@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::schema::{Exchange, SchemaError, WriterConfig, REDACTED};
-use output::{OutputSpec, OutputWriter, StatsSnapshot};
+use output::{OutputSpec, OutputWriter, StatsSnapshot, WriteResult, Written};
 use reassembly::Reassembler;
 pub use reassembly::ReassemblyConfig;
 use source::{CaptureFile, RawPacket};
@@ -64,9 +64,6 @@ pub struct Failed {
 impl CaptureError {
     /// `self` with the figures of the run it ended.
     pub(crate) fn with_stats(self, mut stats: CaptureStats) -> Self {
-        if let CaptureError::Failed(f) = self {
-            return CaptureError::Failed(f); // already holds its figures
-        }
         stats.error = Some(self.to_string());
         CaptureError::Failed(Box::new(Failed { cause: self, stats }))
     }
@@ -110,13 +107,6 @@ const BATCH_BYTES: usize = 4 << 20;
 /// `--max-body` each, so batches alone would let it grow to gigabytes.
 const QUEUE_BYTES: usize = 64 << 20;
 
-/// What the writer thread wrote: files and rows.
-type Written = (Vec<PathBuf>, u64);
-
-/// How the writer thread ended: what it wrote, or its error and what it
-/// left complete.
-type WriteLoopResult = Result<Written, Box<(SchemaError, Written)>>;
-
 /// The writer thread stopped on an error: why, and the files it left
 /// complete on disk with their rows.
 #[derive(Debug)]
@@ -154,7 +144,7 @@ enum ToWriter {
 pub(crate) struct WriterThread {
     /// Both taken only by `finish`, `abort` or `Drop`.
     tx: Option<SyncSender<ToWriter>>,
-    handle: Option<JoinHandle<WriteLoopResult>>,
+    handle: Option<JoinHandle<WriteResult>>,
     /// Rotated files in a directory: kept (with footers) if the packet loop
     /// unwinds; a single output file is given up, as on any failed run.
     keep_on_drop: bool,
@@ -335,7 +325,7 @@ fn write_loop(
     mut writer: OutputWriter,
     rx: Receiver<ToWriter>,
     queued_bytes: &AtomicUsize,
-) -> WriteLoopResult {
+) -> WriteResult {
     // A sender dropped without Finish (an error upstream) still gets footers.
     loop {
         match rx.recv_timeout(std::time::Duration::from_millis(200)) {
@@ -497,7 +487,7 @@ pub fn capture_files(
                     stats.output_rows = rows;
                     Ok(stats)
                 }
-                Err(w) => Err(w.cause.with_stats(kept(stats, w.kept))),
+                Err(w) => Err(w.cause.with_stats(with_output(stats, w.kept))),
             }
         }
         Err(e) => {
@@ -505,19 +495,18 @@ pub fn capture_files(
             // (unless the writer had kept rows from before a full disk).
             let own = writer.abort();
             // The writer's own error says more than "the writer stopped".
-            match (e, own) {
-                (CaptureError::WriterGone, Err(own)) => {
-                    Err(own.cause.with_stats(kept(stats, own.kept)))
-                }
-                (e, Err(own)) => Err(e.with_stats(kept(stats, own.kept))),
-                (e, Ok(())) => Err(e.with_stats(stats)),
-            }
+            let (cause, written) = match (e, own) {
+                (CaptureError::WriterGone, Err(own)) => (own.cause, own.kept),
+                (e, Err(own)) => (e, own.kept),
+                (e, Ok(())) => (e, Written::default()),
+            };
+            Err(cause.with_stats(with_output(stats, written)))
         }
     }
 }
 
-/// `stats` with the files a failed writer left complete, and their rows.
-pub(crate) fn kept(mut stats: CaptureStats, (files, rows): Written) -> CaptureStats {
+/// `stats` with the files the writer completed, and their rows.
+pub(crate) fn with_output(mut stats: CaptureStats, (files, rows): Written) -> CaptureStats {
     stats.output_rows = rows;
     stats.output_files = files.iter().map(|f| f.display().to_string()).collect();
     stats

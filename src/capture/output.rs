@@ -39,10 +39,13 @@ struct OpenFile {
     opened: Instant,
 }
 
-/// Writes exchanges according to an [`OutputSpec`].
 /// Files complete on disk and the rows they hold.
-pub type Kept = (Vec<PathBuf>, u64);
+pub type Written = (Vec<PathBuf>, u64);
 
+/// What a writer wrote, or its error and what it left complete.
+pub type WriteResult = Result<Written, Box<(SchemaError, Written)>>;
+
+/// Writes exchanges according to an [`OutputSpec`].
 pub struct OutputWriter {
     spec: OutputSpec,
     config: WriterConfig,
@@ -246,7 +249,7 @@ impl OutputWriter {
 
     /// Close the open file; returns every complete file written and their
     /// rows, or the error with the files complete before it.
-    pub fn finish(mut self) -> Result<Kept, Box<(SchemaError, Kept)>> {
+    pub fn finish(mut self) -> WriteResult {
         match self.close_current() {
             Ok(()) => Ok((self.done, self.done_rows)),
             Err(e) => Err(Box::new((e, (self.done, self.done_rows)))),
@@ -262,7 +265,7 @@ impl OutputWriter {
     /// closes cleanly over the rows before. An open file without rows is
     /// dropped either way: an empty file would only be noise beside the
     /// others. Returns the files complete on disk and the rows they hold.
-    pub fn salvage(mut self, error: &SchemaError) -> Kept {
+    pub fn salvage(mut self, error: &SchemaError) -> Written {
         if self.open.as_ref().is_some_and(|f| f.writer.rows() == 0) {
             self.open = None; // its `.partial` is removed on drop
         }

@@ -69,3 +69,41 @@ pub fn python_with(modules: &[&str]) -> Option<PathBuf> {
     );
     None
 }
+
+/// A tmpfs of `size` (`mount -o size=`, e.g. "16m") mounted on a fresh
+/// directory, unmounted when dropped: a small disk that fills up. Mounting
+/// needs root, as the live capture tests do; None (said on stderr) when
+/// `SHADOWCTL_SKIP_LIVE` is set, a failure otherwise.
+pub struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    pub fn mount(size: &str) -> Option<Self> {
+        if std::env::var_os("SHADOWCTL_SKIP_LIVE").is_some() {
+            eprintln!("SHADOWCTL_SKIP_LIVE set: the full-disk test is skipped");
+            return None;
+        }
+        let disk = Self(tempfile::tempdir().unwrap());
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(disk.0.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            mounted,
+            "mounting a tmpfs needs root (or set SHADOWCTL_SKIP_LIVE=1)"
+        );
+        Some(disk)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
