@@ -327,7 +327,14 @@ struct CaptureArgs {
     /// sig, signature, presigned S3/GCS signatures and more by default).
     #[arg(long = "redact-query", value_name = "NAME")]
     redact_query: Vec<String>,
-    /// Keep Authorization, Cookie, API-key headers and query credentials as captured.
+    /// Also redact the string value of this JSON member, or this field of a
+    /// URL-encoded form, in bodies (repeatable; case, `_` and `-` ignored;
+    /// password, client_secret, access_token, refresh_token, id_token,
+    /// api_key and more by default).
+    #[arg(long = "redact-body-field", value_name = "NAME")]
+    redact_body_field: Vec<String>,
+    /// Keep Authorization, Cookie, API-key headers, query credentials and
+    /// body secrets as captured.
     #[arg(long)]
     keep_secrets: bool,
     /// Store at most this many body bytes per message (e.g. 65536, 1MiB).
@@ -623,6 +630,11 @@ fn redaction(args: &CaptureArgs) -> capture::Redaction {
         .extend(args.redact_header.iter().map(|h| h.to_ascii_lowercase()));
     r.query
         .extend(args.redact_query.iter().map(|q| q.to_ascii_lowercase()));
+    r.body.extend(
+        args.redact_body_field
+            .iter()
+            .map(|b| b.to_ascii_lowercase()),
+    );
     r
 }
 

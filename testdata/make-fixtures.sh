@@ -62,4 +62,12 @@ if [[ -x $SVC ]]; then
 else
     echo "demo-services.pcap not rebuilt: build the demo_service example first" >&2
 fi
+# Secrets in bodies (an OAuth password grant, a JSON login, a completion
+# whose `token` fields are data): secrets_fixture.py is server and client.
+SPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+tcpdump -i lo -s 0 -U -w secrets.pcap "tcp port $SPORT" 2>/dev/null & SDUMP=$!
+sleep 1
+python3 secrets_fixture.py "$SPORT"
+sleep 1
+kill -INT $SDUMP; wait $SDUMP || true
 echo "fixtures written"

@@ -122,6 +122,76 @@ fn keep_secrets_and_extra_redaction() {
     );
 }
 
+/// Secrets in JSON and form bodies (an OAuth password grant, a JSON login)
+/// are redacted in place by default, requests and responses; a `token` that
+/// is data stays; `--redact-body-field` adds names, `--keep-secrets` keeps
+/// everything as captured.
+#[test]
+fn secrets_in_json_and_form_bodies_are_redacted_by_default() {
+    let read = rows;
+    let body = |rows: &[Exchange], target: &str| {
+        let e = rows.iter().find(|e| e.target == target).unwrap();
+        (
+            String::from_utf8(e.request_body.clone()).unwrap(),
+            String::from_utf8(e.response_body.clone()).unwrap(),
+        )
+    };
+    let (run, out, _d) = capture(&[testdata("secrets.pcap")], &[]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let said = String::from_utf8_lossy(&run.stdout) + String::from_utf8_lossy(&run.stderr);
+    assert!(said.contains("redacted values    6"), "{said}");
+    let rows = read(&out);
+    assert_eq!(rows.len(), 3);
+    let (req, resp) = body(&rows, "/oauth/token");
+    assert_eq!(
+        req,
+        "grant_type=password&username=ann&password=[REDACTED]&client_id=app&client_secret=[REDACTED]&scope=read"
+    );
+    assert_eq!(
+        resp,
+        r#"{"access_token": "[REDACTED]", "token_type": "Bearer", "expires_in": 3600, "refresh_token": "[REDACTED]", "scope": "read"}"#
+    );
+    let (req, resp) = body(&rows, "/login");
+    assert_eq!(
+        req,
+        r#"{"user": "ann", "password": "[REDACTED]", "remember": true}"#
+    );
+    assert_eq!(
+        resp,
+        r#"{"ok": true, "session": {"idToken": "[REDACTED]", "user": "ann"}}"#
+    );
+    let (_, resp) = body(&rows, "/v1/completions");
+    assert!(resp.contains(r#""token": "Hello""#), "{resp}");
+    // The wire lengths stay those captured.
+    let login = rows.iter().find(|e| e.target == "/login").unwrap();
+    assert_eq!(login.request_body_len, 56);
+
+    let (run, out, _d) = capture(
+        &[testdata("secrets.pcap")],
+        &["--redact-body-field", "User"],
+    );
+    assert!(run.status.success());
+    let (req, _) = body(&read(&out), "/login");
+    assert_eq!(
+        req,
+        r#"{"user": "[REDACTED]", "password": "[REDACTED]", "remember": true}"#
+    );
+
+    let (run, out, _d) = capture(&[testdata("secrets.pcap")], &["--keep-secrets"]);
+    assert!(run.status.success());
+    let kept = read(&out);
+    let (req, resp) = body(&kept, "/oauth/token");
+    assert!(req.contains("password=hunter2&") && req.contains("client_secret=s3cr3t-made-up&"));
+    assert!(
+        resp.contains(r#""refresh_token": "rt-made-up-123""#),
+        "{resp}"
+    );
+}
+
 #[test]
 fn max_body_truncates_and_keeps_the_length() {
     let (run, out, _d) = capture(&[testdata("demo.pcap")], &["--max-body", "1KiB"]);

@@ -217,8 +217,13 @@ impl Recorder {
 }
 
 fn demo_capture(dir: &Path) -> PathBuf {
-    let out = dir.join("demo.parquet");
-    let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/demo.pcap");
+    pcap_capture(dir, "demo")
+}
+
+/// `capture` of `testdata/{name}.pcap`, with the default redaction.
+fn pcap_capture(dir: &Path, name: &str) -> PathBuf {
+    let out = dir.join(format!("{name}.parquet"));
+    let input = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("testdata/{name}.pcap"));
     Command::cargo_bin("shadowctl")
         .unwrap()
         .args(["capture", "-q", "--read"])
@@ -2142,6 +2147,95 @@ fn request_trailers_reach_the_target_after_the_body() {
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
     assert_eq!(summary["dropped_redacted_values"], 2, "{summary}");
+}
+
+/// Body secrets redacted at capture are never sent as `[REDACTED]`: the
+/// JSON member or form field is left out, the length follows the body
+/// sent, and each is counted; secrets in the live answers' JSON bodies are
+/// redacted in the results unless `--keep-secrets`.
+#[test]
+fn body_secrets_are_left_out_of_requests_and_redacted_in_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = pcap_capture(dir.path(), "secrets");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    let port = raw_server(move |_, _, req, stream| {
+        log.lock()
+            .unwrap()
+            .push(String::from_utf8_lossy(req).into_owned());
+        let body = r#"{"access_token": "live-made-up", "n": 1}"#;
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(answer.as_bytes()).is_ok()
+    });
+    let url = format!("http://127.0.0.1:{port}");
+    for keep in [false, true] {
+        seen.lock().unwrap().clear();
+        let summary = dir.path().join(format!("summary-{keep}.json"));
+        let mut args = vec![
+            cap.to_str().unwrap(),
+            "--primary",
+            &url,
+            "--max",
+            "--concurrency",
+            "1",
+            "--summary-json",
+            summary.to_str().unwrap(),
+        ];
+        if keep {
+            args.push("--keep-secrets");
+        }
+        let (run, rows, _d) = replay(&args);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let mut got = seen.lock().unwrap().clone();
+        got.sort();
+        let sent = |path: &str| {
+            got.iter()
+                .find(|r| r.starts_with(&format!("POST {path} ")))
+                .unwrap_or_else(|| panic!("{path} not sent: {got:?}"))
+                .clone()
+        };
+        let ends = |path: &str, body: &str| {
+            let r = sent(path);
+            assert!(r.ends_with(&format!("\r\n\r\n{body}")), "{r:?}");
+            assert!(
+                r.contains(&format!("Content-Length: {}\r\n", body.len())),
+                "{r:?}"
+            );
+        };
+        // The redacted values stay left out even with --keep-secrets: the
+        // capture holds no secret to send.
+        ends(
+            "/oauth/token",
+            "grant_type=password&username=ann&client_id=app&scope=read",
+        );
+        ends("/login", r#"{"user": "ann", "remember": true}"#);
+        ends(
+            "/v1/completions",
+            r#"{"prompt": "Say hello", "max_tokens": 1, "logprobs": 1}"#,
+        );
+        assert!(got.iter().all(|r| !r.contains("REDACTED")), "{got:?}");
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+        assert_eq!(summary["dropped_redacted_values"], 3, "{summary}");
+        let live = role(&rows, TargetRole::Primary);
+        assert_eq!(live.len(), 3);
+        let token = if keep { "live-made-up" } else { "[REDACTED]" };
+        let want = format!(r#"{{"access_token": "{token}", "n": 1}}"#);
+        for r in live {
+            assert_eq!(
+                String::from_utf8_lossy(&r.response_body),
+                want,
+                "keep {keep}"
+            );
+        }
+    }
 }
 
 /// Replay frames each body itself: `--header` cannot add a second framing

@@ -28,8 +28,8 @@ pub use reassembly::ReassemblyConfig;
 use source::{CaptureFile, RawPacket};
 pub use stats::CaptureStats;
 
+use crate::redact::{redact_message, redact_url_fields, URL_FIELDS};
 pub use crate::redact::{redact_query, Redaction, DEFAULT_REDACTED_QUERY};
-use crate::redact::{redact_url_fields, URL_FIELDS};
 pub use crate::schema::DEFAULT_REDACTED;
 
 /// Errors of the capture stage.
@@ -284,8 +284,11 @@ impl Drop for WriterThread {
 
 fn redact_all(rows: &mut [Exchange], redaction: &Redaction) -> u64 {
     let (names, query) = (&redaction.headers, &redaction.query);
+    let body_names = redaction.body_names();
     let mut n = 0;
     for ex in rows {
+        n += redact_message(&ex.request_headers, &mut ex.request_body, &body_names);
+        n += redact_message(&ex.response_headers, &mut ex.response_body, &body_names);
         if !query.is_empty() {
             let (target, k) = redact_query(&ex.target, query);
             if let Some(t) = target {

@@ -340,7 +340,7 @@ impl ReplaySummary {
         if self.dropped_redacted_values > 0 {
             let _ = writeln!(
                 s,
-                "  {} redacted header values were not sent (give fresh ones with --header)",
+                "  {} redacted values were left out of the requests (give fresh header values with --header)",
                 self.dropped_redacted_values
             );
         }
@@ -555,11 +555,11 @@ struct ReplayOptionsCore {
     concurrency: usize,
     closed_loop: bool,
     http: HttpChoice,
-    /// Header names whose values are redacted in live answers.
-    redact: Vec<String>,
-    /// Query parameters redacted in the URLs of live answers' `Location`
-    /// and `Content-Location` (a redirect can carry a fresh token).
-    redact_query: Vec<String>,
+    /// What is redacted in live answers: headers, the query of the URLs in
+    /// `Location` and `Content-Location` (a redirect can carry a fresh
+    /// token), and secrets in JSON and form bodies (a token endpoint's).
+    redact: crate::redact::Redaction,
+    redact_body: crate::redact::BodyNames,
 }
 
 /// Run a replay. `stop` (Ctrl-C) ends scheduling; in-flight requests get
@@ -892,6 +892,11 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
         Ok(summary)
     });
     let counters = Arc::new(Counters::default());
+    let redaction = if opts.keep_secrets {
+        crate::redact::Redaction::none()
+    } else {
+        crate::redact::Redaction::default()
+    };
     let (cancel_tx, cancel) = tokio::sync::watch::channel(false);
     let cancel_tx = Arc::new(cancel_tx);
     let parked = Arc::new(targets.iter().map(|_| parked::Parking::default()).collect());
@@ -911,18 +916,8 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
             concurrency: opts.concurrency,
             closed_loop: opts.timing == Timing::Max,
             http: opts.http,
-            redact: if opts.keep_secrets {
-                Vec::new()
-            } else {
-                crate::schema::DEFAULT_REDACTED.map(String::from).to_vec()
-            },
-            redact_query: if opts.keep_secrets {
-                Vec::new()
-            } else {
-                crate::redact::DEFAULT_REDACTED_QUERY
-                    .map(String::from)
-                    .to_vec()
-            },
+            redact: redaction.clone(),
+            redact_body: redaction.body_names(),
         }),
         counters: Arc::clone(&counters),
         results: tx,
@@ -1672,14 +1667,16 @@ impl TaskCtx {
         // A target's answer may carry secrets too (a Set-Cookie, a token
         // issued to the credentials sent with --header-from-env): kept out
         // of the results and the reports like captured ones.
+        let redact = &self.opts.redact;
         for h in [&mut row.response_headers, &mut row.response_trailers] {
-            h.redact(&self.opts.redact, REDACTED);
-            crate::redact::redact_url_fields(
-                h,
-                &crate::redact::URL_FIELDS,
-                &self.opts.redact_query,
-            );
+            h.redact(&redact.headers, REDACTED);
+            crate::redact::redact_url_fields(h, &crate::redact::URL_FIELDS, &redact.query);
         }
+        crate::redact::redact_message(
+            &row.response_headers,
+            &mut row.response_body,
+            &self.opts.redact_body,
+        );
         let _ = results.send(row).await;
         counters.in_flight.fetch_sub(1, Ordering::Relaxed);
     }

@@ -6,6 +6,7 @@
 //! byte for byte (see docs/decisions/0001-raw-http-client.md).
 
 use super::h2::H2Request;
+use crate::redact::body::without_redacted;
 use crate::schema::{Exchange, REDACTED};
 use crate::text::latin1_bytes;
 
@@ -212,12 +213,14 @@ fn without_redacted_query(path: &str) -> (std::borrow::Cow<'_, str>, u32) {
 /// HTTP/2 head carries them), `--drop-header` fields and what the protocol
 /// does not send (`skip`); `--header` values in place of the first
 /// same-name field (later ones dropped, unmatched ones at the end);
-/// redacted values left out; Content-Length set to the body sent. Each
+/// redacted values left out; Content-Length set to the body sent
+/// (`body_len`). Each
 /// field goes to `push(lower-cased name, name, value, captured)`, where
 /// `captured` is false for values the rules set. Returns the redacted
 /// values left out.
 fn send_fields(
     ex: &Exchange,
+    body_len: usize,
     rules: &RequestRules,
     skip: impl Fn(&str, &[u8]) -> bool,
     mut push: impl FnMut(&str, &[u8], &[u8], bool),
@@ -225,7 +228,7 @@ fn send_fields(
     let mut set_done = vec![false; rules.set.len()];
     let mut length_sent = false;
     let mut dropped = 0;
-    let length = ex.request_body.len().to_string();
+    let length = body_len.to_string();
     for (name, value) in ex.request_headers.iter() {
         if name.first() == Some(&b':') {
             continue;
@@ -297,6 +300,8 @@ pub fn build(ex: &Exchange, dest: &Destination<'_>, rules: &RequestRules) -> Bui
     out.extend_from_slice(&latin1_bytes(&ex.method));
     out.push(b' ');
     let (path, mut dropped_redacted) = without_redacted_query(origin_form(&ex.target));
+    let (body, dropped_body) = without_redacted(&ex.request_headers, &ex.request_body);
+    dropped_redacted += dropped_body;
     if !dest.base_path.is_empty() && path.starts_with('/') {
         out.extend_from_slice(dest.base_path.trim_end_matches('/').as_bytes());
     }
@@ -316,29 +321,35 @@ pub fn build(ex: &Exchange, dest: &Destination<'_>, rules: &RequestRules) -> Bui
             || (chunked && lower == "content-length")
     };
     let marker = marker_name(dest);
-    dropped_redacted += send_fields(ex, rules, hop_by_hop, |lower, name, value, captured| {
-        if marker(lower) {
-            return; // only the marker's own value, once
-        }
-        if chunked && lower == "content-length" {
-            return; // a `--header` length beside chunked framing: two framings
-        }
-        if captured && lower == "host" {
-            // The first Host, rewritten to the target unless --keep-host.
-            if std::mem::replace(&mut host_seen, true) {
-                return;
+    dropped_redacted += send_fields(
+        ex,
+        body.len(),
+        rules,
+        hop_by_hop,
+        |lower, name, value, captured| {
+            if marker(lower) {
+                return; // only the marker's own value, once
             }
-            let v = if rules.keep_host {
-                value
-            } else {
-                dest.authority.as_bytes()
-            };
-            return push_header(&mut out, name, v);
-        }
-        host_seen |= lower == "host";
-        length_sent |= lower == "content-length";
-        push_header(&mut out, name, value);
-    });
+            if chunked && lower == "content-length" {
+                return; // a `--header` length beside chunked framing: two framings
+            }
+            if captured && lower == "host" {
+                // The first Host, rewritten to the target unless --keep-host.
+                if std::mem::replace(&mut host_seen, true) {
+                    return;
+                }
+                let v = if rules.keep_host {
+                    value
+                } else {
+                    dest.authority.as_bytes()
+                };
+                return push_header(&mut out, name, v);
+            }
+            host_seen |= lower == "host";
+            length_sent |= lower == "content-length";
+            push_header(&mut out, name, value);
+        },
+    );
     if !host_seen && version == "HTTP/1.1" {
         // An HTTP/2 request carried its host in `:authority`.
         let captured = ex.host.as_deref().filter(|_| rules.keep_host);
@@ -354,7 +365,7 @@ pub fn build(ex: &Exchange, dest: &Destination<'_>, rules: &RequestRules) -> Bui
     if chunked {
         push_header(&mut out, b"Transfer-Encoding", b"chunked");
         out.extend_from_slice(b"\r\n");
-        chunk_with_trailers(&mut out, &ex.request_body, &trailers);
+        chunk_with_trailers(&mut out, &body, &trailers);
         return Built {
             bytes: out,
             dropped_redacted,
@@ -362,12 +373,12 @@ pub fn build(ex: &Exchange, dest: &Destination<'_>, rules: &RequestRules) -> Bui
     }
     // The body is stored de-chunked: a chunked request is sent with a length.
     let had_chunked = ex.request_headers.get("transfer-encoding").is_some();
-    if !length_sent && (!ex.request_body.is_empty() || had_chunked) {
-        let length = ex.request_body.len().to_string();
+    if !length_sent && (!body.is_empty() || had_chunked) {
+        let length = body.len().to_string();
         push_header(&mut out, b"Content-Length", length.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&ex.request_body);
+    out.extend_from_slice(&body);
     Built {
         bytes: out,
         dropped_redacted,
@@ -402,6 +413,8 @@ pub fn build_h2(
     https: bool,
 ) -> Result<(H2Request, u32), String> {
     let (path, mut dropped) = without_redacted_query(origin_form(&ex.target));
+    let (body, dropped_body) = without_redacted(&ex.request_headers, &ex.request_body);
+    dropped += dropped_body;
     let mut full_path = String::new();
     if !dest.base_path.is_empty() && path.starts_with('/') {
         full_path.push_str(dest.base_path.trim_end_matches('/'));
@@ -449,7 +462,7 @@ pub fn build_h2(
             || lower == "http2-settings"
     };
     let marker = marker_name(dest);
-    dropped += send_fields(ex, rules, forbidden, |lower, n, v, _| {
+    dropped += send_fields(ex, body.len(), rules, forbidden, |lower, n, v, _| {
         // `--header` fields come here unfiltered: a `Connection` or `Host`
         // among them would make `h2` refuse every request.
         if forbidden(lower, v) {
@@ -464,7 +477,7 @@ pub fn build_h2(
     if let Some((n, v)) = dest.marker {
         push(n.as_bytes(), v.as_bytes());
     }
-    let body = bytes::Bytes::copy_from_slice(&ex.request_body);
+    let body = bytes::Bytes::copy_from_slice(&body);
     dropped += dropped_trailers;
     let mut trailers = http::HeaderMap::new();
     for (n, v) in trailer_list {
@@ -589,6 +602,35 @@ mod tests {
             ex.request_headers.push(n.as_bytes(), v.as_bytes());
         }
         ex
+    }
+
+    /// A body secret redacted at capture is left out over either protocol,
+    /// counted, and the length sent is the body's as sent.
+    #[test]
+    fn redacted_body_fields_are_left_out_over_http1_and_http2() {
+        let dest = Destination {
+            authority: "127.0.0.1:9000",
+            base_path: "",
+            marker: None,
+        };
+        let mut ex = exchange();
+        ex.request_headers = Default::default();
+        ex.request_headers
+            .push(b"Content-Type", b"application/json");
+        ex.request_headers.push(b"Content-Length", b"44");
+        ex.request_body = br#"{"user":"ann","password":"[REDACTED]","n":1}"#.to_vec();
+        let built = build(&ex, &dest, &RequestRules::default());
+        let text = String::from_utf8(built.bytes).unwrap();
+        assert!(
+            text.contains("\r\nContent-Length: 20\r\n")
+                && text.ends_with("\r\n\r\n{\"user\":\"ann\",\"n\":1}"),
+            "{text}"
+        );
+        assert_eq!(built.dropped_redacted, 1);
+        let (h2, dropped) = build_h2(&ex, &dest, &RequestRules::default(), false).unwrap();
+        assert_eq!(&h2.body[..], br#"{"user":"ann","n":1}"#);
+        assert_eq!(h2.head.headers()["content-length"], "20");
+        assert_eq!(dropped, 1);
     }
 
     #[test]

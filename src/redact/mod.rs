@@ -2,6 +2,10 @@
 //! shared by capture (before anything is written) and replay (the live
 //! answers it records).
 
+pub mod body;
+
+pub use body::{redact_message, BodyNames, DEFAULT_REDACTED_BODY};
+
 use crate::schema::{HeaderList, DEFAULT_REDACTED, REDACTED};
 
 /// Query parameters whose values are secrets unless `--keep-secrets`:
@@ -34,6 +38,9 @@ pub struct Redaction {
     pub headers: Vec<String>,
     /// Query parameter names (lower case) whose values become [`REDACTED`].
     pub query: Vec<String>,
+    /// JSON member and form field names whose values become [`REDACTED`]
+    /// in bodies (forms also use `query`; see [`body`]).
+    pub body: Vec<String>,
 }
 
 impl Default for Redaction {
@@ -42,6 +49,7 @@ impl Default for Redaction {
         Self {
             headers: own(&DEFAULT_REDACTED),
             query: own(&DEFAULT_REDACTED_QUERY),
+            body: own(&DEFAULT_REDACTED_BODY),
         }
     }
 }
@@ -52,7 +60,13 @@ impl Redaction {
         Self {
             headers: Vec::new(),
             query: Vec::new(),
+            body: Vec::new(),
         }
+    }
+
+    /// The body names, normalized for matching.
+    pub fn body_names(&self) -> BodyNames {
+        BodyNames::new(&self.body, &self.query)
     }
 }
 
