@@ -236,6 +236,11 @@ struct ReplayArgs {
     /// NAME=URL, NAME being `primary` or a shadow's name (process_*, container_*, DCGM, Triton).
     #[arg(long = "metrics", value_name = "NAME=URL")]
     metrics: Vec<String>,
+    /// Keep only the series of a target's --metrics endpoint that match a PromQL
+    /// selector (repeatable): NAME=SELECTOR, e.g. 'primary={pod=~"model-v1-.*"}' to
+    /// take the target's containers from a node-wide endpoint (kubelet's cAdvisor).
+    #[arg(long = "metrics-select", value_name = "NAME=SELECTOR")]
+    metrics_select: Vec<String>,
     /// Sample a local process and its children from /proc (repeatable): NAME=PID.
     #[arg(long = "pid", value_name = "NAME=PID")]
     pid: Vec<String>,
@@ -404,10 +409,27 @@ fn metrics_options(
             })?;
         Ok((name.to_string(), value.to_string()))
     };
+    let mut selectors = std::collections::BTreeMap::new();
+    for spec in &args.metrics_select {
+        let (name, text) = named("--metrics-select", spec)?;
+        let selector = shadowctl::proto::prometheus::Selector::parse(&text)
+            .map_err(|e| anyhow::anyhow!("--metrics-select {name}: {e}"))?;
+        anyhow::ensure!(
+            selectors.insert(name.clone(), selector).is_none(),
+            "--metrics-select {name} is given twice: put every matcher in one selector"
+        );
+        anyhow::ensure!(
+            args.metrics
+                .iter()
+                .any(|m| m.split_once('=').is_some_and(|(n, _)| n == name)),
+            "--metrics-select {name}: {name} has no --metrics endpoint to select from"
+        );
+    }
     let mut sources = Vec::new();
     for spec in &args.metrics {
         let (name, url) = named("--metrics", spec)?;
-        sources.push((name, Source::Prometheus(url)));
+        let select = selectors.get(&name).cloned();
+        sources.push((name, Source::Prometheus(url, select)));
     }
     for spec in &args.pid {
         let (name, pid) = named("--pid", spec)?;

@@ -6,6 +6,7 @@ target's CPU and memory (from the process collector of prometheus_client) and th
 
     python metrics_app.py --port 0 --variant {primary,shadow} [--cpu-ms-per-request F]
                           [--leak-mb-per-s F] [--metrics-mode {ok,hang,garbage}]
+                          [--cadvisor POD]
 
 Prints exactly one line `listening PORT` on stdout once the socket is bound.
 
@@ -16,6 +17,13 @@ Prints exactly one line `listening PORT` on stdout once the socket is bound.
 - --leak-mb-per-s R > 0 makes resident memory grow by R MB (10^6 bytes) per second.
 - --metrics-mode hang sleeps 60 s before answering /metrics; garbage answers a body
   that is not the exposition format.
+- --cadvisor POD serves, instead of the process_* families, what kubelet's
+  /metrics/cadvisor shows of a node running this process as container `server` of pod
+  POD: container_cpu_usage_seconds_total and container_memory_working_set_bytes for that
+  container (this process's CPU time and resident memory), for the pod's own cgroup
+  (container="", the container and its pause container together), for the pause
+  container (container="POD"), for a busy neighbour pod (8 CPU seconds a second) and for
+  the root cgroup (id="/", all of it), with cAdvisor's labels.
 """
 import argparse
 import gzip
@@ -41,6 +49,7 @@ def parse_args(argv):
     p.add_argument("--cpu-ms-per-request", type=float, default=None)
     p.add_argument("--leak-mb-per-s", type=float, default=0.0)
     p.add_argument("--metrics-mode", choices=("ok", "hang", "garbage"), default="ok")
+    p.add_argument("--cadvisor", metavar="POD", default=None)
     args = p.parse_args(argv)
     if args.cpu_ms_per_request is None:
         args.cpu_ms_per_request = 5.0 if args.variant == "primary" else 10.0
@@ -79,6 +88,45 @@ def leak_forever(mb_per_s, leaked_gauge):
             time.sleep(delay)
         else:
             next_tick = time.monotonic()
+
+
+class CadvisorLike:
+    """A node's cgroups as kubelet's cAdvisor endpoint exposes them (see --cadvisor)."""
+
+    LABELS = ["id", "container", "image", "pod", "namespace", "name"]
+
+    def __init__(self, pod):
+        self.pod = pod
+        self.start = time.monotonic()
+
+    def _series(self, own, pause, neighbour):
+        pod = self.pod
+        return [
+            (["/kubepods/pod-" + pod + "/c-server", "server", "model:v1", pod, "ml", "c-server"], own),
+            (["/kubepods/pod-" + pod, "", "", pod, "ml", ""], own + pause),
+            (["/kubepods/pod-" + pod + "/c-pause", "POD", "registry.k8s.io/pause:3.9", pod, "ml", "c-pause"], pause),
+            (["/kubepods/pod-other/c-batch", "batch", "batch:v3", "other-0", "ml", "c-batch"], neighbour),
+            (["/", "", "", "", "", ""], own + pause + neighbour),
+        ]
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        cpu = CounterMetricFamily(
+            "container_cpu_usage_seconds_total", "Cumulative cpu time consumed", labels=self.LABELS
+        )
+        busy = 8.0 * (time.monotonic() - self.start)
+        for labels, value in self._series(time.process_time(), 0.01, busy):
+            cpu.add_metric(labels, value)
+        yield cpu
+        with open("/proc/self/statm") as f:
+            rss = int(f.read().split()[1]) * 4096
+        mem = GaugeMetricFamily(
+            "container_memory_working_set_bytes", "Current working set", labels=self.LABELS
+        )
+        for labels, value in self._series(rss, 1 << 20, 6 << 30):
+            mem.add_metric(labels, value)
+        yield mem
 
 
 def garbage_body():
@@ -168,6 +216,12 @@ def main(argv=None):
     info = Gauge("model_info", "Model version being served", ["version"])
     info.labels(version=args.variant).set(1)
     leaked = Gauge("model_leaked_bytes", "Bytes deliberately leaked so far (test truth)")
+    if args.cadvisor:
+        from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
+
+        for c in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            REGISTRY.unregister(c)
+        REGISTRY.register(CadvisorLike(args.cadvisor))
 
     def on_term(signum, frame):
         raise SystemExit(0)

@@ -261,6 +261,73 @@ fn cpu_leak_and_missing_telemetry_through_prometheus_endpoints() {
     assert!(html.contains("CPU cores over the replay") && html.contains("<polyline"));
 }
 
+/// A node-wide cAdvisor endpoint (kubelet's `/metrics/cadvisor` layout,
+/// served by a prometheus_client app): `--metrics-select` keeps the
+/// target's pod, and diff sums its containers only, not the pod's own
+/// cgroup or its pause container beside them, so the CPU per answer is the
+/// container's own: 5 ms burnt a request, not twice that, and the shadow's
+/// 10 ms against it.
+#[test]
+fn container_cpu_from_a_node_wide_cadvisor_endpoint_is_the_selected_pods() {
+    let Some(python) = common::python_with(&["prometheus_client"]) else {
+        return;
+    };
+    let _turn = turn();
+    let dir = tempfile::tempdir().unwrap();
+    let capture = predict_capture(dir.path(), 300);
+    let p = App::start(
+        &python,
+        &["--variant", "primary", "--cadvisor", "model-v1-0"],
+    );
+    let s = App::start(
+        &python,
+        &["--variant", "shadow", "--cadvisor", "model-v2-0"],
+    );
+    let sampling = [
+        format!("--metrics=primary={}", p.url("/metrics")),
+        format!("--metrics=v2={}", s.url("/metrics")),
+        r#"--metrics-select=primary={pod="model-v1-0"}"#.to_string(),
+        r#"--metrics-select=v2={namespace="ml",pod=~"model-v2-.*"}"#.to_string(),
+    ];
+    let (results, metrics, stdout) = replay(dir.path(), &capture, &p, &s, &sampling);
+    let rows = read_metrics(&metrics).unwrap();
+    let pods: std::collections::BTreeSet<(&str, &str)> = rows
+        .iter()
+        .filter(|r| r.kind == MetricKind::Sample && r.family.starts_with("container_"))
+        .map(|r| {
+            let pod = r
+                .labels
+                .iter()
+                .find(|(k, _)| k == "pod")
+                .map_or("", |(_, v)| v.as_str());
+            (r.target.as_str(), pod)
+        })
+        .collect();
+    // Neither the neighbour nor the root cgroup (pod="") is kept.
+    assert_eq!(
+        pods.into_iter().collect::<Vec<_>>(),
+        [("primary", "model-v1-0"), ("v2", "model-v2-0")],
+        "{stdout}"
+    );
+    let (_, report, out) = diff(
+        dir.path(),
+        &[&results, &metrics],
+        "[gate]\nmin_exchanges = 100\n",
+    );
+    let res = &report["resources"];
+    let primary = res["primary"]["cpu_ms_per_request"].as_f64().unwrap();
+    // 5 ms burnt, plus the interpreter's own work for each request; the
+    // pod cgroup summed in would make it 10 or more.
+    assert!((5.0..8.0).contains(&primary), "primary {primary} ms\n{out}");
+    let ratio = cpu_ratio(&report);
+    assert!((ratio / 2.0 - 1.0).abs() < 0.2, "CPU ratio {ratio}\n{out}");
+    let mb = res["primary"]["memory_peak_mb"].as_f64().unwrap();
+    assert!(
+        mb < 200.0,
+        "memory {mb} MB: the container's, not the node's\n{out}"
+    );
+}
+
 #[test]
 fn cpu_and_leak_through_the_process_tree() {
     let Some(python) = common::python_with(&["prometheus_client"]) else {

@@ -155,7 +155,10 @@ fn readings<'r>(rows: &[&'r MetricRow], m: &Measure) -> Option<(&'static str, Ve
             let found: Vec<_> = rows
                 .iter()
                 .filter(|r| {
-                    r.kind == MetricKind::Sample && r.source == source && r.family == family
+                    r.kind == MetricKind::Sample
+                        && r.source == source
+                        && r.family == family
+                        && !cadvisor_aggregate(family, &r.labels)
                 })
                 .filter_map(|r| {
                     let v = r.value.filter(|v| v.is_finite())?;
@@ -168,6 +171,23 @@ fn readings<'r>(rows: &[&'r MetricRow], m: &Measure) -> Option<(&'static str, Ve
         }
     }
     None
+}
+
+/// Whether a `container_*` series is one of the cgroups cAdvisor (the
+/// kubelet's, or standalone) exposes beside the containers they hold: a
+/// pod's (`container=""`), its pause container's (`container="POD"`), the
+/// root (`id="/"`) and the system slices (no `image`). Each repeats the usage
+/// of what it holds, so summed with the containers it would count that two
+/// or three times. Series without cAdvisor's `id` label are all kept.
+fn cadvisor_aggregate(family: &str, labels: &[(String, String)]) -> bool {
+    if !family.starts_with("container_") {
+        return false;
+    }
+    let get = |k: &str| labels.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    if get("id").is_none() {
+        return false;
+    }
+    get("image").unwrap_or("").is_empty() || matches!(get("container"), Some("" | "POD"))
 }
 
 /// The series of one measure for one target, from the preferred source
@@ -911,6 +931,78 @@ mod tests {
         let per_interval: Vec<f64> = incs.iter().map(|i| i.2).collect();
         assert_eq!(per_interval, vec![2.0, 1.5, 3.0]);
         assert!(incs.iter().all(|i| (i.1 - 1.0).abs() < 1e-12), "{incs:?}");
+    }
+
+    /// Kubelet's cAdvisor exposes a pod's containers with the pod's own
+    /// cgroup, its pause container and the root beside them: only the
+    /// containers are summed, or the pod's usage would count three times.
+    #[test]
+    fn cadvisor_cgroups_that_hold_containers_are_not_summed_with_them() {
+        let row = |t: i64, labels: &[(&str, &str)], v: f64| MetricRow {
+            ts: t * 1_000_000_000,
+            target: "primary".into(),
+            source: "prometheus".into(),
+            kind: MetricKind::Sample,
+            family: "container_cpu_usage_seconds_total".into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            value: Some(v),
+            detail: None,
+            scrape_ms: None,
+        };
+        let server = [
+            ("id", "/kubepods/podA/c1"),
+            ("container", "server"),
+            ("image", "model:v1"),
+            ("pod", "model-0"),
+        ];
+        let sidecar = [
+            ("id", "/kubepods/podA/c2"),
+            ("container", "proxy"),
+            ("image", "envoy"),
+            ("pod", "model-0"),
+        ];
+        let pod = [
+            ("id", "/kubepods/podA"),
+            ("container", ""),
+            ("image", ""),
+            ("pod", "model-0"),
+        ];
+        let pause = [
+            ("id", "/kubepods/podA/p"),
+            ("container", "POD"),
+            ("image", "pause"),
+            ("pod", "model-0"),
+        ];
+        let root = [("id", "/")];
+        let mut rows = Vec::new();
+        for t in 0..3 {
+            let (a, b) = (10.0 + t as f64, 5.0 + 0.5 * t as f64);
+            rows.push(row(t, &server, a));
+            rows.push(row(t, &sidecar, b));
+            rows.push(row(t, &pod, a + b + 0.1));
+            rows.push(row(t, &pause, 0.1));
+            rows.push(row(t, &root, 100.0 + 3.0 * t as f64));
+        }
+        let refs: Vec<&MetricRow> = rows.iter().collect();
+        let per_interval: Vec<f64> = counter_increments(&refs, &CPU)
+            .iter()
+            .map(|i| i.2)
+            .collect();
+        assert_eq!(per_interval, vec![1.5, 1.5]);
+        // A family laid out otherwise (no `id`) is summed whole, as before.
+        let plain: Vec<MetricRow> = (0..2)
+            .flat_map(|t| {
+                [
+                    row(t, &[("container", "")], t as f64),
+                    row(t, &[("container", "x")], t as f64),
+                ]
+            })
+            .collect();
+        let refs: Vec<&MetricRow> = plain.iter().collect();
+        assert_eq!(counter_increments(&refs, &CPU)[0].2, 2.0);
     }
 
     #[test]

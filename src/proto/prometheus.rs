@@ -281,3 +281,164 @@ DCGM_FI_DEV_GPU_UTIL{gpu="0",UUID="GPU-1"} 87
         }
     }
 }
+
+/// A series selector as PromQL writes it, `{pod=~"model-v1-.*",container!="POD"}`
+/// (braces optional): every matcher must hold. A label a series lacks
+/// matches as the empty string, and a regular expression must match the
+/// whole value, as in Prometheus.
+#[derive(Clone, Debug)]
+pub struct Selector(Vec<Matcher>);
+
+#[derive(Clone, Debug)]
+struct Matcher {
+    label: String,
+    negate: bool,
+    test: Test,
+}
+
+#[derive(Clone, Debug)]
+enum Test {
+    Equal(String),
+    Regex(regex::Regex),
+}
+
+impl Selector {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let inner = text.trim();
+        let inner = match inner.strip_prefix('{') {
+            Some(rest) => rest
+                .strip_suffix('}')
+                .ok_or_else(|| format!("{text:?}: a '{{' without its '}}'"))?,
+            None => inner,
+        };
+        let mut matchers = Vec::new();
+        let mut rest = inner.trim_start();
+        while !rest.is_empty() {
+            let (m, after) = Matcher::parse(rest).map_err(|e| format!("{text:?}: {e}"))?;
+            matchers.push(m);
+            rest = after.trim_start();
+            rest = match rest.strip_prefix(',') {
+                Some(r) => r.trim_start(),
+                None if rest.is_empty() => rest,
+                None => return Err(format!("{text:?}: expected ',' before {rest:?}")),
+            };
+        }
+        if matchers.is_empty() {
+            return Err(format!("{text:?}: no label matcher"));
+        }
+        Ok(Self(matchers))
+    }
+
+    /// Whether a series with these labels is selected.
+    pub fn matches(&self, labels: &[(String, String)]) -> bool {
+        self.0.iter().all(|m| {
+            let value = labels
+                .iter()
+                .find(|(k, _)| *k == m.label)
+                .map_or("", |(_, v)| v.as_str());
+            let hit = match &m.test {
+                Test::Equal(want) => value == want,
+                Test::Regex(re) => re.is_match(value),
+            };
+            hit != m.negate
+        })
+    }
+}
+
+impl Matcher {
+    /// One `label op "value"`, and the text after it.
+    fn parse(text: &str) -> Result<(Self, &str), String> {
+        let end = text
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(text.len());
+        let (label, rest) = text.split_at(end);
+        if label.is_empty() || label.starts_with(|c: char| c.is_ascii_digit()) {
+            return Err(format!("expected a label name at {text:?}"));
+        }
+        let rest = rest.trim_start();
+        let (op, rest) = ["=~", "!~", "!=", "="]
+            .into_iter()
+            .find_map(|op| rest.strip_prefix(op).map(|r| (op, r)))
+            .ok_or_else(|| format!("expected =, !=, =~ or !~ after {label}"))?;
+        let (value, rest) = rest
+            .trim_start()
+            .strip_prefix('"')
+            .and_then(quoted)
+            .ok_or_else(|| format!("expected a double-quoted value after {label}{op}"))?;
+        let test = if op.contains('~') {
+            let re = regex::Regex::new(&format!("^(?:{value})$"))
+                .map_err(|e| format!("{label}{op}{value:?}: {e}"))?;
+            Test::Regex(re)
+        } else {
+            Test::Equal(value)
+        };
+        let m = Matcher {
+            label: label.to_string(),
+            negate: op.starts_with('!'),
+            test,
+        };
+        Ok((m, rest))
+    }
+}
+
+#[cfg(test)]
+mod selector_tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn selectors_match_as_promql_does() {
+        let s =
+            Selector::parse(r#"{pod=~"model-v1-.*", container!="POD",namespace="ml"}"#).unwrap();
+        let ours = labels(&[
+            ("pod", "model-v1-0"),
+            ("container", "server"),
+            ("namespace", "ml"),
+        ]);
+        assert!(s.matches(&ours));
+        // Anchored: a regex matches the whole value.
+        let other = labels(&[
+            ("pod", "x-model-v1-0"),
+            ("container", "server"),
+            ("namespace", "ml"),
+        ]);
+        assert!(!s.matches(&other));
+        let pause = labels(&[
+            ("pod", "model-v1-0"),
+            ("container", "POD"),
+            ("namespace", "ml"),
+        ]);
+        assert!(!s.matches(&pause));
+        // A missing label is the empty string: `container!=""` drops it.
+        let s = Selector::parse(r#"container!="""#).unwrap();
+        assert!(!s.matches(&labels(&[("id", "/")])));
+        assert!(s.matches(&labels(&[("container", "server")])));
+        let s = Selector::parse(r#"gpu!~"1|2", name="a\"b""#).unwrap();
+        assert!(s.matches(&labels(&[("gpu", "0"), ("name", "a\"b")])));
+        assert!(!s.matches(&labels(&[("gpu", "2"), ("name", "a\"b")])));
+    }
+
+    #[test]
+    fn bad_selectors_are_refused_with_the_reason() {
+        for (bad, says) in [
+            ("", "no label matcher"),
+            ("{}", "no label matcher"),
+            ("{pod=\"a\"", "without its"),
+            ("pod=a", "double-quoted"),
+            ("pod==\"a\"", "double-quoted"),
+            ("pod=\"a\" container=\"b\"", "expected ','"),
+            ("pod=~\"(\"", "pod=~"),
+            ("9x=\"a\"", "label name"),
+            ("pod~\"a\"", "expected =, !=, =~ or !~"),
+        ] {
+            let e = Selector::parse(bad).unwrap_err();
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
+    }
+}

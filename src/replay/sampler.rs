@@ -38,8 +38,9 @@ pub const DEFAULT_FAMILIES: &[&str] = &[
 /// Where one target's resource use is read.
 #[derive(Clone, Debug)]
 pub enum Source {
-    /// A Prometheus endpoint URL.
-    Prometheus(String),
+    /// A Prometheus endpoint URL, and the series to keep from it
+    /// (`--metrics-select`: the target's own on a node-wide endpoint).
+    Prometheus(String, Option<prometheus::Selector>),
     /// A local process and its descendants.
     Pid(u32),
     /// A cgroup v2 directory.
@@ -49,7 +50,7 @@ pub enum Source {
 impl Source {
     fn name(&self) -> &'static str {
         match self {
-            Self::Prometheus(_) => "prometheus",
+            Self::Prometheus(..) => "prometheus",
             Self::Pid(_) => "pid",
             Self::Cgroup(_) => "cgroup",
         }
@@ -114,7 +115,7 @@ impl Sampler {
                 target: target.clone(),
                 source: source.clone(),
                 client: match source {
-                    Source::Prometheus(url) => Some(scrape_client(url, &opts.tls)?),
+                    Source::Prometheus(url, _) => Some(scrape_client(url, &opts.tls)?),
                     _ => None,
                 },
             });
@@ -242,9 +243,9 @@ async fn sample_once(p: &Probe, opts: &SamplerOptions, families: bool, at: &str)
     let ts = now_ns();
     let started = Instant::now();
     let result = match &p.source {
-        Source::Prometheus(_) => {
+        Source::Prometheus(_, select) => {
             let client = p.client.as_ref().expect("prometheus probes have a client");
-            scrape(client, opts, families, at).await
+            scrape(client, opts, select.as_ref(), families, at).await
         }
         Source::Pid(pid) => read_process_tree(*pid),
         Source::Cgroup(dir) => read_cgroup(dir),
@@ -299,6 +300,7 @@ fn sample(family: &str, labels: Vec<(String, String)>, value: f64) -> Reading {
 async fn scrape(
     client: &Target,
     opts: &SamplerOptions,
+    select: Option<&prometheus::Selector>,
     families: bool,
     at: &str,
 ) -> Result<Vec<Reading>, String> {
@@ -377,6 +379,7 @@ async fn scrape(
         .samples
         .into_iter()
         .filter(|s| wanted(&s.name, &opts.families))
+        .filter(|s| select.is_none_or(|sel| sel.matches(&s.labels)))
         .map(|s| sample(&s.name, s.labels, s.value))
         .collect();
     if families {
@@ -682,7 +685,7 @@ mod tests {
             tls: Default::default(),
         };
         let client = scrape_client(&format!("http://{addr}/metrics"), &opts.tls).unwrap();
-        let err = scrape(&client, &opts, false, "t").await.unwrap_err();
+        let err = scrape(&client, &opts, None, false, "t").await.unwrap_err();
         assert!(err.contains("over the 64 MiB read"), "{err}");
     }
 
