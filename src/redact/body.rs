@@ -44,18 +44,26 @@ pub enum BodyKind {
 /// What `headers` say the body is, when it is read for secrets: JSON
 /// (`application/json`, `…+json`) or a URL-encoded form, not compressed.
 pub fn body_kind(headers: &HeaderList) -> Option<BodyKind> {
-    let encoded = headers
-        .get("content-encoding")
-        .is_some_and(|e| !e.trim_ascii().eq_ignore_ascii_case(b"identity"));
-    if encoded {
+    // A transfer coding other than chunked (`gzip, chunked`) is stored as
+    // it came, still coded, like a content coding.
+    let coded = |name: &str, plain: &[&[u8]]| {
+        headers.get_all(name).any(|v| {
+            v.split(|&b| b == b',')
+                .map(<[u8]>::trim_ascii)
+                .any(|c| !plain.iter().any(|p| c.eq_ignore_ascii_case(p)))
+        })
+    };
+    if coded("content-encoding", &[b"identity".as_slice(), b""])
+        || coded("transfer-encoding", &[b"chunked".as_slice()])
+    {
         return None;
     }
     let ct = headers.get("content-type")?;
     let media = ct.split(|&b| b == b';').next()?.trim_ascii();
-    let media = media.to_ascii_lowercase();
-    if media == b"application/json" || media.ends_with(b"+json") {
+    let ends_json = media.len() >= 5 && media[media.len() - 5..].eq_ignore_ascii_case(b"+json");
+    if media.eq_ignore_ascii_case(b"application/json") || ends_json {
         Some(BodyKind::Json)
-    } else if media == b"application/x-www-form-urlencoded" {
+    } else if media.eq_ignore_ascii_case(b"application/x-www-form-urlencoded") {
         Some(BodyKind::Form)
     } else {
         None
@@ -93,6 +101,13 @@ impl BodyNames {
     pub fn is_empty(&self) -> bool {
         self.form.is_empty()
     }
+
+    fn for_kind(&self, kind: BodyKind) -> &[Vec<u8>] {
+        match kind {
+            BodyKind::Json => &self.json,
+            BodyKind::Form => &self.form,
+        }
+    }
 }
 
 /// Whether `raw` is one of `names` (normalized), compared without
@@ -109,17 +124,17 @@ fn named(names: &[Vec<u8>], raw: &[u8]) -> bool {
 /// Redact a message's body if its headers say it is JSON or a form; how
 /// many values were replaced.
 pub fn redact_message(headers: &HeaderList, body: &mut Vec<u8>, names: &BodyNames) -> u64 {
-    match body_kind(headers) {
-        Some(kind) if !names.is_empty() && !body.is_empty() => redact_body(body, kind, names),
-        _ => 0,
+    if names.is_empty() || body.is_empty() {
+        return 0;
     }
+    body_kind(headers).map_or(0, |kind| redact_body(body, kind, names))
 }
 
 /// Replace the secret values in `body` with [`REDACTED`]; how many were
 /// replaced. A body cut short (`--max-body`) is read as far as it goes: a
 /// secret cut off at its end is redacted too.
 pub fn redact_body(body: &mut Vec<u8>, kind: BodyKind, names: &BodyNames) -> u64 {
-    if names.is_empty() || body.is_empty() {
+    if names.for_kind(kind).is_empty() || body.is_empty() {
         return 0;
     }
     let mut spans = Vec::new();
@@ -298,47 +313,34 @@ struct StringMember {
 /// stepped over, never a panic, in one pass with a stack as deep as the
 /// text's nesting.
 fn string_members(text: &[u8], mut found: impl FnMut(StringMember)) {
-    struct Frame {
-        object: bool,
-        /// The last key read in this object, until its value ends.
-        key: Option<(usize, Range<usize>)>,
-        /// A `:` came after the key: a string now is its value.
-        value_next: bool,
-    }
-    let mut stack: Vec<Frame> = Vec::new();
+    // Whether each open container is an object: one byte a level, so a
+    // body of 16 MiB of `[` holds 16 MiB here, no more. The key state is
+    // the innermost container's only: an outer one's is always clear while
+    // an inner one is open (its value is that container).
+    let mut objects: Vec<bool> = Vec::new();
+    // The last key read in the innermost object, until its value ends.
+    let mut key: Option<(usize, Range<usize>)> = None;
+    // A `:` came after that key: a string now is its value.
+    let mut value_next = false;
     let mut i = 0;
     while i < text.len() {
         match text[i] {
             open @ (b'{' | b'[') => {
-                if let Some(top) = stack.last_mut() {
-                    top.key = None;
-                    top.value_next = false;
+                objects.push(open == b'{');
+                (key, value_next) = (None, false);
+            }
+            b'}' | b']' | b',' => {
+                if text[i] != b',' {
+                    objects.pop();
                 }
-                stack.push(Frame {
-                    object: open == b'{',
-                    key: None,
-                    value_next: false,
-                });
+                (key, value_next) = (None, false);
             }
-            b'}' | b']' => {
-                stack.pop();
-            }
-            b',' => {
-                if let Some(top) = stack.last_mut() {
-                    top.key = None;
-                    top.value_next = false;
-                }
-            }
-            b':' => {
-                if let Some(top) = stack.last_mut() {
-                    top.value_next = top.key.is_some();
-                }
-            }
+            b':' => value_next = key.is_some(),
             b'"' => {
                 let (end, closed) = string_end(text, i + 1);
-                if let Some(top) = stack.last_mut().filter(|t| t.object) {
-                    if top.value_next {
-                        if let Some((key_quote, key)) = top.key.take() {
+                if objects.last() == Some(&true) {
+                    if value_next {
+                        if let Some((key_quote, key)) = key.take() {
                             found(StringMember {
                                 key_quote,
                                 key,
@@ -346,9 +348,9 @@ fn string_members(text: &[u8], mut found: impl FnMut(StringMember)) {
                                 closed,
                             });
                         }
-                        top.value_next = false;
+                        value_next = false;
                     } else {
-                        top.key = Some((i, i + 1..end));
+                        key = Some((i, i + 1..end));
                     }
                 }
                 i = end;
@@ -495,6 +497,13 @@ mod tests {
         let mut gz = headers("application/json");
         gz.push(b"Content-Encoding", b"gzip");
         assert_eq!(body_kind(&gz), None);
+        let mut te = headers("application/json");
+        te.push(b"Transfer-Encoding", b"gzip, chunked");
+        assert_eq!(body_kind(&te), None, "a transfer coding is stored coded");
+        let mut plain = headers("application/json");
+        plain.push(b"Transfer-Encoding", b"Chunked");
+        plain.push(b"Content-Encoding", b"");
+        assert_eq!(body_kind(&plain), Some(BodyKind::Json));
         assert_eq!(body_kind(&HeaderList::default()), None);
     }
 
@@ -547,6 +556,17 @@ mod tests {
         let plain = b"password=[REDACTED]";
         let (out, k) = without_redacted(&headers("text/plain"), plain);
         assert_eq!((&*out, k), (&plain[..], 0));
+    }
+
+    /// Nesting costs a byte a level, and a secret deep inside is found.
+    #[test]
+    fn deep_nesting_is_read_in_one_pass() {
+        let depth = 100_000;
+        let mut body = "[".repeat(depth).into_bytes();
+        body.extend_from_slice(br#"{"password":"x"}"#);
+        body.extend(std::iter::repeat_n(b']', depth));
+        assert_eq!(redact_body(&mut body, BodyKind::Json, &names()), 1);
+        assert!(body.windows(12).any(|w| w == br#""[REDACTED]""#));
     }
 
     fn json_value() -> impl Strategy<Value = serde_json::Value> {

@@ -469,7 +469,13 @@ fn recorded_stream(ex: &Exchange, body: &[u8]) -> (Option<Vec<i64>>, Option<i64>
 fn recorded_row(p: &Planned, due_ts: i64, max_body: usize) -> ReplayResult {
     let ex: &Exchange = &p.exchange;
     let mut body = ex.response_body.clone();
-    body.truncate(max_body);
+    // Cut only what the live answer would be cut at: a body within the
+    // limit on the wire may be stored a few bytes over it when a redacted
+    // secret was shorter than `[REDACTED]`, and is kept whole, like the
+    // live answer redacted the same way.
+    if ex.response_body_len > max_body as u64 {
+        body.truncate(max_body);
+    }
     let (event_offsets_ns, first_token_ts) = recorded_stream(ex, &body);
     ReplayResult {
         event_offsets_ns,
@@ -1850,6 +1856,32 @@ fn spawn_ticker(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// A recorded answer is cut where the live one would be: by its length
+    /// on the wire, not by its stored bytes, which a redacted secret
+    /// shorter than `[REDACTED]` made longer.
+    #[test]
+    fn a_recorded_answer_is_cut_by_its_wire_length() {
+        let planned = |stored: &[u8], wire: u64| Planned {
+            file: 0,
+            exchange: Exchange {
+                response_body: stored.to_vec(),
+                response_body_len: wire,
+                status: Some(200),
+                ..Default::default()
+            },
+            endpoint: "POST /login".into(),
+        };
+        let grown = br#"{"password":"[REDACTED]"}"#; // {"password":"x"}: 16 on the wire
+        let row = recorded_row(&planned(grown, 16), 0, 20);
+        assert_eq!(row.response_body, grown);
+        assert!(!row.response_body_truncated);
+        let row = recorded_row(&planned(grown, 30), 0, 20);
+        assert_eq!(row.response_body, grown[..20]);
+        assert!(row.response_body_truncated);
+    }
+
     #[test]
     fn the_open_files_limit_is_raised_to_the_hard_one() {
         let mut lim = libc::rlimit {
