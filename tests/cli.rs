@@ -170,11 +170,27 @@ fn secrets_in_json_and_form_bodies_are_redacted_by_default() {
     let login = rows.iter().find(|e| e.target == "/login").unwrap();
     assert_eq!(login.request_body_len, 56);
 
+    let stats = tempfile::NamedTempFile::new().unwrap();
     let (run, out, _d) = capture(
         &[testdata("secrets.pcap")],
-        &["--redact-body-field", "User"],
+        &[
+            "--redact-body-field",
+            "User",
+            "--stats-json",
+            stats.path().to_str().unwrap(),
+        ],
     );
     assert!(run.status.success());
+    // The names are recorded, for replay to redact live answers by them.
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(stats.path()).unwrap()).unwrap();
+    let names = &stats["redaction"];
+    let has = |list: &str, name: &str| names[list].as_array().unwrap().contains(&name.into());
+    assert!(has("body", "user") && has("body", "password"), "{names}");
+    assert!(
+        has("headers", "authorization") && has("query", "api_key"),
+        "{names}"
+    );
     let (req, _) = body(&read(&out), "/login");
     assert_eq!(
         req,

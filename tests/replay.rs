@@ -217,11 +217,12 @@ impl Recorder {
 }
 
 fn demo_capture(dir: &Path) -> PathBuf {
-    pcap_capture(dir, "demo")
+    pcap_capture(dir, "demo", &[])
 }
 
-/// `capture` of `testdata/{name}.pcap`, with the default redaction.
-fn pcap_capture(dir: &Path, name: &str) -> PathBuf {
+/// `capture` of `testdata/{name}.pcap`, with the default redaction and
+/// `extra` arguments.
+fn pcap_capture(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
     let out = dir.join(format!("{name}.parquet"));
     let input = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("testdata/{name}.pcap"));
     Command::cargo_bin("shadowctl")
@@ -230,6 +231,7 @@ fn pcap_capture(dir: &Path, name: &str) -> PathBuf {
         .arg(input)
         .arg("--out")
         .arg(&out)
+        .args(extra)
         .assert()
         .success();
     out
@@ -2152,20 +2154,31 @@ fn request_trailers_reach_the_target_after_the_body() {
 /// Body secrets redacted at capture are never sent as `[REDACTED]`: the
 /// JSON member or form field is left out, the length follows the body
 /// sent, and each is counted; secrets in the live answers' JSON bodies are
-/// redacted in the results unless `--keep-secrets`.
+/// redacted in the results unless `--keep-secrets`, by the default names
+/// and by those the capture was given (`--redact-body-field`,
+/// `--redact-header`), which the capture file records.
 #[test]
 fn body_secrets_are_left_out_of_requests_and_redacted_in_answers() {
     let dir = tempfile::tempdir().unwrap();
-    let cap = pcap_capture(dir.path(), "secrets");
+    let cap = pcap_capture(
+        dir.path(),
+        "secrets",
+        &[
+            "--redact-body-field",
+            "session_hint",
+            "--redact-header",
+            "X-Live",
+        ],
+    );
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = Arc::clone(&seen);
     let port = raw_server(move |_, _, req, stream| {
         log.lock()
             .unwrap()
             .push(String::from_utf8_lossy(req).into_owned());
-        let body = r#"{"access_token": "live-made-up", "n": 1}"#;
+        let body = r#"{"access_token": "live-made-up", "session_hint": "h1", "n": 1}"#;
         let answer = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Live: v\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
         stream.write_all(answer.as_bytes()).is_ok()
@@ -2226,14 +2239,19 @@ fn body_secrets_are_left_out_of_requests_and_redacted_in_answers() {
         assert_eq!(summary["dropped_redacted_values"], 3, "{summary}");
         let live = role(&rows, TargetRole::Primary);
         assert_eq!(live.len(), 3);
-        let token = if keep { "live-made-up" } else { "[REDACTED]" };
-        let want = format!(r#"{{"access_token": "{token}", "n": 1}}"#);
+        let (token, hint, header) = if keep {
+            ("live-made-up", "h1", "v")
+        } else {
+            ("[REDACTED]", "[REDACTED]", "[REDACTED]")
+        };
+        let want = format!(r#"{{"access_token": "{token}", "session_hint": "{hint}", "n": 1}}"#);
         for r in live {
             assert_eq!(
                 String::from_utf8_lossy(&r.response_body),
                 want,
                 "keep {keep}"
             );
+            assert_eq!(r.response_headers.get("x-live"), Some(header.as_bytes()));
         }
     }
 }

@@ -381,6 +381,7 @@ impl Pipeline {
 
     /// Redact these instead of the defaults.
     pub fn redact(&mut self, redaction: Redaction) {
+        self.stats.redaction = Some(redaction.clone());
         self.redact = redaction;
     }
 

@@ -62,6 +62,10 @@ pub struct CaptureStats {
     pub segments_without_connection: u64,
     pub ip_fragments_dropped: u64,
     pub redacted_values: u64,
+    /// The names whose values were redacted (headers, query parameters,
+    /// body fields); replay redacts live answers by them too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redaction: Option<crate::redact::Redaction>,
     /// Files that ended mid-record or held a damaged record, with where.
     pub damaged_files: Vec<String>,
     pub output_rows: u64,

@@ -31,8 +31,10 @@ pub const DEFAULT_REDACTED_QUERY: [&str; 13] = [
 /// request target's (a redirect or a referrer can carry a token).
 pub const URL_FIELDS: [&str; 3] = ["referer", "location", "content-location"];
 
-/// What capture redacts before anything is written.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What capture redacts before anything is written. Capture records it in
+/// its statistics (`redaction`, also in each file's metadata), so that
+/// replay redacts the live answers by the same names.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Redaction {
     /// Header names (lower case) whose values become [`REDACTED`].
     pub headers: Vec<String>,
@@ -62,6 +64,22 @@ impl Redaction {
             query: Vec::new(),
             body: Vec::new(),
         }
+    }
+
+    /// These names and those of `other`, each once.
+    pub fn union(mut self, other: &Redaction) -> Self {
+        for (mine, theirs) in [
+            (&mut self.headers, &other.headers),
+            (&mut self.query, &other.query),
+            (&mut self.body, &other.body),
+        ] {
+            for name in theirs {
+                if !mine.iter().any(|m| m.eq_ignore_ascii_case(name)) {
+                    mine.push(name.to_ascii_lowercase());
+                }
+            }
+        }
+        self
     }
 
     /// The body names, normalized for matching.

@@ -775,6 +775,13 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
     // A stop at any moment must leave a uniform sample of the capture.
     selection.shuffled |= opts.until_decided.is_some();
     let plan = Plan::open(opts.captures.clone(), selection)?;
+    // Live answers are redacted like the captured ones: by the defaults
+    // and by every name the capture was asked to redact.
+    let redaction = match (&plan.capture_redaction, opts.keep_secrets) {
+        (_, true) => crate::redact::Redaction::none(),
+        (Some(names), false) => crate::redact::Redaction::default().union(names),
+        (None, false) => crate::redact::Redaction::default(),
+    };
     if opts.timing != Timing::Max && !opts.preserve_order {
         // One connection per permit (bounded): with fewer, a burst after a
         // stall found no idle connection and its requests waited for a
@@ -898,11 +905,6 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
         Ok(summary)
     });
     let counters = Arc::new(Counters::default());
-    let redaction = if opts.keep_secrets {
-        crate::redact::Redaction::none()
-    } else {
-        crate::redact::Redaction::default()
-    };
     let (cancel_tx, cancel) = tokio::sync::watch::channel(false);
     let cancel_tx = Arc::new(cancel_tx);
     let parked = Arc::new(targets.iter().map(|_| parked::Parking::default()).collect());

@@ -278,6 +278,18 @@ pub struct Plan {
     /// With several capture files, a number per file put above the low
     /// [`ID_BITS`] of its exchange ids (see [`file_salts`]).
     salts: Vec<u64>,
+    /// The names the captures were redacted by (each file's
+    /// `capture_stats.redaction`, together), when they say.
+    pub capture_redaction: Option<crate::redact::Redaction>,
+}
+
+/// The names a capture file says it was redacted by.
+fn redaction_of(metadata: &crate::schema::Metadata) -> Option<crate::redact::Redaction> {
+    let (_, stats) = metadata
+        .iter()
+        .find(|(k, _)| k == crate::schema::META_CAPTURE_STATS)?;
+    let stats: serde_json::Value = serde_json::from_str(stats).ok()?;
+    serde_json::from_value(stats.get("redaction")?.clone()).ok()
 }
 
 /// Bits of a capture's own exchange id kept when several capture files are
@@ -365,8 +377,15 @@ impl Plan {
         let mut total = 0;
         let mut by_start = Vec::with_capacity(files.len());
         let mut longest_ns = 0i64;
+        let mut capture_redaction: Option<crate::redact::Redaction> = None;
         for f in files {
             let r = ExchangeReader::open(&f)?;
+            if let Some(names) = redaction_of(&r.metadata) {
+                capture_redaction = Some(match capture_redaction {
+                    Some(all) => all.union(&names),
+                    None => names,
+                });
+            }
             total += r.rows;
             longest_ns = longest_ns.max(crate::schema::longest_exchange_ns(&f)?);
             by_start.push((r.earliest_request_ts.unwrap_or(i64::MIN), f));
@@ -390,6 +409,7 @@ impl Plan {
             waves: selection.shuffled.then(|| Waves::new(total)),
             selection,
             emitted: 0,
+            capture_redaction,
         })
     }
 
