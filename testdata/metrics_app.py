@@ -17,13 +17,15 @@ Prints exactly one line `listening PORT` on stdout once the socket is bound.
 - --leak-mb-per-s R > 0 makes resident memory grow by R MB (10^6 bytes) per second.
 - --metrics-mode hang sleeps 60 s before answering /metrics; garbage answers a body
   that is not the exposition format.
-- --cadvisor POD serves, instead of the process_* families, what kubelet's
-  /metrics/cadvisor shows of a node running this process as container `server` of pod
-  POD: container_cpu_usage_seconds_total and container_memory_working_set_bytes for that
-  container (this process's CPU time and resident memory), for the pod's own cgroup
-  (container="", the container and its pause container together), for the pause
-  container (container="POD"), for a busy neighbour pod (8 CPU seconds a second) and for
-  the root cgroup (id="/", all of it), with cAdvisor's labels.
+- --cadvisor POD serves what a cAdvisor endpoint shows of a node running this process
+  as container `server` of pod POD: container_cpu_usage_seconds_total and
+  container_memory_working_set_bytes for that container (this process's CPU time and
+  resident memory), for the pod's own cgroup (container="", the container and its pause
+  container together), for the pause container (container="POD", as much CPU as the
+  server and 100 MB), for a busy neighbour pod (8 CPU seconds a second) and for the root
+  cgroup (id="/", all of it), with cAdvisor's labels; and, as standalone cAdvisor does,
+  process_* families of the exporter's own process (0.1 CPU seconds a second, 50 MB),
+  instead of this process's.
 """
 import argparse
 import gzip
@@ -115,16 +117,23 @@ class CadvisorLike:
         cpu = CounterMetricFamily(
             "container_cpu_usage_seconds_total", "Cumulative cpu time consumed", labels=self.LABELS
         )
-        busy = 8.0 * (time.monotonic() - self.start)
-        for labels, value in self._series(time.process_time(), 0.01, busy):
+        elapsed = time.monotonic() - self.start
+        own = time.process_time()
+        for labels, value in self._series(own, own, 8.0 * elapsed):
             cpu.add_metric(labels, value)
         yield cpu
+        exporter_cpu = CounterMetricFamily("process_cpu_seconds_total", "The exporter's own CPU")
+        exporter_cpu.add_metric([], 0.1 * elapsed)
+        yield exporter_cpu
+        exporter_mem = GaugeMetricFamily("process_resident_memory_bytes", "The exporter's own memory")
+        exporter_mem.add_metric([], 50e6)
+        yield exporter_mem
         with open("/proc/self/statm") as f:
             rss = int(f.read().split()[1]) * 4096
         mem = GaugeMetricFamily(
             "container_memory_working_set_bytes", "Current working set", labels=self.LABELS
         )
-        for labels, value in self._series(rss, 1 << 20, 6 << 30):
+        for labels, value in self._series(rss, 100e6, 6 << 30):
             mem.add_metric(labels, value)
         yield mem
 

@@ -148,18 +148,32 @@ type Series = Vec<(i64, f64)>;
 type Reading<'r> = (&'r [(String, String)], i64, f64);
 
 /// The readings of one measure for one target, from the preferred source
-/// that has any (finite values only), with that source's name.
+/// that has any (finite values only), with that source's name. An endpoint
+/// that exposes cAdvisor's containers (an `id` label) is read for them
+/// first: its `process_*` families are cAdvisor's own process.
 fn readings<'r>(rows: &[&'r MetricRow], m: &Measure) -> Option<(&'static str, Vec<Reading<'r>>)> {
     for source in SOURCES {
-        for &(family, scale) in m.families {
-            let found: Vec<_> = rows
-                .iter()
-                .filter(|r| {
-                    r.kind == MetricKind::Sample
-                        && r.source == source
-                        && r.family == family
-                        && !cadvisor_aggregate(family, &r.labels)
-                })
+        let of = |r: &MetricRow, family: &str| {
+            r.kind == MetricKind::Sample && r.source == source && r.family == family
+        };
+        let cadvisor = m.families.iter().any(|&(family, _)| {
+            family.starts_with("container_")
+                && rows
+                    .iter()
+                    .any(|r| of(r, family) && label(&r.labels, "id").is_some())
+        });
+        let mut families = m.families.to_vec();
+        if cadvisor {
+            families.sort_by_key(|(family, _)| !family.starts_with("container_"));
+        }
+        for (family, scale) in families {
+            let mut chosen: Vec<&MetricRow> =
+                rows.iter().copied().filter(|r| of(r, family)).collect();
+            if family.starts_with("container_") {
+                drop_cadvisor_holders(&mut chosen);
+            }
+            let found: Vec<_> = chosen
+                .into_iter()
                 .filter_map(|r| {
                     let v = r.value.filter(|v| v.is_finite())?;
                     Some((&r.labels[..], r.ts, v * scale))
@@ -173,21 +187,53 @@ fn readings<'r>(rows: &[&'r MetricRow], m: &Measure) -> Option<(&'static str, Ve
     None
 }
 
-/// Whether a `container_*` series is one of the cgroups cAdvisor (the
-/// kubelet's, or standalone) exposes beside the containers they hold: a
-/// pod's (`container=""`), its pause container's (`container="POD"`), the
-/// root (`id="/"`) and the system slices (no `image`). Each repeats the usage
-/// of what it holds, so summed with the containers it would count that two
-/// or three times. Series without cAdvisor's `id` label are all kept.
-fn cadvisor_aggregate(family: &str, labels: &[(String, String)]) -> bool {
-    if !family.starts_with("container_") {
-        return false;
+fn label<'a>(labels: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    labels
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Leave out the `container_*` series of cgroups that hold other series of
+/// the same reading: cAdvisor (the kubelet's, or standalone) exposes a
+/// pod's own cgroup, the QoS and system slices and the root (`id="/"`)
+/// beside the containers in them, each repeating what it holds, so summed
+/// with them a pod's usage would count two or three times. A cgroup holds
+/// another when its `id` is a path prefix of the other's. Pause containers
+/// (`container="POD"`, `container_name="POD"`) go too. Which series stay
+/// is decided by the ids alone, so a runtime that gives containers no
+/// `image` (k3s, minikube) or a selector that kept only a pod's own cgroup
+/// still has its series counted. Series without an `id` stay.
+fn drop_cadvisor_holders(rows: &mut Vec<&MetricRow>) {
+    let pause = |r: &MetricRow| {
+        ["container", "container_name"]
+            .iter()
+            .any(|k| label(&r.labels, k) == Some("POD"))
+    };
+    let norm = |id: &str| -> String {
+        let t = id.trim_end_matches('/');
+        if t.is_empty() {
+            "/".into()
+        } else {
+            t.into()
+        }
+    };
+    let mut holders: std::collections::HashSet<(i64, String)> = Default::default();
+    for r in rows.iter() {
+        let Some(id) = label(&r.labels, "id") else {
+            continue;
+        };
+        // Every ancestor path of this id holds it.
+        let mut path = id.trim_end_matches('/');
+        while let Some(cut) = path.rfind('/') {
+            path = &path[..cut];
+            holders.insert((r.ts, norm(path)));
+        }
     }
-    let get = |k: &str| labels.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    if get("id").is_none() {
-        return false;
-    }
-    get("image").unwrap_or("").is_empty() || matches!(get("container"), Some("" | "POD"))
+    rows.retain(|r| {
+        let holds = label(&r.labels, "id").is_some_and(|id| holders.contains(&(r.ts, norm(id))));
+        !holds && !pause(r)
+    });
 }
 
 /// The series of one measure for one target, from the preferred source
@@ -1003,6 +1049,44 @@ mod tests {
             .collect();
         let refs: Vec<&MetricRow> = plain.iter().collect();
         assert_eq!(counter_increments(&refs, &CPU)[0].2, 2.0);
+        // k3s and minikube give containers no `image` and no `container`
+        // name: their ids still say which cgroup holds which.
+        let k3s = |t: i64, id: &str, v: f64| {
+            row(
+                t,
+                &[("id", id), ("container", ""), ("image", ""), ("pod", "")],
+                v,
+            )
+        };
+        let rows: Vec<MetricRow> = (0..2)
+            .flat_map(|t| {
+                let t64 = t as f64;
+                [
+                    k3s(t, "/kubepods/besteffort/podA/c1", 10.0 + t64),
+                    k3s(t, "/kubepods/besteffort/podA/c2/", 20.0 + 2.0 * t64),
+                    k3s(t, "/kubepods/besteffort/podA", 30.0 + 3.0 * t64),
+                    k3s(t, "/kubepods/besteffort", 30.0 + 3.0 * t64),
+                ]
+            })
+            .collect();
+        let refs: Vec<&MetricRow> = rows.iter().collect();
+        assert_eq!(counter_increments(&refs, &CPU)[0].2, 3.0);
+        // A pod's own cgroup alone (what a selector kept) is counted.
+        let refs: Vec<&MetricRow> = rows
+            .iter()
+            .filter(|r| r.labels[0].1 == "/kubepods/besteffort/podA")
+            .collect();
+        assert_eq!(counter_increments(&refs, &CPU)[0].2, 3.0);
+        // Standalone cAdvisor also exposes its own process: the containers
+        // are what is measured.
+        let mut with_process = rows.clone();
+        with_process.extend((0..2).map(|t| MetricRow {
+            family: "process_cpu_seconds_total".into(),
+            labels: Vec::new(),
+            ..row(t, &[], 100.0 * t as f64)
+        }));
+        let refs: Vec<&MetricRow> = with_process.iter().collect();
+        assert_eq!(counter_increments(&refs, &CPU)[0].2, 3.0);
     }
 
     #[test]

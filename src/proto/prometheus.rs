@@ -4,9 +4,10 @@
 //! exposes.
 //!
 //! Written here rather than taken from a crate: the crates that parse the
-//! format either pull in a full client library or a regex engine and give
-//! up on the first bad line; a scrape of a live server must keep every line
-//! it can read and count the rest.
+//! format pull in a full client library and give up on the first bad line;
+//! a scrape of a live server must keep every line it can read and count
+//! the rest. Series selectors (`--metrics-select`) are parsed here too,
+//! their regular expressions by the `regex` crate.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -329,13 +330,18 @@ impl Selector {
         Ok(Self(matchers))
     }
 
-    /// Whether a series with these labels is selected.
-    pub fn matches(&self, labels: &[(String, String)]) -> bool {
+    /// Whether the series `name{labels}` is selected (`__name__` is the
+    /// sample's name, as in PromQL).
+    pub fn matches(&self, name: &str, labels: &[(String, String)]) -> bool {
         self.0.iter().all(|m| {
-            let value = labels
-                .iter()
-                .find(|(k, _)| *k == m.label)
-                .map_or("", |(_, v)| v.as_str());
+            let value = if m.label == "__name__" {
+                name
+            } else {
+                labels
+                    .iter()
+                    .find(|(k, _)| *k == m.label)
+                    .map_or("", |(_, v)| v.as_str())
+            };
             let hit = match &m.test {
                 Test::Equal(want) => value == want,
                 Test::Regex(re) => re.is_match(value),
@@ -363,10 +369,11 @@ impl Matcher {
         let (value, rest) = rest
             .trim_start()
             .strip_prefix('"')
-            .and_then(quoted)
-            .ok_or_else(|| format!("expected a double-quoted value after {label}{op}"))?;
+            .ok_or_else(|| format!("expected a double-quoted value after {label}{op}"))
+            .and_then(promql_string)?;
         let test = if op.contains('~') {
-            let re = regex::Regex::new(&format!("^(?:{value})$"))
+            // `(?s)`: Prometheus's `.` matches a newline too.
+            let re = regex::Regex::new(&format!("^(?s:{value})$"))
                 .map_err(|e| format!("{label}{op}{value:?}: {e}"))?;
             Test::Regex(re)
         } else {
@@ -379,6 +386,40 @@ impl Matcher {
         };
         Ok((m, rest))
     }
+}
+
+/// A PromQL double-quoted string (after its opening quote) and the text
+/// after it. Escapes are Go's, as in PromQL; an unknown one is refused, as
+/// Prometheus does, rather than read as its letter: `"\d+"` would
+/// otherwise select nothing without a word (a regex class is `"\\d+"`).
+fn promql_string(text: &str) -> Result<(String, &str), String> {
+    let mut out = String::new();
+    let mut chars = text.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => return Ok((out, &text[i + 1..])),
+            '\\' => {
+                let Some((_, e)) = chars.next() else { break };
+                out.push(match e {
+                    '\\' | '"' | '\'' => e,
+                    'n' => '\n',
+                    't' => '\t',
+                    'r' => '\r',
+                    'a' => '\u{7}',
+                    'b' => '\u{8}',
+                    'f' => '\u{c}',
+                    'v' => '\u{b}',
+                    other => {
+                        return Err(format!(
+                            "unknown escape \\{other} in a quoted value (a regular expression's \\{other} is written \\\\{other})"
+                        ))
+                    }
+                });
+            }
+            c => out.push(c),
+        }
+    }
+    Err("a quoted value without its closing quote".into())
 }
 
 #[cfg(test)]
@@ -401,27 +442,35 @@ mod selector_tests {
             ("container", "server"),
             ("namespace", "ml"),
         ]);
-        assert!(s.matches(&ours));
+        assert!(s.matches("container_cpu_usage_seconds_total", &ours));
         // Anchored: a regex matches the whole value.
         let other = labels(&[
             ("pod", "x-model-v1-0"),
             ("container", "server"),
             ("namespace", "ml"),
         ]);
-        assert!(!s.matches(&other));
+        assert!(!s.matches("m", &other));
         let pause = labels(&[
             ("pod", "model-v1-0"),
             ("container", "POD"),
             ("namespace", "ml"),
         ]);
-        assert!(!s.matches(&pause));
+        assert!(!s.matches("m", &pause));
         // A missing label is the empty string: `container!=""` drops it.
         let s = Selector::parse(r#"container!="""#).unwrap();
-        assert!(!s.matches(&labels(&[("id", "/")])));
-        assert!(s.matches(&labels(&[("container", "server")])));
+        assert!(!s.matches("m", &labels(&[("id", "/")])));
+        assert!(s.matches("m", &labels(&[("container", "server")])));
         let s = Selector::parse(r#"gpu!~"1|2", name="a\"b""#).unwrap();
-        assert!(s.matches(&labels(&[("gpu", "0"), ("name", "a\"b")])));
-        assert!(!s.matches(&labels(&[("gpu", "2"), ("name", "a\"b")])));
+        assert!(s.matches("m", &labels(&[("gpu", "0"), ("name", "a\"b")])));
+        assert!(!s.matches("m", &labels(&[("gpu", "2"), ("name", "a\"b")])));
+        // `__name__` is the sample's name; escapes are PromQL's.
+        let s = Selector::parse(r#"__name__=~"container_.*", pod=~"model-v1-\\d+""#).unwrap();
+        let pod = labels(&[("pod", "model-v1-12")]);
+        assert!(s.matches("container_cpu_usage_seconds_total", &pod));
+        assert!(!s.matches("process_cpu_seconds_total", &pod));
+        // Prometheus's `.` matches a newline too.
+        let s = Selector::parse(r#"note=~"a.b""#).unwrap();
+        assert!(s.matches("m", &labels(&[("note", "a\nb")])));
     }
 
     #[test]
@@ -436,6 +485,8 @@ mod selector_tests {
             ("pod=~\"(\"", "pod=~"),
             ("9x=\"a\"", "label name"),
             ("pod~\"a\"", "expected =, !=, =~ or !~"),
+            (r#"pod=~"model-v1-\d+""#, "unknown escape \\d"),
+            ("pod=\"a", "closing quote"),
         ] {
             let e = Selector::parse(bad).unwrap_err();
             assert!(e.contains(says), "{bad:?}: {e}");

@@ -364,6 +364,14 @@ impl ReplaySummary {
                     failed.join(", ")
                 }
             );
+            for (target, n) in &m.samples_by_target {
+                if *n == 0 {
+                    let _ = writeln!(
+                        s,
+                        "  metrics: {target} gave no sample of the families sampled: its resources will not be measured (check --metrics-select and --metrics-family)"
+                    );
+                }
+            }
         }
         if self.skipped_read_only > 0 {
             let _ = writeln!(
@@ -1882,6 +1890,29 @@ mod tests {
         let row = recorded_row(&planned(grown, 30), 0, 20);
         assert_eq!(row.response_body, grown[..20]);
         assert!(row.response_body_truncated);
+    }
+
+    /// A target whose endpoint gave no sample (a selector that matched
+    /// nothing) is named, not left to a silent "not measured" in diff.
+    #[test]
+    fn a_sampled_target_without_samples_is_named() {
+        let mut metrics = sampler::SamplerSummary {
+            scrapes: 20,
+            samples: 40,
+            ..Default::default()
+        };
+        metrics.samples_by_target.insert("primary".into(), 40);
+        metrics.samples_by_target.insert("v2".into(), 0);
+        let summary = ReplaySummary {
+            metrics: Some(metrics),
+            ..Default::default()
+        };
+        let text = summary.render();
+        assert!(
+            text.contains("metrics: v2 gave no sample of the families sampled"),
+            "{text}"
+        );
+        assert!(!text.contains("primary gave no sample"), "{text}");
     }
 
     #[test]

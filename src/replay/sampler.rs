@@ -89,6 +89,9 @@ pub struct SamplerSummary {
     pub samples: u64,
     /// Failed or late scrapes per target.
     pub failures: BTreeMap<String, u64>,
+    /// Samples per sampled target (0 for one that gave none: a
+    /// `--metrics-select` that matched nothing, families it lacks).
+    pub samples_by_target: BTreeMap<String, u64>,
 }
 
 /// A running sampler; [`Sampler::finish`] takes a last sample and closes
@@ -193,6 +196,12 @@ async fn run(
     writer: &mut ParquetFileWriter,
 ) -> SamplerSummary {
     let mut summary = SamplerSummary::default();
+    for p in probes {
+        summary
+            .samples_by_target
+            .entry(p.target.clone())
+            .or_default();
+    }
     let mut tick = tokio::time::interval(opts.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut first = true;
@@ -231,7 +240,10 @@ async fn run(
 fn count(rows: &[MetricRow], s: &mut SamplerSummary) {
     for r in rows {
         match r.kind {
-            MetricKind::Sample => s.samples += 1,
+            MetricKind::Sample => {
+                s.samples += 1;
+                *s.samples_by_target.entry(r.target.clone()).or_default() += 1;
+            }
             MetricKind::Error => *s.failures.entry(r.target.clone()).or_default() += 1,
             MetricKind::Family => {}
         }
@@ -379,7 +391,7 @@ async fn scrape(
         .samples
         .into_iter()
         .filter(|s| wanted(&s.name, &opts.families))
-        .filter(|s| select.is_none_or(|sel| sel.matches(&s.labels)))
+        .filter(|s| select.is_none_or(|sel| sel.matches(&s.name, &s.labels)))
         .map(|s| sample(&s.name, s.labels, s.value))
         .collect();
     if families {
