@@ -1253,4 +1253,13 @@ fn a_full_disk_ends_a_capture_with_its_rows_and_figures_kept() {
         json["error"].as_str().unwrap().contains("nearly full"),
         "{json}"
     );
+    // The file kept says what it was redacted by, for replay.
+    let (_, meta) = shadowctl::schema::read_exchanges(&out).unwrap();
+    let (_, kept) = meta
+        .iter()
+        .find(|(k, _)| k == shadowctl::schema::META_CAPTURE_STATS)
+        .unwrap();
+    let kept: serde_json::Value = serde_json::from_str(kept).unwrap();
+    let headers = kept["redaction"]["headers"].as_array().unwrap();
+    assert!(headers.contains(&"authorization".into()), "{kept}");
 }

@@ -243,7 +243,7 @@ pub fn capture_live(
         opts.interface,
         filter_expression(&opts.ports, opts.bpf.as_deref()).unwrap_or_default()
     );
-    let snapshot = StatsSnapshot::default();
+    let snapshot = super::seeded_snapshot(&opts.redact);
     let mut writer = WriterThread::spawn(
         opts.output.clone(),
         opts.writer.clone(),

@@ -314,6 +314,19 @@ fn redact_all(rows: &mut [Exchange], redaction: &Redaction) -> u64 {
     n
 }
 
+/// The statistics a file gets if it is closed before any are taken (a
+/// failed run, a live file rotated in its first second): at least the
+/// names it was redacted by, which replay redacts live answers by too.
+pub(crate) fn seeded_snapshot(redaction: &Redaction) -> StatsSnapshot {
+    let stats = CaptureStats {
+        redaction: Some(redaction.clone()),
+        ..Default::default()
+    };
+    StatsSnapshot::new(std::sync::Mutex::new(
+        serde_json::to_string(&stats).unwrap_or_default(),
+    ))
+}
+
 /// Whether a live batch of `bytes` may join `held` queued bytes.
 fn queue_admits(held: usize, bytes: usize) -> bool {
     held == 0 || held.saturating_add(bytes) <= QUEUE_BYTES
@@ -474,7 +487,7 @@ pub fn capture_files(
         .map(|p| CaptureFile::open(p))
         .collect::<Result<_, _>>()?;
     let total: u64 = files.iter().map(CaptureFile::len).sum();
-    let snapshot = StatsSnapshot::default();
+    let snapshot = seeded_snapshot(&opts.redact);
     let writer = WriterThread::spawn(
         OutputSpec::File(opts.out.clone()),
         opts.writer.clone(),

@@ -194,44 +194,50 @@ fn label<'a>(labels: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// Leave out the `container_*` series of cgroups that hold other series of
-/// the same reading: cAdvisor (the kubelet's, or standalone) exposes a
-/// pod's own cgroup, the QoS and system slices and the root (`id="/"`)
-/// beside the containers in them, each repeating what it holds, so summed
-/// with them a pod's usage would count two or three times. A cgroup holds
-/// another when its `id` is a path prefix of the other's. Pause containers
-/// (`container="POD"`, `container_name="POD"`) go too. Which series stay
-/// is decided by the ids alone, so a runtime that gives containers no
-/// `image` (k3s, minikube) or a selector that kept only a pod's own cgroup
-/// still has its series counted. Series without an `id` stay.
+/// Leave out the `container_*` series of cgroups that hold other series:
+/// cAdvisor (the kubelet's, or standalone) exposes a pod's own cgroup, the
+/// QoS and system slices and the root (`id="/"`) beside the containers in
+/// them, each repeating what it holds, so summed with them a pod's usage
+/// would count two or three times. A cgroup holds another when its `id` is
+/// a path prefix of the other's in any reading of the run: a pod whose
+/// container is restarting (gone for a reading) is not counted for that
+/// reading alone, which would book its whole CPU again at the next one.
+/// Pause containers (`container="POD"`, `container_name="POD"`) go too.
+/// Which series stay is decided by the ids alone, so a runtime that gives
+/// containers no `image` (k3s, minikube) or a selector that kept only a
+/// pod's own cgroup still has its series counted. Series without an `id`
+/// stay.
 fn drop_cadvisor_holders(rows: &mut Vec<&MetricRow>) {
     let pause = |r: &MetricRow| {
         ["container", "container_name"]
             .iter()
             .any(|k| label(&r.labels, k) == Some("POD"))
     };
+    // A path without its trailing slashes; the root is "/".
     let norm = |id: &str| -> String {
-        let t = id.trim_end_matches('/');
-        if t.is_empty() {
-            "/".into()
-        } else {
-            t.into()
+        match id.trim_end_matches('/') {
+            "" => "/".to_string(),
+            t => t.to_string(),
         }
     };
-    let mut holders: std::collections::HashSet<(i64, String)> = Default::default();
-    for r in rows.iter() {
-        let Some(id) = label(&r.labels, "id") else {
-            continue;
-        };
-        // Every ancestor path of this id holds it.
-        let mut path = id.trim_end_matches('/');
+    let ids: std::collections::HashSet<String> = rows
+        .iter()
+        .filter_map(|r| label(&r.labels, "id"))
+        .map(norm)
+        .collect();
+    let mut holders: std::collections::HashSet<String> = Default::default();
+    for id in &ids {
+        // Every ancestor path of this id holds it (the root has none).
+        let mut path = if id == "/" { "" } else { id.as_str() };
         while let Some(cut) = path.rfind('/') {
             path = &path[..cut];
-            holders.insert((r.ts, norm(path)));
+            if !holders.insert(norm(path)) {
+                break; // its ancestors are in already
+            }
         }
     }
     rows.retain(|r| {
-        let holds = label(&r.labels, "id").is_some_and(|id| holders.contains(&(r.ts, norm(id))));
+        let holds = label(&r.labels, "id").is_some_and(|id| holders.contains(&norm(id)));
         !holds && !pause(r)
     });
 }
@@ -1087,6 +1093,28 @@ mod tests {
         }));
         let refs: Vec<&MetricRow> = with_process.iter().collect();
         assert_eq!(counter_increments(&refs, &CPU)[0].2, 3.0);
+        // A container restarting (missing at some readings) leaves its pod
+        // cgroup a holder all along: it is never counted in the gaps.
+        let gaps: Vec<MetricRow> = (0..4)
+            .flat_map(|t| {
+                let t64 = t as f64;
+                let mut v = vec![k3s(t, "/kubepods/besteffort/podA", 100.0 + 10.0 * t64)];
+                if t % 2 == 0 {
+                    v.push(k3s(t, "/kubepods/besteffort/podA/c1", 50.0 + 5.0 * t64));
+                }
+                v
+            })
+            .collect();
+        let refs: Vec<&MetricRow> = gaps.iter().collect();
+        let total: f64 = counter_increments(&refs, &CPU).iter().map(|i| i.2).sum();
+        assert_eq!(
+            total, 10.0,
+            "the container's 5 a reading from t0 to t2 only"
+        );
+        // The root alone is a series like any other.
+        let root: Vec<MetricRow> = (0..2).map(|t| k3s(t, "/", t as f64)).collect();
+        let refs: Vec<&MetricRow> = root.iter().collect();
+        assert_eq!(counter_increments(&refs, &CPU)[0].2, 1.0);
     }
 
     #[test]

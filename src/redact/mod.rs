@@ -37,11 +37,14 @@ pub const URL_FIELDS: [&str; 3] = ["referer", "location", "content-location"];
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Redaction {
     /// Header names (lower case) whose values become [`REDACTED`].
+    #[serde(default)]
     pub headers: Vec<String>,
     /// Query parameter names (lower case) whose values become [`REDACTED`].
+    #[serde(default)]
     pub query: Vec<String>,
     /// JSON member and form field names whose values become [`REDACTED`]
     /// in bodies (forms also use `query`; see [`body`]).
+    #[serde(default)]
     pub body: Vec<String>,
 }
 
