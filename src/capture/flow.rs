@@ -80,6 +80,22 @@ pub(super) fn append(
     budget.held += take;
 }
 
+/// What one arrival time costs (see [`note_response_arrival`]).
+const ARRIVAL_BYTES: usize = std::mem::size_of::<(u64, i64)>();
+
+/// Note when the response body reached its stored length, charging a new
+/// entry to the budget: an event stream of one event a packet keeps one
+/// for each, about a tenth of its bytes again for LLM token streams. Past
+/// the cap the body is cut first, and a cut body adds no entries, so this
+/// overshoots the cap by one entry at most.
+pub(super) fn note_response_arrival(ex: &mut Exchange, ts: i64, budget: &mut Budget) {
+    let stored = ex.response_body.len() as u64;
+    if crate::proto::events::note_arrival(&mut ex.response_arrivals, stored, ts) {
+        budget.held += ARRIVAL_BYTES;
+        ex.arrivals_charged += ARRIVAL_BYTES;
+    }
+}
+
 /// Interim (1xx) answers kept per exchange: a server may send any number,
 /// and a hostile one could grow the list without end.
 const MAX_INTERIM: usize = 32;
@@ -122,8 +138,7 @@ impl Sink for Ctx<'_> {
         *len += data.len() as u64;
         append(body, truncated, data, max, self.budget);
         if role == Role::Response {
-            let stored = ex.response_body.len() as u64;
-            crate::proto::events::note_arrival(&mut ex.response_arrivals, stored, ts);
+            note_response_arrival(ex, ts, self.budget);
         }
     }
 

@@ -695,8 +695,7 @@ impl State {
                 max,
                 budget,
             );
-            let stored = ex.response_body.len() as u64;
-            crate::proto::events::note_arrival(&mut ex.response_arrivals, stored, ts);
+            super::flow::note_response_arrival(ex, ts, budget);
             ex.response_end_ts = Some(ts);
             if end {
                 self.end_response(id, ts);
@@ -779,9 +778,9 @@ impl State {
 
     fn release(&mut self, s: Stream, budget: &mut Budget) {
         let ex = s.ex;
-        budget.held = budget
-            .held
-            .saturating_sub(ex.request_body.len() + ex.response_body.len() + s.heads);
+        budget.held = budget.held.saturating_sub(
+            ex.request_body.len() + ex.response_body.len() + s.heads + ex.arrivals_charged,
+        );
         self.head_bytes = self.head_bytes.saturating_sub(s.heads);
         self.done.push(ex);
     }

@@ -745,7 +745,7 @@ impl Pairing {
         let ex = p.ex;
         budget.held = budget
             .held
-            .saturating_sub(ex.request_body.len() + ex.response_body.len());
+            .saturating_sub(ex.request_body.len() + ex.response_body.len() + ex.arrivals_charged);
         if p.kind == Kind::Seen {
             self.done.push(ex);
         }
@@ -792,7 +792,9 @@ impl Pairing {
 
 /// Forget a response attached by guess, to attach the right one.
 fn detach(ex: &mut Exchange, budget: &mut Budget) {
-    budget.held = budget.held.saturating_sub(ex.response_body.len());
+    budget.held = budget
+        .held
+        .saturating_sub(ex.response_body.len() + std::mem::take(&mut ex.arrivals_charged));
     ex.status = None;
     ex.reason = None;
     ex.response_version = None;

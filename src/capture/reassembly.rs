@@ -1688,6 +1688,49 @@ mod tests {
         }
     }
 
+    /// The arrival times kept for an event stream (one a packet) count
+    /// against `--max-buffer-bytes` with its bytes: a token stream of one
+    /// small event a packet held more again than the cap beside it. Past
+    /// the cap the body is cut (by one entry's 16 bytes at most over it)
+    /// and every event kept has its time.
+    #[test]
+    fn event_arrival_times_count_against_the_memory_cap() {
+        let max = 12_000;
+        let (mut r, mut stats) = capped(max);
+        let req = b"GET /stream HTTP/1.1\r\nHost: a\r\n\r\n";
+        r.segment(&seg_from(40_000, true, 1, req), 1, &mut stats);
+        let event = b"data: tok\n\n";
+        let n = 1000;
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: {}\r\n\r\n",
+            n * event.len()
+        );
+        r.segment(&seg_from(40_000, false, 1, head.as_bytes()), 2, &mut stats);
+        let mut seq = 1 + head.len() as u32;
+        let mut peak = 0;
+        for i in 0..n {
+            let ts = 1_000 * (3 + i as i64);
+            r.segment(&seg_from(40_000, false, seq, event), ts, &mut stats);
+            seq += event.len() as u32;
+            peak = peak.max(r.held_bytes());
+        }
+        assert!(peak <= max + 16, "{peak} held");
+        r.finish(&mut stats);
+        assert_eq!(r.held_bytes(), 0, "all released at the end");
+        let out = r.take_exchanges();
+        assert_eq!(out.len(), 1);
+        let e = &out[0];
+        assert!(e.response_body_truncated, "{e:?}");
+        assert_eq!(stats.memory_truncated_bodies, 1);
+        // Each event kept costs its 11 bytes and its 16-byte time (the
+        // cut one's too, and one entry over the cap): 445 of the 1,000.
+        let kept = e.response_event_offsets_ns.as_ref().unwrap().len();
+        assert!(
+            (max - 100..=max + 27 + 16).contains(&(kept * 27)),
+            "{kept} events kept"
+        );
+    }
+
     /// The same for HTTP/2: partial header blocks (and the HPACK tables)
     /// are charged, and a direction past the cap drops its partial frame.
     #[test]

@@ -389,12 +389,17 @@ pub fn stream_events(
 
 /// Remember when the stored body reached `len` bytes (pieces that arrive
 /// together share one entry, so a body costs one entry per packet or read).
-pub fn note_arrival(arrivals: &mut Vec<(u64, i64)>, len: u64, ts: i64) {
+/// Returns whether an entry was added.
+pub fn note_arrival(arrivals: &mut Vec<(u64, i64)>, len: u64, ts: i64) -> bool {
     match arrivals.last_mut() {
         Some(last) if last.1 == ts => last.0 = len,
         Some(last) if last.0 == len => {}
-        _ => arrivals.push((len, ts)),
+        _ => {
+            arrivals.push((len, ts));
+            return true;
+        }
     }
+    false
 }
 
 #[cfg(test)]

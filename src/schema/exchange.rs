@@ -127,6 +127,11 @@ pub struct Exchange {
     /// packet time) as the body arrived, turned into event offsets when the
     /// response ends.
     pub response_arrivals: Vec<(u64, i64)>,
+    /// Capture's bookkeeping, not a column: bytes of `response_arrivals`
+    /// charged to `--max-buffer-bytes`, given back when the exchange leaves
+    /// the connection (the times become event offsets in between, of about
+    /// the same size).
+    pub arrivals_charged: usize,
 }
 
 impl Exchange {

@@ -897,6 +897,7 @@ fn batch_to_exchanges(b: &RecordBatch, out: &mut Vec<Exchange>) {
             malformed_detail: detail.and_then(|d| opt_s(d, i)),
             response_event_offsets_ns: super::exchange::offsets_at(event_offsets, i),
             response_arrivals: Vec::new(),
+            arrivals_charged: 0,
         });
     }
 }
