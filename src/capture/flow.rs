@@ -84,12 +84,17 @@ pub(super) fn append(
 const ARRIVAL_BYTES: usize = std::mem::size_of::<(u64, i64)>();
 
 /// Note when the response body reached its stored length, charging a new
-/// entry to the budget: an event stream of one event a packet keeps one
-/// for each, about a tenth of its bytes again for LLM token streams. Past
-/// the cap the body is cut first, and a cut body adds no entries, so this
-/// overshoots the cap by one entry at most.
+/// entry to the budget: every response keeps one a packet until it ends
+/// (about 1% of a download's bytes; as much again as the bytes of an LLM
+/// token stream of one small event a packet). Past the cap the body is cut
+/// first, and a cut body adds no entries, so each open response passes the
+/// cap by one entry at most.
 pub(super) fn note_response_arrival(ex: &mut Exchange, ts: i64, budget: &mut Budget) {
     let stored = ex.response_body.len() as u64;
+    // Nothing stored yet (a body cut at its first packet): no time to keep.
+    if stored == 0 {
+        return;
+    }
     if crate::proto::events::note_arrival(&mut ex.response_arrivals, stored, ts) {
         budget.held += ARRIVAL_BYTES;
         ex.arrivals_charged += ARRIVAL_BYTES;

@@ -187,7 +187,14 @@ impl H2Conn {
     /// answered 101): it is stream 1, answered over HTTP/2.
     pub fn upgraded_request(&mut self, mut ex: Exchange, budget: &mut Budget) {
         // Its body was released when HTTP/1 let go of it; it is held again.
+        // The 101 had no body (a tunnel follows it), so nothing of a
+        // response is held: the HTTP/2 answer starts from nothing.
         budget.held += ex.request_body.len();
+        debug_assert!(ex.response_body.is_empty() && ex.arrivals_charged == 0);
+        ex.response_body = Vec::new();
+        ex.response_body_len = 0;
+        ex.response_arrivals = Vec::new();
+        ex.arrivals_charged = 0;
         ex.status = None;
         ex.reason = None;
         ex.response_version = None;
@@ -778,9 +785,10 @@ impl State {
 
     fn release(&mut self, s: Stream, budget: &mut Budget) {
         let ex = s.ex;
-        budget.held = budget.held.saturating_sub(
-            ex.request_body.len() + ex.response_body.len() + s.heads + ex.arrivals_charged,
-        );
+        let charged =
+            ex.request_body.len() + ex.response_body.len() + s.heads + ex.arrivals_charged;
+        debug_assert!(budget.held >= charged, "released more than was held");
+        budget.held = budget.held.saturating_sub(charged);
         self.head_bytes = self.head_bytes.saturating_sub(s.heads);
         self.done.push(ex);
     }

@@ -743,9 +743,9 @@ impl Pairing {
 
     fn release(&mut self, p: Item, budget: &mut Budget) {
         let ex = p.ex;
-        budget.held = budget
-            .held
-            .saturating_sub(ex.request_body.len() + ex.response_body.len() + ex.arrivals_charged);
+        let charged = ex.request_body.len() + ex.response_body.len() + ex.arrivals_charged;
+        debug_assert!(budget.held >= charged, "released more than was held");
+        budget.held = budget.held.saturating_sub(charged);
         if p.kind == Kind::Seen {
             self.done.push(ex);
         }
