@@ -40,9 +40,12 @@ pub fn head_problem(role: Role, head: &[u8]) -> Option<String> {
 }
 
 fn request_line_problem(line: &[u8]) -> Option<String> {
-    let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
-    let [method, target, version] = parts.as_slice() else {
-        let what = if parts.len() > 3 {
+    // Split without collecting: this runs for every request.
+    let mut parts = line.split(|&b| b == b' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        let what = if line.split(|&b| b == b' ').count() > 3 {
             "space inside the request-target"
         } else {
             "request line without target or version"
@@ -55,7 +58,7 @@ fn request_line_problem(line: &[u8]) -> Option<String> {
     if target.is_empty() || target.iter().any(|&b| b <= 0x20 || b == 0x7f) {
         return Some(format!("invalid request-target: {}", shown_target(target)));
     }
-    if !matches!(*version, b"HTTP/1.0" | b"HTTP/1.1") {
+    if !matches!(version, b"HTTP/1.0" | b"HTTP/1.1") {
         return Some(format!("not an HTTP/1 version: {}", shown(version)));
     }
     None
