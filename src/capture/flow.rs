@@ -64,7 +64,15 @@ pub(super) fn append(
     data: &[u8],
     max: usize,
     budget: &mut Budget,
+    cut: &mut bool,
 ) {
+    // A body cut once (at the memory cap or at --max-body) stays cut:
+    // bytes stored after room freed up would close the cut silently, the
+    // stored body no longer a prefix of the real one. (After a hole in the
+    // stream the bytes that follow are kept, and the exchange says so.)
+    if *cut {
+        return;
+    }
     let room = max.saturating_sub(body.len());
     let mut take = data.len().min(room);
     if budget.held + take > budget.max {
@@ -75,6 +83,7 @@ pub(super) fn append(
     }
     if take < data.len() {
         *truncated = true;
+        *cut = true;
     }
     body.extend_from_slice(&data[..take]);
     budget.held += take;
@@ -128,20 +137,23 @@ impl Sink for Ctx<'_> {
         let Some(ex) = self.p.active(role == Role::Request) else {
             return;
         };
-        let (body, len, truncated) = match role {
+        let [request_cut, response_cut] = &mut ex.bodies_cut;
+        let (body, len, truncated, cut) = match role {
             Role::Request => (
                 &mut ex.request_body,
                 &mut ex.request_body_len,
                 &mut ex.request_body_truncated,
+                request_cut,
             ),
             Role::Response => (
                 &mut ex.response_body,
                 &mut ex.response_body_len,
                 &mut ex.response_body_truncated,
+                response_cut,
             ),
         };
         *len += data.len() as u64;
-        append(body, truncated, data, max, self.budget);
+        append(body, truncated, data, max, self.budget, cut);
         if role == Role::Response {
             note_response_arrival(ex, ts, self.budget);
         }

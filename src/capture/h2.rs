@@ -195,6 +195,7 @@ impl H2Conn {
         ex.response_body_len = 0;
         ex.response_arrivals = Vec::new();
         ex.arrivals_charged = 0;
+        ex.bodies_cut[1] = false;
         ex.status = None;
         ex.reason = None;
         ex.response_version = None;
@@ -688,6 +689,7 @@ impl State {
                 data,
                 max,
                 budget,
+                &mut ex.bodies_cut[0],
             );
             if end {
                 s.req_done = true;
@@ -701,6 +703,7 @@ impl State {
                 data,
                 max,
                 budget,
+                &mut ex.bodies_cut[1],
             );
             super::flow::note_response_arrival(ex, ts, budget);
             ex.response_end_ts = Some(ts);

@@ -805,6 +805,7 @@ fn detach(ex: &mut Exchange, budget: &mut Budget) {
     ex.response_body = Vec::new();
     ex.response_body_len = 0;
     ex.response_body_truncated = false;
+    ex.bodies_cut[1] = false;
     ex.response_event_offsets_ns = None;
     ex.response_arrivals = Vec::new();
     ex.upgraded = false;

@@ -171,7 +171,9 @@ impl Reassembler {
         // The next batch starts at this one's size: growing from empty
         // moved every exchange (hundreds of bytes each) again at each
         // doubling, 2% of the parser thread.
-        let room = self.out.len();
+        // At most two batches' worth: a burst (an idle sweep finishing
+        // thousands of connections) must not keep a huge reservation.
+        let room = self.out.len().min(2 * super::BATCH);
         std::mem::replace(&mut self.out, Vec::with_capacity(room))
     }
 
@@ -1733,6 +1735,47 @@ mod tests {
             (max - 100..=max + 27 + 16).contains(&(kept * 27)),
             "{kept} events kept"
         );
+    }
+
+    /// A body cut at the memory cap stays cut when room frees up later:
+    /// storing the bytes that came after would close the hole silently.
+    #[test]
+    fn a_body_cut_at_the_memory_cap_stays_a_prefix() {
+        let max = 10_500;
+        let (mut r, mut stats) = capped(max);
+        let body_b: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+        for (port, path, len) in [(41_000u16, "/a", 10_000usize), (41_001, "/b", 3000)] {
+            let req = format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n");
+            r.segment(&seg_from(port, true, 1, req.as_bytes()), 1, &mut stats);
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
+            r.segment(&seg_from(port, false, 1, head.as_bytes()), 2, &mut stats);
+        }
+        let head_len =
+            |len: usize| format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").len() as u32;
+        let (a0, b0) = (1 + head_len(10_000), 1 + head_len(3000));
+        r.segment(&seg_from(41_000, false, a0, &[b'a'; 9000]), 3, &mut stats);
+        r.segment(&seg_from(41_001, false, b0, &body_b[..2000]), 4, &mut stats);
+        // A completes and lets its memory go; then the rest of B comes.
+        r.segment(
+            &seg_from(41_000, false, a0 + 9000, &[b'a'; 1000]),
+            5,
+            &mut stats,
+        );
+        r.segment(
+            &seg_from(41_001, false, b0 + 2000, &body_b[2000..]),
+            6,
+            &mut stats,
+        );
+        r.finish(&mut stats);
+        let out = r.take_exchanges();
+        let b = out.iter().find(|e| e.target == "/b").unwrap();
+        assert!(b.response_body_truncated);
+        assert!(b.response_body.len() < 2000, "{}", b.response_body.len());
+        assert!(
+            body_b.starts_with(&b.response_body),
+            "the stored body is not a prefix"
+        );
+        assert_eq!(b.response_body_len, 3000);
     }
 
     /// The same for HTTP/2: partial header blocks (and the HPACK tables)

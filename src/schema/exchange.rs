@@ -132,6 +132,10 @@ pub struct Exchange {
     /// the connection (the times become event offsets in between, of about
     /// the same size).
     pub arrivals_charged: usize,
+    /// Capture's bookkeeping, not a column: the request's and the
+    /// response's body were cut (memory cap, `--max-body`), so nothing more
+    /// is stored for them.
+    pub bodies_cut: [bool; 2],
 }
 
 impl Exchange {

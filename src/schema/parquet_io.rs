@@ -898,6 +898,7 @@ fn batch_to_exchanges(b: &RecordBatch, out: &mut Vec<Exchange>) {
             response_event_offsets_ns: super::exchange::offsets_at(event_offsets, i),
             response_arrivals: Vec::new(),
             arrivals_charged: 0,
+            bodies_cut: [false; 2],
         });
     }
 }
