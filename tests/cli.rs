@@ -196,6 +196,17 @@ fn secrets_in_json_and_form_bodies_are_redacted_by_default() {
         req,
         r#"{"user": "[REDACTED]", "password": "[REDACTED]", "remember": true}"#
     );
+    // Counted where redaction runs (the writer thread): the statistics and
+    // the file's own copy of them agree; two `user` members more.
+    assert_eq!(stats["redacted_values"], 8, "{stats}");
+    let meta = read_exchanges(&out).unwrap().1;
+    let in_file = &meta
+        .iter()
+        .find(|(k, _)| k == "shadowctl.capture_stats")
+        .expect("statistics in the file")
+        .1;
+    let in_file: serde_json::Value = serde_json::from_str(in_file).unwrap();
+    assert_eq!(in_file["redacted_values"], 8, "{in_file}");
 
     let (run, out, _d) = capture(&[testdata("secrets.pcap")], &["--keep-secrets"]);
     assert!(run.status.success());

@@ -52,6 +52,15 @@ fn now_ns() -> i64 {
         .as_nanos() as i64
 }
 
+/// Nanoseconds on this process's monotonic clock. Replay's times are checked
+/// as intervals on it: replay anchors its own clock to the wall once, so a
+/// wall-clock step during a run (NTP, a resumed VM) would move replay's
+/// absolute times away from the server's wall times (seen in CI: 2-11 ms).
+fn mono_ns() -> i64 {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed().as_nanos() as i64
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Api {
     /// `POST /v1/chat/completions`: OpenAI chat completion chunks as SSE.
@@ -233,6 +242,12 @@ fn script(api: Api, n: usize) -> Script {
 struct Sent {
     /// When the write of the response head returned (ns since epoch).
     head_ts: i64,
+    /// The same on [`mono_ns`], and when the request had been read.
+    head_mono: i64,
+    asked_mono: i64,
+    /// [`Sent::event_ts`] and [`Sent::first_content_ts`] on [`mono_ns`].
+    event_mono: Vec<i64>,
+    first_content_mono: Option<i64>,
     /// Per whole event, when the write that completed it returned.
     event_ts: Vec<i64>,
     /// The body bytes written (de-chunked), half events included.
@@ -276,7 +291,7 @@ impl Body<'_> {
             bytes.to_vec()
         };
         self.w.write_all(&framed)?;
-        let ts = now_ns();
+        let (ts, mono) = (now_ns(), mono_ns());
         let mut log = self.log.lock().unwrap();
         let sent = &mut log.get_mut(self.target).unwrap()[self.slot];
         sent.body.extend_from_slice(bytes);
@@ -284,10 +299,12 @@ impl Body<'_> {
             let i = self.done;
             self.done += 1;
             sent.event_ts.push(ts);
+            sent.event_mono.push(mono);
             if let Some(p) = &self.script.pieces[i] {
                 sent.text.push_str(p);
                 sent.content_events += 1;
                 sent.first_content_ts.get_or_insert(ts);
+                sent.first_content_mono.get_or_insert(mono);
             }
             if i == self.script.usage_event {
                 sent.output_tokens = Some(self.script.output_tokens);
@@ -298,7 +315,13 @@ impl Body<'_> {
 }
 
 /// Answer one request; Ok(true) when the connection may carry another.
-fn answer(w: &mut TcpStream, case: Case, target: &str, log: &Log) -> std::io::Result<bool> {
+fn answer(
+    w: &mut TcpStream,
+    case: Case,
+    target: &str,
+    log: &Log,
+    asked_mono: i64,
+) -> std::io::Result<bool> {
     let s = script(case.api, case.n);
     let framing = if case.chunked {
         "Transfer-Encoding: chunked"
@@ -310,12 +333,14 @@ fn answer(w: &mut TcpStream, case: Case, target: &str, log: &Log) -> std::io::Re
         case.content_type()
     );
     w.write_all(head.as_bytes())?;
-    let head_ts = now_ns();
+    let (head_ts, head_mono) = (now_ns(), mono_ns());
     let slot = {
         let mut log = log.lock().unwrap();
         let list = log.entry(target.to_string()).or_default();
         list.push(Sent {
             head_ts,
+            head_mono,
+            asked_mono,
             ..Default::default()
         });
         list.len() - 1
@@ -416,12 +441,13 @@ fn serve(conn: TcpStream, log: Log) {
         let Some(target) = read_request(&mut r) else {
             return;
         };
+        let asked_mono = mono_ns();
         let w = r.get_mut();
         let Some(case) = Case::parse(&target) else {
             let _ = w.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
             continue;
         };
-        match answer(w, case, &target, &log) {
+        match answer(w, case, &target, &log, asked_mono) {
             Ok(true) => {}
             // Dropping the socket closes it: a close-delimited body ends,
             // a cut or stalled one stops where it was.
@@ -588,15 +614,15 @@ fn check_late_wakeups() {
     );
 }
 
-/// Event times (absolute, ns since epoch) against the server's writes;
-/// `read`: replay's read times (see [`assert_read_near`]), else packet times.
-fn assert_event_times(what: &str, times: &[i64], sent: &Sent, read: bool) {
+/// Event times against the server's writes, on one clock; `read`: replay's
+/// read times (see [`assert_read_near`]), else packet times.
+fn assert_event_times(what: &str, times: &[i64], written: &[i64], read: bool) {
     assert_eq!(
         times.len(),
-        sent.event_ts.len(),
+        written.len(),
         "{what}: events recorded vs whole events the server sent"
     );
-    for (i, (&got, &want)) in times.iter().zip(&sent.event_ts).enumerate() {
+    for (i, (&got, &want)) in times.iter().zip(written).enumerate() {
         let what = format!("{what}: event {i}");
         if read {
             assert_read_near(&what, got, want);
@@ -637,31 +663,38 @@ fn assert_answer(what: &str, content_type: Option<&[u8]>, body: &[u8], case: Cas
 }
 
 /// A replayed row against what the server sent for it.
+///
+/// Compared as intervals (see [`mono_ns`]): the wait for the first byte
+/// against the server's time from reading the request to writing the head,
+/// and every later time from the first byte against the server's from its
+/// head write.
 fn assert_replayed(what: &str, r: &ReplayResult, case: Case, sent: &Sent) {
     assert_eq!(r.status, Some(200), "{what}");
     let sent_ts = r.sent_ts.unwrap();
+    let first_byte = r.first_byte_ts.unwrap();
     assert_read_near(
-        &format!("{what}: first byte"),
-        r.first_byte_ts.unwrap(),
-        sent.head_ts,
+        &format!("{what}: wait for the first byte"),
+        first_byte - sent_ts,
+        sent.head_mono - sent.asked_mono,
     );
     let offsets = r
         .event_offsets_ns
         .as_deref()
         .unwrap_or_else(|| panic!("{what}: no event offsets"));
-    let times: Vec<i64> = offsets.iter().map(|o| sent_ts + o).collect();
-    assert_event_times(what, &times, sent, true);
+    let after_head: Vec<i64> = offsets.iter().map(|o| sent_ts + o - first_byte).collect();
+    let server_after_head: Vec<i64> = sent.event_mono.iter().map(|t| t - sent.head_mono).collect();
+    assert_event_times(what, &after_head, &server_after_head, true);
     assert!(
         offsets.windows(2).all(|w| w[0] <= w[1]),
         "{what}: {offsets:?}"
     );
     // The first token is the first content chunk, not the role-only one
     // (written GAP earlier).
-    let first = sent.first_content_ts.unwrap();
+    let first = sent.first_content_mono.unwrap();
     assert_read_near(
-        &format!("{what}: first_token_ts"),
-        r.first_token_ts.unwrap(),
-        first,
+        &format!("{what}: first_token_ts after the first byte"),
+        r.first_token_ts.unwrap() - first_byte,
+        first - sent.head_mono,
     );
     assert_eq!(r.response_body, sent.body, "{what}: body");
     assert_eq!(r.response_body_len, sent.body.len() as u64, "{what}");
@@ -770,7 +803,8 @@ fn a_stalled_stream_is_cut_after_the_idle_timeout_and_others_go_on() {
         Some(PIECES[0])
     );
     // Cut by the idle limit: about 300 ms after the last byte came.
-    let silence = r.done_ts.unwrap() - sent.event_ts[1];
+    let first_byte = r.first_byte_ts.unwrap();
+    let silence = (r.done_ts.unwrap() - first_byte) - (sent.event_mono[1] - sent.head_mono);
     assert!(
         (300_000_000..700_000_000).contains(&silence),
         "cut {:.1} ms after the last event",
@@ -991,7 +1025,7 @@ fn live_capture_times_each_complete_event_from_its_packets() {
             .as_deref()
             .unwrap_or_else(|| panic!("{what}: no event offsets"));
         let times: Vec<i64> = offsets.iter().map(|o| start + o).collect();
-        assert_event_times(&what, &times, &sent, false);
+        assert_event_times(&what, &times, &sent.event_ts, false);
         assert_eq!(ex.response_body, sent.body, "{what}: body");
         let ct = ex.response_headers.get("content-type");
         assert_answer(&what, ct, &ex.response_body, *case, &sent);

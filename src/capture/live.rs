@@ -190,8 +190,8 @@ impl Loop {
             );
             self.warned_drops = lost;
         }
-        *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) =
-            serde_json::to_string(st).unwrap_or_default();
+        st.redacted_values = self.snapshot.redacted_values();
+        self.snapshot.set(st);
     }
 }
 
@@ -249,10 +249,11 @@ pub fn capture_live(
         opts.writer.clone(),
         snapshot.clone(),
         opts.queue,
+        opts.redact.clone(),
     )?;
     writer.keep_on_unwind();
     let mut pipeline = Pipeline::new(opts.reassembly);
-    pipeline.redact(opts.redact.clone());
+    pipeline.stats.redaction = Some(opts.redact.clone());
     if let Some(f) = opts.sample {
         pipeline.sample(f);
     }
@@ -316,10 +317,12 @@ pub fn capture_live(
         sent = lp.writer.send(rows);
     }
     lp.kernel_stats(&mut cap);
-    let stats = lp.pipeline.stats;
+    let mut stats = lp.pipeline.stats;
     // Always joined: a writer that stopped (a full disk) is the cause to
     // report, not the "writer gone" the packet loop then saw.
-    let stats = match lp.writer.finish() {
+    let finished = lp.writer.finish();
+    stats.redacted_values = lp.snapshot.redacted_values();
+    let stats = match finished {
         Ok(done) => super::with_output(stats, done),
         Err(w) => return Err(w.cause.with_stats(super::with_output(stats, w.kept))),
     };

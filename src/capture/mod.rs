@@ -155,20 +155,24 @@ pub(crate) struct WriterThread {
 }
 
 impl WriterThread {
+    /// A writer redacting by `redaction` (see [`write_loop`]), counting
+    /// in `stats`.
     pub(crate) fn spawn(
         output: OutputSpec,
         config: WriterConfig,
         stats: StatsSnapshot,
         queue: usize,
+        redaction: Redaction,
     ) -> Result<Self, CaptureError> {
         let keep_on_drop = matches!(output, OutputSpec::Dir { .. });
-        let writer = OutputWriter::new(output, config, stats)?;
+        let writer = OutputWriter::new(output, config, stats.clone())?;
         let (tx, rx) = sync_channel(queue);
         let queued_bytes = Arc::new(AtomicUsize::new(0));
         let written = Arc::clone(&queued_bytes);
+        let redact = Redact { redaction, stats };
         let handle = std::thread::Builder::new()
             .name("parquet-writer".into())
-            .spawn(move || write_loop(writer, rx, &written))
+            .spawn(move || write_loop(writer, rx, &written, &redact))
             .map_err(|e| CaptureError::Open("parquet-writer thread".into(), e))?;
         Ok(Self {
             tx: Some(tx),
@@ -318,13 +322,16 @@ fn redact_all(rows: &mut [Exchange], redaction: &Redaction) -> u64 {
 /// failed run, a live file rotated in its first second): at least the
 /// names it was redacted by, which replay redacts live answers by too.
 pub(crate) fn seeded_snapshot(redaction: &Redaction) -> StatsSnapshot {
-    let stats = CaptureStats {
+    StatsSnapshot::new(CaptureStats {
         redaction: Some(redaction.clone()),
         ..Default::default()
-    };
-    StatsSnapshot::new(std::sync::Mutex::new(
-        serde_json::to_string(&stats).unwrap_or_default(),
-    ))
+    })
+}
+
+/// What the writer thread redacts by, and where it counts what it did.
+struct Redact {
+    redaction: Redaction,
+    stats: StatsSnapshot,
 }
 
 /// Whether a live batch of `bytes` may join `held` queued bytes.
@@ -337,15 +344,22 @@ fn rows_bytes(rows: &[Exchange]) -> usize {
     rows.iter().map(Exchange::held_bytes).sum()
 }
 
+/// Encodes the rows it is sent. Secrets are redacted here, before any
+/// encoding, rather than on the packet loop: that loop bounds capture's
+/// speed and the writer had time to spare (docs/scale.md).
 fn write_loop(
     mut writer: OutputWriter,
     rx: Receiver<ToWriter>,
     queued_bytes: &AtomicUsize,
+    redact: &Redact,
 ) -> WriteResult {
     // A sender dropped without Finish (an error upstream) still gets footers.
     loop {
         match rx.recv_timeout(std::time::Duration::from_millis(200)) {
-            Ok(ToWriter::Rows(rows, bytes)) => {
+            Ok(ToWriter::Rows(mut rows, bytes)) => {
+                redact
+                    .stats
+                    .add_redacted(redact_all(&mut rows, &redact.redaction));
                 let written = writer.write(&rows);
                 queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
                 if let Err(e) = written {
@@ -376,8 +390,6 @@ pub struct Pipeline {
     next_exchange_id: u64,
     /// Keep a connection when the hash of its endpoints is below this.
     sample_below: Option<u64>,
-    /// What is redacted before output.
-    redact: Redaction,
 }
 
 impl Pipeline {
@@ -388,14 +400,7 @@ impl Pipeline {
             stats: CaptureStats::default(),
             next_exchange_id: 0,
             sample_below: None,
-            redact: Redaction::default(),
         }
-    }
-
-    /// Redact these instead of the defaults.
-    pub fn redact(&mut self, redaction: Redaction) {
-        self.stats.redaction = Some(redaction.clone());
-        self.redact = redaction;
     }
 
     /// Keep only `fraction` of the connections, chosen by a hash of their
@@ -449,7 +454,8 @@ impl Pipeline {
     }
 
     /// Completed exchanges, numbered, once at least `min` are ready or
-    /// their bodies pass [`BATCH_BYTES`].
+    /// their bodies pass [`BATCH_BYTES`]. Not yet redacted: the writer
+    /// thread does that (see [`write_loop`]).
     pub fn ready(&mut self, min: usize) -> Option<Vec<Exchange>> {
         let n = self.reassembler.pending_exchanges();
         if n == 0 || (n < min && self.reassembler.pending_bytes() < BATCH_BYTES) {
@@ -461,8 +467,6 @@ impl Pipeline {
             self.next_exchange_id += 1;
         }
         self.stats.add_exchanges(&rows);
-        // Secrets never leave this thread unredacted.
-        self.stats.redacted_values += redact_all(&mut rows, &self.redact);
         Some(rows)
     }
 
@@ -493,13 +497,16 @@ pub fn capture_files(
         opts.writer.clone(),
         snapshot.clone(),
         2,
+        opts.redact.clone(),
     )?;
     let (mut stats, read) = read_all(opts, &files, total, &writer, stop);
     match read {
         Ok(()) => {
-            *snapshot.lock().unwrap_or_else(|e| e.into_inner()) =
-                serde_json::to_string(&stats).unwrap_or_default();
-            match writer.finish() {
+            snapshot.set(&stats);
+            let finished = writer.finish();
+            // Final now that the writer has ended.
+            stats.redacted_values = snapshot.redacted_values();
+            match finished {
                 Ok((_, rows)) => {
                     stats.output_rows = rows;
                     Ok(stats)
@@ -517,6 +524,7 @@ pub fn capture_files(
                 (e, Err(own)) => (e, own.kept),
                 (e, Ok(())) => (e, Written::default()),
             };
+            stats.redacted_values = snapshot.redacted_values();
             Err(cause.with_stats(with_output(stats, written)))
         }
     }
@@ -551,7 +559,7 @@ fn read_into(
     writer: &WriterThread,
     stop: Option<Arc<AtomicBool>>,
 ) -> Result<(), CaptureError> {
-    pipeline.redact(opts.redact.clone());
+    pipeline.stats.redaction = Some(opts.redact.clone());
     if let Some(f) = opts.sample {
         pipeline.sample(f);
     }
@@ -629,7 +637,14 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let spec = OutputSpec::File(dir.path().join("out.parquet"));
-        let mut w = WriterThread::spawn(spec, Default::default(), Default::default(), 16).unwrap();
+        let mut w = WriterThread::spawn(
+            spec,
+            Default::default(),
+            Default::default(),
+            16,
+            Redaction::default(),
+        )
+        .unwrap();
         let big = Exchange {
             response_body: vec![b'x'; 40 << 20],
             ..Default::default()
@@ -669,7 +684,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
         let spec = one_row_files(&out);
-        let w = WriterThread::spawn(spec, Default::default(), Default::default(), 4).unwrap();
+        let w = WriterThread::spawn(
+            spec,
+            Default::default(),
+            Default::default(),
+            4,
+            Redaction::default(),
+        )
+        .unwrap();
         let row = |id| Exchange {
             exchange_id: id,
             method: "GET".into(),
@@ -720,8 +742,14 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("live.parquet");
             let spec = OutputSpec::File(path.clone());
-            let mut w =
-                WriterThread::spawn(spec, Default::default(), Default::default(), 4).unwrap();
+            let mut w = WriterThread::spawn(
+                spec,
+                Default::default(),
+                Default::default(),
+                4,
+                Redaction::default(),
+            )
+            .unwrap();
             if live {
                 w.keep_on_unwind();
             }
@@ -753,7 +781,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
         let spec = one_row_files(&out);
-        let mut w = WriterThread::spawn(spec, Default::default(), Default::default(), 4).unwrap();
+        let mut w = WriterThread::spawn(
+            spec,
+            Default::default(),
+            Default::default(),
+            4,
+            Redaction::default(),
+        )
+        .unwrap();
         std::fs::remove_dir_all(&out).unwrap();
         let row = |id| Exchange {
             exchange_id: id,

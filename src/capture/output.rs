@@ -5,9 +5,11 @@
 //! After a crash at most the open (temporary) file is lost.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use super::CaptureStats;
 use crate::schema::{Exchange, ExchangeFileWriter, SchemaError, WriterConfig, META_CAPTURE_STATS};
 
 /// When a rotated file is closed and the next one begun.
@@ -30,9 +32,43 @@ pub enum OutputSpec {
     Dir { dir: PathBuf, rotation: Rotation },
 }
 
-/// The statistics written into each file's metadata when it is closed,
-/// kept current by the packet loop.
-pub type StatsSnapshot = Arc<Mutex<String>>;
+/// The statistics written into each file's metadata when it is closed:
+/// the packet loop's, kept current by it, with the count of values the
+/// writer thread redacted (redaction runs there, off the packet loop).
+#[derive(Clone, Default)]
+pub struct StatsSnapshot {
+    stats: Arc<Mutex<CaptureStats>>,
+    redacted: Arc<AtomicU64>,
+}
+
+impl StatsSnapshot {
+    pub fn new(stats: CaptureStats) -> Self {
+        Self {
+            stats: Arc::new(Mutex::new(stats)),
+            redacted: Arc::default(),
+        }
+    }
+
+    /// The packet loop's figures now.
+    pub fn set(&self, stats: &CaptureStats) {
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = stats.clone();
+    }
+
+    pub fn add_redacted(&self, n: u64) {
+        self.redacted.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Values redacted so far; final once the writer thread has ended.
+    pub fn redacted_values(&self) -> u64 {
+        self.redacted.load(Ordering::Relaxed)
+    }
+
+    fn json(&self) -> String {
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        stats.redacted_values = self.redacted_values();
+        serde_json::to_string(&stats).unwrap_or_default()
+    }
+}
 
 struct OpenFile {
     writer: ExchangeFileWriter,
@@ -236,7 +272,7 @@ impl OutputWriter {
 
     fn close_current(&mut self) -> Result<(), SchemaError> {
         if let Some(f) = self.open.take() {
-            let stats = self.stats.lock().map(|s| s.clone()).unwrap_or_default();
+            let stats = self.stats.json();
             let rows = f.writer.rows();
             let path = f
                 .writer
@@ -353,8 +389,7 @@ mod tests {
                 row_group_rows: 16,
                 ..Default::default()
             };
-            let stats: StatsSnapshot = Arc::new(Mutex::new("{}".into()));
-            let mut w = OutputWriter::new(spec, config, stats).unwrap();
+            let mut w = OutputWriter::new(spec, config, StatsSnapshot::default()).unwrap();
             // Batches of 25 rows: under rotation by 40 rows a batch is split
             // between files, and a file may close holding part of the
             // batch that then fails.
@@ -434,7 +469,7 @@ mod tests {
                 ..Default::default()
             },
         };
-        let stats: StatsSnapshot = Arc::new(Mutex::new("{}".into()));
+        let stats = StatsSnapshot::default();
         let mut w = OutputWriter::new(spec, WriterConfig::default(), stats).unwrap();
         for i in 0..8u64 {
             let ex = Exchange {

@@ -44,21 +44,41 @@ pub enum BodyKind {
 /// What `headers` say the body is, when it is read for secrets: JSON
 /// (`application/json`, `…+json`) or a URL-encoded form, not compressed.
 pub fn body_kind(headers: &HeaderList) -> Option<BodyKind> {
-    // A transfer coding other than chunked (`gzip, chunked`) is stored as
-    // it came, still coded, like a content coding.
-    let coded = |name: &str, plain: &[&[u8]]| {
-        headers.get_all(name).any(|v| {
-            v.split(|&b| b == b',')
-                .map(<[u8]>::trim_ascii)
-                .any(|c| !plain.iter().any(|p| c.eq_ignore_ascii_case(p)))
-        })
-    };
-    if coded("content-encoding", &[b"identity".as_slice(), b""])
-        || coded("transfer-encoding", &[b"chunked".as_slice()])
-    {
-        return None;
+    // One pass over the fields: this runs for every captured body.
+    let mut kind = None;
+    for (name, value) in headers.iter() {
+        let bad = match name.len() {
+            12 if name.eq_ignore_ascii_case(b"content-type") => {
+                kind = kind.or(Some(media_kind(value)));
+                false
+            }
+            16 if name.eq_ignore_ascii_case(b"content-encoding") => {
+                coded(value, &[b"identity".as_slice(), b""])
+            }
+            // A transfer coding other than chunked (`gzip, chunked`) is
+            // stored as it came, still coded, like a content coding.
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                coded(value, &[b"chunked".as_slice()])
+            }
+            _ => false,
+        };
+        if bad {
+            return None;
+        }
     }
-    let ct = headers.get("content-type")?;
+    kind.flatten()
+}
+
+/// A coding list naming something other than `plain`.
+fn coded(value: &[u8], plain: &[&[u8]]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .any(|c| !plain.iter().any(|p| c.eq_ignore_ascii_case(p)))
+}
+
+/// The kind of body a `Content-Type` value names, if it is read at all.
+fn media_kind(ct: &[u8]) -> Option<BodyKind> {
     let media = ct.split(|&b| b == b';').next()?.trim_ascii();
     let ends_json = media.len() >= 5 && media[media.len() - 5..].eq_ignore_ascii_case(b"+json");
     if media.eq_ignore_ascii_case(b"application/json") || ends_json {
