@@ -21,17 +21,28 @@ use crate::schema::{HeaderList, REDACTED};
 /// and `_`/`-` spelling (`accessToken`, `access-token`). Generic names
 /// (`token`, `key`) are left to forms only: in JSON they are often data
 /// (an LLM's `logprobs[].token`).
-pub const DEFAULT_REDACTED_BODY: [&str; 10] = [
+pub const DEFAULT_REDACTED_BODY: [&str; 18] = [
     "password",
     "passwd",
+    // Password changes.
+    "new_password",
+    "old_password",
+    "current_password",
     "client_secret",
     "client_assertion",
     "access_token",
     "refresh_token",
     "id_token",
+    // OAuth: the PKCE verifier, the device flow's code, token exchange.
+    "code_verifier",
+    "device_code",
+    "subject_token",
+    "actor_token",
     "api_key",
     "private_key",
+    // AWS STS and IAM answers (`SecretAccessKey`, `SessionToken`).
     "secret_access_key",
+    "session_token",
 ];
 
 /// A body's format, as far as secrets are found in it.
@@ -81,7 +92,15 @@ fn coded(value: &[u8], plain: &[&[u8]]) -> bool {
 fn media_kind(ct: &[u8]) -> Option<BodyKind> {
     let media = ct.split(|&b| b == b';').next()?.trim_ascii();
     let ends_json = media.len() >= 5 && media[media.len() - 5..].eq_ignore_ascii_case(b"+json");
-    if media.eq_ignore_ascii_case(b"application/json") || ends_json {
+    // AWS's JSON protocols (STS, KMS, Secrets Manager) say
+    // `application/x-amz-json-1.1`.
+    let amz = b"application/x-amz-json-";
+    let amz_json = media.len() > amz.len() && media[..amz.len()].eq_ignore_ascii_case(amz);
+    if media.eq_ignore_ascii_case(b"application/json")
+        || media.eq_ignore_ascii_case(b"text/json")
+        || ends_json
+        || amz_json
+    {
         Some(BodyKind::Json)
     } else if media.eq_ignore_ascii_case(b"application/x-www-form-urlencoded") {
         Some(BodyKind::Form)
@@ -455,6 +474,39 @@ mod tests {
         assert_eq!(n, 3);
     }
 
+    /// Credentials of a password change, of OAuth's PKCE, device and
+    /// token-exchange grants, and of an AWS STS answer.
+    #[test]
+    fn the_default_names_cover_common_credential_shapes() {
+        let (out, n) = redacted(
+            BodyKind::Json,
+            r#"{"Credentials": {"AccessKeyId": "ASIA1", "SecretAccessKey": "sk", "SessionToken": "st", "Expiration": 1}}"#,
+        );
+        assert_eq!(
+            out,
+            r#"{"Credentials": {"AccessKeyId": "ASIA1", "SecretAccessKey": "[REDACTED]", "SessionToken": "[REDACTED]", "Expiration": 1}}"#
+        );
+        assert_eq!(n, 2);
+        let (out, n) = redacted(
+            BodyKind::Json,
+            r#"{"currentPassword": "a", "new_password": "b", "old-password": "c"}"#,
+        );
+        assert_eq!(
+            out,
+            r#"{"currentPassword": "[REDACTED]", "new_password": "[REDACTED]", "old-password": "[REDACTED]"}"#
+        );
+        assert_eq!(n, 3);
+        let (out, n) = redacted(
+            BodyKind::Form,
+            "grant_type=authorization_code&code=c1&code_verifier=v&device_code=d&subject_token=s&actor_token=a",
+        );
+        assert_eq!(
+            out,
+            "grant_type=authorization_code&code=c1&code_verifier=[REDACTED]&device_code=[REDACTED]&subject_token=[REDACTED]&actor_token=[REDACTED]"
+        );
+        assert_eq!(n, 4);
+    }
+
     #[test]
     fn json_data_that_only_looks_like_a_secret_is_kept() {
         for body in [
@@ -511,7 +563,16 @@ mod tests {
             body_kind(&headers("application/x-www-form-urlencoded")),
             Some(BodyKind::Form)
         );
-        for other in ["text/event-stream", "application/grpc", "text/plain"] {
+        for json in ["application/x-amz-json-1.1", "text/json; charset=utf-8"] {
+            assert_eq!(body_kind(&headers(json)), Some(BodyKind::Json), "{json}");
+        }
+        for other in [
+            "text/event-stream",
+            "application/grpc",
+            "text/plain",
+            "application/x-amz-json-",
+            "application/x-amz-cbor-1.1",
+        ] {
             assert_eq!(body_kind(&headers(other)), None, "{other}");
         }
         let mut gz = headers("application/json");
