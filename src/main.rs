@@ -865,6 +865,8 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<u8> {
                 .iter()
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
+            // Set from the capture's recorded names once it is open.
+            left_out: Default::default(),
         },
         marker: if args.no_marker {
             None

@@ -241,6 +241,17 @@ fn pcap_capture(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
 /// moment, with `Host: prod.example` and a 200, then given its own shape by
 /// `shape` (the request end follows the request time it sets).
 fn shaped_capture(dir: &Path, name: &str, n: u64, shape: impl Fn(u64, &mut Exchange)) -> PathBuf {
+    shaped_capture_with(dir, name, n, vec![], shape)
+}
+
+/// [`shaped_capture`] with this file metadata.
+fn shaped_capture_with(
+    dir: &Path,
+    name: &str,
+    n: u64,
+    meta: Vec<(String, String)>,
+    shape: impl Fn(u64, &mut Exchange),
+) -> PathBuf {
     let path = dir.join(name);
     let mut w = ExchangeFileWriter::create(&path, WriterConfig::default()).unwrap();
     let rows: Vec<Exchange> = (0..n)
@@ -262,7 +273,7 @@ fn shaped_capture(dir: &Path, name: &str, n: u64, shape: impl Fn(u64, &mut Excha
         })
         .collect();
     w.write(&rows).unwrap();
-    w.finish(vec![]).unwrap();
+    w.finish(meta).unwrap();
     path
 }
 
@@ -2149,6 +2160,70 @@ fn request_trailers_reach_the_target_after_the_body() {
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
     assert_eq!(summary["dropped_redacted_values"], 2, "{summary}");
+}
+
+/// Replay leaves out only the `[REDACTED]` values of the names the capture
+/// recorded that it redacted by: one that is data (a prompt scrubbed before
+/// it reached the service) is sent as captured. With a file that recorded
+/// no names among the captures, every such value is left out.
+#[test]
+fn only_values_the_capture_redacted_are_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let stats = r#"{"redaction": {"headers": ["authorization"], "query": ["api_key"], "body": ["password"]}}"#;
+    let shape = |_: u64, ex: &mut Exchange| {
+        ex.method = "POST".into();
+        ex.target = "/v1/chat?api_key=[REDACTED]&tag=[REDACTED]".into();
+        ex.request_headers.push(b"Authorization", b"[REDACTED]");
+        ex.request_headers.push(b"X-Note", b"[REDACTED]");
+        ex.request_headers
+            .push(b"Content-Type", b"application/json");
+        ex.request_body = br#"{"prompt":"[REDACTED]","password":"[REDACTED]"}"#.to_vec();
+    };
+    let named = shaped_capture_with(
+        dir.path(),
+        "named.parquet",
+        1,
+        vec![("shadowctl.capture_stats".into(), stats.into())],
+        shape,
+    );
+    let unnamed = shaped_capture(dir.path(), "unnamed.parquet", 1, shape);
+    let sent = |captures: &[&Path]| {
+        let target = Recorder::start(Behaviour::Answer("v1"));
+        let mut args: Vec<String> = captures.iter().map(|c| c.display().to_string()).collect();
+        args.extend(["--primary".into(), target.url(), "--max".into()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (run, _, _d) = replay(&args);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        target.received()
+    };
+    let got = sent(&[&named]);
+    assert_eq!(got.len(), 1);
+    let req = &got[0];
+    assert!(
+        req.starts_with("POST /v1/chat?tag=[REDACTED] HTTP/1.1\r\n"),
+        "{req}"
+    );
+    assert!(
+        !req.contains("Authorization") && req.contains("\r\nX-Note: [REDACTED]\r\n"),
+        "{req}"
+    );
+    assert!(
+        req.ends_with("\r\n\r\n{\"prompt\":\"[REDACTED]\"}"),
+        "{req}"
+    );
+    let got = sent(&[&named, &unnamed]);
+    assert_eq!(got.len(), 2);
+    for req in &got {
+        assert!(req.starts_with("POST /v1/chat HTTP/1.1\r\n"), "{req}");
+        assert!(
+            !req.contains("X-Note") && req.ends_with("\r\n\r\n{}"),
+            "{req}"
+        );
+    }
 }
 
 /// Body secrets redacted at capture are never sent as `[REDACTED]`: the

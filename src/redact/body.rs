@@ -212,19 +212,78 @@ pub fn redact_body(body: &mut Vec<u8>, kind: BodyKind, names: &BodyNames) -> u64
     spans.len() as u64
 }
 
+/// Which captured [`REDACTED`] values replay leaves out rather than send as
+/// if they were the secret.
+#[derive(Clone, Debug, Default)]
+pub enum LeftOut {
+    /// Every one: the capture did not record the names it redacted by (files
+    /// from before they were recorded).
+    #[default]
+    Any,
+    /// Only those of the names the capture redacted by: a `[REDACTED]` that
+    /// is data (a prompt already scrubbed upstream) is sent as captured.
+    Named {
+        headers: Vec<String>,
+        query: Vec<String>,
+        body: BodyNames,
+    },
+}
+
+impl LeftOut {
+    /// For captures that recorded these names (`None`: not all did).
+    pub fn by(names: Option<&super::Redaction>) -> Self {
+        match names {
+            None => Self::Any,
+            Some(r) => Self::Named {
+                headers: r.headers.clone(),
+                query: r.query.clone(),
+                body: r.body_names(),
+            },
+        }
+    }
+
+    /// A header field of this name whose value is [`REDACTED`].
+    pub fn header(&self, name: &str) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Named { headers, .. } => headers.iter().any(|h| h.eq_ignore_ascii_case(name)),
+        }
+    }
+
+    /// A query parameter of this name whose value is [`REDACTED`].
+    pub fn query(&self, name: &str) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Named { query, .. } => query.iter().any(|q| q.eq_ignore_ascii_case(name)),
+        }
+    }
+
+    /// A body member or field of this (raw) name.
+    fn member(&self, kind: BodyKind, raw: &[u8]) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Named { body, .. } => named(body.for_kind(kind), raw),
+        }
+    }
+}
+
 /// The body as replay sends it: JSON members and form fields whose value is
 /// [`REDACTED`] left out (never sent as if it were the secret), and how many.
-pub fn without_redacted<'b>(headers: &HeaderList, body: &'b [u8]) -> (Cow<'b, [u8]>, u32) {
+pub fn without_redacted<'b>(
+    headers: &HeaderList,
+    body: &'b [u8],
+    left_out: &LeftOut,
+) -> (Cow<'b, [u8]>, u32) {
     if memchr::memmem::find(body, REDACTED.as_bytes()).is_none() {
         return (Cow::Borrowed(body), 0);
     }
     let (cuts, left_out) = match body_kind(headers) {
         Some(BodyKind::Json) => {
-            let cuts = json_cuts(body);
+            let cuts = json_cuts(body, left_out);
             let n = cuts.len() as u32;
             (cuts, n)
         }
-        Some(BodyKind::Form) => form_cuts(body),
+        Some(BodyKind::Form) => form_cuts(body, left_out),
         None => (Vec::new(), 0),
     };
     if cuts.is_empty() {
@@ -243,10 +302,13 @@ pub fn without_redacted<'b>(headers: &HeaderList, body: &'b [u8]) -> (Cow<'b, [u
 /// The ranges to remove for JSON members whose value is `"[REDACTED]"`,
 /// each with one comma beside it so that the rest stays valid JSON: the one
 /// before when no earlier cut took it, else the one after.
-fn json_cuts(body: &[u8]) -> Vec<Range<usize>> {
+fn json_cuts(body: &[u8], left_out: &LeftOut) -> Vec<Range<usize>> {
     let mut cuts: Vec<Range<usize>> = Vec::new();
     string_members(body, |m| {
-        if !m.closed || &body[m.value.clone()] != REDACTED.as_bytes() {
+        if !m.closed
+            || &body[m.value.clone()] != REDACTED.as_bytes()
+            || !left_out.member(BodyKind::Json, &body[m.key.clone()])
+        {
             return;
         }
         let end = m.value.end + 1; // the closing quote
@@ -270,9 +332,12 @@ fn json_cuts(body: &[u8]) -> Vec<Range<usize>> {
 
 /// The ranges to remove for form fields whose value is `[REDACTED]`, each
 /// with the `&` that joined it to the rest, and how many fields they hold.
-fn form_cuts(body: &[u8]) -> (Vec<Range<usize>>, u32) {
+fn form_cuts(body: &[u8], left_out: &LeftOut) -> (Vec<Range<usize>>, u32) {
     let fields: Vec<FormField> = form_fields(body).collect();
-    let kept = |f: &FormField| &body[f.value.clone()] != REDACTED.as_bytes();
+    let kept = |f: &FormField| {
+        &body[f.value.clone()] != REDACTED.as_bytes()
+            || !left_out.member(BodyKind::Form, &body[f.name.clone()])
+    };
     let left_out = fields.iter().filter(|f| !kept(f)).count() as u32;
     if left_out == 0 {
         return (Vec::new(), 0);
@@ -614,7 +679,7 @@ mod tests {
                 1,
             ),
         ] {
-            let (out, k) = without_redacted(&h, body.as_bytes());
+            let (out, k) = without_redacted(&h, body.as_bytes(), &LeftOut::Any);
             let out = String::from_utf8(out.into_owned()).unwrap();
             assert_eq!((out.as_str(), k), (want, n), "{body}");
             serde_json::from_str::<serde_json::Value>(&out).unwrap();
@@ -631,11 +696,11 @@ mod tests {
             ("password=[REDACTED]&client_secret=[REDACTED]", "", 2),
             ("x=[REDACTED]&a=1&y=[REDACTED]&b=2", "a=1&b=2", 2),
         ] {
-            let (out, k) = without_redacted(&h, body.as_bytes());
+            let (out, k) = without_redacted(&h, body.as_bytes(), &LeftOut::Any);
             assert_eq!((&*out, k), (want.as_bytes(), n), "{body}");
         }
         let plain = b"password=[REDACTED]";
-        let (out, k) = without_redacted(&headers("text/plain"), plain);
+        let (out, k) = without_redacted(&headers("text/plain"), plain, &LeftOut::Any);
         assert_eq!((&*out, k), (&plain[..], 0));
     }
 
@@ -721,7 +786,7 @@ mod tests {
             let got: serde_json::Value = serde_json::from_slice(&body).unwrap();
             prop_assert_eq!(got, expected(&v, &names()));
             // What replay sends parses too, with no redacted member left.
-            let (sent, _) = without_redacted(&headers("application/json"), &body);
+            let (sent, _) = without_redacted(&headers("application/json"), &body, &LeftOut::Any);
             let sent: serde_json::Value = serde_json::from_slice(&sent).unwrap();
             prop_assert!(!serde_json::to_string(&sent).unwrap().contains("\":\"[REDACTED]\""));
         }
@@ -732,8 +797,8 @@ mod tests {
             redact_body(&mut b, BodyKind::Json, &names());
             let mut b = body.clone();
             redact_body(&mut b, BodyKind::Form, &names());
-            let _ = without_redacted(&headers("application/json"), &body);
-            let _ = without_redacted(&headers("application/x-www-form-urlencoded"), &body);
+            let _ = without_redacted(&headers("application/json"), &body, &LeftOut::Any);
+            let _ = without_redacted(&headers("application/x-www-form-urlencoded"), &body, &LeftOut::Any);
         }
     }
 }

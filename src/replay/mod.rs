@@ -923,7 +923,10 @@ async fn run(opts: ReplayOptions, stop: Arc<AtomicBool>) -> Result<ReplaySummary
             .map(|t| (Arc::new(t), Arc::new(AtomicU64::new(0))))
             .collect(),
         opts: Arc::new(ReplayOptionsCore {
-            rules: opts.rules.clone(),
+            rules: RequestRules {
+                left_out: plan.left_out.clone(),
+                ..opts.rules.clone()
+            },
             marker: opts.marker.clone(),
             read_only: opts.read_only,
             max_body: opts.max_body,

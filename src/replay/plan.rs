@@ -281,6 +281,9 @@ pub struct Plan {
     /// The names the captures were redacted by (each file's
     /// `capture_stats.redaction`, together), when they say.
     pub capture_redaction: Option<crate::redact::Redaction>,
+    /// The `[REDACTED]` values of the captured requests to leave out: those
+    /// of the recorded names, or all of them if a file recorded none.
+    pub left_out: crate::redact::body::LeftOut,
 }
 
 /// The names a capture file says it was redacted by.
@@ -378,13 +381,17 @@ impl Plan {
         let mut by_start = Vec::with_capacity(files.len());
         let mut longest_ns = 0i64;
         let mut capture_redaction: Option<crate::redact::Redaction> = None;
+        let mut every_file_named = true;
         for f in files {
             let r = ExchangeReader::open(&f)?;
-            if let Some(names) = redaction_of(&r.metadata) {
-                capture_redaction = Some(match capture_redaction {
-                    Some(all) => all.union(&names),
-                    None => names,
-                });
+            match redaction_of(&r.metadata) {
+                Some(names) => {
+                    capture_redaction = Some(match capture_redaction {
+                        Some(all) => all.union(&names),
+                        None => names,
+                    });
+                }
+                None => every_file_named = false,
             }
             total += r.rows;
             longest_ns = longest_ns.max(crate::schema::longest_exchange_ns(&f)?);
@@ -409,6 +416,9 @@ impl Plan {
             waves: selection.shuffled.then(|| Waves::new(total)),
             selection,
             emitted: 0,
+            left_out: crate::redact::body::LeftOut::by(
+                capture_redaction.as_ref().filter(|_| every_file_named),
+            ),
             capture_redaction,
         })
     }

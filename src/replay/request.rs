@@ -6,7 +6,7 @@
 //! byte for byte (see docs/decisions/0001-raw-http-client.md).
 
 use super::h2::H2Request;
-use crate::redact::body::without_redacted;
+use crate::redact::body::{without_redacted, LeftOut};
 use crate::schema::{Exchange, REDACTED};
 use crate::text::latin1_bytes;
 
@@ -30,6 +30,9 @@ pub struct RequestRules {
     pub set: Vec<(String, String)>,
     /// `--drop-header NAME` (lower case).
     pub drop: Vec<String>,
+    /// Which `[REDACTED]` values are left out (set from the names the
+    /// capture recorded, see [`LeftOut`]).
+    pub left_out: LeftOut,
 }
 
 /// RFC 9110 section 5.6.2: `token = 1*tchar`.
@@ -113,7 +116,7 @@ fn trailer_fields<'a>(
         if rules.drop.contains(&lower) || not_a_trailer(&lower) || set || marker(&lower) {
             continue;
         }
-        if value == REDACTED.as_bytes() {
+        if value == REDACTED.as_bytes() && rules.left_out.header(&lower) {
             dropped += 1;
             continue;
         }
@@ -182,7 +185,10 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 /// A redacted query value is never sent: its parameter is left out (like a
 /// redacted header), and counted.
-fn without_redacted_query(path: &str) -> (std::borrow::Cow<'_, str>, u32) {
+fn without_redacted_query<'p>(
+    path: &'p str,
+    left_out: &LeftOut,
+) -> (std::borrow::Cow<'p, str>, u32) {
     let Some((base, rest)) = path.split_once('?') else {
         return (path.into(), 0);
     };
@@ -190,7 +196,10 @@ fn without_redacted_query(path: &str) -> (std::borrow::Cow<'_, str>, u32) {
         Some((q, f)) => (q, Some(f)),
         None => (rest, None),
     };
-    let redacted = |p: &&str| p.split_once('=').is_some_and(|(_, v)| v == REDACTED);
+    let redacted = |p: &&str| {
+        p.split_once('=')
+            .is_some_and(|(k, v)| v == REDACTED && left_out.query(k))
+    };
     let dropped = query.split('&').filter(redacted).count() as u32;
     if dropped == 0 {
         return (path.into(), 0);
@@ -247,7 +256,7 @@ fn send_fields(
             }
             continue;
         }
-        if value == REDACTED.as_bytes() {
+        if value == REDACTED.as_bytes() && rules.left_out.header(&lower) {
             dropped += 1;
             continue;
         }
@@ -255,7 +264,7 @@ fn send_fields(
             // A referrer's redacted query values are left out, as the
             // target's are: `[REDACTED]` is never sent as if it were one.
             let text = String::from_utf8_lossy(value);
-            let (url, n) = without_redacted_query(&text);
+            let (url, n) = without_redacted_query(&text, &rules.left_out);
             if n > 0 {
                 dropped += n;
                 push(&lower, name, url.as_bytes(), true);
@@ -299,8 +308,10 @@ pub fn build(ex: &Exchange, dest: &Destination<'_>, rules: &RequestRules) -> Bui
     };
     out.extend_from_slice(&latin1_bytes(&ex.method));
     out.push(b' ');
-    let (path, mut dropped_redacted) = without_redacted_query(origin_form(&ex.target));
-    let (body, dropped_body) = without_redacted(&ex.request_headers, &ex.request_body);
+    let (path, mut dropped_redacted) =
+        without_redacted_query(origin_form(&ex.target), &rules.left_out);
+    let (body, dropped_body) =
+        without_redacted(&ex.request_headers, &ex.request_body, &rules.left_out);
     dropped_redacted += dropped_body;
     if !dest.base_path.is_empty() && path.starts_with('/') {
         out.extend_from_slice(dest.base_path.trim_end_matches('/').as_bytes());
@@ -412,8 +423,9 @@ pub fn build_h2(
     rules: &RequestRules,
     https: bool,
 ) -> Result<(H2Request, u32), String> {
-    let (path, mut dropped) = without_redacted_query(origin_form(&ex.target));
-    let (body, dropped_body) = without_redacted(&ex.request_headers, &ex.request_body);
+    let (path, mut dropped) = without_redacted_query(origin_form(&ex.target), &rules.left_out);
+    let (body, dropped_body) =
+        without_redacted(&ex.request_headers, &ex.request_body, &rules.left_out);
     dropped += dropped_body;
     let mut full_path = String::new();
     if !dest.base_path.is_empty() && path.starts_with('/') {
@@ -633,6 +645,54 @@ mod tests {
         assert_eq!(dropped, 1);
     }
 
+    /// With the names the capture recorded, only their `[REDACTED]` values
+    /// are left out: one that is data (a prompt scrubbed upstream) is sent.
+    #[test]
+    fn only_the_recorded_names_redacted_values_are_left_out() {
+        let dest = Destination {
+            authority: "127.0.0.1:9000",
+            base_path: "",
+            marker: None,
+        };
+        let mut ex = exchange();
+        ex.target = "/v1?api_key=[REDACTED]&q=[REDACTED]".into();
+        ex.request_headers = Default::default();
+        ex.request_headers
+            .push(b"Content-Type", b"application/json");
+        ex.request_headers
+            .push(b"Authorization", REDACTED.as_bytes());
+        ex.request_headers.push(b"X-Note", REDACTED.as_bytes());
+        ex.request_body = br#"{"prompt":"[REDACTED]","password":"[REDACTED]"}"#.to_vec();
+        let named = RequestRules {
+            left_out: LeftOut::by(Some(&crate::redact::Redaction::default())),
+            ..Default::default()
+        };
+        let built = build(&ex, &dest, &named);
+        let text = String::from_utf8(built.bytes).unwrap();
+        assert!(
+            text.starts_with("POST /v1?q=[REDACTED] HTTP/1.1\r\n"),
+            "{text}"
+        );
+        assert!(!text.contains("Authorization") && text.contains("\r\nX-Note: [REDACTED]\r\n"));
+        assert!(text.ends_with(r#"{"prompt":"[REDACTED]"}"#), "{text}");
+        assert_eq!(built.dropped_redacted, 3);
+        let (h2, dropped) = build_h2(&ex, &dest, &named, false).unwrap();
+        assert_eq!(&h2.body[..], br#"{"prompt":"[REDACTED]"}"#);
+        assert_eq!(dropped, 3);
+        // A capture that recorded no names: every one is left out.
+        let built = build(&ex, &dest, &RequestRules::default());
+        let text = String::from_utf8(built.bytes).unwrap();
+        assert!(text.starts_with("POST /v1 HTTP/1.1\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\n{}"), "{text}");
+        assert_eq!(built.dropped_redacted, 6);
+        // Nothing was redacted (`--keep-secrets`): every value is data.
+        let kept = RequestRules {
+            left_out: LeftOut::by(Some(&crate::redact::Redaction::none())),
+            ..Default::default()
+        };
+        assert_eq!(build(&ex, &dest, &kept).dropped_redacted, 0);
+    }
+
     #[test]
     fn a_shadow_gets_the_marker_alone_whatever_was_captured_or_set() {
         let marker = ("x-shadow-replay".to_string(), "1".to_string());
@@ -780,6 +840,7 @@ mod tests {
             keep_host: true,
             set: vec![("authorization".into(), "Bearer fresh".into())],
             drop: vec!["x-trace".into()],
+            left_out: LeftOut::Any,
         };
         let dest = Destination {
             authority: "h:1",
@@ -807,7 +868,7 @@ mod tests {
             (&*format!("/a?x=1&token={r}#frag"), "/a?x=1#frag", 1),
         ];
         for (input, want, dropped) in cases {
-            let (got, n) = without_redacted_query(input);
+            let (got, n) = without_redacted_query(input, &LeftOut::Any);
             assert_eq!((got.as_ref(), n), (want, dropped), "{input}");
         }
         let mut ex = exchange();
