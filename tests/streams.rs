@@ -664,37 +664,38 @@ fn assert_answer(what: &str, content_type: Option<&[u8]>, body: &[u8], case: Cas
 
 /// A replayed row against what the server sent for it.
 ///
-/// Compared as intervals (see [`mono_ns`]): the wait for the first byte
-/// against the server's time from reading the request to writing the head,
-/// and every later time from the first byte against the server's from its
-/// head write.
+/// Compared as intervals (see [`mono_ns`]), each from the request: replay's
+/// time from sending it against the server's from reading it, to the first
+/// byte (the head written), to each event and to the first token. Each is a
+/// read of its own, so one late wake-up moves one figure, not all after it.
 fn assert_replayed(what: &str, r: &ReplayResult, case: Case, sent: &Sent) {
     assert_eq!(r.status, Some(200), "{what}");
     let sent_ts = r.sent_ts.unwrap();
-    let first_byte = r.first_byte_ts.unwrap();
     assert_read_near(
         &format!("{what}: wait for the first byte"),
-        first_byte - sent_ts,
+        r.first_byte_ts.unwrap() - sent_ts,
         sent.head_mono - sent.asked_mono,
     );
     let offsets = r
         .event_offsets_ns
         .as_deref()
         .unwrap_or_else(|| panic!("{what}: no event offsets"));
-    let after_head: Vec<i64> = offsets.iter().map(|o| sent_ts + o - first_byte).collect();
-    let server_after_head: Vec<i64> = sent.event_mono.iter().map(|t| t - sent.head_mono).collect();
-    assert_event_times(what, &after_head, &server_after_head, true);
+    let written: Vec<i64> = sent
+        .event_mono
+        .iter()
+        .map(|t| t - sent.asked_mono)
+        .collect();
+    assert_event_times(what, offsets, &written, true);
     assert!(
         offsets.windows(2).all(|w| w[0] <= w[1]),
         "{what}: {offsets:?}"
     );
     // The first token is the first content chunk, not the role-only one
     // (written GAP earlier).
-    let first = sent.first_content_mono.unwrap();
     assert_read_near(
-        &format!("{what}: first_token_ts after the first byte"),
-        r.first_token_ts.unwrap() - first_byte,
-        first - sent.head_mono,
+        &format!("{what}: first token"),
+        r.first_token_ts.unwrap() - sent_ts,
+        sent.first_content_mono.unwrap() - sent.asked_mono,
     );
     assert_eq!(r.response_body, sent.body, "{what}: body");
     assert_eq!(r.response_body_len, sent.body.len() as u64, "{what}");
@@ -803,8 +804,8 @@ fn a_stalled_stream_is_cut_after_the_idle_timeout_and_others_go_on() {
         Some(PIECES[0])
     );
     // Cut by the idle limit: about 300 ms after the last byte came.
-    let first_byte = r.first_byte_ts.unwrap();
-    let silence = (r.done_ts.unwrap() - first_byte) - (sent.event_mono[1] - sent.head_mono);
+    let silence =
+        (r.done_ts.unwrap() - r.sent_ts.unwrap()) - (sent.event_mono[1] - sent.asked_mono);
     assert!(
         (300_000_000..700_000_000).contains(&silence),
         "cut {:.1} ms after the last event",

@@ -155,8 +155,8 @@ pub(crate) struct WriterThread {
 }
 
 impl WriterThread {
-    /// A writer redacting by `redaction` (see [`write_loop`]), counting
-    /// in `stats`.
+    /// A writer redacting by `redaction` (see [`write_loop`]); `stats`
+    /// go into each file's footer, with the count of values redacted.
     pub(crate) fn spawn(
         output: OutputSpec,
         config: WriterConfig,
@@ -165,14 +165,13 @@ impl WriterThread {
         redaction: Redaction,
     ) -> Result<Self, CaptureError> {
         let keep_on_drop = matches!(output, OutputSpec::Dir { .. });
-        let writer = OutputWriter::new(output, config, stats.clone())?;
+        let writer = OutputWriter::new(output, config, stats)?;
         let (tx, rx) = sync_channel(queue);
         let queued_bytes = Arc::new(AtomicUsize::new(0));
         let written = Arc::clone(&queued_bytes);
-        let redact = Redact { redaction, stats };
         let handle = std::thread::Builder::new()
             .name("parquet-writer".into())
-            .spawn(move || write_loop(writer, rx, &written, &redact))
+            .spawn(move || write_loop(writer, rx, &written, &redaction))
             .map_err(|e| CaptureError::Open("parquet-writer thread".into(), e))?;
         Ok(Self {
             tx: Some(tx),
@@ -286,11 +285,18 @@ impl Drop for WriterThread {
     }
 }
 
+#[cfg(test)]
 fn redact_all(rows: &mut [Exchange], redaction: &Redaction) -> u64 {
+    redact_rows(rows, redaction).iter().sum()
+}
+
+/// Redact every row by `redaction`; how many values in each row.
+pub fn redact_rows(rows: &mut [Exchange], redaction: &Redaction) -> Vec<u64> {
     let (names, query) = (&redaction.headers, &redaction.query);
     let body_names = redaction.body_names();
-    let mut n = 0;
+    let mut counts = Vec::with_capacity(rows.len());
     for ex in rows {
+        let mut n = 0;
         n += redact_message(&ex.request_headers, &mut ex.request_body, &body_names);
         n += redact_message(&ex.response_headers, &mut ex.response_body, &body_names);
         if !query.is_empty() {
@@ -314,8 +320,9 @@ fn redact_all(rows: &mut [Exchange], redaction: &Redaction) -> u64 {
         ] {
             n += h.redact(names, REDACTED) as u64;
         }
+        counts.push(n);
     }
-    n
+    counts
 }
 
 /// The statistics a file gets if it is closed before any are taken (a
@@ -328,10 +335,24 @@ pub(crate) fn seeded_snapshot(redaction: &Redaction) -> StatsSnapshot {
     })
 }
 
-/// What the writer thread redacts by, and where it counts what it did.
-struct Redact {
-    redaction: Redaction,
-    stats: StatsSnapshot,
+/// Redact a batch on the writer thread; the values redacted in each row.
+/// A panic in the hand-written scanners must not cost the files written so
+/// far (the thread would unwind and drop its open file): the batch is then
+/// left out, unwritten, and the loss said.
+fn redact_batch(rows: &mut [Exchange], redaction: &Redaction) -> Option<Vec<u64>> {
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        redact_rows(rows, redaction)
+    }));
+    if run.is_err() {
+        // Not eprintln!: it panics when stderr is gone.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "warning: redaction failed on a batch of {} exchanges (a bug in shadowctl; please report it): they were not written",
+            rows.len()
+        );
+    }
+    run.ok()
 }
 
 /// Whether a live batch of `bytes` may join `held` queued bytes.
@@ -351,16 +372,16 @@ fn write_loop(
     mut writer: OutputWriter,
     rx: Receiver<ToWriter>,
     queued_bytes: &AtomicUsize,
-    redact: &Redact,
+    redaction: &Redaction,
 ) -> WriteResult {
     // A sender dropped without Finish (an error upstream) still gets footers.
     loop {
         match rx.recv_timeout(std::time::Duration::from_millis(200)) {
             Ok(ToWriter::Rows(mut rows, bytes)) => {
-                redact
-                    .stats
-                    .add_redacted(redact_all(&mut rows, &redact.redaction));
-                let written = writer.write(&rows);
+                let written = match redact_batch(&mut rows, redaction) {
+                    Some(counts) => writer.write_redacted(&rows, &counts),
+                    None => Ok(()),
+                };
                 queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
                 if let Err(e) = written {
                     // A full disk or a vanished directory: keep what can be
@@ -664,6 +685,58 @@ mod tests {
             0,
             "the writer gave its bytes back"
         );
+    }
+
+    /// The writer thread redacts, and each file's footer counts the values
+    /// of the rows written up to it, one batch split between files too.
+    #[test]
+    fn the_writer_redacts_and_each_footer_counts_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = OutputSpec::Dir {
+            dir: dir.path().to_path_buf(),
+            rotation: output::Rotation {
+                rows: Some(2),
+                ..Default::default()
+            },
+        };
+        let stats = StatsSnapshot::default();
+        let w = WriterThread::spawn(
+            spec,
+            Default::default(),
+            stats.clone(),
+            4,
+            Redaction::default(),
+        )
+        .unwrap();
+        let rows: Vec<Exchange> = (0..3)
+            .map(|i| {
+                let mut ex = Exchange {
+                    exchange_id: i,
+                    ..Default::default()
+                };
+                ex.request_headers.push(b"Authorization", b"Bearer t0ken");
+                ex
+            })
+            .collect();
+        w.send(rows).unwrap();
+        let (mut files, n) = w.finish().unwrap();
+        assert_eq!((files.len(), n), (2, 3));
+        assert_eq!(stats.redacted_values(), 3);
+        files.sort();
+        let mut counted = Vec::new();
+        for f in &files {
+            let (rows, meta) = crate::schema::read_exchanges(f).unwrap();
+            assert!(rows
+                .iter()
+                .all(|r| r.request_headers.get("authorization") == Some(REDACTED.as_bytes())));
+            let (_, json) = meta
+                .iter()
+                .find(|(k, _)| k == crate::schema::META_CAPTURE_STATS)
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_str(json).unwrap();
+            counted.push((rows.len(), v["redacted_values"].as_u64().unwrap()));
+        }
+        assert_eq!(counted, [(2, 2), (1, 3)]);
     }
 
     /// A directory of rotated files of one row each.

@@ -213,7 +213,20 @@ impl OutputWriter {
         }
     }
 
-    pub fn write(&mut self, mut rows: &[Exchange]) -> Result<(), SchemaError> {
+    pub fn write(&mut self, rows: &[Exchange]) -> Result<(), SchemaError> {
+        self.write_redacted(rows, &[])
+    }
+
+    /// [`Self::write`] for rows the writer thread redacted, `redacted[i]`
+    /// values in `rows[i]` (or none given): the statistics in each file's
+    /// footer count the rows written up to it, a batch split between two
+    /// files included.
+    pub fn write_redacted(
+        &mut self,
+        mut rows: &[Exchange],
+        mut redacted: &[u64],
+    ) -> Result<(), SchemaError> {
+        debug_assert!(redacted.is_empty() || redacted.len() == rows.len());
         while !rows.is_empty() {
             if self.open.is_none() {
                 self.open_next()?;
@@ -222,6 +235,10 @@ impl OutputWriter {
             let file = self.open.as_mut().expect("opened above");
             file.writer.write(&rows[..take])?;
             rows = &rows[take..];
+            if let Some((done, rest)) = redacted.split_at_checked(take) {
+                self.stats.add_redacted(done.iter().sum());
+                redacted = rest;
+            }
             if self.is_full() {
                 self.close_current()?;
             }

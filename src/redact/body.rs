@@ -21,7 +21,7 @@ use crate::schema::{HeaderList, REDACTED};
 /// and `_`/`-` spelling (`accessToken`, `access-token`). Generic names
 /// (`token`, `key`) are left to forms only: in JSON they are often data
 /// (an LLM's `logprobs[].token`).
-pub const DEFAULT_REDACTED_BODY: [&str; 18] = [
+pub const DEFAULT_REDACTED_BODY: [&str; 21] = [
     "password",
     "passwd",
     // Password changes.
@@ -40,9 +40,13 @@ pub const DEFAULT_REDACTED_BODY: [&str; 18] = [
     "actor_token",
     "api_key",
     "private_key",
-    // AWS STS and IAM answers (`SecretAccessKey`, `SessionToken`).
+    // AWS STS and IAM answers (`SecretAccessKey`, `SessionToken`), Secrets
+    // Manager's `SecretString`/`SecretBinary`, KMS's decrypted `Plaintext`.
     "secret_access_key",
     "session_token",
+    "secret_string",
+    "secret_binary",
+    "plaintext",
 ];
 
 /// A body's format, as far as secrets are found in it.
@@ -550,6 +554,15 @@ mod tests {
         assert_eq!(
             out,
             r#"{"Credentials": {"AccessKeyId": "ASIA1", "SecretAccessKey": "[REDACTED]", "SessionToken": "[REDACTED]", "Expiration": 1}}"#
+        );
+        assert_eq!(n, 2);
+        let (out, n) = redacted(
+            BodyKind::Json,
+            r#"{"ARN": "arn:x", "SecretString": "{\"pw\": 1}", "Plaintext": "AAEC"}"#,
+        );
+        assert_eq!(
+            out,
+            r#"{"ARN": "arn:x", "SecretString": "[REDACTED]", "Plaintext": "[REDACTED]"}"#
         );
         assert_eq!(n, 2);
         let (out, n) = redacted(
