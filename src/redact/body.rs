@@ -21,7 +21,7 @@ use crate::schema::{HeaderList, REDACTED};
 /// and `_`/`-` spelling (`accessToken`, `access-token`). Generic names
 /// (`token`, `key`) are left to forms only: in JSON they are often data
 /// (an LLM's `logprobs[].token`).
-pub const DEFAULT_REDACTED_BODY: [&str; 21] = [
+pub const DEFAULT_REDACTED_BODY: [&str; 20] = [
     "password",
     "passwd",
     // Password changes.
@@ -41,12 +41,12 @@ pub const DEFAULT_REDACTED_BODY: [&str; 21] = [
     "api_key",
     "private_key",
     // AWS STS and IAM answers (`SecretAccessKey`, `SessionToken`), Secrets
-    // Manager's `SecretString`/`SecretBinary`, KMS's decrypted `Plaintext`.
+    // Manager's `SecretString`/`SecretBinary`. Not KMS's `Plaintext`: the
+    // name matches `plain_text`, which is data in many APIs (rich text).
     "secret_access_key",
     "session_token",
     "secret_string",
     "secret_binary",
-    "plaintext",
 ];
 
 /// A body's format, as far as secrets are found in it.
@@ -558,11 +558,11 @@ mod tests {
         assert_eq!(n, 2);
         let (out, n) = redacted(
             BodyKind::Json,
-            r#"{"ARN": "arn:x", "SecretString": "{\"pw\": 1}", "Plaintext": "AAEC"}"#,
+            r#"{"ARN": "arn:x", "SecretString": "{\"pw\": 1}", "SecretBinary": "AAEC"}"#,
         );
         assert_eq!(
             out,
-            r#"{"ARN": "arn:x", "SecretString": "[REDACTED]", "Plaintext": "[REDACTED]"}"#
+            r#"{"ARN": "arn:x", "SecretString": "[REDACTED]", "SecretBinary": "[REDACTED]"}"#
         );
         assert_eq!(n, 2);
         let (out, n) = redacted(
