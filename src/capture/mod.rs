@@ -285,11 +285,6 @@ impl Drop for WriterThread {
     }
 }
 
-#[cfg(test)]
-fn redact_all(rows: &mut [Exchange], redaction: &Redaction) -> u64 {
-    redact_rows(rows, redaction).iter().sum()
-}
-
 /// Redact every row by `redaction`; how many values in each row.
 pub fn redact_rows(rows: &mut [Exchange], redaction: &Redaction) -> Vec<u64> {
     let (names, query) = (&redaction.headers, &redaction.query);
@@ -645,6 +640,22 @@ fn read_into(
 mod tests {
     use super::*;
 
+    fn redact_all(rows: &mut [Exchange], redaction: &Redaction) -> u64 {
+        redact_rows(rows, redaction).iter().sum()
+    }
+
+    /// A writer thread with the default redaction and no statistics.
+    fn writer(spec: OutputSpec, queue: usize) -> WriterThread {
+        WriterThread::spawn(
+            spec,
+            Default::default(),
+            Default::default(),
+            queue,
+            Redaction::default(),
+        )
+        .unwrap()
+    }
+
     /// The live queue is bounded in bytes: one large batch always goes,
     /// a second that would pass the bound is refused, and what the writer
     /// wrote is given back.
@@ -658,14 +669,7 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let spec = OutputSpec::File(dir.path().join("out.parquet"));
-        let mut w = WriterThread::spawn(
-            spec,
-            Default::default(),
-            Default::default(),
-            16,
-            Redaction::default(),
-        )
-        .unwrap();
+        let mut w = writer(spec, 16);
         let big = Exchange {
             response_body: vec![b'x'; 40 << 20],
             ..Default::default()
@@ -757,14 +761,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
         let spec = one_row_files(&out);
-        let w = WriterThread::spawn(
-            spec,
-            Default::default(),
-            Default::default(),
-            4,
-            Redaction::default(),
-        )
-        .unwrap();
+        let w = writer(spec, 4);
         let row = |id| Exchange {
             exchange_id: id,
             method: "GET".into(),
@@ -815,14 +812,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("live.parquet");
             let spec = OutputSpec::File(path.clone());
-            let mut w = WriterThread::spawn(
-                spec,
-                Default::default(),
-                Default::default(),
-                4,
-                Redaction::default(),
-            )
-            .unwrap();
+            let mut w = writer(spec, 4);
             if live {
                 w.keep_on_unwind();
             }
@@ -854,14 +844,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
         let spec = one_row_files(&out);
-        let mut w = WriterThread::spawn(
-            spec,
-            Default::default(),
-            Default::default(),
-            4,
-            Redaction::default(),
-        )
-        .unwrap();
+        let mut w = writer(spec, 4);
         std::fs::remove_dir_all(&out).unwrap();
         let row = |id| Exchange {
             exchange_id: id,

@@ -60,11 +60,11 @@ pub enum BodyKind {
 /// (`application/json`, `…+json`) or a URL-encoded form, not compressed.
 pub fn body_kind(headers: &HeaderList) -> Option<BodyKind> {
     // One pass over the fields: this runs for every captured body.
-    let mut kind = None;
+    let mut content_type = None;
     for (name, value) in headers.iter() {
         let bad = match name.len() {
             12 if name.eq_ignore_ascii_case(b"content-type") => {
-                kind = kind.or(Some(media_kind(value)));
+                content_type.get_or_insert(value);
                 false
             }
             16 if name.eq_ignore_ascii_case(b"content-encoding") => {
@@ -81,7 +81,7 @@ pub fn body_kind(headers: &HeaderList) -> Option<BodyKind> {
             return None;
         }
     }
-    kind.flatten()
+    media_kind(content_type?)
 }
 
 /// A coding list naming something other than `plain`.
